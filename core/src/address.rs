@@ -1,0 +1,163 @@
+//! Mail addresses (`local@host`) and the rules for choosing a name.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest local part a person may choose.
+pub const MAX_NAME_LEN: usize = 32;
+/// Longest host part accepted (DNS limit).
+pub const MAX_HOST_LEN: usize = 253;
+
+/// Why a name or an address was refused. The text is shown to people as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("the name is empty")]
+    EmptyName,
+    #[error("the name is longer than {MAX_NAME_LEN} characters")]
+    NameTooLong,
+    #[error("the name may contain only letters a-z, digits, '.', '-' and '_', and must start with a letter or digit")]
+    BadNameCharacter,
+    #[error("an address looks like name@host")]
+    MissingAt,
+    #[error("the host part of the address is not valid")]
+    BadHost,
+}
+
+/// Checks and normalises (lower-cases) a chosen name, the part before `@`.
+pub fn validate_name(name: &str) -> Result<String, AddressError> {
+    let name = name.trim().to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(AddressError::EmptyName);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(AddressError::NameTooLong);
+    }
+    let mut chars = name.chars();
+    let first = chars.next().unwrap_or('-');
+    if !first.is_ascii_alphanumeric() {
+        return Err(AddressError::BadNameCharacter);
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+        return Err(AddressError::BadNameCharacter);
+    }
+    Ok(name)
+}
+
+fn validate_host(host: &str) -> Result<String, AddressError> {
+    let host = host.trim().to_ascii_lowercase();
+    let ok = !host.is_empty()
+        && host.len() <= MAX_HOST_LEN
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && !host.starts_with('.')
+        && !host.ends_with('.');
+    if ok {
+        Ok(host)
+    } else {
+        Err(AddressError::BadHost)
+    }
+}
+
+/// A Peermail address: `local@host`, always lower-case.
+///
+/// Serialised as the plain string form.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Address {
+    /// The chosen name, validated by [`validate_name`].
+    local: String,
+    /// The relay host that keeps this account's directory entry.
+    host: String,
+}
+
+impl Address {
+    pub fn new(local: &str, host: &str) -> Result<Self, AddressError> {
+        Ok(Self { local: validate_name(local)?, host: validate_host(host)? })
+    }
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+impl FromStr for Address {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (local, host) = s.rsplit_once('@').ok_or(AddressError::MissingAt)?;
+        Address::new(local, host)
+    }
+}
+
+impl TryFrom<String> for Address {
+    type Error = AddressError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Address> for String {
+    fn from(a: Address) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.local, self.host)
+    }
+}
+
+/// Splits a To/Cc field ("a@x, b@x; c@x") into addresses, reporting the first bad one.
+pub fn parse_address_list(field: &str) -> Result<Vec<Address>, (String, AddressError)> {
+    let mut out: Vec<Address> = Vec::new();
+    for part in field.split([',', ';', ' ', '\n']).map(str::trim).filter(|p| !p.is_empty()) {
+        let addr: Address = part.parse().map_err(|e| (part.to_string(), e))?;
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(validate_name(" Alice ").unwrap(), "alice");
+        assert_eq!(validate_name("bob.smith-2_x").unwrap(), "bob.smith-2_x");
+        assert_eq!(validate_name(""), Err(AddressError::EmptyName));
+        assert_eq!(validate_name("-bob"), Err(AddressError::BadNameCharacter));
+        assert_eq!(validate_name("bo b"), Err(AddressError::BadNameCharacter));
+        assert_eq!(validate_name("bob@x"), Err(AddressError::BadNameCharacter));
+        assert_eq!(validate_name(&"a".repeat(33)), Err(AddressError::NameTooLong));
+    }
+
+    #[test]
+    fn addresses_round_trip() {
+        let a: Address = "Alice@Relay.Example".parse().unwrap();
+        assert_eq!(a.to_string(), "alice@relay.example");
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, "\"alice@relay.example\"");
+        assert_eq!(serde_json::from_str::<Address>(&json).unwrap(), a);
+        assert!(serde_json::from_str::<Address>("\"nope\"").is_err());
+        assert_eq!("x".parse::<Address>(), Err(AddressError::MissingAt));
+        assert_eq!("x@".parse::<Address>(), Err(AddressError::BadHost));
+    }
+
+    #[test]
+    fn address_lists() {
+        let l = parse_address_list("a@h, b@h;c@h  a@h").unwrap();
+        assert_eq!(l.len(), 3);
+        assert!(parse_address_list("").unwrap().is_empty());
+        let (bad, _) = parse_address_list("a@h, nope").unwrap_err();
+        assert_eq!(bad, "nope");
+    }
+}

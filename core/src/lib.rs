@@ -1,0 +1,25 @@
+//! # peermail-core
+//!
+//! The sans-IO heart of Peermail, shared by the relay, the browser client and the tests.
+//! It opens no sockets, spawns no tasks and reads no clock: time (`now`, in milliseconds)
+//! and randomness come in as values. It compiles natively and to `wasm32-unknown-unknown`.
+//!
+//! Modules:
+//! - [`address`]: `local@host` addresses and name rules.
+//! - [`mail`]: [`Mail`](mail::Mail), [`MessageId`](mail::MessageId), [`Draft`](mail::Draft).
+//! - [`identity`]: Ed25519 account keys and the signed-challenge session authentication.
+//! - [`wire`]: signaling frames (JSON) and peer frames (postcard); the only wire formats.
+//! - [`store`]: persisted records, the [`MailStore`](store::MailStore) contract, the
+//!   in-memory store and the conformance tests every store runs.
+//! - [`node`]: the per-user delivery state machine ([`Node`](node::Node)).
+
+pub mod address;
+pub mod identity;
+pub mod mail;
+pub mod node;
+pub mod store;
+pub mod wire;
+
+pub use address::Address;
+pub use mail::{Draft, Mail, MessageId, Millis};
+pub use node::{Command, Config, Event, Input, Node, Output};

@@ -1,0 +1,104 @@
+//! Mails, Message-IDs and drafts.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+
+/// Milliseconds since the Unix epoch. Time is an input to `core`; it never reads a clock.
+pub type Millis = u64;
+
+/// A mail's identity everywhere: `<uuid@host>`, RFC 5322 style.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// A new Message-ID from 16 random bytes (supplied by the driver) and the sender's host.
+    pub fn new(random: [u8; 16], host: &str) -> Self {
+        let uuid = uuid::Builder::from_random_bytes(random).into_uuid();
+        MessageId(format!("<{uuid}@{host}>"))
+    }
+    /// Accepts an existing id of the form `<left@right>`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let inner = s.strip_prefix('<')?.strip_suffix('>')?;
+        let (l, r) = inner.split_once('@')?;
+        let ok = |p: &str| !p.is_empty() && p.len() < 200 && !p.contains(['<', '>', ' ', '@']);
+        (ok(l) && ok(r)).then(|| MessageId(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How urgent the sender says a mail is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+/// A mail as written by its sender. Identity is `message_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mail {
+    pub message_id: MessageId,
+    pub from: Address,
+    pub to: Vec<Address>,
+    pub cc: Vec<Address>,
+    pub subject: String,
+    /// When the sender sent it (sender's clock).
+    pub date: Millis,
+    /// Plain-text body.
+    pub body: String,
+    pub in_reply_to: Option<MessageId>,
+    pub references: Vec<MessageId>,
+    pub priority: Priority,
+}
+
+impl Mail {
+    /// Everyone the mail is addressed to, To first then Cc, without duplicates.
+    pub fn recipients(&self) -> Vec<Address> {
+        let mut out: Vec<Address> = Vec::new();
+        for a in self.to.iter().chain(&self.cc) {
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+}
+
+/// What a person fills in on the Compose form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draft {
+    pub to: Vec<Address>,
+    pub cc: Vec<Address>,
+    pub subject: String,
+    pub body: String,
+    pub in_reply_to: Option<MessageId>,
+    pub priority: Priority,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids() {
+        let id = MessageId::new([7; 16], "relay.example");
+        assert!(id.as_str().starts_with('<') && id.as_str().ends_with("@relay.example>"));
+        assert_eq!(MessageId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(MessageId::parse("nope"), None);
+        assert_eq!(MessageId::parse("<a@b@c>"), None);
+        assert_ne!(id, MessageId::new([8; 16], "relay.example"));
+    }
+}

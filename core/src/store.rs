@@ -1,0 +1,293 @@
+//! What a node keeps, and the storage contract every store implements.
+//!
+//! The [`Node`](crate::node::Node) holds the mailbox in memory and asks its driver to persist
+//! changes as [`StoreWrite`]s; at start the driver loads a [`Snapshot`]. Stores: the
+//! [`MemoryStore`] here (tests, harness) and the IndexedDB store in `web-client`. Both run
+//! the same conformance tests through [`store_conformance_tests!`](crate::store_conformance_tests).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::identity::Identity;
+use crate::mail::{Mail, MessageId, Millis};
+
+/// A received mail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxRecord {
+    pub mail: Mail,
+    /// When this node stored it (receiver's clock).
+    pub received_at: Millis,
+    pub read: bool,
+}
+
+/// Where one recipient's copy of an outgoing mail stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryState {
+    /// Not yet sent: the recipient is offline or no connection is up yet.
+    Waiting,
+    /// Sent over a data channel at `since`, acknowledgement not yet received.
+    Sending { since: Millis, attempts: u32 },
+    /// The recipient's node acknowledged storing it.
+    Delivered { at: Millis },
+    /// Given up; `reason` is shown to the sender.
+    Failed { at: Millis, reason: String },
+}
+
+impl DeliveryState {
+    /// Delivered or failed: nothing more will happen for this recipient.
+    pub fn is_final(&self) -> bool {
+        matches!(self, DeliveryState::Delivered { .. } | DeliveryState::Failed { .. })
+    }
+}
+
+/// One recipient of an outgoing mail and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientStatus {
+    pub address: Address,
+    pub state: DeliveryState,
+}
+
+/// A mail this user sent. It shows in the Outbox while any recipient is pending, in Sent after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingMail {
+    pub mail: Mail,
+    pub recipients: Vec<RecipientStatus>,
+}
+
+impl OutgoingMail {
+    /// True while some recipient still waits for the mail (the Outbox folder).
+    pub fn is_pending(&self) -> bool {
+        self.recipients.iter().any(|r| !r.state.is_final())
+    }
+}
+
+/// One change to persist. Every write is an upsert keyed by Message-ID or address, so
+/// applying a write twice leaves the same state as applying it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreWrite {
+    PutInbox(InboxRecord),
+    PutOutgoing(OutgoingMail),
+    PutContact(Address),
+    RemoveContact(Address),
+}
+
+/// Everything a node needs at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub inbox: Vec<InboxRecord>,
+    pub outgoing: Vec<OutgoingMail>,
+    pub contacts: Vec<Address>,
+}
+
+/// A store failure, as text from the underlying engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store error: {0}")]
+pub struct StoreError(pub String);
+
+/// The storage contract. Futures need not be `Send` (the browser is single-threaded).
+#[allow(async_fn_in_trait)]
+pub trait MailStore {
+    async fn load_identity(&self) -> Result<Option<Identity>, StoreError>;
+    async fn save_identity(&self, identity: &Identity) -> Result<(), StoreError>;
+    async fn load(&self) -> Result<Snapshot, StoreError>;
+    async fn apply(&self, write: StoreWrite) -> Result<(), StoreError>;
+}
+
+/// An in-memory store: the reference implementation of the contract.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: RefCell<MemoryInner>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct MemoryInner {
+    identity_json: Option<String>,
+    inbox: BTreeMap<MessageId, InboxRecord>,
+    outgoing: BTreeMap<MessageId, OutgoingMail>,
+    contacts: BTreeMap<Address, ()>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Applies a write synchronously (for the in-process harness).
+    pub fn apply_now(&self, write: StoreWrite) {
+        let mut s = self.inner.borrow_mut();
+        match write {
+            StoreWrite::PutInbox(r) => {
+                s.inbox.insert(r.mail.message_id.clone(), r);
+            }
+            StoreWrite::PutOutgoing(o) => {
+                s.outgoing.insert(o.mail.message_id.clone(), o);
+            }
+            StoreWrite::PutContact(a) => {
+                s.contacts.insert(a, ());
+            }
+            StoreWrite::RemoveContact(a) => {
+                s.contacts.remove(&a);
+            }
+        }
+    }
+    /// The snapshot, synchronously.
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.inner.borrow();
+        Snapshot {
+            inbox: s.inbox.values().cloned().collect(),
+            outgoing: s.outgoing.values().cloned().collect(),
+            contacts: s.contacts.keys().cloned().collect(),
+        }
+    }
+}
+
+impl MailStore for MemoryStore {
+    async fn load_identity(&self) -> Result<Option<Identity>, StoreError> {
+        let s = self.inner.borrow();
+        match &s.identity_json {
+            None => Ok(None),
+            Some(j) => serde_json::from_str(j).map(Some).map_err(|e| StoreError(e.to_string())),
+        }
+    }
+    async fn save_identity(&self, identity: &Identity) -> Result<(), StoreError> {
+        let mut s = self.inner.borrow_mut();
+        s.identity_json = Some(serde_json::to_string(identity).map_err(|e| StoreError(e.to_string()))?);
+        Ok(())
+    }
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.snapshot())
+    }
+    async fn apply(&self, write: StoreWrite) -> Result<(), StoreError> {
+        self.apply_now(write);
+        Ok(())
+    }
+}
+
+/// The conformance checks, as plain async functions over a fresh, empty store.
+pub mod conformance {
+    use super::*;
+    use crate::mail::Priority;
+
+    fn addr(s: &str) -> Address {
+        s.parse().expect("test address")
+    }
+
+    fn mail(n: u8) -> Mail {
+        Mail {
+            message_id: MessageId::new([n; 16], "h"),
+            from: addr("alice@h"),
+            to: vec![addr("bob@h")],
+            cc: vec![addr("carol@h")],
+            subject: format!("subject {n} ✓"),
+            date: 1_000 + n as u64,
+            body: format!("body {n}\nsecond line"),
+            in_reply_to: None,
+            references: vec![],
+            priority: Priority::Normal,
+        }
+    }
+
+    fn sorted(mut s: Snapshot) -> Snapshot {
+        s.inbox.sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
+        s.outgoing.sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
+        s.contacts.sort();
+        s
+    }
+
+    pub async fn empty_store_is_empty(store: impl MailStore) {
+        assert!(store.load_identity().await.unwrap().is_none());
+        assert_eq!(store.load().await.unwrap(), Snapshot::default());
+    }
+
+    pub async fn identity_round_trips(store: impl MailStore) {
+        let id = Identity::from_seed(addr("alice@h"), [3; 32]);
+        store.save_identity(&id).await.unwrap();
+        let back = store.load_identity().await.unwrap().expect("saved identity");
+        assert_eq!(back.address, id.address);
+        assert_eq!(back.public_key(), id.public_key());
+        assert_eq!(back.sign(b"x"), id.sign(b"x"));
+    }
+
+    pub async fn inbox_upserts_by_message_id(store: impl MailStore) {
+        let r1 = InboxRecord { mail: mail(1), received_at: 5, read: false };
+        let r2 = InboxRecord { mail: mail(2), received_at: 6, read: false };
+        store.apply(StoreWrite::PutInbox(r1.clone())).await.unwrap();
+        store.apply(StoreWrite::PutInbox(r2.clone())).await.unwrap();
+        store.apply(StoreWrite::PutInbox(r1.clone())).await.unwrap();
+        let read = InboxRecord { read: true, ..r2.clone() };
+        store.apply(StoreWrite::PutInbox(read.clone())).await.unwrap();
+        let snap = sorted(store.load().await.unwrap());
+        let mut expect = vec![r1, read];
+        expect.sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
+        assert_eq!(snap.inbox, expect);
+    }
+
+    pub async fn outgoing_upserts_with_states(store: impl MailStore) {
+        let mut o = OutgoingMail {
+            mail: mail(3),
+            recipients: vec![
+                RecipientStatus { address: addr("bob@h"), state: DeliveryState::Waiting },
+                RecipientStatus {
+                    address: addr("carol@h"),
+                    state: DeliveryState::Sending { since: 9, attempts: 1 },
+                },
+            ],
+        };
+        store.apply(StoreWrite::PutOutgoing(o.clone())).await.unwrap();
+        o.recipients[0].state = DeliveryState::Delivered { at: 10 };
+        o.recipients[1].state = DeliveryState::Failed { at: 11, reason: "no such address".into() };
+        store.apply(StoreWrite::PutOutgoing(o.clone())).await.unwrap();
+        let snap = store.load().await.unwrap();
+        assert_eq!(snap.outgoing, vec![o]);
+        assert!(snap.inbox.is_empty());
+    }
+
+    pub async fn contacts_add_and_remove(store: impl MailStore) {
+        for a in ["bob@h", "carol@h", "bob@h"] {
+            store.apply(StoreWrite::PutContact(addr(a))).await.unwrap();
+        }
+        store.apply(StoreWrite::RemoveContact(addr("carol@h"))).await.unwrap();
+        store.apply(StoreWrite::RemoveContact(addr("nobody@h"))).await.unwrap();
+        assert_eq!(store.load().await.unwrap().contacts, vec![addr("bob@h")]);
+    }
+}
+
+/// Generates one test per conformance check.
+///
+/// `$attr` is the test attribute (`tokio::test`, `wasm_bindgen_test`), `$make` an async
+/// expression yielding a fresh, empty store each time it is evaluated.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($attr:meta, $make:expr) => {
+        #[$attr]
+        async fn conformance_empty_store_is_empty() {
+            $crate::store::conformance::empty_store_is_empty($make.await).await
+        }
+        #[$attr]
+        async fn conformance_identity_round_trips() {
+            $crate::store::conformance::identity_round_trips($make.await).await
+        }
+        #[$attr]
+        async fn conformance_inbox_upserts_by_message_id() {
+            $crate::store::conformance::inbox_upserts_by_message_id($make.await).await
+        }
+        #[$attr]
+        async fn conformance_outgoing_upserts_with_states() {
+            $crate::store::conformance::outgoing_upserts_with_states($make.await).await
+        }
+        #[$attr]
+        async fn conformance_contacts_add_and_remove() {
+            $crate::store::conformance::contacts_add_and_remove($make.await).await
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    async fn fresh() -> super::MemoryStore {
+        super::MemoryStore::new()
+    }
+    crate::store_conformance_tests!(tokio::test, fresh());
+}

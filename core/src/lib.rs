@@ -21,5 +21,6 @@ pub mod store;
 pub mod wire;
 
 pub use address::Address;
+pub use identity::Identity;
 pub use mail::{Draft, Mail, MessageId, Millis};
 pub use node::{Command, Config, Event, Input, Node, Output};

@@ -1,0 +1,232 @@
+//! Delivery logic of the `Node`, proven in the in-process world with simulated time.
+
+mod sim;
+
+use peermail_core::store::DeliveryState;
+use peermail_core::wire::peer::PeerFrame;
+use proptest::prelude::*;
+use sim::{addr, World};
+
+fn state_of(w: &World, from: &peermail_core::Address, id: &peermail_core::MessageId, to: &peermail_core::Address) -> DeliveryState {
+    w.outgoing(from, id).recipients.into_iter().find(|r| &r.address == to).expect("recipient").state
+}
+
+#[test]
+fn online_recipient_gets_mail_directly() {
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let id = w.send(&alice, &[&bob], &[], "hello");
+    assert!(w.inbox_has(&bob, &id));
+    assert_eq!(w.received_count(&bob, &id), 1);
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert!(!w.outgoing(&alice, &id).is_pending(), "moves to Sent");
+}
+
+#[test]
+fn offline_recipient_gets_mail_exactly_once_when_both_online() {
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    let id = w.send(&alice, &[&bob], &[], "while you were out");
+    assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
+    assert!(w.outgoing(&alice, &id).is_pending(), "stays in the Outbox");
+    w.advance(60_000);
+    assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
+    w.online(&bob);
+    assert!(w.inbox_has(&bob, &id));
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    // Bob goes away and comes back; Alice restarts: nothing is delivered twice.
+    w.offline(&bob);
+    w.offline(&alice);
+    w.online(&alice);
+    w.online(&bob);
+    w.advance(120_000);
+    assert_eq!(w.received_count(&bob, &id), 1);
+}
+
+#[test]
+fn sender_restart_keeps_outbox_and_delivers_later() {
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    let id = w.send(&alice, &[&bob], &[], "persisted");
+    w.offline(&alice);
+    w.online(&bob);
+    w.advance(10_000);
+    assert!(!w.inbox_has(&bob, &id), "no relay cache in this design step: the sender must be online");
+    w.online(&alice);
+    assert!(w.inbox_has(&bob, &id));
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+}
+
+#[test]
+fn lost_acknowledgement_then_retry_yields_one_copy() {
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let mut acks_dropped = 0;
+    w.drop_rule = Some(Box::new(move |_, _, f| {
+        if matches!(f, PeerFrame::Ack { .. }) && acks_dropped == 0 {
+            acks_dropped += 1;
+            true
+        } else {
+            false
+        }
+    }));
+    let id = w.send(&alice, &[&bob], &[], "ack goes missing");
+    assert!(w.inbox_has(&bob, &id), "bob stored it");
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Sending { attempts: 1, .. }));
+    w.advance(w.config.ack_timeout + 1);
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert_eq!(w.dropped, 1);
+    assert_eq!(w.received_count(&bob, &id), 1, "the retry is recognised by Message-ID");
+    assert_eq!(w.users[&bob].store.snapshot().inbox.len(), 1);
+}
+
+#[test]
+fn lost_mail_frame_is_resent() {
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let mut n = 0;
+    w.drop_rule = Some(Box::new(move |_, _, f| {
+        n += 1;
+        matches!(f, PeerFrame::Mail(_)) && n == 1
+    }));
+    let id = w.send(&alice, &[&bob], &[], "first copy lost");
+    assert!(!w.inbox_has(&bob, &id));
+    w.advance(w.config.ack_timeout + 1);
+    assert!(w.inbox_has(&bob, &id));
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+}
+
+#[test]
+fn three_recipients_one_unknown() {
+    let mut w = World::new();
+    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
+    let nobody = addr("nobody");
+    w.online(&alice);
+    w.online(&bob);
+    let id = w.send(&alice, &[&bob, &nobody], &[&carol], "three of us");
+    match state_of(&w, &alice, &id, &nobody) {
+        DeliveryState::Failed { reason, .. } => assert!(reason.contains("no such address"), "{reason}"),
+        other => panic!("unknown address must fail, got {other:?}"),
+    }
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert_eq!(state_of(&w, &alice, &id, &carol), DeliveryState::Waiting);
+    assert!(w.outgoing(&alice, &id).is_pending());
+    w.online(&carol);
+    assert!(w.inbox_has(&carol, &id));
+    assert!(!w.outgoing(&alice, &id).is_pending(), "all recipients final: Sent");
+    assert_eq!(w.received_count(&bob, &id) + w.received_count(&carol, &id), 2);
+}
+
+#[test]
+fn connection_drop_mid_delivery_requeues_and_recovers() {
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    // Every mail frame is lost while Bob is about to leave.
+    w.drop_rule = Some(Box::new(|_, _, f| matches!(f, PeerFrame::Mail(_))));
+    let id = w.send(&alice, &[&bob], &[], "dropped mid-flight");
+    w.offline(&bob);
+    assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
+    w.drop_rule = None;
+    w.online(&bob);
+    w.advance(10_000);
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert_eq!(w.received_count(&bob, &id), 1);
+}
+
+#[test]
+fn forged_sender_is_rejected() {
+    use peermail_core::node::{Input, Output};
+    use peermail_core::store::Snapshot;
+    use peermail_core::{Config, Identity, Mail, MessageId, Node};
+    let bob = addr("bob");
+    let mut node = Node::new(Identity::from_seed(bob.clone(), [9; 32]), Config::default(), Snapshot::default(), 0);
+    let mail = Mail {
+        message_id: MessageId::new([1; 16], "relay.test"),
+        from: addr("alice"),
+        to: vec![bob.clone()],
+        cc: vec![],
+        subject: "forged".into(),
+        date: 0,
+        body: String::new(),
+        in_reply_to: None,
+        references: vec![],
+        priority: Default::default(),
+    };
+    node.handle(Input::Frame { peer: addr("mallory"), bytes: PeerFrame::Mail(mail).encode().unwrap() }, 1);
+    node.handle(Input::Frame { peer: addr("mallory"), bytes: vec![1, 2, 3] }, 1);
+    let outs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(outs.iter().any(|o| matches!(o, Output::ToPeer { bytes, .. }
+        if matches!(PeerFrame::decode(bytes), Ok(PeerFrame::Reject { .. })))));
+    assert!(!outs.iter().any(|o| matches!(o, Output::Store { .. })), "nothing stored: {outs:?}");
+    assert!(node.inbox().is_empty());
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Toggle(usize),
+    Send { from: usize, to: Vec<usize> },
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0usize..4).prop_map(Step::Toggle),
+        2 => (0usize..4, proptest::collection::vec(0usize..4, 1..4)).prop_map(|(from, to)| Step::Send { from, to }),
+        2 => (0u64..30_000).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Whatever the schedule of people coming and going and frames being lost, once everyone
+    /// is online long enough, every recipient holds every mail, received exactly once.
+    #[test]
+    fn every_mail_arrives_exactly_once(steps in proptest::collection::vec(step(), 1..40), loss in 0u32..4) {
+        let mut w = World::new();
+        let users: Vec<_> = ["alice", "bob", "carol", "dave"].iter().map(|n| w.register(n)).collect();
+        let mut counter = 0u32;
+        w.drop_rule = Some(Box::new(move |_, _, _| {
+            counter = counter.wrapping_add(1);
+            loss > 0 && counter % (loss + 2) == 0
+        }));
+        let mut sent = Vec::new();
+        for (i, s) in steps.into_iter().enumerate() {
+            match s {
+                Step::Toggle(u) => {
+                    if w.is_online(&users[u]) { w.offline(&users[u]) } else { w.online(&users[u]) }
+                }
+                Step::Send { from, to } => {
+                    if w.is_online(&users[from]) {
+                        let to: Vec<_> = to.iter().map(|t| &users[*t]).collect();
+                        let id = w.send(&users[from], &to, &[], &format!("mail {i}"));
+                        sent.push((users[from].clone(), id));
+                    }
+                }
+                Step::Wait(ms) => w.advance(ms),
+            }
+        }
+        w.drop_rule = None;
+        for u in &users { w.online(u); }
+        w.advance(5 * 60_000);
+        for (from, id) in &sent {
+            let o = w.outgoing(from, id);
+            prop_assert!(!o.is_pending(), "{id} still pending: {:?}", o.recipients);
+            for r in &o.recipients {
+                prop_assert!(matches!(r.state, DeliveryState::Delivered { .. }), "{:?}", r);
+                prop_assert!(w.inbox_has(&r.address, id));
+                let expected = 1;
+                prop_assert_eq!(w.received_count(&r.address, id), expected, "{} got {} copies", r.address, id);
+            }
+        }
+    }
+}

@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    peermail_web_client::run();
+}

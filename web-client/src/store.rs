@@ -1,0 +1,138 @@
+//! [`IdbStore`]: the [`MailStore`] contract on the browser's IndexedDB.
+//!
+//! One database per account store, four object stores with out-of-line keys:
+//!
+//! | object store | key | value |
+//! | --- | --- | --- |
+//! | `identity` | `"me"` | the [`Identity`] as JSON |
+//! | `inbox` | Message-ID | an [`InboxRecord`] as JSON |
+//! | `outgoing` | Message-ID | an [`OutgoingMail`] as JSON |
+//! | `contacts` | address | the address as JSON |
+//!
+//! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
+//! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
+//! Schema changes to the object stores themselves go in [`upgrade`], keyed by version.
+
+use indexed_db_futures::database::{Database, VersionChangeEvent};
+use indexed_db_futures::prelude::*;
+use indexed_db_futures::transaction::TransactionMode;
+use peermail_core::identity::Identity;
+use peermail_core::store::{InboxRecord, MailStore, OutgoingMail, Snapshot, StoreError, StoreWrite};
+use peermail_core::Address;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Current schema version (see [`upgrade`]).
+pub const SCHEMA_VERSION: u32 = 1;
+
+const IDENTITY: &str = "identity";
+const INBOX: &str = "inbox";
+const OUTGOING: &str = "outgoing";
+const CONTACTS: &str = "contacts";
+const IDENTITY_KEY: &str = "me";
+
+/// The IndexedDB-backed store. Cheap to share behind an `Rc`.
+#[derive(Debug)]
+pub struct IdbStore {
+    /// The open database connection.
+    db: Database,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(err)
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(err)
+}
+
+/// Brings the object stores from `old` to [`SCHEMA_VERSION`], one step per version.
+fn upgrade(event: &VersionChangeEvent, db: &Database) -> indexed_db_futures::Result<()> {
+    let old = event.old_version() as u64;
+    if old < 1 {
+        for name in [IDENTITY, INBOX, OUTGOING, CONTACTS] {
+            db.create_object_store(name).build()?;
+        }
+    }
+    Ok(())
+}
+
+impl IdbStore {
+    /// Opens (creating or upgrading as needed) the database `db_name`.
+    pub async fn open(db_name: &str) -> Result<IdbStore, StoreError> {
+        let db = Database::open(db_name)
+            .with_version(SCHEMA_VERSION)
+            .with_on_upgrade_needed(|event, db| upgrade(&event, &db))
+            .await
+            .map_err(err)?;
+        Ok(IdbStore { db })
+    }
+
+    /// Upserts one JSON value under `key` in `store`, committing before returning.
+    async fn put(&self, store: &str, key: &str, json: String) -> Result<(), StoreError> {
+        let tx = self.db.transaction(store).with_mode(TransactionMode::Readwrite).build().map_err(err)?;
+        let os = tx.object_store(store).map_err(err)?;
+        os.put(json).with_key(key.to_string()).primitive().map_err(err)?.await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn delete(&self, store: &str, key: &str) -> Result<(), StoreError> {
+        let tx = self.db.transaction(store).with_mode(TransactionMode::Readwrite).build().map_err(err)?;
+        let os = tx.object_store(store).map_err(err)?;
+        os.delete(key.to_string()).primitive().map_err(err)?.await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(())
+    }
+}
+
+impl MailStore for IdbStore {
+    async fn load_identity(&self) -> Result<Option<Identity>, StoreError> {
+        let tx = self.db.transaction(IDENTITY).build().map_err(err)?;
+        let os = tx.object_store(IDENTITY).map_err(err)?;
+        let v: Option<String> =
+            os.get(IDENTITY_KEY.to_string()).primitive().map_err(err)?.await.map_err(err)?;
+        v.as_deref().map(from_json).transpose()
+    }
+
+    async fn save_identity(&self, identity: &Identity) -> Result<(), StoreError> {
+        self.put(IDENTITY, IDENTITY_KEY, to_json(identity)?).await
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        let tx = self.db.transaction([INBOX, OUTGOING, CONTACTS]).build().map_err(err)?;
+        let mut snap = Snapshot::default();
+        for s in all_values(&tx.object_store(INBOX).map_err(err)?).await? {
+            snap.inbox.push(from_json::<InboxRecord>(&s)?);
+        }
+        for s in all_values(&tx.object_store(OUTGOING).map_err(err)?).await? {
+            snap.outgoing.push(from_json::<OutgoingMail>(&s)?);
+        }
+        for s in all_values(&tx.object_store(CONTACTS).map_err(err)?).await? {
+            snap.contacts.push(from_json::<Address>(&s)?);
+        }
+        Ok(snap)
+    }
+
+    async fn apply(&self, write: StoreWrite) -> Result<(), StoreError> {
+        match write {
+            StoreWrite::PutInbox(r) => self.put(INBOX, r.mail.message_id.as_str(), to_json(&r)?).await,
+            StoreWrite::PutOutgoing(o) => {
+                self.put(OUTGOING, o.mail.message_id.as_str(), to_json(&o)?).await
+            }
+            StoreWrite::PutContact(a) => self.put(CONTACTS, &a.to_string(), to_json(&a)?).await,
+            StoreWrite::RemoveContact(a) => self.delete(CONTACTS, &a.to_string()).await,
+        }
+    }
+}
+
+async fn all_values(
+    os: &indexed_db_futures::object_store::ObjectStore<'_>,
+) -> Result<Vec<String>, StoreError> {
+    let iter = os.get_all::<String>().primitive().map_err(err)?.await.map_err(err)?;
+    iter.map(|r| r.map_err(err)).collect()
+}

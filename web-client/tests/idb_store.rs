@@ -1,0 +1,47 @@
+//! The IndexedDB store runs the same conformance checks as `core`'s in-memory store, in a
+//! real headless Chromium.
+//!
+//! Run from the repository root:
+//!
+//! ```sh
+//! CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+//! CHROMEDRIVER=/usr/bin/chromedriver \
+//! cargo test -p peermail-web-client --target wasm32-unknown-unknown
+//! ```
+//!
+//! `wasm-bindgen-test-runner` (0.2.130, the same version as the `wasm-bindgen` crate) reads
+//! the browser capabilities from `webdriver.json` in its working directory — cargo runs test
+//! binaries (and so the runner) in the package directory, so that is `web-client/webdriver.json`
+//! — or from the file named by `WASM_BINDGEN_TEST_WEBDRIVER_JSON`. That file passes
+//! `--no-sandbox` and the other flags Chromium needs to run headless as root.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use peermail_web_client::store::IdbStore;
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// Opens an empty store in a database no other test uses.
+async fn fresh_store() -> IdbStore {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let name = format!("peermail-test-{}-{n}", js_sys::Date::now() as u64);
+    IdbStore::open(&name).await.expect("open a fresh IndexedDB store")
+}
+
+peermail_core::store_conformance_tests!(wasm_bindgen_test, fresh_store());
+
+/// Data survives closing and reopening the database (what a page reload does).
+#[wasm_bindgen_test]
+async fn reopen_keeps_data() {
+    use peermail_core::store::{MailStore, StoreWrite};
+    let name = format!("peermail-test-reopen-{}", js_sys::Date::now() as u64);
+    let bob: peermail_core::Address = "bob@h".parse().unwrap();
+    {
+        let s = IdbStore::open(&name).await.unwrap();
+        s.apply(StoreWrite::PutContact(bob.clone())).await.unwrap();
+    }
+    let s = IdbStore::open(&name).await.unwrap();
+    assert_eq!(s.load().await.unwrap().contacts, vec![bob]);
+}

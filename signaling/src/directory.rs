@@ -1,0 +1,51 @@
+//! The account directory: which names exist at this relay and their public keys.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use peermail_core::identity::PublicKey;
+
+use crate::Error;
+
+/// Where accounts are kept. The relay implements it over SQLite; [`MemoryDirectory`] keeps
+/// accounts in memory. Calls are short and synchronous (a primary-key lookup).
+pub trait Directory: Send + Sync + 'static {
+    /// Creates the account `name` (already validated and normalised) with `key`.
+    /// Fails with [`Error::NameTaken`] if the name exists.
+    fn register(&self, name: &str, key: &PublicKey) -> Result<(), Error>;
+    /// The public key of account `name` (the local part of an address at this relay).
+    fn lookup(&self, name: &str) -> Result<Option<PublicKey>, Error>;
+}
+
+/// Accounts in memory, lost when the process ends. For tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct MemoryDirectory {
+    /// name → public key.
+    accounts: Mutex<HashMap<String, PublicKey>>,
+}
+
+impl MemoryDirectory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Directory for MemoryDirectory {
+    fn register(&self, name: &str, key: &PublicKey) -> Result<(), Error> {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if accounts.contains_key(name) {
+            return Err(Error::NameTaken(name.to_string()));
+        }
+        accounts.insert(name.to_string(), key.clone());
+        Ok(())
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<PublicKey>, Error> {
+        Ok(self
+            .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned())
+    }
+}

@@ -1,0 +1,513 @@
+//! One WebSocket connection: the challenge, authentication, the heartbeat and the dispatch of
+//! client frames. Replies are written in order; frames for this session that come from other
+//! sessions (presence, forwarded negotiation) arrive through its bounded outbox.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use peermail_core::address::{validate_name, Address};
+use peermail_core::identity::{auth_message, register_message, PublicKey};
+use peermail_core::wire::signal::{
+    parse_client_frame, ClientFrame, ErrorCode, PresenceStatus, ServerFrame, SignalPayload,
+    MAX_SIGNAL_FRAME,
+};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::hub::Outbox;
+use crate::{Error, Signaling};
+
+/// Most addresses one session may watch at once.
+pub const MAX_SUBSCRIPTIONS: usize = 1000;
+/// Frames from other sessions that may wait for this session's socket.
+const OUTBOX_CAPACITY: usize = 64;
+/// How long the server waits for the client's reply to its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// WebSocket close codes (RFC 6455, 7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_INTERNAL: u16 = 1011;
+
+/// Why a session loop ended.
+enum End {
+    /// The connection broke.
+    Gone,
+    /// The client sent a close frame.
+    Closed,
+    /// The client sent a frame over [`MAX_SIGNAL_FRAME`].
+    TooLarge,
+    /// Nothing arrived within the heartbeat timeout.
+    Silent,
+    /// A newer session authenticated as the same address.
+    Replaced,
+    /// The relay is stopping.
+    Shutdown,
+}
+
+/// The state of one connection. Kept small: thousands of these live at once.
+struct Session {
+    signaling: Arc<Signaling>,
+    /// Tells this session apart from other sessions of the same address.
+    id: u64,
+    /// The challenge this session's client must sign.
+    nonce: String,
+    /// Set once the client registered or authenticated.
+    address: Option<Address>,
+    /// Addresses whose presence this session watches.
+    watched: HashSet<Address>,
+    /// This session's own outbox, handed to the hub for presence and forwarded frames.
+    outbox: Outbox,
+    /// Woken by the hub when a newer session of the same address takes over.
+    replaced: Arc<Notify>,
+}
+
+/// Runs one connection to its end.
+pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
+    let Some(nonce) = new_nonce() else {
+        let frame =
+            ServerFrame::error(ErrorCode::Internal, "the relay cannot make a challenge now");
+        let _ = send_frame(&mut socket, &frame, CLOSE_GRACE).await;
+        close(&mut socket, CLOSE_INTERNAL, "no challenge".to_string()).await;
+        return;
+    };
+    let (outbox, mut inbox) = mpsc::channel(OUTBOX_CAPACITY);
+    let mut session = Session {
+        id: signaling.next_session_id(),
+        nonce,
+        address: None,
+        watched: HashSet::new(),
+        outbox,
+        replaced: Arc::new(Notify::new()),
+        signaling,
+    };
+    let config = session.signaling.config.clone();
+    tracing::debug!(session = session.id, "session started");
+
+    let challenge = ServerFrame::Challenge {
+        nonce: session.nonce.clone(),
+        domain: config.domain.clone(),
+    };
+    let end = if send_frame(&mut socket, &challenge, config.heartbeat_timeout)
+        .await
+        .is_err()
+    {
+        End::Gone
+    } else {
+        session.serve(&mut socket, &mut inbox).await
+    };
+
+    session.leave();
+    let closing = match end {
+        End::Gone | End::Silent => None,
+        End::Closed => {
+            // Reading on lets tungstenite write its queued reply to the client's close.
+            drain(&mut socket).await;
+            None
+        }
+        End::TooLarge => Some((
+            CLOSE_POLICY,
+            format!("frames are limited to {MAX_SIGNAL_FRAME} bytes"),
+        )),
+        End::Replaced => {
+            let message = "another session signed in with this address; this one is closed";
+            let frame = ServerFrame::error(ErrorCode::SessionReplaced, message);
+            let _ = send_frame(&mut socket, &frame, CLOSE_GRACE).await;
+            Some((CLOSE_NORMAL, "session replaced".to_string()))
+        }
+        End::Shutdown => Some((CLOSE_GOING_AWAY, "the relay is shutting down".to_string())),
+    };
+    if let Some((code, reason)) = closing {
+        close(&mut socket, code, reason).await;
+    }
+    tracing::debug!(session = session.id, address = ?session.address, "session ended");
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        socket: &mut WebSocket,
+        inbox: &mut mpsc::Receiver<Utf8Bytes>,
+    ) -> End {
+        let config = self.signaling.config.clone();
+        let write_timeout = config.heartbeat_timeout;
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + config.heartbeat_interval,
+            config.heartbeat_interval,
+        );
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let silence = tokio::time::sleep(config.heartbeat_timeout);
+        tokio::pin!(silence);
+        let mut shutdown = self.signaling.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return End::Shutdown;
+        }
+        let replaced = self.replaced.clone();
+
+        loop {
+            tokio::select! {
+                incoming = socket.recv() => {
+                    let message = match incoming {
+                        None => return End::Gone,
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => return read_error(self.id, e),
+                    };
+                    last_heard = Instant::now();
+                    let replies = match message {
+                        Message::Text(text) => self.handle_text(text.as_str()),
+                        Message::Binary(_) => {
+                            tracing::debug!(session = self.id, "binary frame refused");
+                            vec![ServerFrame::error(
+                                ErrorCode::MalformedFrame,
+                                "binary frames are not accepted; signaling frames are JSON text",
+                            )]
+                        }
+                        Message::Ping(_) | Message::Pong(_) => Vec::new(),
+                        Message::Close(_) => return End::Closed,
+                    };
+                    for reply in &replies {
+                        if send_frame(socket, reply, write_timeout).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                }
+                Some(text) = inbox.recv() => {
+                    if send(socket, Message::Text(text), write_timeout).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                () = replaced.notified() => return End::Replaced,
+                _ = ping.tick() => {
+                    if send(socket, Message::Ping(Default::default()), write_timeout).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                () = &mut silence => {
+                    let deadline = last_heard + config.heartbeat_timeout;
+                    if Instant::now() >= deadline {
+                        tracing::debug!(session = self.id, "heartbeat timeout");
+                        return End::Silent;
+                    }
+                    silence.as_mut().reset(deadline);
+                }
+                Ok(()) = shutdown.changed() => return End::Shutdown,
+            }
+        }
+    }
+
+    /// Answers one text frame. Bad input gets an error frame; nothing here ends the session.
+    fn handle_text(&mut self, text: &str) -> Vec<ServerFrame> {
+        let frame = match parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::debug!(session = self.id, error = %e, "bad frame");
+                return vec![ServerFrame::error(e.code(), e.to_string())];
+            }
+        };
+        let authenticated = self.address.is_some();
+        let reply = match frame {
+            ClientFrame::Ping { nonce } => ServerFrame::Pong { nonce },
+            ClientFrame::Register { .. } | ClientFrame::Auth { .. } if authenticated => {
+                ServerFrame::error(
+                    ErrorCode::AlreadyAuthenticated,
+                    "this session is already signed in; open a new connection to change address",
+                )
+            }
+            ClientFrame::Register {
+                name,
+                public_key,
+                signature,
+            } => self.register(&name, &public_key, &signature),
+            ClientFrame::Auth { address, signature } => self.auth(address, &signature),
+            _ if !authenticated => ServerFrame::error(
+                ErrorCode::NotAuthenticated,
+                "sign the challenge first: send register or auth",
+            ),
+            ClientFrame::Subscribe { addresses } => return self.subscribe(addresses),
+            ClientFrame::Unsubscribe { addresses } => {
+                self.unsubscribe(&addresses);
+                return Vec::new();
+            }
+            ClientFrame::Signal { to, conn, payload } => match self.forward(to, conn, payload) {
+                Some(error) => error,
+                None => return Vec::new(),
+            },
+        };
+        vec![reply]
+    }
+
+    fn register(&mut self, name: &str, public_key: &PublicKey, signature: &str) -> ServerFrame {
+        let normalised = match validate_name(name) {
+            Ok(n) => n,
+            Err(e) => return ServerFrame::error(ErrorCode::InvalidName, e.to_string()),
+        };
+        let domain = &self.signaling.config.domain;
+        let address = match Address::new(&normalised, domain) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "the relay's domain is not a valid address host");
+                return ServerFrame::error(
+                    ErrorCode::Internal,
+                    "the relay's domain is misconfigured",
+                );
+            }
+        };
+        // The client signed the name exactly as it sent it.
+        if let Err(e) =
+            public_key.verify(&register_message(&self.nonce, name, public_key), signature)
+        {
+            tracing::debug!(session = self.id, error = %e, "registration refused");
+            return ServerFrame::error(ErrorCode::BadSignature, e.to_string());
+        }
+        let key = match PublicKey::parse(public_key.as_str()) {
+            Ok(k) => k,
+            Err(e) => return ServerFrame::error(ErrorCode::BadSignature, e.to_string()),
+        };
+        match self.signaling.directory.register(&normalised, &key) {
+            Ok(()) => {}
+            Err(Error::NameTaken(_)) => {
+                return ServerFrame::error(
+                    ErrorCode::NameTaken,
+                    format!("the name {normalised} is taken"),
+                )
+            }
+            Err(e) => return internal(&e),
+        }
+        self.sign_in(address.clone());
+        ServerFrame::Registered { address }
+    }
+
+    fn auth(&mut self, address: Address, signature: &str) -> ServerFrame {
+        let key = match self.account_key(&address) {
+            Ok(Some(key)) => key,
+            Ok(None) => return unknown_address(&address),
+            Err(e) => return internal(&e),
+        };
+        if let Err(e) = key.verify(&auth_message(&self.nonce, &address), signature) {
+            tracing::debug!(session = self.id, %address, error = %e, "authentication refused");
+            return ServerFrame::error(ErrorCode::BadSignature, e.to_string());
+        }
+        self.sign_in(address.clone());
+        ServerFrame::Authenticated { address }
+    }
+
+    fn sign_in(&mut self, address: Address) {
+        self.signaling.hub().attach(
+            &address,
+            self.id,
+            self.outbox.clone(),
+            self.replaced.clone(),
+        );
+        tracing::debug!(session = self.id, %address, "signed in");
+        self.address = Some(address);
+    }
+
+    /// The public key of `address` if it is an account at this relay.
+    fn account_key(&self, address: &Address) -> Result<Option<PublicKey>, Error> {
+        if address.host() != self.signaling.config.domain {
+            return Ok(None);
+        }
+        self.signaling.directory.lookup(address.local())
+    }
+
+    fn subscribe(&mut self, addresses: Vec<Address>) -> Vec<ServerFrame> {
+        let mut requested: Vec<Address> = Vec::with_capacity(addresses.len());
+        for a in addresses {
+            if !requested.contains(&a) {
+                requested.push(a);
+            }
+        }
+        let new = requested
+            .iter()
+            .filter(|a| !self.watched.contains(*a))
+            .count();
+        if self.watched.len() + new > MAX_SUBSCRIPTIONS {
+            return vec![ServerFrame::error(
+                ErrorCode::RateLimited,
+                format!(
+                    "a session may watch at most {MAX_SUBSCRIPTIONS} addresses \
+                     (it watches {}); unsubscribe from some first",
+                    self.watched.len()
+                ),
+            )];
+        }
+        // Start watching before reading the status, so no change between the two is missed.
+        let online: Vec<bool> = {
+            let mut hub = self.signaling.hub();
+            requested
+                .iter()
+                .map(|a| {
+                    if !self.watched.contains(a) {
+                        hub.watch(a, self.id, &self.outbox);
+                    }
+                    hub.is_online(a)
+                })
+                .collect()
+        };
+        let mut replies = Vec::with_capacity(requested.len());
+        for (address, online) in requested.into_iter().zip(online) {
+            let status = if online {
+                PresenceStatus::Online
+            } else {
+                match self.account_key(&address) {
+                    Ok(Some(_)) => PresenceStatus::Offline,
+                    Ok(None) => PresenceStatus::Unknown,
+                    Err(e) => {
+                        replies.push(internal(&e));
+                        continue;
+                    }
+                }
+            };
+            self.watched.insert(address.clone());
+            replies.push(ServerFrame::Presence { address, status });
+        }
+        replies
+    }
+
+    fn unsubscribe(&mut self, addresses: &[Address]) {
+        let mut hub = self.signaling.hub();
+        for a in addresses {
+            if self.watched.remove(a) {
+                hub.unwatch(a, self.id);
+            }
+        }
+    }
+
+    /// Forwards a negotiation message; returns the error to send back, if any.
+    fn forward(
+        &mut self,
+        to: Address,
+        conn: String,
+        payload: SignalPayload,
+    ) -> Option<ServerFrame> {
+        let from = self.address.clone()?;
+        let route = self.signaling.hub().route(&to);
+        let Some(outbox) = route else {
+            return Some(match self.account_key(&to) {
+                Ok(Some(_)) => {
+                    ServerFrame::error(ErrorCode::PeerOffline, format!("{to} is offline"))
+                }
+                Ok(None) => unknown_address(&to),
+                Err(e) => internal(&e),
+            });
+        };
+        let text = Utf8Bytes::from(
+            ServerFrame::Signal {
+                from,
+                conn,
+                payload,
+            }
+            .encode(),
+        );
+        match outbox.try_send(text) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => Some(ServerFrame::error(
+                ErrorCode::RateLimited,
+                format!("{to} is not keeping up with its messages; try again shortly"),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(ServerFrame::error(
+                ErrorCode::PeerOffline,
+                format!("{to} is offline"),
+            )),
+        }
+    }
+
+    /// Removes this session from the hub: its presence and its subscriptions.
+    fn leave(&mut self) {
+        let mut hub = self.signaling.hub();
+        if let Some(address) = &self.address {
+            hub.detach(address, self.id);
+        }
+        for a in self.watched.drain() {
+            hub.unwatch(&a, self.id);
+        }
+    }
+}
+
+fn unknown_address(address: &Address) -> ServerFrame {
+    ServerFrame::error(
+        ErrorCode::UnknownAddress,
+        format!("there is no account {address} at this relay"),
+    )
+}
+
+fn internal(e: &Error) -> ServerFrame {
+    tracing::warn!(error = %e, "signaling request failed");
+    ServerFrame::error(
+        ErrorCode::Internal,
+        "the relay could not complete the request; try again later",
+    )
+}
+
+/// Classifies a failed read: an oversized frame is a policy violation, anything else a
+/// broken connection.
+fn read_error(session: u64, e: axum::Error) -> End {
+    // axum does not expose tungstenite's error type; its capacity error reads
+    // "Space limit exceeded: Message too long: N > M".
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("Message too long") {
+        tracing::debug!(session, error = %text, "oversized frame");
+        End::TooLarge
+    } else {
+        tracing::debug!(session, error = %text, "read failed");
+        End::Gone
+    }
+}
+
+async fn send_frame(
+    socket: &mut WebSocket,
+    frame: &ServerFrame,
+    limit: Duration,
+) -> Result<(), ()> {
+    send(socket, Message::Text(frame.encode().into()), limit).await
+}
+
+/// Writes one message, giving up (the caller then ends the session) if the client does not
+/// take it within `limit`.
+async fn send(socket: &mut WebSocket, message: Message, limit: Duration) -> Result<(), ()> {
+    match tokio::time::timeout(limit, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Sends a close frame and waits briefly for the client's answer, so the close frame is not
+/// lost to a TCP reset caused by unread input.
+async fn close(socket: &mut WebSocket, code: u16, reason: String) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if send(socket, Message::Close(Some(frame)), CLOSE_GRACE)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    drain(socket).await;
+}
+
+/// Reads and discards until the connection ends, for at most [`CLOSE_GRACE`].
+async fn drain(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+/// A fresh challenge: 16 random bytes from the OS, hex-encoded. `None` if the OS generator
+/// failed: a predictable challenge would let signatures be replayed.
+fn new_nonce() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => Some(hex::encode(bytes)),
+        Err(e) => {
+            tracing::warn!(error = %e, "the system random generator failed");
+            None
+        }
+    }
+}

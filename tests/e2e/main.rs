@@ -1,0 +1,354 @@
+//! End-to-end scenarios of issue 2: people exchange mail browser to browser.
+//!
+//! Run with `cargo xtask e2e` (it builds the relay and the web client and sets the
+//! environment, see the crate docs). This binary re-executes itself inside a private network
+//! namespace, starts one relay and one chromedriver, and runs the scenarios in order; later
+//! scenarios reuse the people (browsers) of earlier ones, as a person would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::ExitCode;
+
+use anyhow::{bail, ensure, Context, Result};
+use peermail_e2e::runner::Runner;
+use peermail_e2e::{netns, procs, Browser, Config, Harness};
+
+/// Scenario names in the order they run.
+const SCENARIOS: &[&str] = &[
+    "alice_mails_bob_online",
+    "bob_reload_keeps_identity_and_inbox",
+    "bob_offline_then_returns",
+    "mail_to_bob_and_carol",
+    "unknown_recipient_fails_alone",
+    "signup_rejects_taken_and_invalid_names",
+];
+
+/// The first mail (scenario a); scenario b looks for it after reloads.
+const SUBJECT_A: &str = "Lunch on Friday?";
+const BODY_A: &str = "Hi Bob, shall we have lunch on Friday? Alice";
+
+fn main() -> ExitCode {
+    let mut runner = Runner::from_args();
+    if runner.list {
+        for s in SCENARIOS.iter().filter(|s| runner.wants(s)) {
+            println!("{s}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if !SCENARIOS.iter().any(|s| runner.wants(s)) {
+        println!("\n0 passed, 0 failed");
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("e2e: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !netns::inside() {
+        return match netns::reexec_isolated() {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("e2e: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(e) = netns::check_private() {
+        eprintln!("e2e: {e:#}");
+        return ExitCode::FAILURE;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let ok = rt.block_on(run_all(&mut runner, config));
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+async fn run_all(runner: &mut Runner, config: Config) -> bool {
+    let out_dir = config.out_dir.clone();
+    let harness = match Harness::start(config) {
+        Ok(h) => h,
+        Err(e) => {
+            runner.fail_all(SCENARIOS, &format!("the harness did not start: {e:#}"));
+            return runner.finish();
+        }
+    };
+    println!("e2e: relay at {} (page {}), chromedriver at {}", harness.relay.url, harness.app_url(), harness.driver.url);
+    let mut w = World { h: harness, browsers: BTreeMap::new(), ready: BTreeSet::new() };
+
+    macro_rules! scenario {
+        ($f:ident) => {
+            let name = stringify!($f);
+            if runner.wants(name) && !runner.run(name, $f(&mut w)).await {
+                w.capture(name).await;
+            }
+        };
+    }
+    scenario!(alice_mails_bob_online);
+    scenario!(bob_reload_keeps_identity_and_inbox);
+    scenario!(bob_offline_then_returns);
+    scenario!(mail_to_bob_and_carol);
+    scenario!(unknown_recipient_fails_alone);
+    scenario!(signup_rejects_taken_and_invalid_names);
+
+    let relay_alive = w.h.relay.is_running();
+    for b in w.browsers.values_mut() {
+        let _ = b.close().await;
+    }
+    // Keep the process logs next to the screenshots.
+    let _ = std::fs::copy(&w.h.relay.log, out_dir.join("relay.log"));
+    let _ = std::fs::copy(&w.h.driver.log, out_dir.join("chromedriver.log"));
+    let ok = runner.finish();
+    if !relay_alive {
+        println!("note: the relay had exited by the end of the run; last lines:\n{}", procs::tail(&w.h.relay.log, 30));
+    }
+    if !ok {
+        println!("screenshots, page HTML and logs: {}", out_dir.display());
+    }
+    ok
+}
+
+/// The people taking part, shared across scenarios.
+struct World {
+    h: Harness,
+    /// Each person's browser, by name (open or closed).
+    browsers: BTreeMap<String, Browser>,
+    /// People whose browser is signed up (showing their address).
+    ready: BTreeSet<String>,
+}
+
+impl World {
+    /// Makes sure `name` has an open browser showing the main view with their address
+    /// (signing up on first use) and connected to the relay.
+    async fn person(&mut self, name: &str) -> Result<&Browser> {
+        if !self.browsers.contains_key(name) {
+            let b = self.h.browser(name).await?;
+            self.browsers.insert(name.to_string(), b);
+        }
+        let b = self.browsers.get_mut(name).expect("just inserted");
+        if !b.is_open() {
+            b.reopen().await?;
+        }
+        if !self.ready.contains(name) {
+            // A fresh profile shows the sign-up form; a known one the main view.
+            let addr = b.address();
+            let (addr, b) = (addr.as_str(), &*b);
+            let shown = b
+                .wait_until("the sign-up form or the main view", || async move {
+                    if b.texts("#signup-name").await?.len() == 1 {
+                        return Ok(Ok(false));
+                    }
+                    let a = b.texts("#my-address").await?;
+                    Ok(if a.iter().any(|a| a == addr) { Ok(true) } else { Err(format!("#my-address {a:?}")) })
+                })
+                .await?;
+            if !shown {
+                b.sign_up(name).await?;
+            }
+            self.ready.insert(name.to_string());
+        }
+        b.wait_online().await.with_context(|| format!("{name} connecting to the relay"))?;
+        Ok(b)
+    }
+
+    fn get(&self, name: &str) -> Result<&Browser> {
+        self.browsers.get(name).with_context(|| format!("{name} has no browser"))
+    }
+
+    fn addr(&self, name: &str) -> String {
+        self.h.address(name)
+    }
+
+    /// Screenshots and HTML of every open browser, after a failed scenario.
+    async fn capture(&self, scenario: &str) {
+        for b in self.browsers.values().filter(|b| b.is_open()) {
+            match b.capture(&self.h.config.out_dir, scenario).await {
+                Ok(files) => {
+                    for f in files {
+                        println!("    saved {}", f.display());
+                    }
+                }
+                Err(e) => println!("    (no capture of {}'s page: {e:#})", b.name),
+            }
+        }
+    }
+}
+
+fn contains(field: &str, got: &Option<String>, want: &str) -> Result<()> {
+    match got {
+        Some(g) if g.contains(want) => Ok(()),
+        _ => bail!("expected {field} to contain {want:?}, the page shows {got:?}"),
+    }
+}
+
+/// (a) Alice and Bob sign up; Alice mails Bob while he is online: Bob's Inbox shows it
+/// (unread, from Alice, with subject and body), Alice's Sent shows Bob delivered.
+async fn alice_mails_bob_online(w: &mut World) -> Result<()> {
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let (alice, bob) = (w.get("alice")?, w.get("bob")?);
+    let (alice_addr, bob_addr) = (w.addr("alice"), w.addr("bob"));
+
+    alice.compose(&bob_addr, "", SUBJECT_A, BODY_A).await?;
+
+    let row = bob.wait_row("inbox", SUBJECT_A).await?;
+    contains("the inbox row's .from", &row.from, &alice_addr)?;
+    ensure!(row.unread, "a new mail should be marked unread in Bob's inbox: {row:?}");
+    let count = bob.folder_count("inbox").await?;
+    ensure!(!count.is_empty() && count != "0", "Bob's inbox unread .count shows {count:?}");
+
+    let pane = bob.open_mail("inbox", SUBJECT_A).await?;
+    contains("the reading pane's .from", &pane.from, &alice_addr)?;
+    contains("the reading pane's .body", &pane.body, BODY_A)?;
+
+    let status = alice.wait_recipient(&["sent"], SUBJECT_A, &bob_addr, "delivered").await?;
+    ensure!(
+        status.contains(&bob_addr) && status.contains("delivered"),
+        "Alice's Sent status for Bob reads {status:?}"
+    );
+    Ok(())
+}
+
+/// (b) Reloading keeps identity and mail: Bob still is bob@ and has the mail in his Inbox;
+/// Alice still has it in Sent as delivered.
+async fn bob_reload_keeps_identity_and_inbox(w: &mut World) -> Result<()> {
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let (alice, bob) = (w.get("alice")?, w.get("bob")?);
+    let (alice_addr, bob_addr) = (w.addr("alice"), w.addr("bob"));
+
+    bob.reload().await?;
+    bob.wait_for_text("#my-address", &bob_addr).await?;
+    ensure!(bob.texts("#signup-name").await?.is_empty(), "Bob sees the sign-up form after a reload");
+    let pane = bob.open_mail("inbox", SUBJECT_A).await?;
+    contains("the reading pane's .from", &pane.from, &alice_addr)?;
+    contains("the reading pane's .body", &pane.body, BODY_A)?;
+
+    alice.reload().await?;
+    alice.wait_for_text("#my-address", &alice_addr).await?;
+    alice.wait_recipient(&["sent"], SUBJECT_A, &bob_addr, "delivered").await?;
+    Ok(())
+}
+
+/// (c) Bob closes his browser; Alice sends: her Outbox shows "waiting for bob@…". Bob comes
+/// back (same browser profile) and receives it; Alice's mail moves to Sent, delivered.
+async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "While you were away";
+    const BODY: &str = "Bob, this waited in my outbox until you came back.";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let bob_addr = w.addr("bob");
+
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+
+    let alice = w.get("alice")?;
+    alice.compose(&bob_addr, "", SUBJECT, BODY).await?;
+    let status = alice.wait_recipient(&["outbox"], SUBJECT, &bob_addr, "waiting").await?;
+    ensure!(
+        status.contains(&format!("waiting for {bob_addr}")),
+        "Alice's Outbox status for Bob reads {status:?}"
+    );
+    let count = alice.folder_count("outbox").await?;
+    ensure!(!count.is_empty() && count != "0", "Alice's outbox .count shows {count:?}");
+
+    // Bob returns: a new browser on the same profile, so the same identity.
+    let bob = w.person("bob").await?;
+    let pane = bob.open_mail("inbox", SUBJECT).await?;
+    contains("the reading pane's .body", &pane.body, BODY)?;
+
+    let alice = w.get("alice")?;
+    alice.wait_recipient(&["sent"], SUBJECT, &bob_addr, "delivered").await?;
+    alice.open_folder("outbox").await?;
+    alice
+        .wait_until(&format!("{SUBJECT:?} to leave the Outbox"), || async move {
+            let rows = alice.rows().await?;
+            Ok(if rows.iter().any(|r| r.subject.as_deref().is_some_and(|s| s.contains(SUBJECT))) {
+                Err(format!("outbox rows {:?}", rows.iter().map(|r| (&r.subject, &r.status)).collect::<Vec<_>>()))
+            } else {
+                Ok(())
+            })
+        })
+        .await?;
+    Ok(())
+}
+
+/// (d) One mail To Bob, Cc Carol: both receive it; Alice's Sent shows both delivered.
+async fn mail_to_bob_and_carol(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Plans for the weekend";
+    const BODY: &str = "Bob and Carol: hiking on Saturday?";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    w.person("carol").await?;
+    let (alice, bob, carol) = (w.get("alice")?, w.get("bob")?, w.get("carol")?);
+    let (alice_addr, bob_addr, carol_addr) = (w.addr("alice"), w.addr("bob"), w.addr("carol"));
+
+    alice.compose(&bob_addr, &carol_addr, SUBJECT, BODY).await?;
+
+    for (who, b) in [("Bob", bob), ("Carol", carol)] {
+        let pane = b.open_mail("inbox", SUBJECT).await.with_context(|| format!("{who} receiving"))?;
+        contains("the reading pane's .from", &pane.from, &alice_addr)?;
+        contains("the reading pane's .to", &pane.to, &bob_addr)?;
+        contains("the reading pane's .cc", &pane.cc, &carol_addr)?;
+        contains("the reading pane's .body", &pane.body, BODY)?;
+    }
+    for addr in [&bob_addr, &carol_addr] {
+        alice.wait_recipient(&["sent"], SUBJECT, addr, "delivered").await?;
+    }
+    Ok(())
+}
+
+/// (e) A mail to Bob and to an address that does not exist: that recipient fails with
+/// "no such address", Bob still gets the mail.
+async fn unknown_recipient_fails_alone(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Meeting notes";
+    const BODY: &str = "Notes from today's meeting.";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let (alice, bob) = (w.get("alice")?, w.get("bob")?);
+    let bob_addr = w.addr("bob");
+    let nobody = w.addr("nobody");
+
+    alice.compose(&format!("{bob_addr}, {nobody}"), "", SUBJECT, BODY).await?;
+
+    let pane = bob.open_mail("inbox", SUBJECT).await?;
+    contains("the reading pane's .body", &pane.body, BODY)?;
+
+    let folders = ["sent", "outbox"];
+    let failed = alice.wait_recipient(&folders, SUBJECT, &nobody, "failed").await?;
+    ensure!(
+        failed.contains("no such address"),
+        "Alice's status for {nobody} reads {failed:?}, expected the reason \"no such address\""
+    );
+    alice.wait_recipient(&folders, SUBJECT, &bob_addr, "delivered").await?;
+    Ok(())
+}
+
+/// (f) Sign-up refuses a taken name and an invalid one with a message in #signup-error, and
+/// still accepts a good name afterwards.
+async fn signup_rejects_taken_and_invalid_names(w: &mut World) -> Result<()> {
+    w.person("alice").await?; // makes "alice" taken
+    let m = w.h.browser("mallory").await?;
+    w.browsers.insert("mallory".into(), m);
+    let m = w.get("mallory")?;
+
+    for (name, why) in [("alice", "taken"), ("-x y", "invalid")] {
+        m.wait_for("#signup-name").await?;
+        m.submit_signup(name).await?;
+        let err = m
+            .wait_for_nonempty("#signup-error")
+            .await
+            .with_context(|| format!("signing up with the {why} name {name:?}"))?;
+        ensure!(
+            m.texts("#my-address").await?.is_empty(),
+            "signing up as {name:?} ({why}) was accepted; #signup-error said {err:?}"
+        );
+        println!("    #signup-error for {why} {name:?}: {err:?}");
+        m.reload().await?;
+    }
+    m.sign_up("mallory").await.context("a good name after two refusals")?;
+    Ok(())
+}

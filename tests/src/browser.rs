@@ -1,0 +1,454 @@
+//! A person's browser: one headless Chromium WebDriver session with its own profile
+//! directory, and the page helpers scenarios use.
+//!
+//! Reads go through small JavaScript snapshots of the DOM (one round trip, no stale element
+//! references); interactions (typing, clicking) go through WebDriver so the page receives
+//! real input events. Every selector comes from `docs/ui-contract.md`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::Harness;
+
+/// Poll interval of every `wait_…` helper.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Chromium flags that work headless as root (TOOLCHAIN.md), plus the two that let WebRTC
+/// gather candidates on the private veth address inside the test namespace.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+];
+
+/// One row of `#message-list`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Row {
+    pub id: Option<String>,
+    pub unread: bool,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<String>,
+    pub status: Option<String>,
+}
+
+/// What `#reading-pane` shows.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Pane {
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub cc: Option<String>,
+    pub date: Option<String>,
+    pub body: Option<String>,
+    pub recipients: Vec<RecipientStatus>,
+}
+
+/// One `.recipient-status` of an outgoing mail in the reading pane.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RecipientStatus {
+    pub address: Option<String>,
+    pub state: Option<String>,
+    pub text: String,
+}
+
+/// A person's browser.
+pub struct Browser {
+    /// The person (`alice`); also names the profile directory and failure screenshots.
+    pub name: String,
+    /// `None` while the browser is closed (see [`Browser::close`] / [`Browser::reopen`]).
+    client: Option<Client>,
+    /// Chromium's `--user-data-dir`: IndexedDB lives here and survives close/reopen.
+    profile: PathBuf,
+    driver_url: String,
+    app_url: String,
+    chromium: PathBuf,
+    domain: String,
+    /// How long each `wait_…` polls.
+    pub wait: Duration,
+}
+
+impl Browser {
+    /// Starts a browser for `name` with its profile directory and opens the app.
+    pub async fn open(h: &Harness, name: &str) -> Result<Self> {
+        let mut b = Self {
+            name: name.to_string(),
+            client: None,
+            profile: h.profile_dir(name),
+            driver_url: h.driver.url.clone(),
+            app_url: h.app_url(),
+            chromium: h.config.chromium.clone(),
+            domain: h.config.domain.clone(),
+            wait: h.config.wait,
+        };
+        b.reopen().await?;
+        Ok(b)
+    }
+
+    /// Starts the browser again with the same profile (after [`Browser::close`]) and opens
+    /// the app: a person coming back.
+    pub async fn reopen(&mut self) -> Result<()> {
+        if self.client.is_some() {
+            bail!("{}'s browser is already open", self.name);
+        }
+        std::fs::create_dir_all(&self.profile)?;
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", self.profile.display()));
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": self.chromium, "args": args },
+        });
+        let Value::Object(caps) = caps else { unreachable!() };
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.driver_url)
+            .await
+            .with_context(|| format!("starting {}'s browser via chromedriver", self.name))?;
+        client
+            .goto(&self.app_url)
+            .await
+            .with_context(|| format!("{} opening {}", self.name, self.app_url))?;
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Ends the browser (Chromium quits; its profile directory stays).
+    pub async fn close(&mut self) -> Result<()> {
+        if let Some(client) = self.client.take() {
+            client.close().await.with_context(|| format!("closing {}'s browser", self.name))?;
+        }
+        Ok(())
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// `name@domain`.
+    pub fn address(&self) -> String {
+        format!("{}@{}", self.name, self.domain)
+    }
+
+    fn client(&self) -> Result<&Client> {
+        self.client.as_ref().ok_or_else(|| anyhow!("{}'s browser is closed", self.name))
+    }
+
+    /// Reloads the page.
+    pub async fn reload(&self) -> Result<()> {
+        self.client()?.refresh().await.with_context(|| format!("{} reloading", self.name))
+    }
+
+    /// Runs `script` (a function body; `arguments[i]` are `args`) and decodes its result.
+    pub async fn eval<T: DeserializeOwned>(&self, script: &str, args: Vec<Value>) -> Result<T> {
+        let v = self.client()?.execute(script, args).await?;
+        serde_json::from_value(v.clone()).with_context(|| format!("decoding script result {v}"))
+    }
+
+    /// Polls `probe` until it returns `Ok(Ok(value))` or [`Browser::wait`] has passed.
+    /// `Ok(Err(seen))` means "not yet" and says what the page showed instead; errors from
+    /// WebDriver are retried too (the page may be re-rendering) and reported on timeout.
+    pub async fn wait_until<T, F, Fut>(&self, what: &str, mut probe: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<std::result::Result<T, String>>>,
+    {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let last = match probe().await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(seen)) => seen,
+                Err(e) => format!("error: {e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: timed out after {}s waiting for {what}; last seen: {last}",
+                    self.name,
+                    self.wait.as_secs()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The trimmed `textContent` of every element matching `css`.
+    pub async fn texts(&self, css: &str) -> Result<Vec<String>> {
+        self.eval(
+            "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.textContent.trim());",
+            vec![json!(css)],
+        )
+        .await
+    }
+
+    /// The value of attribute `attr` on the first element matching `css`.
+    pub async fn attr(&self, css: &str, attr: &str) -> Result<Option<String>> {
+        self.eval(
+            "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;",
+            vec![json!(css), json!(attr)],
+        )
+        .await
+    }
+
+    /// Waits until some element matching `css` exists.
+    pub async fn wait_for(&self, css: &str) -> Result<()> {
+        self.wait_until(&format!("`{css}`"), || async move {
+            Ok(if self.texts(css).await?.is_empty() { Err("no such element".into()) } else { Ok(()) })
+        })
+        .await
+    }
+
+    /// Waits until no element matches `css`.
+    pub async fn wait_gone(&self, css: &str) -> Result<()> {
+        self.wait_until(&format!("`{css}` to disappear"), || async move {
+            let t = self.texts(css).await?;
+            Ok(if t.is_empty() { Ok(()) } else { Err(format!("still there: {t:?}")) })
+        })
+        .await
+    }
+
+    /// Waits until an element matching `css` has text containing `needle`; returns that text.
+    pub async fn wait_for_text(&self, css: &str, needle: &str) -> Result<String> {
+        self.wait_until(&format!("`{css}` containing {needle:?}"), || async move {
+            let t = self.texts(css).await?;
+            Ok(match t.iter().find(|s| s.contains(needle)) {
+                Some(s) => Ok(s.clone()),
+                None if t.is_empty() => Err("no such element".into()),
+                None => Err(format!("{t:?}")),
+            })
+        })
+        .await
+    }
+
+    /// Waits until an element matching `css` has non-empty text; returns it.
+    pub async fn wait_for_nonempty(&self, css: &str) -> Result<String> {
+        self.wait_until(&format!("`{css}` with text"), || async move {
+            let t = self.texts(css).await?;
+            Ok(match t.iter().find(|s| !s.is_empty()) {
+                Some(s) => Ok(s.clone()),
+                None if t.is_empty() => Err("no such element".into()),
+                None => Err("empty".into()),
+            })
+        })
+        .await
+    }
+
+    /// Clicks the first element matching `css`, waiting for it to exist and be clickable.
+    pub async fn click(&self, css: &str) -> Result<()> {
+        let c = self.client()?;
+        self.wait_until(&format!("`{css}` to be clickable"), || async move {
+            let el = match c.find(Locator::Css(css)).await {
+                Ok(el) => el,
+                Err(e) => return Ok(Err(first_line(&e))),
+            };
+            Ok(el.click().await.map_err(|e| first_line(&e)))
+        })
+        .await
+    }
+
+    /// Types `text` into the (empty) input matching `css`, as key presses.
+    pub async fn type_into(&self, css: &str, text: &str) -> Result<()> {
+        self.wait_for(css).await?;
+        let el = self.client()?.find(Locator::Css(css)).await?;
+        el.send_keys(text).await.with_context(|| format!("{} typing into `{css}`", self.name))
+    }
+
+    /// Writes a screenshot (PNG) and the page's HTML into `dir` as `<prefix>-<name>.*`.
+    pub async fn capture(&self, dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+        let c = self.client()?;
+        let png = dir.join(format!("{prefix}-{}.png", self.name));
+        std::fs::write(&png, c.screenshot().await?)?;
+        let html = dir.join(format!("{prefix}-{}.html", self.name));
+        std::fs::write(&html, c.source().await?)?;
+        Ok(vec![png, html])
+    }
+
+    // ---------------------------------------------------------------------------------
+    // What a person does
+
+    /// Signs up as `name` on the sign-up form and waits for the main view with
+    /// `#my-address` = `name@domain`.
+    pub async fn sign_up(&self, name: &str) -> Result<()> {
+        self.submit_signup(name).await?;
+        let want = format!("{name}@{}", self.domain);
+        let want = want.as_str();
+        let got = self
+            .wait_until(&format!("#my-address = {want}"), || async move {
+                let addr = self.texts("#my-address").await?;
+                if addr.iter().any(|a| a == want) {
+                    return Ok(Ok(()));
+                }
+                let err = self.texts("#signup-error").await?;
+                Ok(Err(format!("#my-address {addr:?}, #signup-error {err:?}")))
+            })
+            .await;
+        got.with_context(|| format!("signing up as {name}"))
+    }
+
+    /// Types `name` into `#signup-name` and presses `#signup-submit` (no waiting after).
+    pub async fn submit_signup(&self, name: &str) -> Result<()> {
+        self.type_into("#signup-name", name).await?;
+        self.click("#signup-submit").await
+    }
+
+    /// Waits until `#connection-status` says `online`.
+    pub async fn wait_online(&self) -> Result<()> {
+        self.wait_until("#connection-status[data-status=online]", || async move {
+            let s = self.attr("#connection-status", "data-status").await?;
+            Ok(if s.as_deref() == Some("online") { Ok(()) } else { Err(format!("data-status {s:?}")) })
+        })
+        .await
+    }
+
+    /// Fills the Compose form and sends it; fails with `#compose-error`'s text if the form
+    /// refuses. `to` and `cc` are comma-separated address lists.
+    pub async fn compose(&self, to: &str, cc: &str, subject: &str, body: &str) -> Result<()> {
+        self.click("#compose-button").await?;
+        self.wait_for("#compose-to").await?;
+        self.type_into("#compose-to", to).await?;
+        if !cc.is_empty() {
+            self.type_into("#compose-cc", cc).await?;
+        }
+        self.type_into("#compose-subject", subject).await?;
+        self.type_into("#compose-body", body).await?;
+        self.click("#compose-send").await?;
+        self.wait_until("the Compose form to close after Send", || async move {
+            let err = self.texts("#compose-error").await?;
+            if let Some(e) = err.iter().find(|e| !e.is_empty()) {
+                return Ok(Err(format!("#compose-error says {e:?}")));
+            }
+            Ok(if self.texts("#compose-to").await?.is_empty() { Ok(()) } else { Err("form still open".into()) })
+        })
+        .await
+        .with_context(|| format!("{} sending {subject:?}", self.name))
+    }
+
+    /// Clicks a folder button: `inbox`, `outbox` or `sent`.
+    pub async fn open_folder(&self, folder: &str) -> Result<()> {
+        self.click(&format!("[data-folder={folder}]")).await
+    }
+
+    /// The `.count` of a folder button.
+    pub async fn folder_count(&self, folder: &str) -> Result<String> {
+        Ok(self.texts(&format!("[data-folder={folder}] .count")).await?.join(""))
+    }
+
+    /// The rows of `#message-list` as shown now.
+    pub async fn rows(&self) -> Result<Vec<Row>> {
+        self.eval(
+            r#"const t = (el, s) => { const e = el.querySelector(s); return e ? e.textContent.trim() : null; };
+               return Array.from(document.querySelectorAll('#message-list .message-row')).map(r => ({
+                 id: r.getAttribute('data-message-id'), unread: r.classList.contains('unread'),
+                 from: t(r, '.from'), to: t(r, '.to'), subject: t(r, '.subject'),
+                 date: t(r, '.date'), status: t(r, '.status') }));"#,
+            vec![],
+        )
+        .await
+    }
+
+    /// What `#reading-pane` shows now (`None` when there is no reading pane).
+    pub async fn pane(&self) -> Result<Option<Pane>> {
+        self.eval(
+            r#"const p = document.querySelector('#reading-pane'); if (!p) return null;
+               const t = s => { const e = p.querySelector(s); return e ? e.textContent.trim() : null; };
+               return { subject: t('.subject'), from: t('.from'), to: t('.to'), cc: t('.cc'),
+                 date: t('.date'), body: t('.body'),
+                 recipients: Array.from(p.querySelectorAll('.recipient-status')).map(e => ({
+                   address: e.getAttribute('data-address'), state: e.getAttribute('data-state'),
+                   text: e.textContent.trim() })) };"#,
+            vec![],
+        )
+        .await
+    }
+
+    /// Opens `folder` and waits for a row whose subject contains `subject`.
+    pub async fn wait_row(&self, folder: &str, subject: &str) -> Result<Row> {
+        self.open_folder(folder).await?;
+        self.wait_until(&format!("a row {subject:?} in {folder}"), || async move {
+            let rows = self.rows().await?;
+            Ok(match rows.iter().find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject))) {
+                Some(r) => Ok(r.clone()),
+                None => Err(format!("rows {:?}", rows.iter().map(|r| &r.subject).collect::<Vec<_>>())),
+            })
+        })
+        .await
+    }
+
+    /// Opens `folder`, waits for the mail `subject`, clicks it and waits for the reading
+    /// pane to show it.
+    pub async fn open_mail(&self, folder: &str, subject: &str) -> Result<Pane> {
+        let row = self.wait_row(folder, subject).await?;
+        self.click_row(&row).await?;
+        self.wait_until(&format!("the reading pane to show {subject:?}"), || async move {
+            Ok(match self.pane().await? {
+                Some(p) if p.subject.as_deref().is_some_and(|s| s.contains(subject)) => Ok(p),
+                Some(p) => Err(format!("pane subject {:?}", p.subject)),
+                None => Err("no #reading-pane".into()),
+            })
+        })
+        .await
+    }
+
+    async fn click_row(&self, row: &Row) -> Result<()> {
+        match &row.id {
+            Some(id) => self.click(&format!(".message-row[data-message-id=\"{}\"]", css_escape(id))).await,
+            None => bail!("{}: message row {:?} has no data-message-id", self.name, row.subject),
+        }
+    }
+
+    /// Waits until the outgoing mail `subject` shows `address` in `state` (per the reading
+    /// pane's `.recipient-status`), looking in each of `folders` (the mail may move from
+    /// Outbox to Sent meanwhile). Returns that status text.
+    pub async fn wait_recipient(&self, folders: &[&str], subject: &str, address: &str, state: &str) -> Result<String> {
+        self.wait_until(&format!("{subject:?} to show {address} {state} (in {folders:?})"), || async move {
+            let mut seen = Vec::new();
+            for folder in folders {
+                self.open_folder(folder).await?;
+                let rows = self.rows().await?;
+                let Some(row) = rows.iter().find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject))) else {
+                    seen.push(format!("{folder}: no row"));
+                    continue;
+                };
+                self.click_row(row).await?;
+                let pane = self.pane().await?;
+                let Some(pane) = pane.filter(|p| p.subject.as_deref().is_some_and(|s| s.contains(subject))) else {
+                    seen.push(format!("{folder}: row {:?} but the pane does not show it", row.status));
+                    continue;
+                };
+                if let Some(r) = pane.recipients.iter().find(|r| r.address.as_deref() == Some(address)) {
+                    if r.state.as_deref() == Some(state) {
+                        return Ok(Ok(r.text.clone()));
+                    }
+                }
+                seen.push(format!("{folder}: {:?}", pane.recipients));
+            }
+            Ok(Err(seen.join("; ")))
+        })
+        .await
+    }
+}
+
+/// Escapes `"` and `\` for a double-quoted CSS attribute value.
+fn css_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The first line of a WebDriver error (Chromium appends session info on more lines).
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}

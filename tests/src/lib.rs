@@ -1,0 +1,125 @@
+//! End-to-end test harness for Peermail: the real `relay` binary and headless Chromium
+//! browsers driven over WebDriver, asserting what a person sees on the page.
+//!
+//! - [`netns`]: WebRTC tests run only inside a private network namespace; the test binary
+//!   re-executes itself there.
+//! - [`procs`]: the relay and chromedriver child processes (killed on drop).
+//! - [`browser`]: one browser = one WebDriver session with its own profile directory, plus
+//!   the helpers a scenario uses (`sign_up`, `compose`, `open_folder`, `wait_for_text`, …)
+//!   written against `docs/ui-contract.md`.
+//! - [`runner`]: runs scenarios in order, prints `test <name> ... ok|FAILED` and
+//!   `N passed, M failed`.
+//!
+//! The artefacts come from the environment (set by `cargo xtask e2e`):
+//! `PEERMAIL_RELAY_BIN` (the relay binary), `PEERMAIL_DIST` (the built web client),
+//! `PEERMAIL_E2E_OUT` (where screenshots and logs of failures go), and optionally
+//! `CHROMEDRIVER`, `CHROMIUM`, `PEERMAIL_E2E_WAIT_SECS`.
+
+pub mod browser;
+pub mod netns;
+pub mod procs;
+pub mod runner;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+pub use browser::Browser;
+
+/// Everything a scenario needs that outlives a single browser: one relay, one
+/// chromedriver, a scratch directory, and the settings.
+pub struct Harness {
+    /// Settings read from the environment.
+    pub config: Config,
+    /// The relay under test (serves the web client and the signaling WebSocket).
+    pub relay: procs::Relay,
+    /// The chromedriver all browsers are sessions of.
+    pub driver: procs::ChromeDriver,
+    /// Scratch space: relay data, browser profiles, logs. Removed on drop.
+    pub scratch: tempfile::TempDir,
+}
+
+/// Settings for a run, from the environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub relay_bin: PathBuf,
+    pub dist: PathBuf,
+    pub chromedriver: PathBuf,
+    pub chromium: PathBuf,
+    /// Where failure screenshots, page dumps and process logs are written.
+    pub out_dir: PathBuf,
+    /// How long a single `wait_for…` keeps polling before it fails.
+    pub wait: Duration,
+    /// The mail domain the relay is started with (`--domain`).
+    pub domain: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self> {
+        let need = |var: &str| -> Result<PathBuf> {
+            let v = std::env::var_os(var).with_context(|| {
+                format!("{var} is not set; run the end-to-end tests with `cargo xtask e2e`")
+            })?;
+            let p = PathBuf::from(v);
+            if !p.exists() {
+                bail!("{var}={} does not exist; `cargo xtask e2e` builds it", p.display());
+            }
+            Ok(p)
+        };
+        let path_or = |var: &str, default: &str| {
+            std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| default.into())
+        };
+        let wait = std::env::var("PEERMAIL_E2E_WAIT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30);
+        let out_dir = std::env::var_os("PEERMAIL_E2E_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("peermail-e2e"));
+        Ok(Self {
+            relay_bin: need("PEERMAIL_RELAY_BIN")?,
+            dist: need("PEERMAIL_DIST")?,
+            chromedriver: path_or("CHROMEDRIVER", "/usr/bin/chromedriver"),
+            chromium: path_or("CHROMIUM", "/usr/bin/chromium"),
+            out_dir,
+            wait: Duration::from_secs(wait),
+            domain: "localhost".into(),
+        })
+    }
+}
+
+impl Harness {
+    /// Starts the relay (fresh data directory) and chromedriver.
+    pub fn start(config: Config) -> Result<Self> {
+        std::fs::create_dir_all(&config.out_dir)
+            .with_context(|| format!("creating {}", config.out_dir.display()))?;
+        let scratch = tempfile::Builder::new().prefix("peermail-e2e-").tempdir()?;
+        let relay = procs::Relay::start(&config, &scratch.path().join("relay-data"))?;
+        let driver = procs::ChromeDriver::start(&config)?;
+        Ok(Self { config, relay, driver, scratch })
+    }
+
+    /// The page a person opens. The relay reports `http://127.0.0.1:PORT`; the page is
+    /// opened as `http://localhost:PORT` so the origin matches the mail domain (both are
+    /// secure contexts, which WebCrypto and service workers need).
+    pub fn app_url(&self) -> String {
+        self.relay.url.replacen("127.0.0.1", &self.config.domain, 1)
+    }
+
+    /// The profile directory of a named person's browser; stable across close/reopen so
+    /// IndexedDB survives, like a person closing and reopening their browser.
+    pub fn profile_dir(&self, name: &str) -> PathBuf {
+        self.scratch.path().join("profiles").join(name)
+    }
+
+    /// Opens a new browser for `name` (with that person's profile directory) on the app.
+    pub async fn browser(&self, name: &str) -> Result<Browser> {
+        Browser::open(self, name).await
+    }
+
+    /// `name@domain`.
+    pub fn address(&self, name: &str) -> String {
+        format!("{name}@{}", self.config.domain)
+    }
+}

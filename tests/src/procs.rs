@@ -1,0 +1,153 @@
+//! Child processes: the relay under test and chromedriver. Both are killed on drop; their
+//! output goes to log files in the scratch directory, copied to the output directory when
+//! a scenario fails.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::Config;
+
+/// What the relay prints on stdout once it accepts connections.
+const LISTENING: &str = "relay listening on ";
+
+/// The relay binary, started on a free port of 127.0.0.1 with a fresh data directory.
+pub struct Relay {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, as printed by the relay.
+    pub url: String,
+    /// stdout and stderr of the relay.
+    pub log: PathBuf,
+}
+
+impl Relay {
+    pub fn start(config: &Config, data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let log = data_dir.with_file_name("relay.log");
+        let stderr = File::create(&log)?;
+        let mut stdout_log = stderr.try_clone()?;
+        let mut child = Command::new(&config.relay_bin)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--web-root")
+            .arg(&config.dist)
+            .args(["--domain", &config.domain])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", config.relay_bin.display()))?;
+
+        // Copy stdout to the log (so the pipe never fills) and report the address line.
+        let stdout = child.stdout.take().context("relay stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(stdout_log, "{line}");
+                if let Some(rest) = line.split(LISTENING).nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.trim().to_string());
+                    }
+                }
+            }
+        });
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(url) => return Ok(Self { child, url: url.trim_end_matches('/').to_string(), log }),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait()?;
+                    bail!(
+                        "the relay exited ({status}) without printing `{LISTENING}…`; its output:\n{}",
+                        tail(&log, 40)
+                    );
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the relay exited ({status}) during start-up; its output:\n{}", tail(&log, 40));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("the relay did not print `{LISTENING}…` within 60 s; its output:\n{}", tail(&log, 40));
+            }
+        }
+    }
+
+    /// Whether the relay process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// chromedriver on a free port of 127.0.0.1.
+pub struct ChromeDriver {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// chromedriver's own log.
+    pub log: PathBuf,
+}
+
+impl ChromeDriver {
+    pub fn start(config: &Config) -> Result<Self> {
+        let port = free_port()?;
+        let log = std::env::temp_dir().join(format!("peermail-chromedriver-{port}.log"));
+        let out = File::create(&log)?;
+        let mut child = Command::new(&config.chromedriver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", config.chromedriver.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("chromedriver exited ({status}):\n{}", tail(&log, 20));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("chromedriver did not listen on port {port} within 30 s:\n{}", tail(&log, 20));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self { child, url: format!("http://127.0.0.1:{port}"), log })
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago (chromedriver cannot be told to pick one itself).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

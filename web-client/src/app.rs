@@ -1,0 +1,503 @@
+//! The Yew UI. Element ids, classes and `data-*` attributes follow `docs/ui-contract.md`
+//! exactly: the end-to-end tests select on them.
+
+use std::rc::Rc;
+
+use peermail_core::address::parse_address_list;
+use peermail_core::store::{DeliveryState, InboxRecord, OutgoingMail};
+use peermail_core::wire::signal::PresenceStatus;
+use peermail_core::{Address, Draft, MessageId, Node};
+use web_sys::{HtmlInputElement, HtmlTextAreaElement};
+use yew::prelude::*;
+
+use crate::runtime::{ConnStatus, Phase, Runtime};
+use crate::state::{Action, Folder, State};
+use crate::util::{full_date, hms, page_hostname, short_date};
+
+/// The whole page.
+#[function_component(App)]
+pub fn app() -> Html {
+    let rt: Rc<Rc<Runtime>> = use_memo((), |_| Runtime::new());
+    let state = use_reducer(State::default);
+    {
+        let rt = (*rt).clone();
+        let dispatcher = state.dispatcher();
+        use_effect_with((), move |_| {
+            rt.set_on_change(move || dispatcher.dispatch(Action::Refresh));
+            wasm_bindgen_futures::spawn_local(rt.start());
+            || ()
+        });
+    }
+    let rt: &Rc<Runtime> = &rt;
+    match rt.phase() {
+        Phase::Loading => html! { <div class="splash"><div class="brand">{ "Peermail" }</div><p>{ "Loading…" }</p></div> },
+        Phase::Broken(why) => html! {
+            <div class="splash"><div class="brand">{ "Peermail" }</div><p class="error">{ why }</p></div>
+        },
+        Phase::SignUp => html! { <SignUpView rt={RtHandle(rt.clone())} version={state.version} /> },
+        Phase::Running => main_view(rt, &state),
+    }
+}
+
+/// Lets a runtime travel in props (compared by identity).
+#[derive(Clone)]
+pub struct RtHandle(pub Rc<Runtime>);
+
+impl PartialEq for RtHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[derive(Properties, PartialEq)]
+pub struct SignUpProps {
+    pub rt: RtHandle,
+    /// Runtime version, so the view re-renders when the runtime changes.
+    pub version: u64,
+}
+
+/// First visit: choose a name.
+#[function_component(SignUpView)]
+fn sign_up_view(props: &SignUpProps) -> Html {
+    let rt = props.rt.0.clone();
+    let name_ref = use_node_ref();
+    let onsubmit = {
+        let rt = rt.clone();
+        let name_ref = name_ref.clone();
+        Callback::from(move |e: SubmitEvent| {
+            e.prevent_default();
+            if let Some(input) = name_ref.cast::<HtmlInputElement>() {
+                rt.sign_up(&input.value());
+            }
+        })
+    };
+    let domain = rt.domain().unwrap_or_else(page_hostname);
+    let busy = rt.signing_up();
+    html! {
+        <div class="signup">
+            <form class="signup-card" {onsubmit}>
+                <div class="brand big">{ "Peermail" }</div>
+                <h1>{ "Choose your address" }</h1>
+                <p class="hint">
+                    { "Mail travels straight from browser to browser. Your keys are made here and stay in this browser." }
+                </p>
+                <div class="address-field">
+                    <input id="signup-name" ref={name_ref} type="text" placeholder="yourname"
+                        autocomplete="off" autocapitalize="off" spellcheck="false" maxlength="32" />
+                    <span class="domain">{ format!("@{domain}") }</span>
+                </div>
+                <button id="signup-submit" class="primary" type="submit" disabled={busy}>
+                    { if busy { "Creating…" } else { "Create address" } }
+                </button>
+                <div id="signup-error" class="error">{ rt.signup_error().unwrap_or_default() }</div>
+                <div class="signup-status">
+                    { match rt.status() {
+                        ConnStatus::Online | ConnStatus::Connecting => "",
+                        _ => "Waiting for the relay…",
+                    } }
+                </div>
+            </form>
+        </div>
+    }
+}
+
+fn presence_str(p: Option<PresenceStatus>) -> &'static str {
+    match p {
+        Some(PresenceStatus::Online) => "online",
+        Some(PresenceStatus::Unknown) => "unknown",
+        Some(PresenceStatus::Offline) | None => "offline",
+    }
+}
+
+fn join(addrs: &[Address]) -> String {
+    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn subject_or_placeholder(s: &str) -> String {
+    if s.trim().is_empty() {
+        "(no subject)".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// `data-state` and the text of one recipient's status line.
+fn recipient_line(address: &Address, state: &DeliveryState) -> (&'static str, String) {
+    match state {
+        DeliveryState::Waiting => ("waiting", format!("{address}: waiting for {address}")),
+        DeliveryState::Sending { .. } => ("sending", format!("{address}: sending")),
+        DeliveryState::Delivered { at } => ("delivered", format!("{address}: delivered {}", hms(*at))),
+        DeliveryState::Failed { reason, .. } => ("failed", format!("{address}: failed — {reason}")),
+    }
+}
+
+/// The short summary in an Outbox/Sent row.
+fn summary(o: &OutgoingMail) -> String {
+    let n = o.recipients.len();
+    let delivered = o.recipients.iter().filter(|r| matches!(r.state, DeliveryState::Delivered { .. })).count();
+    let failed = o.recipients.iter().filter(|r| matches!(r.state, DeliveryState::Failed { .. })).count();
+    let sending = o.recipients.iter().any(|r| matches!(r.state, DeliveryState::Sending { .. }));
+    let waiting: Vec<&Address> =
+        o.recipients.iter().filter(|r| r.state == DeliveryState::Waiting).map(|r| &r.address).collect();
+    if delivered == n {
+        "delivered".into()
+    } else if failed == n {
+        "failed".into()
+    } else if !o.is_pending() {
+        format!("delivered to {delivered}, failed {failed}")
+    } else if sending {
+        "sending".into()
+    } else if waiting.len() == 1 {
+        format!("waiting for {}", waiting[0])
+    } else {
+        format!("waiting for {} recipients", waiting.len())
+    }
+}
+
+fn main_view(rt: &Rc<Runtime>, state: &UseReducerHandle<State>) -> Html {
+    let node_view = rt.with_node(|node| {
+        let header = header(rt, node);
+        let sidebar = sidebar(rt, node, state);
+        let list = message_list(rt, node, state);
+        let pane = if state.composing {
+            html! { <ComposeForm rt={RtHandle(rt.clone())} error={state.compose_error.clone()} dispatcher={DispatcherHandle(state.dispatcher())} /> }
+        } else {
+            reading_pane(node, state)
+        };
+        html! {
+            <div class="app">
+                { header }
+                { notice(rt) }
+                <div class="main">
+                    { sidebar }
+                    { list }
+                    { pane }
+                </div>
+            </div>
+        }
+    });
+    node_view.unwrap_or_default()
+}
+
+fn header(rt: &Rc<Runtime>, node: &Node) -> Html {
+    let status = rt.status();
+    let label = match status {
+        ConnStatus::Online => "online",
+        ConnStatus::Connecting => "connecting…",
+        ConnStatus::Offline => "offline — reconnecting",
+        ConnStatus::Replaced => "open in another tab",
+    };
+    html! {
+        <header class="topbar">
+            <div class="brand">{ "Peermail" }</div>
+            <div class="me">
+                <span id="my-address">{ node.address().to_string() }</span>
+                <span id="connection-status" class="status" data-status={status.as_str()}>
+                    <span class="dot"></span>{ label }
+                </span>
+            </div>
+        </header>
+    }
+}
+
+fn notice(rt: &Rc<Runtime>) -> Html {
+    let Some(text) = rt.notice() else { return html! {} };
+    let dismiss = {
+        let rt = rt.clone();
+        Callback::from(move |_: MouseEvent| rt.dismiss_notice())
+    };
+    let take_over = (rt.status() == ConnStatus::Replaced).then(|| {
+        let rt = rt.clone();
+        let onclick = Callback::from(move |_: MouseEvent| rt.take_over());
+        html! { <button class="link" {onclick}>{ "Use it here instead" }</button> }
+    });
+    html! {
+        <div class="notice-bar">
+            <span id="notice">{ text }</span>
+            { for take_over }
+            <button class="link dismiss" onclick={dismiss} title="Dismiss">{ "×" }</button>
+        </div>
+    }
+}
+
+fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
+    let unread = node.inbox().iter().filter(|r| !r.read).count();
+    let pending = node.outgoing().iter().filter(|o| o.is_pending()).count();
+    let count = |n: usize| if n == 0 { String::new() } else { n.to_string() };
+    let folders = [(Folder::Inbox, count(unread)), (Folder::Outbox, count(pending)), (Folder::Sent, String::new())];
+    let compose = {
+        let state = state.clone();
+        Callback::from(move |_: MouseEvent| state.dispatch(Action::Compose))
+    };
+    html! {
+        <aside class="sidebar">
+            <button id="compose-button" class="primary compose-button" onclick={compose}>{ "✎ Compose" }</button>
+            <nav class="folders">
+                { for folders.into_iter().map(|(f, n)| {
+                    let onclick = { let state = state.clone(); Callback::from(move |_: MouseEvent| state.dispatch(Action::OpenFolder(f))) };
+                    let active = (state.folder == f && !state.composing).then_some("active");
+                    html! {
+                        <button class={classes!("folder", active)} data-folder={f.key()} {onclick}>
+                            <span class="name">{ f.title() }</span>
+                            <span class="count">{ n }</span>
+                        </button>
+                    }
+                }) }
+            </nav>
+            { contacts(rt, node, state) }
+        </aside>
+    }
+}
+
+fn contacts(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
+    let input_ref = NodeRef::default();
+    let add = {
+        let rt = rt.clone();
+        let state = state.clone();
+        let input_ref = input_ref.clone();
+        move || {
+            let Some(input) = input_ref.cast::<HtmlInputElement>() else { return };
+            let text = input.value();
+            if text.trim().is_empty() {
+                return;
+            }
+            match text.trim().parse::<Address>() {
+                Ok(a) => {
+                    rt.add_contact(a);
+                    input.set_value("");
+                    state.dispatch(Action::ContactFailed(None));
+                }
+                Err(e) => state.dispatch(Action::ContactFailed(Some(format!("{}: {e}", text.trim())))),
+            }
+        }
+    };
+    let onsubmit = {
+        let add = add.clone();
+        Callback::from(move |e: SubmitEvent| {
+            e.prevent_default();
+            add()
+        })
+    };
+    let onclick = Callback::from(move |e: MouseEvent| {
+        e.prevent_default();
+        add()
+    });
+    html! {
+        <section class="contacts">
+            <h2>{ "Contacts" }</h2>
+            <form class="contact-add" {onsubmit}>
+                <input id="contact-add-input" ref={input_ref} type="text" placeholder="name@host" autocomplete="off" />
+                <button id="contact-add-button" type="button" {onclick}>{ "Add" }</button>
+            </form>
+            { for state.contact_error.clone().map(|e| html! { <div class="error small">{ e }</div> }) }
+            <ul class="contact-list">
+                { for node.contacts().map(|a| {
+                    let status = presence_str(node.presence(a));
+                    let remove = { let rt = rt.clone(); let a = a.clone(); Callback::from(move |_: MouseEvent| rt.remove_contact(a.clone())) };
+                    html! {
+                        <li class="contact" data-address={a.to_string()} title={format!("{a} is {status}")}>
+                            <span class="presence-dot" data-status={status}></span>
+                            <span class="address">{ a.to_string() }</span>
+                            <button class="link remove" title="Remove contact" onclick={remove}>{ "×" }</button>
+                        </li>
+                    }
+                }) }
+            </ul>
+        </section>
+    }
+}
+
+fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
+    let select = |id: &MessageId, mark_read: bool| {
+        let state = state.clone();
+        let rt = rt.clone();
+        let id = id.clone();
+        Callback::from(move |_: MouseEvent| {
+            if mark_read {
+                rt.mark_read(id.clone());
+            }
+            state.dispatch(Action::Select(id.clone()))
+        })
+    };
+    let selected = |id: &MessageId| (state.selected.as_ref() == Some(id)).then_some("selected");
+    let rows: Vec<Html> = match state.folder {
+        Folder::Inbox => node
+            .inbox()
+            .into_iter()
+            .map(|r: &InboxRecord| {
+                let id = &r.mail.message_id;
+                html! {
+                    <div class={classes!("message-row", (!r.read).then_some("unread"), selected(id))}
+                        data-message-id={id.to_string()} onclick={select(id, !r.read)}>
+                        <span class="from">{ r.mail.from.to_string() }</span>
+                        <span class="subject">{ subject_or_placeholder(&r.mail.subject) }</span>
+                        <span class="date">{ short_date(r.mail.date) }</span>
+                        <span class="snippet">{ r.mail.body.lines().next().unwrap_or_default().to_string() }</span>
+                    </div>
+                }
+            })
+            .collect(),
+        folder => node
+            .outgoing()
+            .into_iter()
+            .filter(|o| o.is_pending() == (folder == Folder::Outbox))
+            .map(|o| {
+                let id = &o.mail.message_id;
+                let st = summary(o);
+                let kind = if st.starts_with("delivered") && !st.contains("failed") {
+                    "ok"
+                } else if st.contains("failed") {
+                    "bad"
+                } else {
+                    "wait"
+                };
+                html! {
+                    <div class={classes!("message-row", selected(id))} data-message-id={id.to_string()} onclick={select(id, false)}>
+                        <span class="to">{ join(&o.mail.recipients()) }</span>
+                        <span class="subject">{ subject_or_placeholder(&o.mail.subject) }</span>
+                        <span class="date">{ short_date(o.mail.date) }</span>
+                        <span class={classes!("status", kind)}>{ st }</span>
+                    </div>
+                }
+            })
+            .collect(),
+    };
+    let empty = rows.is_empty().then(|| {
+        let text = match state.folder {
+            Folder::Inbox => "No mail yet.",
+            Folder::Outbox => "Nothing waiting to go out.",
+            Folder::Sent => "Nothing sent yet.",
+        };
+        html! { <div class="empty">{ text }</div> }
+    });
+    html! {
+        <section class="list-pane">
+            <h2 class="pane-title">{ state.folder.title() }</h2>
+            <div id="message-list">{ for rows }</div>
+            { for empty }
+        </section>
+    }
+}
+
+fn reading_pane(node: &Node, state: &UseReducerHandle<State>) -> Html {
+    let Some(id) = state.selected.as_ref() else {
+        return html! { <section id="reading-pane" class="reading-pane"><div class="empty">{ "Select a mail to read it." }</div></section> };
+    };
+    let inbox = node.inbox().into_iter().find(|r| &r.mail.message_id == id).map(|r| r.mail.clone());
+    let outgoing = node.outgoing().into_iter().find(|o| &o.mail.message_id == id).cloned();
+    let Some(mail) = inbox.clone().or_else(|| outgoing.as_ref().map(|o| o.mail.clone())) else {
+        return html! { <section id="reading-pane" class="reading-pane"><div class="empty">{ "This mail is gone." }</div></section> };
+    };
+    let field = |label: &str, class: &'static str, value: String| {
+        let empty = value.is_empty().then_some("empty");
+        html! {
+            <div class={classes!("field", empty)}><span class="label">{ label }</span><span class={class}>{ value }</span></div>
+        }
+    };
+    let statuses = match (&outgoing, inbox.is_some()) {
+        (Some(o), false) => html! {
+            <ul class="recipients">
+                { for o.recipients.iter().map(|r| {
+                    let (st, text) = recipient_line(&r.address, &r.state);
+                    html! { <li class={classes!("recipient-status", st)} data-address={r.address.to_string()} data-state={st}>{ text }</li> }
+                }) }
+            </ul>
+        },
+        _ => html! {},
+    };
+    html! {
+        <section id="reading-pane" class="reading-pane">
+            <h1 class="subject">{ subject_or_placeholder(&mail.subject) }</h1>
+            <div class="headers">
+                { field("From", "from", mail.from.to_string()) }
+                { field("To", "to", join(&mail.to)) }
+                { field("Cc", "cc", join(&mail.cc)) }
+                { field("Date", "date", full_date(mail.date)) }
+            </div>
+            { statuses }
+            <div class="body">{ mail.body.clone() }</div>
+        </section>
+    }
+}
+
+/// Lets a reducer dispatcher travel in props.
+#[derive(Clone)]
+pub struct DispatcherHandle(pub UseReducerDispatcher<State>);
+
+impl PartialEq for DispatcherHandle {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+#[derive(Properties, PartialEq)]
+pub struct ComposeProps {
+    pub rt: RtHandle,
+    pub error: Option<String>,
+    pub dispatcher: DispatcherHandle,
+}
+
+/// The Compose form.
+#[function_component(ComposeForm)]
+fn compose_form(props: &ComposeProps) -> Html {
+    let to_ref = use_node_ref();
+    let cc_ref = use_node_ref();
+    let subject_ref = use_node_ref();
+    let body_ref = use_node_ref();
+    let onsubmit = {
+        let rt = props.rt.0.clone();
+        let dispatch = props.dispatcher.0.clone();
+        let (to_ref, cc_ref, subject_ref, body_ref) =
+            (to_ref.clone(), cc_ref.clone(), subject_ref.clone(), body_ref.clone());
+        Callback::from(move |e: SubmitEvent| {
+            e.prevent_default();
+            let value = |r: &NodeRef| r.cast::<HtmlInputElement>().map(|i| i.value()).unwrap_or_default();
+            let parse = |field: &str, text: &str| {
+                parse_address_list(text).map_err(|(bad, err)| format!("{field}: “{bad}” is not an address ({err})"))
+            };
+            let draft = (|| {
+                let to = parse("To", &value(&to_ref))?;
+                let cc = parse("Cc", &value(&cc_ref))?;
+                if to.is_empty() && cc.is_empty() {
+                    return Err("add at least one recipient".to_string());
+                }
+                let body = body_ref.cast::<HtmlTextAreaElement>().map(|t| t.value()).unwrap_or_default();
+                Ok(Draft { to, cc, subject: value(&subject_ref), body, ..Draft::default() })
+            })();
+            let result = draft.and_then(|d| rt.send(d));
+            match result {
+                Ok(id) => {
+                    let pending = rt
+                        .with_node(|n| n.outgoing().iter().any(|o| o.mail.message_id == id && o.is_pending()))
+                        .unwrap_or(true);
+                    let folder = if pending { Folder::Outbox } else { Folder::Sent };
+                    dispatch.dispatch(Action::Sent { folder, id });
+                }
+                Err(e) => dispatch.dispatch(Action::ComposeFailed(e)),
+            }
+        })
+    };
+    let cancel = {
+        let dispatch = props.dispatcher.0.clone();
+        Callback::from(move |_: MouseEvent| dispatch.dispatch(Action::CancelCompose))
+    };
+    html! {
+        <section class="reading-pane compose-pane">
+            <form class="compose" {onsubmit}>
+                <h1>{ "New message" }</h1>
+                <label class="row"><span class="label">{ "To" }</span>
+                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" /></label>
+                <label class="row"><span class="label">{ "Cc" }</span>
+                    <input id="compose-cc" ref={cc_ref} type="text" autocomplete="off" /></label>
+                <label class="row"><span class="label">{ "Subject" }</span>
+                    <input id="compose-subject" ref={subject_ref} type="text" /></label>
+                <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…"></textarea>
+                <div id="compose-error" class="error">{ props.error.clone().unwrap_or_default() }</div>
+                <div class="actions">
+                    <button id="compose-send" class="primary" type="submit">{ "Send" }</button>
+                    <button id="compose-cancel" type="button" onclick={cancel}>{ "Cancel" }</button>
+                </div>
+            </form>
+        </section>
+    }
+}

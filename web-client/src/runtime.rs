@@ -1,0 +1,508 @@
+//! The driver around the node: sign-up, the node pump, the timer, and what the UI reads.
+//!
+//! One [`Runtime`] per page. It owns the [`IdbStore`], the [`Signaling`] socket, the [`Rtc`]
+//! connections and, once an identity exists, the [`Node`]. Every input goes through
+//! [`Runtime::input`]: the node handles it, its outputs are appended to one ordered queue,
+//! and a single task executes that queue in order (`Store` outputs are awaited against
+//! IndexedDB and answered with `Input::Stored`). No `RefCell` borrow is held across an
+//! `await`, and the UI is told to re-render only when no borrow is held.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+
+use peermail_core::address::validate_name;
+use peermail_core::identity::{register_message, Identity};
+use peermail_core::store::MailStore;
+use peermail_core::wire::signal::{ClientFrame, ErrorCode, ServerFrame};
+use peermail_core::{Address, Command, Config, Draft, Event, Input, MessageId, Node, Output};
+use wasm_bindgen_futures::spawn_local;
+
+use crate::rtc::{Hooks, Rtc};
+use crate::signaling::{Signaling, SocketEvent};
+use crate::store::IdbStore;
+use crate::util::{log, now, random_bytes, signaling_url};
+
+/// The IndexedDB database holding this origin's account.
+pub const DB_NAME: &str = "peermail";
+/// Shortest delay of the tick timer, so a deadline the node cannot clear yet never spins.
+const MIN_TICK_MS: u64 = 250;
+
+/// Which screen the page shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading IndexedDB.
+    Loading,
+    /// No identity yet: choose a name.
+    SignUp,
+    /// Signed in: the mail client.
+    Running,
+    /// Storage could not be opened; the text says why.
+    Broken(String),
+}
+
+/// The signaling connection as shown to the person (`#connection-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnStatus {
+    Offline,
+    Connecting,
+    Online,
+    /// Another tab took over this account's session; this one stopped.
+    Replaced,
+}
+
+impl ConnStatus {
+    /// The `data-status` value of the UI contract.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnStatus::Offline => "offline",
+            ConnStatus::Connecting => "connecting",
+            ConnStatus::Online => "online",
+            ConnStatus::Replaced => "replaced",
+        }
+    }
+}
+
+/// A sign-up in progress: the chosen name and the freshly generated key seed.
+struct SignUp {
+    name: String,
+    seed: [u8; 32],
+    /// The identity sent in `Register`, once a challenge was signed.
+    identity: Option<Identity>,
+}
+
+/// Everything the page runs on. See the module docs.
+pub struct Runtime {
+    me: Weak<Runtime>,
+    store: RefCell<Option<Rc<IdbStore>>>,
+    node: RefCell<Option<Node>>,
+    phase: RefCell<Phase>,
+    status: Cell<ConnStatus>,
+    /// The current session's challenge `(nonce, domain)`, kept while signing up.
+    challenge: RefCell<Option<(String, String)>>,
+    signup: RefCell<Option<SignUp>>,
+    signup_error: RefCell<Option<String>>,
+    /// The latest notice for the person (`#notice`).
+    notice: RefCell<Option<String>>,
+    /// Node outputs waiting to be executed, in order.
+    queue: RefCell<VecDeque<Output>>,
+    /// The executing task is running.
+    pumping: Cell<bool>,
+    /// The single tick timer, re-armed after every input.
+    timer: RefCell<Option<gloo_timers::callback::Timeout>>,
+    signaling: RefCell<Option<Rc<Signaling>>>,
+    rtc: RefCell<Option<Rc<Rtc>>>,
+    /// Asks the UI to re-render.
+    on_change: RefCell<Option<Rc<dyn Fn()>>>,
+}
+
+impl Runtime {
+    pub fn new() -> Rc<Self> {
+        let rt = Rc::new_cyclic(|me: &Weak<Runtime>| Runtime {
+            me: me.clone(),
+            store: RefCell::new(None),
+            node: RefCell::new(None),
+            phase: RefCell::new(Phase::Loading),
+            status: Cell::new(ConnStatus::Offline),
+            challenge: RefCell::new(None),
+            signup: RefCell::new(None),
+            signup_error: RefCell::new(None),
+            notice: RefCell::new(None),
+            queue: RefCell::new(VecDeque::new()),
+            pumping: Cell::new(false),
+            timer: RefCell::new(None),
+            signaling: RefCell::new(None),
+            rtc: RefCell::new(None),
+            on_change: RefCell::new(None),
+        });
+        let weak = Rc::downgrade(&rt);
+        let signaling = Signaling::new(signaling_url(), move |ev| {
+            if let Some(rt) = weak.upgrade() {
+                rt.on_socket(ev);
+            }
+        });
+        *rt.signaling.borrow_mut() = Some(signaling);
+        let (w1, w2) = (Rc::downgrade(&rt), Rc::downgrade(&rt));
+        let rtc = Rtc::new(Hooks {
+            signal: Box::new(move |frame| {
+                if let Some(rt) = w1.upgrade() {
+                    rt.send_server(&frame);
+                }
+            }),
+            input: Box::new(move |input| {
+                if let Some(rt) = w2.upgrade() {
+                    rt.input(input);
+                }
+            }),
+        });
+        *rt.rtc.borrow_mut() = Some(rtc);
+        rt
+    }
+
+    /// Registers the UI's re-render callback.
+    pub fn set_on_change(&self, f: impl Fn() + 'static) {
+        *self.on_change.borrow_mut() = Some(Rc::new(f));
+    }
+
+    fn changed(&self) {
+        let f = self.on_change.borrow().clone();
+        if let Some(f) = f {
+            f();
+        }
+    }
+
+    fn rc(&self) -> Rc<Runtime> {
+        self.me.upgrade().expect("runtime alive")
+    }
+
+    fn signaling(&self) -> Rc<Signaling> {
+        self.signaling.borrow().clone().expect("signaling set in new")
+    }
+
+    fn rtc(&self) -> Rc<Rtc> {
+        self.rtc.borrow().clone().expect("rtc set in new")
+    }
+
+    /// Opens storage, loads the account if there is one, and connects to the relay.
+    pub async fn start(self: Rc<Self>) {
+        let store = match IdbStore::open(DB_NAME).await {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                *self.phase.borrow_mut() = Phase::Broken(format!("This browser's storage is not available: {e}"));
+                return self.changed();
+            }
+        };
+        *self.store.borrow_mut() = Some(store.clone());
+        match store.load_identity().await {
+            Ok(Some(identity)) => {
+                if let Err(e) = self.start_node(identity).await {
+                    *self.phase.borrow_mut() = Phase::Broken(e);
+                    return self.changed();
+                }
+            }
+            Ok(None) => *self.phase.borrow_mut() = Phase::SignUp,
+            Err(e) => {
+                *self.phase.borrow_mut() = Phase::Broken(format!("Could not read the account: {e}"));
+                return self.changed();
+            }
+        }
+        self.status.set(ConnStatus::Connecting);
+        self.changed();
+        self.signaling().connect();
+    }
+
+    /// Loads the mailbox and creates the node for `identity`.
+    async fn start_node(&self, identity: Identity) -> Result<(), String> {
+        let store = self.store.borrow().clone().ok_or("storage is not open")?;
+        let snapshot = store.load().await.map_err(|e| format!("Could not read the mailbox: {e}"))?;
+        *self.node.borrow_mut() = Some(Node::new(identity, Config::default(), snapshot, now()));
+        *self.phase.borrow_mut() = Phase::Running;
+        Ok(())
+    }
+
+    // ----- what the UI reads -----
+
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+    pub fn status(&self) -> ConnStatus {
+        self.status.get()
+    }
+    pub fn signup_error(&self) -> Option<String> {
+        self.signup_error.borrow().clone()
+    }
+    pub fn signing_up(&self) -> bool {
+        self.signup.borrow().is_some()
+    }
+    /// The domain addresses get at this relay (from the challenge, else the page's host).
+    pub fn domain(&self) -> Option<String> {
+        self.challenge.borrow().as_ref().map(|(_, d)| d.clone())
+    }
+    pub fn notice(&self) -> Option<String> {
+        self.notice.borrow().clone()
+    }
+    pub fn dismiss_notice(&self) {
+        *self.notice.borrow_mut() = None;
+        self.changed();
+    }
+    /// Reads the node (for rendering). Never call from inside another runtime borrow.
+    pub fn with_node<R>(&self, f: impl FnOnce(&Node) -> R) -> Option<R> {
+        self.node.borrow().as_ref().map(f)
+    }
+
+    fn set_notice(&self, text: impl Into<String>) {
+        *self.notice.borrow_mut() = Some(text.into());
+    }
+
+    // ----- what the UI asks for -----
+
+    /// Starts creating the account `name@<relay domain>`.
+    pub fn sign_up(&self, name: &str) {
+        let name = match validate_name(name) {
+            Ok(n) => n,
+            Err(e) => {
+                *self.signup_error.borrow_mut() = Some(e.to_string());
+                return self.changed();
+            }
+        };
+        *self.signup_error.borrow_mut() = None;
+        *self.signup.borrow_mut() = Some(SignUp { name, seed: random_bytes(), identity: None });
+        self.try_register();
+        self.changed();
+    }
+
+    /// Sends `Register` if a name is chosen and the session's challenge is known.
+    fn try_register(&self) {
+        let frame = {
+            let challenge = self.challenge.borrow();
+            let mut signup = self.signup.borrow_mut();
+            let (Some((nonce, domain)), Some(s)) = (challenge.as_ref(), signup.as_mut()) else { return };
+            if s.identity.is_some() {
+                return;
+            }
+            let address = match Address::new(&s.name, domain) {
+                Ok(a) => a,
+                Err(e) => {
+                    *self.signup_error.borrow_mut() = Some(e.to_string());
+                    drop(signup);
+                    *self.signup.borrow_mut() = None;
+                    return;
+                }
+            };
+            let identity = Identity::from_seed(address, s.seed);
+            let public_key = identity.public_key();
+            let signature = identity.sign(&register_message(nonce, &s.name, &public_key));
+            let frame = ClientFrame::Register { name: s.name.clone(), public_key, signature };
+            s.identity = Some(identity);
+            frame
+        };
+        if !self.send_server(&frame) {
+            // The socket went away; the next session's challenge retries.
+            if let Some(s) = self.signup.borrow_mut().as_mut() {
+                s.identity = None;
+            }
+        }
+    }
+
+    /// Sends a draft. On success returns the new mail's Message-ID.
+    pub fn send(&self, draft: Draft) -> Result<MessageId, String> {
+        let outputs = self.handle(Input::Command(Command::Send { draft, random: random_bytes() }));
+        let mut id = None;
+        for o in &outputs {
+            match o {
+                Output::Event(Event::SendRejected { reason }) => return Err(reason.clone()),
+                Output::Event(Event::OutgoingChanged(m)) if id.is_none() => id = Some(m.clone()),
+                _ => {}
+            }
+        }
+        id.ok_or_else(|| "the mail was not accepted".to_string())
+    }
+
+    pub fn mark_read(&self, id: MessageId) {
+        self.input(Input::Command(Command::MarkRead(id)));
+    }
+    pub fn add_contact(&self, address: Address) {
+        self.input(Input::Command(Command::AddContact(address)));
+    }
+    pub fn remove_contact(&self, address: Address) {
+        self.input(Input::Command(Command::RemoveContact(address)));
+    }
+
+    /// Reconnects after the session moved to another tab (taking it back).
+    pub fn take_over(&self) {
+        *self.notice.borrow_mut() = None;
+        self.status.set(ConnStatus::Connecting);
+        self.signaling().connect();
+        self.changed();
+    }
+
+    // ----- the pump -----
+
+    /// Feeds the node one input and schedules the execution of its outputs.
+    pub fn input(&self, input: Input) {
+        self.handle(input);
+    }
+
+    /// Like [`input`](Self::input), returning a copy of the outputs it produced.
+    fn handle(&self, input: Input) -> Vec<Output> {
+        let produced: Vec<Output> = {
+            let mut node = self.node.borrow_mut();
+            let Some(node) = node.as_mut() else { return Vec::new() };
+            node.handle(input, now());
+            std::iter::from_fn(|| node.poll_output()).collect()
+        };
+        self.queue.borrow_mut().extend(produced.iter().cloned());
+        self.rearm_timer();
+        self.kick();
+        self.changed();
+        produced
+    }
+
+    fn rearm_timer(&self) {
+        let deadline = self.node.borrow().as_ref().and_then(|n| n.poll_timeout());
+        let mut timer = self.timer.borrow_mut();
+        // Dropping a gloo Timeout cancels it.
+        *timer = deadline.map(|t| {
+            let delay = t.saturating_sub(now()).max(MIN_TICK_MS).min(u32::MAX as u64) as u32;
+            let me = self.me.clone();
+            gloo_timers::callback::Timeout::new(delay, move || {
+                // On a later turn: the timer (this closure) is replaced by the input.
+                spawn_local(async move {
+                    if let Some(rt) = me.upgrade() {
+                        rt.input(Input::Tick);
+                    }
+                });
+            })
+        });
+    }
+
+    /// Starts the executing task unless it is already running.
+    fn kick(&self) {
+        if self.pumping.replace(true) {
+            return;
+        }
+        let rt = self.rc();
+        spawn_local(async move {
+            loop {
+                let next = rt.queue.borrow_mut().pop_front();
+                let Some(out) = next else { break };
+                rt.execute(out).await;
+            }
+            rt.pumping.set(false);
+        });
+    }
+
+    async fn execute(&self, out: Output) {
+        match out {
+            Output::ToServer(frame) => {
+                self.send_server(&frame);
+            }
+            Output::Connect(peer) => self.rtc().connect(peer),
+            Output::ToPeer { peer, bytes } => {
+                if !self.rtc().send(&peer, &bytes) {
+                    log(&format!("rtc: no open channel to {peer}; the node will retry"));
+                }
+            }
+            Output::Store { op, write } => {
+                let store = self.store.borrow().clone();
+                let result = match store {
+                    Some(store) => store.apply(write).await.map_err(|e| e.to_string()),
+                    None => Err("storage is not open".to_string()),
+                };
+                self.input(Input::Stored { op, result });
+            }
+            Output::Event(e) => self.on_event(e),
+        }
+    }
+
+    fn on_event(&self, e: Event) {
+        match e {
+            Event::Authenticated => self.status.set(ConnStatus::Online),
+            Event::ServerError { message, .. } => self.set_notice(message),
+            Event::StoreFailed { reason } => self.set_notice(format!("Saving failed: {reason}")),
+            Event::PeerProtocolError { peer, reason } => log(&format!("peer {peer}: {reason}")),
+            Event::SendRejected { .. }
+            | Event::Presence { .. }
+            | Event::Received(_)
+            | Event::InboxChanged
+            | Event::OutgoingChanged(_)
+            | Event::ContactsChanged => {}
+        }
+        self.changed();
+    }
+
+    fn send_server(&self, frame: &ClientFrame) -> bool {
+        self.signaling().send(frame)
+    }
+
+    // ----- the signaling socket -----
+
+    fn on_socket(&self, ev: SocketEvent) {
+        match ev {
+            SocketEvent::Opened => {
+                self.status.set(ConnStatus::Connecting);
+                self.input(Input::SignalingConnected);
+            }
+            SocketEvent::Closed => {
+                if self.status.get() != ConnStatus::Replaced {
+                    self.status.set(ConnStatus::Offline);
+                }
+                *self.challenge.borrow_mut() = None;
+                if let Some(s) = self.signup.borrow_mut().as_mut() {
+                    s.identity = None;
+                }
+                self.input(Input::SignalingDisconnected);
+            }
+            SocketEvent::Frame(frame) => self.on_frame(frame),
+        }
+        self.changed();
+    }
+
+    fn on_frame(&self, frame: ServerFrame) {
+        let running = self.node.borrow().is_some();
+        match frame {
+            ServerFrame::Signal { from, conn, payload } => {
+                if running {
+                    self.rtc().on_signal(from, conn, payload);
+                }
+            }
+            ServerFrame::Error { code: ErrorCode::SessionReplaced, .. } => {
+                self.status.set(ConnStatus::Replaced);
+                self.signaling().stop();
+                self.set_notice("Peermail was opened in another tab");
+                self.input(Input::SignalingDisconnected);
+            }
+            frame if running => {
+                if matches!(frame, ServerFrame::Authenticated { .. } | ServerFrame::Registered { .. }) {
+                    self.status.set(ConnStatus::Online);
+                }
+                self.input(Input::Server(frame));
+            }
+            ServerFrame::Challenge { nonce, domain } => {
+                *self.challenge.borrow_mut() = Some((nonce, domain));
+                self.try_register();
+            }
+            ServerFrame::Registered { address } => {
+                let identity = self.signup.borrow_mut().take().and_then(|s| s.identity);
+                match identity {
+                    Some(id) if id.address == address => {
+                        let rt = self.rc();
+                        spawn_local(async move { rt.finish_signup(id, address).await });
+                    }
+                    _ => log(&format!("signaling: unexpected registration of {address}")),
+                }
+            }
+            ServerFrame::Error { message, .. } => {
+                // The name was refused (taken, invalid) or the relay failed: say so, and take a
+                // fresh session (and challenge) for the next try.
+                let was_signing_up = self.signup.borrow_mut().take().is_some();
+                *self.signup_error.borrow_mut() = Some(message.clone());
+                if was_signing_up {
+                    self.signaling().connect();
+                } else {
+                    self.set_notice(message);
+                }
+            }
+            ServerFrame::Authenticated { .. } | ServerFrame::Presence { .. } | ServerFrame::Pong { .. } => {}
+        }
+    }
+
+    /// The relay accepted the new account: keep the keys, start the node, authenticate it.
+    async fn finish_signup(self: Rc<Self>, identity: Identity, address: Address) {
+        let store = self.store.borrow().clone();
+        let saved = match store {
+            Some(s) => s.save_identity(&identity).await.map_err(|e| e.to_string()),
+            None => Err("storage is not open".into()),
+        };
+        if let Err(e) = saved {
+            *self.signup_error.borrow_mut() = Some(format!("The account was created but could not be saved: {e}"));
+            return self.changed();
+        }
+        if let Err(e) = self.start_node(identity).await {
+            *self.phase.borrow_mut() = Phase::Broken(e);
+            return self.changed();
+        }
+        self.status.set(ConnStatus::Online);
+        self.input(Input::Server(ServerFrame::Registered { address }));
+    }
+}

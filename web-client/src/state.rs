@@ -1,0 +1,113 @@
+//! UI state: what the person is looking at. Mail, contacts and presence are read from the
+//! node at render time; this only holds the view's own choices (as in yew's
+//! `function_todomvc`: `State` + `enum Action` + `impl Reducible`).
+
+use std::rc::Rc;
+
+use peermail_core::MessageId;
+use yew::Reducible;
+
+/// The three folders of the sidebar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folder {
+    Inbox,
+    Outbox,
+    Sent,
+}
+
+impl Folder {
+    /// The `data-folder` value of the UI contract.
+    pub fn key(self) -> &'static str {
+        match self {
+            Folder::Inbox => "inbox",
+            Folder::Outbox => "outbox",
+            Folder::Sent => "sent",
+        }
+    }
+    pub fn title(self) -> &'static str {
+        match self {
+            Folder::Inbox => "Inbox",
+            Folder::Outbox => "Outbox",
+            Folder::Sent => "Sent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// Bumped whenever the runtime changed, so the view re-reads it.
+    pub version: u64,
+    pub folder: Folder,
+    /// The mail in the reading pane.
+    pub selected: Option<MessageId>,
+    /// The Compose form is open.
+    pub composing: bool,
+    /// Why the last Send was refused (`#compose-error`).
+    pub compose_error: Option<String>,
+    /// Why the last contact could not be added.
+    pub contact_error: Option<String>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            version: 0,
+            folder: Folder::Inbox,
+            selected: None,
+            composing: false,
+            compose_error: None,
+            contact_error: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Something in the runtime changed.
+    Refresh,
+    OpenFolder(Folder),
+    Select(MessageId),
+    Compose,
+    CancelCompose,
+    ComposeFailed(String),
+    /// A mail was sent: close the form and show it in `folder`.
+    Sent { folder: Folder, id: MessageId },
+    ContactFailed(Option<String>),
+}
+
+impl Reducible for State {
+    type Action = Action;
+
+    fn reduce(self: Rc<Self>, action: Action) -> Rc<Self> {
+        let mut s = (*self).clone();
+        match action {
+            Action::Refresh => s.version = s.version.wrapping_add(1),
+            Action::OpenFolder(f) => {
+                s.folder = f;
+                s.selected = None;
+                s.composing = false;
+            }
+            Action::Select(id) => {
+                s.selected = Some(id);
+                s.composing = false;
+            }
+            Action::Compose => {
+                s.composing = true;
+                s.compose_error = None;
+            }
+            Action::CancelCompose => {
+                s.composing = false;
+                s.compose_error = None;
+            }
+            Action::ComposeFailed(e) => s.compose_error = Some(e),
+            Action::Sent { folder, id } => {
+                s.composing = false;
+                s.compose_error = None;
+                s.folder = folder;
+                s.selected = Some(id);
+            }
+            Action::ContactFailed(e) => s.contact_error = e,
+        }
+        Rc::new(s)
+    }
+}

@@ -39,6 +39,7 @@ impl Relay {
             .arg(&config.dist)
             .args(["--domain", &config.domain])
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -20,6 +20,7 @@ const SCENARIOS: &[&str] = &[
     "mail_to_bob_and_carol",
     "unknown_recipient_fails_alone",
     "signup_rejects_taken_and_invalid_names",
+    "contacts_show_live_presence",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -94,6 +95,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(mail_to_bob_and_carol);
     scenario!(unknown_recipient_fails_alone);
     scenario!(signup_rejects_taken_and_invalid_names);
+    scenario!(contacts_show_live_presence);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {
@@ -350,5 +352,23 @@ async fn signup_rejects_taken_and_invalid_names(w: &mut World) -> Result<()> {
         m.reload().await?;
     }
     m.sign_up("mallory").await.context("a good name after two refusals")?;
+    Ok(())
+}
+
+/// (g) Alice adds Bob as a contact: his dot shows online; Bob closes his browser: it turns
+/// offline; Bob comes back: online again.
+async fn contacts_show_live_presence(w: &mut World) -> Result<()> {
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let bob_addr = w.addr("bob");
+    let alice = w.get("alice")?;
+    alice.add_contact(&bob_addr).await?;
+    alice.wait_presence(&bob_addr, "online").await?;
+
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.get("alice")?.wait_presence(&bob_addr, "offline").await.context("after Bob closed his browser")?;
+
+    w.person("bob").await?;
+    w.get("alice")?.wait_presence(&bob_addr, "online").await.context("after Bob came back")?;
     Ok(())
 }

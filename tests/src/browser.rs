@@ -338,6 +338,29 @@ impl Browser {
         .with_context(|| format!("{} sending {subject:?}", self.name))
     }
 
+    /// Adds `address` to the contacts (unless it is there already).
+    pub async fn add_contact(&self, address: &str) -> Result<()> {
+        let sel = format!(".contact[data-address=\"{}\"]", css_escape(address));
+        if !self.texts(&sel).await?.is_empty() {
+            return Ok(());
+        }
+        self.type_into("#contact-add-input", address).await?;
+        self.click("#contact-add-button").await?;
+        self.wait_for(&sel).await
+    }
+
+    /// Waits until the contact `address` shows the presence dot `status`
+    /// (`online` | `offline` | `unknown`).
+    pub async fn wait_presence(&self, address: &str, status: &str) -> Result<()> {
+        let sel = format!(".contact[data-address=\"{}\"] .presence-dot", css_escape(address));
+        let sel = sel.as_str();
+        self.wait_until(&format!("{address}'s presence dot to be {status}"), || async move {
+            let s = self.attr(sel, "data-status").await?;
+            Ok(if s.as_deref() == Some(status) { Ok(()) } else { Err(format!("data-status {s:?}")) })
+        })
+        .await
+    }
+
     /// Clicks a folder button: `inbox`, `outbox` or `sent`.
     pub async fn open_folder(&self, folder: &str) -> Result<()> {
         self.click(&format!("[data-folder={folder}]")).await

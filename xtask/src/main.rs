@@ -339,7 +339,9 @@ fn e2e(ws: &Workspace, args: &[String], standalone: bool) -> Result<()> {
         if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
             setup(ws)?;
         }
-        if !ws.dist().join("index.html").exists() {
+        if ws.dist().join("index.html").exists() {
+            say("using the existing dist/ (`cargo xtask test` rebuilds it; so does deleting it)");
+        } else {
             setup(ws)?;
             trunk_build(ws)?;
         }

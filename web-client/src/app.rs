@@ -11,7 +11,7 @@ use web_sys::{HtmlInputElement, HtmlTextAreaElement};
 use yew::prelude::*;
 
 use crate::runtime::{ConnStatus, Phase, Runtime};
-use crate::state::{Action, Folder, State};
+use crate::state::{Action, Folder, Prefill, State};
 use crate::util::{full_date, hms, page_hostname, short_date};
 
 /// The whole page.
@@ -160,7 +160,7 @@ fn main_view(rt: &Rc<Runtime>, state: &UseReducerHandle<State>) -> Html {
         let sidebar = sidebar(rt, node, state);
         let list = message_list(rt, node, state);
         let pane = if state.composing {
-            html! { <ComposeForm rt={RtHandle(rt.clone())} error={state.compose_error.clone()} dispatcher={DispatcherHandle(state.dispatcher())} /> }
+            html! { <ComposeForm rt={RtHandle(rt.clone())} error={state.compose_error.clone()} prefill={state.prefill.clone()} dispatcher={DispatcherHandle(state.dispatcher())} /> }
         } else {
             reading_pane(node, state)
         };
@@ -379,6 +379,28 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     }
 }
 
+/// A reply to `mail`: to its sender (and, for "reply all", everyone else but me in Cc).
+fn reply_prefill(mail: &peermail_core::Mail, me: &Address, all: bool) -> Prefill {
+    let subject = if mail.subject.to_ascii_lowercase().starts_with("re:") {
+        mail.subject.clone()
+    } else {
+        format!("Re: {}", mail.subject)
+    };
+    let quoted: String = mail.body.lines().map(|l| format!("> {l}\n")).collect();
+    let cc: Vec<Address> = if all {
+        mail.recipients().into_iter().filter(|a| a != me && *a != mail.from).collect()
+    } else {
+        Vec::new()
+    };
+    Prefill {
+        to: mail.from.to_string(),
+        cc: join(&cc),
+        subject,
+        body: format!("\n\nOn {}, {} wrote:\n{quoted}", full_date(mail.date), mail.from),
+        in_reply_to: Some(mail.message_id.clone()),
+    }
+}
+
 fn reading_pane(node: &Node, state: &UseReducerHandle<State>) -> Html {
     let Some(id) = state.selected.as_ref() else {
         return html! { <section id="reading-pane" class="reading-pane"><div class="empty">{ "Select a mail to read it." }</div></section> };
@@ -405,8 +427,22 @@ fn reading_pane(node: &Node, state: &UseReducerHandle<State>) -> Html {
         },
         _ => html! {},
     };
+    let actions = inbox.is_some().then(|| {
+        let reply = |all: bool| {
+            let state = state.clone();
+            let p = reply_prefill(&mail, node.address(), all);
+            Callback::from(move |_: MouseEvent| state.dispatch(Action::ComposeWith(p.clone())))
+        };
+        html! {
+            <div class="mail-actions">
+                <button class="reply" onclick={reply(false)}>{ "↩ Reply" }</button>
+                <button class="reply-all" onclick={reply(true)}>{ "Reply all" }</button>
+            </div>
+        }
+    });
     html! {
         <section id="reading-pane" class="reading-pane">
+            { for actions }
             <h1 class="subject">{ subject_or_placeholder(&mail.subject) }</h1>
             <div class="headers">
                 { field("From", "from", mail.from.to_string()) }
@@ -434,6 +470,7 @@ impl PartialEq for DispatcherHandle {
 pub struct ComposeProps {
     pub rt: RtHandle,
     pub error: Option<String>,
+    pub prefill: Prefill,
     pub dispatcher: DispatcherHandle,
 }
 
@@ -447,6 +484,7 @@ fn compose_form(props: &ComposeProps) -> Html {
     let onsubmit = {
         let rt = props.rt.0.clone();
         let dispatch = props.dispatcher.0.clone();
+        let prefill_id = props.prefill.in_reply_to.clone();
         let (to_ref, cc_ref, subject_ref, body_ref) =
             (to_ref.clone(), cc_ref.clone(), subject_ref.clone(), body_ref.clone());
         Callback::from(move |e: SubmitEvent| {
@@ -455,6 +493,7 @@ fn compose_form(props: &ComposeProps) -> Html {
             let parse = |field: &str, text: &str| {
                 parse_address_list(text).map_err(|(bad, err)| format!("{field}: “{bad}” is not an address ({err})"))
             };
+            let in_reply_to = prefill_id.clone();
             let draft = (|| {
                 let to = parse("To", &value(&to_ref))?;
                 let cc = parse("Cc", &value(&cc_ref))?;
@@ -462,7 +501,7 @@ fn compose_form(props: &ComposeProps) -> Html {
                     return Err("add at least one recipient".to_string());
                 }
                 let body = body_ref.cast::<HtmlTextAreaElement>().map(|t| t.value()).unwrap_or_default();
-                Ok(Draft { to, cc, subject: value(&subject_ref), body, ..Draft::default() })
+                Ok(Draft { to, cc, subject: value(&subject_ref), body, in_reply_to, ..Draft::default() })
             })();
             let result = draft.and_then(|d| rt.send(d));
             match result {
@@ -481,17 +520,19 @@ fn compose_form(props: &ComposeProps) -> Html {
         let dispatch = props.dispatcher.0.clone();
         Callback::from(move |_: MouseEvent| dispatch.dispatch(Action::CancelCompose))
     };
+    let p = &props.prefill;
+    let title = if p.in_reply_to.is_some() { "Reply" } else { "New message" };
     html! {
         <section class="reading-pane compose-pane">
             <form class="compose" {onsubmit}>
-                <h1>{ "New message" }</h1>
+                <h1>{ title }</h1>
                 <label class="row"><span class="label">{ "To" }</span>
-                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" /></label>
+                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" value={p.to.clone()} /></label>
                 <label class="row"><span class="label">{ "Cc" }</span>
-                    <input id="compose-cc" ref={cc_ref} type="text" autocomplete="off" /></label>
+                    <input id="compose-cc" ref={cc_ref} type="text" autocomplete="off" value={p.cc.clone()} /></label>
                 <label class="row"><span class="label">{ "Subject" }</span>
-                    <input id="compose-subject" ref={subject_ref} type="text" /></label>
-                <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…"></textarea>
+                    <input id="compose-subject" ref={subject_ref} type="text" value={p.subject.clone()} /></label>
+                <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…" value={p.body.clone()}></textarea>
                 <div id="compose-error" class="error">{ props.error.clone().unwrap_or_default() }</div>
                 <div class="actions">
                     <button id="compose-send" class="primary" type="submit">{ "Send" }</button>

@@ -398,6 +398,8 @@ impl Runtime {
     fn on_event(&self, e: Event) {
         match e {
             Event::Authenticated => self.status.set(ConnStatus::Online),
+            // Negotiation messages to a peer who just left are expected; not the person's concern.
+            Event::ServerError { code: ErrorCode::PeerOffline, message } => log(&format!("relay: {message}")),
             Event::ServerError { message, .. } => self.set_notice(message),
             Event::StoreFailed { reason } => self.set_notice(format!("Saving failed: {reason}")),
             Event::PeerProtocolError { peer, reason } => log(&format!("peer {peer}: {reason}")),

@@ -5,6 +5,16 @@
 use std::rc::Rc;
 
 use peermail_core::MessageId;
+
+/// What a new Compose form starts with (a reply fills it in).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prefill {
+    pub to: String,
+    pub cc: String,
+    pub subject: String,
+    pub body: String,
+    pub in_reply_to: Option<MessageId>,
+}
 use yew::Reducible;
 
 /// The three folders of the sidebar.
@@ -42,6 +52,8 @@ pub struct State {
     pub selected: Option<MessageId>,
     /// The Compose form is open.
     pub composing: bool,
+    /// What the open Compose form started with.
+    pub prefill: Prefill,
     /// Why the last Send was refused (`#compose-error`).
     pub compose_error: Option<String>,
     /// Why the last contact could not be added.
@@ -55,6 +67,7 @@ impl Default for State {
             folder: Folder::Inbox,
             selected: None,
             composing: false,
+            prefill: Prefill::default(),
             compose_error: None,
             contact_error: None,
         }
@@ -68,6 +81,8 @@ pub enum Action {
     OpenFolder(Folder),
     Select(MessageId),
     Compose,
+    /// Open the Compose form filled in (a reply).
+    ComposeWith(Prefill),
     CancelCompose,
     ComposeFailed(String),
     /// A mail was sent: close the form and show it in `folder`.
@@ -93,6 +108,12 @@ impl Reducible for State {
             }
             Action::Compose => {
                 s.composing = true;
+                s.prefill = Prefill::default();
+                s.compose_error = None;
+            }
+            Action::ComposeWith(p) => {
+                s.composing = true;
+                s.prefill = p;
                 s.compose_error = None;
             }
             Action::CancelCompose => {

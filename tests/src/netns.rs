@@ -34,11 +34,22 @@ pub fn inside() -> bool {
 /// namespace, and returns its exit code.
 pub fn reexec_isolated() -> Result<i32> {
     let exe = std::env::current_exe().context("finding the test binary")?;
-    let mut cmd = Command::new("unshare");
-    if !is_root() {
-        // Unprivileged: map ourselves to root in a new user namespace so `ip` may work.
-        cmd.arg("--map-root-user");
+    // Unprivileged: map ourselves to root in a new user namespace so `ip` may work.
+    let user_ns: &[&str] = if is_root() { &[] } else { &["--map-root-user"] };
+    let probe = Command::new("unshare")
+        .args(user_ns)
+        .args(["--net", "--pid", "--fork", "--mount-proc", "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"])
+        .output()
+        .context("running `unshare` (util-linux) to create a private network namespace")?;
+    if !probe.status.success() {
+        bail!(
+            "cannot create a private network namespace with a veth pair (needs root, or \
+             unprivileged user namespaces, plus `ip` from iproute2): {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
     }
+    let mut cmd = Command::new("unshare");
+    cmd.args(user_ns);
     cmd.args(["--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", RECIPE, "_"])
         .arg(exe)
         .args(std::env::args_os().skip(1))

@@ -160,7 +160,7 @@ fn setup(ws: &Workspace) -> Result<()> {
         say(&format!("system packages: installing {}", apt.join(" ")));
         run(sudo("apt-get").arg("update"))?;
         run(sudo("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["install", "-y"])
             .args(&apt)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }

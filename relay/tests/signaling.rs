@@ -714,8 +714,9 @@ async fn an_oversized_frame_is_closed_with_policy_code() {
 async fn a_silent_client_is_dropped_by_the_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start_with(dir.path(), |c| {
-        c.heartbeat_interval = Duration::from_millis(200);
-        c.heartbeat_timeout = Duration::from_millis(600);
+        // Short, yet long enough that a starved test thread does not drop the watcher.
+        c.heartbeat_interval = Duration::from_millis(250);
+        c.heartbeat_timeout = Duration::from_millis(1500);
     })
     .await;
     let (watcher, silent) = (identity("watcher", 1), identity("silent", 2));
@@ -744,6 +745,23 @@ async fn a_silent_client_is_dropped_by_the_heartbeat() {
     // The watcher, which answers pings, is still served.
     w.ping(1).await;
     drop(s);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_signs_in_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(dir.path(), |c| {
+        c.heartbeat_interval = Duration::from_millis(250);
+        c.heartbeat_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    let mut c = Client::connect(&relay).await;
+    // Lively (it answers heartbeats and pings) but anonymous.
+    c.ping(1).await;
+    let (code, reason) = c.expect_close().await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("sign in"), "{reason}");
     relay.stop().await;
 }
 

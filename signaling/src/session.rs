@@ -42,6 +42,8 @@ enum End {
     TooLarge,
     /// Nothing arrived within the heartbeat timeout.
     Silent,
+    /// The client did not sign in within the heartbeat timeout of connecting.
+    NoSignIn,
     /// A newer session authenticated as the same address.
     Replaced,
     /// The relay is stopping.
@@ -108,6 +110,10 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
             drain(&mut socket).await;
             None
         }
+        End::NoSignIn => Some((
+            CLOSE_POLICY,
+            "sign in (register or auth) within the heartbeat timeout".to_string(),
+        )),
         End::TooLarge => Some((
             CLOSE_POLICY,
             format!("frames are limited to {MAX_SIGNAL_FRAME} bytes"),
@@ -187,6 +193,12 @@ impl Session {
                     }
                 }
                 () = &mut silence => {
+                    // The first firing is one timeout after connecting: by then the client
+                    // must have signed in, so idle anonymous sockets do not pile up.
+                    if self.address.is_none() {
+                        tracing::debug!(session = self.id, "no sign-in in time");
+                        return End::NoSignIn;
+                    }
                     let deadline = last_heard + config.heartbeat_timeout;
                     if Instant::now() >= deadline {
                         tracing::debug!(session = self.id, "heartbeat timeout");

@@ -30,7 +30,9 @@ pub fn app() -> Html {
     }
     let rt: &Rc<Runtime> = &rt;
     match rt.phase() {
-        Phase::Loading => html! { <div class="splash"><div class="brand">{ "Peermail" }</div><p>{ "Loading…" }</p></div> },
+        Phase::Loading => {
+            html! { <div class="splash"><div class="brand">{ "Peermail" }</div><p>{ "Loading…" }</p></div> }
+        }
         Phase::Broken(why) => html! {
             <div class="splash"><div class="brand">{ "Peermail" }</div><p class="error">{ why }</p></div>
         },
@@ -110,7 +112,11 @@ fn presence_str(p: Option<PresenceStatus>) -> &'static str {
 }
 
 fn join(addrs: &[Address]) -> String {
-    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn subject_or_placeholder(s: &str) -> String {
@@ -126,7 +132,9 @@ fn recipient_line(address: &Address, state: &DeliveryState) -> (&'static str, St
     match state {
         DeliveryState::Waiting => ("waiting", format!("{address}: waiting for {address}")),
         DeliveryState::Sending { .. } => ("sending", format!("{address}: sending")),
-        DeliveryState::Delivered { at } => ("delivered", format!("{address}: delivered {}", hms(*at))),
+        DeliveryState::Delivered { at } => {
+            ("delivered", format!("{address}: delivered {}", hms(*at)))
+        }
         DeliveryState::Failed { reason, .. } => ("failed", format!("{address}: failed — {reason}")),
     }
 }
@@ -134,11 +142,26 @@ fn recipient_line(address: &Address, state: &DeliveryState) -> (&'static str, St
 /// The short summary in an Outbox/Sent row.
 fn summary(o: &OutgoingMail) -> String {
     let n = o.recipients.len();
-    let delivered = o.recipients.iter().filter(|r| matches!(r.state, DeliveryState::Delivered { .. })).count();
-    let failed = o.recipients.iter().filter(|r| matches!(r.state, DeliveryState::Failed { .. })).count();
-    let sending = o.recipients.iter().any(|r| matches!(r.state, DeliveryState::Sending { .. }));
-    let waiting: Vec<&Address> =
-        o.recipients.iter().filter(|r| r.state == DeliveryState::Waiting).map(|r| &r.address).collect();
+    let delivered = o
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, DeliveryState::Delivered { .. }))
+        .count();
+    let failed = o
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, DeliveryState::Failed { .. }))
+        .count();
+    let sending = o
+        .recipients
+        .iter()
+        .any(|r| matches!(r.state, DeliveryState::Sending { .. }));
+    let waiting: Vec<&Address> = o
+        .recipients
+        .iter()
+        .filter(|r| r.state == DeliveryState::Waiting)
+        .map(|r| &r.address)
+        .collect();
     if delivered == n {
         "delivered".into()
     } else if failed == n {
@@ -201,7 +224,9 @@ fn header(rt: &Rc<Runtime>, node: &Node) -> Html {
 }
 
 fn notice(rt: &Rc<Runtime>) -> Html {
-    let Some(text) = rt.notice() else { return html! {} };
+    let Some(text) = rt.notice() else {
+        return html! {};
+    };
     let dismiss = {
         let rt = rt.clone();
         Callback::from(move |_: MouseEvent| rt.dismiss_notice())
@@ -224,7 +249,11 @@ fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Ht
     let unread = node.inbox().iter().filter(|r| !r.read).count();
     let pending = node.outgoing().iter().filter(|o| o.is_pending()).count();
     let count = |n: usize| if n == 0 { String::new() } else { n.to_string() };
-    let folders = [(Folder::Inbox, count(unread)), (Folder::Outbox, count(pending)), (Folder::Sent, String::new())];
+    let folders = [
+        (Folder::Inbox, count(unread)),
+        (Folder::Outbox, count(pending)),
+        (Folder::Sent, String::new()),
+    ];
     let compose = {
         let state = state.clone();
         Callback::from(move |_: MouseEvent| state.dispatch(Action::Compose))
@@ -256,7 +285,9 @@ fn contacts(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> H
         let state = state.clone();
         let input_ref = input_ref.clone();
         move || {
-            let Some(input) = input_ref.cast::<HtmlInputElement>() else { return };
+            let Some(input) = input_ref.cast::<HtmlInputElement>() else {
+                return;
+            };
             let text = input.value();
             if text.trim().is_empty() {
                 return;
@@ -267,7 +298,9 @@ fn contacts(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> H
                     input.set_value("");
                     state.dispatch(Action::ContactFailed(None));
                 }
-                Err(e) => state.dispatch(Action::ContactFailed(Some(format!("{}: {e}", text.trim())))),
+                Err(e) => {
+                    state.dispatch(Action::ContactFailed(Some(format!("{}: {e}", text.trim()))))
+                }
             }
         }
     };
@@ -388,7 +421,10 @@ fn reply_prefill(mail: &peermail_core::Mail, me: &Address, all: bool) -> Prefill
     };
     let quoted: String = mail.body.lines().map(|l| format!("> {l}\n")).collect();
     let cc: Vec<Address> = if all {
-        mail.recipients().into_iter().filter(|a| a != me && *a != mail.from).collect()
+        mail.recipients()
+            .into_iter()
+            .filter(|a| a != me && *a != mail.from)
+            .collect()
     } else {
         Vec::new()
     };
@@ -396,7 +432,11 @@ fn reply_prefill(mail: &peermail_core::Mail, me: &Address, all: bool) -> Prefill
         to: mail.from.to_string(),
         cc: join(&cc),
         subject,
-        body: format!("\n\nOn {}, {} wrote:\n{quoted}", full_date(mail.date), mail.from),
+        body: format!(
+            "\n\nOn {}, {} wrote:\n{quoted}",
+            full_date(mail.date),
+            mail.from
+        ),
         in_reply_to: Some(mail.message_id.clone()),
     }
 }
@@ -405,9 +445,20 @@ fn reading_pane(node: &Node, state: &UseReducerHandle<State>) -> Html {
     let Some(id) = state.selected.as_ref() else {
         return html! { <section id="reading-pane" class="reading-pane"><div class="empty">{ "Select a mail to read it." }</div></section> };
     };
-    let inbox = node.inbox().into_iter().find(|r| &r.mail.message_id == id).map(|r| r.mail.clone());
-    let outgoing = node.outgoing().into_iter().find(|o| &o.mail.message_id == id).cloned();
-    let Some(mail) = inbox.clone().or_else(|| outgoing.as_ref().map(|o| o.mail.clone())) else {
+    let inbox = node
+        .inbox()
+        .into_iter()
+        .find(|r| &r.mail.message_id == id)
+        .map(|r| r.mail.clone());
+    let outgoing = node
+        .outgoing()
+        .into_iter()
+        .find(|o| &o.mail.message_id == id)
+        .cloned();
+    let Some(mail) = inbox
+        .clone()
+        .or_else(|| outgoing.as_ref().map(|o| o.mail.clone()))
+    else {
         return html! { <section id="reading-pane" class="reading-pane"><div class="empty">{ "This mail is gone." }</div></section> };
     };
     let field = |label: &str, class: &'static str, value: String| {
@@ -485,13 +536,22 @@ fn compose_form(props: &ComposeProps) -> Html {
         let rt = props.rt.0.clone();
         let dispatch = props.dispatcher.0.clone();
         let prefill_id = props.prefill.in_reply_to.clone();
-        let (to_ref, cc_ref, subject_ref, body_ref) =
-            (to_ref.clone(), cc_ref.clone(), subject_ref.clone(), body_ref.clone());
+        let (to_ref, cc_ref, subject_ref, body_ref) = (
+            to_ref.clone(),
+            cc_ref.clone(),
+            subject_ref.clone(),
+            body_ref.clone(),
+        );
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
-            let value = |r: &NodeRef| r.cast::<HtmlInputElement>().map(|i| i.value()).unwrap_or_default();
+            let value = |r: &NodeRef| {
+                r.cast::<HtmlInputElement>()
+                    .map(|i| i.value())
+                    .unwrap_or_default()
+            };
             let parse = |field: &str, text: &str| {
-                parse_address_list(text).map_err(|(bad, err)| format!("{field}: “{bad}” is not an address ({err})"))
+                parse_address_list(text)
+                    .map_err(|(bad, err)| format!("{field}: “{bad}” is not an address ({err})"))
             };
             let in_reply_to = prefill_id.clone();
             let draft = (|| {
@@ -500,16 +560,34 @@ fn compose_form(props: &ComposeProps) -> Html {
                 if to.is_empty() && cc.is_empty() {
                     return Err("add at least one recipient".to_string());
                 }
-                let body = body_ref.cast::<HtmlTextAreaElement>().map(|t| t.value()).unwrap_or_default();
-                Ok(Draft { to, cc, subject: value(&subject_ref), body, in_reply_to, ..Draft::default() })
+                let body = body_ref
+                    .cast::<HtmlTextAreaElement>()
+                    .map(|t| t.value())
+                    .unwrap_or_default();
+                Ok(Draft {
+                    to,
+                    cc,
+                    subject: value(&subject_ref),
+                    body,
+                    in_reply_to,
+                    ..Draft::default()
+                })
             })();
             let result = draft.and_then(|d| rt.send(d));
             match result {
                 Ok(id) => {
                     let pending = rt
-                        .with_node(|n| n.outgoing().iter().any(|o| o.mail.message_id == id && o.is_pending()))
+                        .with_node(|n| {
+                            n.outgoing()
+                                .iter()
+                                .any(|o| o.mail.message_id == id && o.is_pending())
+                        })
                         .unwrap_or(true);
-                    let folder = if pending { Folder::Outbox } else { Folder::Sent };
+                    let folder = if pending {
+                        Folder::Outbox
+                    } else {
+                        Folder::Sent
+                    };
                     dispatch.dispatch(Action::Sent { folder, id });
                 }
                 Err(e) => dispatch.dispatch(Action::ComposeFailed(e)),
@@ -521,7 +599,11 @@ fn compose_form(props: &ComposeProps) -> Html {
         Callback::from(move |_: MouseEvent| dispatch.dispatch(Action::CancelCompose))
     };
     let p = &props.prefill;
-    let title = if p.in_reply_to.is_some() { "Reply" } else { "New message" };
+    let title = if p.in_reply_to.is_some() {
+        "Reply"
+    } else {
+        "New message"
+    };
     html! {
         <section class="reading-pane compose-pane">
             <form class="compose" {onsubmit}>

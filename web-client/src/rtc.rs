@@ -73,11 +73,17 @@ pub struct Rtc {
 
 impl Rtc {
     pub fn new(hooks: Hooks) -> Rc<Self> {
-        Rc::new(Rtc { conns: RefCell::new(HashMap::new()), hooks })
+        Rc::new(Rtc {
+            conns: RefCell::new(HashMap::new()),
+            hooks,
+        })
     }
 
     fn is_connected(&self, peer: &Address) -> bool {
-        self.conns.borrow().values().any(|c| &c.peer == peer && c.open)
+        self.conns
+            .borrow()
+            .values()
+            .any(|c| &c.peer == peer && c.open)
     }
 
     /// Starts a connection to `peer` (the node's `Output::Connect`).
@@ -133,7 +139,9 @@ impl Rtc {
         let conns = self.conns.borrow();
         for c in conns.values().filter(|c| &c.peer == peer && c.open) {
             if let Some(dc) = &c.dc {
-                if dc.ready_state() == RtcDataChannelState::Open && dc.send_with_u8_array(bytes).is_ok() {
+                if dc.ready_state() == RtcDataChannelState::Open
+                    && dc.send_with_u8_array(bytes).is_ok()
+                {
                     return true;
                 }
             }
@@ -146,7 +154,9 @@ impl Rtc {
         let known_peer = self.conns.borrow().get(&conn).map(|c| c.peer.clone());
         if let Some(p) = &known_peer {
             if *p != from {
-                return log(&format!("rtc: {from} sent a signal for another peer's connection"));
+                return log(&format!(
+                    "rtc: {from} sent a signal for another peer's connection"
+                ));
             }
         }
         match payload {
@@ -171,7 +181,11 @@ impl Rtc {
                     }
                 });
             }
-            SignalPayload::Candidate { candidate, sdp_mid, sdp_m_line_index } => {
+            SignalPayload::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_m_line_index,
+            } => {
                 if candidate.is_empty() {
                     return;
                 }
@@ -180,7 +194,9 @@ impl Rtc {
                 init.set_sdp_m_line_index(sdp_m_line_index);
                 let pc = {
                     let mut conns = self.conns.borrow_mut();
-                    let Some(c) = conns.get_mut(&conn) else { return };
+                    let Some(c) = conns.get_mut(&conn) else {
+                        return;
+                    };
                     if !c.remote_set {
                         c.pending.push(init);
                         return;
@@ -273,7 +289,11 @@ impl Rtc {
         });
     }
 
-    fn pc_callbacks(self: &Rc<Self>, conn: &str, pc: &RtcPeerConnection) -> Vec<Closure<dyn FnMut(JsValue)>> {
+    fn pc_callbacks(
+        self: &Rc<Self>,
+        conn: &str,
+        pc: &RtcPeerConnection,
+    ) -> Vec<Closure<dyn FnMut(JsValue)>> {
         let mut out = Vec::new();
 
         let me = Rc::downgrade(self);
@@ -293,7 +313,11 @@ impl Rtc {
             with(&me, move |me| {
                 let peer = me.conns.borrow().get(&id).map(|c| c.peer.clone());
                 if let Some(to) = peer {
-                    (me.hooks.signal)(ClientFrame::Signal { to, conn: id, payload });
+                    (me.hooks.signal)(ClientFrame::Signal {
+                        to,
+                        conn: id,
+                        payload,
+                    });
                 }
             });
         });
@@ -305,7 +329,10 @@ impl Rtc {
         let pc2 = pc.clone();
         let on_state = Closure::<dyn FnMut(JsValue)>::new(move |_| {
             let state = pc2.connection_state();
-            if matches!(state, RtcPeerConnectionState::Failed | RtcPeerConnectionState::Closed) {
+            if matches!(
+                state,
+                RtcPeerConnectionState::Failed | RtcPeerConnectionState::Closed
+            ) {
                 let id = id.clone();
                 with(&me, move |me| {
                     log(&format!("rtc: connection {id} is {state:?}"));
@@ -338,7 +365,9 @@ impl Rtc {
         let already_open = dc.ready_state() == RtcDataChannelState::Open;
         {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(conn) else { return dc.close() };
+            let Some(c) = conns.get_mut(conn) else {
+                return dc.close();
+            };
             c.dc = Some(dc);
             c._callbacks.extend(callbacks);
         }
@@ -347,7 +376,11 @@ impl Rtc {
         }
     }
 
-    fn dc_callbacks(self: &Rc<Self>, conn: &str, dc: &RtcDataChannel) -> Vec<Closure<dyn FnMut(JsValue)>> {
+    fn dc_callbacks(
+        self: &Rc<Self>,
+        conn: &str,
+        dc: &RtcDataChannel,
+    ) -> Vec<Closure<dyn FnMut(JsValue)>> {
         dc.set_binary_type(RtcDataChannelType::Arraybuffer);
         let mut out = Vec::new();
 
@@ -401,15 +434,29 @@ impl Rtc {
             c.open = true;
             c.peer.clone()
         };
-        let others_open = self.conns.borrow().iter().any(|(id, c)| id != conn && c.peer == peer && c.open);
+        let others_open = self
+            .conns
+            .borrow()
+            .iter()
+            .any(|(id, c)| id != conn && c.peer == peer && c.open);
         if !others_open {
             (self.hooks.input)(Input::PeerConnected(peer));
         }
     }
 
+    /// Closes every connection (this tab stops being the account's session).
+    pub fn close_all(&self) {
+        let ids: Vec<String> = self.conns.borrow().keys().cloned().collect();
+        for id in ids {
+            self.close(&id, true);
+        }
+    }
+
     /// Closes and forgets `conn`, telling the peer (`Bye`) unless it told us.
     fn close(&self, conn: &str, say_bye: bool) {
-        let Some(c) = self.conns.borrow_mut().remove(conn) else { return };
+        let Some(c) = self.conns.borrow_mut().remove(conn) else {
+            return;
+        };
         if let Some(dc) = &c.dc {
             dc.set_onclose(None);
             dc.close();
@@ -465,7 +512,9 @@ async fn set_remote(pc: &RtcPeerConnection, kind: RtcSdpType, sdp: &str) -> Resu
 }
 
 async fn add_candidate(pc: &RtcPeerConnection, init: &RtcIceCandidateInit) {
-    if let Err(e) = JsFuture::from(pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(init))).await {
+    if let Err(e) =
+        JsFuture::from(pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(init))).await
+    {
         log(&format!("rtc: candidate refused: {e:?}"));
     }
 }

@@ -156,7 +156,10 @@ impl Runtime {
     }
 
     fn signaling(&self) -> Rc<Signaling> {
-        self.signaling.borrow().clone().expect("signaling set in new")
+        self.signaling
+            .borrow()
+            .clone()
+            .expect("signaling set in new")
     }
 
     fn rtc(&self) -> Rc<Rtc> {
@@ -168,7 +171,8 @@ impl Runtime {
         let store = match IdbStore::open(DB_NAME).await {
             Ok(s) => Rc::new(s),
             Err(e) => {
-                *self.phase.borrow_mut() = Phase::Broken(format!("This browser's storage is not available: {e}"));
+                *self.phase.borrow_mut() =
+                    Phase::Broken(format!("This browser's storage is not available: {e}"));
                 return self.changed();
             }
         };
@@ -182,7 +186,8 @@ impl Runtime {
             }
             Ok(None) => *self.phase.borrow_mut() = Phase::SignUp,
             Err(e) => {
-                *self.phase.borrow_mut() = Phase::Broken(format!("Could not read the account: {e}"));
+                *self.phase.borrow_mut() =
+                    Phase::Broken(format!("Could not read the account: {e}"));
                 return self.changed();
             }
         }
@@ -194,7 +199,10 @@ impl Runtime {
     /// Loads the mailbox and creates the node for `identity`.
     async fn start_node(&self, identity: Identity) -> Result<(), String> {
         let store = self.store.borrow().clone().ok_or("storage is not open")?;
-        let snapshot = store.load().await.map_err(|e| format!("Could not read the mailbox: {e}"))?;
+        let snapshot = store
+            .load()
+            .await
+            .map_err(|e| format!("Could not read the mailbox: {e}"))?;
         *self.node.borrow_mut() = Some(Node::new(identity, Config::default(), snapshot, now()));
         *self.phase.borrow_mut() = Phase::Running;
         Ok(())
@@ -246,7 +254,11 @@ impl Runtime {
             }
         };
         *self.signup_error.borrow_mut() = None;
-        *self.signup.borrow_mut() = Some(SignUp { name, seed: random_bytes(), identity: None });
+        *self.signup.borrow_mut() = Some(SignUp {
+            name,
+            seed: random_bytes(),
+            identity: None,
+        });
         self.try_register();
         self.changed();
     }
@@ -256,7 +268,9 @@ impl Runtime {
         let frame = {
             let challenge = self.challenge.borrow();
             let mut signup = self.signup.borrow_mut();
-            let (Some((nonce, domain)), Some(s)) = (challenge.as_ref(), signup.as_mut()) else { return };
+            let (Some((nonce, domain)), Some(s)) = (challenge.as_ref(), signup.as_mut()) else {
+                return;
+            };
             if s.identity.is_some() {
                 return;
             }
@@ -272,7 +286,11 @@ impl Runtime {
             let identity = Identity::from_seed(address, s.seed);
             let public_key = identity.public_key();
             let signature = identity.sign(&register_message(nonce, &s.name, &public_key));
-            let frame = ClientFrame::Register { name: s.name.clone(), public_key, signature };
+            let frame = ClientFrame::Register {
+                name: s.name.clone(),
+                public_key,
+                signature,
+            };
             s.identity = Some(identity);
             frame
         };
@@ -286,7 +304,10 @@ impl Runtime {
 
     /// Sends a draft. On success returns the new mail's Message-ID.
     pub fn send(&self, draft: Draft) -> Result<MessageId, String> {
-        let outputs = self.handle(Input::Command(Command::Send { draft, random: random_bytes() }));
+        let outputs = self.handle(Input::Command(Command::Send {
+            draft,
+            random: random_bytes(),
+        }));
         let mut id = None;
         for o in &outputs {
             match o {
@@ -327,7 +348,9 @@ impl Runtime {
     fn handle(&self, input: Input) -> Vec<Output> {
         let produced: Vec<Output> = {
             let mut node = self.node.borrow_mut();
-            let Some(node) = node.as_mut() else { return Vec::new() };
+            let Some(node) = node.as_mut() else {
+                return Vec::new();
+            };
             node.handle(input, now());
             std::iter::from_fn(|| node.poll_output()).collect()
         };
@@ -343,7 +366,10 @@ impl Runtime {
         let mut timer = self.timer.borrow_mut();
         // Dropping a gloo Timeout cancels it.
         *timer = deadline.map(|t| {
-            let delay = t.saturating_sub(now()).max(MIN_TICK_MS).min(u32::MAX as u64) as u32;
+            let delay = t
+                .saturating_sub(now())
+                .max(MIN_TICK_MS)
+                .min(u32::MAX as u64) as u32;
             let me = self.me.clone();
             gloo_timers::callback::Timeout::new(delay, move || {
                 // On a later turn: the timer (this closure) is replaced by the input.
@@ -380,7 +406,9 @@ impl Runtime {
             Output::Connect(peer) => self.rtc().connect(peer),
             Output::ToPeer { peer, bytes } => {
                 if !self.rtc().send(&peer, &bytes) {
-                    log(&format!("rtc: no open channel to {peer}; the node will retry"));
+                    log(&format!(
+                        "rtc: no open channel to {peer}; the node will retry"
+                    ));
                 }
             }
             Output::Store { op, write } => {
@@ -399,7 +427,10 @@ impl Runtime {
         match e {
             Event::Authenticated => self.status.set(ConnStatus::Online),
             // Negotiation messages to a peer who just left are expected; not the person's concern.
-            Event::ServerError { code: ErrorCode::PeerOffline, message } => log(&format!("relay: {message}")),
+            Event::ServerError {
+                code: ErrorCode::PeerOffline,
+                message,
+            } => log(&format!("relay: {message}")),
             Event::ServerError { message, .. } => self.set_notice(message),
             Event::StoreFailed { reason } => self.set_notice(format!("Saving failed: {reason}")),
             Event::PeerProtocolError { peer, reason } => log(&format!("peer {peer}: {reason}")),
@@ -443,19 +474,32 @@ impl Runtime {
     fn on_frame(&self, frame: ServerFrame) {
         let running = self.node.borrow().is_some();
         match frame {
-            ServerFrame::Signal { from, conn, payload } => {
+            ServerFrame::Signal {
+                from,
+                conn,
+                payload,
+            } => {
                 if running {
                     self.rtc().on_signal(from, conn, payload);
                 }
             }
-            ServerFrame::Error { code: ErrorCode::SessionReplaced, .. } => {
+            ServerFrame::Error {
+                code: ErrorCode::SessionReplaced,
+                ..
+            } => {
                 self.status.set(ConnStatus::Replaced);
+                // The other tab is the account's session now; this one goes quiet (its data
+                // channels would otherwise keep receiving mail behind the other tab's back).
+                self.rtc().close_all();
                 self.signaling().stop();
                 self.set_notice("Peermail was opened in another tab");
                 self.input(Input::SignalingDisconnected);
             }
             frame if running => {
-                if matches!(frame, ServerFrame::Authenticated { .. } | ServerFrame::Registered { .. }) {
+                if matches!(
+                    frame,
+                    ServerFrame::Authenticated { .. } | ServerFrame::Registered { .. }
+                ) {
                     self.status.set(ConnStatus::Online);
                 }
                 self.input(Input::Server(frame));
@@ -485,7 +529,9 @@ impl Runtime {
                     self.set_notice(message);
                 }
             }
-            ServerFrame::Authenticated { .. } | ServerFrame::Presence { .. } | ServerFrame::Pong { .. } => {}
+            ServerFrame::Authenticated { .. }
+            | ServerFrame::Presence { .. }
+            | ServerFrame::Pong { .. } => {}
         }
     }
 
@@ -497,7 +543,9 @@ impl Runtime {
             None => Err("storage is not open".into()),
         };
         if let Err(e) = saved {
-            *self.signup_error.borrow_mut() = Some(format!("The account was created but could not be saved: {e}"));
+            *self.signup_error.borrow_mut() = Some(format!(
+                "The account was created but could not be saved: {e}"
+            ));
             return self.changed();
         }
         if let Err(e) = self.start_node(identity).await {

@@ -106,15 +106,23 @@ impl Signaling {
             if me.generation.get() != gen {
                 return;
             }
-            log(&format!("signaling: closed (code {}, {:?})", ev.code(), ev.reason()));
+            log(&format!(
+                "signaling: closed (code {}, {:?})",
+                ev.code(),
+                ev.reason()
+            ));
             (me.handler)(SocketEvent::Closed);
             me.schedule_reconnect(gen);
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        *self.live.borrow_mut() =
-            Some(Live { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close });
+        *self.live.borrow_mut() = Some(Live {
+            ws,
+            _on_open: on_open,
+            _on_message: on_message,
+            _on_close: on_close,
+        });
     }
 
     fn schedule_reconnect(self: &Rc<Self>, gen: u32) {
@@ -138,7 +146,9 @@ impl Signaling {
     /// Sends a frame; false if the socket is not open (the frame is dropped).
     pub fn send(&self, frame: &ClientFrame) -> bool {
         let live = self.live.borrow();
-        let Some(live) = live.as_ref() else { return false };
+        let Some(live) = live.as_ref() else {
+            return false;
+        };
         if live.ws.ready_state() != WebSocket::OPEN {
             return false;
         }

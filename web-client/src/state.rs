@@ -86,7 +86,10 @@ pub enum Action {
     CancelCompose,
     ComposeFailed(String),
     /// A mail was sent: close the form and show it in `folder`.
-    Sent { folder: Folder, id: MessageId },
+    Sent {
+        folder: Folder,
+        id: MessageId,
+    },
     ContactFailed(Option<String>),
 }
 

@@ -17,7 +17,9 @@ use indexed_db_futures::database::{Database, VersionChangeEvent};
 use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::TransactionMode;
 use peermail_core::identity::Identity;
-use peermail_core::store::{InboxRecord, MailStore, OutgoingMail, Snapshot, StoreError, StoreWrite};
+use peermail_core::store::{
+    InboxRecord, MailStore, OutgoingMail, Snapshot, StoreError, StoreWrite,
+};
 use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -74,17 +76,36 @@ impl IdbStore {
 
     /// Upserts one JSON value under `key` in `store`, committing before returning.
     async fn put(&self, store: &str, key: &str, json: String) -> Result<(), StoreError> {
-        let tx = self.db.transaction(store).with_mode(TransactionMode::Readwrite).build().map_err(err)?;
+        let tx = self
+            .db
+            .transaction(store)
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(err)?;
         let os = tx.object_store(store).map_err(err)?;
-        os.put(json).with_key(key.to_string()).primitive().map_err(err)?.await.map_err(err)?;
+        os.put(json)
+            .with_key(key.to_string())
+            .primitive()
+            .map_err(err)?
+            .await
+            .map_err(err)?;
         tx.commit().await.map_err(err)?;
         Ok(())
     }
 
     async fn delete(&self, store: &str, key: &str) -> Result<(), StoreError> {
-        let tx = self.db.transaction(store).with_mode(TransactionMode::Readwrite).build().map_err(err)?;
+        let tx = self
+            .db
+            .transaction(store)
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(err)?;
         let os = tx.object_store(store).map_err(err)?;
-        os.delete(key.to_string()).primitive().map_err(err)?.await.map_err(err)?;
+        os.delete(key.to_string())
+            .primitive()
+            .map_err(err)?
+            .await
+            .map_err(err)?;
         tx.commit().await.map_err(err)?;
         Ok(())
     }
@@ -94,8 +115,12 @@ impl MailStore for IdbStore {
     async fn load_identity(&self) -> Result<Option<Identity>, StoreError> {
         let tx = self.db.transaction(IDENTITY).build().map_err(err)?;
         let os = tx.object_store(IDENTITY).map_err(err)?;
-        let v: Option<String> =
-            os.get(IDENTITY_KEY.to_string()).primitive().map_err(err)?.await.map_err(err)?;
+        let v: Option<String> = os
+            .get(IDENTITY_KEY.to_string())
+            .primitive()
+            .map_err(err)?
+            .await
+            .map_err(err)?;
         v.as_deref().map(from_json).transpose()
     }
 
@@ -104,7 +129,11 @@ impl MailStore for IdbStore {
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
-        let tx = self.db.transaction([INBOX, OUTGOING, CONTACTS]).build().map_err(err)?;
+        let tx = self
+            .db
+            .transaction([INBOX, OUTGOING, CONTACTS])
+            .build()
+            .map_err(err)?;
         let mut snap = Snapshot::default();
         for s in all_values(&tx.object_store(INBOX).map_err(err)?).await? {
             snap.inbox.push(from_json::<InboxRecord>(&s)?);
@@ -120,9 +149,13 @@ impl MailStore for IdbStore {
 
     async fn apply(&self, write: StoreWrite) -> Result<(), StoreError> {
         match write {
-            StoreWrite::PutInbox(r) => self.put(INBOX, r.mail.message_id.as_str(), to_json(&r)?).await,
+            StoreWrite::PutInbox(r) => {
+                self.put(INBOX, r.mail.message_id.as_str(), to_json(&r)?)
+                    .await
+            }
             StoreWrite::PutOutgoing(o) => {
-                self.put(OUTGOING, o.mail.message_id.as_str(), to_json(&o)?).await
+                self.put(OUTGOING, o.mail.message_id.as_str(), to_json(&o)?)
+                    .await
             }
             StoreWrite::PutContact(a) => self.put(CONTACTS, &a.to_string(), to_json(&a)?).await,
             StoreWrite::RemoveContact(a) => self.delete(CONTACTS, &a.to_string()).await,
@@ -133,6 +166,11 @@ impl MailStore for IdbStore {
 async fn all_values(
     os: &indexed_db_futures::object_store::ObjectStore<'_>,
 ) -> Result<Vec<String>, StoreError> {
-    let iter = os.get_all::<String>().primitive().map_err(err)?.await.map_err(err)?;
+    let iter = os
+        .get_all::<String>()
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?;
     iter.map(|r| r.map_err(err)).collect()
 }

@@ -12,8 +12,12 @@ pub fn now() -> Millis {
 ///
 /// Panics only if the page has no `window.crypto`, which every browser that runs WebAssembly has.
 pub fn fill_random(buf: &mut [u8]) {
-    let crypto = web_sys::window().and_then(|w| w.crypto().ok()).expect("window.crypto");
-    crypto.get_random_values_with_u8_array(buf).expect("crypto.getRandomValues");
+    let crypto = web_sys::window()
+        .and_then(|w| w.crypto().ok())
+        .expect("window.crypto");
+    crypto
+        .get_random_values_with_u8_array(buf)
+        .expect("crypto.getRandomValues");
 }
 
 /// `N` random bytes.
@@ -40,7 +44,9 @@ pub fn signaling_url() -> String {
 
 /// The page's host name, shown as the address domain until the relay names its own.
 pub fn page_hostname() -> String {
-    web_sys::window().and_then(|w| w.location().hostname().ok()).unwrap_or_default()
+    web_sys::window()
+        .and_then(|w| w.location().hostname().ok())
+        .unwrap_or_default()
 }
 
 fn date(ms: Millis) -> js_sys::Date {
@@ -50,19 +56,31 @@ fn date(ms: Millis) -> js_sys::Date {
 /// Local wall-clock time, `HH:MM:SS`.
 pub fn hms(ms: Millis) -> String {
     let d = date(ms);
-    format!("{:02}:{:02}:{:02}", d.get_hours(), d.get_minutes(), d.get_seconds())
+    format!(
+        "{:02}:{:02}:{:02}",
+        d.get_hours(),
+        d.get_minutes(),
+        d.get_seconds()
+    )
 }
 
 /// Local date and time, `YYYY-MM-DD HH:MM:SS`.
 pub fn full_date(ms: Millis) -> String {
     let d = date(ms);
-    format!("{:04}-{:02}-{:02} {}", d.get_full_year(), d.get_month() + 1, d.get_date(), hms(ms))
+    format!(
+        "{:04}-{:02}-{:02} {}",
+        d.get_full_year(),
+        d.get_month() + 1,
+        d.get_date(),
+        hms(ms)
+    )
 }
 
 /// What a message list shows: the time for today's mail, the day otherwise.
 pub fn short_date(ms: Millis) -> String {
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let d = date(ms);
     let today = date(now());
     let same_day = d.get_full_year() == today.get_full_year()
@@ -73,7 +91,12 @@ pub fn short_date(ms: Millis) -> String {
     } else if d.get_full_year() == today.get_full_year() {
         format!("{} {}", d.get_date(), MONTHS[d.get_month() as usize % 12])
     } else {
-        format!("{} {} {}", d.get_date(), MONTHS[d.get_month() as usize % 12], d.get_full_year())
+        format!(
+            "{} {} {}",
+            d.get_date(),
+            MONTHS[d.get_month() as usize % 12],
+            d.get_full_year()
+        )
     }
 }
 

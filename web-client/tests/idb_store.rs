@@ -27,7 +27,9 @@ async fn fresh_store() -> IdbStore {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let name = format!("peermail-test-{}-{n}", js_sys::Date::now() as u64);
-    IdbStore::open(&name).await.expect("open a fresh IndexedDB store")
+    IdbStore::open(&name)
+        .await
+        .expect("open a fresh IndexedDB store")
 }
 
 peermail_core::store_conformance_tests!(wasm_bindgen_test, fresh_store());

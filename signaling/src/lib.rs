@@ -14,7 +14,8 @@
 //!
 //! Invariants:
 //! - Input from a socket never panics and never ends the connection, except an oversized frame
-//!   (closed with 1008) and a silent peer (dropped after the heartbeat timeout).
+//!   (closed with 1008), a connection that has not signed in one heartbeat timeout after
+//!   connecting (closed with 1008) and a silent peer (dropped after the heartbeat timeout).
 //! - Presence goes only to sessions that subscribed to an address, never to everyone.
 //! - Negotiation messages travel only between authenticated sessions, and the `from` of a
 //!   forwarded message is always set by the server.
@@ -38,6 +39,7 @@ mod hub;
 mod session;
 
 pub use directory::{Directory, MemoryDirectory};
+pub use session::MAX_SUBSCRIPTIONS;
 
 /// Size of the WebSocket read buffer of each connection. Small on purpose: axum's default of
 /// 128 KiB per connection is what makes thousands of idle connections expensive.

@@ -86,20 +86,23 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
         replaced: Arc::new(Notify::new()),
         signaling,
     };
-    let config = session.signaling.config.clone();
+    let write_timeout = session.signaling.config.heartbeat_timeout;
     tracing::debug!(session = session.id, "session started");
 
-    let challenge = ServerFrame::Challenge {
-        nonce: session.nonce.clone(),
-        domain: config.domain.clone(),
+    let challenge_sent = {
+        // Scoped so the frame is not kept for the life of the connection.
+        let challenge = ServerFrame::Challenge {
+            nonce: session.nonce.clone(),
+            domain: session.signaling.config.domain.clone(),
+        };
+        send_frame(&mut socket, &challenge, write_timeout)
+            .await
+            .is_ok()
     };
-    let end = if send_frame(&mut socket, &challenge, config.heartbeat_timeout)
-        .await
-        .is_err()
-    {
-        End::Gone
-    } else {
+    let end = if challenge_sent {
         session.serve(&mut socket, &mut inbox).await
+    } else {
+        End::Gone
     };
 
     session.leave();
@@ -138,15 +141,17 @@ impl Session {
         socket: &mut WebSocket,
         inbox: &mut mpsc::Receiver<Utf8Bytes>,
     ) -> End {
-        let config = self.signaling.config.clone();
-        let write_timeout = config.heartbeat_timeout;
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + config.heartbeat_interval,
-            config.heartbeat_interval,
+        // Copied out: these live as long as the connection, and a clone of the whole config
+        // would keep a copy of the domain per connection.
+        let (interval, timeout) = (
+            self.signaling.config.heartbeat_interval,
+            self.signaling.config.heartbeat_timeout,
         );
+        let write_timeout = timeout;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let silence = tokio::time::sleep(config.heartbeat_timeout);
+        let silence = tokio::time::sleep(timeout);
         tokio::pin!(silence);
         let mut shutdown = self.signaling.shutdown.subscribe();
         if *shutdown.borrow_and_update() {
@@ -199,7 +204,7 @@ impl Session {
                         tracing::debug!(session = self.id, "no sign-in in time");
                         return End::NoSignIn;
                     }
-                    let deadline = last_heard + config.heartbeat_timeout;
+                    let deadline = last_heard + timeout;
                     if Instant::now() >= deadline {
                         tracing::debug!(session = self.id, "heartbeat timeout");
                         return End::Silent;

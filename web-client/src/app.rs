@@ -247,6 +247,16 @@ fn notice(rt: &Rc<Runtime>) -> Html {
 
 fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
     let unread = node.inbox().iter().filter(|r| !r.read).count();
+    if let Some(doc) = web_sys::window().and_then(|w| w.document()) {
+        let title = if unread == 0 {
+            "Peermail".to_string()
+        } else {
+            format!("({unread}) Peermail")
+        };
+        if doc.title() != title {
+            doc.set_title(&title);
+        }
+    }
     let pending = node.outgoing().iter().filter(|o| o.is_pending()).count();
     let count = |n: usize| if n == 0 { String::new() } else { n.to_string() };
     let folders = [

@@ -194,6 +194,26 @@ impl Runtime {
         self.status.set(ConnStatus::Connecting);
         self.changed();
         self.signaling().connect();
+        self.close_connections_on_pagehide();
+    }
+
+    /// Says `Bye` on every peer connection when the page goes away, so peers learn of it
+    /// through the relay at once instead of waiting for the transport to time out.
+    fn close_connections_on_pagehide(&self) {
+        let Some(window) = web_sys::window() else {
+            return;
+        };
+        let me = self.me.clone();
+        let on_hide = wasm_bindgen::closure::Closure::<dyn FnMut()>::new(move || {
+            if let Some(rt) = me.upgrade() {
+                rt.rtc().close_all();
+            }
+        });
+        use wasm_bindgen::JsCast;
+        let _ =
+            window.add_event_listener_with_callback("pagehide", on_hide.as_ref().unchecked_ref());
+        // Lives as long as the page.
+        on_hide.forget();
     }
 
     /// Loads the mailbox and creates the node for `identity`.

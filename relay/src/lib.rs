@@ -95,7 +95,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
 
     /// Seconds of silence after which a WebSocket is considered dead: it is dropped and its
-    /// address shows offline to those who watch it. Must exceed the heartbeat interval.
+    /// address shows offline to those who watch it. Also the time a new connection has to
+    /// sign in. Must exceed the heartbeat interval.
     #[arg(
         long = "heartbeat-timeout-secs",
         env = "PEERMAIL_HEARTBEAT_TIMEOUT_SECS",

@@ -4,15 +4,15 @@
 use std::rc::Rc;
 
 use peermail_core::address::parse_address_list;
-use peermail_core::store::{DeliveryState, InboxRecord, OutgoingMail};
-use peermail_core::wire::signal::PresenceStatus;
+use peermail_core::store::InboxRecord;
 use peermail_core::{Address, Draft, MessageId, Node};
 use web_sys::{HtmlInputElement, HtmlTextAreaElement};
 use yew::prelude::*;
 
 use crate::runtime::{ConnStatus, Phase, Runtime};
 use crate::state::{Action, Folder, Prefill, State};
-use crate::util::{full_date, hms, page_hostname, short_date};
+use crate::text::{join, presence_str, recipient_line, subject_or_placeholder, summary};
+use crate::util::{full_date, page_hostname, short_date};
 
 /// The whole page.
 #[function_component(App)]
@@ -100,80 +100,6 @@ fn sign_up_view(props: &SignUpProps) -> Html {
                 </div>
             </form>
         </div>
-    }
-}
-
-fn presence_str(p: Option<PresenceStatus>) -> &'static str {
-    match p {
-        Some(PresenceStatus::Online) => "online",
-        Some(PresenceStatus::Unknown) => "unknown",
-        Some(PresenceStatus::Offline) | None => "offline",
-    }
-}
-
-fn join(addrs: &[Address]) -> String {
-    addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn subject_or_placeholder(s: &str) -> String {
-    if s.trim().is_empty() {
-        "(no subject)".into()
-    } else {
-        s.to_string()
-    }
-}
-
-/// `data-state` and the text of one recipient's status line.
-fn recipient_line(address: &Address, state: &DeliveryState) -> (&'static str, String) {
-    match state {
-        DeliveryState::Waiting => ("waiting", format!("{address}: waiting for {address}")),
-        DeliveryState::Sending { .. } => ("sending", format!("{address}: sending")),
-        DeliveryState::Delivered { at } => {
-            ("delivered", format!("{address}: delivered {}", hms(*at)))
-        }
-        DeliveryState::Failed { reason, .. } => ("failed", format!("{address}: failed — {reason}")),
-    }
-}
-
-/// The short summary in an Outbox/Sent row.
-fn summary(o: &OutgoingMail) -> String {
-    let n = o.recipients.len();
-    let delivered = o
-        .recipients
-        .iter()
-        .filter(|r| matches!(r.state, DeliveryState::Delivered { .. }))
-        .count();
-    let failed = o
-        .recipients
-        .iter()
-        .filter(|r| matches!(r.state, DeliveryState::Failed { .. }))
-        .count();
-    let sending = o
-        .recipients
-        .iter()
-        .any(|r| matches!(r.state, DeliveryState::Sending { .. }));
-    let waiting: Vec<&Address> = o
-        .recipients
-        .iter()
-        .filter(|r| r.state == DeliveryState::Waiting)
-        .map(|r| &r.address)
-        .collect();
-    if delivered == n {
-        "delivered".into()
-    } else if failed == n {
-        "failed".into()
-    } else if !o.is_pending() {
-        format!("delivered to {delivered}, failed {failed}")
-    } else if sending {
-        "sending".into()
-    } else if waiting.len() == 1 {
-        format!("waiting for {}", waiting[0])
-    } else {
-        format!("waiting for {} recipients", waiting.len())
     }
 }
 

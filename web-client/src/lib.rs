@@ -12,6 +12,7 @@
 //!   the tick timer, and what the UI reads.
 //! - [`state`], [`app`]: the UI (reducer state and components), following
 //!   `docs/ui-contract.md`.
+//! - [`text`]: the words shown for presence and delivery states.
 //! - [`util`]: clock, CSPRNG, date formatting.
 
 pub mod app;
@@ -20,6 +21,7 @@ pub mod runtime;
 pub mod signaling;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod util;
 
 /// Mounts the app on the page's `<body>`.

@@ -1,0 +1,87 @@
+//! The words the UI shows for states: presence, delivery, summaries. Kept apart from the
+//! components so the texts the UI contract fixes are tested on their own
+//! (`tests/ui_text.rs`).
+
+use peermail_core::store::{DeliveryState, OutgoingMail};
+use peermail_core::wire::signal::PresenceStatus;
+use peermail_core::Address;
+
+use crate::util::hms;
+
+/// The `data-status` of a presence dot: a contact whose presence is not known yet shows
+/// as offline; `unknown` means the relay has no such account.
+pub fn presence_str(p: Option<PresenceStatus>) -> &'static str {
+    match p {
+        Some(PresenceStatus::Online) => "online",
+        Some(PresenceStatus::Unknown) => "unknown",
+        Some(PresenceStatus::Offline) | None => "offline",
+    }
+}
+
+/// Addresses as a To/Cc field shows them.
+pub fn join(addrs: &[Address]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A subject as lists and the reading pane show it.
+pub fn subject_or_placeholder(s: &str) -> String {
+    if s.trim().is_empty() {
+        "(no subject)".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// `data-state` and the text of one recipient's status line.
+pub fn recipient_line(address: &Address, state: &DeliveryState) -> (&'static str, String) {
+    match state {
+        DeliveryState::Waiting => ("waiting", format!("{address}: waiting for {address}")),
+        DeliveryState::Sending { .. } => ("sending", format!("{address}: sending")),
+        DeliveryState::Delivered { at } => {
+            ("delivered", format!("{address}: delivered {}", hms(*at)))
+        }
+        DeliveryState::Failed { reason, .. } => ("failed", format!("{address}: failed — {reason}")),
+    }
+}
+
+/// The short summary in an Outbox/Sent row.
+pub fn summary(o: &OutgoingMail) -> String {
+    let n = o.recipients.len();
+    let delivered = o
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, DeliveryState::Delivered { .. }))
+        .count();
+    let failed = o
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, DeliveryState::Failed { .. }))
+        .count();
+    let sending = o
+        .recipients
+        .iter()
+        .any(|r| matches!(r.state, DeliveryState::Sending { .. }));
+    let waiting: Vec<&Address> = o
+        .recipients
+        .iter()
+        .filter(|r| r.state == DeliveryState::Waiting)
+        .map(|r| &r.address)
+        .collect();
+    if delivered == n {
+        "delivered".into()
+    } else if failed == n {
+        "failed".into()
+    } else if !o.is_pending() {
+        format!("delivered to {delivered}, failed {failed}")
+    } else if sending {
+        "sending".into()
+    } else if waiting.len() == 1 {
+        format!("waiting for {}", waiting[0])
+    } else {
+        format!("waiting for {} recipients", waiting.len())
+    }
+}

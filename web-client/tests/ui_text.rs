@@ -1,0 +1,119 @@
+//! The status texts the UI contract (`docs/ui-contract.md`) fixes, checked in the browser
+//! (times are formatted with the browser's local clock). Run like `idb_store.rs`.
+
+use peermail_core::mail::{Mail, MessageId, Priority};
+use peermail_core::store::{DeliveryState, OutgoingMail, RecipientStatus};
+use peermail_core::wire::signal::PresenceStatus;
+use peermail_core::Address;
+use peermail_web_client::text::{presence_str, recipient_line, summary};
+use peermail_web_client::util::hms;
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn addr(s: &str) -> Address {
+    s.parse().unwrap()
+}
+
+fn check_line(state: DeliveryState, want_state: &str, want_text: &str) {
+    let (st, text) = recipient_line(&addr("bob@localhost"), &state);
+    assert_eq!((st, text.as_str()), (want_state, want_text), "{state:?}");
+}
+
+#[wasm_bindgen_test]
+fn recipient_lines() {
+    let at = 1_700_000_000_000;
+    check_line(
+        DeliveryState::Waiting,
+        "waiting",
+        "bob@localhost: waiting for bob@localhost",
+    );
+    check_line(
+        DeliveryState::Sending {
+            since: at,
+            attempts: 1,
+        },
+        "sending",
+        "bob@localhost: sending",
+    );
+    check_line(
+        DeliveryState::Delivered { at },
+        "delivered",
+        &format!("bob@localhost: delivered {}", hms(at)),
+    );
+    check_line(
+        DeliveryState::Failed {
+            at,
+            reason: "no such address: bob@localhost".into(),
+        },
+        "failed",
+        "bob@localhost: failed — no such address: bob@localhost",
+    );
+    assert_eq!(hms(at).len(), 8, "HH:MM:SS");
+}
+
+fn outgoing(states: &[DeliveryState]) -> OutgoingMail {
+    let names = ["bob@h", "carol@h", "dave@h"];
+    let recipients: Vec<RecipientStatus> = states
+        .iter()
+        .zip(names)
+        .map(|(s, n)| RecipientStatus {
+            address: addr(n),
+            state: s.clone(),
+        })
+        .collect();
+    OutgoingMail {
+        mail: Mail {
+            message_id: MessageId::new([1; 16], "h"),
+            from: addr("alice@h"),
+            to: recipients.iter().map(|r| r.address.clone()).collect(),
+            cc: vec![],
+            subject: "s".into(),
+            date: 0,
+            body: String::new(),
+            in_reply_to: None,
+            references: vec![],
+            priority: Priority::Normal,
+        },
+        recipients,
+    }
+}
+
+#[wasm_bindgen_test]
+fn row_summaries() {
+    use DeliveryState::*;
+    let failed = || Failed {
+        at: 1,
+        reason: "x".into(),
+    };
+    for (states, want) in [
+        (vec![Waiting], "waiting for bob@h"),
+        (vec![Waiting, Waiting], "waiting for 2 recipients"),
+        (
+            vec![
+                Sending {
+                    since: 1,
+                    attempts: 1,
+                },
+                Waiting,
+            ],
+            "sending",
+        ),
+        (vec![Delivered { at: 1 }, Delivered { at: 2 }], "delivered"),
+        (vec![failed()], "failed"),
+        (
+            vec![Delivered { at: 1 }, failed(), failed()],
+            "delivered to 1, failed 2",
+        ),
+    ] {
+        assert_eq!(summary(&outgoing(&states)), want, "{states:?}");
+    }
+}
+
+#[wasm_bindgen_test]
+fn presence_dots() {
+    assert_eq!(presence_str(Some(PresenceStatus::Online)), "online");
+    assert_eq!(presence_str(Some(PresenceStatus::Offline)), "offline");
+    assert_eq!(presence_str(Some(PresenceStatus::Unknown)), "unknown");
+    assert_eq!(presence_str(None), "offline");
+}

@@ -95,8 +95,7 @@ pub struct Config {
     pub heartbeat_interval: Duration,
 
     /// Seconds of silence after which a WebSocket is considered dead: it is dropped and its
-    /// address shows offline to those who watch it. Also the time a new connection has to
-    /// sign in. Must exceed the heartbeat interval.
+    /// address shows offline to those who watch it. Must exceed the heartbeat interval.
     #[arg(
         long = "heartbeat-timeout-secs",
         env = "PEERMAIL_HEARTBEAT_TIMEOUT_SECS",
@@ -105,6 +104,17 @@ pub struct Config {
         value_parser = parse_secs
     )]
     pub heartbeat_timeout: Duration,
+
+    /// Seconds a new WebSocket may stay without registering or signing in before it is
+    /// closed (clients reconnect), so idle anonymous connections do not pile up.
+    #[arg(
+        long = "sign-in-timeout-secs",
+        env = "PEERMAIL_SIGN_IN_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "120",
+        value_parser = parse_secs
+    )]
+    pub sign_in_timeout: Duration,
 }
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
@@ -129,6 +139,7 @@ impl Config {
             domain: "localhost".into(),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
+            sign_in_timeout: Duration::from_secs(120),
         }
     }
 
@@ -148,6 +159,7 @@ impl Config {
             domain: self.domain.clone(),
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
+            sign_in_timeout: self.sign_in_timeout,
         })
     }
 }

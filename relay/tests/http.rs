@@ -135,6 +135,7 @@ fn help_explains_every_flag() {
         "PEERMAIL_DOMAIN",
         "--heartbeat-interval-secs",
         "--heartbeat-timeout-secs",
+        "--sign-in-timeout-secs",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }

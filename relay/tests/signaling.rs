@@ -754,6 +754,7 @@ async fn a_connection_that_never_signs_in_is_closed() {
     let relay = TestRelay::start_with(dir.path(), |c| {
         c.heartbeat_interval = Duration::from_millis(250);
         c.heartbeat_timeout = Duration::from_millis(1500);
+        c.sign_in_timeout = Duration::from_millis(2000);
     })
     .await;
     let mut c = Client::connect(&relay).await;

@@ -14,8 +14,8 @@
 //!
 //! Invariants:
 //! - Input from a socket never panics and never ends the connection, except an oversized frame
-//!   (closed with 1008), a connection that has not signed in one heartbeat timeout after
-//!   connecting (closed with 1008) and a silent peer (dropped after the heartbeat timeout).
+//!   (closed with 1008), a connection that has not signed in within the sign-in timeout
+//!   (closed with 1008) and a silent peer (dropped after the heartbeat timeout).
 //! - Presence goes only to sessions that subscribed to an address, never to everyone.
 //! - Negotiation messages travel only between authenticated sessions, and the `from` of a
 //!   forwarded message is always set by the server.
@@ -66,15 +66,19 @@ pub struct SignalingConfig {
     /// A connection from which nothing (not even a pong) arrived for this long is dropped and
     /// its presence turns offline.
     pub heartbeat_timeout: Duration,
+    /// A connection that has neither registered nor authenticated this long after connecting
+    /// is closed (1008), so idle anonymous sockets do not pile up. Clients reconnect.
+    pub sign_in_timeout: Duration,
 }
 
 impl SignalingConfig {
-    /// Default heartbeat: ping every 10 s, drop after 30 s of silence.
+    /// Defaults: ping every 10 s, drop after 30 s of silence, sign in within 2 minutes.
     pub fn new(domain: impl Into<String>) -> Self {
         SignalingConfig {
             domain: domain.into(),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
+            sign_in_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -42,7 +42,7 @@ enum End {
     TooLarge,
     /// Nothing arrived within the heartbeat timeout.
     Silent,
-    /// The client did not sign in within the heartbeat timeout of connecting.
+    /// The client did not sign in within the sign-in timeout of connecting.
     NoSignIn,
     /// A newer session authenticated as the same address.
     Replaced,
@@ -115,7 +115,7 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
         }
         End::NoSignIn => Some((
             CLOSE_POLICY,
-            "sign in (register or auth) within the heartbeat timeout".to_string(),
+            "sign in (register or auth) sooner after connecting".to_string(),
         )),
         End::TooLarge => Some((
             CLOSE_POLICY,
@@ -143,15 +143,16 @@ impl Session {
     ) -> End {
         // Copied out: these live as long as the connection, and a clone of the whole config
         // would keep a copy of the domain per connection.
-        let (interval, timeout) = (
-            self.signaling.config.heartbeat_interval,
-            self.signaling.config.heartbeat_timeout,
-        );
+        let config = &self.signaling.config;
+        let (interval, timeout) = (config.heartbeat_interval, config.heartbeat_timeout);
+        let started = Instant::now();
+        let sign_in_deadline = started + config.sign_in_timeout;
         let write_timeout = timeout;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        let mut ping = tokio::time::interval_at(started + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_heard = Instant::now();
-        let silence = tokio::time::sleep(timeout);
+        let mut last_heard = started;
+        // One timer for both deadlines: silence, and (until signed in) the sign-in deadline.
+        let silence = tokio::time::sleep_until((started + timeout).min(sign_in_deadline));
         tokio::pin!(silence);
         let mut shutdown = self.signaling.shutdown.subscribe();
         if *shutdown.borrow_and_update() {
@@ -198,18 +199,21 @@ impl Session {
                     }
                 }
                 () = &mut silence => {
-                    // The first firing is one timeout after connecting: by then the client
-                    // must have signed in, so idle anonymous sockets do not pile up.
-                    if self.address.is_none() {
+                    let now = Instant::now();
+                    let signed_in = self.address.is_some();
+                    // Idle anonymous sockets must not pile up.
+                    if !signed_in && now >= sign_in_deadline {
                         tracing::debug!(session = self.id, "no sign-in in time");
                         return End::NoSignIn;
                     }
                     let deadline = last_heard + timeout;
-                    if Instant::now() >= deadline {
+                    if now >= deadline {
                         tracing::debug!(session = self.id, "heartbeat timeout");
                         return End::Silent;
                     }
-                    silence.as_mut().reset(deadline);
+                    silence
+                        .as_mut()
+                        .reset(if signed_in { deadline } else { deadline.min(sign_in_deadline) });
                 }
                 Ok(()) = shutdown.changed() => return End::Shutdown,
             }

@@ -228,3 +228,40 @@ pub async fn run(
     let relay = Relay::open(&config)?;
     serve(listener, relay, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_and_defaults() {
+        let c = Config::try_parse_from(["relay"]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.web_root, PathBuf::from("./dist"));
+        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(30));
+        let c = Config::try_parse_from(["relay", "--heartbeat-interval-secs", "0.25"]).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+        for bad in ["0", "-1", "soon", "NaN"] {
+            assert!(
+                Config::try_parse_from(["relay", "--heartbeat-timeout-secs", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused_before_anything_is_opened() {
+        let dir = std::env::temp_dir().join("peermail-relay-never-created");
+        let mut c = Config::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+        c.domain = "not a host".into();
+        assert!(matches!(Relay::open(&c), Err(Error::Config(_))));
+        let mut c = Config::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+        c.heartbeat_timeout = c.heartbeat_interval;
+        assert!(matches!(Relay::open(&c), Err(Error::Config(_))));
+        assert!(!dir.exists());
+    }
+}

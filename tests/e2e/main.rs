@@ -79,12 +79,14 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
         }
     };
     println!("e2e: relay at {} (page {}), chromedriver at {}", harness.relay.url, harness.app_url(), harness.driver.url);
+    // PEERMAIL_E2E_CAPTURE=always keeps screenshots of passing scenarios too (for review).
+    let capture_always = std::env::var("PEERMAIL_E2E_CAPTURE").is_ok_and(|v| v == "always");
     let mut w = World { h: harness, browsers: BTreeMap::new(), ready: BTreeSet::new() };
 
     macro_rules! scenario {
         ($f:ident) => {
             let name = stringify!($f);
-            if runner.wants(name) && !runner.run(name, $f(&mut w)).await {
+            if runner.wants(name) && (!runner.run(name, $f(&mut w)).await || capture_always) {
                 w.capture(name).await;
             }
         };
@@ -352,6 +354,7 @@ async fn signup_rejects_taken_and_invalid_names(w: &mut World) -> Result<()> {
         m.reload().await?;
     }
     m.sign_up("mallory").await.context("a good name after two refusals")?;
+    w.browsers.get_mut("mallory").context("mallory")?.close().await?;
     Ok(())
 }
 

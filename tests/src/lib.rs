@@ -13,7 +13,8 @@
 //! The artefacts come from the environment (set by `cargo xtask e2e`):
 //! `PEERMAIL_RELAY_BIN` (the relay binary), `PEERMAIL_DIST` (the built web client),
 //! `PEERMAIL_E2E_OUT` (where screenshots and logs of failures go), and optionally
-//! `CHROMEDRIVER`, `CHROMIUM`, `PEERMAIL_E2E_WAIT_SECS`.
+//! `CHROMEDRIVER`, `CHROMIUM`, `PEERMAIL_E2E_WAIT_SECS` (per wait, default 30) and
+//! `PEERMAIL_E2E_CAPTURE=always` (screenshots after passing scenarios too).
 
 pub mod browser;
 pub mod netns;
@@ -94,6 +95,13 @@ impl Harness {
     pub fn start(config: Config) -> Result<Self> {
         std::fs::create_dir_all(&config.out_dir)
             .with_context(|| format!("creating {}", config.out_dir.display()))?;
+        // Screenshots and logs of an earlier run would only mislead.
+        for entry in std::fs::read_dir(&config.out_dir)?.flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "png" || e == "html" || e == "log") {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         let scratch = tempfile::Builder::new().prefix("peermail-e2e-").tempdir()?;
         let relay = procs::Relay::start(&config, &scratch.path().join("relay-data"))?;
         let driver = procs::ChromeDriver::start(&config)?;

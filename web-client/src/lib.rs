@@ -24,7 +24,26 @@ pub mod store;
 pub mod text;
 pub mod util;
 
-/// Mounts the app on the page's `<body>`.
+/// Mounts the app on the page's `<body>` and registers the service worker.
 pub fn run() {
     yew::Renderer::<app::App>::new().render();
+    register_service_worker();
+}
+
+/// Registers `/sw.js` (static/sw.js), which keeps the app shell for opening without a
+/// network. Where service workers are unavailable (plain http on a non-local host) the app
+/// works the same, just not offline.
+fn register_service_worker() {
+    let Some(window) = web_sys::window() else { return };
+    let sw = window.navigator().service_worker();
+    // `serviceWorker` is undefined outside secure contexts.
+    if wasm_bindgen::JsValue::from(sw.clone()).is_undefined() {
+        return;
+    }
+    let promise = sw.register("/sw.js");
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Err(e) = wasm_bindgen_futures::JsFuture::from(promise).await {
+            util::log(&format!("service worker not registered: {e:?}"));
+        }
+    });
 }

@@ -104,7 +104,7 @@ impl Harness {
         }
         let scratch = tempfile::Builder::new().prefix("peermail-e2e-").tempdir()?;
         let relay = procs::Relay::start(&config, &scratch.path().join("relay-data"))?;
-        let driver = procs::ChromeDriver::start(&config)?;
+        let driver = procs::ChromeDriver::start(&config, scratch.path().join("chromedriver.log"))?;
         Ok(Self { config, relay, driver, scratch })
     }
 

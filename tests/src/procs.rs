@@ -108,9 +108,9 @@ pub struct ChromeDriver {
 }
 
 impl ChromeDriver {
-    pub fn start(config: &Config) -> Result<Self> {
+    /// Starts chromedriver, writing its output to `log`.
+    pub fn start(config: &Config, log: PathBuf) -> Result<Self> {
         let port = free_port()?;
-        let log = std::env::temp_dir().join(format!("peermail-chromedriver-{port}.log"));
         let out = File::create(&log)?;
         let mut child = Command::new(&config.chromedriver)
             .arg(format!("--port={port}"))

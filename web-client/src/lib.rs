@@ -34,7 +34,9 @@ pub fn run() {
 /// network. Where service workers are unavailable (plain http on a non-local host) the app
 /// works the same, just not offline.
 fn register_service_worker() {
-    let Some(window) = web_sys::window() else { return };
+    let Some(window) = web_sys::window() else {
+        return;
+    };
     let sw = window.navigator().service_worker();
     // `serviceWorker` is undefined outside secure contexts.
     if wasm_bindgen::JsValue::from(sw.clone()).is_undefined() {

@@ -81,6 +81,10 @@ pub struct Runtime {
     /// The current session's challenge `(nonce, domain)`, kept while signing up.
     challenge: RefCell<Option<(String, String)>>,
     signup: RefCell<Option<SignUp>>,
+    /// The signed-in account's keys (the node has its own copy), for re-registering.
+    identity: RefCell<Option<Identity>>,
+    /// This session already tried to register the account again (see `reregister`).
+    reregistered: Cell<bool>,
     signup_error: RefCell<Option<String>>,
     /// The latest notice for the person (`#notice`).
     notice: RefCell<Option<String>>,
@@ -106,6 +110,8 @@ impl Runtime {
             status: Cell::new(ConnStatus::Offline),
             challenge: RefCell::new(None),
             signup: RefCell::new(None),
+            identity: RefCell::new(None),
+            reregistered: Cell::new(false),
             signup_error: RefCell::new(None),
             notice: RefCell::new(None),
             queue: RefCell::new(VecDeque::new()),
@@ -223,6 +229,7 @@ impl Runtime {
             .load()
             .await
             .map_err(|e| format!("Could not read the mailbox: {e}"))?;
+        *self.identity.borrow_mut() = Some(identity.clone());
         *self.node.borrow_mut() = Some(Node::new(identity, Config::default(), snapshot, now()));
         *self.phase.borrow_mut() = Phase::Running;
         Ok(())
@@ -515,7 +522,20 @@ impl Runtime {
                 self.set_notice("Peermail was opened in another tab");
                 self.input(Input::SignalingDisconnected);
             }
+            ServerFrame::Error {
+                code: ErrorCode::UnknownAddress,
+                ..
+            } if running
+                && !self.reregistered.get()
+                && self.with_node(|n| !n.is_authenticated()).unwrap_or(false) =>
+            {
+                self.reregister();
+            }
             frame if running => {
+                if let ServerFrame::Challenge { nonce, domain } = &frame {
+                    *self.challenge.borrow_mut() = Some((nonce.clone(), domain.clone()));
+                    self.reregistered.set(false);
+                }
                 if matches!(
                     frame,
                     ServerFrame::Authenticated { .. } | ServerFrame::Registered { .. }
@@ -553,6 +573,36 @@ impl Runtime {
             | ServerFrame::Presence { .. }
             | ServerFrame::Pong { .. } => {}
         }
+    }
+
+    /// The relay does not know this account (its data was reset): register the same name
+    /// with the same keys again, once per session. If the name was taken meanwhile, the
+    /// relay's refusal reaches the person as a notice.
+    fn reregister(&self) {
+        self.reregistered.set(true);
+        let frame = {
+            let identity = self.identity.borrow();
+            let challenge = self.challenge.borrow();
+            let (Some(id), Some((nonce, domain))) = (identity.as_ref(), challenge.as_ref()) else {
+                return;
+            };
+            if id.address.host() != domain {
+                return self.set_notice(format!(
+                    "This relay serves {domain}, not {}; this account cannot sign in here",
+                    id.address
+                ));
+            }
+            let name = id.address.local().to_string();
+            let public_key = id.public_key();
+            let signature = id.sign(&register_message(nonce, &name, &public_key));
+            ClientFrame::Register {
+                name,
+                public_key,
+                signature,
+            }
+        };
+        log("signaling: the relay does not know this account; registering it again");
+        self.send_server(&frame);
     }
 
     /// The relay accepted the new account: keep the keys, start the node, authenticate it.

@@ -66,7 +66,11 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let ok = rt.block_on(run_all(&mut runner, config));
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run_all(runner: &mut Runner, config: Config) -> bool {
@@ -78,10 +82,19 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
             return runner.finish();
         }
     };
-    println!("e2e: relay at {} (page {}), chromedriver at {}", harness.relay.url, harness.app_url(), harness.driver.url);
+    println!(
+        "e2e: relay at {} (page {}), chromedriver at {}",
+        harness.relay.url,
+        harness.app_url(),
+        harness.driver.url
+    );
     // PEERMAIL_E2E_CAPTURE=always keeps screenshots of passing scenarios too (for review).
     let capture_always = std::env::var("PEERMAIL_E2E_CAPTURE").is_ok_and(|v| v == "always");
-    let mut w = World { h: harness, browsers: BTreeMap::new(), ready: BTreeSet::new() };
+    let mut w = World {
+        h: harness,
+        browsers: BTreeMap::new(),
+        ready: BTreeSet::new(),
+    };
 
     macro_rules! scenario {
         ($f:ident) => {
@@ -108,7 +121,10 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     let _ = std::fs::copy(&w.h.driver.log, out_dir.join("chromedriver.log"));
     let ok = runner.finish();
     if !relay_alive {
-        println!("note: the relay had exited by the end of the run; last lines:\n{}", procs::tail(&w.h.relay.log, 30));
+        println!(
+            "note: the relay had exited by the end of the run; last lines:\n{}",
+            procs::tail(&w.h.relay.log, 30)
+        );
     }
     if !ok {
         println!("screenshots, page HTML and logs: {}", out_dir.display());
@@ -147,7 +163,11 @@ impl World {
                         return Ok(Ok(false));
                     }
                     let a = b.texts("#my-address").await?;
-                    Ok(if a.iter().any(|a| a == addr) { Ok(true) } else { Err(format!("#my-address {a:?}")) })
+                    Ok(if a.iter().any(|a| a == addr) {
+                        Ok(true)
+                    } else {
+                        Err(format!("#my-address {a:?}"))
+                    })
                 })
                 .await?;
             if !shown {
@@ -155,12 +175,16 @@ impl World {
             }
             self.ready.insert(name.to_string());
         }
-        b.wait_online().await.with_context(|| format!("{name} connecting to the relay"))?;
+        b.wait_online()
+            .await
+            .with_context(|| format!("{name} connecting to the relay"))?;
         Ok(b)
     }
 
     fn get(&self, name: &str) -> Result<&Browser> {
-        self.browsers.get(name).with_context(|| format!("{name} has no browser"))
+        self.browsers
+            .get(name)
+            .with_context(|| format!("{name} has no browser"))
     }
 
     fn addr(&self, name: &str) -> String {
@@ -201,15 +225,23 @@ async fn alice_mails_bob_online(w: &mut World) -> Result<()> {
 
     let row = bob.wait_row("inbox", SUBJECT_A).await?;
     contains("the inbox row's .from", &row.from, &alice_addr)?;
-    ensure!(row.unread, "a new mail should be marked unread in Bob's inbox: {row:?}");
+    ensure!(
+        row.unread,
+        "a new mail should be marked unread in Bob's inbox: {row:?}"
+    );
     let count = bob.folder_count("inbox").await?;
-    ensure!(!count.is_empty() && count != "0", "Bob's inbox unread .count shows {count:?}");
+    ensure!(
+        !count.is_empty() && count != "0",
+        "Bob's inbox unread .count shows {count:?}"
+    );
 
     let pane = bob.open_mail("inbox", SUBJECT_A).await?;
     contains("the reading pane's .from", &pane.from, &alice_addr)?;
     contains("the reading pane's .body", &pane.body, BODY_A)?;
 
-    let status = alice.wait_recipient(&["sent"], SUBJECT_A, &bob_addr, "delivered").await?;
+    let status = alice
+        .wait_recipient(&["sent"], SUBJECT_A, &bob_addr, "delivered")
+        .await?;
     ensure!(
         status.contains(&bob_addr) && status.contains("delivered"),
         "Alice's Sent status for Bob reads {status:?}"
@@ -227,14 +259,19 @@ async fn bob_reload_keeps_identity_and_inbox(w: &mut World) -> Result<()> {
 
     bob.reload().await?;
     bob.wait_for_text("#my-address", &bob_addr).await?;
-    ensure!(bob.texts("#signup-name").await?.is_empty(), "Bob sees the sign-up form after a reload");
+    ensure!(
+        bob.texts("#signup-name").await?.is_empty(),
+        "Bob sees the sign-up form after a reload"
+    );
     let pane = bob.open_mail("inbox", SUBJECT_A).await?;
     contains("the reading pane's .from", &pane.from, &alice_addr)?;
     contains("the reading pane's .body", &pane.body, BODY_A)?;
 
     alice.reload().await?;
     alice.wait_for_text("#my-address", &alice_addr).await?;
-    alice.wait_recipient(&["sent"], SUBJECT_A, &bob_addr, "delivered").await?;
+    alice
+        .wait_recipient(&["sent"], SUBJECT_A, &bob_addr, "delivered")
+        .await?;
     Ok(())
 }
 
@@ -251,13 +288,18 @@ async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
 
     let alice = w.get("alice")?;
     alice.compose(&bob_addr, "", SUBJECT, BODY).await?;
-    let status = alice.wait_recipient(&["outbox"], SUBJECT, &bob_addr, "waiting").await?;
+    let status = alice
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "waiting")
+        .await?;
     ensure!(
         status.contains(&format!("waiting for {bob_addr}")),
         "Alice's Outbox status for Bob reads {status:?}"
     );
     let count = alice.folder_count("outbox").await?;
-    ensure!(!count.is_empty() && count != "0", "Alice's outbox .count shows {count:?}");
+    ensure!(
+        !count.is_empty() && count != "0",
+        "Alice's outbox .count shows {count:?}"
+    );
 
     // Bob returns: a new browser on the same profile, so the same identity.
     let bob = w.person("bob").await?;
@@ -265,16 +307,28 @@ async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
     contains("the reading pane's .body", &pane.body, BODY)?;
 
     let alice = w.get("alice")?;
-    alice.wait_recipient(&["sent"], SUBJECT, &bob_addr, "delivered").await?;
+    alice
+        .wait_recipient(&["sent"], SUBJECT, &bob_addr, "delivered")
+        .await?;
     alice.open_folder("outbox").await?;
     alice
         .wait_until(&format!("{SUBJECT:?} to leave the Outbox"), || async move {
             let rows = alice.rows().await?;
-            Ok(if rows.iter().any(|r| r.subject.as_deref().is_some_and(|s| s.contains(SUBJECT))) {
-                Err(format!("outbox rows {:?}", rows.iter().map(|r| (&r.subject, &r.status)).collect::<Vec<_>>()))
-            } else {
-                Ok(())
-            })
+            Ok(
+                if rows
+                    .iter()
+                    .any(|r| r.subject.as_deref().is_some_and(|s| s.contains(SUBJECT)))
+                {
+                    Err(format!(
+                        "outbox rows {:?}",
+                        rows.iter()
+                            .map(|r| (&r.subject, &r.status))
+                            .collect::<Vec<_>>()
+                    ))
+                } else {
+                    Ok(())
+                },
+            )
         })
         .await?;
     Ok(())
@@ -293,14 +347,19 @@ async fn mail_to_bob_and_carol(w: &mut World) -> Result<()> {
     alice.compose(&bob_addr, &carol_addr, SUBJECT, BODY).await?;
 
     for (who, b) in [("Bob", bob), ("Carol", carol)] {
-        let pane = b.open_mail("inbox", SUBJECT).await.with_context(|| format!("{who} receiving"))?;
+        let pane = b
+            .open_mail("inbox", SUBJECT)
+            .await
+            .with_context(|| format!("{who} receiving"))?;
         contains("the reading pane's .from", &pane.from, &alice_addr)?;
         contains("the reading pane's .to", &pane.to, &bob_addr)?;
         contains("the reading pane's .cc", &pane.cc, &carol_addr)?;
         contains("the reading pane's .body", &pane.body, BODY)?;
     }
     for addr in [&bob_addr, &carol_addr] {
-        alice.wait_recipient(&["sent"], SUBJECT, addr, "delivered").await?;
+        alice
+            .wait_recipient(&["sent"], SUBJECT, addr, "delivered")
+            .await?;
     }
     Ok(())
 }
@@ -316,18 +375,24 @@ async fn unknown_recipient_fails_alone(w: &mut World) -> Result<()> {
     let bob_addr = w.addr("bob");
     let nobody = w.addr("nobody");
 
-    alice.compose(&format!("{bob_addr}, {nobody}"), "", SUBJECT, BODY).await?;
+    alice
+        .compose(&format!("{bob_addr}, {nobody}"), "", SUBJECT, BODY)
+        .await?;
 
     let pane = bob.open_mail("inbox", SUBJECT).await?;
     contains("the reading pane's .body", &pane.body, BODY)?;
 
     let folders = ["sent", "outbox"];
-    let failed = alice.wait_recipient(&folders, SUBJECT, &nobody, "failed").await?;
+    let failed = alice
+        .wait_recipient(&folders, SUBJECT, &nobody, "failed")
+        .await?;
     ensure!(
         failed.contains("no such address"),
         "Alice's status for {nobody} reads {failed:?}, expected the reason \"no such address\""
     );
-    alice.wait_recipient(&folders, SUBJECT, &bob_addr, "delivered").await?;
+    alice
+        .wait_recipient(&folders, SUBJECT, &bob_addr, "delivered")
+        .await?;
     Ok(())
 }
 
@@ -353,8 +418,14 @@ async fn signup_rejects_taken_and_invalid_names(w: &mut World) -> Result<()> {
         println!("    #signup-error for {why} {name:?}: {err:?}");
         m.reload().await?;
     }
-    m.sign_up("mallory").await.context("a good name after two refusals")?;
-    w.browsers.get_mut("mallory").context("mallory")?.close().await?;
+    m.sign_up("mallory")
+        .await
+        .context("a good name after two refusals")?;
+    w.browsers
+        .get_mut("mallory")
+        .context("mallory")?
+        .close()
+        .await?;
     Ok(())
 }
 
@@ -369,9 +440,15 @@ async fn contacts_show_live_presence(w: &mut World) -> Result<()> {
     alice.wait_presence(&bob_addr, "online").await?;
 
     w.browsers.get_mut("bob").context("bob")?.close().await?;
-    w.get("alice")?.wait_presence(&bob_addr, "offline").await.context("after Bob closed his browser")?;
+    w.get("alice")?
+        .wait_presence(&bob_addr, "offline")
+        .await
+        .context("after Bob closed his browser")?;
 
     w.person("bob").await?;
-    w.get("alice")?.wait_presence(&bob_addr, "online").await.context("after Bob came back")?;
+    w.get("alice")?
+        .wait_presence(&bob_addr, "online")
+        .await
+        .context("after Bob came back")?;
     Ok(())
 }

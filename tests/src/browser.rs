@@ -115,7 +115,9 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": self.chromium, "args": args },
         });
-        let Value::Object(caps) = caps else { unreachable!() };
+        let Value::Object(caps) = caps else {
+            unreachable!()
+        };
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.driver_url)
@@ -132,7 +134,10 @@ impl Browser {
     /// Ends the browser (Chromium quits; its profile directory stays).
     pub async fn close(&mut self) -> Result<()> {
         if let Some(client) = self.client.take() {
-            client.close().await.with_context(|| format!("closing {}'s browser", self.name))?;
+            client
+                .close()
+                .await
+                .with_context(|| format!("closing {}'s browser", self.name))?;
         }
         Ok(())
     }
@@ -147,12 +152,17 @@ impl Browser {
     }
 
     fn client(&self) -> Result<&Client> {
-        self.client.as_ref().ok_or_else(|| anyhow!("{}'s browser is closed", self.name))
+        self.client
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}'s browser is closed", self.name))
     }
 
     /// Reloads the page.
     pub async fn reload(&self) -> Result<()> {
-        self.client()?.refresh().await.with_context(|| format!("{} reloading", self.name))
+        self.client()?
+            .refresh()
+            .await
+            .with_context(|| format!("{} reloading", self.name))
     }
 
     /// Runs `script` (a function body; `arguments[i]` are `args`) and decodes its result.
@@ -208,7 +218,11 @@ impl Browser {
     /// Waits until some element matching `css` exists.
     pub async fn wait_for(&self, css: &str) -> Result<()> {
         self.wait_until(&format!("`{css}`"), || async move {
-            Ok(if self.texts(css).await?.is_empty() { Err("no such element".into()) } else { Ok(()) })
+            Ok(if self.texts(css).await?.is_empty() {
+                Err("no such element".into())
+            } else {
+                Ok(())
+            })
         })
         .await
     }
@@ -217,7 +231,11 @@ impl Browser {
     pub async fn wait_gone(&self, css: &str) -> Result<()> {
         self.wait_until(&format!("`{css}` to disappear"), || async move {
             let t = self.texts(css).await?;
-            Ok(if t.is_empty() { Ok(()) } else { Err(format!("still there: {t:?}")) })
+            Ok(if t.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still there: {t:?}"))
+            })
         })
         .await
     }
@@ -265,7 +283,9 @@ impl Browser {
     pub async fn type_into(&self, css: &str, text: &str) -> Result<()> {
         self.wait_for(css).await?;
         let el = self.client()?.find(Locator::Css(css)).await?;
-        el.send_keys(text).await.with_context(|| format!("{} typing into `{css}`", self.name))
+        el.send_keys(text)
+            .await
+            .with_context(|| format!("{} typing into `{css}`", self.name))
     }
 
     /// Writes a screenshot (PNG) and the page's HTML into `dir` as `<prefix>-<name>.*`.
@@ -310,7 +330,11 @@ impl Browser {
     pub async fn wait_online(&self) -> Result<()> {
         self.wait_until("#connection-status[data-status=online]", || async move {
             let s = self.attr("#connection-status", "data-status").await?;
-            Ok(if s.as_deref() == Some("online") { Ok(()) } else { Err(format!("data-status {s:?}")) })
+            Ok(if s.as_deref() == Some("online") {
+                Ok(())
+            } else {
+                Err(format!("data-status {s:?}"))
+            })
         })
         .await
     }
@@ -332,7 +356,11 @@ impl Browser {
             if let Some(e) = err.iter().find(|e| !e.is_empty()) {
                 return Ok(Err(format!("#compose-error says {e:?}")));
             }
-            Ok(if self.texts("#compose-to").await?.is_empty() { Ok(()) } else { Err("form still open".into()) })
+            Ok(if self.texts("#compose-to").await?.is_empty() {
+                Ok(())
+            } else {
+                Err("form still open".into())
+            })
         })
         .await
         .with_context(|| format!("{} sending {subject:?}", self.name))
@@ -352,12 +380,22 @@ impl Browser {
     /// Waits until the contact `address` shows the presence dot `status`
     /// (`online` | `offline` | `unknown`).
     pub async fn wait_presence(&self, address: &str, status: &str) -> Result<()> {
-        let sel = format!(".contact[data-address=\"{}\"] .presence-dot", css_escape(address));
+        let sel = format!(
+            ".contact[data-address=\"{}\"] .presence-dot",
+            css_escape(address)
+        );
         let sel = sel.as_str();
-        self.wait_until(&format!("{address}'s presence dot to be {status}"), || async move {
-            let s = self.attr(sel, "data-status").await?;
-            Ok(if s.as_deref() == Some(status) { Ok(()) } else { Err(format!("data-status {s:?}")) })
-        })
+        self.wait_until(
+            &format!("{address}'s presence dot to be {status}"),
+            || async move {
+                let s = self.attr(sel, "data-status").await?;
+                Ok(if s.as_deref() == Some(status) {
+                    Ok(())
+                } else {
+                    Err(format!("data-status {s:?}"))
+                })
+            },
+        )
         .await
     }
 
@@ -368,7 +406,10 @@ impl Browser {
 
     /// The `.count` of a folder button.
     pub async fn folder_count(&self, folder: &str) -> Result<String> {
-        Ok(self.texts(&format!("[data-folder={folder}] .count")).await?.join(""))
+        Ok(self
+            .texts(&format!("[data-folder={folder}] .count"))
+            .await?
+            .join(""))
     }
 
     /// The rows of `#message-list` as shown now.
@@ -404,10 +445,18 @@ impl Browser {
         self.open_folder(folder).await?;
         self.wait_until(&format!("a row {subject:?} in {folder}"), || async move {
             let rows = self.rows().await?;
-            Ok(match rows.iter().find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject))) {
-                Some(r) => Ok(r.clone()),
-                None => Err(format!("rows {:?}", rows.iter().map(|r| &r.subject).collect::<Vec<_>>())),
-            })
+            Ok(
+                match rows
+                    .iter()
+                    .find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject)))
+                {
+                    Some(r) => Ok(r.clone()),
+                    None => Err(format!(
+                        "rows {:?}",
+                        rows.iter().map(|r| &r.subject).collect::<Vec<_>>()
+                    )),
+                },
+            )
         })
         .await
     }
@@ -417,51 +466,85 @@ impl Browser {
     pub async fn open_mail(&self, folder: &str, subject: &str) -> Result<Pane> {
         let row = self.wait_row(folder, subject).await?;
         self.click_row(&row).await?;
-        self.wait_until(&format!("the reading pane to show {subject:?}"), || async move {
-            Ok(match self.pane().await? {
-                Some(p) if p.subject.as_deref().is_some_and(|s| s.contains(subject)) => Ok(p),
-                Some(p) => Err(format!("pane subject {:?}", p.subject)),
-                None => Err("no #reading-pane".into()),
-            })
-        })
+        self.wait_until(
+            &format!("the reading pane to show {subject:?}"),
+            || async move {
+                Ok(match self.pane().await? {
+                    Some(p) if p.subject.as_deref().is_some_and(|s| s.contains(subject)) => Ok(p),
+                    Some(p) => Err(format!("pane subject {:?}", p.subject)),
+                    None => Err("no #reading-pane".into()),
+                })
+            },
+        )
         .await
     }
 
     async fn click_row(&self, row: &Row) -> Result<()> {
         match &row.id {
-            Some(id) => self.click(&format!(".message-row[data-message-id=\"{}\"]", css_escape(id))).await,
-            None => bail!("{}: message row {:?} has no data-message-id", self.name, row.subject),
+            Some(id) => {
+                self.click(&format!(
+                    ".message-row[data-message-id=\"{}\"]",
+                    css_escape(id)
+                ))
+                .await
+            }
+            None => bail!(
+                "{}: message row {:?} has no data-message-id",
+                self.name,
+                row.subject
+            ),
         }
     }
 
     /// Waits until the outgoing mail `subject` shows `address` in `state` (per the reading
     /// pane's `.recipient-status`), looking in each of `folders` (the mail may move from
     /// Outbox to Sent meanwhile). Returns that status text.
-    pub async fn wait_recipient(&self, folders: &[&str], subject: &str, address: &str, state: &str) -> Result<String> {
-        self.wait_until(&format!("{subject:?} to show {address} {state} (in {folders:?})"), || async move {
-            let mut seen = Vec::new();
-            for folder in folders {
-                self.open_folder(folder).await?;
-                let rows = self.rows().await?;
-                let Some(row) = rows.iter().find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject))) else {
-                    seen.push(format!("{folder}: no row"));
-                    continue;
-                };
-                self.click_row(row).await?;
-                let pane = self.pane().await?;
-                let Some(pane) = pane.filter(|p| p.subject.as_deref().is_some_and(|s| s.contains(subject))) else {
-                    seen.push(format!("{folder}: row {:?} but the pane does not show it", row.status));
-                    continue;
-                };
-                if let Some(r) = pane.recipients.iter().find(|r| r.address.as_deref() == Some(address)) {
-                    if r.state.as_deref() == Some(state) {
-                        return Ok(Ok(r.text.clone()));
+    pub async fn wait_recipient(
+        &self,
+        folders: &[&str],
+        subject: &str,
+        address: &str,
+        state: &str,
+    ) -> Result<String> {
+        self.wait_until(
+            &format!("{subject:?} to show {address} {state} (in {folders:?})"),
+            || async move {
+                let mut seen = Vec::new();
+                for folder in folders {
+                    self.open_folder(folder).await?;
+                    let rows = self.rows().await?;
+                    let Some(row) = rows
+                        .iter()
+                        .find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject)))
+                    else {
+                        seen.push(format!("{folder}: no row"));
+                        continue;
+                    };
+                    self.click_row(row).await?;
+                    let pane = self.pane().await?;
+                    let Some(pane) =
+                        pane.filter(|p| p.subject.as_deref().is_some_and(|s| s.contains(subject)))
+                    else {
+                        seen.push(format!(
+                            "{folder}: row {:?} but the pane does not show it",
+                            row.status
+                        ));
+                        continue;
+                    };
+                    if let Some(r) = pane
+                        .recipients
+                        .iter()
+                        .find(|r| r.address.as_deref() == Some(address))
+                    {
+                        if r.state.as_deref() == Some(state) {
+                            return Ok(Ok(r.text.clone()));
+                        }
                     }
+                    seen.push(format!("{folder}: {:?}", pane.recipients));
                 }
-                seen.push(format!("{folder}: {:?}", pane.recipients));
-            }
-            Ok(Err(seen.join("; ")))
-        })
+                Ok(Err(seen.join("; ")))
+            },
+        )
         .await
     }
 }

@@ -64,12 +64,17 @@ impl Config {
             })?;
             let p = PathBuf::from(v);
             if !p.exists() {
-                bail!("{var}={} does not exist; `cargo xtask e2e` builds it", p.display());
+                bail!(
+                    "{var}={} does not exist; `cargo xtask e2e` builds it",
+                    p.display()
+                );
             }
             Ok(p)
         };
         let path_or = |var: &str, default: &str| {
-            std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| default.into())
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| default.into())
         };
         let wait = std::env::var("PEERMAIL_E2E_WAIT_SECS")
             .ok()
@@ -98,14 +103,21 @@ impl Harness {
         // Screenshots and logs of an earlier run would only mislead.
         for entry in std::fs::read_dir(&config.out_dir)?.flatten() {
             let p = entry.path();
-            if p.extension().is_some_and(|e| e == "png" || e == "html" || e == "log") {
+            if p.extension()
+                .is_some_and(|e| e == "png" || e == "html" || e == "log")
+            {
                 let _ = std::fs::remove_file(p);
             }
         }
         let scratch = tempfile::Builder::new().prefix("peermail-e2e-").tempdir()?;
         let relay = procs::Relay::start(&config, &scratch.path().join("relay-data"))?;
         let driver = procs::ChromeDriver::start(&config, scratch.path().join("chromedriver.log"))?;
-        Ok(Self { config, relay, driver, scratch })
+        Ok(Self {
+            config,
+            relay,
+            driver,
+            scratch,
+        })
     }
 
     /// The page a person opens. The relay reports `http://127.0.0.1:PORT`; the page is

@@ -38,7 +38,21 @@ pub fn reexec_isolated() -> Result<i32> {
     let user_ns: &[&str] = if is_root() { &[] } else { &["--map-root-user"] };
     let probe = Command::new("unshare")
         .args(user_ns)
-        .args(["--net", "--pid", "--fork", "--mount-proc", "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"])
+        .args([
+            "--net",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "ip",
+            "link",
+            "add",
+            "veth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+        ])
         .output()
         .context("running `unshare` (util-linux) to create a private network namespace")?;
     if !probe.status.success() {
@@ -50,10 +64,20 @@ pub fn reexec_isolated() -> Result<i32> {
     }
     let mut cmd = Command::new("unshare");
     cmd.args(user_ns);
-    cmd.args(["--net", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c", RECIPE, "_"])
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .env(MARKER, "1");
+    cmd.args([
+        "--net",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "bash",
+        "-c",
+        RECIPE,
+        "_",
+    ])
+    .arg(exe)
+    .args(std::env::args_os().skip(1))
+    .env(MARKER, "1");
     let status = cmd
         .status()
         .context("running `unshare` (util-linux) to create a private network namespace")?;
@@ -67,8 +91,14 @@ pub fn reexec_isolated() -> Result<i32> {
 pub fn check_private() -> Result<()> {
     // /proc/self/net follows the network namespace of the process (unlike /sys/class/net,
     // which follows the namespace sysfs was mounted in).
-    let dev = std::fs::read_to_string("/proc/self/net/dev").context("reading /proc/self/net/dev")?;
-    let mut names: Vec<&str> = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    let dev =
+        std::fs::read_to_string("/proc/self/net/dev").context("reading /proc/self/net/dev")?;
+    let mut names: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
     names.sort_unstable();
     if names != ["lo", "veth0", "veth1"] {
         bail!("not in the private network namespace (interfaces: {names:?}); refusing to run WebRTC tests");

@@ -38,7 +38,10 @@ impl Relay {
             .arg("--web-root")
             .arg(&config.dist)
             .args(["--domain", &config.domain])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -65,7 +68,13 @@ impl Relay {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(url) => return Ok(Self { child, url: url.trim_end_matches('/').to_string(), log }),
+                Ok(url) => {
+                    return Ok(Self {
+                        child,
+                        url: url.trim_end_matches('/').to_string(),
+                        log,
+                    })
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = child.wait()?;
@@ -76,11 +85,17 @@ impl Relay {
                 }
             }
             if let Some(status) = child.try_wait()? {
-                bail!("the relay exited ({status}) during start-up; its output:\n{}", tail(&log, 40));
+                bail!(
+                    "the relay exited ({status}) during start-up; its output:\n{}",
+                    tail(&log, 40)
+                );
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("the relay did not print `{LISTENING}…` within 60 s; its output:\n{}", tail(&log, 40));
+                bail!(
+                    "the relay did not print `{LISTENING}…` within 60 s; its output:\n{}",
+                    tail(&log, 40)
+                );
             }
         }
     }
@@ -126,11 +141,18 @@ impl ChromeDriver {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("chromedriver did not listen on port {port} within 30 s:\n{}", tail(&log, 20));
+                bail!(
+                    "chromedriver did not listen on port {port} within 30 s:\n{}",
+                    tail(&log, 20)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(Self { child, url: format!("http://127.0.0.1:{port}"), log })
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        })
     }
 }
 

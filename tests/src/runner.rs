@@ -46,7 +46,13 @@ impl Runner {
     /// Whether the scenario `name` is selected by the filters.
     pub fn wants(&self, name: &str) -> bool {
         self.filters.is_empty()
-            || self.filters.iter().any(|f| if self.exact { f == name } else { name.contains(f.as_str()) })
+            || self.filters.iter().any(|f| {
+                if self.exact {
+                    f == name
+                } else {
+                    name.contains(f.as_str())
+                }
+            })
     }
 
     /// Runs one scenario (with the scenario timeout) and prints its outcome. Returns whether
@@ -56,7 +62,10 @@ impl Runner {
         let started = Instant::now();
         let outcome = match tokio::time::timeout(self.scenario_timeout, scenario).await {
             Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("scenario took longer than {}s", self.scenario_timeout.as_secs())),
+            Err(_) => Err(anyhow::anyhow!(
+                "scenario took longer than {}s",
+                self.scenario_timeout.as_secs()
+            )),
         };
         let secs = started.elapsed().as_secs_f32();
         match outcome {

@@ -1,11 +1,11 @@
 //! The project's commands: `cargo xtask <setup|serve|test|e2e>`.
 //!
-//! - `setup`  installs what is missing (Chromium + chromedriver, the wasm target, pinned
-//!            wasm-bindgen-cli and trunk, wasm-opt from npm), each only when absent.
-//! - `serve`  setup, build the web client (release) and run the relay on it.
-//! - `test`   setup, native tests, wasm browser tests, release web build, relay build,
-//!            end-to-end tests with real browsers. `.ci/run` calls this.
-//! - `e2e`    only the end-to-end tests (builds the artefacts when they are missing).
+//! - `setup`: install what is missing (Chromium + chromedriver, the wasm target, pinned
+//!   wasm-bindgen-cli and trunk, wasm-opt from npm), each only when absent.
+//! - `serve`: setup, build the web client (release) and run the relay on it.
+//! - `test`: setup, native tests, wasm browser tests, release web build, relay build,
+//!   end-to-end tests with real browsers. `.ci/run` calls this.
+//! - `e2e`: only the end-to-end tests (builds the artefacts when they are missing).
 //!
 //! No dependencies beyond `anyhow`: everything is `std::process::Command`.
 
@@ -93,7 +93,11 @@ impl Workspace {
         let target = match env::var_os("CARGO_TARGET_DIR") {
             Some(dir) => {
                 let dir = PathBuf::from(dir);
-                if dir.is_absolute() { dir } else { root.join(dir) }
+                if dir.is_absolute() {
+                    dir
+                } else {
+                    root.join(dir)
+                }
             }
             None => root.join("target"),
         };
@@ -188,8 +192,11 @@ fn setup(ws: &Workspace) -> Result<()> {
             wb.trim()
         ));
         // Not --locked: its lockfile wants a crate version the registry lacks (TOOLCHAIN.md).
-        run(Command::new("cargo")
-            .args(["install", "--force", &format!("wasm-bindgen-cli@{WASM_BINDGEN_VERSION}")]))?;
+        run(Command::new("cargo").args([
+            "install",
+            "--force",
+            &format!("wasm-bindgen-cli@{WASM_BINDGEN_VERSION}"),
+        ]))?;
     }
 
     let trunk = have("trunk").unwrap_or_default();
@@ -201,15 +208,22 @@ fn setup(ws: &Workspace) -> Result<()> {
             trunk.trim()
         ));
         // --locked is required: without it lightningcss fails to compile (TOOLCHAIN.md).
-        run(Command::new("cargo")
-            .args(["install", "--locked", "--force", &format!("trunk@{TRUNK_VERSION}")]))?;
+        run(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "--force",
+            &format!("trunk@{TRUNK_VERSION}"),
+        ]))?;
     }
 
     let wasm_opt = ws.wasm_opt_dir().join("wasm-opt");
     if wasm_opt.exists() {
         say(&format!("wasm-opt (binaryen {BINARYEN_VERSION}): present"));
     } else {
-        say(&format!("wasm-opt: installing binaryen@{BINARYEN_VERSION} from npm into {}", ws.tools_dir().display()));
+        say(&format!(
+            "wasm-opt: installing binaryen@{BINARYEN_VERSION} from npm into {}",
+            ws.tools_dir().display()
+        ));
         std::fs::create_dir_all(ws.tools_dir())?;
         run(Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--prefix"])
@@ -229,10 +243,21 @@ fn serve(ws: &Workspace, relay_args: &[String]) -> Result<()> {
     setup(ws)?;
     trunk_build(ws)?;
     step("serve: building the relay (release)");
-    run(cargo(ws).args(["build", "--release", "-p", "peermail-relay", "--bin", "relay"]))?;
+    run(cargo(ws).args([
+        "build",
+        "--release",
+        "-p",
+        "peermail-relay",
+        "--bin",
+        "relay",
+    ]))?;
     let bin = ws.target.join("release").join("relay");
     let mut cmd = Command::new(&bin);
-    let given = |flag: &str| relay_args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let given = |flag: &str| {
+        relay_args
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
     if !given("--web-root") && env::var_os("PEERMAIL_WEB_ROOT").is_none() {
         cmd.arg("--web-root").arg(ws.dist());
     }
@@ -290,10 +315,20 @@ fn wasm_tests(ws: &Workspace) -> Result<()> {
     let client_dir = ws.root.join("web-client");
     let mut cmd = cargo(ws);
     // `--tests`: library and test targets, no doctests (they do not run under the runner).
-    cmd.args(["test", "-p", "peermail-web-client", "--target", WASM_TARGET, "--tests"])
-        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", "wasm-bindgen-test-runner")
-        .env("CHROMEDRIVER", CHROMEDRIVER)
-        .env("PATH", ws.path_with_tools()?);
+    cmd.args([
+        "test",
+        "-p",
+        "peermail-web-client",
+        "--target",
+        WASM_TARGET,
+        "--tests",
+    ])
+    .env(
+        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+        "wasm-bindgen-test-runner",
+    )
+    .env("CHROMEDRIVER", CHROMEDRIVER)
+    .env("PATH", ws.path_with_tools()?);
     if env::var_os("WASM_BINDGEN_TEST_TIMEOUT").is_none() {
         // The default 20 s is tight on a loaded 2-core machine.
         cmd.env("WASM_BINDGEN_TEST_TIMEOUT", "120");
@@ -315,7 +350,10 @@ fn trunk_build(ws: &Workspace) -> Result<()> {
         .current_dir(&ws.root)
         .env("PATH", ws.path_with_tools()?))?;
     if !ws.dist().join("index.html").exists() {
-        bail!("trunk finished but {} is missing", ws.dist().join("index.html").display());
+        bail!(
+            "trunk finished but {} is missing",
+            ws.dist().join("index.html").display()
+        );
     }
     Ok(())
 }
@@ -404,7 +442,9 @@ fn which(tool: &str) -> Option<PathBuf> {
 fn run(cmd: &mut Command) -> Result<()> {
     let line = describe(cmd);
     println!("$ {line}");
-    let status = cmd.status().with_context(|| format!("could not start `{line}`"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{line}`"))?;
     if !status.success() {
         bail!("`{line}` exited with {status}");
     }

@@ -275,8 +275,9 @@ async fn bob_reload_keeps_identity_and_inbox(w: &mut World) -> Result<()> {
     Ok(())
 }
 
-/// (c) Bob closes his browser; Alice sends: her Outbox shows "waiting for bob@…". Bob comes
-/// back (same browser profile) and receives it; Alice's mail moves to Sent, delivered.
+/// (c) Bob closes his browser; Alice sends: her Outbox shows "waiting for bob@…", also after
+/// she reloads. Bob comes back (same browser profile) and receives it by itself; Alice's mail
+/// moves to Sent, delivered.
 async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "While you were away";
     const BODY: &str = "Bob, this waited in my outbox until you came back.";
@@ -300,6 +301,13 @@ async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
         !count.is_empty() && count != "0",
         "Alice's outbox .count shows {count:?}"
     );
+    // The Outbox is kept across a reload, and the mail still waits.
+    alice.reload().await?;
+    alice.wait_online().await?;
+    alice
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "waiting")
+        .await
+        .context("after Alice reloaded")?;
 
     // Bob returns: a new browser on the same profile, so the same identity.
     let bob = w.person("bob").await?;

@@ -442,16 +442,21 @@ impl Node {
     }
 
     /// Moves towards delivering everything pending for `peer`.
+    ///
+    /// An open data channel is used whatever presence says (the peer's signaling socket may
+    /// be down while the channel is up); a new connection is asked for only while the peer
+    /// is online.
     fn try_deliver(&mut self, peer: &Address) {
-        if !self.has_pending_for(peer) || self.presence.get(peer) != Some(&PresenceStatus::Online) {
+        if !self.has_pending_for(peer) {
             return;
         }
         let now = self.now;
+        let online = self.presence.get(peer) == Some(&PresenceStatus::Online);
         let link = self.links.entry(peer.clone()).or_default();
         if link.connected {
             return self.flush(peer);
         }
-        if link.connecting_since.is_none() && link.retry_after <= now {
+        if online && link.connecting_since.is_none() && link.retry_after <= now {
             link.connecting_since = Some(now);
             self.emit(Output::Connect(peer.clone()));
         }

@@ -230,3 +230,45 @@ proptest! {
         }
     }
 }
+
+/// A node whose signaling socket dropped keeps using an open data channel, and a due
+/// retransmission is always cleared by the next tick (no deadline stays in the past).
+#[test]
+fn open_channel_is_used_while_signaling_is_down() {
+    use peermail_core::node::{Command, Input, Output};
+    use peermail_core::store::Snapshot;
+    use peermail_core::wire::signal::{PresenceStatus, ServerFrame};
+    use peermail_core::{Config, Draft, Identity, Node};
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let config = Config::default();
+    let mut node = Node::new(Identity::from_seed(alice.clone(), [1; 32]), config.clone(), Snapshot::default(), 0);
+    node.handle(Input::SignalingConnected, 0);
+    node.handle(Input::Server(ServerFrame::Authenticated { address: alice.clone() }), 0);
+    node.handle(Input::Server(ServerFrame::Presence { address: bob.clone(), status: PresenceStatus::Online }), 0);
+    node.handle(Input::PeerConnected(bob.clone()), 0);
+    let draft = Draft { to: vec![bob.clone()], subject: "s".into(), ..Draft::default() };
+    node.handle(Input::Command(Command::Send { draft, random: [5; 16] }), 10);
+    let sends = |node: &mut Node| {
+        std::iter::from_fn(|| node.poll_output()).filter(|o| matches!(o, Output::ToPeer { .. })).count()
+    };
+    assert_eq!(sends(&mut node), 1);
+    node.handle(Input::SignalingDisconnected, 20);
+    let due = node.poll_timeout().expect("a retransmission is scheduled");
+    node.handle(Input::Tick, due);
+    assert_eq!(sends(&mut node), 1, "resent over the open channel");
+    assert!(node.poll_timeout().expect("next retransmission") > due, "the deadline moved forward");
+}
+
+/// When a recipient closes its page mid-delivery, its in-flight mail shows as waiting again.
+#[test]
+fn recipient_leaving_requeues_in_flight_mail() {
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    w.drop_rule = Some(Box::new(|_, _, f| matches!(f, PeerFrame::Mail(_))));
+    let id = w.send(&alice, &[&bob], &[], "in flight");
+    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Sending { .. }));
+    w.offline(&bob);
+    assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
+}

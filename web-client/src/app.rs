@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use peermail_core::address::parse_address_list;
-use peermail_core::store::InboxRecord;
+use peermail_core::store::{DeliveryState, InboxRecord};
 use peermail_core::{Address, Draft, MessageId, Node};
 use web_sys::{HtmlInputElement, HtmlTextAreaElement};
 use yew::prelude::*;
@@ -408,7 +408,15 @@ fn reading_pane(node: &Node, state: &UseReducerHandle<State>) -> Html {
             <ul class="recipients">
                 { for o.recipients.iter().map(|r| {
                     let (st, text) = recipient_line(&r.address, &r.state);
-                    html! { <li class={classes!("recipient-status", st)} data-address={r.address.to_string()} data-state={st}>{ text }</li> }
+                    // Sent and delivered instants (sender's clock, ms): benchmarks read them.
+                    let delivered_at = match r.state {
+                        DeliveryState::Delivered { at } => Some(at.to_string()),
+                        _ => None,
+                    };
+                    html! {
+                        <li class={classes!("recipient-status", st)} data-address={r.address.to_string()} data-state={st}
+                            data-sent-at={mail.date.to_string()} data-delivered-at={delivered_at}>{ text }</li>
+                    }
                 }) }
             </ul>
         },

@@ -16,6 +16,7 @@ pub const MARKER: &str = "PEERMAIL_IN_NETNS";
 
 /// Run inside the new namespaces; `"$@"` is the command to exec afterwards.
 const RECIPE: &str = r#"set -e
+PATH="$PATH:/usr/sbin:/sbin"
 ip link set lo up
 ip link add veth0 type veth peer name veth1
 ip addr add 10.203.0.1/24 dev veth0
@@ -43,15 +44,11 @@ pub fn reexec_isolated() -> Result<i32> {
             "--pid",
             "--fork",
             "--mount-proc",
-            "ip",
-            "link",
-            "add",
-            "veth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "veth1",
+            "bash",
+            "-c",
+            RECIPE,
+            "_",
+            "true",
         ])
         .output()
         .context("running `unshare` (util-linux) to create a private network namespace")?;

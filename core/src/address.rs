@@ -75,7 +75,10 @@ pub struct Address {
 
 impl Address {
     pub fn new(local: &str, host: &str) -> Result<Self, AddressError> {
-        Ok(Self { local: validate_name(local)?, host: validate_host(host)? })
+        Ok(Self {
+            local: validate_name(local)?,
+            host: validate_host(host)?,
+        })
     }
     pub fn local(&self) -> &str {
         &self.local
@@ -116,7 +119,11 @@ impl fmt::Display for Address {
 /// Splits a To/Cc field ("a@x, b@x; c@x") into addresses, reporting the first bad one.
 pub fn parse_address_list(field: &str) -> Result<Vec<Address>, (String, AddressError)> {
     let mut out: Vec<Address> = Vec::new();
-    for part in field.split([',', ';', ' ', '\n']).map(str::trim).filter(|p| !p.is_empty()) {
+    for part in field
+        .split([',', ';', ' ', '\n'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let addr: Address = part.parse().map_err(|e| (part.to_string(), e))?;
         if !out.contains(&addr) {
             out.push(addr);
@@ -137,7 +144,10 @@ mod tests {
         assert_eq!(validate_name("-bob"), Err(AddressError::BadNameCharacter));
         assert_eq!(validate_name("bo b"), Err(AddressError::BadNameCharacter));
         assert_eq!(validate_name("bob@x"), Err(AddressError::BadNameCharacter));
-        assert_eq!(validate_name(&"a".repeat(33)), Err(AddressError::NameTooLong));
+        assert_eq!(
+            validate_name(&"a".repeat(33)),
+            Err(AddressError::NameTooLong)
+        );
     }
 
     #[test]

@@ -48,7 +48,8 @@ impl PublicKey {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or(KeyError::BadSignatureEncoding)?;
-        key.verify(message, &Signature::from_bytes(&bytes)).map_err(|_| KeyError::BadSignature)
+        key.verify(message, &Signature::from_bytes(&bytes))
+            .map_err(|_| KeyError::BadSignature)
     }
 }
 
@@ -62,14 +63,19 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("address", &self.address).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
     }
 }
 
 impl Identity {
     /// Builds the identity from a 32-byte random seed supplied by the driver.
     pub fn from_seed(address: Address, seed: [u8; 32]) -> Self {
-        Identity { address, signing_seed: hex::encode(seed) }
+        Identity {
+            address,
+            signing_seed: hex::encode(seed),
+        }
     }
     fn signing_key(&self) -> SigningKey {
         let mut seed = [0u8; 32];
@@ -113,7 +119,10 @@ mod tests {
         let msg = auth_message("n1", &a);
         let sig = id.sign(&msg);
         assert_eq!(pk.verify(&msg, &sig), Ok(()));
-        assert_eq!(pk.verify(&auth_message("n2", &a), &sig), Err(KeyError::BadSignature));
+        assert_eq!(
+            pk.verify(&auth_message("n2", &a), &sig),
+            Err(KeyError::BadSignature)
+        );
         assert_eq!(pk.verify(&msg, "zz"), Err(KeyError::BadSignatureEncoding));
         let other = Identity::from_seed(a, [2; 32]).public_key();
         assert_eq!(other.verify(&msg, &sig), Err(KeyError::BadSignature));

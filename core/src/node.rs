@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use crate::address::Address;
 use crate::identity::{auth_message, Identity};
 use crate::mail::{Draft, Mail, MessageId, Millis};
-use crate::store::{DeliveryState, InboxRecord, OutgoingMail, RecipientStatus, Snapshot, StoreWrite};
+use crate::store::{
+    DeliveryState, InboxRecord, OutgoingMail, RecipientStatus, Snapshot, StoreWrite,
+};
 use crate::wire::peer::{PeerFrame, MAX_PEER_FRAME};
 use crate::wire::signal::{ClientFrame, ErrorCode, PresenceStatus, ServerFrame};
 
@@ -39,7 +41,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { ack_timeout: 10_000, connect_timeout: 30_000, reconnect_backoff: 3_000 }
+        Config {
+            ack_timeout: 10_000,
+            connect_timeout: 30_000,
+            reconnect_backoff: 3_000,
+        }
     }
 }
 
@@ -61,9 +67,15 @@ pub enum Input {
     /// The last data channel to `peer` closed, or a connection attempt failed.
     PeerDisconnected(Address),
     /// Bytes received from `peer` on a data channel.
-    Frame { peer: Address, bytes: Vec<u8> },
+    Frame {
+        peer: Address,
+        bytes: Vec<u8>,
+    },
     /// Result of an `Output::Store`.
-    Stored { op: OpId, result: Result<(), String> },
+    Stored {
+        op: OpId,
+        result: Result<(), String>,
+    },
     /// Time passed; feed it at `poll_timeout()`.
     Tick,
 }
@@ -72,7 +84,10 @@ pub enum Input {
 #[derive(Debug, Clone)]
 pub enum Command {
     /// Send a draft. `random` seeds the Message-ID (the driver reads a CSPRNG).
-    Send { draft: Draft, random: [u8; 16] },
+    Send {
+        draft: Draft,
+        random: [u8; 16],
+    },
     MarkRead(MessageId),
     AddContact(Address),
     RemoveContact(Address),
@@ -84,8 +99,14 @@ pub enum Output {
     ToServer(ClientFrame),
     /// Open a data channel to `peer` (answered by `PeerConnected` or `PeerDisconnected`).
     Connect(Address),
-    ToPeer { peer: Address, bytes: Vec<u8> },
-    Store { op: OpId, write: StoreWrite },
+    ToPeer {
+        peer: Address,
+        bytes: Vec<u8>,
+    },
+    Store {
+        op: OpId,
+        write: StoreWrite,
+    },
     Event(Event),
 }
 
@@ -94,8 +115,14 @@ pub enum Output {
 pub enum Event {
     Authenticated,
     /// The relay said no to something; `message` is for people.
-    ServerError { code: ErrorCode, message: String },
-    Presence { address: Address, status: PresenceStatus },
+    ServerError {
+        code: ErrorCode,
+        message: String,
+    },
+    Presence {
+        address: Address,
+        status: PresenceStatus,
+    },
     /// A new mail is stored in the Inbox.
     Received(MessageId),
     InboxChanged,
@@ -103,11 +130,18 @@ pub enum Event {
     OutgoingChanged(MessageId),
     ContactsChanged,
     /// The draft was not sent; the reason is for people.
-    SendRejected { reason: String },
+    SendRejected {
+        reason: String,
+    },
     /// A peer sent something unreadable or not for us; logged, not fatal.
-    PeerProtocolError { peer: Address, reason: String },
+    PeerProtocolError {
+        peer: Address,
+        reason: String,
+    },
     /// Persisting failed; the reason is for people.
-    StoreFailed { reason: String },
+    StoreFailed {
+        reason: String,
+    },
 }
 
 /// A received mail waiting for its `Store` to complete before it is acknowledged.
@@ -164,7 +198,11 @@ impl Node {
             identity,
             config,
             now,
-            inbox: snapshot.inbox.into_iter().map(|r| (r.mail.message_id.clone(), r)).collect(),
+            inbox: snapshot
+                .inbox
+                .into_iter()
+                .map(|r| (r.mail.message_id.clone(), r))
+                .collect(),
             outgoing,
             contacts: snapshot.contacts.into_iter().collect(),
             presence: HashMap::new(),
@@ -183,13 +221,22 @@ impl Node {
     /// Received mails, newest first.
     pub fn inbox(&self) -> Vec<&InboxRecord> {
         let mut v: Vec<_> = self.inbox.values().collect();
-        v.sort_by(|a, b| b.received_at.cmp(&a.received_at).then(a.mail.message_id.cmp(&b.mail.message_id)));
+        v.sort_by(|a, b| {
+            b.received_at
+                .cmp(&a.received_at)
+                .then(a.mail.message_id.cmp(&b.mail.message_id))
+        });
         v
     }
     /// Outgoing mails (Outbox and Sent), newest first.
     pub fn outgoing(&self) -> Vec<&OutgoingMail> {
         let mut v: Vec<_> = self.outgoing.values().collect();
-        v.sort_by(|a, b| b.mail.date.cmp(&a.mail.date).then(a.mail.message_id.cmp(&b.mail.message_id)));
+        v.sort_by(|a, b| {
+            b.mail
+                .date
+                .cmp(&a.mail.date)
+                .then(a.mail.message_id.cmp(&b.mail.message_id))
+        });
         v
     }
     pub fn contacts(&self) -> impl Iterator<Item = &Address> {
@@ -328,13 +375,18 @@ impl Node {
         };
         let recipients = mail.recipients();
         if recipients.is_empty() {
-            return self.event(Event::SendRejected { reason: "add at least one recipient".into() });
+            return self.event(Event::SendRejected {
+                reason: "add at least one recipient".into(),
+            });
         }
         match PeerFrame::Mail(mail.clone()).encode() {
             Ok(_) => {}
             Err(_) => {
                 return self.event(Event::SendRejected {
-                    reason: format!("the mail is too large; the limit is {} KiB", MAX_PEER_FRAME / 1024 - 1),
+                    reason: format!(
+                        "the mail is too large; the limit is {} KiB",
+                        MAX_PEER_FRAME / 1024 - 1
+                    ),
                 })
             }
         }
@@ -343,13 +395,20 @@ impl Node {
             mail,
             recipients: recipients
                 .iter()
-                .map(|a| RecipientStatus { address: a.clone(), state: DeliveryState::Waiting })
+                .map(|a| RecipientStatus {
+                    address: a.clone(),
+                    state: DeliveryState::Waiting,
+                })
                 .collect(),
         };
         // A copy to oneself is delivered on the spot.
         if let Some(r) = o.recipients.iter_mut().find(|r| r.address == me) {
             r.state = DeliveryState::Delivered { at: self.now };
-            let rec = InboxRecord { mail: o.mail.clone(), received_at: self.now, read: false };
+            let rec = InboxRecord {
+                mail: o.mail.clone(),
+                received_at: self.now,
+                read: false,
+            };
             self.inbox.insert(id.clone(), rec.clone());
             self.store(StoreWrite::PutInbox(rec));
             self.event(Event::Received(id.clone()));
@@ -370,7 +429,10 @@ impl Node {
         if !self.authenticated {
             return;
         }
-        let new: Vec<Address> = addrs.into_iter().filter(|a| self.subscribed.insert(a.clone())).collect();
+        let new: Vec<Address> = addrs
+            .into_iter()
+            .filter(|a| self.subscribed.insert(a.clone()))
+            .collect();
         if !new.is_empty() {
             self.emit(Output::ToServer(ClientFrame::Subscribe { addresses: new }));
         }
@@ -405,11 +467,16 @@ impl Node {
             }
             ServerFrame::Presence { address, status } => {
                 self.presence.insert(address.clone(), status);
-                self.event(Event::Presence { address: address.clone(), status });
+                self.event(Event::Presence {
+                    address: address.clone(),
+                    status,
+                });
                 self.apply_presence_to(&address);
                 self.try_deliver(&address);
             }
-            ServerFrame::Error { code, message } => self.event(Event::ServerError { code, message }),
+            ServerFrame::Error { code, message } => {
+                self.event(Event::ServerError { code, message })
+            }
             ServerFrame::Signal { .. } | ServerFrame::Pong { .. } => {}
         }
     }
@@ -425,7 +492,10 @@ impl Node {
         for o in self.outgoing.values_mut() {
             for r in &mut o.recipients {
                 if &r.address == address && !r.state.is_final() {
-                    r.state = DeliveryState::Failed { at: now, reason: reason.clone() };
+                    r.state = DeliveryState::Failed {
+                        at: now,
+                        reason: reason.clone(),
+                    };
                     changed.push(o.mail.message_id.clone());
                 }
             }
@@ -436,9 +506,11 @@ impl Node {
     }
 
     fn has_pending_for(&self, peer: &Address) -> bool {
-        self.outgoing
-            .values()
-            .any(|o| o.recipients.iter().any(|r| &r.address == peer && !r.state.is_final()))
+        self.outgoing.values().any(|o| {
+            o.recipients
+                .iter()
+                .any(|r| &r.address == peer && !r.state.is_final())
+        })
     }
 
     /// Moves towards delivering everything pending for `peer`.
@@ -475,10 +547,15 @@ impl Node {
                 }
                 let attempts = match r.state {
                     DeliveryState::Waiting => 0,
-                    DeliveryState::Sending { since, attempts } if since + timeout <= now => attempts,
+                    DeliveryState::Sending { since, attempts } if since + timeout <= now => {
+                        attempts
+                    }
                     _ => continue,
                 };
-                r.state = DeliveryState::Sending { since: now, attempts: attempts + 1 };
+                r.state = DeliveryState::Sending {
+                    since: now,
+                    attempts: attempts + 1,
+                };
                 to_send.push(o.mail.clone());
             }
         }
@@ -486,7 +563,10 @@ impl Node {
             let id = mail.message_id.clone();
             self.persist_outgoing(&id);
             if let Ok(bytes) = PeerFrame::Mail(mail).encode() {
-                self.emit(Output::ToPeer { peer: peer.clone(), bytes });
+                self.emit(Output::ToPeer {
+                    peer: peer.clone(),
+                    bytes,
+                });
             }
         }
     }
@@ -522,7 +602,12 @@ impl Node {
         let peers: BTreeSet<Address> = self
             .outgoing
             .values()
-            .flat_map(|o| o.recipients.iter().filter(|r| !r.state.is_final()).map(|r| r.address.clone()))
+            .flat_map(|o| {
+                o.recipients
+                    .iter()
+                    .filter(|r| !r.state.is_final())
+                    .map(|r| r.address.clone())
+            })
             .collect();
         for p in peers {
             self.try_deliver(&p);
@@ -532,22 +617,39 @@ impl Node {
     fn handle_frame(&mut self, peer: Address, bytes: &[u8]) {
         let frame = match PeerFrame::decode(bytes) {
             Ok(f) => f,
-            Err(e) => return self.event(Event::PeerProtocolError { peer, reason: e.to_string() }),
+            Err(e) => {
+                return self.event(Event::PeerProtocolError {
+                    peer,
+                    reason: e.to_string(),
+                })
+            }
         };
         match frame {
             PeerFrame::Mail(mail) => self.receive(peer, mail),
-            PeerFrame::Ack { message_id } => {
-                self.settle(&peer, &message_id, DeliveryState::Delivered { at: self.now })
-            }
+            PeerFrame::Ack { message_id } => self.settle(
+                &peer,
+                &message_id,
+                DeliveryState::Delivered { at: self.now },
+            ),
             PeerFrame::Reject { message_id, reason } => {
                 let reason = format!("refused by {peer}: {reason}");
-                self.settle(&peer, &message_id, DeliveryState::Failed { at: self.now, reason })
+                self.settle(
+                    &peer,
+                    &message_id,
+                    DeliveryState::Failed {
+                        at: self.now,
+                        reason,
+                    },
+                )
             }
         }
     }
 
     fn reject(&mut self, peer: Address, message_id: MessageId, reason: String) {
-        self.event(Event::PeerProtocolError { peer: peer.clone(), reason: reason.clone() });
+        self.event(Event::PeerProtocolError {
+            peer: peer.clone(),
+            reason: reason.clone(),
+        });
         if let Ok(bytes) = (PeerFrame::Reject { message_id, reason }).encode() {
             self.emit(Output::ToPeer { peer, bytes });
         }
@@ -562,21 +664,43 @@ impl Node {
     fn receive(&mut self, peer: Address, mail: Mail) {
         let id = mail.message_id.clone();
         if mail.from != peer {
-            return self.reject(peer, id, "the mail's sender is not the connected peer".into());
+            return self.reject(
+                peer,
+                id,
+                "the mail's sender is not the connected peer".into(),
+            );
         }
         if !mail.recipients().contains(&self.identity.address) {
-            return self.reject(peer, id, format!("{} is not a recipient", self.identity.address));
+            return self.reject(
+                peer,
+                id,
+                format!("{} is not a recipient", self.identity.address),
+            );
         }
         if self.inbox.contains_key(&id) {
             return self.ack(peer, id);
         }
-        if let Some(p) = self.pending_inbox.values_mut().find(|p| p.record.mail.message_id == id) {
+        if let Some(p) = self
+            .pending_inbox
+            .values_mut()
+            .find(|p| p.record.mail.message_id == id)
+        {
             p.ack_to.insert(peer);
             return;
         }
-        let record = InboxRecord { mail, received_at: self.now, read: false };
+        let record = InboxRecord {
+            mail,
+            received_at: self.now,
+            read: false,
+        };
         let op = self.store(StoreWrite::PutInbox(record.clone()));
-        self.pending_inbox.insert(op, PendingInbox { record, ack_to: BTreeSet::from([peer]) });
+        self.pending_inbox.insert(
+            op,
+            PendingInbox {
+                record,
+                ack_to: BTreeSet::from([peer]),
+            },
+        );
     }
 
     fn handle_stored(&mut self, op: OpId, result: Result<(), String>) {
@@ -598,8 +722,12 @@ impl Node {
     }
 
     fn settle(&mut self, peer: &Address, id: &MessageId, state: DeliveryState) {
-        let Some(o) = self.outgoing.get_mut(id) else { return };
-        let Some(r) = o.recipients.iter_mut().find(|r| &r.address == peer) else { return };
+        let Some(o) = self.outgoing.get_mut(id) else {
+            return;
+        };
+        let Some(r) = o.recipients.iter_mut().find(|r| &r.address == peer) else {
+            return;
+        };
         if r.state.is_final() {
             return;
         }

@@ -39,7 +39,10 @@ pub enum DeliveryState {
 impl DeliveryState {
     /// Delivered or failed: nothing more will happen for this recipient.
     pub fn is_final(&self) -> bool {
-        matches!(self, DeliveryState::Delivered { .. } | DeliveryState::Failed { .. })
+        matches!(
+            self,
+            DeliveryState::Delivered { .. } | DeliveryState::Failed { .. }
+        )
     }
 }
 
@@ -148,12 +151,15 @@ impl MailStore for MemoryStore {
         let s = self.inner.borrow();
         match &s.identity_json {
             None => Ok(None),
-            Some(j) => serde_json::from_str(j).map(Some).map_err(|e| StoreError(e.to_string())),
+            Some(j) => serde_json::from_str(j)
+                .map(Some)
+                .map_err(|e| StoreError(e.to_string())),
         }
     }
     async fn save_identity(&self, identity: &Identity) -> Result<(), StoreError> {
         let mut s = self.inner.borrow_mut();
-        s.identity_json = Some(serde_json::to_string(identity).map_err(|e| StoreError(e.to_string()))?);
+        s.identity_json =
+            Some(serde_json::to_string(identity).map_err(|e| StoreError(e.to_string()))?);
         Ok(())
     }
     async fn load(&self) -> Result<Snapshot, StoreError> {
@@ -190,8 +196,10 @@ pub mod conformance {
     }
 
     fn sorted(mut s: Snapshot) -> Snapshot {
-        s.inbox.sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
-        s.outgoing.sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
+        s.inbox
+            .sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
+        s.outgoing
+            .sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
         s.contacts.sort();
         s
     }
@@ -204,20 +212,38 @@ pub mod conformance {
     pub async fn identity_round_trips(store: impl MailStore) {
         let id = Identity::from_seed(addr("alice@h"), [3; 32]);
         store.save_identity(&id).await.unwrap();
-        let back = store.load_identity().await.unwrap().expect("saved identity");
+        let back = store
+            .load_identity()
+            .await
+            .unwrap()
+            .expect("saved identity");
         assert_eq!(back.address, id.address);
         assert_eq!(back.public_key(), id.public_key());
         assert_eq!(back.sign(b"x"), id.sign(b"x"));
     }
 
     pub async fn inbox_upserts_by_message_id(store: impl MailStore) {
-        let r1 = InboxRecord { mail: mail(1), received_at: 5, read: false };
-        let r2 = InboxRecord { mail: mail(2), received_at: 6, read: false };
+        let r1 = InboxRecord {
+            mail: mail(1),
+            received_at: 5,
+            read: false,
+        };
+        let r2 = InboxRecord {
+            mail: mail(2),
+            received_at: 6,
+            read: false,
+        };
         store.apply(StoreWrite::PutInbox(r1.clone())).await.unwrap();
         store.apply(StoreWrite::PutInbox(r2.clone())).await.unwrap();
         store.apply(StoreWrite::PutInbox(r1.clone())).await.unwrap();
-        let read = InboxRecord { read: true, ..r2.clone() };
-        store.apply(StoreWrite::PutInbox(read.clone())).await.unwrap();
+        let read = InboxRecord {
+            read: true,
+            ..r2.clone()
+        };
+        store
+            .apply(StoreWrite::PutInbox(read.clone()))
+            .await
+            .unwrap();
         let snap = sorted(store.load().await.unwrap());
         let mut expect = vec![r1, read];
         expect.sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
@@ -228,17 +254,32 @@ pub mod conformance {
         let mut o = OutgoingMail {
             mail: mail(3),
             recipients: vec![
-                RecipientStatus { address: addr("bob@h"), state: DeliveryState::Waiting },
+                RecipientStatus {
+                    address: addr("bob@h"),
+                    state: DeliveryState::Waiting,
+                },
                 RecipientStatus {
                     address: addr("carol@h"),
-                    state: DeliveryState::Sending { since: 9, attempts: 1 },
+                    state: DeliveryState::Sending {
+                        since: 9,
+                        attempts: 1,
+                    },
                 },
             ],
         };
-        store.apply(StoreWrite::PutOutgoing(o.clone())).await.unwrap();
+        store
+            .apply(StoreWrite::PutOutgoing(o.clone()))
+            .await
+            .unwrap();
         o.recipients[0].state = DeliveryState::Delivered { at: 10 };
-        o.recipients[1].state = DeliveryState::Failed { at: 11, reason: "no such address".into() };
-        store.apply(StoreWrite::PutOutgoing(o.clone())).await.unwrap();
+        o.recipients[1].state = DeliveryState::Failed {
+            at: 11,
+            reason: "no such address".into(),
+        };
+        store
+            .apply(StoreWrite::PutOutgoing(o.clone()))
+            .await
+            .unwrap();
         let snap = store.load().await.unwrap();
         assert_eq!(snap.outgoing, vec![o]);
         assert!(snap.inbox.is_empty());
@@ -248,8 +289,14 @@ pub mod conformance {
         for a in ["bob@h", "carol@h", "bob@h"] {
             store.apply(StoreWrite::PutContact(addr(a))).await.unwrap();
         }
-        store.apply(StoreWrite::RemoveContact(addr("carol@h"))).await.unwrap();
-        store.apply(StoreWrite::RemoveContact(addr("nobody@h"))).await.unwrap();
+        store
+            .apply(StoreWrite::RemoveContact(addr("carol@h")))
+            .await
+            .unwrap();
+        store
+            .apply(StoreWrite::RemoveContact(addr("nobody@h")))
+            .await
+            .unwrap();
         assert_eq!(store.load().await.unwrap().contacts, vec![addr("bob@h")]);
     }
 }

@@ -7,8 +7,18 @@ use peermail_core::wire::peer::PeerFrame;
 use proptest::prelude::*;
 use sim::{addr, World};
 
-fn state_of(w: &World, from: &peermail_core::Address, id: &peermail_core::MessageId, to: &peermail_core::Address) -> DeliveryState {
-    w.outgoing(from, id).recipients.into_iter().find(|r| &r.address == to).expect("recipient").state
+fn state_of(
+    w: &World,
+    from: &peermail_core::Address,
+    id: &peermail_core::MessageId,
+    to: &peermail_core::Address,
+) -> DeliveryState {
+    w.outgoing(from, id)
+        .recipients
+        .into_iter()
+        .find(|r| &r.address == to)
+        .expect("recipient")
+        .state
 }
 
 #[test]
@@ -20,7 +30,10 @@ fn online_recipient_gets_mail_directly() {
     let id = w.send(&alice, &[&bob], &[], "hello");
     assert!(w.inbox_has(&bob, &id));
     assert_eq!(w.received_count(&bob, &id), 1);
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
     assert!(!w.outgoing(&alice, &id).is_pending(), "moves to Sent");
 }
 
@@ -36,7 +49,10 @@ fn offline_recipient_gets_mail_exactly_once_when_both_online() {
     assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
     w.online(&bob);
     assert!(w.inbox_has(&bob, &id));
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
     // Bob goes away and comes back; Alice restarts: nothing is delivered twice.
     w.offline(&bob);
     w.offline(&alice);
@@ -55,10 +71,16 @@ fn sender_restart_keeps_outbox_and_delivers_later() {
     w.offline(&alice);
     w.online(&bob);
     w.advance(10_000);
-    assert!(!w.inbox_has(&bob, &id), "no relay cache in this design step: the sender must be online");
+    assert!(
+        !w.inbox_has(&bob, &id),
+        "no relay cache in this design step: the sender must be online"
+    );
     w.online(&alice);
     assert!(w.inbox_has(&bob, &id));
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
 }
 
 #[test]
@@ -78,11 +100,21 @@ fn lost_acknowledgement_then_retry_yields_one_copy() {
     }));
     let id = w.send(&alice, &[&bob], &[], "ack goes missing");
     assert!(w.inbox_has(&bob, &id), "bob stored it");
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Sending { attempts: 1, .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Sending { attempts: 1, .. }
+    ));
     w.advance(w.config.ack_timeout + 1);
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
     assert_eq!(w.dropped, 1);
-    assert_eq!(w.received_count(&bob, &id), 1, "the retry is recognised by Message-ID");
+    assert_eq!(
+        w.received_count(&bob, &id),
+        1,
+        "the retry is recognised by Message-ID"
+    );
     assert_eq!(w.users[&bob].store.snapshot().inbox.len(), 1);
 }
 
@@ -101,7 +133,10 @@ fn lost_mail_frame_is_resent() {
     assert!(!w.inbox_has(&bob, &id));
     w.advance(w.config.ack_timeout + 1);
     assert!(w.inbox_has(&bob, &id));
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
 }
 
 #[test]
@@ -113,16 +148,27 @@ fn three_recipients_one_unknown() {
     w.online(&bob);
     let id = w.send(&alice, &[&bob, &nobody], &[&carol], "three of us");
     match state_of(&w, &alice, &id, &nobody) {
-        DeliveryState::Failed { reason, .. } => assert!(reason.contains("no such address"), "{reason}"),
+        DeliveryState::Failed { reason, .. } => {
+            assert!(reason.contains("no such address"), "{reason}")
+        }
         other => panic!("unknown address must fail, got {other:?}"),
     }
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
     assert_eq!(state_of(&w, &alice, &id, &carol), DeliveryState::Waiting);
     assert!(w.outgoing(&alice, &id).is_pending());
     w.online(&carol);
     assert!(w.inbox_has(&carol, &id));
-    assert!(!w.outgoing(&alice, &id).is_pending(), "all recipients final: Sent");
-    assert_eq!(w.received_count(&bob, &id) + w.received_count(&carol, &id), 2);
+    assert!(
+        !w.outgoing(&alice, &id).is_pending(),
+        "all recipients final: Sent"
+    );
+    assert_eq!(
+        w.received_count(&bob, &id) + w.received_count(&carol, &id),
+        2
+    );
 }
 
 #[test]
@@ -139,7 +185,10 @@ fn connection_drop_mid_delivery_requeues_and_recovers() {
     w.drop_rule = None;
     w.online(&bob);
     w.advance(10_000);
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Delivered { .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
     assert_eq!(w.received_count(&bob, &id), 1);
 }
 
@@ -149,7 +198,12 @@ fn forged_sender_is_rejected() {
     use peermail_core::store::Snapshot;
     use peermail_core::{Config, Identity, Mail, MessageId, Node};
     let bob = addr("bob");
-    let mut node = Node::new(Identity::from_seed(bob.clone(), [9; 32]), Config::default(), Snapshot::default(), 0);
+    let mut node = Node::new(
+        Identity::from_seed(bob.clone(), [9; 32]),
+        Config::default(),
+        Snapshot::default(),
+        0,
+    );
     let mail = Mail {
         message_id: MessageId::new([1; 16], "relay.test"),
         from: addr("alice"),
@@ -162,12 +216,27 @@ fn forged_sender_is_rejected() {
         references: vec![],
         priority: Default::default(),
     };
-    node.handle(Input::Frame { peer: addr("mallory"), bytes: PeerFrame::Mail(mail).encode().unwrap() }, 1);
-    node.handle(Input::Frame { peer: addr("mallory"), bytes: vec![1, 2, 3] }, 1);
+    node.handle(
+        Input::Frame {
+            peer: addr("mallory"),
+            bytes: PeerFrame::Mail(mail).encode().unwrap(),
+        },
+        1,
+    );
+    node.handle(
+        Input::Frame {
+            peer: addr("mallory"),
+            bytes: vec![1, 2, 3],
+        },
+        1,
+    );
     let outs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     assert!(outs.iter().any(|o| matches!(o, Output::ToPeer { bytes, .. }
         if matches!(PeerFrame::decode(bytes), Ok(PeerFrame::Reject { .. })))));
-    assert!(!outs.iter().any(|o| matches!(o, Output::Store { .. })), "nothing stored: {outs:?}");
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Store { .. })),
+        "nothing stored: {outs:?}"
+    );
     assert!(node.inbox().is_empty());
 }
 
@@ -241,22 +310,53 @@ fn open_channel_is_used_while_signaling_is_down() {
     use peermail_core::{Config, Draft, Identity, Node};
     let (alice, bob) = (addr("alice"), addr("bob"));
     let config = Config::default();
-    let mut node = Node::new(Identity::from_seed(alice.clone(), [1; 32]), config.clone(), Snapshot::default(), 0);
+    let mut node = Node::new(
+        Identity::from_seed(alice.clone(), [1; 32]),
+        config.clone(),
+        Snapshot::default(),
+        0,
+    );
     node.handle(Input::SignalingConnected, 0);
-    node.handle(Input::Server(ServerFrame::Authenticated { address: alice.clone() }), 0);
-    node.handle(Input::Server(ServerFrame::Presence { address: bob.clone(), status: PresenceStatus::Online }), 0);
+    node.handle(
+        Input::Server(ServerFrame::Authenticated {
+            address: alice.clone(),
+        }),
+        0,
+    );
+    node.handle(
+        Input::Server(ServerFrame::Presence {
+            address: bob.clone(),
+            status: PresenceStatus::Online,
+        }),
+        0,
+    );
     node.handle(Input::PeerConnected(bob.clone()), 0);
-    let draft = Draft { to: vec![bob.clone()], subject: "s".into(), ..Draft::default() };
-    node.handle(Input::Command(Command::Send { draft, random: [5; 16] }), 10);
+    let draft = Draft {
+        to: vec![bob.clone()],
+        subject: "s".into(),
+        ..Draft::default()
+    };
+    node.handle(
+        Input::Command(Command::Send {
+            draft,
+            random: [5; 16],
+        }),
+        10,
+    );
     let sends = |node: &mut Node| {
-        std::iter::from_fn(|| node.poll_output()).filter(|o| matches!(o, Output::ToPeer { .. })).count()
+        std::iter::from_fn(|| node.poll_output())
+            .filter(|o| matches!(o, Output::ToPeer { .. }))
+            .count()
     };
     assert_eq!(sends(&mut node), 1);
     node.handle(Input::SignalingDisconnected, 20);
     let due = node.poll_timeout().expect("a retransmission is scheduled");
     node.handle(Input::Tick, due);
     assert_eq!(sends(&mut node), 1, "resent over the open channel");
-    assert!(node.poll_timeout().expect("next retransmission") > due, "the deadline moved forward");
+    assert!(
+        node.poll_timeout().expect("next retransmission") > due,
+        "the deadline moved forward"
+    );
 }
 
 /// When a recipient closes its page mid-delivery, its in-flight mail shows as waiting again.
@@ -268,7 +368,10 @@ fn recipient_leaving_requeues_in_flight_mail() {
     w.online(&bob);
     w.drop_rule = Some(Box::new(|_, _, f| matches!(f, PeerFrame::Mail(_))));
     let id = w.send(&alice, &[&bob], &[], "in flight");
-    assert!(matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Sending { .. }));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Sending { .. }
+    ));
     w.offline(&bob);
     assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
 }

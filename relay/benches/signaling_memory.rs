@@ -34,7 +34,11 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Spawns `cmd` and waits for a stdout line containing `http://ADDR` or `ws://ADDR`.
 fn spawn_and_wait(mut cmd: Command) -> (Child, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn server");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn server");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -67,10 +71,13 @@ async fn echo_server() {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn relay_session(addr: String, i: usize, domain: String) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("connect");
     let nonce = match ws.next().await {
         Some(Ok(Message::Text(t))) => match parse_server_frame(&t) {
             Ok(ServerFrame::Challenge { nonce, .. }) => nonce,
@@ -84,7 +91,11 @@ async fn relay_session(addr: String, i: usize, domain: String) -> Ws {
     let id = Identity::from_seed(Address::new(&name, &domain).unwrap(), seed);
     let public_key = id.public_key();
     let signature = id.sign(&register_message(&nonce, &name, &public_key));
-    let frame = ClientFrame::Register { name, public_key, signature };
+    let frame = ClientFrame::Register {
+        name,
+        public_key,
+        signature,
+    };
     ws.send(Message::text(frame.encode())).await.unwrap();
     match ws.next().await {
         Some(Ok(Message::Text(t))) => match parse_server_frame(&t) {
@@ -97,7 +108,9 @@ async fn relay_session(addr: String, i: usize, domain: String) -> Ws {
 }
 
 async fn echo_session(addr: String) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}")).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .expect("connect");
     ws.send(Message::text("hello")).await.unwrap();
     ws.next().await.expect("echo").expect("echo");
     ws
@@ -127,7 +140,9 @@ where
     let mut tasks = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
-        let batch: Vec<_> = (i..(i + 100).min(n)).map(|k| tokio::spawn(open(k))).collect();
+        let batch: Vec<_> = (i..(i + 100).min(n))
+            .map(|k| tokio::spawn(open(k)))
+            .collect();
         for h in batch {
             let mut ws = h.await.expect("session task");
             let closed = closed.clone();
@@ -155,10 +170,17 @@ where
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid);
     let closed = warm.closed.load(Ordering::SeqCst) + rest.closed.load(Ordering::SeqCst);
-    assert_eq!(closed, 0, "{closed} sessions were closed by the server during the measurement");
+    assert_eq!(
+        closed, 0,
+        "{closed} sessions were closed by the server during the measurement"
+    );
     drop(warm);
     drop(rest);
-    (before, after, (after.saturating_sub(before)) as f64 / (n - 100) as f64)
+    (
+        before,
+        after,
+        (after.saturating_sub(before)) as f64 / (n - 100) as f64,
+    )
 }
 
 #[tokio::main]
@@ -166,21 +188,34 @@ async fn main() {
     if std::env::args().any(|a| a == "--echo-server") {
         return echo_server().await;
     }
-    let n: usize = std::env::var("PEERMAIL_BENCH_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
-    let relay_bin = std::env::var("PEERMAIL_RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_relay").to_string());
+    let n: usize = std::env::var("PEERMAIL_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let relay_bin = std::env::var("PEERMAIL_RELAY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_relay").to_string());
     let data = tempfile::tempdir().unwrap();
     let domain = "bench.test".to_string();
 
     let mut cmd = Command::new(&relay_bin);
-    cmd.args(["--listen", "127.0.0.1:0", "--domain", &domain, "--web-root", "/nonexistent"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("RUST_LOG", "warn");
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--domain",
+        &domain,
+        "--web-root",
+        "/nonexistent",
+    ])
+    .arg("--data-dir")
+    .arg(data.path())
+    .env("RUST_LOG", "warn");
     let (mut relay, relay_addr) = spawn_and_wait(cmd);
     let d = domain.clone();
     let a = relay_addr.clone();
-    let (relay_before, relay_after, relay_per) =
-        measure(relay.id(), n, move |i| relay_session(a.clone(), i, d.clone())).await;
+    let (relay_before, relay_after, relay_per) = measure(relay.id(), n, move |i| {
+        relay_session(a.clone(), i, d.clone())
+    })
+    .await;
     let _ = relay.kill();
     let _ = relay.wait();
 
@@ -188,7 +223,8 @@ async fn main() {
     cmd.arg("--echo-server");
     let (mut echo, echo_addr) = spawn_and_wait(cmd);
     let a = echo_addr.clone();
-    let (echo_before, echo_after, echo_per) = measure(echo.id(), n, move |_| echo_session(a.clone())).await;
+    let (echo_before, echo_after, echo_per) =
+        measure(echo.id(), n, move |_| echo_session(a.clone())).await;
     let _ = echo.kill();
     let _ = echo.wait();
 
@@ -201,9 +237,17 @@ async fn main() {
         "goal_per_connection_kib": GOAL_KIB,
         "meets_goal": relay_per <= GOAL_KIB,
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let dir = std::env::var_os("PEERMAIL_BENCH_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+        });
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("signaling_memory.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("signaling_memory.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
     println!(
         "signaling memory: relay {relay_per:.1} KiB/connection (goal ≤ {GOAL_KIB}), \
          baseline tungstenite echo {echo_per:.1} KiB/connection, ratio {:.2}, {n} idle connections",

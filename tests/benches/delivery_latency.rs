@@ -52,7 +52,9 @@ async fn send(b: &Browser, to: &str, subject: &str, body: &str) -> Result<()> {
 /// Sends one mail and returns delivered − sent in ms, as recorded by the sender's node.
 async fn one_mail(alice: &Browser, bob: &str, subject: &str, body: &str) -> Result<f64> {
     send(alice, bob, subject, body).await?;
-    alice.wait_recipient(&["sent", "outbox"], subject, bob, "delivered").await?;
+    alice
+        .wait_recipient(&["sent", "outbox"], subject, bob, "delivered")
+        .await?;
     let (sent, delivered): (String, String) = alice
         .eval(
             "const r = document.querySelector(`#reading-pane .recipient-status[data-address=\"${arguments[0]}\"]`); \
@@ -95,7 +97,10 @@ async fn ws_round_trips(b: &Browser, rounds: usize) -> Result<Vec<f64>> {
 }
 
 async fn run(config: Config) -> Result<Value> {
-    let rounds: usize = std::env::var("PEERMAIL_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let rounds: usize = std::env::var("PEERMAIL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let h = Harness::start(config)?;
     let alice = h.browser("alice").await?;
     let bob = h.browser("bob").await?;
@@ -107,7 +112,9 @@ async fn run(config: Config) -> Result<Value> {
     let body: String = "Peermail benchmark body. ".repeat(4096 / 25 + 1)[..4096].to_string();
 
     // Warm up: the first mail opens the channel.
-    one_mail(&alice, &bob_addr, "warm-up", &body).await.context("warm-up mail")?;
+    one_mail(&alice, &bob_addr, "warm-up", &body)
+        .await
+        .context("warm-up mail")?;
 
     let mut connected = Vec::new();
     for i in 0..rounds {
@@ -123,8 +130,16 @@ async fn run(config: Config) -> Result<Value> {
     }
 
     let mut ws = ws_round_trips(&alice, rounds).await?;
-    ensure!(ws.len() == rounds, "expected {rounds} round trips, got {}", ws.len());
-    let (mc, ms, mw) = (median(&mut connected.clone()), median(&mut with_setup.clone()), median(&mut ws));
+    ensure!(
+        ws.len() == rounds,
+        "expected {rounds} round trips, got {}",
+        ws.len()
+    );
+    let (mc, ms, mw) = (
+        median(&mut connected.clone()),
+        median(&mut with_setup.clone()),
+        median(&mut ws),
+    );
     Ok(json!({
         "benchmark": "delivery_latency",
         "mail_body_bytes": body.len(),
@@ -160,10 +175,18 @@ fn main() -> ExitCode {
         eprintln!("bench: {e:#}");
         return ExitCode::FAILURE;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     match rt.block_on(async { tokio::time::timeout(Duration::from_secs(900), run(config)).await }) {
         Ok(Ok(report)) => {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+            let dir = std::env::var_os("PEERMAIL_BENCH_OUT")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+                });
             let _ = std::fs::create_dir_all(&dir);
             let text = serde_json::to_string_pretty(&report).expect("json");
             if let Err(e) = std::fs::write(dir.join("delivery_latency.json"), &text) {

@@ -1,4 +1,4 @@
-//! The project's commands: `cargo xtask <setup|serve|test|e2e>`.
+//! The project's commands: `cargo xtask <setup|serve|test|e2e|bench>`.
 //!
 //! - `setup`: install what is missing (Chromium + chromedriver, the wasm target, pinned
 //!   wasm-bindgen-cli and trunk, wasm-opt from npm), each only when absent.
@@ -6,6 +6,8 @@
 //! - `test`: setup, native tests, wasm browser tests, release web build, relay build,
 //!   end-to-end tests with real browsers. `.ci/run` calls this.
 //! - `e2e`: only the end-to-end tests (builds the artefacts when they are missing).
+//! - `bench`: the benchmarks, each beside a baseline measured in the same run; JSON reports
+//!   under `target/bench/`.
 //!
 //! No dependencies beyond `anyhow`: everything is `std::process::Command`.
 
@@ -38,6 +40,8 @@ commands:
                  end-to-end browser tests
   e2e [ARGS]     only the end-to-end browser tests (builds missing artefacts first);
                  ARGS go to the e2e test binary (scenario name filters)
+  bench          benchmarks with same-run baselines (relay memory per idle connection,
+                 browser-to-browser delivery latency); JSON reports in target/bench/
 ";
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         "serve" => serve(&ws, rest),
         "test" => test(&ws),
         "e2e" => e2e(&ws, rest, true),
+        "bench" => bench(&ws),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -397,6 +402,58 @@ fn e2e(ws: &Workspace, args: &[String], standalone: bool) -> Result<()> {
         .env("PEERMAIL_E2E_OUT", &out)
         .env("CHROMEDRIVER", CHROMEDRIVER)
         .env("CHROMIUM", CHROMIUM))
+}
+
+// ---------------------------------------------------------------------------------------
+// bench
+
+/// Runs the benchmarks (release builds) and prints each report. Each benchmark measures its
+/// own baseline in the same run; compare ratios, not absolute times (the machines are noisy).
+fn bench(ws: &Workspace) -> Result<()> {
+    setup(ws)?;
+    trunk_build(ws)?;
+    step("bench: building the relay (release)");
+    run(cargo(ws).args([
+        "build",
+        "--release",
+        "-p",
+        "peermail-relay",
+        "--bin",
+        "relay",
+    ]))?;
+    let relay = ws.target.join("release").join("relay");
+    let out = ws.target.join("bench");
+    std::fs::create_dir_all(&out)?;
+
+    step("bench: relay memory per idle authenticated WebSocket (5,000 connections)");
+    run(cargo(ws)
+        .args([
+            "bench",
+            "-p",
+            "peermail-relay",
+            "--bench",
+            "signaling_memory",
+        ])
+        .env("PEERMAIL_RELAY_BIN", &relay)
+        .env("PEERMAIL_BENCH_OUT", &out))?;
+
+    step("bench: Send-to-delivered latency between two browsers (private network namespace)");
+    let e2e_out = ws.target.join("e2e-bench");
+    std::fs::create_dir_all(&e2e_out)?;
+    run(cargo(ws)
+        .args(["bench", "-p", "peermail-e2e", "--bench", "delivery_latency"])
+        .env("PEERMAIL_RELAY_BIN", &relay)
+        .env("PEERMAIL_DIST", ws.dist())
+        .env("PEERMAIL_E2E_OUT", &e2e_out)
+        .env("PEERMAIL_BENCH_OUT", &out)
+        .env("CHROMEDRIVER", CHROMEDRIVER)
+        .env("CHROMIUM", CHROMIUM))?;
+
+    step(&format!("bench: reports in {}", out.display()));
+    for name in ["signaling_memory.json", "delivery_latency.json"] {
+        say(&format!("  {}", out.join(name).display()));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

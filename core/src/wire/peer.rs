@@ -21,7 +21,10 @@ pub enum PeerFrame {
     /// The mail is stored durably on the receiving side; the sender may stop retrying.
     Ack { message_id: MessageId },
     /// The receiving side will not take this mail; retrying will not help.
-    Reject { message_id: MessageId, reason: String },
+    Reject {
+        message_id: MessageId,
+        reason: String,
+    },
 }
 
 /// Why bytes from a peer could not be read.
@@ -41,7 +44,8 @@ impl PeerFrame {
     /// Encodes the frame; fails only if the result would exceed [`MAX_PEER_FRAME`].
     pub fn encode(&self) -> Result<Vec<u8>, PeerFrameError> {
         let mut out = vec![PEER_VERSION];
-        let body = postcard::to_allocvec(self).map_err(|e| PeerFrameError::Malformed(e.to_string()))?;
+        let body =
+            postcard::to_allocvec(self).map_err(|e| PeerFrameError::Malformed(e.to_string()))?;
         out.extend_from_slice(&body);
         if out.len() > MAX_PEER_FRAME {
             return Err(PeerFrameError::TooLarge(out.len()));
@@ -60,7 +64,10 @@ impl PeerFrame {
         let (frame, rest) = postcard::take_from_bytes::<PeerFrame>(body)
             .map_err(|e| PeerFrameError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(PeerFrameError::Malformed(format!("{} trailing bytes", rest.len())));
+            return Err(PeerFrameError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
         }
         Ok(frame)
     }
@@ -72,16 +79,30 @@ mod tests {
 
     #[test]
     fn round_trip_and_bad_input() {
-        let f = PeerFrame::Ack { message_id: MessageId::new([1; 16], "h") };
+        let f = PeerFrame::Ack {
+            message_id: MessageId::new([1; 16], "h"),
+        };
         let bytes = f.encode().unwrap();
         assert_eq!(bytes[0], PEER_VERSION);
         assert_eq!(PeerFrame::decode(&bytes), Ok(f));
         assert_eq!(PeerFrame::decode(&[]), Err(PeerFrameError::Empty));
-        assert_eq!(PeerFrame::decode(&[9, 0]), Err(PeerFrameError::UnsupportedVersion(9)));
-        assert!(matches!(PeerFrame::decode(&[PEER_VERSION, 250, 3]), Err(PeerFrameError::Malformed(_))));
+        assert_eq!(
+            PeerFrame::decode(&[9, 0]),
+            Err(PeerFrameError::UnsupportedVersion(9))
+        );
+        assert!(matches!(
+            PeerFrame::decode(&[PEER_VERSION, 250, 3]),
+            Err(PeerFrameError::Malformed(_))
+        ));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(PeerFrame::decode(&trailing), Err(PeerFrameError::Malformed(_))));
-        assert!(matches!(PeerFrame::decode(&vec![1; MAX_PEER_FRAME + 1]), Err(PeerFrameError::TooLarge(_))));
+        assert!(matches!(
+            PeerFrame::decode(&trailing),
+            Err(PeerFrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            PeerFrame::decode(&vec![1; MAX_PEER_FRAME + 1]),
+            Err(PeerFrameError::TooLarge(_))
+        ));
     }
 }

@@ -21,7 +21,11 @@ pub enum ClientFrame {
     /// Create the account `name@<domain>` with this public key; `signature` signs
     /// [`crate::identity::register_message`] for the session's challenge. Success also
     /// authenticates the session.
-    Register { name: String, public_key: PublicKey, signature: String },
+    Register {
+        name: String,
+        public_key: PublicKey,
+        signature: String,
+    },
     /// Authenticate the session as `address`; `signature` signs
     /// [`crate::identity::auth_message`] for the session's challenge.
     Auth { address: Address, signature: String },
@@ -30,7 +34,11 @@ pub enum ClientFrame {
     /// Stop presence updates for these addresses.
     Unsubscribe { addresses: Vec<Address> },
     /// Forward a WebRTC negotiation message to `to`'s session.
-    Signal { to: Address, conn: String, payload: SignalPayload },
+    Signal {
+        to: Address,
+        conn: String,
+        payload: SignalPayload,
+    },
     /// Application-level echo, answered by [`ServerFrame::Pong`] (used to measure round trips).
     Ping { nonce: u64 },
 }
@@ -41,14 +49,33 @@ pub enum ClientFrame {
 pub enum ServerFrame {
     /// First frame of every session: sign `nonce` to register or authenticate.
     /// `domain` is the host part of this relay's addresses.
-    Challenge { nonce: String, domain: String },
-    Registered { address: Address },
-    Authenticated { address: Address },
-    Presence { address: Address, status: PresenceStatus },
+    Challenge {
+        nonce: String,
+        domain: String,
+    },
+    Registered {
+        address: Address,
+    },
+    Authenticated {
+        address: Address,
+    },
+    Presence {
+        address: Address,
+        status: PresenceStatus,
+    },
     /// A negotiation message from the authenticated session of `from`.
-    Signal { from: Address, conn: String, payload: SignalPayload },
-    Pong { nonce: u64 },
-    Error { code: ErrorCode, message: String },
+    Signal {
+        from: Address,
+        conn: String,
+        payload: SignalPayload,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Whether an address has a live session at the relay.
@@ -66,9 +93,17 @@ pub enum PresenceStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SignalPayload {
-    Offer { sdp: String },
-    Answer { sdp: String },
-    Candidate { candidate: String, sdp_mid: Option<String>, sdp_m_line_index: Option<u16> },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_m_line_index: Option<u16>,
+    },
     /// The sender closed connection `conn`.
     Bye,
 }
@@ -117,9 +152,23 @@ impl FrameError {
     }
 }
 
-const CLIENT_TYPES: &[&str] = &["register", "auth", "subscribe", "unsubscribe", "signal", "ping"];
-const SERVER_TYPES: &[&str] =
-    &["challenge", "registered", "authenticated", "presence", "signal", "pong", "error"];
+const CLIENT_TYPES: &[&str] = &[
+    "register",
+    "auth",
+    "subscribe",
+    "unsubscribe",
+    "signal",
+    "ping",
+];
+const SERVER_TYPES: &[&str] = &[
+    "challenge",
+    "registered",
+    "authenticated",
+    "presence",
+    "signal",
+    "pong",
+    "error",
+];
 
 fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, FrameError> {
     if text.len() > MAX_SIGNAL_FRAME {
@@ -135,7 +184,11 @@ fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, FrameErro
         Some(serde_json::Value::Number(n)) => {
             return Err(FrameError::UnsupportedVersion(n.as_u64().unwrap_or(0)))
         }
-        _ => return Err(FrameError::Malformed("missing numeric \"v\" (protocol version)".into())),
+        _ => {
+            return Err(FrameError::Malformed(
+                "missing numeric \"v\" (protocol version)".into(),
+            ))
+        }
     }
     let ty = obj
         .get("type")
@@ -176,7 +229,10 @@ impl ServerFrame {
         encode(self)
     }
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerFrame::Error { code, message: message.into() }
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -185,7 +241,11 @@ mod tests {
     use super::*;
 
     fn check_client(text: &str, expect: Result<ClientFrame, ErrorCode>) {
-        assert_eq!(parse_client_frame(text).map_err(|e| e.code()), expect, "{text}");
+        assert_eq!(
+            parse_client_frame(text).map_err(|e| e.code()),
+            expect,
+            "{text}"
+        );
     }
 
     #[test]
@@ -199,26 +259,49 @@ mod tests {
         let text = f.encode();
         assert!(text.contains("\"v\":1"), "{text}");
         check_client(&text, Ok(f));
-        check_client(r#"{"v":1,"type":"ping","nonce":5}"#, Ok(ClientFrame::Ping { nonce: 5 }));
+        check_client(
+            r#"{"v":1,"type":"ping","nonce":5}"#,
+            Ok(ClientFrame::Ping { nonce: 5 }),
+        );
         check_client(
             r#"{"v":1,"type":"subscribe","addresses":["bob@h"],"extra":true}"#,
-            Ok(ClientFrame::Subscribe { addresses: vec![bob] }),
+            Ok(ClientFrame::Subscribe {
+                addresses: vec![bob],
+            }),
         );
         check_client("{not json", Err(ErrorCode::MalformedFrame));
         check_client("[1,2]", Err(ErrorCode::MalformedFrame));
-        check_client(r#"{"type":"ping","nonce":5}"#, Err(ErrorCode::MalformedFrame));
-        check_client(r#"{"v":2,"type":"ping","nonce":5}"#, Err(ErrorCode::UnsupportedVersion));
+        check_client(
+            r#"{"type":"ping","nonce":5}"#,
+            Err(ErrorCode::MalformedFrame),
+        );
+        check_client(
+            r#"{"v":2,"type":"ping","nonce":5}"#,
+            Err(ErrorCode::UnsupportedVersion),
+        );
         check_client(r#"{"v":1,"type":"launch"}"#, Err(ErrorCode::UnknownType));
         check_client(r#"{"v":1,"type":"ping"}"#, Err(ErrorCode::MalformedFrame));
-        check_client(r#"{"v":1,"type":"subscribe","addresses":["x"]}"#, Err(ErrorCode::MalformedFrame));
-        check_client(&" ".repeat(MAX_SIGNAL_FRAME + 1), Err(ErrorCode::FrameTooLarge));
+        check_client(
+            r#"{"v":1,"type":"subscribe","addresses":["x"]}"#,
+            Err(ErrorCode::MalformedFrame),
+        );
+        check_client(
+            &" ".repeat(MAX_SIGNAL_FRAME + 1),
+            Err(ErrorCode::FrameTooLarge),
+        );
     }
 
     #[test]
     fn server_frames_round_trip() {
         for f in [
-            ServerFrame::Challenge { nonce: "n".into(), domain: "h".into() },
-            ServerFrame::Presence { address: "a@h".parse().unwrap(), status: PresenceStatus::Unknown },
+            ServerFrame::Challenge {
+                nonce: "n".into(),
+                domain: "h".into(),
+            },
+            ServerFrame::Presence {
+                address: "a@h".parse().unwrap(),
+                status: PresenceStatus::Unknown,
+            },
             ServerFrame::error(ErrorCode::PeerOffline, "bob@h is offline"),
         ] {
             assert_eq!(parse_server_frame(&f.encode()), Ok(f));

@@ -100,7 +100,13 @@ impl World {
             .map(|(a, _)| a.clone())
             .collect();
         for w in watchers {
-            self.queue.push_back((w, Input::Server(ServerFrame::Presence { address: who.clone(), status })));
+            self.queue.push_back((
+                w,
+                Input::Server(ServerFrame::Presence {
+                    address: who.clone(),
+                    status,
+                }),
+            ));
         }
     }
 
@@ -118,7 +124,10 @@ impl World {
         self.queue.push_back((a.clone(), Input::SignalingConnected));
         self.queue.push_back((
             a.clone(),
-            Input::Server(ServerFrame::Challenge { nonce: format!("nonce-{now}"), domain: DOMAIN.into() }),
+            Input::Server(ServerFrame::Challenge {
+                nonce: format!("nonce-{now}"),
+                domain: DOMAIN.into(),
+            }),
         ));
         self.settle();
     }
@@ -138,13 +147,20 @@ impl World {
             if let Some(pu) = self.users.get_mut(&p) {
                 pu.links.remove(a);
             }
-            self.queue.push_back((p, Input::PeerDisconnected(a.clone())));
+            self.queue
+                .push_back((p, Input::PeerDisconnected(a.clone())));
         }
         self.notify_presence(a);
         self.settle();
     }
 
-    pub fn send(&mut self, from: &Address, to: &[&Address], cc: &[&Address], subject: &str) -> MessageId {
+    pub fn send(
+        &mut self,
+        from: &Address,
+        to: &[&Address],
+        cc: &[&Address],
+        subject: &str,
+    ) -> MessageId {
         self.seed = self.seed.wrapping_add(1);
         let mut random = [self.seed; 16];
         random[0] = from.local().len() as u8;
@@ -156,7 +172,10 @@ impl World {
             body: format!("body of {subject}"),
             ..Draft::default()
         };
-        self.queue.push_back((from.clone(), Input::Command(Command::Send { draft, random })));
+        self.queue.push_back((
+            from.clone(),
+            Input::Command(Command::Send { draft, random }),
+        ));
         self.settle();
         let u = &self.users[from];
         u.store
@@ -175,8 +194,12 @@ impl World {
             steps += 1;
             assert!(steps < 100_000, "the world does not settle (livelock?)");
             let now = self.now;
-            let Some(u) = self.users.get_mut(&to) else { continue };
-            let Some(node) = u.node.as_mut() else { continue };
+            let Some(u) = self.users.get_mut(&to) else {
+                continue;
+            };
+            let Some(node) = u.node.as_mut() else {
+                continue;
+            };
             node.handle(input, now);
             let mut outs = Vec::new();
             while let Some(o) = node.poll_output() {
@@ -194,11 +217,18 @@ impl World {
             Output::Connect(peer) => {
                 if self.is_online(&peer) && self.is_online(from) {
                     self.users.get_mut(from).unwrap().links.insert(peer.clone());
-                    self.users.get_mut(&peer).unwrap().links.insert(from.clone());
-                    self.queue.push_back((from.clone(), Input::PeerConnected(peer.clone())));
-                    self.queue.push_back((peer, Input::PeerConnected(from.clone())));
+                    self.users
+                        .get_mut(&peer)
+                        .unwrap()
+                        .links
+                        .insert(from.clone());
+                    self.queue
+                        .push_back((from.clone(), Input::PeerConnected(peer.clone())));
+                    self.queue
+                        .push_back((peer, Input::PeerConnected(from.clone())));
                 } else {
-                    self.queue.push_back((from.clone(), Input::PeerDisconnected(peer)));
+                    self.queue
+                        .push_back((from.clone(), Input::PeerDisconnected(peer)));
                 }
             }
             Output::ToPeer { peer, bytes } => {
@@ -213,12 +243,19 @@ impl World {
                         return;
                     }
                 }
-                self.queue.push_back((peer, Input::Frame { peer: from.clone(), bytes }));
+                self.queue.push_back((
+                    peer,
+                    Input::Frame {
+                        peer: from.clone(),
+                        bytes,
+                    },
+                ));
             }
             Output::Store { op, write } => {
                 let u = self.users.get_mut(from).unwrap();
                 u.store.apply_now(write);
-                self.queue.push_back((from.clone(), Input::Stored { op, result: Ok(()) }));
+                self.queue
+                    .push_back((from.clone(), Input::Stored { op, result: Ok(()) }));
             }
             Output::Event(e) => {
                 let u = self.users.get_mut(from).unwrap();
@@ -237,16 +274,29 @@ impl World {
                 let u = &self.users[from];
                 let nonce = format!("nonce-{}", self.now);
                 let ok = &address == from
-                    && u.identity.public_key().verify(&auth_message(&nonce, &address), &signature).is_ok();
+                    && u.identity
+                        .public_key()
+                        .verify(&auth_message(&nonce, &address), &signature)
+                        .is_ok();
                 assert!(ok, "the node signs the challenge correctly");
-                self.queue.push_back((from.clone(), Input::Server(ServerFrame::Authenticated { address })));
+                self.queue.push_back((
+                    from.clone(),
+                    Input::Server(ServerFrame::Authenticated { address }),
+                ));
                 self.notify_presence(&from.clone());
             }
             ClientFrame::Subscribe { addresses } => {
                 for a in addresses {
-                    self.users.get_mut(from).unwrap().subscriptions.insert(a.clone());
+                    self.users
+                        .get_mut(from)
+                        .unwrap()
+                        .subscriptions
+                        .insert(a.clone());
                     let status = self.status_of(&a);
-                    self.queue.push_back((from.clone(), Input::Server(ServerFrame::Presence { address: a, status })));
+                    self.queue.push_back((
+                        from.clone(),
+                        Input::Server(ServerFrame::Presence { address: a, status }),
+                    ));
                 }
             }
             other => panic!("unexpected frame in the simulation: {other:?}"),
@@ -266,8 +316,12 @@ impl World {
             match next {
                 Some(t) => {
                     self.now = self.now.max(t);
-                    let online: Vec<Address> =
-                        self.users.iter().filter(|(_, u)| u.node.is_some()).map(|(a, _)| a.clone()).collect();
+                    let online: Vec<Address> = self
+                        .users
+                        .iter()
+                        .filter(|(_, u)| u.node.is_some())
+                        .map(|(a, _)| a.clone())
+                        .collect();
                     for a in online {
                         self.queue.push_back((a, Input::Tick));
                     }
@@ -295,7 +349,12 @@ impl World {
     }
 
     pub fn inbox_has(&self, who: &Address, id: &MessageId) -> bool {
-        self.users[who].store.snapshot().inbox.iter().any(|r| &r.mail.message_id == id)
+        self.users[who]
+            .store
+            .snapshot()
+            .inbox
+            .iter()
+            .any(|r| &r.mail.message_id == id)
     }
 
     pub fn received_count(&self, who: &Address, id: &MessageId) -> u32 {

@@ -51,6 +51,7 @@ fn spawn_and_wait(mut cmd: Command) -> (Child, String) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not report its address");
 }
 

@@ -162,18 +162,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !netns::inside() {
-        return match netns::reexec_isolated() {
-            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-            Err(e) => {
-                eprintln!("bench: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Err(e) = netns::check_private() {
-        eprintln!("bench: {e:#}");
-        return ExitCode::FAILURE;
+    if let Some(code) = netns::enter("bench") {
+        return code;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -26,6 +26,28 @@ ip link set veth1 up
 ip route add default via 10.203.0.2 dev veth0
 exec "$@""#;
 
+/// Puts the calling binary into the private namespace: outside, it re-executes itself there
+/// and returns `Some(exit code)` for the caller to return; inside, it checks that the network
+/// is the private one and returns `None` (go on), or `Some(failure)` if it is not.
+/// `who` prefixes error messages.
+pub fn enter(who: &str) -> Option<std::process::ExitCode> {
+    use std::process::ExitCode;
+    if !inside() {
+        return Some(match reexec_isolated() {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("{who}: {e:#}");
+                ExitCode::FAILURE
+            }
+        });
+    }
+    if let Err(e) = check_private() {
+        eprintln!("{who}: {e:#}");
+        return Some(ExitCode::FAILURE);
+    }
+    None
+}
+
 /// Whether this process is the re-executed one inside the namespace.
 pub fn inside() -> bool {
     std::env::var_os(MARKER).is_some_and(|v| v == "1")

@@ -395,7 +395,8 @@ fn e2e(ws: &Workspace, args: &[String], standalone: bool) -> Result<()> {
     let out = ws.target.join("e2e");
     std::fs::create_dir_all(&out)?;
     run(cargo(ws)
-        .args(["test", "-p", "peermail-e2e", "--"])
+        // Only the scenario binary: its `N passed, M failed` is the run's last test line.
+        .args(["test", "-p", "peermail-e2e", "--test", "e2e", "--"])
         .args(args)
         .env("PEERMAIL_RELAY_BIN", ws.relay_bin())
         .env("PEERMAIL_DIST", ws.dist())

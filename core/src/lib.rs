@@ -7,7 +7,10 @@
 //! Modules:
 //! - [`address`]: `local@host` addresses and name rules.
 //! - [`mail`]: [`Mail`](mail::Mail), [`MessageId`](mail::MessageId), [`Draft`](mail::Draft).
-//! - [`identity`]: Ed25519 account keys and the signed-challenge session authentication.
+//! - [`identity`]: account keys (Ed25519 signing, X25519 encryption, one seed) and the
+//!   signed-challenge session authentication.
+//! - [`seal`]: sealed envelopes — a mail encrypted per recipient (HPKE, RFC 9180) and signed
+//!   by its sender (Ed25519); what a relay or co-recipient carries without reading.
 //! - [`wire`]: signaling frames (JSON) and peer frames (postcard); the only wire formats.
 //! - [`store`]: persisted records, the [`MailStore`](store::MailStore) contract, the
 //!   in-memory store and the conformance tests every store runs.
@@ -17,6 +20,7 @@ pub mod address;
 pub mod identity;
 pub mod mail;
 pub mod node;
+pub mod seal;
 pub mod store;
 pub mod wire;
 

@@ -477,7 +477,16 @@ impl Node {
             ServerFrame::Error { code, message } => {
                 self.event(Event::ServerError { code, message })
             }
-            ServerFrame::Signal { .. } | ServerFrame::Pong { .. } => {}
+            // The relay cache is not used by the node yet.
+            ServerFrame::Signal { .. }
+            | ServerFrame::Pong { .. }
+            | ServerFrame::KeyPublished
+            | ServerFrame::Keys { .. }
+            | ServerFrame::Deposited { .. }
+            | ServerFrame::Waiting { .. }
+            | ServerFrame::Cached { .. }
+            | ServerFrame::Released { .. }
+            | ServerFrame::Receipt { .. } => {}
         }
     }
 

@@ -2,10 +2,12 @@
 //!
 //! It mounts the signaling endpoint (`/ws`, from `peermail-signaling`), serves the built web
 //! client, answers `GET /healthz`, and keeps its state in one SQLite database under the
-//! data directory. It never sees mail plaintext.
+//! data directory. It never sees mail plaintext: the mail cache holds envelopes sealed end to
+//! end for their recipients, and a periodic sweep deletes those past the retention time.
 //!
 //! Modules:
-//! - [`db`]: the SQLite database and the account directory kept in it.
+//! - [`db`]: the SQLite database, the account directory and the mail cache kept in it (and
+//!   the durability choice: WAL with `synchronous=NORMAL`, see there).
 //! - [`migrations`]: the database schema, versioned by `PRAGMA user_version`.
 //! - [`web`]: static files of the web client with the single-page-app fallback.
 //!
@@ -22,7 +24,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use peermail_core::address::Address;
-use peermail_signaling::{Signaling, SignalingConfig};
+use peermail_signaling::{CachePolicy, Signaling, SignalingConfig};
 use tokio::net::TcpListener;
 
 pub mod db;
@@ -61,7 +63,10 @@ pub enum Error {
     long_about = "Peermail relay: signaling, presence and the web client for peer-to-peer mail.\n\n\
         Serves the built web client, the signaling WebSocket at /ws and a health check at \
         /healthz. Mail travels browser to browser; the relay never sees it in plain text. \
-        All state is kept in one SQLite database inside the data directory.\n\n\
+        For recipients who are offline it keeps mail sealed end to end for them (a \
+        store-and-forward cache with a retention time, a quota per recipient and a deposit \
+        rate limit per sender). All state is kept in one SQLite database inside the data \
+        directory.\n\n\
         Logging is set with RUST_LOG (default: info)."
 )]
 pub struct Config {
@@ -115,6 +120,76 @@ pub struct Config {
         value_parser = parse_secs
     )]
     pub sign_in_timeout: Duration,
+
+    /// Days a sealed mail waits in the relay cache for its recipient (fractions allowed).
+    /// Older undelivered mail is deleted by the periodic sweep and its sender is told it
+    /// expired.
+    #[arg(
+        long = "cache-retention-days",
+        env = "PEERMAIL_CACHE_RETENTION_DAYS",
+        value_name = "DAYS",
+        default_value = "30",
+        value_parser = parse_days
+    )]
+    pub cache_retention: Duration,
+
+    /// Most sealed mail, in MiB, that may wait in the relay cache for one recipient
+    /// (fractions allowed). A deposit beyond it is refused with quota_exceeded; the sender
+    /// keeps the mail.
+    #[arg(
+        long = "cache-quota-mib",
+        env = "PEERMAIL_CACHE_QUOTA_MIB",
+        value_name = "MIB",
+        default_value = "100",
+        value_parser = parse_mib
+    )]
+    pub cache_quota_bytes: u64,
+
+    /// Most mails one sender may deposit in the relay cache per minute. Beyond it deposits
+    /// are refused with rate_limited; the sender keeps the mail.
+    #[arg(
+        long = "deposit-rate-per-minute",
+        env = "PEERMAIL_DEPOSIT_RATE_PER_MINUTE",
+        value_name = "N",
+        default_value = "600",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub deposit_rate_per_minute: u32,
+
+    /// Seconds between sweeps of the relay cache for expired mail (fractions allowed).
+    #[arg(
+        long = "sweep-interval-secs",
+        env = "PEERMAIL_SWEEP_INTERVAL_SECS",
+        value_name = "SECS",
+        default_value = "60",
+        value_parser = parse_secs
+    )]
+    pub sweep_interval: Duration,
+}
+
+fn parse_positive(text: &str, unit: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of {unit}"))?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(format!("must be more than 0 {unit}"));
+    }
+    Ok(v)
+}
+
+fn parse_days(text: &str) -> Result<Duration, String> {
+    let days = parse_positive(text, "days")?;
+    Duration::try_from_secs_f64(days * 86_400.0).map_err(|e| e.to_string())
+}
+
+fn parse_mib(text: &str) -> Result<u64, String> {
+    let mib = parse_positive(text, "MiB")?;
+    let bytes = (mib * 1024.0 * 1024.0).round();
+    if bytes < 1.0 || bytes >= u64::MAX as f64 {
+        return Err("out of range".into());
+    }
+    Ok(bytes as u64)
 }
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
@@ -140,6 +215,10 @@ impl Config {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             sign_in_timeout: Duration::from_secs(120),
+            cache_retention: CachePolicy::default().retention,
+            cache_quota_bytes: CachePolicy::default().quota_bytes,
+            deposit_rate_per_minute: CachePolicy::default().deposit_rate_per_minute,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 
@@ -155,11 +234,21 @@ impl Config {
                 "--heartbeat-timeout-secs must be longer than --heartbeat-interval-secs".into(),
             ));
         }
+        if self.deposit_rate_per_minute == 0 {
+            return Err(Error::Config(
+                "--deposit-rate-per-minute must be at least 1".into(),
+            ));
+        }
         Ok(SignalingConfig {
             domain: self.domain.clone(),
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             sign_in_timeout: self.sign_in_timeout,
+            cache: CachePolicy {
+                retention: self.cache_retention,
+                quota_bytes: self.cache_quota_bytes,
+                deposit_rate_per_minute: self.deposit_rate_per_minute,
+            },
         })
     }
 }
@@ -169,10 +258,12 @@ impl Config {
 pub struct Relay {
     /// Sessions, presence and signaling.
     pub signaling: Arc<Signaling>,
-    /// The database (also the signaling directory).
+    /// The database (also the signaling directory and mail cache).
     pub db: Arc<Db>,
     /// Where the built web client is.
     pub web_root: PathBuf,
+    /// Time between sweeps of the mail cache for expired mail.
+    pub sweep_interval: Duration,
 }
 
 impl Relay {
@@ -180,11 +271,12 @@ impl Relay {
     pub fn open(config: &Config) -> Result<Self, Error> {
         let signaling_config = config.signaling()?;
         let db = Arc::new(Db::open(&config.data_dir)?);
-        let signaling = Signaling::new(signaling_config, db.clone());
+        let signaling = Signaling::new(signaling_config, db.clone(), db.clone());
         Ok(Relay {
             signaling,
             db,
             web_root: config.web_root.clone(),
+            sweep_interval: config.sweep_interval,
         })
     }
 }
@@ -205,18 +297,35 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let app = router(&relay);
     let signaling = relay.signaling.clone();
-    axum::serve(listener, app)
+    let sweeper = tokio::spawn(sweep(relay.signaling.clone(), relay.sweep_interval));
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down");
             signaling.close_all();
         })
-        .await?;
+        .await;
+    sweeper.abort();
+    served?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while relay.signaling.online_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// Sweeps the mail cache for expired mail every `interval`, the first time at once.
+async fn sweep(signaling: Arc<Signaling>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match signaling.sweep_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired mail deleted from the cache"),
+            Err(e) => tracing::warn!(error = %e, "sweeping the mail cache failed"),
+        }
+    }
 }
 
 /// [`Relay::open`] then [`serve`].
@@ -243,6 +352,37 @@ mod tests {
         assert_eq!(c.domain, "localhost");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.heartbeat_timeout, Duration::from_secs(30));
+        assert_eq!(c.cache_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.cache_quota_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.deposit_rate_per_minute, 600);
+        assert_eq!(c.sweep_interval, Duration::from_secs(60));
+        let c = Config::try_parse_from([
+            "relay",
+            "--cache-retention-days",
+            "0.5",
+            "--cache-quota-mib",
+            "0.5",
+            "--deposit-rate-per-minute",
+            "10",
+            "--sweep-interval-secs",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.cache_retention, Duration::from_secs(43_200));
+        assert_eq!(c.cache_quota_bytes, 512 * 1024);
+        assert_eq!(c.deposit_rate_per_minute, 10);
+        assert_eq!(c.sweep_interval, Duration::from_secs(2));
+        for (flag, bad) in [
+            ("--cache-retention-days", "0"),
+            ("--cache-quota-mib", "-1"),
+            ("--deposit-rate-per-minute", "0"),
+            ("--sweep-interval-secs", "x"),
+        ] {
+            assert!(
+                Config::try_parse_from(["relay", flag, bad]).is_err(),
+                "{flag} {bad}"
+            );
+        }
         let c = Config::try_parse_from(["relay", "--heartbeat-interval-secs", "0.25"]).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
         for bad in ["0", "-1", "soon", "NaN"] {

@@ -13,6 +13,28 @@ const MIGRATIONS: &[&str] = &[
         public_key  TEXT NOT NULL,
         created_at  INTEGER NOT NULL  -- seconds since the Unix epoch
     ) STRICT;",
+    // 2: published encryption keys; the store-and-forward cache of sealed envelopes and the
+    // receipts for their senders. Addresses are stored in full (`name@host`), times in ms.
+    "ALTER TABLE accounts ADD COLUMN encryption_key TEXT;  -- X25519 public key, hex; NULL until published
+    CREATE TABLE cached_mail (
+        recipient     TEXT NOT NULL,
+        message_id    TEXT NOT NULL,
+        sender        TEXT NOT NULL,
+        sealed        BLOB NOT NULL,     -- opaque: sealed end to end for the recipient
+        size          INTEGER NOT NULL,  -- length of sealed in bytes
+        deposited_at  INTEGER NOT NULL,  -- ms since the Unix epoch
+        expires_at    INTEGER NOT NULL,  -- ms since the Unix epoch
+        PRIMARY KEY (recipient, message_id)
+    ) STRICT;
+    CREATE INDEX cached_mail_expiry ON cached_mail (expires_at);
+    CREATE TABLE receipts (
+        sender      TEXT NOT NULL,
+        recipient   TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        outcome     TEXT NOT NULL,  -- 'delivered' | 'expired'
+        created_at  INTEGER NOT NULL,  -- ms since the Unix epoch
+        PRIMARY KEY (sender, recipient, message_id)
+    ) STRICT;",
 ];
 
 /// The schema version this build of the relay writes.

@@ -15,6 +15,11 @@ pub trait Directory: Send + Sync + 'static {
     fn register(&self, name: &str, key: &PublicKey) -> Result<(), Error>;
     /// The public key of account `name` (the local part of an address at this relay).
     fn lookup(&self, name: &str) -> Result<Option<PublicKey>, Error>;
+    /// Sets the encryption key (X25519 public key, lower-case hex, already validated) of the
+    /// existing account `name`, replacing any earlier one.
+    fn publish_encryption_key(&self, name: &str, key: &str) -> Result<(), Error>;
+    /// The encryption key account `name` published, if any.
+    fn encryption_key(&self, name: &str) -> Result<Option<String>, Error>;
 }
 
 /// Accounts in memory, lost when the process ends. For tests and benchmarks.
@@ -22,6 +27,8 @@ pub trait Directory: Send + Sync + 'static {
 pub struct MemoryDirectory {
     /// name → public key.
     accounts: Mutex<HashMap<String, PublicKey>>,
+    /// name → published encryption key.
+    encryption_keys: Mutex<HashMap<String, String>>,
 }
 
 impl MemoryDirectory {
@@ -43,6 +50,23 @@ impl Directory for MemoryDirectory {
     fn lookup(&self, name: &str) -> Result<Option<PublicKey>, Error> {
         Ok(self
             .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned())
+    }
+
+    fn publish_encryption_key(&self, name: &str, key: &str) -> Result<(), Error> {
+        self.encryption_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), key.to_string());
+        Ok(())
+    }
+
+    fn encryption_key(&self, name: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .encryption_keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)

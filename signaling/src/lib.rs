@@ -7,7 +7,12 @@
 //!
 //! Modules:
 //! - [`directory`]: the account directory behind a trait ([`Directory`]), so the relay can keep
-//!   it in SQLite; [`MemoryDirectory`] keeps it in memory.
+//!   it in SQLite; [`MemoryDirectory`] keeps it in memory. Besides each account's signing key
+//!   it holds the encryption key the account published (`publish_key`, served by `lookup`).
+//! - [`cache`]: the store-and-forward cache of sealed envelopes for offline recipients and
+//!   the receipts for their senders, behind a trait ([`MailCache`]); [`MemoryCache`] keeps it
+//!   in memory, the relay in SQLite. Its calls block, so sessions make them on tokio's
+//!   blocking pool.
 //! - `hub` (private): who is online, who watches whom. One mutex, never held across an await.
 //! - `session` (private): the per-connection loop: challenge, authentication, heartbeat,
 //!   dispatch of client frames.
@@ -19,25 +24,36 @@
 //! - Presence goes only to sessions that subscribed to an address, never to everyone.
 //! - Negotiation messages travel only between authenticated sessions, and the `from` of a
 //!   forwarded message is always set by the server.
+//! - The cache answers a session only about mail waiting for its own account: fetching or
+//!   releasing anything else gets `not_found`, whether it exists for someone else or not.
+//!   A deposit is acknowledged (`deposited`) only after the cache reports it durable.
+//! - Quota (per recipient) and deposit rate (per sender) are checked before anything is
+//!   stored; when exceeded the sender gets an error and nothing is stored.
 //! - Per-connection state is small (the goal is ≤ 16 KiB resident per idle authenticated
 //!   connection): small WebSocket buffers, a bounded queue of already-encoded frames.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use peermail_core::wire::signal::MAX_SIGNAL_FRAME;
+use peermail_core::address::Address;
+use peermail_core::mail::Millis;
+use peermail_core::wire::signal::{ServerFrame, MAX_SIGNAL_FRAME};
 use tokio::sync::watch;
 
+pub mod cache;
 pub mod directory;
 mod hub;
 mod session;
 
+pub use cache::{MailCache, MemoryCache};
 pub use directory::{Directory, MemoryDirectory};
 pub use session::MAX_SUBSCRIPTIONS;
 
@@ -54,6 +70,9 @@ pub enum Error {
     /// The directory's storage failed; the text says how.
     #[error("the account directory failed: {0}")]
     Directory(String),
+    /// The mail cache's storage failed; the text says how.
+    #[error("the mail cache failed: {0}")]
+    Cache(String),
 }
 
 /// How the signaling endpoint behaves.
@@ -69,19 +88,57 @@ pub struct SignalingConfig {
     /// A connection that has neither registered nor authenticated this long after connecting
     /// is closed (1008), so idle anonymous sockets do not pile up. Clients reconnect.
     pub sign_in_timeout: Duration,
+    /// Limits of the mail cache.
+    pub cache: CachePolicy,
 }
 
 impl SignalingConfig {
-    /// Defaults: ping every 10 s, drop after 30 s of silence, sign in within 2 minutes.
+    /// Defaults: ping every 10 s, drop after 30 s of silence, sign in within 2 minutes, and
+    /// the [`CachePolicy`] defaults.
     pub fn new(domain: impl Into<String>) -> Self {
         SignalingConfig {
             domain: domain.into(),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             sign_in_timeout: Duration::from_secs(120),
+            cache: CachePolicy::default(),
         }
     }
 }
+
+/// Limits of the store-and-forward cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Undelivered envelopes are deleted this long after their deposit (and the sender gets
+    /// an expired receipt) by [`Signaling::sweep_expired`].
+    pub retention: Duration,
+    /// Most bytes of sealed envelopes waiting for one recipient.
+    pub quota_bytes: u64,
+    /// Most deposits one sender may make per minute (a token bucket: up to this many at
+    /// once, refilled evenly over the minute).
+    pub deposit_rate_per_minute: u32,
+}
+
+impl Default for CachePolicy {
+    /// 30 days, 100 MiB per recipient, 600 deposits per minute per sender.
+    fn default() -> Self {
+        CachePolicy {
+            retention: Duration::from_secs(30 * 24 * 3600),
+            quota_bytes: 100 * 1024 * 1024,
+            deposit_rate_per_minute: 600,
+        }
+    }
+}
+
+/// A sender's deposit allowance (token bucket).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+/// Senders tracked by the deposit rate limit before full buckets are forgotten.
+const RATE_TRACKED: usize = 10_000;
 
 /// The shared state of the signaling endpoint: configuration, directory, live sessions and
 /// presence subscriptions. Create one per relay with [`Signaling::new`] and mount it with
@@ -89,8 +146,12 @@ impl SignalingConfig {
 pub struct Signaling {
     /// Domain and heartbeat settings.
     config: SignalingConfig,
-    /// Accounts: who exists and with which public key.
+    /// Accounts: who exists and with which public keys.
     directory: Arc<dyn Directory>,
+    /// Sealed envelopes waiting for their recipients, and receipts for their senders.
+    cache: Arc<dyn MailCache>,
+    /// Deposit allowance per sender.
+    deposit_rates: Mutex<HashMap<Address, Bucket>>,
     /// Live sessions and presence subscriptions.
     hub: Mutex<hub::Hub>,
     /// Source of session ids, which tell apart two sessions of the same address.
@@ -109,11 +170,17 @@ impl std::fmt::Debug for Signaling {
 
 impl Signaling {
     /// The domain is compared case-insensitively (it is stored lower-cased).
-    pub fn new(mut config: SignalingConfig, directory: Arc<dyn Directory>) -> Arc<Self> {
+    pub fn new(
+        mut config: SignalingConfig,
+        directory: Arc<dyn Directory>,
+        cache: Arc<dyn MailCache>,
+    ) -> Arc<Self> {
         config.domain = config.domain.trim().to_ascii_lowercase();
         Arc::new(Signaling {
             config,
             directory,
+            cache,
+            deposit_rates: Mutex::new(HashMap::new()),
             hub: Mutex::new(hub::Hub::default()),
             next_session: AtomicU64::new(1),
             shutdown: watch::Sender::new(false),
@@ -143,6 +210,76 @@ impl Signaling {
     fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Deletes the cached envelopes whose retention ended, records an expired receipt for
+    /// each, and pushes those receipts to the senders that are online (the others get them
+    /// at their next sign-in). Returns how many expired. The relay calls this periodically.
+    pub async fn sweep_expired(&self) -> Result<usize, Error> {
+        let cache = self.cache.clone();
+        let now = now_millis();
+        let receipts = tokio::task::spawn_blocking(move || cache.expire(now))
+            .await
+            .map_err(|e| Error::Cache(format!("the sweep task failed: {e}")))??;
+        for r in &receipts {
+            tracing::debug!(sender = %r.sender, recipient = %r.recipient, message_id = %r.message_id,
+                "cached mail expired");
+            self.push(
+                &r.sender,
+                &ServerFrame::Receipt {
+                    to: r.recipient.clone(),
+                    message_id: r.message_id.clone(),
+                    outcome: r.outcome,
+                },
+            );
+        }
+        Ok(receipts.len())
+    }
+
+    /// Queues `frame` for `to`'s live session, if it has one. Dropped if that session's
+    /// outbox is full (it stopped reading); everything pushed this way is also sent again at
+    /// the next sign-in.
+    fn push(&self, to: &Address, frame: &ServerFrame) {
+        let Some(outbox) = self.hub().route(to) else {
+            return;
+        };
+        if outbox.try_send(Utf8Bytes::from(frame.encode())).is_err() {
+            tracing::debug!(address = %to, "pushed frame dropped: outbox full or closed");
+        }
+    }
+
+    /// Takes one deposit from `sender`'s allowance; `false` if none is left.
+    fn allow_deposit(&self, sender: &Address) -> bool {
+        let rate = f64::from(self.config.cache.deposit_rate_per_minute);
+        let now = tokio::time::Instant::now();
+        let refill = |b: &Bucket| {
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * rate / 60.0).min(rate)
+        };
+        let mut rates = self.deposit_rates.lock().unwrap_or_else(|e| e.into_inner());
+        if rates.len() >= RATE_TRACKED {
+            // A full bucket is the same as no bucket.
+            rates.retain(|_, b| refill(b) < rate);
+        }
+        let bucket = rates.entry(sender.clone()).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        bucket.tokens = refill(bucket);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
 }
 
 /// Routes of the signaling endpoint: `GET /ws` (WebSocket upgrade).

@@ -7,17 +7,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use base64::Engine as _;
 use peermail_core::address::{validate_name, Address};
 use peermail_core::identity::{auth_message, register_message, PublicKey};
+use peermail_core::mail::MessageId;
 use peermail_core::wire::signal::{
-    parse_client_frame, ClientFrame, ErrorCode, PresenceStatus, ServerFrame, SignalPayload,
+    parse_client_frame, ClientFrame, ErrorCode, MailLocation, PresenceStatus, ReceiptOutcome,
+    ServerFrame, SignalPayload, WaitingMail, ENCRYPTION_KEY_BYTES, MAX_SEALED_BYTES,
     MAX_SIGNAL_FRAME,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::cache::{self, MailCache, NewMail};
 use crate::hub::Outbox;
-use crate::{Error, Signaling};
+use crate::{now_millis, Error, Signaling};
+
+/// Standard base64 (with padding), the encoding of sealed envelopes on the wire.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// Most entries in one [`ServerFrame::Waiting`] (about 200 bytes each), so it stays well under
+/// [`MAX_SIGNAL_FRAME`].
+const WAITING_PER_FRAME: usize = 200;
 
 /// Most addresses one session may watch at once.
 pub const MAX_SUBSCRIPTIONS: usize = 1000;
@@ -170,7 +180,7 @@ impl Session {
                     };
                     last_heard = Instant::now();
                     let replies = match message {
-                        Message::Text(text) => self.handle_text(text.as_str()),
+                        Message::Text(text) => self.handle_text(text.as_str()).await,
                         Message::Binary(_) => {
                             tracing::debug!(session = self.id, "binary frame refused");
                             vec![ServerFrame::error(
@@ -221,7 +231,9 @@ impl Session {
     }
 
     /// Answers one text frame. Bad input gets an error frame; nothing here ends the session.
-    fn handle_text(&mut self, text: &str) -> Vec<ServerFrame> {
+    /// Cache requests wait for the (blocking) cache; their futures are boxed so that an idle
+    /// connection does not carry their state.
+    async fn handle_text(&mut self, text: &str) -> Vec<ServerFrame> {
         let frame = match parse_client_frame(text) {
             Ok(frame) => frame,
             Err(e) => {
@@ -242,8 +254,14 @@ impl Session {
                 name,
                 public_key,
                 signature,
-            } => self.register(&name, &public_key, &signature),
-            ClientFrame::Auth { address, signature } => self.auth(address, &signature),
+            } => {
+                let reply = self.register(&name, &public_key, &signature);
+                return Box::pin(self.with_pending(reply)).await;
+            }
+            ClientFrame::Auth { address, signature } => {
+                let reply = self.auth(address, &signature);
+                return Box::pin(self.with_pending(reply)).await;
+            }
             _ if !authenticated => ServerFrame::error(
                 ErrorCode::NotAuthenticated,
                 "sign the challenge first: send register or auth",
@@ -257,8 +275,232 @@ impl Session {
                 Some(error) => error,
                 None => return Vec::new(),
             },
+            ClientFrame::PublishKey { encryption_key } => self.publish_key(&encryption_key),
+            ClientFrame::Lookup { address } => self.lookup(address),
+            ClientFrame::Deposit {
+                to,
+                message_id,
+                sealed,
+            } => Box::pin(self.deposit(to, message_id, &sealed)).await,
+            ClientFrame::Fetch { message_id } => Box::pin(self.fetch(message_id)).await,
+            ClientFrame::Release { message_id } => Box::pin(self.release(message_id)).await,
+            ClientFrame::AckReceipt { to, message_id } => {
+                match Box::pin(self.ack_receipt(to, message_id)).await {
+                    Some(error) => error,
+                    None => return Vec::new(),
+                }
+            }
         };
         vec![reply]
+    }
+
+    /// After a successful sign-in, `reply` followed by what waits for the account: the mail
+    /// in the cache ([`ServerFrame::Waiting`]) and unacknowledged receipts. The session is
+    /// attached to the hub before the cache is read, so a deposit committed in between is
+    /// pushed to it rather than missed (it may then be listed twice).
+    async fn with_pending(&mut self, reply: ServerFrame) -> Vec<ServerFrame> {
+        let signed_in = matches!(
+            reply,
+            ServerFrame::Registered { .. } | ServerFrame::Authenticated { .. }
+        );
+        let mut replies = vec![reply];
+        let Some(me) = self.address.clone().filter(|_| signed_in) else {
+            return replies;
+        };
+        let pending = self
+            .blocking(move |cache| Ok((cache.waiting(&me)?, cache.receipts(&me)?)))
+            .await;
+        match pending {
+            Ok((waiting, receipts)) => {
+                for items in waiting.chunks(WAITING_PER_FRAME) {
+                    replies.push(ServerFrame::Waiting {
+                        items: items.to_vec(),
+                    });
+                }
+                replies.extend(receipts.into_iter().map(|r| ServerFrame::Receipt {
+                    to: r.recipient,
+                    message_id: r.message_id,
+                    outcome: r.outcome,
+                }));
+            }
+            Err(e) => replies.push(internal(&e)),
+        }
+        replies
+    }
+
+    /// Runs `f` on the cache on tokio's blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MailCache) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let cache = self.signaling.cache.clone();
+        tokio::task::spawn_blocking(move || f(&*cache))
+            .await
+            .map_err(|e| Error::Cache(format!("the cache task failed: {e}")))?
+    }
+
+    fn publish_key(&mut self, key: &str) -> ServerFrame {
+        let Some(me) = &self.address else {
+            return not_authenticated();
+        };
+        let valid = key.len() == 2 * ENCRYPTION_KEY_BYTES && hex::decode(key).is_ok();
+        if !valid {
+            return ServerFrame::error(
+                ErrorCode::MalformedFrame,
+                format!(
+                    "encryption_key must be {ENCRYPTION_KEY_BYTES} bytes in hex \
+                     ({} hex digits)",
+                    2 * ENCRYPTION_KEY_BYTES
+                ),
+            );
+        }
+        let key = key.to_ascii_lowercase();
+        match self
+            .signaling
+            .directory
+            .publish_encryption_key(me.local(), &key)
+        {
+            Ok(()) => ServerFrame::KeyPublished,
+            Err(e) => internal(&e),
+        }
+    }
+
+    fn lookup(&mut self, address: Address) -> ServerFrame {
+        let signing_key = match self.account_key(&address) {
+            Ok(Some(key)) => key,
+            Ok(None) => return unknown_address(&address),
+            Err(e) => return internal(&e),
+        };
+        match self.signaling.directory.encryption_key(address.local()) {
+            Ok(encryption_key) => ServerFrame::Keys {
+                address,
+                signing_key,
+                encryption_key,
+            },
+            Err(e) => internal(&e),
+        }
+    }
+
+    async fn deposit(&mut self, to: Address, message_id: MessageId, sealed: &str) -> ServerFrame {
+        let Some(from) = self.address.clone() else {
+            return not_authenticated();
+        };
+        if MessageId::parse(message_id.as_str()).is_none() {
+            return bad_message_id(&message_id);
+        }
+        let sealed = match decode_sealed(sealed) {
+            Ok(bytes) => bytes,
+            Err(message) => return ServerFrame::error(ErrorCode::MalformedFrame, message),
+        };
+        match self.account_key(&to) {
+            Ok(Some(_)) => {}
+            Ok(None) => return unknown_address(&to),
+            Err(e) => return internal(&e),
+        }
+        let policy = self.signaling.config.cache;
+        if !self.signaling.allow_deposit(&from) {
+            return ServerFrame::error(
+                ErrorCode::RateLimited,
+                format!(
+                    "this relay takes at most {} deposits per minute from one sender; \
+                     nothing was stored, try again shortly",
+                    policy.deposit_rate_per_minute
+                ),
+            );
+        }
+        let now = now_millis();
+        let retention = u64::try_from(policy.retention.as_millis()).unwrap_or(u64::MAX);
+        let size = sealed.len() as u64;
+        let mail = NewMail {
+            recipient: to.clone(),
+            message_id: message_id.clone(),
+            sender: from.clone(),
+            sealed,
+            deposited_at: now,
+            expires_at: now.saturating_add(retention),
+        };
+        let waiting = WaitingMail {
+            message_id: message_id.clone(),
+            from,
+            size,
+            deposited_at: now,
+            location: MailLocation::Relay,
+        };
+        let quota = policy.quota_bytes;
+        match self.blocking(move |c| c.deposit(mail, quota)).await {
+            Ok(cache::Deposit::Stored) => {
+                tracing::debug!(session = self.id, %to, %message_id, "mail cached");
+                self.signaling.push(
+                    &to,
+                    &ServerFrame::Waiting {
+                        items: vec![waiting],
+                    },
+                );
+                ServerFrame::Deposited { to, message_id }
+            }
+            Ok(cache::Deposit::AlreadyStored) => ServerFrame::Deposited { to, message_id },
+            Ok(cache::Deposit::QuotaExceeded) => ServerFrame::error(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "the relay cache of {to} is full ({} MiB); nothing was stored, \
+                     try again later",
+                    quota / (1024 * 1024)
+                ),
+            ),
+            Err(e) => internal(&e),
+        }
+    }
+
+    async fn fetch(&mut self, message_id: MessageId) -> ServerFrame {
+        let Some(me) = self.address.clone() else {
+            return not_authenticated();
+        };
+        let id = message_id.clone();
+        match self.blocking(move |c| c.fetch(&me, &id)).await {
+            Ok(Some(mail)) => ServerFrame::Cached {
+                message_id,
+                from: mail.sender,
+                sealed: BASE64.encode(&mail.sealed),
+            },
+            Ok(None) => not_found(&message_id),
+            Err(e) => internal(&e),
+        }
+    }
+
+    async fn release(&mut self, message_id: MessageId) -> ServerFrame {
+        let Some(me) = self.address.clone() else {
+            return not_authenticated();
+        };
+        let (recipient, id) = (me.clone(), message_id.clone());
+        let now = now_millis();
+        match self
+            .blocking(move |c| c.release(&recipient, &id, now))
+            .await
+        {
+            Ok(Some(sender)) => {
+                tracing::debug!(session = self.id, %message_id, "cached mail released");
+                self.signaling.push(
+                    &sender,
+                    &ServerFrame::Receipt {
+                        to: me,
+                        message_id: message_id.clone(),
+                        outcome: ReceiptOutcome::Delivered,
+                    },
+                );
+                ServerFrame::Released { message_id }
+            }
+            Ok(None) => not_found(&message_id),
+            Err(e) => internal(&e),
+        }
+    }
+
+    /// Returns the error to send back, if any.
+    async fn ack_receipt(&mut self, to: Address, message_id: MessageId) -> Option<ServerFrame> {
+        let me = self.address.clone()?;
+        self.blocking(move |c| c.ack_receipt(&me, &to, &message_id))
+            .await
+            .err()
+            .map(|e| internal(&e))
     }
 
     fn register(&mut self, name: &str, public_key: &PublicKey, signature: &str) -> ServerFrame {
@@ -454,6 +696,49 @@ fn unknown_address(address: &Address) -> ServerFrame {
         ErrorCode::UnknownAddress,
         format!("there is no account {address} at this relay"),
     )
+}
+
+fn not_found(message_id: &MessageId) -> ServerFrame {
+    ServerFrame::error(
+        ErrorCode::NotFound,
+        format!("no mail {message_id} waits for this account"),
+    )
+}
+
+fn not_authenticated() -> ServerFrame {
+    ServerFrame::error(
+        ErrorCode::NotAuthenticated,
+        "sign the challenge first: send register or auth",
+    )
+}
+
+fn bad_message_id(message_id: &MessageId) -> ServerFrame {
+    ServerFrame::error(
+        ErrorCode::MalformedFrame,
+        format!(
+            "message_id {:?} is not a Message-ID (<left@right>)",
+            message_id.as_str().chars().take(64).collect::<String>()
+        ),
+    )
+}
+
+/// Decodes a sealed envelope (standard base64), refusing one over [`MAX_SEALED_BYTES`]
+/// before decoding it. The error is the message for the sender.
+fn decode_sealed(sealed: &str) -> Result<Vec<u8>, String> {
+    let too_large = || format!("a sealed envelope is limited to {MAX_SEALED_BYTES} bytes");
+    if sealed.len() > MAX_SEALED_BYTES.div_ceil(3) * 4 {
+        return Err(too_large());
+    }
+    let bytes = BASE64
+        .decode(sealed)
+        .map_err(|e| format!("sealed is not standard base64: {e}"))?;
+    if bytes.is_empty() {
+        return Err("the sealed envelope is empty".into());
+    }
+    if bytes.len() > MAX_SEALED_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 fn internal(e: &Error) -> ServerFrame {

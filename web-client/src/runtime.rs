@@ -571,7 +571,14 @@ impl Runtime {
             }
             ServerFrame::Authenticated { .. }
             | ServerFrame::Presence { .. }
-            | ServerFrame::Pong { .. } => {}
+            | ServerFrame::Pong { .. }
+            | ServerFrame::KeyPublished
+            | ServerFrame::Keys { .. }
+            | ServerFrame::Deposited { .. }
+            | ServerFrame::Waiting { .. }
+            | ServerFrame::Cached { .. }
+            | ServerFrame::Released { .. }
+            | ServerFrame::Receipt { .. } => {}
         }
     }
 

@@ -8,11 +8,19 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::identity::PublicKey;
+use crate::mail::{MessageId, Millis};
 
 /// Version written in (and required of) every signaling frame.
 pub const SIGNAL_VERSION: u32 = 1;
 /// Largest signaling frame accepted, in bytes. Larger frames close the socket (code 1008).
 pub const MAX_SIGNAL_FRAME: usize = 64 * 1024;
+/// Largest sealed envelope the relay cache takes, in bytes (before base64). Its base64 form
+/// (62,806 characters) leaves room for the rest of a [`ClientFrame::Deposit`] or
+/// [`ServerFrame::Cached`] within [`MAX_SIGNAL_FRAME`]; 48 KiB would not (its base64 alone is
+/// exactly 64 KiB).
+pub const MAX_SEALED_BYTES: usize = 46 * 1024;
+/// Length in bytes of an X25519 public key ([`ClientFrame::PublishKey`], hex on the wire).
+pub const ENCRYPTION_KEY_BYTES: usize = 32;
 
 /// Frames a client sends to the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +49,28 @@ pub enum ClientFrame {
     },
     /// Application-level echo, answered by [`ServerFrame::Pong`] (used to measure round trips).
     Ping { nonce: u64 },
+    /// Publish this account's encryption key (X25519 public key, 32 bytes, hex) in the relay's
+    /// directory, replacing any earlier one. Answered by [`ServerFrame::KeyPublished`].
+    PublishKey { encryption_key: String },
+    /// Ask for the public keys of `address`. Answered by [`ServerFrame::Keys`], or an
+    /// `unknown_address` error.
+    Lookup { address: Address },
+    /// Leave a sealed envelope (standard base64, at most [`MAX_SEALED_BYTES`] decoded) in the
+    /// relay cache for `to`. Answered by [`ServerFrame::Deposited`] once it is durably stored;
+    /// depositing the same `(to, message_id)` again changes nothing and is answered the same.
+    Deposit {
+        to: Address,
+        message_id: MessageId,
+        sealed: String,
+    },
+    /// Fetch a cached envelope waiting for this account. Answered by [`ServerFrame::Cached`],
+    /// or a `not_found` error.
+    Fetch { message_id: MessageId },
+    /// This account stored the envelope: the relay deletes its copy, answers
+    /// [`ServerFrame::Released`] and tells the sender it was delivered.
+    Release { message_id: MessageId },
+    /// The sender saw the receipt for `(to, message_id)`; the relay forgets it.
+    AckReceipt { to: Address, message_id: MessageId },
 }
 
 /// Frames the relay sends to a client.
@@ -76,6 +106,72 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
     },
+    /// The encryption key of [`ClientFrame::PublishKey`] is in the directory.
+    KeyPublished,
+    /// The public keys of `address`: its signing key, and its encryption key once published.
+    Keys {
+        address: Address,
+        signing_key: PublicKey,
+        encryption_key: Option<String>,
+    },
+    /// The envelope for `to` is committed to the relay cache.
+    Deposited {
+        to: Address,
+        message_id: MessageId,
+    },
+    /// Mail waiting for this account. Sent after every sign-in when anything waits (split
+    /// over several frames if the list is long), and whenever new mail is deposited while
+    /// the account is online.
+    Waiting {
+        items: Vec<WaitingMail>,
+    },
+    /// A cached envelope (standard base64), answering [`ClientFrame::Fetch`].
+    Cached {
+        message_id: MessageId,
+        from: Address,
+        sealed: String,
+    },
+    /// The relay deleted its copy of the envelope.
+    Released {
+        message_id: MessageId,
+    },
+    /// What became of mail this account deposited for `to`. Repeated at every sign-in until
+    /// acknowledged with [`ClientFrame::AckReceipt`].
+    Receipt {
+        to: Address,
+        message_id: MessageId,
+        outcome: ReceiptOutcome,
+    },
+}
+
+/// One mail waiting for the account, and where it can be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingMail {
+    pub message_id: MessageId,
+    pub from: Address,
+    /// Size of the sealed envelope in bytes.
+    pub size: u64,
+    /// When it was deposited, ms since the Unix epoch.
+    pub deposited_at: Millis,
+    pub location: MailLocation,
+}
+
+/// Where a waiting mail is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MailLocation {
+    /// This relay's cache: fetch with [`ClientFrame::Fetch`].
+    Relay,
+}
+
+/// What became of a deposited envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptOutcome {
+    /// The recipient fetched and stored it.
+    Delivered,
+    /// Nobody fetched it within the relay's retention time; the relay deleted it.
+    Expired,
 }
 
 /// Whether an address has a live session at the relay.
@@ -125,6 +221,10 @@ pub enum ErrorCode {
     PeerOffline,
     SessionReplaced,
     RateLimited,
+    /// The recipient's share of the relay cache is full.
+    QuotaExceeded,
+    /// Nothing by that id waits for this account.
+    NotFound,
     Internal,
 }
 
@@ -159,6 +259,12 @@ const CLIENT_TYPES: &[&str] = &[
     "unsubscribe",
     "signal",
     "ping",
+    "publish_key",
+    "lookup",
+    "deposit",
+    "fetch",
+    "release",
+    "ack_receipt",
 ];
 const SERVER_TYPES: &[&str] = &[
     "challenge",
@@ -168,6 +274,13 @@ const SERVER_TYPES: &[&str] = &[
     "signal",
     "pong",
     "error",
+    "key_published",
+    "keys",
+    "deposited",
+    "waiting",
+    "cached",
+    "released",
+    "receipt",
 ];
 
 fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, FrameError> {
@@ -303,8 +416,111 @@ mod tests {
                 status: PresenceStatus::Unknown,
             },
             ServerFrame::error(ErrorCode::PeerOffline, "bob@h is offline"),
+            ServerFrame::error(ErrorCode::QuotaExceeded, "full"),
+            ServerFrame::error(ErrorCode::NotFound, "no"),
+            ServerFrame::KeyPublished,
+            ServerFrame::Keys {
+                address: "a@h".parse().unwrap(),
+                signing_key: serde_json::from_value(serde_json::Value::String("3b".repeat(32)))
+                    .unwrap(),
+                encryption_key: Some("ab".repeat(32)),
+            },
+            ServerFrame::Keys {
+                address: "a@h".parse().unwrap(),
+                signing_key: serde_json::from_str("\"00\"").unwrap(),
+                encryption_key: None,
+            },
+            ServerFrame::Deposited {
+                to: "b@h".parse().unwrap(),
+                message_id: id(),
+            },
+            ServerFrame::Waiting {
+                items: vec![WaitingMail {
+                    message_id: id(),
+                    from: "a@h".parse().unwrap(),
+                    size: 1234,
+                    deposited_at: 1_700_000_000_000,
+                    location: MailLocation::Relay,
+                }],
+            },
+            ServerFrame::Cached {
+                message_id: id(),
+                from: "a@h".parse().unwrap(),
+                sealed: "AAEC".into(),
+            },
+            ServerFrame::Released { message_id: id() },
+            ServerFrame::Receipt {
+                to: "b@h".parse().unwrap(),
+                message_id: id(),
+                outcome: ReceiptOutcome::Delivered,
+            },
+            ServerFrame::Receipt {
+                to: "b@h".parse().unwrap(),
+                message_id: id(),
+                outcome: ReceiptOutcome::Expired,
+            },
         ] {
             assert_eq!(parse_server_frame(&f.encode()), Ok(f));
         }
+    }
+
+    fn id() -> MessageId {
+        MessageId::new([7; 16], "h")
+    }
+
+    #[test]
+    fn cache_client_frames_round_trip() {
+        let bob: Address = "bob@h".parse().unwrap();
+        for f in [
+            ClientFrame::PublishKey {
+                encryption_key: "ab".repeat(32),
+            },
+            ClientFrame::Lookup {
+                address: bob.clone(),
+            },
+            ClientFrame::Deposit {
+                to: bob.clone(),
+                message_id: id(),
+                sealed: "AAEC".into(),
+            },
+            ClientFrame::Fetch { message_id: id() },
+            ClientFrame::Release { message_id: id() },
+            ClientFrame::AckReceipt {
+                to: bob.clone(),
+                message_id: id(),
+            },
+        ] {
+            check_client(&f.encode(), Ok(f));
+        }
+        let text = ServerFrame::Waiting {
+            items: vec![WaitingMail {
+                message_id: id(),
+                from: bob,
+                size: 1,
+                deposited_at: 2,
+                location: MailLocation::Relay,
+            }],
+        }
+        .encode();
+        assert!(text.contains(r#""location":{"kind":"relay"}"#), "{text}");
+        check_client(
+            r#"{"v":1,"type":"deposit","to":"bob@h","message_id":"<a@b>"}"#,
+            Err(ErrorCode::MalformedFrame),
+        );
+    }
+
+    #[test]
+    fn a_largest_envelope_fits_a_frame() {
+        // Base64 of MAX_SEALED_BYTES, with a long address and Message-ID around it.
+        let sealed = "A".repeat(MAX_SEALED_BYTES.div_ceil(3) * 4);
+        let f = ServerFrame::Cached {
+            message_id: MessageId::parse(&format!("<{}@{}>", "u".repeat(199), "h".repeat(199)))
+                .unwrap(),
+            from: format!("{}@{}", "a".repeat(32), "h".repeat(60))
+                .parse()
+                .unwrap(),
+            sealed,
+        };
+        assert!(f.encode().len() < MAX_SIGNAL_FRAME, "{}", f.encode().len());
     }
 }

@@ -1,0 +1,921 @@
+//! The store-and-forward mail cache and the key directory, tested through the real relay
+//! router on 127.0.0.1:0 with tokio-tungstenite clients, and (for crash safety) the real
+//! `relay` binary killed with SIGKILL.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use peermail_core::address::Address;
+use peermail_core::identity::{auth_message, register_message, Identity};
+use peermail_core::mail::MessageId;
+use peermail_core::wire::signal::{
+    parse_server_frame, ClientFrame, ErrorCode, MailLocation, ReceiptOutcome, ServerFrame,
+    WaitingMail, MAX_SEALED_BYTES,
+};
+use peermail_relay::{Config, Db};
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest wait for anything the relay should do; generous for a loaded machine.
+const WAIT: Duration = Duration::from_secs(20);
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+struct TestRelay {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), peermail_relay::Error>>,
+}
+
+impl TestRelay {
+    async fn start(data_dir: &Path) -> TestRelay {
+        Self::start_with(data_dir, |_| {}).await
+    }
+
+    async fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::new(addr, data_dir.to_path_buf());
+        config.web_root = data_dir.join("no-web-root");
+        tweak(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(peermail_relay::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        TestRelay {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("relay stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Client {
+    ws: Ws,
+    nonce: String,
+}
+
+fn identity(name: &str, seed: u8) -> Identity {
+    Identity::from_seed(Address::new(name, "localhost").unwrap(), [seed; 32])
+}
+
+fn addr(s: &str) -> Address {
+    s.parse().unwrap()
+}
+
+fn mid(n: u32) -> MessageId {
+    let mut random = [0u8; 16];
+    random[..4].copy_from_slice(&n.to_be_bytes());
+    MessageId::new(random, "localhost")
+}
+
+/// Recognisable opaque bytes for envelope `n`.
+fn sealed_bytes(n: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(n) as u8)
+        .collect()
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect");
+        let mut client = Client {
+            ws,
+            nonce: String::new(),
+        };
+        match client.recv().await {
+            ServerFrame::Challenge { nonce, .. } => client.nonce = nonce,
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+        client
+    }
+
+    async fn send(&mut self, frame: ClientFrame) {
+        self.send_text(frame.encode()).await;
+    }
+
+    async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next signaling frame (WebSocket pings are answered along the way).
+    async fn recv(&mut self) -> ServerFrame {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("read");
+            match message {
+                Message::Text(text) => {
+                    return parse_server_frame(text.as_str()).expect("server frame")
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    async fn expect_error(&mut self, code: ErrorCode) -> String {
+        match self.recv().await {
+            ServerFrame::Error { code: c, message } if c == code => message,
+            other => panic!("expected error {code:?}, got {other:?}"),
+        }
+    }
+
+    /// Sends a ping and expects its pong as the very next frame: nothing else was queued.
+    async fn expect_nothing_more(&mut self, nonce: u64) {
+        self.send(ClientFrame::Ping { nonce }).await;
+        assert_eq!(self.recv().await, ServerFrame::Pong { nonce });
+    }
+
+    /// A new connection, registered as `id`.
+    async fn registered(addr: SocketAddr, id: &Identity) -> Client {
+        let mut c = Client::connect(addr).await;
+        let name = id.address.local().to_string();
+        let public_key = id.public_key();
+        let signature = id.sign(&register_message(&c.nonce, &name, &public_key));
+        c.send(ClientFrame::Register {
+            name,
+            public_key,
+            signature,
+        })
+        .await;
+        assert_eq!(
+            c.recv().await,
+            ServerFrame::Registered {
+                address: id.address.clone()
+            }
+        );
+        c
+    }
+
+    /// A new connection, authenticated as the existing account `id`. The frames the relay
+    /// sends right after the sign-in (waiting mail, receipts) are left to read.
+    async fn authenticated(addr: SocketAddr, id: &Identity) -> Client {
+        let mut c = Client::connect(addr).await;
+        c.send(ClientFrame::Auth {
+            address: id.address.clone(),
+            signature: id.sign(&auth_message(&c.nonce, &id.address)),
+        })
+        .await;
+        assert_eq!(
+            c.recv().await,
+            ServerFrame::Authenticated {
+                address: id.address.clone()
+            }
+        );
+        c
+    }
+
+    async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Wait for the server's side, so the session is gone before the next step.
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
+    async fn deposit(&mut self, to: &Address, id: &MessageId, sealed: &[u8]) -> ServerFrame {
+        self.send(ClientFrame::Deposit {
+            to: to.clone(),
+            message_id: id.clone(),
+            sealed: B64.encode(sealed),
+        })
+        .await;
+        self.recv().await
+    }
+
+    async fn deposit_ok(&mut self, to: &Address, id: &MessageId, sealed: &[u8]) {
+        assert_eq!(
+            self.deposit(to, id, sealed).await,
+            ServerFrame::Deposited {
+                to: to.clone(),
+                message_id: id.clone()
+            }
+        );
+    }
+
+    async fn expect_waiting(&mut self) -> Vec<WaitingMail> {
+        match self.recv().await {
+            ServerFrame::Waiting { items } => items,
+            other => panic!("expected waiting mail, got {other:?}"),
+        }
+    }
+
+    /// Fetches `id`; returns the sender and the envelope's bytes.
+    async fn fetch(&mut self, id: &MessageId) -> (Address, Vec<u8>) {
+        self.send(ClientFrame::Fetch {
+            message_id: id.clone(),
+        })
+        .await;
+        match self.recv().await {
+            ServerFrame::Cached {
+                message_id,
+                from,
+                sealed,
+            } => {
+                assert_eq!(&message_id, id);
+                (from, B64.decode(sealed).expect("base64"))
+            }
+            other => panic!("expected the cached mail, got {other:?}"),
+        }
+    }
+
+    async fn release(&mut self, id: &MessageId) {
+        self.send(ClientFrame::Release {
+            message_id: id.clone(),
+        })
+        .await;
+        assert_eq!(
+            self.recv().await,
+            ServerFrame::Released {
+                message_id: id.clone()
+            }
+        );
+    }
+
+    async fn expect_receipt(&mut self, to: &Address, id: &MessageId, outcome: ReceiptOutcome) {
+        assert_eq!(
+            self.recv().await,
+            ServerFrame::Receipt {
+                to: to.clone(),
+                message_id: id.clone(),
+                outcome
+            }
+        );
+    }
+}
+
+fn cached_count(dir: &Path) -> u64 {
+    Db::open(dir).unwrap().cached_count().unwrap()
+}
+
+#[tokio::test]
+async fn publish_key_and_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut b = Client::registered(relay.addr, &bob).await;
+
+    a.send(ClientFrame::Lookup {
+        address: bob.address.clone(),
+    })
+    .await;
+    assert_eq!(
+        a.recv().await,
+        ServerFrame::Keys {
+            address: bob.address.clone(),
+            signing_key: bob.public_key(),
+            encryption_key: None
+        }
+    );
+    // Bad keys are refused: wrong length, not hex.
+    for bad in ["ab".repeat(31), "zz".repeat(32), String::new()] {
+        b.send(ClientFrame::PublishKey {
+            encryption_key: bad,
+        })
+        .await;
+        b.expect_error(ErrorCode::MalformedFrame).await;
+    }
+    b.send(ClientFrame::PublishKey {
+        encryption_key: "AB".repeat(32),
+    })
+    .await;
+    assert_eq!(b.recv().await, ServerFrame::KeyPublished);
+    a.send(ClientFrame::Lookup {
+        address: bob.address.clone(),
+    })
+    .await;
+    assert_eq!(
+        a.recv().await,
+        ServerFrame::Keys {
+            address: bob.address.clone(),
+            signing_key: bob.public_key(),
+            encryption_key: Some("ab".repeat(32))
+        }
+    );
+    // A new key replaces the old one.
+    b.send(ClientFrame::PublishKey {
+        encryption_key: "cd".repeat(32),
+    })
+    .await;
+    assert_eq!(b.recv().await, ServerFrame::KeyPublished);
+    for unknown in ["ghost@localhost", "bob@elsewhere.example"] {
+        a.send(ClientFrame::Lookup {
+            address: addr(unknown),
+        })
+        .await;
+        a.expect_error(ErrorCode::UnknownAddress).await;
+    }
+    // Not before signing in.
+    let mut anon = Client::connect(relay.addr).await;
+    anon.send(ClientFrame::Lookup {
+        address: bob.address.clone(),
+    })
+    .await;
+    anon.expect_error(ErrorCode::NotAuthenticated).await;
+    relay.stop().await;
+
+    // The key is kept across a restart.
+    let relay = TestRelay::start(dir.path()).await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.send(ClientFrame::Lookup {
+        address: bob.address.clone(),
+    })
+    .await;
+    assert_eq!(
+        a.recv().await,
+        ServerFrame::Keys {
+            address: bob.address.clone(),
+            signing_key: bob.public_key(),
+            encryption_key: Some("cd".repeat(32))
+        }
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn deposit_notice_fetch_release_and_delivered_receipt_to_an_online_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let (id, sealed) = (mid(1), sealed_bytes(1, 3000));
+    let before = peermail_signaling_now();
+    a.deposit_ok(&bob.address, &id, &sealed).await;
+    assert_eq!(cached_count(dir.path()), 1);
+
+    // Bob signs in and is told at once what waits, from whom, how big, where.
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    let items = b.expect_waiting().await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let w = &items[0];
+    assert_eq!(
+        (&w.message_id, &w.from, w.size, &w.location),
+        (&id, &alice.address, 3000, &MailLocation::Relay)
+    );
+    assert!(w.deposited_at >= before && w.deposited_at <= peermail_signaling_now());
+    let (from, got) = b.fetch(&id).await;
+    assert_eq!(from, alice.address);
+    assert_eq!(got, sealed);
+    // Fetching does not remove it; releasing does.
+    let (_, again) = b.fetch(&id).await;
+    assert_eq!(again, sealed);
+    b.release(&id).await;
+    assert_eq!(cached_count(dir.path()), 0);
+
+    // Alice, online, gets the receipt now.
+    a.expect_receipt(&bob.address, &id, ReceiptOutcome::Delivered)
+        .await;
+    a.send(ClientFrame::AckReceipt {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+    })
+    .await;
+    a.expect_nothing_more(1).await;
+
+    // Gone for Bob: a later sign-in lists nothing, and fetch/release find nothing.
+    b.send(ClientFrame::Fetch {
+        message_id: id.clone(),
+    })
+    .await;
+    b.expect_error(ErrorCode::NotFound).await;
+    b.send(ClientFrame::Release {
+        message_id: id.clone(),
+    })
+    .await;
+    b.expect_error(ErrorCode::NotFound).await;
+    b.close().await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    b.expect_nothing_more(2).await;
+    // The acknowledged receipt is not sent again.
+    a.close().await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.expect_nothing_more(3).await;
+    relay.stop().await;
+}
+
+/// The signaling crate's clock, as the tests see it (ms since the Unix epoch).
+fn peermail_signaling_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn an_offline_sender_gets_the_receipt_at_sign_in_until_it_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let (id1, id2) = (mid(1), mid(2));
+    a.deposit_ok(&bob.address, &id1, b"one").await;
+    a.deposit_ok(&bob.address, &id2, b"two").await;
+    a.close().await;
+
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    let items = b.expect_waiting().await;
+    let ids: Vec<_> = items.iter().map(|w| w.message_id.clone()).collect();
+    assert_eq!(ids, vec![id1.clone(), id2.clone()]);
+    assert_eq!(b.fetch(&id1).await.1, b"one");
+    b.release(&id1).await;
+
+    // Alice comes back: the receipt is there, and it stays until acknowledged.
+    for round in 0..2 {
+        let mut a = Client::authenticated(relay.addr, &alice).await;
+        a.expect_receipt(&bob.address, &id1, ReceiptOutcome::Delivered)
+            .await;
+        a.expect_nothing_more(round).await;
+        a.close().await;
+    }
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.expect_receipt(&bob.address, &id1, ReceiptOutcome::Delivered)
+        .await;
+    a.send(ClientFrame::AckReceipt {
+        to: bob.address.clone(),
+        message_id: id1.clone(),
+    })
+    .await;
+    a.expect_nothing_more(5).await;
+    a.close().await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.expect_nothing_more(6).await;
+
+    // The second mail still waits for Bob.
+    b.close().await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    let items = b.expect_waiting().await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].message_id, id2);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_online_recipient_is_told_of_new_mail_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    let mut b = Client::registered(relay.addr, &bob).await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    a.deposit_ok(&bob.address, &mid(7), b"sealed").await;
+    let items = b.expect_waiting().await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].message_id, mid(7));
+    assert_eq!(items[0].from, alice.address);
+    assert_eq!(items[0].size, 6);
+    // Depositing it again is acknowledged the same, stores nothing new, tells nobody.
+    a.deposit_ok(&bob.address, &mid(7), b"sealed").await;
+    b.expect_nothing_more(1).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_double_deposit_keeps_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let id = mid(3);
+    a.deposit_ok(&bob.address, &id, b"first").await;
+    a.deposit_ok(&bob.address, &id, b"first").await;
+    assert_eq!(cached_count(dir.path()), 1);
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await.len(), 1);
+    b.expect_nothing_more(1).await;
+    assert_eq!(b.fetch(&id).await.1, b"first");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn another_account_can_neither_fetch_nor_release_someone_elses_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob, mallory) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("mallory", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let id = mid(4);
+    a.deposit_ok(&bob.address, &id, b"for bob only").await;
+
+    let mut m = Client::registered(relay.addr, &mallory).await;
+    // The same answer for mail that waits for someone else and for mail that does not exist.
+    let mut messages = Vec::new();
+    for probe in [id.clone(), mid(999)] {
+        m.send(ClientFrame::Fetch {
+            message_id: probe.clone(),
+        })
+        .await;
+        let fetch = m.expect_error(ErrorCode::NotFound).await;
+        m.send(ClientFrame::Release {
+            message_id: probe.clone(),
+        })
+        .await;
+        let release = m.expect_error(ErrorCode::NotFound).await;
+        messages.push((
+            fetch.replace(probe.as_str(), "ID"),
+            release.replace(probe.as_str(), "ID"),
+        ));
+    }
+    assert_eq!(messages[0], messages[1]);
+    // Nor does the sender get it back.
+    a.send(ClientFrame::Fetch {
+        message_id: id.clone(),
+    })
+    .await;
+    a.expect_error(ErrorCode::NotFound).await;
+
+    // Still there for Bob, and no receipt was made.
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await.len(), 1);
+    assert_eq!(
+        b.fetch(&id).await,
+        (alice.address.clone(), b"for bob only".to_vec())
+    );
+    a.expect_nothing_more(1).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn undelivered_mail_expires_and_the_sender_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(dir.path(), |c| {
+        c.cache_retention = Duration::from_millis(300);
+        c.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut c = Client::registered(relay.addr, &carol).await;
+    let (id1, id2) = (mid(1), mid(2));
+    a.deposit_ok(&bob.address, &id1, b"expires").await;
+    // Carol goes offline: she learns at her next sign-in.
+    c.deposit_ok(&bob.address, &id2, b"expires too").await;
+    c.close().await;
+
+    // Alice is online: the sweep tells her.
+    a.expect_receipt(&bob.address, &id1, ReceiptOutcome::Expired)
+        .await;
+    assert_eq!(cached_count(dir.path()), 0);
+    let mut c = Client::authenticated(relay.addr, &carol).await;
+    c.expect_receipt(&bob.address, &id2, ReceiptOutcome::Expired)
+        .await;
+
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    b.expect_nothing_more(1).await;
+    b.send(ClientFrame::Fetch {
+        message_id: id1.clone(),
+    })
+    .await;
+    b.expect_error(ErrorCode::NotFound).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_quota_refuses_the_deposit_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(dir.path(), |c| c.cache_quota_bytes = 10_000).await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    Client::registered(relay.addr, &carol).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    a.deposit_ok(&bob.address, &mid(1), &sealed_bytes(1, 6000))
+        .await;
+    match a
+        .deposit(&bob.address, &mid(2), &sealed_bytes(2, 6000))
+        .await
+    {
+        ServerFrame::Error {
+            code: ErrorCode::QuotaExceeded,
+            message,
+        } => assert!(
+            message.contains("bob@localhost") && message.contains("full"),
+            "{message}"
+        ),
+        other => panic!("expected quota_exceeded, got {other:?}"),
+    }
+    assert_eq!(cached_count(dir.path()), 1);
+    // Exactly up to the quota is fine; the quota is per recipient.
+    a.deposit_ok(&bob.address, &mid(3), &sealed_bytes(3, 4000))
+        .await;
+    a.deposit_ok(&carol.address, &mid(4), &sealed_bytes(4, 6000))
+        .await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    let ids: BTreeSet<_> = b
+        .expect_waiting()
+        .await
+        .into_iter()
+        .map(|w| w.message_id)
+        .collect();
+    assert_eq!(ids, BTreeSet::from([mid(1), mid(3)]));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_deposit_rate_is_limited_per_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(dir.path(), |c| c.deposit_rate_per_minute = 3).await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    for n in 0..3 {
+        a.deposit_ok(&bob.address, &mid(n), b"x").await;
+    }
+    match a.deposit(&bob.address, &mid(3), b"x").await {
+        ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message,
+        } => assert!(message.contains("per minute"), "{message}"),
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    assert_eq!(cached_count(dir.path()), 3);
+    // Another sender has its own allowance.
+    let mut c = Client::registered(relay.addr, &carol).await;
+    c.deposit_ok(&bob.address, &mid(10), b"x").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn bad_envelopes_and_ids_are_malformed_frames_and_the_connection_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let over = B64.encode(vec![7u8; MAX_SEALED_BYTES + 1]);
+    for (i, sealed) in [
+        "not base64!".to_string(),
+        "AAE".to_string(),
+        String::new(),
+        over,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        a.send(ClientFrame::Deposit {
+            to: bob.address.clone(),
+            message_id: mid(1),
+            sealed,
+        })
+        .await;
+        a.expect_error(ErrorCode::MalformedFrame).await;
+        a.expect_nothing_more(i as u64).await;
+    }
+    a.send_text(
+        r#"{"v":1,"type":"deposit","to":"bob@localhost","message_id":"no id","sealed":"AAEC"}"#,
+    )
+    .await;
+    a.expect_error(ErrorCode::MalformedFrame).await;
+    assert_eq!(cached_count(dir.path()), 0);
+    // The largest envelope is accepted and comes back whole.
+    let largest = sealed_bytes(9, MAX_SEALED_BYTES);
+    a.deposit_ok(&bob.address, &mid(9), &largest).await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await[0].size, MAX_SEALED_BYTES as u64);
+    assert_eq!(b.fetch(&mid(9)).await.1, largest);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_deposit_for_an_unknown_address_or_before_sign_in_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let mut a = Client::registered(relay.addr, &identity("alice", 1)).await;
+    for to in ["ghost@localhost", "bob@elsewhere.example"] {
+        let message = match a.deposit(&addr(to), &mid(1), b"x").await {
+            ServerFrame::Error {
+                code: ErrorCode::UnknownAddress,
+                message,
+            } => message,
+            other => panic!("expected unknown_address, got {other:?}"),
+        };
+        assert!(message.contains(to), "{message}");
+    }
+    let mut anon = Client::connect(relay.addr).await;
+    for frame in [
+        ClientFrame::Deposit {
+            to: addr("alice@localhost"),
+            message_id: mid(1),
+            sealed: "AAEC".into(),
+        },
+        ClientFrame::Fetch { message_id: mid(1) },
+        ClientFrame::Release { message_id: mid(1) },
+        ClientFrame::PublishKey {
+            encryption_key: "ab".repeat(32),
+        },
+        ClientFrame::AckReceipt {
+            to: addr("alice@localhost"),
+            message_id: mid(1),
+        },
+    ] {
+        anon.send(frame).await;
+        anon.expect_error(ErrorCode::NotAuthenticated).await;
+    }
+    assert_eq!(cached_count(dir.path()), 0);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn cached_mail_and_receipts_persist_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    let relay = TestRelay::start(dir.path()).await;
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    a.deposit_ok(&bob.address, &mid(1), b"kept").await;
+    a.deposit_ok(&bob.address, &mid(2), b"released").await;
+    a.close().await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await.len(), 2);
+    b.release(&mid(2)).await;
+    b.close().await;
+    relay.stop().await;
+
+    let relay = TestRelay::start(dir.path()).await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    let items = b.expect_waiting().await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].message_id, mid(1));
+    assert_eq!(b.fetch(&mid(1)).await.1, b"kept");
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.expect_receipt(&bob.address, &mid(2), ReceiptOutcome::Delivered)
+        .await;
+    relay.stop().await;
+}
+
+/// The real `relay` binary on a free port; killed (SIGKILL) when dropped.
+struct RelayProcess {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl RelayProcess {
+    async fn start(data_dir: &Path) -> RelayProcess {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--web-root")
+            .arg(data_dir.join("no-web-root"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the relay binary");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(a) = line.strip_prefix("relay listening on http://") {
+                    return a.parse().unwrap();
+                }
+            }
+            panic!("the relay exited before listening");
+        })
+        .await
+        .expect("the relay listens in time");
+        RelayProcess { child, addr }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    async fn kill(mut self) {
+        self.child.kill().await.expect("kill the relay");
+    }
+}
+
+#[tokio::test]
+async fn no_acknowledged_deposit_is_lost_when_the_relay_is_killed() {
+    const TOTAL: u32 = 200;
+    const KILL_AFTER: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    let relay = RelayProcess::start(dir.path()).await;
+    Client::registered(relay.addr, &bob).await.close().await;
+    let a = Client::registered(relay.addr, &alice).await;
+
+    // Alice streams every deposit without waiting, while reading acknowledgements; the
+    // relay is killed mid-stream.
+    let (mut sink, mut stream) = a.ws.split();
+    let to = bob.address.clone();
+    let writer = tokio::spawn(async move {
+        for n in 0..TOTAL {
+            let frame = ClientFrame::Deposit {
+                to: to.clone(),
+                message_id: mid(n),
+                sealed: B64.encode(sealed_bytes(n, 1024)),
+            };
+            if sink.send(Message::text(frame.encode())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (kill_now, kill_signal) = oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        let mut kill_now = Some(kill_now);
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(WAIT, stream.next()).await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            match parse_server_frame(text.as_str()).expect("server frame") {
+                ServerFrame::Deposited { message_id, .. } => acknowledged.push(message_id),
+                other => panic!("unexpected {other:?}"),
+            }
+            if acknowledged.len() == KILL_AFTER {
+                if let Some(k) = kill_now.take() {
+                    let _ = k.send(());
+                }
+            }
+        }
+        acknowledged
+    });
+    kill_signal.await.expect("enough deposits acknowledged");
+    relay.kill().await;
+    let acknowledged = reader.await.unwrap();
+    writer.abort();
+    assert!(acknowledged.len() >= KILL_AFTER);
+    eprintln!(
+        "{} of {TOTAL} deposits acknowledged before SIGKILL",
+        acknowledged.len()
+    );
+
+    // Restarted on the same data directory, every acknowledged envelope is there, whole.
+    let relay = RelayProcess::start(dir.path()).await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    // The waiting list may take several frames; the pong marks its end.
+    b.send(ClientFrame::Ping { nonce: 1 }).await;
+    let mut listed = BTreeSet::new();
+    loop {
+        match b.recv().await {
+            ServerFrame::Waiting { items } => {
+                listed.extend(items.into_iter().map(|w| w.message_id));
+            }
+            ServerFrame::Pong { nonce: 1 } => break,
+            other => panic!("expected waiting mail, got {other:?}"),
+        }
+    }
+    for id in &acknowledged {
+        assert!(
+            listed.contains(id),
+            "{id} was acknowledged but is not listed"
+        );
+        let n = (0..TOTAL).find(|n| &mid(*n) == id).unwrap();
+        assert_eq!(
+            b.fetch(id).await,
+            (alice.address.clone(), sealed_bytes(n, 1024))
+        );
+    }
+    relay.kill().await;
+}

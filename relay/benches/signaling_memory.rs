@@ -9,17 +9,16 @@
 //! `cargo bench -p peermail-relay --bench signaling_memory` (needs `ulimit -n` above 2 × N;
 //! N = PEERMAIL_BENCH_CONNECTIONS, default 5000).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use peermail_core::identity::{register_message, Identity};
-use peermail_core::wire::signal::{parse_server_frame, ClientFrame, ServerFrame};
-use peermail_core::Address;
 use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+use common::{relay_session, spawn_and_wait, Ws};
 
 const GOAL_KIB: f64 = 16.0;
 
@@ -30,29 +29,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-/// Spawns `cmd` and waits for a stdout line containing `http://ADDR` or `ws://ADDR`.
-fn spawn_and_wait(mut cmd: Command) -> (Child, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn server");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(i) = line.find("://") {
-            let addr = line[i + 3..].trim().trim_end_matches('/').to_string();
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, addr);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("server did not report its address");
 }
 
 async fn echo_server() {
@@ -70,42 +46,6 @@ async fn echo_server() {
             }
         });
     }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn relay_session(addr: String, i: usize, domain: String) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .expect("connect");
-    let nonce = match ws.next().await {
-        Some(Ok(Message::Text(t))) => match parse_server_frame(&t) {
-            Ok(ServerFrame::Challenge { nonce, .. }) => nonce,
-            other => panic!("expected challenge, got {other:?}"),
-        },
-        other => panic!("expected challenge, got {other:?}"),
-    };
-    let name = format!("bench{i}");
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    let id = Identity::from_seed(Address::new(&name, &domain).unwrap(), seed);
-    let public_key = id.public_key();
-    let signature = id.sign(&register_message(&nonce, &name, &public_key));
-    let frame = ClientFrame::Register {
-        name,
-        public_key,
-        signature,
-    };
-    ws.send(Message::text(frame.encode())).await.unwrap();
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) => match parse_server_frame(&t) {
-            Ok(ServerFrame::Registered { .. }) => {}
-            other => panic!("expected registered, got {other:?}"),
-        },
-        other => panic!("expected registered, got {other:?}"),
-    }
-    ws
 }
 
 async fn echo_session(addr: String) -> Ws {
@@ -193,8 +133,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
-    let relay_bin = std::env::var("PEERMAIL_RELAY_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_relay").to_string());
+    let relay_bin = common::relay_bin();
     let data = tempfile::tempdir().unwrap();
     let domain = "bench.test".to_string();
 
@@ -238,12 +177,7 @@ async fn main() {
         "goal_per_connection_kib": GOAL_KIB,
         "meets_goal": relay_per <= GOAL_KIB,
     });
-    let dir = std::env::var_os("PEERMAIL_BENCH_OUT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
-        });
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::out_dir();
     std::fs::write(
         dir.join("signaling_memory.json"),
         serde_json::to_string_pretty(&report).unwrap(),

@@ -41,7 +41,8 @@ commands:
   e2e [ARGS]     only the end-to-end browser tests (builds missing artefacts first);
                  ARGS go to the e2e test binary (scenario name filters)
   bench          benchmarks with same-run baselines (relay memory per idle connection,
-                 browser-to-browser delivery latency); JSON reports in target/bench/
+                 relay cache throughput beside Redis, browser-to-browser delivery latency);
+                 JSON reports in target/bench/
 ";
 
 fn main() -> ExitCode {
@@ -438,6 +439,23 @@ fn bench(ws: &Workspace) -> Result<()> {
         .env("PEERMAIL_RELAY_BIN", &relay)
         .env("PEERMAIL_BENCH_OUT", &out))?;
 
+    step("bench: relay cache store-and-forward throughput beside Redis (50 clients, 1 KiB)");
+    if which("redis-server").is_none() || which("redis-benchmark").is_none() {
+        say("redis-server: installing (the baseline of the cache benchmark)");
+        run(sudo("apt-get").arg("update"))?;
+        run(sudo("apt-get").args(["install", "-y", "redis-server"]))?;
+    }
+    run(cargo(ws)
+        .args([
+            "bench",
+            "-p",
+            "peermail-relay",
+            "--bench",
+            "cache_throughput",
+        ])
+        .env("PEERMAIL_RELAY_BIN", &relay)
+        .env("PEERMAIL_BENCH_OUT", &out))?;
+
     step("bench: Send-to-delivered latency between two browsers (private network namespace)");
     let e2e_out = ws.target.join("e2e-bench");
     std::fs::create_dir_all(&e2e_out)?;
@@ -451,7 +469,11 @@ fn bench(ws: &Workspace) -> Result<()> {
         .env("CHROMIUM", CHROMIUM))?;
 
     step(&format!("bench: reports in {}", out.display()));
-    for name in ["signaling_memory.json", "delivery_latency.json"] {
+    for name in [
+        "signaling_memory.json",
+        "cache_throughput.json",
+        "delivery_latency.json",
+    ] {
         say(&format!("  {}", out.join(name).display()));
     }
     Ok(())

@@ -1,0 +1,261 @@
+//! Benchmark: the relay cache's store-and-forward throughput, beside Redis.
+//!
+//! `PEERMAIL_BENCH_CLIENTS` (default 50) authenticated clients, concurrently, each move
+//! `PEERMAIL_BENCH_ENVELOPES` (default 200) sealed-size envelopes of 1 KiB through the real
+//! relay's cache with its normal durability (SQLite WAL, acknowledged after commit):
+//! `deposit` → `deposited`, `fetch` → `cached`, `release` → `released` (and the sender's
+//! receipt acknowledged). One envelope = one full store-and-forward.
+//!
+//! Baseline in the same run: `redis-benchmark -c 50 -d 1024 -t lpush,rpop` against a local
+//! `redis-server --appendonly yes --appendfsync everysec`. Its envelope rate is one LPUSH
+//! plus one RPOP: 1 / (1/lpush_rps + 1/rpop_rps). The relay's per-sender rate limit is a
+//! policy, not a cost, so it is lifted for the run. Writes `target/bench/cache_throughput.json`.
+//!
+//! `cargo bench -p peermail-relay --bench cache_throughput` (needs redis-server and
+//! redis-benchmark on PATH; `cargo xtask bench` installs them).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use peermail_core::wire::signal::{parse_server_frame, ClientFrame, ServerFrame};
+use peermail_core::{Address, MessageId};
+use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+use common::{register, spawn_and_wait, Ws};
+
+const GOAL_RATIO: f64 = 0.5;
+
+fn env_or(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn send(ws: &mut Ws, frame: ClientFrame) {
+    ws.send(Message::text(frame.encode()))
+        .await
+        .expect("send frame");
+}
+
+/// Reads frames until `want` accepts one; other frames (waiting notices, receipts) pass by.
+async fn until<T>(ws: &mut Ws, what: &str, mut want: impl FnMut(ServerFrame) -> Option<T>) -> T {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => match parse_server_frame(&t) {
+                Ok(ServerFrame::Error { code, message, .. }) => {
+                    panic!("{what}: relay error {code:?}: {message}")
+                }
+                Ok(f) => {
+                    if let Some(v) = want(f) {
+                        return v;
+                    }
+                }
+                Err(e) => panic!("{what}: unreadable frame: {e}"),
+            },
+            Some(Ok(_)) => {}
+            other => panic!("{what}: connection ended: {other:?}"),
+        }
+    }
+}
+
+/// One client: deposits an envelope for itself, fetches it, releases it; `n` times.
+async fn client(mut ws: Ws, me: Address, i: usize, n: usize) {
+    let sealed = base64::engine::general_purpose::STANDARD.encode(vec![(i % 251) as u8; 1024]);
+    for k in 0..n {
+        let message_id = MessageId::parse(&format!("<b{i}-{k}@bench.test>")).expect("message id");
+        send(
+            &mut ws,
+            ClientFrame::Deposit {
+                to: me.clone(),
+                message_id: message_id.clone(),
+                sealed: sealed.clone(),
+            },
+        )
+        .await;
+        until(&mut ws, "deposit", |f| {
+            matches!(&f, ServerFrame::Deposited { message_id: m, .. } if *m == message_id)
+                .then_some(())
+        })
+        .await;
+        send(
+            &mut ws,
+            ClientFrame::Fetch {
+                message_id: message_id.clone(),
+            },
+        )
+        .await;
+        let got = until(&mut ws, "fetch", |f| match f {
+            ServerFrame::Cached {
+                message_id: m,
+                sealed,
+                ..
+            } if m == message_id => Some(sealed),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            got.len(),
+            sealed.len(),
+            "fetched envelope has the deposited size"
+        );
+        send(
+            &mut ws,
+            ClientFrame::Release {
+                message_id: message_id.clone(),
+            },
+        )
+        .await;
+        until(&mut ws, "release", |f| {
+            matches!(&f, ServerFrame::Released { message_id: m } if *m == message_id).then_some(())
+        })
+        .await;
+        send(
+            &mut ws,
+            ClientFrame::AckReceipt {
+                to: me.clone(),
+                message_id,
+            },
+        )
+        .await;
+    }
+}
+
+async fn relay_rate(clients: usize, per_client: usize) -> (f64, f64) {
+    let data = tempfile::tempdir().unwrap();
+    let domain = "bench.test";
+    let mut cmd = Command::new(common::relay_bin());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--domain",
+        domain,
+        "--web-root",
+        "/nonexistent",
+    ])
+    .args(["--deposit-rate-per-minute", "1000000000"])
+    .arg("--data-dir")
+    .arg(data.path())
+    .env("RUST_LOG", "warn");
+    let (mut relay, addr) = spawn_and_wait(cmd);
+    let mut sessions = Vec::new();
+    for i in 0..clients {
+        let name = format!("c{i}");
+        let ws = register(addr.clone(), &name, i as u64, domain).await;
+        sessions.push((ws, Address::new(&name, domain).unwrap()));
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, (ws, me))| tokio::spawn(client(ws, me, i, per_client)))
+        .collect();
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = relay.kill();
+    let _ = relay.wait();
+    ((clients * per_client) as f64 / secs, secs)
+}
+
+fn redis_rates(clients: usize, requests: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--appendonly",
+            "yes",
+        ])
+        .args([
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (install it: apt-get install redis-server)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-c",
+            &clients.to_string(),
+        ])
+        .args([
+            "-n",
+            &requests.to_string(),
+            "-d",
+            "1024",
+            "-t",
+            "lpush,rpop",
+            "--csv",
+        ])
+        .output()
+        .expect("run redis-benchmark");
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = |test: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("\"{test}\"")))
+            .and_then(|l| l.split(',').nth(1))
+            .and_then(|v| v.trim_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("no {test} figure in redis-benchmark output:\n{text}"))
+    };
+    (rate("LPUSH"), rate("RPOP"))
+}
+
+#[tokio::main]
+async fn main() {
+    let clients = env_or("PEERMAIL_BENCH_CLIENTS", 50);
+    let per_client = env_or("PEERMAIL_BENCH_ENVELOPES", 200);
+    let (relay, secs) = relay_rate(clients, per_client).await;
+    let (lpush, rpop) = redis_rates(clients, clients * per_client);
+    let redis = 1.0 / (1.0 / lpush + 1.0 / rpop);
+    let ratio = relay / redis;
+    let report = serde_json::json!({
+        "benchmark": "cache_throughput",
+        "clients": clients,
+        "envelope_bytes": 1024,
+        "envelopes": clients * per_client,
+        "relay": { "envelopes_per_sec": relay, "seconds": secs,
+                   "durability": "SQLite WAL, synchronous=NORMAL, deposit acknowledged after commit" },
+        "baseline_redis": { "lpush_per_sec": lpush, "rpop_per_sec": rpop, "envelopes_per_sec": redis,
+                            "durability": "appendonly yes, appendfsync everysec" },
+        "ratio_relay_to_redis": ratio,
+        "goal_ratio": GOAL_RATIO,
+        "meets_goal": ratio >= GOAL_RATIO,
+    });
+    std::fs::write(
+        common::out_dir().join("cache_throughput.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    println!(
+        "cache throughput: relay {relay:.0} envelopes/s (deposit+fetch+release, {clients} clients), \
+         redis {redis:.0} envelopes/s (LPUSH {lpush:.0}/s + RPOP {rpop:.0}/s); ratio {ratio:.2} (goal ≥ {GOAL_RATIO})"
+    );
+}

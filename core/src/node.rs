@@ -16,17 +16,49 @@
 //! connection with [`Output::Connect`] and is told of it by `PeerConnected` /
 //! `PeerDisconnected`. A driver reports `PeerDisconnected` also when a connection attempt
 //! fails, so every `Connect` is answered.
+//!
+//! # Routing per recipient
+//!
+//! - Online (or a data channel is open): directly over the data channel, acknowledged by the
+//!   recipient's node after it stored the mail.
+//! - Offline (the account exists): the relay cache. The node looks up the recipient's keys
+//!   (once per signaling session; stored as [`KnownKeys`] so a changed key raises
+//!   [`Event::KeyChanged`] — trust on first use), [`seal`](crate::seal::seal)s the mail for
+//!   the recipient with fresh randomness from its ChaCha20 RNG and sends
+//!   `Deposit`: `Waiting` → `Depositing` → (`Deposited`) `CachedAtRelay`. The mail stays in
+//!   the Outbox until the relay's `Receipt` (delivered → `Delivered`, expired → `Failed`),
+//!   acknowledged with `AckReceipt` once the new state is stored. While cached, the node
+//!   does not also deliver directly: the recipient pulls it from the relay. A recipient
+//!   without a published encryption key waits for direct delivery.
+//! - A refused deposit (quota, rate limit, relay failure) leaves the recipient `Waiting`
+//!   with the relay's reason ([`Node::refusal`]) and is retried after
+//!   [`Config::deposit_retry`]; `unknown_address` / `conflict` fail it. Errors are matched to
+//!   the deposit by the error frame's `about`.
+//! - Receiving: on `Waiting` the node fetches what it does not hold yet (and releases what
+//!   it holds); a `Cached` envelope is opened with the claimed sender's freshly looked-up
+//!   signing key, stored, and released only after the store completed. An envelope that
+//!   fails verification is neither stored nor released ([`Event::Rejected`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use base64::Engine as _;
+use chacha20::ChaCha20Rng;
+use hpke::rand_core::{Rng as _, SeedableRng};
+
 use crate::address::Address;
-use crate::identity::{auth_message, Identity};
+use crate::identity::{auth_message, EncryptionKey, Identity, PublicKey};
 use crate::mail::{Draft, Mail, MessageId, Millis};
+use crate::seal;
 use crate::store::{
-    DeliveryState, InboxRecord, OutgoingMail, RecipientStatus, Snapshot, StoreWrite,
+    DeliveryState, InboxRecord, KnownKeys, OutgoingMail, RecipientStatus, Snapshot, StoreWrite,
 };
 use crate::wire::peer::{PeerFrame, MAX_PEER_FRAME};
-use crate::wire::signal::{ClientFrame, ErrorCode, PresenceStatus, ServerFrame};
+use crate::wire::signal::{
+    ClientFrame, ErrorAbout, ErrorCode, MailLocation, PresenceStatus, ReceiptOutcome, ServerFrame,
+    WaitingMail,
+};
+
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Timing policy. All durations in milliseconds.
 #[derive(Debug, Clone)]
@@ -37,6 +69,9 @@ pub struct Config {
     pub connect_timeout: Millis,
     /// Wait this long before reconnecting to an online peer after a connection dropped.
     pub reconnect_backoff: Millis,
+    /// After the relay cache refused a deposit (full, rate limit, failure), try again after
+    /// this time.
+    pub deposit_retry: Millis,
 }
 
 impl Default for Config {
@@ -45,6 +80,7 @@ impl Default for Config {
             ack_timeout: 10_000,
             connect_timeout: 30_000,
             reconnect_backoff: 3_000,
+            deposit_retry: 60_000,
         }
     }
 }
@@ -142,6 +178,18 @@ pub enum Event {
     StoreFailed {
         reason: String,
     },
+    /// The relay's directory now shows different keys for `address` than this node saw
+    /// before. The new keys are used (trust on first use, with this warning).
+    KeyChanged {
+        address: Address,
+    },
+    /// A cached mail claiming to be from `from` failed verification (signature, decryption
+    /// or consistency): it was neither stored nor released; `reason` is for people.
+    Rejected {
+        from: Address,
+        message_id: MessageId,
+        reason: String,
+    },
 }
 
 /// A received mail waiting for its `Store` to complete before it is acknowledged.
@@ -150,6 +198,15 @@ struct PendingInbox {
     record: InboxRecord,
     /// Peers to acknowledge once stored (a retry may arrive while the first store runs).
     ack_to: BTreeSet<Address>,
+    /// Also release the relay cache's copy once stored.
+    release: bool,
+}
+
+/// A deposit the relay cache refused for now.
+#[derive(Debug, Clone)]
+struct Refusal {
+    message: String,
+    retry_at: Millis,
 }
 
 /// Per-peer connection bookkeeping.
@@ -179,16 +236,46 @@ pub struct Node {
     pending_inbox: HashMap<OpId, PendingInbox>,
     next_op: OpId,
     outputs: VecDeque<Output>,
+    /// Fresh randomness for sealing (seeded by the driver from a CSPRNG).
+    rng: ChaCha20Rng,
+    /// Keys of other accounts: loaded from the store, refreshed by lookups.
+    keys: HashMap<Address, KnownKeys>,
+    /// Addresses whose keys were looked up in this signaling session.
+    keys_fresh: BTreeSet<Address>,
+    /// Lookups sent and not answered yet.
+    lookups: BTreeSet<Address>,
+    /// Deposits the relay refused, per (mail, recipient), until retried.
+    refusals: HashMap<(MessageId, Address), Refusal>,
+    /// Fetches sent and not answered yet.
+    fetching: BTreeSet<MessageId>,
+    /// Cached envelopes waiting for their sender's keys: id → (claimed sender, bytes).
+    unopened: BTreeMap<MessageId, (Address, Vec<u8>)>,
+    /// Fetches or releases the relay failed: retried at the time given.
+    cache_retry: BTreeMap<MessageId, Millis>,
+    /// Receipts to acknowledge once the delivery state they caused is stored.
+    receipt_acks: HashMap<OpId, (Address, MessageId)>,
 }
 
 impl Node {
     /// A node for `identity`, starting from what its store held.
-    pub fn new(identity: Identity, config: Config, snapshot: Snapshot, now: Millis) -> Self {
+    ///
+    /// `rng_seed` must be fresh CSPRNG output (the driver reads it); the node draws the
+    /// randomness of every sealed envelope from it.
+    pub fn new(
+        identity: Identity,
+        config: Config,
+        snapshot: Snapshot,
+        now: Millis,
+        rng_seed: [u8; 32],
+    ) -> Self {
         let mut outgoing = BTreeMap::new();
         for mut o in snapshot.outgoing {
-            // Nothing is in flight after a restart.
+            // Nothing is in flight after a restart (a deposit is idempotent: redone).
             for r in &mut o.recipients {
-                if matches!(r.state, DeliveryState::Sending { .. }) {
+                if matches!(
+                    r.state,
+                    DeliveryState::Sending { .. } | DeliveryState::Depositing { .. }
+                ) {
                     r.state = DeliveryState::Waiting;
                 }
             }
@@ -212,6 +299,19 @@ impl Node {
             pending_inbox: HashMap::new(),
             next_op: 1,
             outputs: VecDeque::new(),
+            rng: ChaCha20Rng::from_seed(rng_seed),
+            keys: snapshot
+                .keys
+                .into_iter()
+                .map(|k| (k.address.clone(), k))
+                .collect(),
+            keys_fresh: BTreeSet::new(),
+            lookups: BTreeSet::new(),
+            refusals: HashMap::new(),
+            fetching: BTreeSet::new(),
+            unopened: BTreeMap::new(),
+            receipt_acks: HashMap::new(),
+            cache_retry: BTreeMap::new(),
         }
     }
 
@@ -248,6 +348,16 @@ impl Node {
     pub fn is_authenticated(&self) -> bool {
         self.authenticated
     }
+    /// Why the relay cache refused the mail `id` for `to` last time, while it waits to retry.
+    pub fn refusal(&self, id: &MessageId, to: &Address) -> Option<&str> {
+        self.refusals
+            .get(&(id.clone(), to.clone()))
+            .map(|r| r.message.as_str())
+    }
+    /// The keys this node knows for `address`.
+    pub fn known_keys(&self, address: &Address) -> Option<&KnownKeys> {
+        self.keys.get(address)
+    }
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -262,6 +372,14 @@ impl Node {
                 if let DeliveryState::Sending { since, .. } = r.state {
                     consider(since + self.config.ack_timeout);
                 }
+            }
+        }
+        if self.authenticated {
+            for r in self.refusals.values().filter(|r| r.retry_at != Millis::MAX) {
+                consider(r.retry_at.max(self.now));
+            }
+            for t in self.cache_retry.values() {
+                consider((*t).max(self.now));
             }
         }
         for (addr, link) in &self.links {
@@ -282,15 +400,8 @@ impl Node {
         self.now = self.now.max(now);
         match input {
             Input::Command(c) => self.handle_command(c),
-            Input::SignalingConnected => {
-                self.authenticated = false;
-                self.subscribed.clear();
-            }
-            Input::SignalingDisconnected => {
-                self.authenticated = false;
-                self.subscribed.clear();
-                self.presence.clear();
-            }
+            Input::SignalingConnected => self.signaling_reset(false),
+            Input::SignalingDisconnected => self.signaling_reset(true),
             Input::Server(frame) => self.handle_server(frame),
             Input::PeerConnected(peer) => {
                 let link = self.links.entry(peer.clone()).or_default();
@@ -308,6 +419,32 @@ impl Node {
             Input::Frame { peer, bytes } => self.handle_frame(peer, &bytes),
             Input::Stored { op, result } => self.handle_stored(op, result),
             Input::Tick => self.handle_tick(),
+        }
+    }
+
+    /// A new signaling session: requests of the old one are unanswered and redone.
+    fn signaling_reset(&mut self, clear_presence: bool) {
+        self.authenticated = false;
+        self.subscribed.clear();
+        if clear_presence {
+            self.presence.clear();
+        }
+        self.keys_fresh.clear();
+        self.lookups.clear();
+        self.fetching.clear();
+        self.unopened.clear();
+        let mut changed = Vec::new();
+        for o in self.outgoing.values_mut() {
+            for r in &mut o.recipients {
+                if matches!(r.state, DeliveryState::Depositing { .. }) {
+                    r.state = DeliveryState::Waiting;
+                    changed.push(o.mail.message_id.clone());
+                }
+            }
+        }
+        changed.dedup();
+        for id in changed {
+            self.persist_outgoing(&id);
         }
     }
 
@@ -462,6 +599,8 @@ impl Node {
             ServerFrame::Authenticated { .. } | ServerFrame::Registered { .. } => {
                 self.authenticated = true;
                 self.event(Event::Authenticated);
+                let encryption_key = self.identity.encryption_public_key().as_str().to_string();
+                self.emit(Output::ToServer(ClientFrame::PublishKey { encryption_key }));
                 let all = self.interesting();
                 self.subscribe(all);
             }
@@ -474,19 +613,369 @@ impl Node {
                 self.apply_presence_to(&address);
                 self.try_deliver(&address);
             }
-            ServerFrame::Error { code, message } => {
-                self.event(Event::ServerError { code, message })
+            ServerFrame::Error {
+                code,
+                message,
+                about,
+            } => self.handle_error(code, message, about),
+            ServerFrame::Keys {
+                address,
+                signing_key,
+                encryption_key,
+            } => self.handle_keys(address, signing_key, encryption_key),
+            ServerFrame::Deposited { to, message_id } => {
+                let at = self.now;
+                self.refusals.remove(&(message_id.clone(), to.clone()));
+                self.set_state_if(&message_id, &to, DeliveryState::CachedAtRelay { at }, |s| {
+                    matches!(s, DeliveryState::Waiting | DeliveryState::Depositing { .. })
+                });
             }
-            // The relay cache is not used by the node yet.
+            ServerFrame::Receipt {
+                to,
+                message_id,
+                outcome,
+            } => self.handle_receipt(to, message_id, outcome),
+            ServerFrame::Waiting { items } => self.handle_waiting(items),
+            ServerFrame::Cached {
+                message_id,
+                from,
+                sealed,
+            } => self.handle_cached(message_id, from, sealed),
             ServerFrame::Signal { .. }
             | ServerFrame::Pong { .. }
             | ServerFrame::KeyPublished
-            | ServerFrame::Keys { .. }
-            | ServerFrame::Deposited { .. }
-            | ServerFrame::Waiting { .. }
-            | ServerFrame::Cached { .. }
-            | ServerFrame::Released { .. }
-            | ServerFrame::Receipt { .. } => {}
+            | ServerFrame::Released { .. } => {}
+        }
+    }
+
+    /// Sets the state of `to`'s copy of mail `id` when `cond` holds for the current one.
+    fn set_state_if(
+        &mut self,
+        id: &MessageId,
+        to: &Address,
+        state: DeliveryState,
+        cond: impl Fn(&DeliveryState) -> bool,
+    ) -> Option<OpId> {
+        let o = self.outgoing.get_mut(id)?;
+        let r = o.recipients.iter_mut().find(|r| &r.address == to)?;
+        if r.state.is_final() || !cond(&r.state) {
+            return None;
+        }
+        r.state = state;
+        let o = o.clone();
+        let op = self.store(StoreWrite::PutOutgoing(o));
+        self.event(Event::OutgoingChanged(id.clone()));
+        Some(op)
+    }
+
+    fn handle_error(&mut self, code: ErrorCode, message: String, about: Option<ErrorAbout>) {
+        let about = about.unwrap_or_default();
+        match (about.to, about.message_id) {
+            // A deposit of `id` for `to`.
+            (Some(to), Some(id)) => {
+                let now = self.now;
+                match code {
+                    ErrorCode::UnknownAddress | ErrorCode::Conflict | ErrorCode::MalformedFrame => {
+                        self.refusals.remove(&(id.clone(), to.clone()));
+                        let reason = if code == ErrorCode::UnknownAddress {
+                            format!("no such address: {to}")
+                        } else {
+                            format!("the relay refused it: {message}")
+                        };
+                        self.set_state_if(
+                            &id,
+                            &to,
+                            DeliveryState::Failed { at: now, reason },
+                            |_| true,
+                        );
+                    }
+                    // Full, rate-limited, failing: nothing lost, the mail waits and is retried.
+                    _ => {
+                        self.refusals.insert(
+                            (id.clone(), to.clone()),
+                            Refusal {
+                                message,
+                                retry_at: now + self.config.deposit_retry,
+                            },
+                        );
+                        let changed = self.set_state_if(&id, &to, DeliveryState::Waiting, |s| {
+                            matches!(s, DeliveryState::Depositing { .. })
+                        });
+                        if changed.is_none() {
+                            self.event(Event::OutgoingChanged(id));
+                        }
+                    }
+                }
+            }
+            // A lookup of `to`.
+            (Some(to), None) => {
+                self.lookups.remove(&to);
+                let parked: Vec<MessageId> = self
+                    .unopened
+                    .iter()
+                    .filter(|(_, (from, _))| from == &to)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in parked {
+                    self.unopened.remove(&id);
+                    self.event(Event::Rejected {
+                        from: to.clone(),
+                        message_id: id,
+                        reason: format!("the keys of {to} could not be looked up: {message}"),
+                    });
+                }
+            }
+            // A fetch or release of `id`: the relay no longer has it, or failed; the next
+            // sign-in lists it again if it still waits.
+            (None, Some(id)) => {
+                self.fetching.remove(&id);
+                if code != ErrorCode::NotFound {
+                    self.cache_retry
+                        .insert(id, self.now + self.config.deposit_retry);
+                }
+            }
+            (None, None) => self.event(Event::ServerError { code, message }),
+        }
+    }
+
+    fn handle_keys(
+        &mut self,
+        address: Address,
+        signing_key: PublicKey,
+        encryption_key: Option<String>,
+    ) {
+        self.lookups.remove(&address);
+        // An unusable key is treated as none published: direct delivery only.
+        let encryption_key = encryption_key.and_then(|k| EncryptionKey::parse(&k).ok());
+        let new = KnownKeys {
+            address: address.clone(),
+            signing_key,
+            encryption_key,
+        };
+        let old = self.keys.get(&address);
+        if old != Some(&new) {
+            let changed = old.is_some_and(|old| {
+                old.signing_key != new.signing_key
+                    || matches!((&old.encryption_key, &new.encryption_key), (Some(a), Some(b)) if a != b)
+            });
+            if changed {
+                self.event(Event::KeyChanged {
+                    address: address.clone(),
+                });
+            }
+            self.keys.insert(address.clone(), new.clone());
+            self.store(StoreWrite::PutKeys(new));
+        }
+        self.keys_fresh.insert(address.clone());
+        // Continue what waited for these keys.
+        let parked: Vec<MessageId> = self
+            .unopened
+            .iter()
+            .filter(|(_, (from, _))| from == &address)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in parked {
+            if let Some((from, bytes)) = self.unopened.remove(&id) {
+                self.open_cached(id, from, bytes);
+            }
+        }
+        self.try_deliver(&address);
+    }
+
+    /// The keys of `address` if looked up in this session; else asks the relay (once).
+    fn fresh_keys(&mut self, address: &Address) -> Option<KnownKeys> {
+        if self.keys_fresh.contains(address) {
+            return self.keys.get(address).cloned();
+        }
+        if self.authenticated && self.lookups.insert(address.clone()) {
+            self.emit(Output::ToServer(ClientFrame::Lookup {
+                address: address.clone(),
+            }));
+        }
+        None
+    }
+
+    fn handle_receipt(&mut self, to: Address, message_id: MessageId, outcome: ReceiptOutcome) {
+        let now = self.now;
+        let state = match outcome {
+            ReceiptOutcome::Delivered => DeliveryState::Delivered { at: now },
+            ReceiptOutcome::Expired => {
+                let since = self
+                    .outgoing
+                    .get(&message_id)
+                    .and_then(|o| o.recipients.iter().find(|r| r.address == to))
+                    .and_then(|r| match r.state {
+                        DeliveryState::CachedAtRelay { at } => Some(at),
+                        _ => None,
+                    });
+                let reason = match since {
+                    Some(at) => format!(
+                        "expired in the relay cache after {} days without being fetched",
+                        now.saturating_sub(at) / 86_400_000
+                    ),
+                    None => "expired in the relay cache without being fetched".to_string(),
+                };
+                DeliveryState::Failed { at: now, reason }
+            }
+        };
+        self.refusals.remove(&(message_id.clone(), to.clone()));
+        match self.set_state_if(&message_id, &to, state, |_| true) {
+            // Acknowledged once the new state is durable.
+            Some(op) => {
+                self.receipt_acks.insert(op, (to, message_id));
+            }
+            None => self.emit(Output::ToServer(ClientFrame::AckReceipt { to, message_id })),
+        }
+    }
+
+    fn handle_waiting(&mut self, items: Vec<WaitingMail>) {
+        for item in items {
+            match item.location {
+                MailLocation::Relay => {}
+            }
+            let id = item.message_id;
+            if self.inbox.contains_key(&id) {
+                self.emit(Output::ToServer(ClientFrame::Release { message_id: id }));
+                continue;
+            }
+            let busy = self.fetching.contains(&id)
+                || self.unopened.contains_key(&id)
+                || self
+                    .pending_inbox
+                    .values()
+                    .any(|p| p.record.mail.message_id == id);
+            if !busy {
+                self.fetching.insert(id.clone());
+                self.emit(Output::ToServer(ClientFrame::Fetch { message_id: id }));
+            }
+        }
+    }
+
+    fn handle_cached(&mut self, message_id: MessageId, from: Address, sealed: String) {
+        self.fetching.remove(&message_id);
+        if self.inbox.contains_key(&message_id) {
+            return self.emit(Output::ToServer(ClientFrame::Release { message_id }));
+        }
+        if let Some(p) = self
+            .pending_inbox
+            .values_mut()
+            .find(|p| p.record.mail.message_id == message_id)
+        {
+            p.release = true;
+            return;
+        }
+        let bytes = match BASE64.decode(sealed.as_bytes()) {
+            Ok(b) => b,
+            Err(_) => {
+                return self.event(Event::Rejected {
+                    from,
+                    message_id,
+                    reason: "the cached envelope is not valid base64".into(),
+                })
+            }
+        };
+        if self.fresh_keys(&from).is_some() {
+            self.open_cached(message_id, from, bytes);
+        } else {
+            self.unopened.insert(message_id, (from, bytes));
+        }
+    }
+
+    /// Verifies and decrypts a cached envelope whose sender's keys are fresh; stores it and
+    /// releases the relay's copy once stored, or rejects it visibly.
+    fn open_cached(&mut self, message_id: MessageId, from: Address, bytes: Vec<u8>) {
+        let Some(keys) = self.keys.get(&from).cloned() else {
+            return;
+        };
+        let reject = |reason: String| Event::Rejected {
+            from: from.clone(),
+            message_id: message_id.clone(),
+            reason,
+        };
+        let mail = match seal::open(&bytes, &self.identity, &keys.signing_key) {
+            Ok(m) => m,
+            Err(e) => return self.event(reject(e.to_string())),
+        };
+        if mail.from != from || mail.message_id != message_id {
+            return self.event(reject("the sealed mail does not match its envelope".into()));
+        }
+        if self.inbox.contains_key(&message_id) {
+            return self.emit(Output::ToServer(ClientFrame::Release { message_id }));
+        }
+        let record = InboxRecord {
+            mail,
+            received_at: self.now,
+            read: false,
+        };
+        let op = self.store(StoreWrite::PutInbox(record.clone()));
+        self.pending_inbox.insert(
+            op,
+            PendingInbox {
+                record,
+                ack_to: BTreeSet::new(),
+                release: true,
+            },
+        );
+    }
+
+    /// Seals and deposits every waiting copy for the offline `peer` at the relay cache, once
+    /// its keys are known. Without a published encryption key the mail waits for direct
+    /// delivery.
+    fn deposit_for(&mut self, peer: &Address) {
+        let now = self.now;
+        let due: Vec<MessageId> = self
+            .outgoing
+            .values()
+            .filter(|o| {
+                o.recipients
+                    .iter()
+                    .any(|r| &r.address == peer && r.state == DeliveryState::Waiting)
+            })
+            .map(|o| o.mail.message_id.clone())
+            .filter(|id| {
+                self.refusals
+                    .get(&(id.clone(), peer.clone()))
+                    .is_none_or(|r| r.retry_at <= now)
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let Some(keys) = self.fresh_keys(peer) else {
+            return;
+        };
+        let Some(key) = keys.encryption_key else {
+            return;
+        };
+        for id in due {
+            let Some(mail) = self.outgoing.get(&id).map(|o| o.mail.clone()) else {
+                continue;
+            };
+            let mut random = [0u8; 32];
+            self.rng.fill_bytes(&mut random);
+            match seal::seal(&mail, &self.identity, peer, &key, random) {
+                Ok(bytes) => {
+                    self.set_state_if(&id, peer, DeliveryState::Depositing { since: now }, |s| {
+                        *s == DeliveryState::Waiting
+                    });
+                    self.emit(Output::ToServer(ClientFrame::Deposit {
+                        to: peer.clone(),
+                        message_id: id,
+                        sealed: BASE64.encode(bytes),
+                    }));
+                }
+                // Unsealable (a bad key, too large once sealed): keep it for direct delivery.
+                Err(e) => {
+                    self.refusals.insert(
+                        (id.clone(), peer.clone()),
+                        Refusal {
+                            message: e.to_string(),
+                            retry_at: Millis::MAX,
+                        },
+                    );
+                    self.event(Event::OutgoingChanged(id));
+                }
+            }
         }
     }
 
@@ -514,11 +1003,16 @@ impl Node {
         }
     }
 
+    /// Something for `peer` still to be delivered by this node (not left with the relay).
     fn has_pending_for(&self, peer: &Address) -> bool {
         self.outgoing.values().any(|o| {
-            o.recipients
-                .iter()
-                .any(|r| &r.address == peer && !r.state.is_final())
+            o.recipients.iter().any(|r| {
+                &r.address == peer
+                    && matches!(
+                        r.state,
+                        DeliveryState::Waiting | DeliveryState::Sending { .. }
+                    )
+            })
         })
     }
 
@@ -532,7 +1026,8 @@ impl Node {
             return;
         }
         let now = self.now;
-        let online = self.presence.get(peer) == Some(&PresenceStatus::Online);
+        let status = self.presence.get(peer).copied();
+        let online = status == Some(PresenceStatus::Online);
         let link = self.links.entry(peer.clone()).or_default();
         if link.connected {
             return self.flush(peer);
@@ -540,6 +1035,9 @@ impl Node {
         if online && link.connecting_since.is_none() && link.retry_after <= now {
             link.connecting_since = Some(now);
             self.emit(Output::Connect(peer.clone()));
+        }
+        if status == Some(PresenceStatus::Offline) && self.authenticated {
+            self.deposit_for(peer);
         }
     }
 
@@ -598,6 +1096,25 @@ impl Node {
 
     fn handle_tick(&mut self) {
         let now = self.now;
+        self.refusals.retain(|_, r| r.retry_at > now);
+        if self.authenticated {
+            let due: Vec<MessageId> = self
+                .cache_retry
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in due {
+                self.cache_retry.remove(&id);
+                let frame = if self.inbox.contains_key(&id) {
+                    ClientFrame::Release { message_id: id }
+                } else {
+                    self.fetching.insert(id.clone());
+                    ClientFrame::Fetch { message_id: id }
+                };
+                self.emit(Output::ToServer(frame));
+            }
+        }
         let mut timed_out = Vec::new();
         for (addr, link) in self.links.iter_mut() {
             if let Some(s) = link.connecting_since {
@@ -708,11 +1225,17 @@ impl Node {
             PendingInbox {
                 record,
                 ack_to: BTreeSet::from([peer]),
+                release: false,
             },
         );
     }
 
     fn handle_stored(&mut self, op: OpId, result: Result<(), String>) {
+        if let Some((to, message_id)) = self.receipt_acks.remove(&op) {
+            if result.is_ok() {
+                self.emit(Output::ToServer(ClientFrame::AckReceipt { to, message_id }));
+            }
+        }
         let pending = self.pending_inbox.remove(&op);
         match (pending, result) {
             (Some(p), Ok(())) => {
@@ -720,6 +1243,11 @@ impl Node {
                 self.inbox.insert(id.clone(), p.record);
                 for peer in p.ack_to {
                     self.ack(peer, id.clone());
+                }
+                if p.release {
+                    self.emit(Output::ToServer(ClientFrame::Release {
+                        message_id: id.clone(),
+                    }));
                 }
                 self.event(Event::Received(id));
                 self.event(Event::InboxChanged);

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
-use crate::identity::Identity;
+use crate::identity::{EncryptionKey, Identity, PublicKey};
 use crate::mail::{Mail, MessageId, Millis};
 
 /// A received mail.
@@ -30,6 +30,11 @@ pub enum DeliveryState {
     Waiting,
     /// Sent over a data channel at `since`, acknowledgement not yet received.
     Sending { since: Millis, attempts: u32 },
+    /// A sealed copy was handed to the relay cache at `since`; its commit not yet confirmed.
+    Depositing { since: Millis },
+    /// The relay cache holds a sealed copy since `at`; the recipient fetches it from there.
+    /// Not final: the mail stays in the Outbox until the relay's receipt says delivered.
+    CachedAtRelay { at: Millis },
     /// The recipient's node acknowledged storing it.
     Delivered { at: Millis },
     /// Given up; `reason` is shown to the sender.
@@ -67,6 +72,16 @@ impl OutgoingMail {
     }
 }
 
+/// The public keys of another account as last seen in the relay's directory (trust on
+/// first use: a later lookup that differs is reported as a changed key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownKeys {
+    pub address: Address,
+    pub signing_key: PublicKey,
+    /// `None` until the account publishes one.
+    pub encryption_key: Option<EncryptionKey>,
+}
+
 /// One change to persist. Every write is an upsert keyed by Message-ID or address, so
 /// applying a write twice leaves the same state as applying it once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +90,8 @@ pub enum StoreWrite {
     PutOutgoing(OutgoingMail),
     PutContact(Address),
     RemoveContact(Address),
+    /// Upsert by address.
+    PutKeys(KnownKeys),
 }
 
 /// Everything a node needs at start.
@@ -83,6 +100,7 @@ pub struct Snapshot {
     pub inbox: Vec<InboxRecord>,
     pub outgoing: Vec<OutgoingMail>,
     pub contacts: Vec<Address>,
+    pub keys: Vec<KnownKeys>,
 }
 
 /// A store failure, as text from the underlying engine.
@@ -111,6 +129,7 @@ struct MemoryInner {
     inbox: BTreeMap<MessageId, InboxRecord>,
     outgoing: BTreeMap<MessageId, OutgoingMail>,
     contacts: BTreeMap<Address, ()>,
+    keys: BTreeMap<Address, KnownKeys>,
 }
 
 impl MemoryStore {
@@ -133,6 +152,9 @@ impl MemoryStore {
             StoreWrite::RemoveContact(a) => {
                 s.contacts.remove(&a);
             }
+            StoreWrite::PutKeys(k) => {
+                s.keys.insert(k.address.clone(), k);
+            }
         }
     }
     /// The snapshot, synchronously.
@@ -142,6 +164,7 @@ impl MemoryStore {
             inbox: s.inbox.values().cloned().collect(),
             outgoing: s.outgoing.values().cloned().collect(),
             contacts: s.contacts.keys().cloned().collect(),
+            keys: s.keys.values().cloned().collect(),
         }
     }
 }
@@ -201,6 +224,7 @@ pub mod conformance {
         s.outgoing
             .sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
         s.contacts.sort();
+        s.keys.sort_by(|a, b| a.address.cmp(&b.address));
         s
     }
 
@@ -299,6 +323,31 @@ pub mod conformance {
             .unwrap();
         assert_eq!(store.load().await.unwrap().contacts, vec![addr("bob@h")]);
     }
+
+    pub async fn keys_upsert_by_address(store: impl MailStore) {
+        let bob = Identity::from_seed(addr("bob@h"), [4; 32]);
+        let carol = Identity::from_seed(addr("carol@h"), [5; 32]);
+        let first = KnownKeys {
+            address: bob.address.clone(),
+            signing_key: bob.public_key(),
+            encryption_key: None,
+        };
+        let later = KnownKeys {
+            encryption_key: Some(bob.encryption_public_key()),
+            ..first.clone()
+        };
+        let c = KnownKeys {
+            address: carol.address.clone(),
+            signing_key: carol.public_key(),
+            encryption_key: Some(carol.encryption_public_key()),
+        };
+        for k in [first, c.clone(), later.clone()] {
+            store.apply(StoreWrite::PutKeys(k)).await.unwrap();
+        }
+        let snap = sorted(store.load().await.unwrap());
+        assert_eq!(snap.keys, vec![later, c]);
+        assert!(snap.inbox.is_empty() && snap.outgoing.is_empty() && snap.contacts.is_empty());
+    }
 }
 
 /// Generates one test per conformance check.
@@ -327,6 +376,10 @@ macro_rules! store_conformance_tests {
         #[$attr]
         async fn conformance_contacts_add_and_remove() {
             $crate::store::conformance::contacts_add_and_remove($make.await).await
+        }
+        #[$attr]
+        async fn conformance_keys_upsert_by_address() {
+            $crate::store::conformance::keys_upsert_by_address($make.await).await
         }
     };
 }

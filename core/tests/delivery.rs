@@ -203,6 +203,7 @@ fn forged_sender_is_rejected() {
         Config::default(),
         Snapshot::default(),
         0,
+        [0; 32],
     );
     let mail = Mail {
         message_id: MessageId::new([1; 16], "relay.test"),
@@ -315,6 +316,7 @@ fn open_channel_is_used_while_signaling_is_down() {
         config.clone(),
         Snapshot::default(),
         0,
+        [0; 32],
     );
     node.handle(Input::SignalingConnected, 0);
     node.handle(
@@ -374,4 +376,264 @@ fn recipient_leaving_requeues_in_flight_mail() {
     ));
     w.offline(&bob);
     assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
+}
+
+// ----- the relay cache -----
+
+use peermail_core::node::Event;
+use sim::CacheMode;
+
+fn rejected(w: &World, who: &peermail_core::Address) -> bool {
+    w.users[who]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Rejected { .. }))
+}
+
+#[test]
+fn offline_recipient_gets_mail_from_the_relay_cache_while_the_sender_is_gone() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
+    // Bob publishes his key once (first sign-in), then leaves.
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    w.online(&carol);
+    let id = w.send(&alice, &[&bob, &carol], &[], "sealed for you");
+    assert!(w.inbox_has(&carol, &id), "Carol online: direct");
+    assert!(matches!(
+        state_of(&w, &alice, &id, &carol),
+        DeliveryState::Delivered { .. }
+    ));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::CachedAtRelay { .. }
+    ));
+    assert!(w.outgoing(&alice, &id).is_pending(), "stays in the Outbox");
+    assert_eq!(w.cache.len(), 1);
+    let sealed = &w.cache.values().next().unwrap().sealed;
+    assert!(!sealed.contains("sealed for you"));
+    w.offline(&alice);
+    w.online(&bob);
+    assert!(w.inbox_has(&bob, &id), "Bob got it without Alice");
+    assert_eq!(w.received_count(&bob, &id), 1);
+    assert!(w.cache.is_empty(), "released after storing");
+    assert!(!rejected(&w, &bob));
+    w.advance(120_000);
+    w.online(&alice);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
+    assert!(!w.outgoing(&alice, &id).is_pending(), "moves to Sent");
+    assert!(
+        w.receipts.values().all(|r| r.is_empty()),
+        "receipt acknowledged"
+    );
+    // Everyone comes and goes: nothing is delivered twice.
+    w.offline(&bob);
+    w.online(&bob);
+    w.offline(&alice);
+    w.online(&alice);
+    w.advance(120_000);
+    assert_eq!(w.received_count(&bob, &id), 1);
+    assert_eq!(w.received_count(&carol, &id), 1);
+    assert_eq!(w.deposits, 1);
+}
+
+#[test]
+fn sender_online_sees_the_receipt_at_once() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    let id = w.send(&alice, &[&bob], &[], "x");
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::CachedAtRelay { .. }
+    ));
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &id), 1);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
+}
+
+#[test]
+fn tampered_cached_envelope_is_rejected_not_stored_not_released() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    let id = w.send(&alice, &[&bob], &[], "to be tampered with");
+    w.offline(&alice);
+    w.tamper_cached(&bob, &id);
+    w.online(&bob);
+    assert!(!w.inbox_has(&bob, &id));
+    assert_eq!(w.received_count(&bob, &id), 0);
+    assert!(rejected(&w, &bob), "{:?}", w.users[&bob].events);
+    assert_eq!(w.cache.len(), 1, "not released");
+    w.online(&alice);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::CachedAtRelay { .. }
+    ));
+}
+
+#[test]
+fn quota_refusal_keeps_the_mail_waiting_and_it_goes_out_later() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.cache_mode = CacheMode::Full;
+    w.online(&alice);
+    let id = w.send(&alice, &[&bob], &[], "big");
+    assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
+    let refusal = w.users[&alice]
+        .node
+        .as_ref()
+        .unwrap()
+        .refusal(&id, &bob)
+        .map(str::to_string);
+    assert!(refusal.is_some_and(|r| r.contains("full")));
+    w.advance(30_000);
+    assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
+    w.cache_mode = CacheMode::Up;
+    w.advance(60_000);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::CachedAtRelay { .. }
+    ));
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &id), 1);
+}
+
+#[test]
+fn expired_in_the_cache_fails_with_a_reason() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    let id = w.send(&alice, &[&bob], &[], "old");
+    w.offline(&alice);
+    w.expire_cached(&bob, &id);
+    w.online(&alice);
+    match state_of(&w, &alice, &id, &bob) {
+        DeliveryState::Failed { reason, .. } => assert!(reason.contains("expired"), "{reason}"),
+        s => panic!("{s:?}"),
+    }
+    assert!(w.receipts.values().all(|r| r.is_empty()));
+}
+
+#[test]
+fn a_changed_key_is_reported_and_used() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    let first = w.send(&alice, &[&bob], &[], "first");
+    w.offline(&alice);
+    // Bob's account gets new keys (say, a new device); he fetches the first mail.
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &first), 1);
+    w.offline(&bob);
+    w.users.get_mut(&bob).unwrap().identity =
+        peermail_core::Identity::from_seed(bob.clone(), [77; 32]);
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    let second = w.send(&alice, &[&bob], &[], "second");
+    assert!(w.users[&alice]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::KeyChanged { address } if address == &bob)));
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &second), 1, "sealed to the new key");
+}
+
+#[derive(Debug, Clone)]
+enum CacheStep {
+    Toggle(usize),
+    Send { from: usize, to: Vec<usize> },
+    Wait(u64),
+    Cache(CacheMode),
+}
+
+fn cache_step() -> impl Strategy<Value = CacheStep> {
+    prop_oneof![
+        3 => (0usize..4).prop_map(CacheStep::Toggle),
+        2 => (0usize..4, proptest::collection::vec(0usize..4, 1..4)).prop_map(|(from, to)| CacheStep::Send { from, to }),
+        2 => (0u64..90_000).prop_map(CacheStep::Wait),
+        1 => prop_oneof![Just(CacheMode::Up), Just(CacheMode::Down), Just(CacheMode::Full)].prop_map(CacheStep::Cache),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// With the relay cache in use, going down and filling up at random, and senders leaving
+    /// right after sending: every recipient gets every mail exactly once, none lost.
+    #[test]
+    fn every_mail_arrives_exactly_once_with_the_relay_cache(
+        steps in proptest::collection::vec(cache_step(), 1..40),
+        loss in 0u32..4,
+    ) {
+        let mut w = World::new();
+        w.cache_mode = CacheMode::Up;
+        let users: Vec<_> = ["alice", "bob", "carol", "dave"].iter().map(|n| w.register(n)).collect();
+        // Everyone has signed in once (published a key).
+        for u in &users { w.online(u); }
+        for u in &users { w.offline(u); }
+        let mut counter = 0u32;
+        w.drop_rule = Some(Box::new(move |_, _, _| {
+            counter = counter.wrapping_add(1);
+            loss > 0 && counter % (loss + 2) == 0
+        }));
+        let mut sent = Vec::new();
+        for (i, s) in steps.into_iter().enumerate() {
+            match s {
+                CacheStep::Toggle(u) => {
+                    if w.is_online(&users[u]) { w.offline(&users[u]) } else { w.online(&users[u]) }
+                }
+                CacheStep::Send { from, to } => {
+                    if w.is_online(&users[from]) {
+                        let to: Vec<_> = to.iter().map(|t| &users[*t]).collect();
+                        let id = w.send(&users[from], &to, &[], &format!("mail {i}"));
+                        sent.push((users[from].clone(), id));
+                    }
+                }
+                CacheStep::Wait(ms) => w.advance(ms),
+                CacheStep::Cache(m) => w.cache_mode = m,
+            }
+        }
+        // The outage ends and everyone returns.
+        w.drop_rule = None;
+        w.cache_mode = CacheMode::Up;
+        for u in &users { w.online(u); }
+        w.advance(5 * 60_000);
+        for (from, id) in &sent {
+            let o = w.outgoing(from, id);
+            prop_assert!(!o.is_pending(), "{id} still pending: {:?}", o.recipients);
+            for r in &o.recipients {
+                prop_assert!(matches!(r.state, DeliveryState::Delivered { .. }), "{:?}", r);
+                prop_assert!(w.inbox_has(&r.address, id));
+                prop_assert_eq!(w.received_count(&r.address, id), 1, "{} got {} copies", r.address, id);
+                prop_assert!(!rejected(&w, &r.address));
+            }
+        }
+        prop_assert!(w.cache.is_empty(), "the cache is emptied: {:?}", w.cache.keys().collect::<Vec<_>>());
+    }
 }

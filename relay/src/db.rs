@@ -121,17 +121,20 @@ impl MailCache for Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(cache_error)?;
         let (recipient, id) = (mail.recipient.to_string(), mail.message_id.as_str());
-        let exists = tx
+        let existing: Option<String> = tx
             .query_row(
-                "SELECT 1 FROM cached_mail WHERE recipient = ?1 AND message_id = ?2",
+                "SELECT sender FROM cached_mail WHERE recipient = ?1 AND message_id = ?2",
                 params![recipient, id],
-                |_| Ok(()),
+                |r| r.get(0),
             )
             .optional()
-            .map_err(cache_error)?
-            .is_some();
-        if exists {
-            return Ok(Deposit::AlreadyStored);
+            .map_err(cache_error)?;
+        if let Some(sender) = existing {
+            return Ok(if sender == mail.sender.to_string() {
+                Deposit::AlreadyStored
+            } else {
+                Deposit::Conflict
+            });
         }
         let used: i64 = tx
             .query_row(

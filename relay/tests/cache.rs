@@ -14,8 +14,8 @@ use peermail_core::address::Address;
 use peermail_core::identity::{auth_message, register_message, Identity};
 use peermail_core::mail::MessageId;
 use peermail_core::wire::signal::{
-    parse_server_frame, ClientFrame, ErrorCode, MailLocation, ReceiptOutcome, ServerFrame,
-    WaitingMail, MAX_SEALED_BYTES,
+    parse_server_frame, ClientFrame, ErrorAbout, ErrorCode, MailLocation, ReceiptOutcome,
+    ServerFrame, WaitingMail, MAX_SEALED_BYTES,
 };
 use peermail_relay::{Config, Db};
 use tokio::io::AsyncBufReadExt;
@@ -147,7 +147,9 @@ impl Client {
 
     async fn expect_error(&mut self, code: ErrorCode) -> String {
         match self.recv().await {
-            ServerFrame::Error { code: c, message } if c == code => message,
+            ServerFrame::Error {
+                code: c, message, ..
+            } if c == code => message,
             other => panic!("expected error {code:?}, got {other:?}"),
         }
     }
@@ -635,6 +637,7 @@ async fn a_full_quota_refuses_the_deposit_and_stores_nothing() {
         ServerFrame::Error {
             code: ErrorCode::QuotaExceeded,
             message,
+            ..
         } => assert!(
             message.contains("bob@localhost") && message.contains("full"),
             "{message}"
@@ -676,6 +679,7 @@ async fn the_deposit_rate_is_limited_per_sender() {
         ServerFrame::Error {
             code: ErrorCode::RateLimited,
             message,
+            ..
         } => assert!(message.contains("per minute"), "{message}"),
         other => panic!("expected rate_limited, got {other:?}"),
     }
@@ -737,6 +741,7 @@ async fn a_deposit_for_an_unknown_address_or_before_sign_in_is_refused() {
             ServerFrame::Error {
                 code: ErrorCode::UnknownAddress,
                 message,
+                ..
             } => message,
             other => panic!("expected unknown_address, got {other:?}"),
         };
@@ -918,4 +923,55 @@ async fn no_acknowledged_deposit_is_lost_when_the_relay_is_killed() {
         );
     }
     relay.kill().await;
+}
+
+#[tokio::test]
+async fn a_co_recipient_cannot_preempt_a_message_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut c = Client::registered(relay.addr, &carol).await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    // Carol, a co-recipient, saw the Message-ID and deposits junk under it first.
+    c.deposit_ok(&bob.address, &mid(1), b"junk").await;
+    let frame = a.deposit(&bob.address, &mid(1), b"the real one").await;
+    match frame {
+        ServerFrame::Error {
+            code: ErrorCode::Conflict,
+            message,
+            about,
+        } => {
+            assert!(message.contains("another sender"), "{message}");
+            assert_eq!(
+                about,
+                Some(ErrorAbout {
+                    to: Some(bob.address.clone()),
+                    message_id: Some(mid(1)),
+                })
+            );
+        }
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    // Her own deposit again is idempotent; Bob sees who really deposited.
+    c.deposit_ok(&bob.address, &mid(1), b"junk").await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    let waiting = b.expect_waiting().await;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].from, carol.address);
+    // Errors of fetch and release name the mail.
+    b.send(ClientFrame::Fetch { message_id: mid(2) }).await;
+    match b.recv().await {
+        ServerFrame::Error {
+            code: ErrorCode::NotFound,
+            about,
+            ..
+        } => assert_eq!(about.and_then(|a| a.message_id), Some(mid(2))),
+        other => panic!("expected not_found, got {other:?}"),
+    }
+    relay.stop().await;
 }

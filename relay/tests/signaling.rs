@@ -132,7 +132,9 @@ impl Client {
 
     async fn expect_error(&mut self, code: ErrorCode) -> String {
         match self.recv().await {
-            ServerFrame::Error { code: c, message } if c == code => message,
+            ServerFrame::Error {
+                code: c, message, ..
+            } if c == code => message,
             other => panic!("expected error {code:?}, got {other:?}"),
         }
     }

@@ -32,8 +32,12 @@ pub struct NewMail {
 pub enum Deposit {
     /// Stored (and committed).
     Stored,
-    /// `(recipient, message_id)` was already in the cache; nothing changed.
+    /// `(recipient, message_id)` was already in the cache from the same sender; nothing
+    /// changed.
     AlreadyStored,
+    /// `(recipient, message_id)` is in the cache from another sender; nothing changed (a
+    /// co-recipient cannot pre-empt a Message-ID).
+    Conflict,
     /// Storing it would take the recipient over its quota; nothing was stored.
     QuotaExceeded,
 }
@@ -131,8 +135,12 @@ impl MailCache for MemoryCache {
     fn deposit(&self, mail: NewMail, quota_bytes: u64) -> Result<Deposit, Error> {
         let mut state = self.state();
         let key = (mail.recipient, mail.message_id);
-        if state.mail.contains_key(&key) {
-            return Ok(Deposit::AlreadyStored);
+        if let Some(old) = state.mail.get(&key) {
+            return Ok(if old.sender == mail.sender {
+                Deposit::AlreadyStored
+            } else {
+                Deposit::Conflict
+            });
         }
         let used: u64 = state
             .mail

@@ -12,9 +12,9 @@ use peermail_core::address::{validate_name, Address};
 use peermail_core::identity::{auth_message, register_message, PublicKey};
 use peermail_core::mail::MessageId;
 use peermail_core::wire::signal::{
-    parse_client_frame, ClientFrame, ErrorCode, MailLocation, PresenceStatus, ReceiptOutcome,
-    ServerFrame, SignalPayload, WaitingMail, ENCRYPTION_KEY_BYTES, MAX_SEALED_BYTES,
-    MAX_SIGNAL_FRAME,
+    parse_client_frame, ClientFrame, ErrorAbout, ErrorCode, MailLocation, PresenceStatus,
+    ReceiptOutcome, ServerFrame, SignalPayload, WaitingMail, ENCRYPTION_KEY_BYTES,
+    MAX_SEALED_BYTES, MAX_SIGNAL_FRAME,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -366,10 +366,14 @@ impl Session {
     }
 
     fn lookup(&mut self, address: Address) -> ServerFrame {
+        let about = ErrorAbout {
+            to: Some(address.clone()),
+            message_id: None,
+        };
         let signing_key = match self.account_key(&address) {
             Ok(Some(key)) => key,
-            Ok(None) => return unknown_address(&address),
-            Err(e) => return internal(&e),
+            Ok(None) => return with_about(unknown_address(&address), about),
+            Err(e) => return with_about(internal(&e), about),
         };
         match self.signaling.directory.encryption_key(address.local()) {
             Ok(encryption_key) => ServerFrame::Keys {
@@ -377,7 +381,7 @@ impl Session {
                 signing_key,
                 encryption_key,
             },
-            Err(e) => internal(&e),
+            Err(e) => with_about(internal(&e), about),
         }
     }
 
@@ -385,6 +389,21 @@ impl Session {
         let Some(from) = self.address.clone() else {
             return not_authenticated();
         };
+        let about = ErrorAbout {
+            to: Some(to.clone()),
+            message_id: Some(message_id.clone()),
+        };
+        let frame = self.deposit_inner(from, to, message_id, sealed).await;
+        with_about(frame, about)
+    }
+
+    async fn deposit_inner(
+        &mut self,
+        from: Address,
+        to: Address,
+        message_id: MessageId,
+        sealed: &str,
+    ) -> ServerFrame {
         if MessageId::parse(message_id.as_str()).is_none() {
             return bad_message_id(&message_id);
         }
@@ -439,6 +458,13 @@ impl Session {
                 ServerFrame::Deposited { to, message_id }
             }
             Ok(cache::Deposit::AlreadyStored) => ServerFrame::Deposited { to, message_id },
+            Ok(cache::Deposit::Conflict) => ServerFrame::error(
+                ErrorCode::Conflict,
+                format!(
+                    "another sender already left a mail {message_id} for {to}; \
+                     nothing was stored"
+                ),
+            ),
             Ok(cache::Deposit::QuotaExceeded) => ServerFrame::error(
                 ErrorCode::QuotaExceeded,
                 format!(
@@ -452,6 +478,7 @@ impl Session {
     }
 
     async fn fetch(&mut self, message_id: MessageId) -> ServerFrame {
+        let about_id = message_id.clone();
         let Some(me) = self.address.clone() else {
             return not_authenticated();
         };
@@ -465,9 +492,11 @@ impl Session {
             Ok(None) => not_found(&message_id),
             Err(e) => internal(&e),
         }
+        .about_mail(&about_id)
     }
 
     async fn release(&mut self, message_id: MessageId) -> ServerFrame {
+        let about_id = message_id.clone();
         let Some(me) = self.address.clone() else {
             return not_authenticated();
         };
@@ -492,6 +521,7 @@ impl Session {
             Ok(None) => not_found(&message_id),
             Err(e) => internal(&e),
         }
+        .about_mail(&about_id)
     }
 
     /// Returns the error to send back, if any.
@@ -688,6 +718,31 @@ impl Session {
         for a in self.watched.drain() {
             hub.unwatch(&a, self.id);
         }
+    }
+}
+
+/// Fills in what an error frame is about (other frames pass unchanged).
+fn with_about(frame: ServerFrame, about: ErrorAbout) -> ServerFrame {
+    match frame {
+        ServerFrame::Error { code, message, .. } => ServerFrame::error_about(code, message, about),
+        other => other,
+    }
+}
+
+trait AboutMail {
+    fn about_mail(self, message_id: &MessageId) -> ServerFrame;
+}
+
+impl AboutMail for ServerFrame {
+    /// An error answering a fetch or release names the mail.
+    fn about_mail(self, message_id: &MessageId) -> ServerFrame {
+        with_about(
+            self,
+            ErrorAbout {
+                to: None,
+                message_id: Some(message_id.clone()),
+            },
+        )
     }
 }
 

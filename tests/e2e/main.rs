@@ -21,6 +21,8 @@ const SCENARIOS: &[&str] = &[
     "unknown_recipient_fails_alone",
     "signup_rejects_taken_and_invalid_names",
     "contacts_show_live_presence",
+    "offline_recipient_via_relay_cache",
+    "relay_stores_ciphertext_only",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -101,6 +103,8 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(unknown_recipient_fails_alone);
     scenario!(signup_rejects_taken_and_invalid_names);
     scenario!(contacts_show_live_presence);
+    scenario!(offline_recipient_via_relay_cache);
+    scenario!(relay_stores_ciphertext_only);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {
@@ -265,9 +269,9 @@ async fn bob_reload_keeps_identity_and_inbox(w: &mut World) -> Result<()> {
     Ok(())
 }
 
-/// (c) Bob closes his browser; Alice sends: her Outbox shows "waiting for bob@…", also after
-/// she reloads. Bob comes back (same browser profile) and receives it by itself; Alice's mail
-/// moves to Sent, delivered.
+/// (c) Bob closes his browser; Alice sends: her Outbox shows "bob@…: cached at relay" (the
+/// relay cache holds the sealed copy since issue 3), also after she reloads. Bob comes back
+/// (same browser profile) and receives it by itself; Alice's mail moves to Sent, delivered.
 async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "While you were away";
     const BODY: &str = "Bob, this waited in my outbox until you came back.";
@@ -280,10 +284,10 @@ async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
     let alice = w.get("alice")?;
     alice.compose(&bob_addr, "", SUBJECT, BODY).await?;
     let status = alice
-        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "waiting")
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
         .await?;
     ensure!(
-        status.contains(&format!("waiting for {bob_addr}")),
+        status.contains(&format!("{bob_addr}: cached at relay")),
         "Alice's Outbox status for Bob reads {status:?}"
     );
     let count = alice.folder_count("outbox").await?;
@@ -295,7 +299,7 @@ async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
     alice.reload().await?;
     alice.wait_online().await?;
     alice
-        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "waiting")
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
         .await
         .context("after Alice reloaded")?;
 
@@ -448,5 +452,108 @@ async fn contacts_show_live_presence(w: &mut World) -> Result<()> {
         .wait_presence(&bob_addr, "online")
         .await
         .context("after Bob came back")?;
+    Ok(())
+}
+
+/// (h) Issue 3: Alice mails Bob (browser closed) and Carol (online). Carol gets it directly;
+/// Alice's status for Bob reads "cached at relay". Alice closes her browser; Bob returns and
+/// receives the mail from the relay cache without Alice online. When Alice returns, her Sent
+/// shows Bob delivered (the relay's receipt).
+async fn offline_recipient_via_relay_cache(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Sealed while you were out";
+    const BODY: &str = "Bob, this waited in the relay cache, sealed for you alone.";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    w.person("carol").await?;
+    let (bob_addr, carol_addr) = (w.addr("bob"), w.addr("carol"));
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+
+    let alice = w.get("alice")?;
+    alice.compose(&bob_addr, &carol_addr, SUBJECT, BODY).await?;
+    let pane = w.get("carol")?.open_mail("inbox", SUBJECT).await?;
+    contains("Carol's reading pane's .body", &pane.body, BODY)?;
+    let alice = w.get("alice")?;
+    let status = alice
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
+        .await?;
+    ensure!(
+        status.contains(&format!("{bob_addr}: cached at relay")),
+        "Alice's Outbox status for Bob reads {status:?}"
+    );
+    alice
+        .wait_recipient(&["outbox"], SUBJECT, &carol_addr, "delivered")
+        .await?;
+
+    w.browsers
+        .get_mut("alice")
+        .context("alice")?
+        .close()
+        .await?;
+    let bob = w.person("bob").await?;
+    let pane = bob
+        .open_mail("inbox", SUBJECT)
+        .await
+        .context("Bob receiving from the relay cache while Alice is away")?;
+    contains("Bob's reading pane's .body", &pane.body, BODY)?;
+
+    let alice = w.person("alice").await?;
+    alice
+        .wait_recipient(&["sent", "outbox"], SUBJECT, &bob_addr, "delivered")
+        .await
+        .context("Alice back: the relay's receipt")?;
+    Ok(())
+}
+
+/// (i) Issue 3: the relay stores ciphertext only. After a deposit for the offline Bob, the
+/// relay's database files (including the WAL) contain neither the subject nor the body.
+async fn relay_stores_ciphertext_only(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Quarterly-figures-7c1e9a";
+    const BODY: &str = "The-secret-number-is-4f0d2b-and-nobody-else-may-read-it";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let bob_addr = w.addr("bob");
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    let alice = w.get("alice")?;
+    alice.compose(&bob_addr, "", SUBJECT, BODY).await?;
+    // "cached" means the relay answered `deposited`: the envelope is committed.
+    alice
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
+        .await?;
+
+    let dir = w.h.scratch.path().join("relay-data");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    ensure!(
+        files.iter().any(|f| f.to_string_lossy().contains(".sqlite")
+            || f.to_string_lossy().contains(".db")),
+        "no database file in {}: {files:?}",
+        dir.display()
+    );
+    let mut total = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        total += bytes.len();
+        for needle in [SUBJECT, BODY] {
+            ensure!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{} contains {needle:?} in clear",
+                f.display()
+            );
+        }
+    }
+    println!(
+        "    searched {} files ({total} bytes): {files:?}",
+        files.len()
+    );
+
+    // The envelope is good for Bob.
+    let bob = w.person("bob").await?;
+    let pane = bob.open_mail("inbox", SUBJECT).await?;
+    contains("Bob's reading pane's .body", &pane.body, BODY)?;
     Ok(())
 }

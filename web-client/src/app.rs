@@ -407,7 +407,7 @@ fn reading_pane(node: &Node, state: &UseReducerHandle<State>) -> Html {
         (Some(o), false) => html! {
             <ul class="recipients">
                 { for o.recipients.iter().map(|r| {
-                    let (st, text) = recipient_line(&r.address, &r.state);
+                    let (st, text) = recipient_line(&r.address, &r.state, node.refusal(&mail.message_id, &r.address));
                     // Sent and delivered instants (sender's clock, ms): benchmarks read them.
                     let delivered_at = match r.state {
                         DeliveryState::Delivered { at } => Some(at.to_string()),

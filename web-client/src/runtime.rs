@@ -230,7 +230,13 @@ impl Runtime {
             .await
             .map_err(|e| format!("Could not read the mailbox: {e}"))?;
         *self.identity.borrow_mut() = Some(identity.clone());
-        *self.node.borrow_mut() = Some(Node::new(identity, Config::default(), snapshot, now()));
+        *self.node.borrow_mut() = Some(Node::new(
+            identity,
+            Config::default(),
+            snapshot,
+            now(),
+            random_bytes::<32>(),
+        ));
         *self.phase.borrow_mut() = Phase::Running;
         Ok(())
     }
@@ -461,6 +467,21 @@ impl Runtime {
             Event::ServerError { message, .. } => self.set_notice(message),
             Event::StoreFailed { reason } => self.set_notice(format!("Saving failed: {reason}")),
             Event::PeerProtocolError { peer, reason } => log(&format!("peer {peer}: {reason}")),
+            Event::KeyChanged { address } => self.set_notice(format!(
+                "The keys of {address} changed since you last wrote to each other. \
+                 If {address} did not set up a new account or device, be careful."
+            )),
+            Event::Rejected {
+                from,
+                message_id,
+                reason,
+            } => {
+                log(&format!("rejected {message_id} from {from}: {reason}"));
+                self.set_notice(format!(
+                    "A mail claiming to be from {from} failed verification and was not \
+                     delivered ({reason})"
+                ));
+            }
             Event::SendRejected { .. }
             | Event::Presence { .. }
             | Event::Received(_)

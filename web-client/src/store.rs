@@ -1,6 +1,6 @@
 //! [`IdbStore`]: the [`MailStore`] contract on the browser's IndexedDB.
 //!
-//! One database per account store, four object stores with out-of-line keys:
+//! One database per account store, five object stores with out-of-line keys:
 //!
 //! | object store | key | value |
 //! | --- | --- | --- |
@@ -8,6 +8,7 @@
 //! | `inbox` | Message-ID | an [`InboxRecord`] as JSON |
 //! | `outgoing` | Message-ID | an [`OutgoingMail`] as JSON |
 //! | `contacts` | address | the address as JSON |
+//! | `keys` | address | the [`KnownKeys`] seen for it as JSON (since version 2) |
 //!
 //! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
 //! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
@@ -18,19 +19,20 @@ use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::TransactionMode;
 use peermail_core::identity::Identity;
 use peermail_core::store::{
-    InboxRecord, MailStore, OutgoingMail, Snapshot, StoreError, StoreWrite,
+    InboxRecord, KnownKeys, MailStore, OutgoingMail, Snapshot, StoreError, StoreWrite,
 };
 use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Current schema version (see [`upgrade`]).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const IDENTITY: &str = "identity";
 const INBOX: &str = "inbox";
 const OUTGOING: &str = "outgoing";
 const CONTACTS: &str = "contacts";
+const KEYS: &str = "keys";
 const IDENTITY_KEY: &str = "me";
 
 /// The IndexedDB-backed store. Cheap to share behind an `Rc`.
@@ -59,6 +61,9 @@ fn upgrade(event: &VersionChangeEvent, db: &Database) -> indexed_db_futures::Res
         for name in [IDENTITY, INBOX, OUTGOING, CONTACTS] {
             db.create_object_store(name).build()?;
         }
+    }
+    if old < 2 {
+        db.create_object_store(KEYS).build()?;
     }
     Ok(())
 }
@@ -131,7 +136,7 @@ impl MailStore for IdbStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let tx = self
             .db
-            .transaction([INBOX, OUTGOING, CONTACTS])
+            .transaction([INBOX, OUTGOING, CONTACTS, KEYS])
             .build()
             .map_err(err)?;
         let mut snap = Snapshot::default();
@@ -143,6 +148,9 @@ impl MailStore for IdbStore {
         }
         for s in all_values(&tx.object_store(CONTACTS).map_err(err)?).await? {
             snap.contacts.push(from_json::<Address>(&s)?);
+        }
+        for s in all_values(&tx.object_store(KEYS).map_err(err)?).await? {
+            snap.keys.push(from_json::<KnownKeys>(&s)?);
         }
         Ok(snap)
     }
@@ -159,6 +167,7 @@ impl MailStore for IdbStore {
             }
             StoreWrite::PutContact(a) => self.put(CONTACTS, &a.to_string(), to_json(&a)?).await,
             StoreWrite::RemoveContact(a) => self.delete(CONTACTS, &a.to_string()).await,
+            StoreWrite::PutKeys(k) => self.put(KEYS, &k.address.to_string(), to_json(&k)?).await,
         }
     }
 }

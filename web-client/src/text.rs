@@ -36,11 +36,27 @@ pub fn subject_or_placeholder(s: &str) -> String {
     }
 }
 
-/// `data-state` and the text of one recipient's status line.
-pub fn recipient_line(address: &Address, state: &DeliveryState) -> (&'static str, String) {
+/// `data-state` and the text of one recipient's status line. `refusal` is why the relay
+/// cache last refused the mail, while it waits to retry.
+pub fn recipient_line(
+    address: &Address,
+    state: &DeliveryState,
+    refusal: Option<&str>,
+) -> (&'static str, String) {
     match state {
-        DeliveryState::Waiting => ("waiting", format!("{address}: waiting for {address}")),
+        DeliveryState::Waiting => match refusal {
+            Some(why) => (
+                "waiting",
+                format!("{address}: waiting for {address} — relay refused: {why}"),
+            ),
+            None => ("waiting", format!("{address}: waiting for {address}")),
+        },
         DeliveryState::Sending { .. } => ("sending", format!("{address}: sending")),
+        DeliveryState::Depositing { .. } => (
+            "depositing",
+            format!("{address}: handing to the relay cache"),
+        ),
+        DeliveryState::CachedAtRelay { .. } => ("cached", format!("{address}: cached at relay")),
         DeliveryState::Delivered { at } => {
             ("delivered", format!("{address}: delivered {}", hms(*at)))
         }
@@ -61,10 +77,17 @@ pub fn summary(o: &OutgoingMail) -> String {
         .iter()
         .filter(|r| matches!(r.state, DeliveryState::Failed { .. }))
         .count();
-    let sending = o
+    let sending = o.recipients.iter().any(|r| {
+        matches!(
+            r.state,
+            DeliveryState::Sending { .. } | DeliveryState::Depositing { .. }
+        )
+    });
+    let cached = o
         .recipients
         .iter()
-        .any(|r| matches!(r.state, DeliveryState::Sending { .. }));
+        .filter(|r| matches!(r.state, DeliveryState::CachedAtRelay { .. }))
+        .count();
     let waiting: Vec<&Address> = o
         .recipients
         .iter()
@@ -79,6 +102,8 @@ pub fn summary(o: &OutgoingMail) -> String {
         format!("delivered to {delivered}, failed {failed}")
     } else if sending {
         "sending".into()
+    } else if waiting.is_empty() && cached > 0 {
+        "cached at relay".into()
     } else if waiting.len() == 1 {
         format!("waiting for {}", waiting[0])
     } else {

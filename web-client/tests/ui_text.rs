@@ -16,7 +16,7 @@ fn addr(s: &str) -> Address {
 }
 
 fn check_line(state: DeliveryState, want_state: &str, want_text: &str) {
-    let (st, text) = recipient_line(&addr("bob@localhost"), &state);
+    let (st, text) = recipient_line(&addr("bob@localhost"), &state, None);
     assert_eq!((st, text.as_str()), (want_state, want_text), "{state:?}");
 }
 
@@ -48,6 +48,29 @@ fn recipient_lines() {
         },
         "failed",
         "bob@localhost: failed — no such address: bob@localhost",
+    );
+    check_line(
+        DeliveryState::Depositing { since: at },
+        "depositing",
+        "bob@localhost: handing to the relay cache",
+    );
+    check_line(
+        DeliveryState::CachedAtRelay { at },
+        "cached",
+        "bob@localhost: cached at relay",
+    );
+    let (st, text) = recipient_line(
+        &addr("bob@localhost"),
+        &DeliveryState::Waiting,
+        Some("the relay cache of bob@localhost is full"),
+    );
+    assert_eq!(
+        (st, text.as_str()),
+        (
+            "waiting",
+            "bob@localhost: waiting for bob@localhost — relay refused: the relay cache of \
+             bob@localhost is full"
+        )
     );
     assert_eq!(hms(at).len(), 8, "HH:MM:SS");
 }

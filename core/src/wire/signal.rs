@@ -105,6 +105,11 @@ pub enum ServerFrame {
     Error {
         code: ErrorCode,
         message: String,
+        /// Which request the error answers, when it concerns one mail or address
+        /// (deposit, fetch, release, lookup), so a client with several requests in flight
+        /// can tell which one failed. Absent on the wire when empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        about: Option<ErrorAbout>,
     },
     /// The encryption key of [`ClientFrame::PublishKey`] is in the directory.
     KeyPublished,
@@ -142,6 +147,16 @@ pub enum ServerFrame {
         message_id: MessageId,
         outcome: ReceiptOutcome,
     },
+}
+
+/// What a [`ServerFrame::Error`] is about: the recipient (deposit) or looked-up address
+/// (lookup) in `to`, the mail in `message_id` (deposit, fetch, release).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorAbout {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Address>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
 }
 
 /// One mail waiting for the account, and where it can be fetched.
@@ -225,6 +240,8 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// Nothing by that id waits for this account.
     NotFound,
+    /// A different sender already deposited a mail with this Message-ID for this recipient.
+    Conflict,
     Internal,
 }
 
@@ -345,6 +362,15 @@ impl ServerFrame {
         ServerFrame::Error {
             code,
             message: message.into(),
+            about: None,
+        }
+    }
+    /// An error about one request: see [`ErrorAbout`].
+    pub fn error_about(code: ErrorCode, message: impl Into<String>, about: ErrorAbout) -> Self {
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+            about: Some(about),
         }
     }
 }
@@ -418,6 +444,14 @@ mod tests {
             ServerFrame::error(ErrorCode::PeerOffline, "bob@h is offline"),
             ServerFrame::error(ErrorCode::QuotaExceeded, "full"),
             ServerFrame::error(ErrorCode::NotFound, "no"),
+            ServerFrame::error_about(
+                ErrorCode::Conflict,
+                "taken",
+                ErrorAbout {
+                    to: Some("b@h".parse().unwrap()),
+                    message_id: Some(id()),
+                },
+            ),
             ServerFrame::KeyPublished,
             ServerFrame::Keys {
                 address: "a@h".parse().unwrap(),

@@ -1,6 +1,9 @@
 //! An in-process world for driving several [`Node`]s: a model of the relay's signaling
 //! (challenge auth, presence subscriptions), instant data channels between online nodes,
-//! durable per-user stores, simulated time and injectable frame loss.
+//! durable per-user stores, simulated time and injectable frame loss; and a model of the
+//! relay's key directory and cache (deposit, waiting notices, fetch, release, receipts) that
+//! can be switched off (the default, as if no account published a key), up, full (quota
+//! refusal) or down (every cache request fails).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -9,7 +12,10 @@ use peermail_core::identity::{auth_message, Identity};
 use peermail_core::node::{Command, Config, Event, Input, Node, Output};
 use peermail_core::store::{MemoryStore, OutgoingMail};
 use peermail_core::wire::peer::PeerFrame;
-use peermail_core::wire::signal::{ClientFrame, PresenceStatus, ServerFrame};
+use peermail_core::wire::signal::{
+    ClientFrame, ErrorAbout, ErrorCode, MailLocation, PresenceStatus, ReceiptOutcome, ServerFrame,
+    WaitingMail,
+};
 use peermail_core::{Address, Draft, MessageId, Millis};
 
 pub const DOMAIN: &str = "relay.test";
@@ -35,7 +41,35 @@ pub struct User {
 /// Decides whether a peer frame in flight is lost.
 pub type DropRule = Box<dyn FnMut(&Address, &Address, &PeerFrame) -> bool>;
 
+/// How the relay cache behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// The directory serves no encryption keys: senders keep mail for direct delivery.
+    Off,
+    Up,
+    /// Deposits are refused with `quota_exceeded`.
+    Full,
+    /// Every cache request fails with `internal`.
+    Down,
+}
+
+/// One envelope in the relay cache.
+#[derive(Debug, Clone)]
+pub struct CachedMail {
+    pub from: Address,
+    pub sealed: String,
+}
+
 pub struct World {
+    pub cache_mode: CacheMode,
+    /// Published encryption keys.
+    pub directory: BTreeMap<Address, String>,
+    /// The relay cache: (recipient, Message-ID) → envelope.
+    pub cache: BTreeMap<(Address, MessageId), CachedMail>,
+    /// Receipts not yet acknowledged: sender → (recipient, id, outcome).
+    pub receipts: BTreeMap<Address, BTreeSet<(Address, MessageId, bool)>>,
+    /// Deposits accepted (for assertions).
+    pub deposits: u32,
     pub now: Millis,
     pub users: BTreeMap<Address, User>,
     /// Inputs waiting to be handled, in order.
@@ -49,6 +83,11 @@ pub struct World {
 impl World {
     pub fn new() -> Self {
         World {
+            cache_mode: CacheMode::Off,
+            directory: BTreeMap::new(),
+            cache: BTreeMap::new(),
+            receipts: BTreeMap::new(),
+            deposits: 0,
             now: 1_000_000,
             users: BTreeMap::new(),
             queue: VecDeque::new(),
@@ -119,7 +158,17 @@ impl World {
         let config = self.config.clone();
         let u = self.users.get_mut(a).unwrap();
         let snapshot = u.store.snapshot();
-        u.node = Some(Node::new(u.identity.clone(), config, snapshot, now));
+        let mut rng_seed = [0u8; 32];
+        rng_seed[..8].copy_from_slice(&now.to_le_bytes());
+        rng_seed[8] = a.local().len() as u8;
+        rng_seed[9] = a.local().as_bytes()[0];
+        u.node = Some(Node::new(
+            u.identity.clone(),
+            config,
+            snapshot,
+            now,
+            rng_seed,
+        ));
         u.subscriptions.clear();
         self.queue.push_back((a.clone(), Input::SignalingConnected));
         self.queue.push_back((
@@ -284,6 +333,7 @@ impl World {
                     Input::Server(ServerFrame::Authenticated { address }),
                 ));
                 self.notify_presence(&from.clone());
+                self.sign_in_notices(from);
             }
             ClientFrame::Subscribe { addresses } => {
                 for a in addresses {
@@ -299,7 +349,216 @@ impl World {
                     ));
                 }
             }
+            ClientFrame::PublishKey { encryption_key } => {
+                self.directory.insert(from.clone(), encryption_key);
+                self.reply(from, ServerFrame::KeyPublished);
+            }
+            ClientFrame::Lookup { address } => {
+                let frame = match self.users.get(&address) {
+                    None => ServerFrame::error_about(
+                        ErrorCode::UnknownAddress,
+                        format!("there is no account {address}"),
+                        ErrorAbout {
+                            to: Some(address),
+                            message_id: None,
+                        },
+                    ),
+                    Some(u) => ServerFrame::Keys {
+                        signing_key: u.identity.public_key(),
+                        encryption_key: match self.cache_mode {
+                            CacheMode::Off => None,
+                            _ => self.directory.get(&address).cloned(),
+                        },
+                        address,
+                    },
+                };
+                self.reply(from, frame);
+            }
+            ClientFrame::Deposit {
+                to,
+                message_id,
+                sealed,
+            } => {
+                let about = ErrorAbout {
+                    to: Some(to.clone()),
+                    message_id: Some(message_id.clone()),
+                };
+                let frame = match self.cache_mode {
+                    CacheMode::Full => ServerFrame::error_about(
+                        ErrorCode::QuotaExceeded,
+                        format!("the relay cache of {to} is full"),
+                        about,
+                    ),
+                    CacheMode::Down | CacheMode::Off => ServerFrame::error_about(
+                        ErrorCode::Internal,
+                        "the relay could not complete the request",
+                        about,
+                    ),
+                    CacheMode::Up if !self.users.contains_key(&to) => ServerFrame::error_about(
+                        ErrorCode::UnknownAddress,
+                        format!("there is no account {to}"),
+                        about,
+                    ),
+                    CacheMode::Up => {
+                        let key = (to.clone(), message_id.clone());
+                        if !self.cache.contains_key(&key) {
+                            self.deposits += 1;
+                            self.cache.insert(
+                                key,
+                                CachedMail {
+                                    from: from.clone(),
+                                    sealed,
+                                },
+                            );
+                            if self.is_online(&to) {
+                                let item = self.waiting_item(&to, &message_id);
+                                self.reply(&to, ServerFrame::Waiting { items: vec![item] });
+                            }
+                        }
+                        ServerFrame::Deposited { to, message_id }
+                    }
+                };
+                self.reply(from, frame);
+            }
+            ClientFrame::Fetch { message_id } => {
+                let about = ErrorAbout {
+                    to: None,
+                    message_id: Some(message_id.clone()),
+                };
+                let frame = match self.cache_mode {
+                    CacheMode::Down => ServerFrame::error_about(
+                        ErrorCode::Internal,
+                        "the relay could not complete the request",
+                        about,
+                    ),
+                    _ => match self.cache.get(&(from.clone(), message_id.clone())) {
+                        Some(c) => ServerFrame::Cached {
+                            message_id,
+                            from: c.from.clone(),
+                            sealed: c.sealed.clone(),
+                        },
+                        None => ServerFrame::error_about(
+                            ErrorCode::NotFound,
+                            "no such mail waits",
+                            about,
+                        ),
+                    },
+                };
+                self.reply(from, frame);
+            }
+            ClientFrame::Release { message_id } => {
+                let about = ErrorAbout {
+                    to: None,
+                    message_id: Some(message_id.clone()),
+                };
+                if self.cache_mode == CacheMode::Down {
+                    let e = ServerFrame::error_about(ErrorCode::Internal, "down", about);
+                    return self.reply(from, e);
+                }
+                match self.cache.remove(&(from.clone(), message_id.clone())) {
+                    Some(c) => {
+                        self.receipts.entry(c.from.clone()).or_default().insert((
+                            from.clone(),
+                            message_id.clone(),
+                            true,
+                        ));
+                        if self.is_online(&c.from) {
+                            self.reply(
+                                &c.from,
+                                ServerFrame::Receipt {
+                                    to: from.clone(),
+                                    message_id: message_id.clone(),
+                                    outcome: ReceiptOutcome::Delivered,
+                                },
+                            );
+                        }
+                        self.reply(from, ServerFrame::Released { message_id });
+                    }
+                    None => {
+                        let e = ServerFrame::error_about(ErrorCode::NotFound, "gone", about);
+                        self.reply(from, e);
+                    }
+                }
+            }
+            ClientFrame::AckReceipt { to, message_id } => {
+                if let Some(r) = self.receipts.get_mut(from) {
+                    r.retain(|(t, id, _)| !(t == &to && id == &message_id));
+                }
+            }
             other => panic!("unexpected frame in the simulation: {other:?}"),
+        }
+    }
+
+    fn reply(&mut self, to: &Address, frame: ServerFrame) {
+        self.queue.push_back((to.clone(), Input::Server(frame)));
+    }
+
+    fn waiting_item(&self, to: &Address, id: &MessageId) -> WaitingMail {
+        let c = &self.cache[&(to.clone(), id.clone())];
+        WaitingMail {
+            message_id: id.clone(),
+            from: c.from.clone(),
+            size: c.sealed.len() as u64,
+            deposited_at: self.now,
+            location: MailLocation::Relay,
+        }
+    }
+
+    /// What the relay tells a session at sign-in: mail waiting for it, receipts for it.
+    fn sign_in_notices(&mut self, who: &Address) {
+        let items: Vec<WaitingMail> = self
+            .cache
+            .keys()
+            .filter(|(to, _)| to == who)
+            .map(|(to, id)| self.waiting_item(to, id))
+            .collect();
+        if !items.is_empty() {
+            self.reply(who, ServerFrame::Waiting { items });
+        }
+        let receipts: Vec<_> = self
+            .receipts
+            .get(who)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default();
+        for (to, message_id, delivered) in receipts {
+            let outcome = if delivered {
+                ReceiptOutcome::Delivered
+            } else {
+                ReceiptOutcome::Expired
+            };
+            self.reply(
+                who,
+                ServerFrame::Receipt {
+                    to,
+                    message_id,
+                    outcome,
+                },
+            );
+        }
+    }
+
+    /// Flips one byte of the ciphertext of a cached envelope (as a malicious relay could).
+    pub fn tamper_cached(&mut self, to: &Address, id: &MessageId) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let c = self
+            .cache
+            .get_mut(&(to.clone(), id.clone()))
+            .expect("a cached envelope to tamper with");
+        let mut bytes = b64.decode(&c.sealed).unwrap();
+        let i = bytes.len() - 80;
+        bytes[i] ^= 0x40;
+        c.sealed = b64.encode(bytes);
+    }
+
+    /// The relay expires a cached envelope: deleted, the sender gets an `expired` receipt.
+    pub fn expire_cached(&mut self, to: &Address, id: &MessageId) {
+        if let Some(c) = self.cache.remove(&(to.clone(), id.clone())) {
+            self.receipts.entry(c.from.clone()).or_default().insert((
+                to.clone(),
+                id.clone(),
+                false,
+            ));
         }
     }
 

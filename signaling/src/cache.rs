@@ -298,6 +298,11 @@ mod tests {
             c.deposit(mail("bob@h", 1, 6, 10), 10).unwrap(),
             Deposit::AlreadyStored
         );
+        let other = NewMail {
+            sender: a("carol@h"),
+            ..mail("bob@h", 1, 6, 10)
+        };
+        assert_eq!(c.deposit(other, 10).unwrap(), Deposit::Conflict);
         assert_eq!(
             c.deposit(mail("bob@h", 2, 5, 20), 10).unwrap(),
             Deposit::QuotaExceeded

@@ -47,3 +47,45 @@ async fn reopen_keeps_data() {
     let s = IdbStore::open(&name).await.unwrap();
     assert_eq!(s.load().await.unwrap().contacts, vec![bob]);
 }
+
+/// A database made by schema version 1 (before the `keys` store) opens, upgraded, with its
+/// data, and takes keys.
+#[wasm_bindgen_test]
+async fn a_version_1_database_is_upgraded() {
+    use indexed_db_futures::database::Database;
+    use indexed_db_futures::prelude::*;
+    use peermail_core::identity::Identity;
+    use peermail_core::store::{KnownKeys, MailStore, StoreWrite};
+    let name = format!("peermail-test-v1-{}", js_sys::Date::now() as u64);
+    let bob: peermail_core::Address = "bob@h".parse().unwrap();
+    {
+        let db = Database::open(&name)
+            .with_version(1u32)
+            .with_on_upgrade_needed(|_, db| {
+                for n in ["identity", "inbox", "outgoing", "contacts"] {
+                    db.create_object_store(n).build()?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        db.close();
+    }
+    {
+        let s = IdbStore::open(&name).await.unwrap();
+        s.apply(StoreWrite::PutContact(bob.clone())).await.unwrap();
+        let id = Identity::from_seed(bob.clone(), [4; 32]);
+        s.apply(StoreWrite::PutKeys(KnownKeys {
+            address: bob.clone(),
+            signing_key: id.public_key(),
+            encryption_key: Some(id.encryption_public_key()),
+        }))
+        .await
+        .unwrap();
+    }
+    let s = IdbStore::open(&name).await.unwrap();
+    let snap = s.load().await.unwrap();
+    assert_eq!(snap.contacts, vec![bob.clone()]);
+    assert_eq!(snap.keys.len(), 1);
+    assert_eq!(snap.keys[0].address, bob);
+}

@@ -11,77 +11,21 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use peermail_core::address::Address;
-use peermail_core::identity::{auth_message, register_message, Identity};
 use peermail_core::mail::MessageId;
 use peermail_core::wire::signal::{
     parse_server_frame, ClientFrame, ErrorAbout, ErrorCode, MailLocation, ReceiptOutcome,
     ServerFrame, WaitingMail, MAX_SEALED_BYTES,
 };
-use peermail_relay::{Config, Db};
+use peermail_relay::Db;
 use tokio::io::AsyncBufReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// Longest wait for anything the relay should do; generous for a loaded machine.
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+
+use common::{addr, identity, Client, TestRelay, WAIT};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-struct TestRelay {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), peermail_relay::Error>>,
-}
-
-impl TestRelay {
-    async fn start(data_dir: &Path) -> TestRelay {
-        Self::start_with(data_dir, |_| {}).await
-    }
-
-    async fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestRelay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = Config::new(addr, data_dir.to_path_buf());
-        config.web_root = data_dir.join("no-web-root");
-        tweak(&mut config);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(peermail_relay::run(listener, config, async {
-            let _ = stopped.await;
-        }));
-        TestRelay {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("relay stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Client {
-    ws: Ws,
-    nonce: String,
-}
-
-fn identity(name: &str, seed: u8) -> Identity {
-    Identity::from_seed(Address::new(name, "localhost").unwrap(), [seed; 32])
-}
-
-fn addr(s: &str) -> Address {
-    s.parse().unwrap()
-}
 
 fn mid(n: u32) -> MessageId {
     let mut random = [0u8; 16];
@@ -97,106 +41,9 @@ fn sealed_bytes(n: u32, len: usize) -> Vec<u8> {
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let (ws, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
-        )
-        .await
-        .expect("connect in time")
-        .expect("connect");
-        let mut client = Client {
-            ws,
-            nonce: String::new(),
-        };
-        match client.recv().await {
-            ServerFrame::Challenge { nonce, .. } => client.nonce = nonce,
-            other => panic!("expected a challenge, got {other:?}"),
-        }
-        client
-    }
-
-    async fn send(&mut self, frame: ClientFrame) {
-        self.send_text(frame.encode()).await;
-    }
-
-    async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws
-            .send(Message::text(text.into()))
-            .await
-            .expect("send");
-    }
-
-    /// The next signaling frame (WebSocket pings are answered along the way).
-    async fn recv(&mut self) -> ServerFrame {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("connection open")
-                .expect("read");
-            match message {
-                Message::Text(text) => {
-                    return parse_server_frame(text.as_str()).expect("server frame")
-                }
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected message {other:?}"),
-            }
-        }
-    }
-
-    async fn expect_error(&mut self, code: ErrorCode) -> String {
-        match self.recv().await {
-            ServerFrame::Error {
-                code: c, message, ..
-            } if c == code => message,
-            other => panic!("expected error {code:?}, got {other:?}"),
-        }
-    }
-
     /// Sends a ping and expects its pong as the very next frame: nothing else was queued.
     async fn expect_nothing_more(&mut self, nonce: u64) {
-        self.send(ClientFrame::Ping { nonce }).await;
-        assert_eq!(self.recv().await, ServerFrame::Pong { nonce });
-    }
-
-    /// A new connection, registered as `id`.
-    async fn registered(addr: SocketAddr, id: &Identity) -> Client {
-        let mut c = Client::connect(addr).await;
-        let name = id.address.local().to_string();
-        let public_key = id.public_key();
-        let signature = id.sign(&register_message(&c.nonce, &name, &public_key));
-        c.send(ClientFrame::Register {
-            name,
-            public_key,
-            signature,
-        })
-        .await;
-        assert_eq!(
-            c.recv().await,
-            ServerFrame::Registered {
-                address: id.address.clone()
-            }
-        );
-        c
-    }
-
-    /// A new connection, authenticated as the existing account `id`. The frames the relay
-    /// sends right after the sign-in (waiting mail, receipts) are left to read.
-    async fn authenticated(addr: SocketAddr, id: &Identity) -> Client {
-        let mut c = Client::connect(addr).await;
-        c.send(ClientFrame::Auth {
-            address: id.address.clone(),
-            signature: id.sign(&auth_message(&c.nonce, &id.address)),
-        })
-        .await;
-        assert_eq!(
-            c.recv().await,
-            ServerFrame::Authenticated {
-                address: id.address.clone()
-            }
-        );
-        c
+        self.ping(nonce).await;
     }
 
     async fn close(mut self) {

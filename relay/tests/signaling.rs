@@ -1,144 +1,22 @@
 //! The signaling endpoint, tested through the real relay router on 127.0.0.1:0 with
 //! tokio-tungstenite clients.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use peermail_core::address::Address;
 use peermail_core::identity::{auth_message, register_message, Identity};
 use peermail_core::wire::signal::{
-    parse_server_frame, ClientFrame, ErrorCode, PresenceStatus, ServerFrame, SignalPayload,
-    MAX_SIGNAL_FRAME,
+    ClientFrame, ErrorCode, PresenceStatus, ServerFrame, SignalPayload, MAX_SIGNAL_FRAME,
 };
-use peermail_relay::Config;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// Longest wait for anything the relay should do; generous for a loaded machine.
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
 
-struct TestRelay {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), peermail_relay::Error>>,
-}
-
-impl TestRelay {
-    async fn start(data_dir: &Path) -> TestRelay {
-        Self::start_with(data_dir, |_| {}).await
-    }
-
-    async fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestRelay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = Config::new(addr, data_dir.to_path_buf());
-        config.web_root = data_dir.join("no-web-root");
-        tweak(&mut config);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(peermail_relay::run(listener, config, async {
-            let _ = stopped.await;
-        }));
-        TestRelay {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("relay stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Client {
-    ws: Ws,
-    nonce: String,
-}
-
-fn identity(name: &str, seed: u8) -> Identity {
-    Identity::from_seed(Address::new(name, "localhost").unwrap(), [seed; 32])
-}
-
-fn addr(s: &str) -> Address {
-    s.parse().unwrap()
-}
+use common::{addr, identity, Client, TestRelay, WAIT};
 
 impl Client {
-    /// Connects and reads the challenge.
-    async fn connect(relay: &TestRelay) -> Client {
-        let (ws, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::connect_async(format!("ws://{}/ws", relay.addr)),
-        )
-        .await
-        .expect("connect in time")
-        .expect("connect");
-        let mut client = Client {
-            ws,
-            nonce: String::new(),
-        };
-        match client.recv().await {
-            ServerFrame::Challenge { nonce, domain } => {
-                assert_eq!(domain, "localhost");
-                assert_eq!(nonce.len(), 32, "{nonce}");
-                client.nonce = nonce;
-            }
-            other => panic!("expected a challenge, got {other:?}"),
-        }
-        client
-    }
-
-    async fn send(&mut self, frame: ClientFrame) {
-        self.send_text(frame.encode()).await;
-    }
-
-    async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws
-            .send(Message::text(text.into()))
-            .await
-            .expect("send");
-    }
-
-    /// The next signaling frame (WebSocket pings are answered along the way).
-    async fn recv(&mut self) -> ServerFrame {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("connection open")
-                .expect("read");
-            match message {
-                Message::Text(text) => {
-                    return parse_server_frame(text.as_str()).expect("server frame")
-                }
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected message {other:?}"),
-            }
-        }
-    }
-
-    async fn expect_error(&mut self, code: ErrorCode) -> String {
-        match self.recv().await {
-            ServerFrame::Error {
-                code: c, message, ..
-            } if c == code => message,
-            other => panic!("expected error {code:?}, got {other:?}"),
-        }
-    }
-
     async fn expect_presence(&mut self, address: &Address, status: PresenceStatus) {
         assert_eq!(
             self.recv().await,
@@ -148,63 +26,6 @@ impl Client {
             },
             "presence of {address}"
         );
-    }
-
-    async fn ping(&mut self, nonce: u64) {
-        self.send(ClientFrame::Ping { nonce }).await;
-        assert_eq!(self.recv().await, ServerFrame::Pong { nonce });
-    }
-
-    fn register_frame(&self, id: &Identity) -> ClientFrame {
-        let name = id.address.local().to_string();
-        let public_key = id.public_key();
-        let signature = id.sign(&register_message(&self.nonce, &name, &public_key));
-        ClientFrame::Register {
-            name,
-            public_key,
-            signature,
-        }
-    }
-
-    fn auth_frame(&self, id: &Identity) -> ClientFrame {
-        ClientFrame::Auth {
-            address: id.address.clone(),
-            signature: id.sign(&auth_message(&self.nonce, &id.address)),
-        }
-    }
-
-    async fn register(&mut self, id: &Identity) {
-        self.send(self.register_frame(id)).await;
-        assert_eq!(
-            self.recv().await,
-            ServerFrame::Registered {
-                address: id.address.clone()
-            }
-        );
-    }
-
-    async fn auth(&mut self, id: &Identity) {
-        self.send(self.auth_frame(id)).await;
-        assert_eq!(
-            self.recv().await,
-            ServerFrame::Authenticated {
-                address: id.address.clone()
-            }
-        );
-    }
-
-    /// A new connection, registered as `id`.
-    async fn registered(relay: &TestRelay, id: &Identity) -> Client {
-        let mut c = Client::connect(relay).await;
-        c.register(id).await;
-        c
-    }
-
-    /// A new connection, authenticated as the existing account `id`.
-    async fn authenticated(relay: &TestRelay, id: &Identity) -> Client {
-        let mut c = Client::connect(relay).await;
-        c.auth(id).await;
-        c
     }
 
     /// Reads until the server closes; returns the close frame's code and reason.
@@ -248,7 +69,7 @@ async fn registration_is_accepted_and_authenticates_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let alice = identity("alice", 1);
-    let mut c = Client::registered(&relay, &alice).await;
+    let mut c = Client::registered(relay.addr, &alice).await;
     // The session is authenticated: subscribing works.
     c.send(ClientFrame::Subscribe {
         addresses: vec![alice.address.clone()],
@@ -268,8 +89,8 @@ async fn registration_is_accepted_and_authenticates_the_session() {
 async fn a_taken_name_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let _first = Client::registered(&relay, &identity("bob", 1)).await;
-    let mut c = Client::connect(&relay).await;
+    let _first = Client::registered(relay.addr, &identity("bob", 1)).await;
+    let mut c = Client::connect(relay.addr).await;
     c.send(c.register_frame(&identity("bob", 2))).await;
     let message = c.expect_error(ErrorCode::NameTaken).await;
     assert_eq!(message, "the name bob is taken");
@@ -282,7 +103,7 @@ async fn a_taken_name_is_refused() {
 async fn an_invalid_name_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut c = Client::connect(&relay).await;
+    let mut c = Client::connect(relay.addr).await;
     let id = identity("x", 1);
     for (name, reason) in [
         ("", "empty"),
@@ -309,7 +130,7 @@ async fn an_invalid_name_is_refused_with_the_reason() {
 async fn registration_with_a_bad_signature_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut c = Client::connect(&relay).await;
+    let mut c = Client::connect(relay.addr).await;
     let id = identity("carol", 1);
     // Signed for another challenge.
     let public_key = id.public_key();
@@ -331,10 +152,10 @@ async fn auth_is_accepted_after_reconnecting() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let dave = identity("dave", 4);
-    let mut first = Client::registered(&relay, &dave).await;
+    let mut first = Client::registered(relay.addr, &dave).await;
     first.ws.close(None).await.unwrap();
     first.expect_end().await;
-    let mut again = Client::authenticated(&relay, &dave).await;
+    let mut again = Client::authenticated(relay.addr, &dave).await;
     again.ping(7).await;
     relay.stop().await;
 }
@@ -344,8 +165,8 @@ async fn auth_with_a_bad_signature_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let erin = identity("erin", 5);
-    drop(Client::registered(&relay, &erin).await);
-    let mut c = Client::connect(&relay).await;
+    drop(Client::registered(relay.addr, &erin).await);
+    let mut c = Client::connect(relay.addr).await;
     // Signed with another key.
     let impostor = Identity::from_seed(erin.address.clone(), [66; 32]);
     c.send(c.auth_frame(&impostor)).await;
@@ -377,7 +198,7 @@ async fn auth_with_a_bad_signature_is_refused() {
 async fn auth_for_an_unknown_address_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut c = Client::connect(&relay).await;
+    let mut c = Client::connect(relay.addr).await;
     c.send(c.auth_frame(&identity("nobody", 1))).await;
     let message = c.expect_error(ErrorCode::UnknownAddress).await;
     assert!(message.contains("nobody@localhost"), "{message}");
@@ -392,7 +213,7 @@ async fn auth_for_an_unknown_address_is_refused() {
 async fn frames_before_authentication_are_refused_but_ping_works() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut c = Client::connect(&relay).await;
+    let mut c = Client::connect(relay.addr).await;
     c.ping(1).await;
     for frame in [
         ClientFrame::Subscribe {
@@ -423,11 +244,11 @@ async fn presence_by_subscription_with_live_updates() {
         identity("bob", 2),
         identity("carol", 3),
     );
-    let mut c = Client::registered(&relay, &carol).await;
+    let mut c = Client::registered(relay.addr, &carol).await;
     c.ws.close(None).await.unwrap();
     c.expect_end().await;
-    let mut b = Client::registered(&relay, &bob).await;
-    let mut a = Client::registered(&relay, &alice).await;
+    let mut b = Client::registered(relay.addr, &bob).await;
+    let mut a = Client::registered(relay.addr, &alice).await;
     let nobody = addr("nobody@localhost");
 
     a.send(ClientFrame::Subscribe {
@@ -444,7 +265,7 @@ async fn presence_by_subscription_with_live_updates() {
     b.ws.close(None).await.unwrap();
     a.expect_presence(&bob.address, PresenceStatus::Offline)
         .await;
-    let mut c = Client::authenticated(&relay, &carol).await;
+    let mut c = Client::authenticated(relay.addr, &carol).await;
     a.expect_presence(&carol.address, PresenceStatus::Online)
         .await;
 
@@ -455,7 +276,7 @@ async fn presence_by_subscription_with_live_updates() {
     .await;
     c.ws.close(None).await.unwrap();
     c.expect_end().await;
-    let _b2 = Client::authenticated(&relay, &bob).await;
+    let _b2 = Client::authenticated(relay.addr, &bob).await;
     // The next frame Alice sees is Bob's return, not Carol's departure.
     a.expect_presence(&bob.address, PresenceStatus::Online)
         .await;
@@ -466,7 +287,7 @@ async fn presence_by_subscription_with_live_updates() {
 async fn subscriptions_are_capped_per_session() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut a = Client::registered(&relay, &identity("alice", 1)).await;
+    let mut a = Client::registered(relay.addr, &identity("alice", 1)).await;
     let many: Vec<Address> = (0..1001)
         .map(|i| addr(&format!("u{i}@localhost")))
         .collect();
@@ -506,8 +327,8 @@ async fn an_offer_is_forwarded_with_from_set_by_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let (alice, bob) = (identity("alice", 1), identity("bob", 2));
-    let mut a = Client::registered(&relay, &alice).await;
-    let mut b = Client::registered(&relay, &bob).await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut b = Client::registered(relay.addr, &bob).await;
     a.send(ClientFrame::Signal {
         to: bob.address.clone(),
         conn: "c1".into(),
@@ -567,10 +388,10 @@ async fn a_signal_to_an_offline_peer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let (alice, bob) = (identity("alice", 1), identity("bob", 2));
-    let mut b = Client::registered(&relay, &bob).await;
+    let mut b = Client::registered(relay.addr, &bob).await;
     b.ws.close(None).await.unwrap();
     b.expect_end().await;
-    let mut a = Client::registered(&relay, &alice).await;
+    let mut a = Client::registered(relay.addr, &alice).await;
     // Bob's session may take a moment to be gone; watch for it.
     a.send(ClientFrame::Subscribe {
         addresses: vec![bob.address.clone()],
@@ -600,7 +421,7 @@ async fn a_signal_to_an_offline_peer_is_refused() {
 async fn a_signal_to_an_unknown_address_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut a = Client::registered(&relay, &identity("alice", 1)).await;
+    let mut a = Client::registered(relay.addr, &identity("alice", 1)).await;
     for to in ["ghost@localhost", "bob@elsewhere.example"] {
         a.send(ClientFrame::Signal {
             to: addr(to),
@@ -618,7 +439,7 @@ async fn a_signal_to_an_unknown_address_is_refused() {
 async fn bad_input_gets_an_error_and_the_connection_stays() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut c = Client::connect(&relay).await;
+    let mut c = Client::connect(relay.addr).await;
     let cases: [(Message, ErrorCode); 6] = [
         (Message::text("{not json"), ErrorCode::MalformedFrame),
         (
@@ -657,9 +478,9 @@ async fn bad_input_gets_an_error_and_the_connection_stays() {
 async fn an_oversized_frame_is_closed_with_policy_code() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
-    let mut watcher = Client::registered(&relay, &identity("watcher", 1)).await;
+    let mut watcher = Client::registered(relay.addr, &identity("watcher", 1)).await;
     let big = identity("big", 2);
-    let mut c = Client::registered(&relay, &big).await;
+    let mut c = Client::registered(relay.addr, &big).await;
     watcher
         .send(ClientFrame::Subscribe {
             addresses: vec![big.address.clone()],
@@ -684,7 +505,7 @@ async fn an_oversized_frame_is_closed_with_policy_code() {
         .await;
 
     // A frame just under the limit is carried.
-    let mut c = Client::authenticated(&relay, &big).await;
+    let mut c = Client::authenticated(relay.addr, &big).await;
     watcher
         .expect_presence(&big.address, PresenceStatus::Online)
         .await;
@@ -722,9 +543,9 @@ async fn a_silent_client_is_dropped_by_the_heartbeat() {
     })
     .await;
     let (watcher, silent) = (identity("watcher", 1), identity("silent", 2));
-    let mut w = Client::registered(&relay, &watcher).await;
+    let mut w = Client::registered(relay.addr, &watcher).await;
     // Registered, then never read again: it never answers the server's pings.
-    let s = Client::registered(&relay, &silent).await;
+    let s = Client::registered(relay.addr, &silent).await;
     w.send(ClientFrame::Subscribe {
         addresses: vec![silent.address.clone()],
     })
@@ -759,7 +580,7 @@ async fn a_connection_that_never_signs_in_is_closed() {
         c.sign_in_timeout = Duration::from_millis(2000);
     })
     .await;
-    let mut c = Client::connect(&relay).await;
+    let mut c = Client::connect(relay.addr).await;
     // Lively (it answers heartbeats and pings) but anonymous.
     c.ping(1).await;
     let (code, reason) = c.expect_close().await;
@@ -773,8 +594,8 @@ async fn a_newer_session_replaces_the_older_one() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let (alice, bob) = (identity("alice", 1), identity("bob", 2));
-    let mut w = Client::registered(&relay, &bob).await;
-    let mut old = Client::registered(&relay, &alice).await;
+    let mut w = Client::registered(relay.addr, &bob).await;
+    let mut old = Client::registered(relay.addr, &alice).await;
     w.send(ClientFrame::Subscribe {
         addresses: vec![alice.address.clone()],
     })
@@ -782,7 +603,7 @@ async fn a_newer_session_replaces_the_older_one() {
     w.expect_presence(&alice.address, PresenceStatus::Online)
         .await;
 
-    let mut new = Client::authenticated(&relay, &alice).await;
+    let mut new = Client::authenticated(relay.addr, &alice).await;
     old.expect_error(ErrorCode::SessionReplaced).await;
     old.expect_end().await;
     // Presence stayed online: the next thing the watcher hears is the signal below.
@@ -823,9 +644,9 @@ async fn others_are_served_while_one_client_misbehaves() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let (alice, bob) = (identity("alice", 1), identity("bob", 2));
-    let mut a = Client::registered(&relay, &alice).await;
-    let mut b = Client::registered(&relay, &bob).await;
-    let mut bad = Client::connect(&relay).await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut b = Client::registered(relay.addr, &bob).await;
+    let mut bad = Client::connect(relay.addr).await;
     for round in 0..50u64 {
         bad.send_text("garbage").await;
         bad.ws.send(Message::binary(vec![0u8; 100])).await.unwrap();
@@ -858,16 +679,16 @@ async fn accounts_persist_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let alice = identity("alice", 1);
     let relay = TestRelay::start(dir.path()).await;
-    let mut a = Client::registered(&relay, &alice).await;
+    let mut a = Client::registered(relay.addr, &alice).await;
     relay.stop().await;
     // The session was closed by the shutdown.
     a.expect_end().await;
     assert!(dir.path().join("relay.sqlite3").exists());
 
     let relay = TestRelay::start(dir.path()).await;
-    let mut a = Client::authenticated(&relay, &alice).await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
     a.ping(1).await;
-    let mut c = Client::connect(&relay).await;
+    let mut c = Client::connect(relay.addr).await;
     c.send(c.register_frame(&identity("alice", 9))).await;
     c.expect_error(ErrorCode::NameTaken).await;
     relay.stop().await;

@@ -30,6 +30,8 @@
 //!   acknowledged with `AckReceipt` once the new state is stored. While cached, the node
 //!   does not also deliver directly: the recipient pulls it from the relay. A recipient
 //!   without a published encryption key waits for direct delivery.
+//! - A deposit the relay does not answer within `ack_timeout` (a lost reply) is repeated;
+//!   the relay keeps one copy per sender and Message-ID.
 //! - A refused deposit (quota, rate limit, relay failure) leaves the recipient `Waiting`
 //!   with the relay's reason ([`Node::refusal`]) and is retried after
 //!   [`Config::deposit_retry`]; `unknown_address` / `conflict` fail it. Errors are matched to
@@ -369,8 +371,15 @@ impl Node {
         let mut consider = |x: Millis| t = Some(t.map_or(x, |t| t.min(x)));
         for o in self.outgoing.values() {
             for r in &o.recipients {
-                if let DeliveryState::Sending { since, .. } = r.state {
-                    consider(since + self.config.ack_timeout);
+                match r.state {
+                    DeliveryState::Sending { since, .. } => {
+                        consider(since + self.config.ack_timeout)
+                    }
+                    // A deposit the relay has not answered is repeated (see `handle_tick`).
+                    DeliveryState::Depositing { since } if self.authenticated => {
+                        consider(since + self.config.ack_timeout)
+                    }
+                    _ => {}
                 }
             }
         }
@@ -1097,6 +1106,25 @@ impl Node {
     fn handle_tick(&mut self) {
         let now = self.now;
         self.refusals.retain(|_, r| r.retry_at > now);
+        if self.authenticated {
+            // No `deposited` within the ack timeout on a live connection: the reply was lost.
+            // Deposit again (the relay keeps one copy per sender and Message-ID).
+            let timeout = self.config.ack_timeout;
+            let mut overdue = Vec::new();
+            for o in self.outgoing.values_mut() {
+                for r in &mut o.recipients {
+                    if matches!(r.state, DeliveryState::Depositing { since } if since + timeout <= now)
+                    {
+                        r.state = DeliveryState::Waiting;
+                        overdue.push(o.mail.message_id.clone());
+                    }
+                }
+            }
+            overdue.dedup();
+            for id in overdue {
+                self.persist_outgoing(&id);
+            }
+        }
         if self.authenticated {
             let due: Vec<MessageId> = self
                 .cache_retry

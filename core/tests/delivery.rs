@@ -639,3 +639,33 @@ proptest! {
         prop_assert!(w.cache.is_empty(), "the cache is emptied: {:?}", w.cache.keys().collect::<Vec<_>>());
     }
 }
+
+/// A `deposited` reply lost on a live signaling connection: the deposit is repeated after
+/// the acknowledgement timeout (the relay keeps one copy), instead of "depositing" forever.
+#[test]
+fn lost_deposit_reply_is_retried_on_a_live_connection() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    w.lose_deposit_replies = 1;
+    let id = w.send(&alice, &[&bob], &[], "reply lost");
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Depositing { .. }
+    ));
+    w.advance(w.config.ack_timeout + 1);
+    assert!(
+        matches!(
+            state_of(&w, &alice, &id, &bob),
+            DeliveryState::CachedAtRelay { .. }
+        ),
+        "{:?}",
+        state_of(&w, &alice, &id, &bob)
+    );
+    assert_eq!(w.cache.len(), 1, "one copy at the relay");
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &id), 1);
+}

@@ -62,6 +62,9 @@ pub struct CachedMail {
 
 pub struct World {
     pub cache_mode: CacheMode,
+    /// How many `Deposited` replies the relay model stores the mail for but never sends
+    /// (a reply lost on a live connection).
+    pub lose_deposit_replies: u32,
     /// Published encryption keys.
     pub directory: BTreeMap<Address, String>,
     /// The relay cache: (recipient, Message-ID) → envelope.
@@ -84,6 +87,7 @@ impl World {
     pub fn new() -> Self {
         World {
             cache_mode: CacheMode::Off,
+            lose_deposit_replies: 0,
             directory: BTreeMap::new(),
             cache: BTreeMap::new(),
             receipts: BTreeMap::new(),
@@ -418,6 +422,10 @@ impl World {
                         ServerFrame::Deposited { to, message_id }
                     }
                 };
+                if matches!(frame, ServerFrame::Deposited { .. }) && self.lose_deposit_replies > 0 {
+                    self.lose_deposit_replies -= 1;
+                    return;
+                }
                 self.reply(from, frame);
             }
             ClientFrame::Fetch { message_id } => {

@@ -911,6 +911,12 @@ impl Node {
         if self.inbox.contains_key(&message_id) {
             return self.emit(Output::ToServer(ClientFrame::Release { message_id }));
         }
+        self.store_received(mail, BTreeSet::new(), true);
+    }
+
+    /// Stores a newly received mail; once the store completes, `ack_to` peers are
+    /// acknowledged and (if `release`) the relay's copy is released.
+    fn store_received(&mut self, mail: Mail, ack_to: BTreeSet<Address>, release: bool) {
         let record = InboxRecord {
             mail,
             received_at: self.now,
@@ -921,8 +927,8 @@ impl Node {
             op,
             PendingInbox {
                 record,
-                ack_to: BTreeSet::new(),
-                release: true,
+                ack_to,
+                release,
             },
         );
     }
@@ -1242,20 +1248,7 @@ impl Node {
             p.ack_to.insert(peer);
             return;
         }
-        let record = InboxRecord {
-            mail,
-            received_at: self.now,
-            read: false,
-        };
-        let op = self.store(StoreWrite::PutInbox(record.clone()));
-        self.pending_inbox.insert(
-            op,
-            PendingInbox {
-                record,
-                ack_to: BTreeSet::from([peer]),
-                release: false,
-            },
-        );
+        self.store_received(mail, BTreeSet::from([peer]), false);
     }
 
     fn handle_stored(&mut self, op: OpId, result: Result<(), String>) {

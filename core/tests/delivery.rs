@@ -241,19 +241,95 @@ fn forged_sender_is_rejected() {
     assert!(node.inbox().is_empty());
 }
 
+/// One step of a random schedule.
 #[derive(Debug, Clone)]
 enum Step {
     Toggle(usize),
-    Send { from: usize, to: Vec<usize> },
+    Send {
+        from: usize,
+        to: Vec<usize>,
+    },
     Wait(u64),
+    /// Switch the relay model's cache (only in schedules that use it).
+    Cache(sim::CacheMode),
 }
 
-fn step() -> impl Strategy<Value = Step> {
+fn toggle_send_wait(max_wait: u64) -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (0usize..4).prop_map(Step::Toggle),
         2 => (0usize..4, proptest::collection::vec(0usize..4, 1..4)).prop_map(|(from, to)| Step::Send { from, to }),
-        2 => (0u64..30_000).prop_map(Step::Wait),
+        2 => (0u64..max_wait).prop_map(Step::Wait),
     ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    toggle_send_wait(30_000)
+}
+
+/// Loses every `loss + 2`-th peer frame (none when `loss` is 0).
+fn lossy(w: &mut World, loss: u32) {
+    let mut counter = 0u32;
+    w.drop_rule = Some(Box::new(move |_, _, _| {
+        counter = counter.wrapping_add(1);
+        loss > 0 && counter % (loss + 2) == 0
+    }));
+}
+
+/// Plays `steps` on `users`; returns (sender, Message-ID) of every mail sent.
+fn play(
+    w: &mut World,
+    users: &[peermail_core::Address],
+    steps: Vec<Step>,
+) -> Vec<(peermail_core::Address, peermail_core::MessageId)> {
+    let mut sent = Vec::new();
+    for (i, s) in steps.into_iter().enumerate() {
+        match s {
+            Step::Toggle(u) => {
+                if w.is_online(&users[u]) {
+                    w.offline(&users[u])
+                } else {
+                    w.online(&users[u])
+                }
+            }
+            Step::Send { from, to } => {
+                if w.is_online(&users[from]) {
+                    let to: Vec<_> = to.iter().map(|t| &users[*t]).collect();
+                    let id = w.send(&users[from], &to, &[], &format!("mail {i}"));
+                    sent.push((users[from].clone(), id));
+                }
+            }
+            Step::Wait(ms) => w.advance(ms),
+            Step::Cache(m) => w.cache_mode = m,
+        }
+    }
+    sent
+}
+
+/// Every mail sent is delivered to every recipient, received exactly once.
+fn assert_all_delivered(
+    w: &World,
+    sent: &[(peermail_core::Address, peermail_core::MessageId)],
+) -> Result<(), TestCaseError> {
+    for (from, id) in sent {
+        let o = w.outgoing(from, id);
+        prop_assert!(!o.is_pending(), "{id} still pending: {:?}", o.recipients);
+        for r in &o.recipients {
+            prop_assert!(
+                matches!(r.state, DeliveryState::Delivered { .. }),
+                "{:?}",
+                r
+            );
+            prop_assert!(w.inbox_has(&r.address, id));
+            prop_assert_eq!(
+                w.received_count(&r.address, id),
+                1,
+                "{} got {} copies",
+                r.address,
+                id
+            );
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -264,40 +340,12 @@ proptest! {
     fn every_mail_arrives_exactly_once(steps in proptest::collection::vec(step(), 1..40), loss in 0u32..4) {
         let mut w = World::new();
         let users: Vec<_> = ["alice", "bob", "carol", "dave"].iter().map(|n| w.register(n)).collect();
-        let mut counter = 0u32;
-        w.drop_rule = Some(Box::new(move |_, _, _| {
-            counter = counter.wrapping_add(1);
-            loss > 0 && counter % (loss + 2) == 0
-        }));
-        let mut sent = Vec::new();
-        for (i, s) in steps.into_iter().enumerate() {
-            match s {
-                Step::Toggle(u) => {
-                    if w.is_online(&users[u]) { w.offline(&users[u]) } else { w.online(&users[u]) }
-                }
-                Step::Send { from, to } => {
-                    if w.is_online(&users[from]) {
-                        let to: Vec<_> = to.iter().map(|t| &users[*t]).collect();
-                        let id = w.send(&users[from], &to, &[], &format!("mail {i}"));
-                        sent.push((users[from].clone(), id));
-                    }
-                }
-                Step::Wait(ms) => w.advance(ms),
-            }
-        }
+        lossy(&mut w, loss);
+        let sent = play(&mut w, &users, steps);
         w.drop_rule = None;
         for u in &users { w.online(u); }
         w.advance(5 * 60_000);
-        for (from, id) in &sent {
-            let o = w.outgoing(from, id);
-            prop_assert!(!o.is_pending(), "{id} still pending: {:?}", o.recipients);
-            for r in &o.recipients {
-                prop_assert!(matches!(r.state, DeliveryState::Delivered { .. }), "{:?}", r);
-                prop_assert!(w.inbox_has(&r.address, id));
-                let expected = 1;
-                prop_assert_eq!(w.received_count(&r.address, id), expected, "{} got {} copies", r.address, id);
-            }
-        }
+        assert_all_delivered(&w, &sent)?;
     }
 }
 
@@ -565,20 +613,10 @@ fn a_changed_key_is_reported_and_used() {
     assert_eq!(w.received_count(&bob, &second), 1, "sealed to the new key");
 }
 
-#[derive(Debug, Clone)]
-enum CacheStep {
-    Toggle(usize),
-    Send { from: usize, to: Vec<usize> },
-    Wait(u64),
-    Cache(CacheMode),
-}
-
-fn cache_step() -> impl Strategy<Value = CacheStep> {
+fn cache_step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (0usize..4).prop_map(CacheStep::Toggle),
-        2 => (0usize..4, proptest::collection::vec(0usize..4, 1..4)).prop_map(|(from, to)| CacheStep::Send { from, to }),
-        2 => (0u64..90_000).prop_map(CacheStep::Wait),
-        1 => prop_oneof![Just(CacheMode::Up), Just(CacheMode::Down), Just(CacheMode::Full)].prop_map(CacheStep::Cache),
+        7 => toggle_send_wait(90_000),
+        1 => prop_oneof![Just(CacheMode::Up), Just(CacheMode::Down), Just(CacheMode::Full)].prop_map(Step::Cache),
     ]
 }
 
@@ -599,40 +637,16 @@ proptest! {
         for u in &users { w.offline(u); }
         // Alice starts online, so most schedules send while others are away.
         w.online(&users[0]);
-        let mut counter = 0u32;
-        w.drop_rule = Some(Box::new(move |_, _, _| {
-            counter = counter.wrapping_add(1);
-            loss > 0 && counter % (loss + 2) == 0
-        }));
-        let mut sent = Vec::new();
-        for (i, s) in steps.into_iter().enumerate() {
-            match s {
-                CacheStep::Toggle(u) => {
-                    if w.is_online(&users[u]) { w.offline(&users[u]) } else { w.online(&users[u]) }
-                }
-                CacheStep::Send { from, to } => {
-                    if w.is_online(&users[from]) {
-                        let to: Vec<_> = to.iter().map(|t| &users[*t]).collect();
-                        let id = w.send(&users[from], &to, &[], &format!("mail {i}"));
-                        sent.push((users[from].clone(), id));
-                    }
-                }
-                CacheStep::Wait(ms) => w.advance(ms),
-                CacheStep::Cache(m) => w.cache_mode = m,
-            }
-        }
+        lossy(&mut w, loss);
+        let sent = play(&mut w, &users, steps);
         // The outage ends and everyone returns.
         w.drop_rule = None;
         w.cache_mode = CacheMode::Up;
         for u in &users { w.online(u); }
         w.advance(5 * 60_000);
+        assert_all_delivered(&w, &sent)?;
         for (from, id) in &sent {
-            let o = w.outgoing(from, id);
-            prop_assert!(!o.is_pending(), "{id} still pending: {:?}", o.recipients);
-            for r in &o.recipients {
-                prop_assert!(matches!(r.state, DeliveryState::Delivered { .. }), "{:?}", r);
-                prop_assert!(w.inbox_has(&r.address, id));
-                prop_assert_eq!(w.received_count(&r.address, id), 1, "{} got {} copies", r.address, id);
+            for r in &w.outgoing(from, id).recipients {
                 prop_assert!(!rejected(&w, &r.address));
             }
         }

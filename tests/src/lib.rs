@@ -7,6 +7,8 @@
 //! - [`browser`]: one browser = one WebDriver session with its own profile directory, plus
 //!   the helpers a scenario uses (`sign_up`, `compose`, `open_folder`, `wait_for_text`, …)
 //!   written against `docs/ui-contract.md`.
+//! - [`native`]: a native signaling client (no browser) with its own account keys, for
+//!   parties the web client would never be, such as an attacker depositing forged mail.
 //! - [`runner`]: runs scenarios in order, prints `test <name> ... ok|FAILED` and
 //!   `N passed, M failed`.
 //!
@@ -17,6 +19,7 @@
 //! `PEERMAIL_E2E_CAPTURE=always` (screenshots after passing scenarios too).
 
 pub mod browser;
+pub mod native;
 pub mod netns;
 pub mod procs;
 pub mod runner;

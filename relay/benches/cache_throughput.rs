@@ -124,6 +124,16 @@ async fn client(mut ws: Ws, me: Address, i: usize, n: usize) {
     }
 }
 
+/// Turns Nagle's algorithm off on the client's socket, as browsers do for WebSockets and
+/// redis-benchmark (hiredis) does for its connections: with it on, a client's small frame
+/// sent right after another one that is not yet acknowledged waits for the server's delayed
+/// ACK (tens of milliseconds on Linux), which would measure TCP timers instead of the relay.
+fn nodelay(ws: &Ws) {
+    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        tcp.set_nodelay(true).expect("set TCP_NODELAY");
+    }
+}
+
 async fn relay_rate(clients: usize, per_client: usize) -> (f64, f64) {
     let data = tempfile::tempdir().unwrap();
     let domain = "bench.test";
@@ -145,6 +155,7 @@ async fn relay_rate(clients: usize, per_client: usize) -> (f64, f64) {
     for i in 0..clients {
         let name = format!("c{i}");
         let ws = register(addr.clone(), &name, i as u64, domain).await;
+        nodelay(&ws);
         sessions.push((ws, Address::new(&name, domain).unwrap()));
     }
     let started = Instant::now();

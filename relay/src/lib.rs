@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use axum::Router;
 use peermail_core::address::Address;
 use peermail_signaling::{CachePolicy, Signaling, SignalingConfig};
@@ -298,6 +299,14 @@ pub async fn serve(
     let app = router(&relay);
     let signaling = relay.signaling.clone();
     let sweeper = tokio::spawn(sweep(relay.signaling.clone(), relay.sweep_interval));
+    // Replies and pushed frames are small and often written back to back (a reply, then a
+    // notice for the same client): with Nagle's algorithm on, the second waits for the
+    // client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -2,56 +2,94 @@
 //! the account directory ([`Directory`]) and the store-and-forward mail cache
 //! ([`MailCache`]).
 //!
+//! Connections: the account directory and the counters use one connection behind a mutex
+//! (short primary-key statements). The mail cache has a thread of its own, the *cache
+//! writer*, which owns a second connection; sessions hand it operations over a channel and
+//! await the answer (no blocking-pool task per operation). Each turn the writer takes every
+//! operation that is waiting (at most [`MAX_BATCH`]): it answers the reads (fetch, waiting
+//! list, receipts) from the committed state, then runs all the writes (deposit, release,
+//! receipt acknowledgement, expiry) in **one** transaction — each inside its own savepoint,
+//! so one failing operation leaves the others' effects intact — commits it, and only then
+//! answers the writes (group commit). Operations in one transaction run in arrival order,
+//! so each sees the ones before it (a quota check counts the deposits just before it). If
+//! the commit fails, every write of the batch is answered with the error and none of them
+//! happened. Statements are prepared once per connection (`prepare_cached`).
+//!
 //! Durability: `journal_mode=WAL` with `synchronous=NORMAL`. A transaction is committed once
 //! its pages are written to the WAL file (in the OS's page cache); SQLite syncs the WAL to
 //! disk at checkpoints, not at every commit. A committed transaction therefore survives the
 //! relay process dying in any way (SIGKILL, panic, OOM killer): the kernel still writes it
 //! out. Only a power loss or kernel crash can lose the last transactions before a checkpoint
-//! (the database stays consistent either way). The relay acknowledges a deposit after its
-//! commit, so an acknowledged envelope survives any crash of the relay itself. `FULL` would
-//! add an fsync per commit to protect against power loss too, at a large cost in deposit
-//! throughput; a relay behind an unreliable power supply can be given it later as an option.
+//! (the database stays consistent either way). The relay acknowledges a deposit after the
+//! commit of the transaction that contains it, so an acknowledged envelope survives any
+//! crash of the relay itself; a release deletes the envelope and records its receipt in the
+//! same transaction. `FULL` would add an fsync per commit (per batch, with group commit) to
+//! protect against power loss too; a relay behind an unreliable power supply can be given it
+//! later as an option.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use peermail_core::address::Address;
 use peermail_core::identity::PublicKey;
 use peermail_core::mail::{MessageId, Millis};
 use peermail_core::wire::signal::{MailLocation, ReceiptOutcome, WaitingMail};
-use peermail_signaling::cache::{CachedMail, Deposit, NewMail, Receipt};
+use peermail_signaling::cache::{CacheFuture, CachedMail, Deposit, NewMail, Receipt};
 use peermail_signaling::{Directory, MailCache};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use tokio::sync::oneshot;
 
 use crate::{migrations, Error};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "relay.sqlite3";
 
-/// One connection, shared. Each call is a short primary-key statement; a pool comes when a
-/// query is slow enough to need one.
+/// Most cache operations the writer takes in one turn (one write transaction).
+pub const MAX_BATCH: usize = 256;
+
+/// The database: a connection for the account directory, and the cache writer thread with
+/// its own connection (see the module documentation).
 #[derive(Debug)]
 pub struct Db {
     conn: Mutex<Connection>,
+    /// Operations for the cache writer; `None` only while dropping.
+    ops: Option<mpsc::Sender<Op>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // See the module documentation: survives any crash of the process.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 impl Db {
-    /// Opens (creating if missing) the data directory and the database, and migrates it.
+    /// Opens (creating if missing) the data directory and the database, migrates it, and
+    /// starts the cache writer.
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         std::fs::create_dir_all(data_dir).map_err(|e| Error::DataDir {
             path: data_dir.to_path_buf(),
             source: e,
         })?;
-        let mut conn = Connection::open(data_dir.join(DB_FILE))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // See the module documentation: survives any crash of the process.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = open_connection(&path)?;
         migrations::migrate(&mut conn)?;
+        let cache_conn = open_connection(&path)?;
+        let (ops, queue) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("cache-writer".into())
+            .spawn(move || CacheWriter { conn: cache_conn }.run(&queue))?;
         Ok(Db {
             conn: Mutex::new(conn),
+            ops: Some(ops),
+            writer: Some(writer),
         })
     }
 
@@ -72,6 +110,260 @@ impl Db {
             .conn()
             .query_row("SELECT count(*) FROM cached_mail", [], |r| r.get(0))?)
     }
+
+    /// Hands an operation to the cache writer; the answer comes on the returned receiver.
+    fn submit<T>(
+        &self,
+        op: impl FnOnce(Reply<T>) -> Op,
+    ) -> Result<oneshot::Receiver<Answer<T>>, CacheError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(op(reply))
+            .map_err(|_| writer_gone())?;
+        Ok(answer)
+    }
+
+    /// An operation, awaited.
+    fn call<T: Send + 'static>(&self, op: impl FnOnce(Reply<T>) -> Op) -> CacheFuture<T> {
+        let answer = self.submit(op);
+        Box::pin(async move { answer?.await.map_err(|_| writer_gone())? })
+    }
+
+    /// An operation, waited for by blocking this thread (not for async contexts).
+    fn call_blocking<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Answer<T> {
+        self.submit(op)?
+            .blocking_recv()
+            .map_err(|_| writer_gone())?
+    }
+}
+
+impl Drop for Db {
+    /// Stops the cache writer after it has answered what was queued, and waits for it.
+    fn drop(&mut self) {
+        self.ops.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+type CacheError = peermail_signaling::Error;
+type Answer<T> = Result<T, CacheError>;
+type Reply<T> = oneshot::Sender<Answer<T>>;
+
+fn writer_gone() -> CacheError {
+    CacheError::Cache("the cache writer stopped".into())
+}
+
+/// One request to the cache writer.
+#[derive(Debug)]
+enum Op {
+    Deposit {
+        mail: NewMail,
+        quota_bytes: u64,
+        reply: Reply<Deposit>,
+    },
+    Waiting {
+        recipient: Address,
+        reply: Reply<Vec<WaitingMail>>,
+    },
+    Fetch {
+        recipient: Address,
+        id: MessageId,
+        reply: Reply<Option<CachedMail>>,
+    },
+    Release {
+        recipient: Address,
+        id: MessageId,
+        now: Millis,
+        reply: Reply<Option<Address>>,
+    },
+    Receipts {
+        sender: Address,
+        reply: Reply<Vec<Receipt>>,
+    },
+    AckReceipt {
+        sender: Address,
+        recipient: Address,
+        id: MessageId,
+        reply: Reply<()>,
+    },
+    Expire {
+        now: Millis,
+        reply: Reply<Vec<Receipt>>,
+    },
+}
+
+/// Sends a write's answer once its transaction's fate is known: the commit's error if it
+/// failed, else the operation's own result.
+type Pending = Box<dyn FnOnce(Result<(), CacheError>) + Send>;
+
+fn pending<T: Send + 'static>(reply: Reply<T>, result: Answer<T>) -> Pending {
+    Box::new(move |committed| {
+        let _ = reply.send(committed.and(result));
+    })
+}
+
+/// The thread that owns the cache's connection.
+struct CacheWriter {
+    conn: Connection,
+}
+
+impl CacheWriter {
+    fn run(mut self, queue: &mpsc::Receiver<Op>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Ok(first) = queue.recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.turn(&mut batch);
+        }
+    }
+
+    /// Answers the reads of `batch`, then runs its writes in one transaction.
+    fn turn(&mut self, batch: &mut Vec<Op>) {
+        let mut writes = Vec::with_capacity(batch.len());
+        for op in batch.drain(..) {
+            match op {
+                Op::Waiting { recipient, reply } => {
+                    let _ = reply.send(waiting(&self.conn, &recipient));
+                }
+                Op::Fetch {
+                    recipient,
+                    id,
+                    reply,
+                } => {
+                    let _ = reply.send(fetch(&self.conn, &recipient, &id));
+                }
+                Op::Receipts { sender, reply } => {
+                    let _ = reply.send(receipts(&self.conn, &sender));
+                }
+                write => writes.push(write),
+            }
+        }
+        if writes.is_empty() {
+            return;
+        }
+        if let Err(e) = run(&self.conn, "BEGIN IMMEDIATE") {
+            let e = cache_error(e);
+            for op in writes {
+                fail(op, e.clone());
+            }
+            return;
+        }
+        let mut answers: Vec<Pending> = Vec::with_capacity(writes.len());
+        let mut broken = None;
+        for op in writes {
+            if let Some(e) = &broken {
+                fail(op, CacheError::clone(e));
+                continue;
+            }
+            match self.write(op) {
+                Ok(answer) => answers.push(answer),
+                Err((answer, e)) => {
+                    answers.push(answer);
+                    broken = Some(e);
+                }
+            }
+        }
+        let committed = match broken {
+            Some(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = run(&self.conn, "ROLLBACK");
+                }
+                Err(e)
+            }
+            None => run(&self.conn, "COMMIT").map_err(|e| {
+                if !self.conn.is_autocommit() {
+                    let _ = run(&self.conn, "ROLLBACK");
+                }
+                cache_error(e)
+            }),
+        };
+        for answer in answers {
+            answer(committed.clone());
+        }
+    }
+
+    /// Runs one write inside a savepoint: if it fails, its own changes are undone and the
+    /// rest of the transaction goes on. `Err` means the whole transaction is lost (a
+    /// savepoint statement failed, or SQLite rolled the transaction back).
+    fn write(&mut self, op: Op) -> Result<Pending, (Pending, CacheError)> {
+        let conn = &self.conn;
+        match op {
+            Op::Deposit {
+                mail,
+                quota_bytes,
+                reply,
+            } => step(conn, reply, || deposit(conn, &mail, quota_bytes)),
+            Op::Release {
+                recipient,
+                id,
+                now,
+                reply,
+            } => step(conn, reply, || release(conn, &recipient, &id, now)),
+            Op::AckReceipt {
+                sender,
+                recipient,
+                id,
+                reply,
+            } => step(conn, reply, || ack_receipt(conn, &sender, &recipient, &id)),
+            Op::Expire { now, reply } => step(conn, reply, || expire(conn, now)),
+            Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } => {
+                unreachable!("reads are answered before the transaction")
+            }
+        }
+    }
+}
+
+/// `f` inside `SAVEPOINT op`: released if it succeeded, rolled back to if it failed.
+fn step<T: Send + 'static>(
+    conn: &Connection,
+    reply: Reply<T>,
+    f: impl FnOnce() -> Answer<T>,
+) -> Result<Pending, (Pending, CacheError)> {
+    if let Err(e) = run(conn, "SAVEPOINT op") {
+        let e = cache_error(e);
+        return Err((pending(reply, Err(e.clone())), e));
+    }
+    let result = f();
+    let closed = if result.is_ok() {
+        run(conn, "RELEASE op")
+    } else {
+        run(conn, "ROLLBACK TO op").and_then(|()| run(conn, "RELEASE op"))
+    };
+    match closed {
+        Ok(()) if !conn.is_autocommit() => Ok(pending(reply, result)),
+        Ok(()) => Err((
+            pending(reply, result),
+            CacheError::Cache("the transaction was rolled back".into()),
+        )),
+        Err(e) => Err((pending(reply, result), cache_error(e))),
+    }
+}
+
+/// Answers a write that was not run with `e`.
+fn fail(op: Op, e: CacheError) {
+    match op {
+        Op::Deposit { reply, .. } => drop(reply.send(Err(e))),
+        Op::Waiting { reply, .. } => drop(reply.send(Err(e))),
+        Op::Fetch { reply, .. } => drop(reply.send(Err(e))),
+        Op::Release { reply, .. } => drop(reply.send(Err(e))),
+        Op::Receipts { reply, .. } => drop(reply.send(Err(e))),
+        Op::AckReceipt { reply, .. } => drop(reply.send(Err(e))),
+        Op::Expire { reply, .. } => drop(reply.send(Err(e))),
+    }
+}
+
+/// Runs a statement that returns no rows, prepared once per connection.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn cache_error(e: rusqlite::Error) -> peermail_signaling::Error {
@@ -109,243 +401,336 @@ fn millis(v: Millis) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-impl MailCache for Db {
-    fn deposit(
-        &self,
-        mail: NewMail,
-        quota_bytes: u64,
-    ) -> Result<Deposit, peermail_signaling::Error> {
-        let mut conn = self.conn();
-        // IMMEDIATE: the quota check and the insert see no other writer in between.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(cache_error)?;
-        let (recipient, id) = (mail.recipient.to_string(), mail.message_id.as_str());
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT sender FROM cached_mail WHERE recipient = ?1 AND message_id = ?2",
-                params![recipient, id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(cache_error)?;
-        if let Some(sender) = existing {
-            return Ok(if sender == mail.sender.to_string() {
-                Deposit::AlreadyStored
-            } else {
-                Deposit::Conflict
-            });
-        }
-        let used: i64 = tx
-            .query_row(
-                "SELECT coalesce(sum(size), 0) FROM cached_mail WHERE recipient = ?1",
-                [&recipient],
-                |r| r.get(0),
-            )
-            .map_err(cache_error)?;
-        let size = mail.sealed.len() as u64;
-        if (used.max(0) as u64).saturating_add(size) > quota_bytes {
-            return Ok(Deposit::QuotaExceeded);
-        }
-        tx.execute(
-            "INSERT INTO cached_mail
-                (recipient, message_id, sender, sealed, size, deposited_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                recipient,
-                id,
-                mail.sender.to_string(),
-                mail.sealed,
-                size as i64,
-                millis(mail.deposited_at),
-                millis(mail.expires_at),
-            ],
+// The operations, on the cache writer's connection. Writes run inside its transaction.
+
+fn deposit(conn: &Connection, mail: &NewMail, quota_bytes: u64) -> Answer<Deposit> {
+    let (recipient, id) = (mail.recipient.to_string(), mail.message_id.as_str());
+    let existing: Option<String> = conn
+        .prepare_cached("SELECT sender FROM cached_mail WHERE recipient = ?1 AND message_id = ?2")
+        .and_then(|mut s| s.query_row(params![recipient, id], |r| r.get(0)).optional())
+        .map_err(cache_error)?;
+    if let Some(sender) = existing {
+        return Ok(if sender == mail.sender.to_string() {
+            Deposit::AlreadyStored
+        } else {
+            Deposit::Conflict
+        });
+    }
+    let used: i64 = conn
+        .prepare_cached("SELECT coalesce(sum(size), 0) FROM cached_mail WHERE recipient = ?1")
+        .and_then(|mut s| s.query_row([&recipient], |r| r.get(0)))
+        .map_err(cache_error)?;
+    let size = mail.sealed.len() as u64;
+    if (used.max(0) as u64).saturating_add(size) > quota_bytes {
+        return Ok(Deposit::QuotaExceeded);
+    }
+    conn.prepare_cached(
+        "INSERT INTO cached_mail
+            (recipient, message_id, sender, sealed, size, deposited_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            recipient,
+            id,
+            mail.sender.to_string(),
+            mail.sealed,
+            size as i64,
+            millis(mail.deposited_at),
+            millis(mail.expires_at),
+        ])
+    })
+    .map_err(cache_error)?;
+    Ok(Deposit::Stored)
+}
+
+fn waiting(conn: &Connection, recipient: &Address) -> Answer<Vec<WaitingMail>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT message_id, sender, size, deposited_at FROM cached_mail
+             WHERE recipient = ?1 ORDER BY deposited_at, message_id",
         )
         .map_err(cache_error)?;
-        tx.commit().map_err(cache_error)?;
-        Ok(Deposit::Stored)
+    let rows = stmt
+        .query_map([recipient.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(cache_error)?;
+    let mut items = Vec::new();
+    for row in rows {
+        let (id, sender, size, at) = row.map_err(cache_error)?;
+        items.push(WaitingMail {
+            message_id: message_id(&id)?,
+            from: address(&sender)?,
+            size: size.max(0) as u64,
+            deposited_at: at.max(0) as Millis,
+            location: MailLocation::Relay,
+        });
     }
+    Ok(items)
+}
 
-    fn waiting(&self, recipient: &Address) -> Result<Vec<WaitingMail>, peermail_signaling::Error> {
-        let conn = self.conn();
+fn fetch(conn: &Connection, recipient: &Address, id: &MessageId) -> Answer<Option<CachedMail>> {
+    let row: Option<(String, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT sender, sealed FROM cached_mail WHERE recipient = ?1 AND message_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![recipient.to_string(), id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(cache_error)?;
+    match row {
+        None => Ok(None),
+        Some((sender, sealed)) => Ok(Some(CachedMail {
+            sender: address(&sender)?,
+            sealed,
+        })),
+    }
+}
+
+fn release(
+    conn: &Connection,
+    recipient: &Address,
+    id: &MessageId,
+    now: Millis,
+) -> Answer<Option<Address>> {
+    let recipient_text = recipient.to_string();
+    let sender: Option<String> = conn
+        .prepare_cached(
+            "DELETE FROM cached_mail WHERE recipient = ?1 AND message_id = ?2 RETURNING sender",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![recipient_text, id.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(cache_error)?;
+    let Some(sender) = sender else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO receipts (sender, recipient, message_id, outcome, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            sender,
+            recipient_text,
+            id.as_str(),
+            outcome_text(ReceiptOutcome::Delivered),
+            millis(now)
+        ])
+    })
+    .map_err(cache_error)?;
+    Ok(Some(address(&sender)?))
+}
+
+fn receipts(conn: &Connection, sender: &Address) -> Answer<Vec<Receipt>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT recipient, message_id, outcome FROM receipts
+             WHERE sender = ?1 ORDER BY created_at, recipient, message_id",
+        )
+        .map_err(cache_error)?;
+    let rows = stmt
+        .query_map([sender.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(cache_error)?;
+    let mut receipts = Vec::new();
+    for row in rows {
+        let (recipient, id, what) = row.map_err(cache_error)?;
+        receipts.push(Receipt {
+            sender: sender.clone(),
+            recipient: address(&recipient)?,
+            message_id: message_id(&id)?,
+            outcome: outcome(&what)?,
+        });
+    }
+    Ok(receipts)
+}
+
+fn ack_receipt(
+    conn: &Connection,
+    sender: &Address,
+    recipient: &Address,
+    id: &MessageId,
+) -> Answer<()> {
+    conn.prepare_cached(
+        "DELETE FROM receipts WHERE sender = ?1 AND recipient = ?2 AND message_id = ?3",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            sender.to_string(),
+            recipient.to_string(),
+            id.as_str()
+        ])
+    })
+    .map_err(cache_error)?;
+    Ok(())
+}
+
+fn expire(conn: &Connection, now: Millis) -> Answer<Vec<Receipt>> {
+    let expired: Vec<(String, String, String)> = {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT message_id, sender, size, deposited_at FROM cached_mail
-                 WHERE recipient = ?1 ORDER BY deposited_at, message_id",
+                "DELETE FROM cached_mail WHERE expires_at <= ?1
+                 RETURNING sender, recipient, message_id",
             )
             .map_err(cache_error)?;
         let rows = stmt
-            .query_map([recipient.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
+            .query_map([millis(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(cache_error)?;
-        let mut items = Vec::new();
-        for row in rows {
-            let (id, sender, size, at) = row.map_err(cache_error)?;
-            items.push(WaitingMail {
-                message_id: message_id(&id)?,
-                from: address(&sender)?,
-                size: size.max(0) as u64,
-                deposited_at: at.max(0) as Millis,
-                location: MailLocation::Relay,
-            });
-        }
-        Ok(items)
-    }
-
-    fn fetch(
-        &self,
-        recipient: &Address,
-        id: &MessageId,
-    ) -> Result<Option<CachedMail>, peermail_signaling::Error> {
-        let row: Option<(String, Vec<u8>)> = self
-            .conn()
-            .query_row(
-                "SELECT sender, sealed FROM cached_mail WHERE recipient = ?1 AND message_id = ?2",
-                params![recipient.to_string(), id.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(cache_error)?;
-        match row {
-            None => Ok(None),
-            Some((sender, sealed)) => Ok(Some(CachedMail {
-                sender: address(&sender)?,
-                sealed,
-            })),
-        }
-    }
-
-    fn release(
-        &self,
-        recipient: &Address,
-        id: &MessageId,
-        now: Millis,
-    ) -> Result<Option<Address>, peermail_signaling::Error> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(cache_error)?;
-        let recipient_text = recipient.to_string();
-        let sender: Option<String> = tx
-            .query_row(
-                "DELETE FROM cached_mail WHERE recipient = ?1 AND message_id = ?2 RETURNING sender",
-                params![recipient_text, id.as_str()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(cache_error)?;
-        let Some(sender) = sender else {
-            return Ok(None);
-        };
-        tx.execute(
+        rows.collect::<Result<_, _>>().map_err(cache_error)?
+    };
+    let mut insert = conn
+        .prepare_cached(
             "INSERT OR REPLACE INTO receipts (sender, recipient, message_id, outcome, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                sender,
-                recipient_text,
-                id.as_str(),
-                outcome_text(ReceiptOutcome::Delivered),
-                millis(now)
-            ],
         )
         .map_err(cache_error)?;
-        tx.commit().map_err(cache_error)?;
-        Ok(Some(address(&sender)?))
+    for (sender, recipient, id) in &expired {
+        insert
+            .execute(params![
+                sender,
+                recipient,
+                id,
+                outcome_text(ReceiptOutcome::Expired),
+                millis(now)
+            ])
+            .map_err(cache_error)?;
+    }
+    let mut receipts = Vec::with_capacity(expired.len());
+    for (sender, recipient, id) in expired {
+        receipts.push(Receipt {
+            sender: address(&sender)?,
+            recipient: address(&recipient)?,
+            message_id: message_id(&id)?,
+            outcome: ReceiptOutcome::Expired,
+        });
+    }
+    Ok(receipts)
+}
+
+/// Every call goes to the cache writer. The blocking methods wait for its answer on the
+/// calling thread; the `*_async` ones (what sessions use) await it.
+impl MailCache for Db {
+    fn deposit(&self, mail: NewMail, quota_bytes: u64) -> Answer<Deposit> {
+        self.call_blocking(|reply| Op::Deposit {
+            mail,
+            quota_bytes,
+            reply,
+        })
     }
 
-    fn receipts(&self, sender: &Address) -> Result<Vec<Receipt>, peermail_signaling::Error> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT recipient, message_id, outcome FROM receipts
-                 WHERE sender = ?1 ORDER BY created_at, recipient, message_id",
-            )
-            .map_err(cache_error)?;
-        let rows = stmt
-            .query_map([sender.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(cache_error)?;
-        let mut receipts = Vec::new();
-        for row in rows {
-            let (recipient, id, what) = row.map_err(cache_error)?;
-            receipts.push(Receipt {
-                sender: sender.clone(),
-                recipient: address(&recipient)?,
-                message_id: message_id(&id)?,
-                outcome: outcome(&what)?,
-            });
-        }
-        Ok(receipts)
+    fn waiting(&self, recipient: &Address) -> Answer<Vec<WaitingMail>> {
+        let recipient = recipient.clone();
+        self.call_blocking(|reply| Op::Waiting { recipient, reply })
     }
 
-    fn ack_receipt(
-        &self,
-        sender: &Address,
-        recipient: &Address,
-        id: &MessageId,
-    ) -> Result<(), peermail_signaling::Error> {
-        self.conn()
-            .execute(
-                "DELETE FROM receipts WHERE sender = ?1 AND recipient = ?2 AND message_id = ?3",
-                params![sender.to_string(), recipient.to_string(), id.as_str()],
-            )
-            .map_err(cache_error)?;
-        Ok(())
+    fn fetch(&self, recipient: &Address, id: &MessageId) -> Answer<Option<CachedMail>> {
+        let (recipient, id) = (recipient.clone(), id.clone());
+        self.call_blocking(|reply| Op::Fetch {
+            recipient,
+            id,
+            reply,
+        })
     }
 
-    fn expire(&self, now: Millis) -> Result<Vec<Receipt>, peermail_signaling::Error> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(cache_error)?;
-        let expired: Vec<(String, String, String)> = {
-            let mut stmt = tx
-                .prepare(
-                    "DELETE FROM cached_mail WHERE expires_at <= ?1
-                     RETURNING sender, recipient, message_id",
-                )
-                .map_err(cache_error)?;
-            let rows = stmt
-                .query_map([millis(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(cache_error)?;
-            rows.collect::<Result<_, _>>().map_err(cache_error)?
-        };
-        for (sender, recipient, id) in &expired {
-            tx.execute(
-                "INSERT OR REPLACE INTO receipts (sender, recipient, message_id, outcome, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    sender,
-                    recipient,
-                    id,
-                    outcome_text(ReceiptOutcome::Expired),
-                    millis(now)
-                ],
-            )
-            .map_err(cache_error)?;
-        }
-        tx.commit().map_err(cache_error)?;
-        let mut receipts = Vec::with_capacity(expired.len());
-        for (sender, recipient, id) in expired {
-            receipts.push(Receipt {
-                sender: address(&sender)?,
-                recipient: address(&recipient)?,
-                message_id: message_id(&id)?,
-                outcome: ReceiptOutcome::Expired,
-            });
-        }
-        Ok(receipts)
+    fn release(&self, recipient: &Address, id: &MessageId, now: Millis) -> Answer<Option<Address>> {
+        let (recipient, id) = (recipient.clone(), id.clone());
+        self.call_blocking(|reply| Op::Release {
+            recipient,
+            id,
+            now,
+            reply,
+        })
+    }
+
+    fn receipts(&self, sender: &Address) -> Answer<Vec<Receipt>> {
+        let sender = sender.clone();
+        self.call_blocking(|reply| Op::Receipts { sender, reply })
+    }
+
+    fn ack_receipt(&self, sender: &Address, recipient: &Address, id: &MessageId) -> Answer<()> {
+        let (sender, recipient, id) = (sender.clone(), recipient.clone(), id.clone());
+        self.call_blocking(|reply| Op::AckReceipt {
+            sender,
+            recipient,
+            id,
+            reply,
+        })
+    }
+
+    fn expire(&self, now: Millis) -> Answer<Vec<Receipt>> {
+        self.call_blocking(|reply| Op::Expire { now, reply })
+    }
+
+    fn deposit_async(self: Arc<Self>, mail: NewMail, quota_bytes: u64) -> CacheFuture<Deposit> {
+        self.call(|reply| Op::Deposit {
+            mail,
+            quota_bytes,
+            reply,
+        })
+    }
+
+    fn waiting_async(self: Arc<Self>, recipient: Address) -> CacheFuture<Vec<WaitingMail>> {
+        self.call(|reply| Op::Waiting { recipient, reply })
+    }
+
+    fn fetch_async(
+        self: Arc<Self>,
+        recipient: Address,
+        id: MessageId,
+    ) -> CacheFuture<Option<CachedMail>> {
+        self.call(|reply| Op::Fetch {
+            recipient,
+            id,
+            reply,
+        })
+    }
+
+    fn release_async(
+        self: Arc<Self>,
+        recipient: Address,
+        id: MessageId,
+        now: Millis,
+    ) -> CacheFuture<Option<Address>> {
+        self.call(|reply| Op::Release {
+            recipient,
+            id,
+            now,
+            reply,
+        })
+    }
+
+    fn receipts_async(self: Arc<Self>, sender: Address) -> CacheFuture<Vec<Receipt>> {
+        self.call(|reply| Op::Receipts { sender, reply })
+    }
+
+    fn ack_receipt_async(
+        self: Arc<Self>,
+        sender: Address,
+        recipient: Address,
+        id: MessageId,
+    ) -> CacheFuture<()> {
+        self.call(|reply| Op::AckReceipt {
+            sender,
+            recipient,
+            id,
+            reply,
+        })
     }
 }
 

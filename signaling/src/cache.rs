@@ -6,7 +6,9 @@
 //! memory.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use peermail_core::address::Address;
 use peermail_core::mail::{MessageId, Millis};
@@ -58,8 +60,15 @@ pub struct Receipt {
     pub outcome: ReceiptOutcome,
 }
 
-/// Where cached envelopes and receipts are kept. Calls block (the relay's implementation
-/// writes to disk); the signaling endpoint makes them on tokio's blocking pool.
+/// The answer of an asynchronous [`MailCache`] call.
+pub type CacheFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'static>>;
+
+/// Where cached envelopes and receipts are kept.
+///
+/// The plain methods define what each operation does; they block (the relay's
+/// implementation writes to disk). Sessions use the `*_async` forms, which by default run
+/// the plain method on tokio's blocking pool; an implementation that has its own way of
+/// waiting (the relay's hands operations to a writer thread) overrides them.
 ///
 /// Every method that answers a recipient's request is keyed by the recipient, so a session
 /// can only see or touch mail that waits for its own account.
@@ -96,6 +105,59 @@ pub trait MailCache: Send + Sync + 'static {
     /// Deletes every envelope whose expiry is at or before `now` and records an expired
     /// receipt for each; returns those receipts.
     fn expire(&self, now: Millis) -> Result<Vec<Receipt>, Error>;
+
+    /// [`MailCache::deposit`], awaited.
+    fn deposit_async(self: Arc<Self>, mail: NewMail, quota_bytes: u64) -> CacheFuture<Deposit> {
+        on_blocking_pool(self, move |c| c.deposit(mail, quota_bytes))
+    }
+    /// [`MailCache::waiting`], awaited.
+    fn waiting_async(self: Arc<Self>, recipient: Address) -> CacheFuture<Vec<WaitingMail>> {
+        on_blocking_pool(self, move |c| c.waiting(&recipient))
+    }
+    /// [`MailCache::fetch`], awaited.
+    fn fetch_async(
+        self: Arc<Self>,
+        recipient: Address,
+        message_id: MessageId,
+    ) -> CacheFuture<Option<CachedMail>> {
+        on_blocking_pool(self, move |c| c.fetch(&recipient, &message_id))
+    }
+    /// [`MailCache::release`], awaited.
+    fn release_async(
+        self: Arc<Self>,
+        recipient: Address,
+        message_id: MessageId,
+        now: Millis,
+    ) -> CacheFuture<Option<Address>> {
+        on_blocking_pool(self, move |c| c.release(&recipient, &message_id, now))
+    }
+    /// [`MailCache::receipts`], awaited.
+    fn receipts_async(self: Arc<Self>, sender: Address) -> CacheFuture<Vec<Receipt>> {
+        on_blocking_pool(self, move |c| c.receipts(&sender))
+    }
+    /// [`MailCache::ack_receipt`], awaited.
+    fn ack_receipt_async(
+        self: Arc<Self>,
+        sender: Address,
+        recipient: Address,
+        message_id: MessageId,
+    ) -> CacheFuture<()> {
+        on_blocking_pool(self, move |c| {
+            c.ack_receipt(&sender, &recipient, &message_id)
+        })
+    }
+}
+
+/// Runs `f` on `cache` on tokio's blocking pool.
+fn on_blocking_pool<C: MailCache + ?Sized, T: Send + 'static>(
+    cache: Arc<C>,
+    f: impl FnOnce(&C) -> Result<T, Error> + Send + 'static,
+) -> CacheFuture<T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || f(&cache))
+            .await
+            .map_err(|e| Error::Cache(format!("the cache task failed: {e}")))?
+    })
 }
 
 /// A stored envelope in [`MemoryCache`].

@@ -231,7 +231,7 @@ impl Session {
     }
 
     /// Answers one text frame. Bad input gets an error frame; nothing here ends the session.
-    /// Cache requests wait for the (blocking) cache; their futures are boxed so that an idle
+    /// Cache requests wait for the cache; their futures are boxed so that an idle
     /// connection does not carry their state.
     async fn handle_text(&mut self, text: &str) -> Vec<ServerFrame> {
         let frame = match parse_client_frame(text) {
@@ -307,9 +307,15 @@ impl Session {
         let Some(me) = self.address.clone().filter(|_| signed_in) else {
             return replies;
         };
-        let pending = self
-            .blocking(move |cache| Ok((cache.waiting(&me)?, cache.receipts(&me)?)))
-            .await;
+        let waiting = self.cache().waiting_async(me.clone()).await;
+        let pending = match waiting {
+            Ok(waiting) => self
+                .cache()
+                .receipts_async(me)
+                .await
+                .map(|receipts| (waiting, receipts)),
+            Err(e) => Err(e),
+        };
         match pending {
             Ok((waiting, receipts)) => {
                 for items in waiting.chunks(WAITING_PER_FRAME) {
@@ -328,15 +334,9 @@ impl Session {
         replies
     }
 
-    /// Runs `f` on the cache on tokio's blocking pool.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn MailCache) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        let cache = self.signaling.cache.clone();
-        tokio::task::spawn_blocking(move || f(&*cache))
-            .await
-            .map_err(|e| Error::Cache(format!("the cache task failed: {e}")))?
+    /// The mail cache, for one call.
+    fn cache(&self) -> Arc<dyn MailCache> {
+        self.signaling.cache.clone()
     }
 
     fn publish_key(&mut self, key: &str) -> ServerFrame {
@@ -446,7 +446,7 @@ impl Session {
             location: MailLocation::Relay,
         };
         let quota = policy.quota_bytes;
-        match self.blocking(move |c| c.deposit(mail, quota)).await {
+        match self.cache().deposit_async(mail, quota).await {
             Ok(cache::Deposit::Stored) => {
                 tracing::debug!(session = self.id, %to, %message_id, "mail cached");
                 self.signaling.push(
@@ -482,8 +482,7 @@ impl Session {
         let Some(me) = self.address.clone() else {
             return not_authenticated();
         };
-        let id = message_id.clone();
-        match self.blocking(move |c| c.fetch(&me, &id)).await {
+        match self.cache().fetch_async(me, message_id.clone()).await {
             Ok(Some(mail)) => ServerFrame::Cached {
                 message_id,
                 from: mail.sender,
@@ -500,10 +499,10 @@ impl Session {
         let Some(me) = self.address.clone() else {
             return not_authenticated();
         };
-        let (recipient, id) = (me.clone(), message_id.clone());
         let now = now_millis();
         match self
-            .blocking(move |c| c.release(&recipient, &id, now))
+            .cache()
+            .release_async(me.clone(), message_id.clone(), now)
             .await
         {
             Ok(Some(sender)) => {
@@ -527,7 +526,8 @@ impl Session {
     /// Returns the error to send back, if any.
     async fn ack_receipt(&mut self, to: Address, message_id: MessageId) -> Option<ServerFrame> {
         let me = self.address.clone()?;
-        self.blocking(move |c| c.ack_receipt(&me, &to, &message_id))
+        self.cache()
+            .ack_receipt_async(me, to, message_id)
             .await
             .err()
             .map(|e| internal(&e))

@@ -226,8 +226,22 @@ impl CacheWriter {
         }
     }
 
-    /// Answers the reads of `batch`, then runs its writes in one transaction.
+    /// Answers the reads of `batch`, then runs its writes; all in one transaction.
     fn turn(&mut self, batch: &mut Vec<Op>) {
+        let writing = batch.iter().any(Op::is_write);
+        // One transaction for the whole turn: one lock, one commit. The reads run first, so
+        // they see only committed state and can be answered at once.
+        let begin = if writing {
+            Some("BEGIN IMMEDIATE")
+        } else if batch.len() > 1 {
+            Some("BEGIN")
+        } else {
+            None
+        };
+        let begun = match begin {
+            Some(sql) => run(&self.conn, sql).map_err(cache_error),
+            None => Ok(()),
+        };
         let mut writes = Vec::with_capacity(batch.len());
         for op in batch.drain(..) {
             match op {
@@ -244,17 +258,13 @@ impl CacheWriter {
                 Op::Receipts { sender, reply } => {
                     let _ = reply.send(receipts(&self.conn, &sender));
                 }
-                write => writes.push(write),
+                write => match &begun {
+                    Ok(()) => writes.push(write),
+                    Err(e) => fail(write, e.clone()),
+                },
             }
         }
-        if writes.is_empty() {
-            return;
-        }
-        if let Err(e) = run(&self.conn, "BEGIN IMMEDIATE") {
-            let e = cache_error(e);
-            for op in writes {
-                fail(op, e.clone());
-            }
+        if begun.is_err() || begin.is_none() {
             return;
         }
         let mut answers: Vec<Pending> = Vec::with_capacity(writes.len());
@@ -291,9 +301,11 @@ impl CacheWriter {
         }
     }
 
-    /// Runs one write inside a savepoint: if it fails, its own changes are undone and the
-    /// rest of the transaction goes on. `Err` means the whole transaction is lost (a
-    /// savepoint statement failed, or SQLite rolled the transaction back).
+    /// Runs one write in the turn's transaction. A failing write leaves no change of its
+    /// own behind: a single-statement write (or one whose only change is its last
+    /// statement) is undone by SQLite's statement rollback; the others run inside
+    /// `SAVEPOINT op`. `Err` means the whole transaction is lost (a savepoint statement
+    /// failed, or SQLite rolled the transaction back).
     fn write(&mut self, op: Op) -> Result<Pending, (Pending, CacheError)> {
         let conn = &self.conn;
         match op {
@@ -301,29 +313,53 @@ impl CacheWriter {
                 mail,
                 quota_bytes,
                 reply,
-            } => step(conn, reply, || deposit(conn, &mail, quota_bytes)),
+            } => alone(conn, reply, || deposit(conn, &mail, quota_bytes)),
             Op::Release {
                 recipient,
                 id,
                 now,
                 reply,
-            } => step(conn, reply, || release(conn, &recipient, &id, now)),
+            } => in_savepoint(conn, reply, || release(conn, &recipient, &id, now)),
             Op::AckReceipt {
                 sender,
                 recipient,
                 id,
                 reply,
-            } => step(conn, reply, || ack_receipt(conn, &sender, &recipient, &id)),
-            Op::Expire { now, reply } => step(conn, reply, || expire(conn, now)),
+            } => alone(conn, reply, || ack_receipt(conn, &sender, &recipient, &id)),
+            Op::Expire { now, reply } => in_savepoint(conn, reply, || expire(conn, now)),
             Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } => {
-                unreachable!("reads are answered before the transaction")
+                unreachable!("reads are answered before the writes")
             }
         }
     }
 }
 
+impl Op {
+    fn is_write(&self) -> bool {
+        match self {
+            Op::Deposit { .. } | Op::Release { .. } | Op::AckReceipt { .. } | Op::Expire { .. } => {
+                true
+            }
+            Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } => false,
+        }
+    }
+}
+
+/// A write whose only change is its last statement.
+fn alone<T: Send + 'static>(
+    conn: &Connection,
+    reply: Reply<T>,
+    f: impl FnOnce() -> Answer<T>,
+) -> Result<Pending, (Pending, CacheError)> {
+    let result = f();
+    if conn.is_autocommit() {
+        return Err((pending(reply, result), rolled_back()));
+    }
+    Ok(pending(reply, result))
+}
+
 /// `f` inside `SAVEPOINT op`: released if it succeeded, rolled back to if it failed.
-fn step<T: Send + 'static>(
+fn in_savepoint<T: Send + 'static>(
     conn: &Connection,
     reply: Reply<T>,
     f: impl FnOnce() -> Answer<T>,
@@ -340,12 +376,13 @@ fn step<T: Send + 'static>(
     };
     match closed {
         Ok(()) if !conn.is_autocommit() => Ok(pending(reply, result)),
-        Ok(()) => Err((
-            pending(reply, result),
-            CacheError::Cache("the transaction was rolled back".into()),
-        )),
+        Ok(()) => Err((pending(reply, result), rolled_back())),
         Err(e) => Err((pending(reply, result), cache_error(e))),
     }
+}
+
+fn rolled_back() -> CacheError {
+    CacheError::Cache("SQLite rolled the transaction back".into())
 }
 
 /// Answers a write that was not run with `e`.

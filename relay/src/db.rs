@@ -838,3 +838,130 @@ impl Directory for Db {
         Ok(key.flatten())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Address {
+        s.parse().unwrap()
+    }
+
+    fn mail(to: &str, n: u8, len: usize, at: Millis) -> NewMail {
+        NewMail {
+            recipient: a(to),
+            message_id: MessageId::new([n; 16], "h"),
+            sender: a("alice@h"),
+            sealed: vec![n; len],
+            deposited_at: at,
+            expires_at: at + 100,
+        }
+    }
+
+    /// The same steps as the memory cache's test, through the cache writer.
+    #[test]
+    fn deposit_quota_release_receipts_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Db::open(dir.path()).unwrap();
+        assert_eq!(
+            c.deposit(mail("bob@h", 1, 6, 10), 10).unwrap(),
+            Deposit::Stored
+        );
+        assert_eq!(
+            c.deposit(mail("bob@h", 1, 6, 10), 10).unwrap(),
+            Deposit::AlreadyStored
+        );
+        let other = NewMail {
+            sender: a("carol@h"),
+            ..mail("bob@h", 1, 6, 10)
+        };
+        assert_eq!(c.deposit(other, 10).unwrap(), Deposit::Conflict);
+        assert_eq!(
+            c.deposit(mail("bob@h", 2, 5, 20), 10).unwrap(),
+            Deposit::QuotaExceeded
+        );
+        assert_eq!(
+            c.deposit(mail("bob@h", 3, 4, 20), 10).unwrap(),
+            Deposit::Stored
+        );
+        assert_eq!(
+            c.deposit(mail("carol@h", 2, 5, 50), 10).unwrap(),
+            Deposit::Stored
+        );
+        let waiting = c.waiting(&a("bob@h")).unwrap();
+        assert_eq!(waiting.len(), 2);
+        assert_eq!((waiting[0].size, waiting[1].size), (6, 4));
+
+        let id1 = MessageId::new([1; 16], "h");
+        assert_eq!(c.fetch(&a("carol@h"), &id1).unwrap(), None);
+        assert_eq!(c.release(&a("carol@h"), &id1, 30).unwrap(), None);
+        assert_eq!(
+            c.fetch(&a("bob@h"), &id1).unwrap().unwrap().sealed,
+            vec![1; 6]
+        );
+        assert_eq!(
+            c.release(&a("bob@h"), &id1, 30).unwrap(),
+            Some(a("alice@h"))
+        );
+        assert_eq!(c.fetch(&a("bob@h"), &id1).unwrap(), None);
+        let receipts = c.receipts(&a("alice@h")).unwrap();
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].outcome, ReceiptOutcome::Delivered);
+        c.ack_receipt(&a("alice@h"), &a("bob@h"), &id1).unwrap();
+        assert!(c.receipts(&a("alice@h")).unwrap().is_empty());
+
+        assert!(c.expire(119).unwrap().is_empty());
+        let expired = c.expire(120).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].recipient, a("bob@h"));
+        assert_eq!(expired[0].outcome, ReceiptOutcome::Expired);
+        assert!(c.waiting(&a("bob@h")).unwrap().is_empty());
+        assert_eq!(c.receipts(&a("alice@h")).unwrap(), expired);
+        assert_eq!(c.waiting(&a("carol@h")).unwrap().len(), 1);
+        assert_eq!(c.cached_count().unwrap(), 1);
+    }
+
+    /// Deposits that land in one transaction still check the quota one after the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_deposits_share_the_quota_and_all_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let calls: Vec<_> = (0..40u8)
+            .map(|n| db.clone().deposit_async(mail("bob@h", n, 10, 1), 200))
+            .collect();
+        let mut stored = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Deposit::Stored => stored += 1,
+                Deposit::QuotaExceeded => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(stored, 20);
+        let ids: Vec<MessageId> = db
+            .clone()
+            .waiting_async(a("bob@h"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.message_id)
+            .collect();
+        assert_eq!(ids.len(), 20);
+        let releases: Vec<_> = ids
+            .iter()
+            .map(|id| db.clone().release_async(a("bob@h"), id.clone(), 5))
+            .collect();
+        for r in releases {
+            assert_eq!(r.await.unwrap(), Some(a("alice@h")));
+        }
+        assert_eq!(
+            db.clone().receipts_async(a("alice@h")).await.unwrap().len(),
+            20
+        );
+        drop(db);
+        // Committed: a fresh open sees it.
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        assert_eq!(db.cached_count().unwrap(), 0);
+        assert_eq!(db.receipts_async(a("alice@h")).await.unwrap().len(), 20);
+    }
+}

@@ -52,7 +52,8 @@ use crate::identity::{auth_message, EncryptionKey, Identity, PublicKey};
 use crate::mail::{Draft, Mail, MessageId, Millis};
 use crate::seal;
 use crate::store::{
-    DeliveryState, InboxRecord, KnownKeys, OutgoingMail, RecipientStatus, Snapshot, StoreWrite,
+    DeliveryState, HeldMail, InboxRecord, KnownKeys, OutgoingMail, RecipientStatus, Snapshot,
+    StoreWrite,
 };
 use crate::wire::peer::{PeerFrame, MAX_PEER_FRAME};
 use crate::wire::signal::{
@@ -200,8 +201,27 @@ struct PendingInbox {
     record: InboxRecord,
     /// Peers to acknowledge once stored (a retry may arrive while the first store runs).
     ack_to: BTreeSet<Address>,
-    /// Also release the relay cache's copy once stored.
+    /// Also release the relay's listing (cached copy or held copy) once stored.
     release: bool,
+    /// Also tell this co-recipient's node, which held the copy, to delete it once stored.
+    held_ack: Option<Address>,
+}
+
+/// A sealed copy handed to a co-recipient's node (`PeerFrame::HoldFor`), not answered yet.
+#[derive(Debug, Clone)]
+struct HoldAttempt {
+    holder: Address,
+    since: Millis,
+    /// Set when the holder refused: no new attempt for this copy before then.
+    blocked_until: Option<Millis>,
+}
+
+/// A mail the relay listed as held by a co-recipient's node, to be fetched from there.
+#[derive(Debug, Clone)]
+struct HeldFetch {
+    holder: Address,
+    /// When `FetchHeld` was last sent (resent after the ack timeout).
+    requested_at: Option<Millis>,
 }
 
 /// A deposit the relay cache refused for now.
@@ -250,12 +270,29 @@ pub struct Node {
     refusals: HashMap<(MessageId, Address), Refusal>,
     /// Fetches sent and not answered yet.
     fetching: BTreeSet<MessageId>,
-    /// Cached envelopes waiting for their sender's keys: id → (claimed sender, bytes).
-    unopened: BTreeMap<MessageId, (Address, Vec<u8>)>,
+    /// Sealed copies waiting for their sender's keys: id → (claimed sender, bytes, holder
+    /// if fetched from a co-recipient's node).
+    unopened: BTreeMap<MessageId, (Address, Vec<u8>, Option<Address>)>,
     /// Fetches or releases the relay failed: retried at the time given.
     cache_retry: BTreeMap<MessageId, Millis>,
     /// Receipts to acknowledge once the delivery state they caused is stored.
     receipt_acks: HashMap<OpId, (Address, MessageId)>,
+    /// Since when the relay has been unreachable (no authenticated session); `None` while
+    /// signed in.
+    relay_down_since: Option<Millis>,
+    /// Sealed copies this node holds for co-recipients of mail it received, by
+    /// (Message-ID, recipient).
+    held: BTreeMap<(MessageId, Address), HeldMail>,
+    /// Copies handed to this node whose `Store` has not completed: op → copy.
+    pending_held: HashMap<OpId, HeldMail>,
+    /// Held copies whose registration at the relay failed, retried at the time given.
+    hold_register_retry: BTreeMap<(MessageId, Address), Millis>,
+    /// Copies of this node's outgoing mail handed to a co-recipient, by (Message-ID, recipient).
+    hold_attempts: HashMap<(MessageId, Address), HoldAttempt>,
+    /// Mail waiting for this account at a co-recipient's node (this signaling session).
+    held_fetch: BTreeMap<MessageId, HeldFetch>,
+    /// Holders to tell (`HeldAck`) that this account stored its copy: id → holder.
+    held_acks_due: BTreeMap<MessageId, Address>,
 }
 
 impl Node {
@@ -314,6 +351,17 @@ impl Node {
             unopened: BTreeMap::new(),
             receipt_acks: HashMap::new(),
             cache_retry: BTreeMap::new(),
+            relay_down_since: Some(now),
+            held: snapshot
+                .held
+                .into_iter()
+                .map(|h| ((h.message_id.clone(), h.to.clone()), h))
+                .collect(),
+            pending_held: HashMap::new(),
+            hold_register_retry: BTreeMap::new(),
+            hold_attempts: HashMap::new(),
+            held_fetch: BTreeMap::new(),
+            held_acks_due: BTreeMap::new(),
         }
     }
 
@@ -360,6 +408,10 @@ impl Node {
     pub fn known_keys(&self, address: &Address) -> Option<&KnownKeys> {
         self.keys.get(address)
     }
+    /// Sealed copies this node holds for co-recipients (it cannot read them).
+    pub fn held_copies(&self) -> impl Iterator<Item = &HeldMail> {
+        self.held.values()
+    }
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -390,6 +442,27 @@ impl Node {
             for t in self.cache_retry.values() {
                 consider((*t).max(self.now));
             }
+            for t in self.hold_register_retry.values() {
+                consider((*t).max(self.now));
+            }
+        } else if let Some(down) = self.relay_down_since {
+            // The relay unreachable this long: copies for offline recipients go to holders.
+            let due = down + self.config.deposit_retry;
+            if due > self.now && self.has_waiting() {
+                consider(due);
+            }
+        }
+        for a in self.hold_attempts.values() {
+            consider(
+                a.blocked_until
+                    .unwrap_or(a.since + self.config.ack_timeout)
+                    .max(self.now),
+            );
+        }
+        for f in self.held_fetch.values() {
+            if let Some(at) = f.requested_at {
+                consider((at + self.config.ack_timeout).max(self.now));
+            }
         }
         for (addr, link) in &self.links {
             if let Some(s) = link.connecting_since {
@@ -397,7 +470,7 @@ impl Node {
             } else if !link.connected
                 && link.retry_after > self.now
                 && self.presence.get(addr) == Some(&PresenceStatus::Online)
-                && self.has_pending_for(addr)
+                && self.wants_link(addr)
             {
                 consider(link.retry_after);
             }
@@ -417,6 +490,7 @@ impl Node {
                 link.connected = true;
                 link.connecting_since = None;
                 self.flush(&peer);
+                self.pull_held(&peer);
             }
             Input::PeerDisconnected(peer) => {
                 let link = self.links.entry(peer.clone()).or_default();
@@ -424,6 +498,14 @@ impl Node {
                 link.connecting_since = None;
                 link.retry_after = self.now + self.config.reconnect_backoff;
                 self.requeue(&peer);
+                // Copies handed to `peer` and not confirmed are handed again later.
+                self.hold_attempts
+                    .retain(|_, a| a.holder != peer || a.blocked_until.is_some());
+                for f in self.held_fetch.values_mut() {
+                    if f.holder == peer {
+                        f.requested_at = None;
+                    }
+                }
             }
             Input::Frame { peer, bytes } => self.handle_frame(peer, &bytes),
             Input::Stored { op, result } => self.handle_stored(op, result),
@@ -434,6 +516,9 @@ impl Node {
     /// A new signaling session: requests of the old one are unanswered and redone.
     fn signaling_reset(&mut self, clear_presence: bool) {
         self.authenticated = false;
+        self.relay_down_since.get_or_insert(self.now);
+        // Listed again at the next sign-in.
+        self.held_fetch.clear();
         self.subscribed.clear();
         if clear_presence {
             self.presence.clear();
@@ -594,6 +679,8 @@ impl Node {
                 }
             }
         }
+        s.extend(self.held_fetch.values().map(|f| f.holder.clone()));
+        s.extend(self.held_acks_due.values().cloned());
         s.remove(&self.identity.address);
         s
     }
@@ -607,11 +694,19 @@ impl Node {
             }
             ServerFrame::Authenticated { .. } | ServerFrame::Registered { .. } => {
                 self.authenticated = true;
+                self.relay_down_since = None;
                 self.event(Event::Authenticated);
                 let encryption_key = self.identity.encryption_public_key().as_str().to_string();
                 self.emit(Output::ToServer(ClientFrame::PublishKey { encryption_key }));
                 let all = self.interesting();
                 self.subscribe(all);
+                // (Re-)register every held copy: registration is idempotent, and one made
+                // while the relay was unreachable (or lost) is made now.
+                self.hold_register_retry.clear();
+                let keys: Vec<_> = self.held.keys().cloned().collect();
+                for key in keys {
+                    self.register_held(&key);
+                }
             }
             ServerFrame::Presence { address, status } => {
                 self.presence.insert(address.clone(), status);
@@ -621,6 +716,7 @@ impl Node {
                 });
                 self.apply_presence_to(&address);
                 self.try_deliver(&address);
+                self.pull_held(&address);
             }
             ServerFrame::Error {
                 code,
@@ -650,6 +746,9 @@ impl Node {
                 from,
                 sealed,
             } => self.handle_cached(message_id, from, sealed),
+            ServerFrame::Held { to, message_id } => {
+                self.hold_register_retry.remove(&(message_id, to));
+            }
             ServerFrame::Signal { .. }
             | ServerFrame::Pong { .. }
             | ServerFrame::KeyPublished
@@ -680,6 +779,21 @@ impl Node {
     fn handle_error(&mut self, code: ErrorCode, message: String, about: Option<ErrorAbout>) {
         let about = about.unwrap_or_default();
         match (about.to, about.message_id) {
+            // The registration of a copy this node holds for `to`.
+            (Some(to), Some(id)) if self.held.contains_key(&(id.clone(), to.clone())) => {
+                let key = (id, to);
+                if code == ErrorCode::UnknownAddress {
+                    // Nobody to hold it for any more.
+                    self.held.remove(&key);
+                    self.store(StoreWrite::RemoveHeld {
+                        message_id: key.0,
+                        to: key.1,
+                    });
+                } else {
+                    self.hold_register_retry
+                        .insert(key, self.now + self.config.deposit_retry);
+                }
+            }
             // A deposit of `id` for `to`.
             (Some(to), Some(id)) => {
                 let now = self.now;
@@ -713,6 +827,8 @@ impl Node {
                         if changed.is_none() {
                             self.event(Event::OutgoingChanged(id));
                         }
+                        // A co-recipient's node may hold it instead.
+                        self.try_hold(&to);
                     }
                 }
             }
@@ -722,7 +838,7 @@ impl Node {
                 let parked: Vec<MessageId> = self
                     .unopened
                     .iter()
-                    .filter(|(_, (from, _))| from == &to)
+                    .filter(|(_, (from, _, _))| from == &to)
                     .map(|(id, _)| id.clone())
                     .collect();
                 for id in parked {
@@ -780,12 +896,12 @@ impl Node {
         let parked: Vec<MessageId> = self
             .unopened
             .iter()
-            .filter(|(_, (from, _))| from == &address)
+            .filter(|(_, (from, _, _))| from == &address)
             .map(|(id, _)| id.clone())
             .collect();
         for id in parked {
-            if let Some((from, bytes)) = self.unopened.remove(&id) {
-                self.open_cached(id, from, bytes);
+            if let Some((from, bytes, holder)) = self.unopened.remove(&id) {
+                self.open_cached(id, from, bytes, holder);
             }
         }
         self.try_deliver(&address);
@@ -805,6 +921,18 @@ impl Node {
     }
 
     fn handle_receipt(&mut self, to: Address, message_id: MessageId, outcome: ReceiptOutcome) {
+        // A copy this node held for `to` was delivered (or expired): delete it, then
+        // acknowledge.
+        let key = (message_id.clone(), to.clone());
+        if self.held.remove(&key).is_some() {
+            self.hold_register_retry.remove(&key);
+            let op = self.store(StoreWrite::RemoveHeld {
+                message_id: message_id.clone(),
+                to: to.clone(),
+            });
+            self.receipt_acks.insert(op, (to, message_id));
+            return;
+        }
         let now = self.now;
         let state = match outcome {
             ReceiptOutcome::Delivered => DeliveryState::Delivered { at: now },
@@ -839,31 +967,155 @@ impl Node {
 
     fn handle_waiting(&mut self, items: Vec<WaitingMail>) {
         for item in items {
-            match item.location {
-                MailLocation::Relay => {}
-            }
             let id = item.message_id;
+            let holder = match item.location {
+                MailLocation::Relay => None,
+                MailLocation::Peer { holder } if holder != self.identity.address => Some(holder),
+                MailLocation::Peer { .. } => continue,
+            };
             if self.inbox.contains_key(&id) {
-                self.emit(Output::ToServer(ClientFrame::Release { message_id: id }));
+                self.emit(Output::ToServer(ClientFrame::Release {
+                    message_id: id.clone(),
+                }));
+                if let Some(h) = holder {
+                    self.held_ack(h, id);
+                }
                 continue;
             }
             let busy = self.fetching.contains(&id)
+                || self.held_fetch.contains_key(&id)
                 || self.unopened.contains_key(&id)
                 || self
                     .pending_inbox
                     .values()
                     .any(|p| p.record.mail.message_id == id);
-            if !busy {
-                self.fetching.insert(id.clone());
-                self.emit(Output::ToServer(ClientFrame::Fetch { message_id: id }));
+            if busy {
+                continue;
+            }
+            match holder {
+                None => {
+                    self.fetching.insert(id.clone());
+                    self.emit(Output::ToServer(ClientFrame::Fetch { message_id: id }));
+                }
+                Some(holder) => {
+                    self.held_fetch.insert(
+                        id,
+                        HeldFetch {
+                            holder: holder.clone(),
+                            requested_at: None,
+                        },
+                    );
+                    self.subscribe([holder.clone()]);
+                    self.pull_held(&holder);
+                }
             }
         }
     }
 
+    /// Asks `holder` (once a data channel is open; asking for one while it is online) for
+    /// the copies it holds for this account, and tells it which ones this account stored.
+    fn pull_held(&mut self, holder: &Address) {
+        let wanted: Vec<MessageId> = self
+            .held_fetch
+            .iter()
+            .filter(|(_, f)| &f.holder == holder && f.requested_at.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let acks = self.held_acks_due.values().any(|h| h == holder);
+        if wanted.is_empty() && !acks {
+            return;
+        }
+        if !self.ensure_link(holder) {
+            return;
+        }
+        let now = self.now;
+        for id in wanted {
+            if let Some(f) = self.held_fetch.get_mut(&id) {
+                f.requested_at = Some(now);
+            }
+            self.send_peer(holder, PeerFrame::FetchHeld { message_id: id });
+        }
+        let done: Vec<MessageId> = self
+            .held_acks_due
+            .iter()
+            .filter(|(_, h)| *h == holder)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in done {
+            self.held_acks_due.remove(&id);
+            self.send_peer(holder, PeerFrame::HeldAck { message_id: id });
+        }
+    }
+
+    /// Tells `holder` that this account stored mail `id` (now, or when next connected).
+    fn held_ack(&mut self, holder: Address, id: MessageId) {
+        self.held_acks_due.insert(id, holder.clone());
+        self.subscribe([holder.clone()]);
+        self.pull_held(&holder);
+    }
+
+    fn send_peer(&mut self, peer: &Address, frame: PeerFrame) {
+        match frame.encode() {
+            Ok(bytes) => self.emit(Output::ToPeer {
+                peer: peer.clone(),
+                bytes,
+            }),
+            Err(e) => self.event(Event::PeerProtocolError {
+                peer: peer.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// True if a data channel to `peer` is open; otherwise asks for one while `peer` is
+    /// online (and no attempt is running or backing off).
+    fn ensure_link(&mut self, peer: &Address) -> bool {
+        let now = self.now;
+        let online = self.presence.get(peer) == Some(&PresenceStatus::Online);
+        let link = self.links.entry(peer.clone()).or_default();
+        if link.connected {
+            return true;
+        }
+        if online && link.connecting_since.is_none() && link.retry_after <= now {
+            link.connecting_since = Some(now);
+            self.emit(Output::Connect(peer.clone()));
+        }
+        false
+    }
+
     fn handle_cached(&mut self, message_id: MessageId, from: Address, sealed: String) {
         self.fetching.remove(&message_id);
+        let bytes = match BASE64.decode(sealed.as_bytes()) {
+            Ok(b) => b,
+            Err(_) if !self.inbox.contains_key(&message_id) => {
+                return self.event(Event::Rejected {
+                    from,
+                    message_id,
+                    reason: "the cached envelope is not valid base64".into(),
+                })
+            }
+            Err(_) => Vec::new(),
+        };
+        self.take_sealed(message_id, from, bytes, None);
+    }
+
+    /// A sealed copy fetched from the relay cache (`holder` `None`) or from a co-recipient's
+    /// node: opened once the claimed sender's keys are fresh.
+    fn take_sealed(
+        &mut self,
+        message_id: MessageId,
+        from: Address,
+        bytes: Vec<u8>,
+        holder: Option<Address>,
+    ) {
         if self.inbox.contains_key(&message_id) {
-            return self.emit(Output::ToServer(ClientFrame::Release { message_id }));
+            self.emit(Output::ToServer(ClientFrame::Release {
+                message_id: message_id.clone(),
+            }));
+            if let Some(h) = holder {
+                self.held_ack(h, message_id);
+            }
+            return;
         }
         if let Some(p) = self
             .pending_inbox
@@ -871,28 +1123,28 @@ impl Node {
             .find(|p| p.record.mail.message_id == message_id)
         {
             p.release = true;
+            if holder.is_some() {
+                p.held_ack = holder;
+            }
             return;
         }
-        let bytes = match BASE64.decode(sealed.as_bytes()) {
-            Ok(b) => b,
-            Err(_) => {
-                return self.event(Event::Rejected {
-                    from,
-                    message_id,
-                    reason: "the cached envelope is not valid base64".into(),
-                })
-            }
-        };
         if self.fresh_keys(&from).is_some() {
-            self.open_cached(message_id, from, bytes);
+            self.open_cached(message_id, from, bytes, holder);
         } else {
-            self.unopened.insert(message_id, (from, bytes));
+            self.unopened.insert(message_id, (from, bytes, holder));
         }
     }
 
-    /// Verifies and decrypts a cached envelope whose sender's keys are fresh; stores it and
-    /// releases the relay's copy once stored, or rejects it visibly.
-    fn open_cached(&mut self, message_id: MessageId, from: Address, bytes: Vec<u8>) {
+    /// Verifies and decrypts a sealed copy whose sender's keys are fresh; stores it and
+    /// releases the relay's listing (and the holder's copy) once stored, or rejects it
+    /// visibly.
+    fn open_cached(
+        &mut self,
+        message_id: MessageId,
+        from: Address,
+        bytes: Vec<u8>,
+        holder: Option<Address>,
+    ) {
         let Some(keys) = self.keys.get(&from).cloned() else {
             return;
         };
@@ -908,15 +1160,19 @@ impl Node {
         if mail.from != from || mail.message_id != message_id {
             return self.event(reject("the sealed mail does not match its envelope".into()));
         }
-        if self.inbox.contains_key(&message_id) {
-            return self.emit(Output::ToServer(ClientFrame::Release { message_id }));
-        }
-        self.store_received(mail, BTreeSet::new(), true);
+        self.store_received(mail, BTreeSet::new(), true, holder);
     }
 
     /// Stores a newly received mail; once the store completes, `ack_to` peers are
-    /// acknowledged and (if `release`) the relay's copy is released.
-    fn store_received(&mut self, mail: Mail, ack_to: BTreeSet<Address>, release: bool) {
+    /// acknowledged, (if `release`) the relay's listing is released and the holder of a
+    /// co-recipient copy is told.
+    fn store_received(
+        &mut self,
+        mail: Mail,
+        ack_to: BTreeSet<Address>,
+        release: bool,
+        held_ack: Option<Address>,
+    ) {
         let record = InboxRecord {
             mail,
             received_at: self.now,
@@ -929,6 +1185,7 @@ impl Node {
                 record,
                 ack_to,
                 release,
+                held_ack,
             },
         );
     }
@@ -951,6 +1208,7 @@ impl Node {
                 self.refusals
                     .get(&(id.clone(), peer.clone()))
                     .is_none_or(|r| r.retry_at <= now)
+                    && !self.hold_attempts.contains_key(&(id.clone(), peer.clone()))
             })
             .collect();
         if due.is_empty() {
@@ -1040,20 +1298,185 @@ impl Node {
         if !self.has_pending_for(peer) {
             return;
         }
-        let now = self.now;
-        let status = self.presence.get(peer).copied();
-        let online = status == Some(PresenceStatus::Online);
-        let link = self.links.entry(peer.clone()).or_default();
-        if link.connected {
+        if self.ensure_link(peer) {
             return self.flush(peer);
         }
-        if online && link.connecting_since.is_none() && link.retry_after <= now {
-            link.connecting_since = Some(now);
-            self.emit(Output::Connect(peer.clone()));
-        }
+        let status = self.presence.get(peer).copied();
         if status == Some(PresenceStatus::Offline) && self.authenticated {
             self.deposit_for(peer);
         }
+        self.try_hold(peer);
+    }
+
+    /// Some recipient of some outgoing mail waits (for anything).
+    fn has_waiting(&self) -> bool {
+        self.outgoing.values().any(|o| {
+            o.recipients
+                .iter()
+                .any(|r| r.state == DeliveryState::Waiting)
+        })
+    }
+
+    /// This node needs a data channel to `peer`: mail to deliver, or a held copy to fetch
+    /// or acknowledge.
+    fn wants_link(&self, peer: &Address) -> bool {
+        self.has_pending_for(peer)
+            || self.held_fetch.values().any(|f| &f.holder == peer)
+            || self.held_acks_due.values().any(|h| h == peer)
+    }
+
+    /// Hands sealed copies for the offline `to` to another recipient of the same mail,
+    /// when the relay cache refused them or the relay has been unreachable for
+    /// [`Config::deposit_retry`]. The holder must already have the mail (delivered) and a
+    /// data channel open to this node.
+    fn try_hold(&mut self, to: &Address) {
+        let now = self.now;
+        if self.presence.get(to) == Some(&PresenceStatus::Online) {
+            return;
+        }
+        let relay_unreachable = !self.authenticated
+            && self
+                .relay_down_since
+                .is_some_and(|t| t + self.config.deposit_retry <= now);
+        let me = self.identity.address.clone();
+        let mut plan: Vec<(MessageId, Address)> = Vec::new();
+        for o in self.outgoing.values() {
+            let id = &o.mail.message_id;
+            let key = (id.clone(), to.clone());
+            let waiting = o
+                .recipients
+                .iter()
+                .any(|r| &r.address == to && r.state == DeliveryState::Waiting);
+            let refused = self
+                .refusals
+                .get(&key)
+                .is_some_and(|r| r.retry_at != Millis::MAX);
+            if !waiting || !(refused || relay_unreachable) || self.hold_attempts.contains_key(&key)
+            {
+                continue;
+            }
+            let holder = o.recipients.iter().find(|r| {
+                &r.address != to
+                    && r.address != me
+                    && matches!(r.state, DeliveryState::Delivered { .. })
+                    && self.links.get(&r.address).is_some_and(|l| l.connected)
+            });
+            if let Some(h) = holder {
+                plan.push((id.clone(), h.address.clone()));
+            }
+        }
+        if plan.is_empty() {
+            return;
+        }
+        // With the relay reachable the keys were just looked up; without it, the stored ones.
+        let keys = if self.authenticated {
+            self.fresh_keys(to)
+        } else {
+            self.keys.get(to).cloned()
+        };
+        let Some(key) = keys.and_then(|k| k.encryption_key) else {
+            return;
+        };
+        for (id, holder) in plan {
+            let Some(mail) = self.outgoing.get(&id).map(|o| o.mail.clone()) else {
+                continue;
+            };
+            let mut random = [0u8; 32];
+            self.rng.fill_bytes(&mut random);
+            let Ok(sealed) = seal::seal(&mail, &self.identity, to, &key, random) else {
+                continue;
+            };
+            self.hold_attempts.insert(
+                (id.clone(), to.clone()),
+                HoldAttempt {
+                    holder: holder.clone(),
+                    since: now,
+                    blocked_until: None,
+                },
+            );
+            self.send_peer(
+                &holder,
+                PeerFrame::HoldFor {
+                    to: to.clone(),
+                    message_id: id,
+                    sealed,
+                },
+            );
+        }
+    }
+
+    /// Registers a held copy at the relay (when signed in).
+    fn register_held(&mut self, key: &(MessageId, Address)) {
+        if !self.authenticated {
+            return;
+        }
+        let Some(h) = self.held.get(key) else {
+            return;
+        };
+        let frame = ClientFrame::Hold {
+            to: h.to.clone(),
+            message_id: h.message_id.clone(),
+            from: h.from.clone(),
+            size: h.sealed.len() as u64,
+        };
+        self.emit(Output::ToServer(frame));
+    }
+
+    /// A sender asks this node to hold a sealed copy of its mail for a co-recipient.
+    fn handle_hold_for(
+        &mut self,
+        peer: Address,
+        to: Address,
+        message_id: MessageId,
+        sealed: Vec<u8>,
+    ) {
+        let refuse = |reason: &str| PeerFrame::HoldRefused {
+            to: to.clone(),
+            message_id: message_id.clone(),
+            reason: reason.to_string(),
+        };
+        let header_ok = seal::peek(&sealed)
+            .is_ok_and(|h| h.from == peer && h.to == to && h.message_id == message_id);
+        let co_recipient = self
+            .inbox
+            .get(&message_id)
+            .is_some_and(|r| r.mail.from == peer && r.mail.recipients().contains(&to));
+        let problem = if to == self.identity.address {
+            Some("the copy is for this node's own account")
+        } else if !co_recipient {
+            Some("this node has no such mail from you for that recipient")
+        } else if !header_ok {
+            Some("the sealed copy does not match the mail")
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            self.event(Event::PeerProtocolError {
+                peer: peer.clone(),
+                reason: format!("refused to hold a copy for {to}: {reason}"),
+            });
+            return self.send_peer(&peer, refuse(reason));
+        }
+        let key = (message_id.clone(), to.clone());
+        if self.held.contains_key(&key) {
+            return self.send_peer(&peer, PeerFrame::Holding { to, message_id });
+        }
+        if self
+            .pending_held
+            .values()
+            .any(|h| h.message_id == key.0 && h.to == key.1)
+        {
+            return;
+        }
+        let held = HeldMail {
+            message_id,
+            to,
+            from: peer,
+            sealed,
+            held_at: self.now,
+        };
+        let op = self.store(StoreWrite::PutHeld(held.clone()));
+        self.pending_held.insert(op, held);
     }
 
     /// Sends every waiting mail for `peer` over the open connection, and resends those whose
@@ -1148,6 +1571,34 @@ impl Node {
                 };
                 self.emit(Output::ToServer(frame));
             }
+            let due: Vec<(MessageId, Address)> = self
+                .hold_register_retry
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in due {
+                self.hold_register_retry.remove(&key);
+                self.register_held(&key);
+            }
+        }
+        // Hand-overs not answered in time are forgotten (and redone); refused ones are
+        // redone after their pause.
+        let timeout = self.config.ack_timeout;
+        self.hold_attempts.retain(|_, a| match a.blocked_until {
+            Some(t) => t > now,
+            None => a.since + timeout > now,
+        });
+        let mut holders = BTreeSet::new();
+        for f in self.held_fetch.values_mut() {
+            if f.requested_at.is_some_and(|t| t + timeout <= now) {
+                f.requested_at = None;
+            }
+            holders.insert(f.holder.clone());
+        }
+        holders.extend(self.held_acks_due.values().cloned());
+        for h in holders {
+            self.pull_held(&h);
         }
         let mut timed_out = Vec::new();
         for (addr, link) in self.links.iter_mut() {
@@ -1202,6 +1653,93 @@ impl Node {
                     },
                 )
             }
+            PeerFrame::HoldFor {
+                to,
+                message_id,
+                sealed,
+            } => self.handle_hold_for(peer, to, message_id, sealed),
+            PeerFrame::Holding { to, message_id } => {
+                let key = (message_id.clone(), to.clone());
+                if self
+                    .hold_attempts
+                    .get(&key)
+                    .is_some_and(|a| a.holder == peer)
+                {
+                    self.hold_attempts.remove(&key);
+                    self.refusals.remove(&key);
+                    let at = self.now;
+                    self.set_state_if(
+                        &message_id,
+                        &to,
+                        DeliveryState::HeldBy { holder: peer, at },
+                        |s| *s == DeliveryState::Waiting,
+                    );
+                }
+            }
+            PeerFrame::HoldRefused {
+                to,
+                message_id,
+                reason,
+            } => {
+                let until = self.now + self.config.deposit_retry;
+                if let Some(a) = self.hold_attempts.get_mut(&(message_id, to.clone())) {
+                    if a.holder == peer {
+                        a.blocked_until = Some(until);
+                    }
+                }
+                self.event(Event::PeerProtocolError {
+                    peer,
+                    reason: format!("would not hold a copy for {to}: {reason}"),
+                });
+            }
+            PeerFrame::FetchHeld { message_id } => {
+                let frame = match self.held.get(&(message_id.clone(), peer.clone())) {
+                    Some(h) => PeerFrame::HeldCopy {
+                        message_id,
+                        from: h.from.clone(),
+                        sealed: h.sealed.clone(),
+                    },
+                    None => PeerFrame::HeldMissing { message_id },
+                };
+                self.send_peer(&peer, frame);
+            }
+            PeerFrame::HeldCopy {
+                message_id,
+                from,
+                sealed,
+            } => {
+                if self
+                    .held_fetch
+                    .get(&message_id)
+                    .is_none_or(|f| f.holder != peer)
+                {
+                    return self.event(Event::PeerProtocolError {
+                        peer,
+                        reason: format!("sent {message_id}, which was not asked of it"),
+                    });
+                }
+                self.held_fetch.remove(&message_id);
+                self.take_sealed(message_id, from, sealed, Some(peer));
+            }
+            PeerFrame::HeldMissing { message_id } => {
+                if self
+                    .held_fetch
+                    .get(&message_id)
+                    .is_some_and(|f| f.holder == peer)
+                {
+                    self.held_fetch.remove(&message_id);
+                }
+            }
+            PeerFrame::HeldAck { message_id } => {
+                let key = (message_id, peer);
+                if self.held.remove(&key).is_some() {
+                    self.hold_register_retry.remove(&key);
+                    self.store(StoreWrite::RemoveHeld {
+                        message_id: key.0,
+                        to: key.1,
+                    });
+                }
+            }
         }
     }
 
@@ -1248,13 +1786,35 @@ impl Node {
             p.ack_to.insert(peer);
             return;
         }
-        self.store_received(mail, BTreeSet::from([peer]), false);
+        self.store_received(mail, BTreeSet::from([peer]), false, None);
     }
 
     fn handle_stored(&mut self, op: OpId, result: Result<(), String>) {
         if let Some((to, message_id)) = self.receipt_acks.remove(&op) {
             if result.is_ok() {
                 self.emit(Output::ToServer(ClientFrame::AckReceipt { to, message_id }));
+            }
+        }
+        if let Some(h) = self.pending_held.remove(&op) {
+            let key = (h.message_id.clone(), h.to.clone());
+            let (giver, message_id, to) = (h.from.clone(), h.message_id.clone(), h.to.clone());
+            match &result {
+                Ok(()) => {
+                    self.held.insert(key.clone(), h);
+                    self.send_peer(&giver, PeerFrame::Holding { to, message_id });
+                    self.register_held(&key);
+                }
+                Err(reason) => {
+                    let reason = format!("could not store it: {reason}");
+                    self.send_peer(
+                        &giver,
+                        PeerFrame::HoldRefused {
+                            to,
+                            message_id,
+                            reason,
+                        },
+                    );
+                }
             }
         }
         let pending = self.pending_inbox.remove(&op);
@@ -1269,6 +1829,9 @@ impl Node {
                     self.emit(Output::ToServer(ClientFrame::Release {
                         message_id: id.clone(),
                     }));
+                }
+                if let Some(h) = p.held_ack {
+                    self.held_ack(h, id.clone());
                 }
                 self.event(Event::Received(id));
                 self.event(Event::InboxChanged);
@@ -1289,7 +1852,20 @@ impl Node {
         if r.state.is_final() {
             return;
         }
+        let delivered = matches!(state, DeliveryState::Delivered { .. });
         r.state = state;
         self.persist_outgoing(id);
+        if delivered {
+            // `peer` has the mail now: it may hold copies for recipients the relay refused.
+            let others: Vec<Address> = self.outgoing[id]
+                .recipients
+                .iter()
+                .filter(|r| r.state == DeliveryState::Waiting)
+                .map(|r| r.address.clone())
+                .collect();
+            for a in others {
+                self.try_hold(&a);
+            }
+        }
     }
 }

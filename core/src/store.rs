@@ -32,6 +32,10 @@ pub enum DeliveryState {
     Sending { since: Millis, attempts: u32 },
     /// A sealed copy was handed to the relay cache at `since`; its commit not yet confirmed.
     Depositing { since: Millis },
+    /// The node of `holder`, another recipient of the same mail, holds a sealed copy since
+    /// `at` (the relay cache refused it or was unreachable); the recipient fetches it from
+    /// there. Not final: the mail stays in the Outbox until the relay's receipt says delivered.
+    HeldBy { holder: Address, at: Millis },
     /// The relay cache holds a sealed copy since `at`; the recipient fetches it from there.
     /// Not final: the mail stays in the Outbox until the relay's receipt says delivered.
     CachedAtRelay { at: Millis },
@@ -82,6 +86,19 @@ pub struct KnownKeys {
     pub encryption_key: Option<EncryptionKey>,
 }
 
+/// A sealed copy of someone else's mail that this node holds for a co-recipient (see
+/// `PeerFrame::HoldFor`). Keyed by `(message_id, to)`. This node cannot read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldMail {
+    pub message_id: MessageId,
+    /// The recipient it is sealed for.
+    pub to: Address,
+    /// The mail's sender, who handed it over.
+    pub from: Address,
+    pub sealed: Vec<u8>,
+    pub held_at: Millis,
+}
+
 /// One change to persist. Every write is an upsert keyed by Message-ID or address, so
 /// applying a write twice leaves the same state as applying it once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +109,12 @@ pub enum StoreWrite {
     RemoveContact(Address),
     /// Upsert by address.
     PutKeys(KnownKeys),
+    /// Upsert by `(message_id, to)`.
+    PutHeld(HeldMail),
+    RemoveHeld {
+        message_id: MessageId,
+        to: Address,
+    },
 }
 
 /// Everything a node needs at start.
@@ -101,6 +124,7 @@ pub struct Snapshot {
     pub outgoing: Vec<OutgoingMail>,
     pub contacts: Vec<Address>,
     pub keys: Vec<KnownKeys>,
+    pub held: Vec<HeldMail>,
 }
 
 /// A store failure, as text from the underlying engine.
@@ -130,6 +154,7 @@ struct MemoryInner {
     outgoing: BTreeMap<MessageId, OutgoingMail>,
     contacts: BTreeMap<Address, ()>,
     keys: BTreeMap<Address, KnownKeys>,
+    held: BTreeMap<(MessageId, Address), HeldMail>,
 }
 
 impl MemoryStore {
@@ -155,6 +180,12 @@ impl MemoryStore {
             StoreWrite::PutKeys(k) => {
                 s.keys.insert(k.address.clone(), k);
             }
+            StoreWrite::PutHeld(h) => {
+                s.held.insert((h.message_id.clone(), h.to.clone()), h);
+            }
+            StoreWrite::RemoveHeld { message_id, to } => {
+                s.held.remove(&(message_id, to));
+            }
         }
     }
     /// The snapshot, synchronously.
@@ -165,6 +196,7 @@ impl MemoryStore {
             outgoing: s.outgoing.values().cloned().collect(),
             contacts: s.contacts.keys().cloned().collect(),
             keys: s.keys.values().cloned().collect(),
+            held: s.held.values().cloned().collect(),
         }
     }
 }
@@ -348,6 +380,42 @@ pub mod conformance {
         assert_eq!(snap.keys, vec![later, c]);
         assert!(snap.inbox.is_empty() && snap.outgoing.is_empty() && snap.contacts.is_empty());
     }
+
+    pub async fn held_copies_upsert_and_remove(store: impl MailStore) {
+        let copy = |n: u8, to: &str| HeldMail {
+            message_id: MessageId::new([n; 16], "h"),
+            to: addr(to),
+            from: addr("alice@h"),
+            sealed: vec![n; 100 + n as usize],
+            held_at: 1_000 + n as u64,
+        };
+        // The same mail for two recipients is two copies; a repeated put replaces.
+        let (a, b, c) = (copy(1, "bob@h"), copy(1, "dan@h"), copy(2, "bob@h"));
+        for h in [a.clone(), b.clone(), c.clone(), a.clone()] {
+            store.apply(StoreWrite::PutHeld(h)).await.unwrap();
+        }
+        let mut held = store.load().await.unwrap().held;
+        held.sort_by(|x, y| (&x.message_id, &x.to).cmp(&(&y.message_id, &y.to)));
+        assert_eq!(held, vec![a.clone(), b.clone(), c.clone()]);
+        store
+            .apply(StoreWrite::RemoveHeld {
+                message_id: a.message_id.clone(),
+                to: a.to.clone(),
+            })
+            .await
+            .unwrap();
+        // Removing what is not there is not an error.
+        store
+            .apply(StoreWrite::RemoveHeld {
+                message_id: MessageId::new([9; 16], "h"),
+                to: addr("bob@h"),
+            })
+            .await
+            .unwrap();
+        let mut held = store.load().await.unwrap().held;
+        held.sort_by(|x, y| (&x.message_id, &x.to).cmp(&(&y.message_id, &y.to)));
+        assert_eq!(held, vec![b, c]);
+    }
 }
 
 /// Generates one test per conformance check.
@@ -380,6 +448,10 @@ macro_rules! store_conformance_tests {
         #[$attr]
         async fn conformance_keys_upsert_by_address() {
             $crate::store::conformance::keys_upsert_by_address($make.await).await
+        }
+        #[$attr]
+        async fn conformance_held_copies_upsert_and_remove() {
+            $crate::store::conformance::held_copies_upsert_and_remove($make.await).await
         }
     };
 }

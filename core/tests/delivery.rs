@@ -651,6 +651,10 @@ proptest! {
             }
         }
         prop_assert!(w.cache.is_empty(), "the cache is emptied: {:?}", w.cache.keys().collect::<Vec<_>>());
+        prop_assert!(w.held.is_empty(), "no listing left: {:?}", w.held.keys().collect::<Vec<_>>());
+        for u in &users {
+            prop_assert_eq!(holds(&w, u), 0, "{} still holds a copy", u);
+        }
     }
 }
 
@@ -682,4 +686,155 @@ fn lost_deposit_reply_is_retried_on_a_live_connection() {
     assert_eq!(w.cache.len(), 1, "one copy at the relay");
     w.online(&bob);
     assert_eq!(w.received_count(&bob, &id), 1);
+}
+
+// ----- co-recipient holding -----
+
+fn holds(w: &World, who: &peermail_core::Address) -> usize {
+    w.users[who].store.snapshot().held.len()
+}
+
+/// The relay cache refuses Bob's copy; Carol, who got the mail directly, holds a sealed
+/// copy for him and registers it. Bob fetches it from Carol's node with Alice gone; Carol
+/// deletes her copy once Bob stored his; Alice learns it was delivered.
+#[test]
+fn co_recipient_holds_when_the_relay_cache_refuses() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.cache_mode = CacheMode::Full;
+    w.online(&alice);
+    w.online(&carol);
+    let id = w.send(&alice, &[&bob, &carol], &[], "held for bob");
+    assert!(w.inbox_has(&carol, &id));
+    assert_eq!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::HeldBy {
+            holder: carol.clone(),
+            at: w.now
+        }
+    );
+    assert!(
+        w.cache.is_empty() && w.deposits == 0,
+        "the relay cache took nothing"
+    );
+    assert_eq!(holds(&w, &carol), 1, "Carol's node stored the copy");
+    assert_eq!(w.held.len(), 1, "and registered it");
+    let copy = &w.users[&carol].store.snapshot().held[0];
+    assert_eq!((&copy.to, &copy.from), (&bob, &alice));
+    assert!(!String::from_utf8_lossy(&copy.sealed).contains("held for bob"));
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &id), 1, "Bob got it from Carol");
+    assert!(!rejected(&w, &bob));
+    assert_eq!(
+        holds(&w, &carol),
+        0,
+        "Carol deleted her copy after Bob's ack"
+    );
+    assert!(w.held.is_empty(), "released at the relay");
+    w.online(&alice);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
+    assert!(w.receipts.values().all(|r| r.is_empty()));
+    w.offline(&bob);
+    w.online(&bob);
+    w.advance(60_000);
+    assert_eq!(w.received_count(&bob, &id), 1);
+}
+
+/// Bob returns while Carol, the holder, is away: he is told where his mail waits, and
+/// fetches it as soon as Carol comes online. Her ack to Alice's direct copy is unaffected.
+#[test]
+fn holder_offline_then_back() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.cache_mode = CacheMode::Full;
+    w.online(&alice);
+    w.online(&carol);
+    let id = w.send(&alice, &[&bob, &carol], &[], "later");
+    w.offline(&carol);
+    w.offline(&alice);
+    w.online(&bob);
+    w.advance(60_000);
+    assert!(!w.inbox_has(&bob, &id), "Carol is away");
+    w.online(&carol);
+    assert_eq!(w.received_count(&bob, &id), 1);
+    assert_eq!(holds(&w, &carol), 0);
+}
+
+/// The whole relay is unreachable: after `deposit_retry` Alice hands Bob's copy to Carol
+/// over their open data channel; Carol registers it when the relay returns.
+#[test]
+fn co_recipient_holds_while_the_relay_is_unreachable() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    w.online(&carol);
+    // An earlier mail opened the Alice–Carol channel; Alice knows Bob's keys from it.
+    w.send(&alice, &[&carol, &bob], &[], "hello");
+    w.relay_outage(true);
+    let id = w.send(&alice, &[&bob, &carol], &[], "during the outage");
+    assert!(w.inbox_has(&carol, &id), "over the open channel");
+    assert_eq!(state_of(&w, &alice, &id, &bob), DeliveryState::Waiting);
+    w.advance(w.config.deposit_retry + 1);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::HeldBy { ref holder, .. } if *holder == carol
+    ));
+    assert!(w.held.is_empty(), "not registered while the relay is away");
+    w.offline(&alice);
+    w.relay_outage(false);
+    assert_eq!(w.held.len(), 1, "registered when the relay returned");
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &id), 1);
+    assert_eq!(holds(&w, &carol), 0);
+    assert!(
+        w.cache.is_empty() && w.deposits == 1,
+        "only the earlier mail was cached"
+    );
+    w.online(&alice);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
+}
+
+/// A holder that alters the copy cannot make Bob accept it: rejected visibly, not stored,
+/// not released at the relay.
+#[test]
+fn altered_held_copy_is_rejected() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.cache_mode = CacheMode::Full;
+    w.online(&alice);
+    w.online(&carol);
+    let id = w.send(&alice, &[&bob, &carol], &[], "do not alter");
+    w.offline(&alice);
+    // Carol's node flips a ciphertext byte of the copy it holds.
+    let mut copy = w.users[&carol].store.snapshot().held[0].clone();
+    let i = copy.sealed.len() - 80;
+    copy.sealed[i] ^= 0x40;
+    w.offline(&carol);
+    w.users[&carol]
+        .store
+        .apply_now(peermail_core::store::StoreWrite::PutHeld(copy));
+    w.online(&carol);
+    w.online(&bob);
+    assert!(!w.inbox_has(&bob, &id));
+    assert!(rejected(&w, &bob), "{:?}", w.users[&bob].events);
+    assert_eq!(w.held.len(), 1, "not released");
 }

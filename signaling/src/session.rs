@@ -284,6 +284,11 @@ impl Session {
             } => Box::pin(self.deposit(to, message_id, &sealed)).await,
             ClientFrame::Fetch { message_id } => Box::pin(self.fetch(message_id)).await,
             ClientFrame::Release { message_id } => Box::pin(self.release(message_id)).await,
+            // Co-recipient holding: the location registry lands with the relay side of it.
+            ClientFrame::Hold { .. } => ServerFrame::error(
+                ErrorCode::UnknownType,
+                "this relay does not register held copies yet",
+            ),
             ClientFrame::AckReceipt { to, message_id } => {
                 match Box::pin(self.ack_receipt(to, message_id)).await {
                     Some(error) => error,

@@ -599,6 +599,7 @@ impl Runtime {
             | ServerFrame::Waiting { .. }
             | ServerFrame::Cached { .. }
             | ServerFrame::Released { .. }
+            | ServerFrame::Held { .. }
             | ServerFrame::Receipt { .. } => {}
         }
     }

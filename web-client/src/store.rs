@@ -1,6 +1,6 @@
 //! [`IdbStore`]: the [`MailStore`] contract on the browser's IndexedDB.
 //!
-//! One database per account store, five object stores with out-of-line keys:
+//! One database per account store, six object stores with out-of-line keys:
 //!
 //! | object store | key | value |
 //! | --- | --- | --- |
@@ -9,6 +9,7 @@
 //! | `outgoing` | Message-ID | an [`OutgoingMail`] as JSON |
 //! | `contacts` | address | the address as JSON |
 //! | `keys` | address | the [`KnownKeys`] seen for it as JSON (since version 2) |
+//! | `held` | `"<Message-ID> <recipient>"` | a [`HeldMail`] this node holds for a co-recipient, as JSON (since version 3) |
 //!
 //! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
 //! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
@@ -19,20 +20,21 @@ use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::TransactionMode;
 use peermail_core::identity::Identity;
 use peermail_core::store::{
-    InboxRecord, KnownKeys, MailStore, OutgoingMail, Snapshot, StoreError, StoreWrite,
+    HeldMail, InboxRecord, KnownKeys, MailStore, OutgoingMail, Snapshot, StoreError, StoreWrite,
 };
 use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Current schema version (see [`upgrade`]).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const IDENTITY: &str = "identity";
 const INBOX: &str = "inbox";
 const OUTGOING: &str = "outgoing";
 const CONTACTS: &str = "contacts";
 const KEYS: &str = "keys";
+const HELD: &str = "held";
 const IDENTITY_KEY: &str = "me";
 
 /// The IndexedDB-backed store. Cheap to share behind an `Rc`.
@@ -64,6 +66,9 @@ fn upgrade(event: &VersionChangeEvent, db: &Database) -> indexed_db_futures::Res
     }
     if old < 2 {
         db.create_object_store(KEYS).build()?;
+    }
+    if old < 3 {
+        db.create_object_store(HELD).build()?;
     }
     Ok(())
 }
@@ -136,7 +141,7 @@ impl MailStore for IdbStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let tx = self
             .db
-            .transaction([INBOX, OUTGOING, CONTACTS, KEYS])
+            .transaction([INBOX, OUTGOING, CONTACTS, KEYS, HELD])
             .build()
             .map_err(err)?;
         let mut snap = Snapshot::default();
@@ -151,6 +156,9 @@ impl MailStore for IdbStore {
         }
         for s in all_values(&tx.object_store(KEYS).map_err(err)?).await? {
             snap.keys.push(from_json::<KnownKeys>(&s)?);
+        }
+        for s in all_values(&tx.object_store(HELD).map_err(err)?).await? {
+            snap.held.push(from_json::<HeldMail>(&s)?);
         }
         Ok(snap)
     }
@@ -168,8 +176,20 @@ impl MailStore for IdbStore {
             StoreWrite::PutContact(a) => self.put(CONTACTS, &a.to_string(), to_json(&a)?).await,
             StoreWrite::RemoveContact(a) => self.delete(CONTACTS, &a.to_string()).await,
             StoreWrite::PutKeys(k) => self.put(KEYS, &k.address.to_string(), to_json(&k)?).await,
+            StoreWrite::PutHeld(h) => {
+                self.put(HELD, &held_key(&h.message_id, &h.to), to_json(&h)?)
+                    .await
+            }
+            StoreWrite::RemoveHeld { message_id, to } => {
+                self.delete(HELD, &held_key(&message_id, &to)).await
+            }
         }
     }
+}
+
+/// Key of a held copy: a Message-ID and an address contain no space.
+fn held_key(message_id: &peermail_core::MessageId, to: &Address) -> String {
+    format!("{message_id} {to}")
 }
 
 async fn all_values(

@@ -57,6 +57,7 @@ pub fn recipient_line(
             format!("{address}: handing to the relay cache"),
         ),
         DeliveryState::CachedAtRelay { .. } => ("cached", format!("{address}: cached at relay")),
+        DeliveryState::HeldBy { holder, .. } => ("held", format!("{address}: held by {holder}")),
         DeliveryState::Delivered { at } => {
             ("delivered", format!("{address}: delivered {}", hms(*at)))
         }
@@ -88,6 +89,11 @@ pub fn summary(o: &OutgoingMail) -> String {
         .iter()
         .filter(|r| matches!(r.state, DeliveryState::CachedAtRelay { .. }))
         .count();
+    let held = o
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, DeliveryState::HeldBy { .. }))
+        .count();
     let waiting: Vec<&Address> = o
         .recipients
         .iter()
@@ -102,8 +108,12 @@ pub fn summary(o: &OutgoingMail) -> String {
         format!("delivered to {delivered}, failed {failed}")
     } else if sending {
         "sending".into()
-    } else if waiting.is_empty() && cached > 0 {
+    } else if waiting.is_empty() && held == 0 && cached > 0 {
         "cached at relay".into()
+    } else if waiting.is_empty() && cached == 0 && held > 0 {
+        "held by a co-recipient".into()
+    } else if waiting.is_empty() {
+        "cached at relay and held by a co-recipient".into()
     } else if waiting.len() == 1 {
         format!("waiting for {}", waiting[0])
     } else {

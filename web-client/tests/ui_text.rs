@@ -59,6 +59,14 @@ fn recipient_lines() {
         "cached",
         "bob@localhost: cached at relay",
     );
+    check_line(
+        DeliveryState::HeldBy {
+            holder: addr("carol@localhost"),
+            at,
+        },
+        "held",
+        "bob@localhost: held by carol@localhost",
+    );
     let (st, text) = recipient_line(
         &addr("bob@localhost"),
         &DeliveryState::Waiting,

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::address::Address;
 use crate::mail::{Mail, MessageId};
 
 /// Version byte that starts every peer frame.
@@ -25,6 +26,36 @@ pub enum PeerFrame {
         message_id: MessageId,
         reason: String,
     },
+    /// From the sender of mail `message_id` to one of its recipients that already has it:
+    /// please hold this sealed copy for the co-recipient `to` (who is offline, and the relay
+    /// cache refused it or is unreachable). Answered by `Holding` once stored, or
+    /// `HoldRefused`.
+    HoldFor {
+        to: Address,
+        message_id: MessageId,
+        sealed: Vec<u8>,
+    },
+    /// The copy for `to` is stored; this node registers it at the relay and hands it to `to`.
+    Holding { to: Address, message_id: MessageId },
+    /// This node will not hold the copy for `to`.
+    HoldRefused {
+        to: Address,
+        message_id: MessageId,
+        reason: String,
+    },
+    /// From a recipient to a node the relay listed as holding its mail: send me my copy.
+    /// Answered by `HeldCopy` or `HeldMissing`.
+    FetchHeld { message_id: MessageId },
+    /// The sealed copy held for the asking peer.
+    HeldCopy {
+        message_id: MessageId,
+        from: Address,
+        sealed: Vec<u8>,
+    },
+    /// No copy of `message_id` is held for the asking peer.
+    HeldMissing { message_id: MessageId },
+    /// The recipient stored its copy (and released it at the relay): the holder deletes its.
+    HeldAck { message_id: MessageId },
 }
 
 /// Why bytes from a peer could not be read.
@@ -100,6 +131,12 @@ mod tests {
             PeerFrame::decode(&trailing),
             Err(PeerFrameError::Malformed(_))
         ));
+        let held = PeerFrame::HeldCopy {
+            message_id: MessageId::new([2; 16], "h"),
+            from: "a@h".parse().unwrap(),
+            sealed: vec![9; crate::wire::signal::MAX_SEALED_BYTES],
+        };
+        assert_eq!(PeerFrame::decode(&held.encode().unwrap()), Ok(held));
         assert!(matches!(
             PeerFrame::decode(&vec![1; MAX_PEER_FRAME + 1]),
             Err(PeerFrameError::TooLarge(_))

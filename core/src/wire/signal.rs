@@ -71,6 +71,18 @@ pub enum ClientFrame {
     Release { message_id: MessageId },
     /// The sender saw the receipt for `(to, message_id)`; the relay forgets it.
     AckReceipt { to: Address, message_id: MessageId },
+    /// This account's node holds a sealed copy of `from`'s mail `message_id` for `to` (it is
+    /// a co-recipient of that mail; the relay cache refused the copy or was unreachable). The
+    /// relay lists it in `to`'s waiting mail at [`MailLocation::Peer`] until `to` releases it
+    /// (which also sends `from` a delivered receipt). Answered by [`ServerFrame::Held`];
+    /// registering the same `(to, message_id)` again changes nothing.
+    Hold {
+        to: Address,
+        message_id: MessageId,
+        from: Address,
+        /// Size of the sealed copy in bytes.
+        size: u64,
+    },
 }
 
 /// Frames the relay sends to a client.
@@ -140,12 +152,17 @@ pub enum ServerFrame {
     Released {
         message_id: MessageId,
     },
-    /// What became of mail this account deposited for `to`. Repeated at every sign-in until
-    /// acknowledged with [`ClientFrame::AckReceipt`].
+    /// What became of mail this account deposited for `to` (or a co-recipient holds for
+    /// `to`). Repeated at every sign-in until acknowledged with [`ClientFrame::AckReceipt`].
     Receipt {
         to: Address,
         message_id: MessageId,
         outcome: ReceiptOutcome,
+    },
+    /// The relay lists this account's held copy (see [`ClientFrame::Hold`]) for `to`.
+    Held {
+        to: Address,
+        message_id: MessageId,
     },
 }
 
@@ -177,6 +194,9 @@ pub struct WaitingMail {
 pub enum MailLocation {
     /// This relay's cache: fetch with [`ClientFrame::Fetch`].
     Relay,
+    /// The node of `holder`, a co-recipient of the same mail: fetch it over a data channel
+    /// (`PeerFrame::FetchHeld`) while `holder` is online, then release it here.
+    Peer { holder: Address },
 }
 
 /// What became of a deposited envelope.
@@ -282,6 +302,7 @@ const CLIENT_TYPES: &[&str] = &[
     "fetch",
     "release",
     "ack_receipt",
+    "hold",
 ];
 const SERVER_TYPES: &[&str] = &[
     "challenge",
@@ -298,6 +319,7 @@ const SERVER_TYPES: &[&str] = &[
     "cached",
     "released",
     "receipt",
+    "held",
 ];
 
 fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, FrameError> {
@@ -493,6 +515,21 @@ mod tests {
                 message_id: id(),
                 outcome: ReceiptOutcome::Expired,
             },
+            ServerFrame::Held {
+                to: "b@h".parse().unwrap(),
+                message_id: id(),
+            },
+            ServerFrame::Waiting {
+                items: vec![WaitingMail {
+                    message_id: id(),
+                    from: "a@h".parse().unwrap(),
+                    size: 1,
+                    deposited_at: 2,
+                    location: MailLocation::Peer {
+                        holder: "c@h".parse().unwrap(),
+                    },
+                }],
+            },
         ] {
             assert_eq!(parse_server_frame(&f.encode()), Ok(f));
         }
@@ -522,6 +559,12 @@ mod tests {
             ClientFrame::AckReceipt {
                 to: bob.clone(),
                 message_id: id(),
+            },
+            ClientFrame::Hold {
+                to: bob.clone(),
+                message_id: id(),
+                from: "a@h".parse().unwrap(),
+                size: 900,
             },
         ] {
             check_client(&f.encode(), Ok(f));

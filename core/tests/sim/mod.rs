@@ -53,6 +53,14 @@ pub enum CacheMode {
     Down,
 }
 
+/// A copy a co-recipient's node registered as holding (the relay's location registry).
+#[derive(Debug, Clone)]
+pub struct HeldAt {
+    pub holder: Address,
+    pub from: Address,
+    pub size: u64,
+}
+
 /// One envelope in the relay cache.
 #[derive(Debug, Clone)]
 pub struct CachedMail {
@@ -69,6 +77,10 @@ pub struct World {
     pub directory: BTreeMap<Address, String>,
     /// The relay cache: (recipient, Message-ID) → envelope.
     pub cache: BTreeMap<(Address, MessageId), CachedMail>,
+    /// Copies held by co-recipients' nodes: (recipient, Message-ID) → where.
+    pub held: BTreeMap<(Address, MessageId), HeldAt>,
+    /// Hold registrations accepted (for assertions).
+    pub holds: u32,
     /// Receipts not yet acknowledged: sender → (recipient, id, outcome).
     pub receipts: BTreeMap<Address, BTreeSet<(Address, MessageId, bool)>>,
     /// Deposits accepted (for assertions).
@@ -79,6 +91,8 @@ pub struct World {
     queue: VecDeque<(Address, Input)>,
     pub drop_rule: Option<DropRule>,
     pub dropped: u32,
+    /// The whole relay is unreachable (see [`World::relay_outage`]).
+    pub relay_down: bool,
     seed: u8,
     pub config: Config,
 }
@@ -90,6 +104,8 @@ impl World {
             lose_deposit_replies: 0,
             directory: BTreeMap::new(),
             cache: BTreeMap::new(),
+            held: BTreeMap::new(),
+            holds: 0,
             receipts: BTreeMap::new(),
             deposits: 0,
             now: 1_000_000,
@@ -97,6 +113,7 @@ impl World {
             queue: VecDeque::new(),
             drop_rule: None,
             dropped: 0,
+            relay_down: false,
             seed: 0,
             config: Config::default(),
         }
@@ -135,6 +152,9 @@ impl World {
     }
 
     fn notify_presence(&mut self, who: &Address) {
+        if self.relay_down {
+            return;
+        }
         let status = self.status_of(who);
         let watchers: Vec<Address> = self
             .users
@@ -174,14 +194,16 @@ impl World {
             rng_seed,
         ));
         u.subscriptions.clear();
-        self.queue.push_back((a.clone(), Input::SignalingConnected));
-        self.queue.push_back((
-            a.clone(),
-            Input::Server(ServerFrame::Challenge {
-                nonce: format!("nonce-{now}"),
-                domain: DOMAIN.into(),
-            }),
-        ));
+        if !self.relay_down {
+            self.queue.push_back((a.clone(), Input::SignalingConnected));
+            self.queue.push_back((
+                a.clone(),
+                Input::Server(ServerFrame::Challenge {
+                    nonce: format!("nonce-{now}"),
+                    domain: DOMAIN.into(),
+                }),
+            ));
+        }
         self.settle();
     }
 
@@ -268,7 +290,7 @@ impl World {
         match out {
             Output::ToServer(frame) => self.relay(from, frame),
             Output::Connect(peer) => {
-                if self.is_online(&peer) && self.is_online(from) {
+                if self.is_online(&peer) && self.is_online(from) && !self.relay_down {
                     self.users.get_mut(from).unwrap().links.insert(peer.clone());
                     self.users
                         .get_mut(&peer)
@@ -322,6 +344,9 @@ impl World {
 
     /// The relay model: checks auth signatures for real, answers subscriptions.
     fn relay(&mut self, from: &Address, frame: ClientFrame) {
+        if self.relay_down {
+            return;
+        }
         match frame {
             ClientFrame::Auth { address, signature } => {
                 let u = &self.users[from];
@@ -463,30 +488,76 @@ impl World {
                     let e = ServerFrame::error_about(ErrorCode::Internal, "down", about);
                     return self.reply(from, e);
                 }
-                match self.cache.remove(&(from.clone(), message_id.clone())) {
-                    Some(c) => {
-                        self.receipts.entry(c.from.clone()).or_default().insert((
-                            from.clone(),
-                            message_id.clone(),
-                            true,
-                        ));
-                        if self.is_online(&c.from) {
-                            self.reply(
-                                &c.from,
-                                ServerFrame::Receipt {
-                                    to: from.clone(),
-                                    message_id: message_id.clone(),
-                                    outcome: ReceiptOutcome::Delivered,
-                                },
-                            );
-                        }
-                        self.reply(from, ServerFrame::Released { message_id });
-                    }
-                    None => {
-                        let e = ServerFrame::error_about(ErrorCode::NotFound, "gone", about);
-                        self.reply(from, e);
+                let key = (from.clone(), message_id.clone());
+                // The sender learns it was delivered, and so does a holder (which then
+                // deletes its copy).
+                let held = self.held.remove(&key);
+                let senders: BTreeSet<Address> = [
+                    self.cache.remove(&key).map(|c| c.from),
+                    held.as_ref().map(|h| h.from.clone()),
+                    held.map(|h| h.holder),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if senders.is_empty() {
+                    let e = ServerFrame::error_about(ErrorCode::NotFound, "gone", about);
+                    return self.reply(from, e);
+                }
+                for sender in senders {
+                    self.receipts.entry(sender.clone()).or_default().insert((
+                        from.clone(),
+                        message_id.clone(),
+                        true,
+                    ));
+                    if self.is_online(&sender) {
+                        self.reply(
+                            &sender,
+                            ServerFrame::Receipt {
+                                to: from.clone(),
+                                message_id: message_id.clone(),
+                                outcome: ReceiptOutcome::Delivered,
+                            },
+                        );
                     }
                 }
+                self.reply(from, ServerFrame::Released { message_id });
+            }
+            ClientFrame::Hold {
+                to,
+                message_id,
+                from: sender,
+                size,
+            } => {
+                let about = ErrorAbout {
+                    to: Some(to.clone()),
+                    message_id: Some(message_id.clone()),
+                };
+                if self.cache_mode == CacheMode::Down {
+                    let e = ServerFrame::error_about(ErrorCode::Internal, "down", about);
+                    return self.reply(from, e);
+                }
+                if !self.users.contains_key(&to) {
+                    let e = ServerFrame::error_about(ErrorCode::UnknownAddress, "no such", about);
+                    return self.reply(from, e);
+                }
+                let key = (to.clone(), message_id.clone());
+                if !self.held.contains_key(&key) {
+                    self.holds += 1;
+                    self.held.insert(
+                        key,
+                        HeldAt {
+                            holder: from.clone(),
+                            from: sender,
+                            size,
+                        },
+                    );
+                    if self.is_online(&to) {
+                        let item = self.held_item(&to, &message_id);
+                        self.reply(&to, ServerFrame::Waiting { items: vec![item] });
+                    }
+                }
+                self.reply(from, ServerFrame::Held { to, message_id });
             }
             ClientFrame::AckReceipt { to, message_id } => {
                 if let Some(r) = self.receipts.get_mut(from) {
@@ -498,6 +569,9 @@ impl World {
     }
 
     fn reply(&mut self, to: &Address, frame: ServerFrame) {
+        if self.relay_down {
+            return;
+        }
         self.queue.push_back((to.clone(), Input::Server(frame)));
     }
 
@@ -512,14 +586,33 @@ impl World {
         }
     }
 
+    fn held_item(&self, to: &Address, id: &MessageId) -> WaitingMail {
+        let h = &self.held[&(to.clone(), id.clone())];
+        WaitingMail {
+            message_id: id.clone(),
+            from: h.from.clone(),
+            size: h.size,
+            deposited_at: self.now,
+            location: MailLocation::Peer {
+                holder: h.holder.clone(),
+            },
+        }
+    }
+
     /// What the relay tells a session at sign-in: mail waiting for it, receipts for it.
     fn sign_in_notices(&mut self, who: &Address) {
-        let items: Vec<WaitingMail> = self
+        let mut items: Vec<WaitingMail> = self
             .cache
             .keys()
             .filter(|(to, _)| to == who)
             .map(|(to, id)| self.waiting_item(to, id))
             .collect();
+        items.extend(
+            self.held
+                .keys()
+                .filter(|(to, _)| to == who)
+                .map(|(to, id)| self.held_item(to, id)),
+        );
         if !items.is_empty() {
             self.reply(who, ServerFrame::Waiting { items });
         }
@@ -568,6 +661,38 @@ impl World {
                 false,
             ));
         }
+    }
+
+    /// The whole relay goes away (`true`) or comes back: signaling sockets close, frames to
+    /// it are lost, no new data channel can be negotiated; open data channels stay up.
+    pub fn relay_outage(&mut self, down: bool) {
+        if self.relay_down == down {
+            return;
+        }
+        self.relay_down = down;
+        let online: Vec<Address> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.node.is_some())
+            .map(|(a, _)| a.clone())
+            .collect();
+        let now = self.now;
+        for a in online {
+            self.users.get_mut(&a).unwrap().subscriptions.clear();
+            if down {
+                self.queue.push_back((a, Input::SignalingDisconnected));
+            } else {
+                self.queue.push_back((a.clone(), Input::SignalingConnected));
+                self.queue.push_back((
+                    a,
+                    Input::Server(ServerFrame::Challenge {
+                        nonce: format!("nonce-{now}"),
+                        domain: DOMAIN.into(),
+                    }),
+                ));
+            }
+        }
+        self.settle();
     }
 
     /// Lets `ms` of simulated time pass, waking nodes at their timeouts.

@@ -35,6 +35,19 @@ const MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL,  -- ms since the Unix epoch
         PRIMARY KEY (sender, recipient, message_id)
     ) STRICT;",
+    // 3: where co-recipients' nodes hold sealed copies for offline recipients (the relay
+    // lists them; the bytes stay on the holder). Receipts go to the sender and the holder.
+    "CREATE TABLE held_mail (
+        recipient   TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        holder      TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        size        INTEGER NOT NULL,  -- length of the sealed copy in bytes
+        held_at     INTEGER NOT NULL,  -- ms since the Unix epoch
+        expires_at  INTEGER NOT NULL,  -- ms since the Unix epoch
+        PRIMARY KEY (recipient, message_id)
+    ) STRICT;
+    CREATE INDEX held_mail_expiry ON held_mail (expires_at);",
 ];
 
 /// The schema version this build of the relay writes.

@@ -822,3 +822,179 @@ async fn a_co_recipient_cannot_preempt_a_message_id() {
     }
     relay.stop().await;
 }
+
+/// Co-recipient holding: Carol's node holds a sealed copy for Bob and registers it. Bob is
+/// told where it waits (at once if online, else at sign-in); only Bob can release it; the
+/// release tells Alice (the sender) and Carol (the holder); the listing survives a restart
+/// and expires like cached mail.
+#[tokio::test]
+async fn held_copies_are_listed_released_and_both_sender_and_holder_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob, carol, dan) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+        identity("dan", 4),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    Client::registered(relay.addr, &alice).await.close().await;
+    let mut d = Client::registered(relay.addr, &dan).await;
+    let mut c = Client::registered(relay.addr, &carol).await;
+    let id = mid(7);
+    let hold = |to: &Address, from: &Address, size: u64| ClientFrame::Hold {
+        to: to.clone(),
+        message_id: id.clone(),
+        from: from.clone(),
+        size,
+    };
+    c.send(hold(&bob.address, &alice.address, 900)).await;
+    assert_eq!(
+        c.recv().await,
+        ServerFrame::Held {
+            to: bob.address.clone(),
+            message_id: id.clone()
+        }
+    );
+    // Registering again changes nothing; another holder does not replace Carol.
+    c.send(hold(&bob.address, &alice.address, 900)).await;
+    assert!(matches!(c.recv().await, ServerFrame::Held { .. }));
+    d.send(hold(&bob.address, &alice.address, 900)).await;
+    assert!(matches!(d.recv().await, ServerFrame::Held { .. }));
+    // Bad registrations: unknown recipient or sender, for oneself, oversized.
+    let about = |to: &Address| {
+        Some(ErrorAbout {
+            to: Some(to.clone()),
+            message_id: Some(id.clone()),
+        })
+    };
+    for (frame, code, to) in [
+        (
+            hold(&addr("ghost@localhost"), &alice.address, 9),
+            ErrorCode::UnknownAddress,
+            addr("ghost@localhost"),
+        ),
+        (
+            hold(&bob.address, &addr("ghost@localhost"), 9),
+            ErrorCode::UnknownAddress,
+            bob.address.clone(),
+        ),
+        (
+            hold(&carol.address, &alice.address, 9),
+            ErrorCode::MalformedFrame,
+            carol.address.clone(),
+        ),
+        (
+            hold(&bob.address, &alice.address, MAX_SEALED_BYTES as u64 + 1),
+            ErrorCode::MalformedFrame,
+            bob.address.clone(),
+        ),
+    ] {
+        c.send(frame).await;
+        match c.recv().await {
+            ServerFrame::Error {
+                code: got,
+                about: a,
+                ..
+            } => {
+                assert_eq!(got, code);
+                assert_eq!(a, about(&to));
+            }
+            other => panic!("expected {code:?}, got {other:?}"),
+        }
+    }
+    relay.stop().await;
+
+    // Across a restart, Bob is told at sign-in where it waits; the relay has no bytes.
+    let relay = TestRelay::start(dir.path()).await;
+    let mut c = Client::authenticated(relay.addr, &carol).await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    let items = b.expect_waiting().await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].message_id, id);
+    assert_eq!(items[0].from, alice.address);
+    assert_eq!(items[0].size, 900);
+    assert_eq!(
+        items[0].location,
+        MailLocation::Peer {
+            holder: carol.address.clone()
+        }
+    );
+    b.send(ClientFrame::Fetch {
+        message_id: id.clone(),
+    })
+    .await;
+    b.expect_error(ErrorCode::NotFound).await;
+    // Only Bob can release it.
+    a.send(ClientFrame::Release {
+        message_id: id.clone(),
+    })
+    .await;
+    a.expect_error(ErrorCode::NotFound).await;
+    b.release(&id).await;
+    a.expect_receipt(&bob.address, &id, ReceiptOutcome::Delivered)
+        .await;
+    c.expect_receipt(&bob.address, &id, ReceiptOutcome::Delivered)
+        .await;
+    // Carol acknowledges; Alice is offline and is told again at her next sign-in.
+    c.send(ClientFrame::AckReceipt {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+    })
+    .await;
+    a.close().await;
+    c.close().await;
+    let mut c = Client::authenticated(relay.addr, &carol).await;
+    c.expect_nothing_more(3).await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.expect_receipt(&bob.address, &id, ReceiptOutcome::Delivered)
+        .await;
+    // Listed to an online recipient at once.
+    let id2 = mid(8);
+    c.send(ClientFrame::Hold {
+        to: bob.address.clone(),
+        message_id: id2.clone(),
+        from: alice.address.clone(),
+        size: 10,
+    })
+    .await;
+    assert!(matches!(c.recv().await, ServerFrame::Held { .. }));
+    let items = b.expect_waiting().await;
+    assert_eq!(items[0].message_id, id2);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_copy_listing_expires_and_sender_and_holder_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(dir.path(), |c| {
+        c.cache_retention = Duration::from_millis(300);
+        c.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut c = Client::registered(relay.addr, &carol).await;
+    let id = mid(9);
+    c.send(ClientFrame::Hold {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+        from: alice.address.clone(),
+        size: 10,
+    })
+    .await;
+    assert!(matches!(c.recv().await, ServerFrame::Held { .. }));
+    a.expect_receipt(&bob.address, &id, ReceiptOutcome::Expired)
+        .await;
+    c.expect_receipt(&bob.address, &id, ReceiptOutcome::Expired)
+        .await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    b.expect_nothing_more(1).await;
+    relay.stop().await;
+}

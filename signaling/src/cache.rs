@@ -29,6 +29,22 @@ pub struct NewMail {
     pub expires_at: Millis,
 }
 
+/// A co-recipient's node registers that it holds a sealed copy for `recipient` (the relay
+/// only lists where it is; the bytes stay on the holder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewHold {
+    pub recipient: Address,
+    pub message_id: MessageId,
+    /// The authenticated account whose node holds the copy.
+    pub holder: Address,
+    /// The mail's sender, as the holder reports it (told of the delivery).
+    pub sender: Address,
+    pub size: u64,
+    pub held_at: Millis,
+    /// The sweep forgets the listing (and records expired receipts) from this instant on.
+    pub expires_at: Millis,
+}
+
 /// What [`MailCache::deposit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deposit {
@@ -84,15 +100,19 @@ pub trait MailCache: Send + Sync + 'static {
         recipient: &Address,
         message_id: &MessageId,
     ) -> Result<Option<CachedMail>, Error>;
-    /// Deletes the envelope `message_id` waiting for `recipient` and, in the same transaction,
-    /// records a delivered receipt for its sender. Returns the sender, or `None` if no such
-    /// envelope waits for `recipient`.
+    /// Deletes the envelope `message_id` waiting for `recipient`, and its listing at a
+    /// co-recipient's node, and in the same transaction records a delivered receipt for the
+    /// sender (and for the holder, which then deletes its copy). Returns who got a receipt;
+    /// empty if nothing by that id waits for `recipient`.
     fn release(
         &self,
         recipient: &Address,
         message_id: &MessageId,
         now: Millis,
-    ) -> Result<Option<Address>, Error>;
+    ) -> Result<Vec<Address>, Error>;
+    /// Lists a copy held by a co-recipient's node among `hold.recipient`'s waiting mail,
+    /// unless `(recipient, message_id)` is already listed as held (the first holder stays).
+    fn hold(&self, hold: NewHold) -> Result<(), Error>;
     /// Receipts waiting for `sender`'s acknowledgement.
     fn receipts(&self, sender: &Address) -> Result<Vec<Receipt>, Error>;
     /// Forgets the receipt of `sender` about `(recipient, message_id)`, if any.
@@ -102,8 +122,8 @@ pub trait MailCache: Send + Sync + 'static {
         recipient: &Address,
         message_id: &MessageId,
     ) -> Result<(), Error>;
-    /// Deletes every envelope whose expiry is at or before `now` and records an expired
-    /// receipt for each; returns those receipts.
+    /// Deletes every envelope (and held-copy listing) whose expiry is at or before `now` and
+    /// records an expired receipt for each sender (and holder); returns those receipts.
     fn expire(&self, now: Millis) -> Result<Vec<Receipt>, Error>;
 
     /// [`MailCache::deposit`], awaited.
@@ -128,8 +148,12 @@ pub trait MailCache: Send + Sync + 'static {
         recipient: Address,
         message_id: MessageId,
         now: Millis,
-    ) -> CacheFuture<Option<Address>> {
+    ) -> CacheFuture<Vec<Address>> {
         on_blocking_pool(self, move |c| c.release(&recipient, &message_id, now))
+    }
+    /// [`MailCache::hold`], awaited.
+    fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<()> {
+        on_blocking_pool(self, move |c| c.hold(hold))
     }
     /// [`MailCache::receipts`], awaited.
     fn receipts_async(self: Arc<Self>, sender: Address) -> CacheFuture<Vec<Receipt>> {
@@ -175,6 +199,8 @@ struct State {
     mail: BTreeMap<(Address, MessageId), Stored>,
     /// (sender, recipient, message id) → outcome.
     receipts: BTreeMap<(Address, Address, MessageId), ReceiptOutcome>,
+    /// (recipient, message id) → where a co-recipient holds it.
+    held: BTreeMap<(Address, MessageId), NewHold>,
 }
 
 /// The cache in memory, lost when the process ends. For tests and benchmarks.
@@ -239,6 +265,21 @@ impl MailCache for MemoryCache {
                 location: MailLocation::Relay,
             })
             .collect();
+        items.extend(
+            state
+                .held
+                .values()
+                .filter(|h| &h.recipient == recipient)
+                .map(|h| WaitingMail {
+                    message_id: h.message_id.clone(),
+                    from: h.sender.clone(),
+                    size: h.size,
+                    deposited_at: h.held_at,
+                    location: MailLocation::Peer {
+                        holder: h.holder.clone(),
+                    },
+                }),
+        );
         items.sort_by_key(|w| w.deposited_at);
         Ok(items)
     }
@@ -263,16 +304,32 @@ impl MailCache for MemoryCache {
         recipient: &Address,
         message_id: &MessageId,
         _now: Millis,
-    ) -> Result<Option<Address>, Error> {
+    ) -> Result<Vec<Address>, Error> {
         let mut state = self.state();
-        let Some(m) = state.mail.remove(&(recipient.clone(), message_id.clone())) else {
-            return Ok(None);
-        };
-        state.receipts.insert(
-            (m.sender.clone(), recipient.clone(), message_id.clone()),
-            ReceiptOutcome::Delivered,
-        );
-        Ok(Some(m.sender))
+        let key = (recipient.clone(), message_id.clone());
+        let mut told: Vec<Address> = Vec::new();
+        if let Some(m) = state.mail.remove(&key) {
+            told.push(m.sender);
+        }
+        if let Some(h) = state.held.remove(&key) {
+            told.push(h.sender);
+            told.push(h.holder);
+        }
+        told.sort();
+        told.dedup();
+        for who in &told {
+            state.receipts.insert(
+                (who.clone(), recipient.clone(), message_id.clone()),
+                ReceiptOutcome::Delivered,
+            );
+        }
+        Ok(told)
+    }
+
+    fn hold(&self, hold: NewHold) -> Result<(), Error> {
+        let key = (hold.recipient.clone(), hold.message_id.clone());
+        self.state().held.entry(key).or_insert(hold);
+        Ok(())
     }
 
     fn receipts(&self, sender: &Address) -> Result<Vec<Receipt>, Error> {
@@ -310,21 +367,37 @@ impl MailCache for MemoryCache {
             .filter(|(_, m)| m.expires_at <= now)
             .map(|(k, _)| k.clone())
             .collect();
-        let mut receipts = Vec::with_capacity(expired.len());
+        let held: Vec<NewHold> = state
+            .held
+            .values()
+            .filter(|h| h.expires_at <= now)
+            .cloned()
+            .collect();
+        let mut told: Vec<(Address, Address, MessageId)> = Vec::new();
         for key in expired {
             if let Some(m) = state.mail.remove(&key) {
-                let (recipient, message_id) = key;
-                state.receipts.insert(
-                    (m.sender.clone(), recipient.clone(), message_id.clone()),
-                    ReceiptOutcome::Expired,
-                );
-                receipts.push(Receipt {
-                    sender: m.sender,
-                    recipient,
-                    message_id,
-                    outcome: ReceiptOutcome::Expired,
-                });
+                told.push((m.sender, key.0, key.1));
             }
+        }
+        for h in held {
+            state
+                .held
+                .remove(&(h.recipient.clone(), h.message_id.clone()));
+            told.push((h.sender, h.recipient.clone(), h.message_id.clone()));
+            told.push((h.holder, h.recipient, h.message_id));
+        }
+        let mut receipts = Vec::with_capacity(told.len());
+        for (sender, recipient, message_id) in told {
+            state.receipts.insert(
+                (sender.clone(), recipient.clone(), message_id.clone()),
+                ReceiptOutcome::Expired,
+            );
+            receipts.push(Receipt {
+                sender,
+                recipient,
+                message_id,
+                outcome: ReceiptOutcome::Expired,
+            });
         }
         Ok(receipts)
     }
@@ -383,14 +456,14 @@ mod tests {
 
         let id1 = MessageId::new([1; 16], "h");
         assert_eq!(c.fetch(&a("carol@h"), &id1).unwrap(), None);
-        assert_eq!(c.release(&a("carol@h"), &id1, 30).unwrap(), None);
+        assert!(c.release(&a("carol@h"), &id1, 30).unwrap().is_empty());
         assert_eq!(
             c.fetch(&a("bob@h"), &id1).unwrap().unwrap().sealed,
             vec![1; 6]
         );
         assert_eq!(
             c.release(&a("bob@h"), &id1, 30).unwrap(),
-            Some(a("alice@h"))
+            vec![a("alice@h")]
         );
         assert_eq!(c.fetch(&a("bob@h"), &id1).unwrap(), None);
         let receipts = c.receipts(&a("alice@h")).unwrap();
@@ -408,5 +481,51 @@ mod tests {
         assert!(c.waiting(&a("bob@h")).unwrap().is_empty());
         assert_eq!(c.receipts(&a("alice@h")).unwrap(), expired);
         assert_eq!(c.waiting(&a("carol@h")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn memory_cache_held_copies_are_listed_released_and_expired() {
+        let c = MemoryCache::new();
+        let id = MessageId::new([4; 16], "h");
+        let hold = |holder: &str| NewHold {
+            recipient: a("bob@h"),
+            message_id: id.clone(),
+            holder: a(holder),
+            sender: a("alice@h"),
+            size: 700,
+            held_at: 10,
+            expires_at: 110,
+        };
+        c.hold(hold("carol@h")).unwrap();
+        // A second holder does not replace the first.
+        c.hold(hold("dan@h")).unwrap();
+        let waiting = c.waiting(&a("bob@h")).unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(
+            waiting[0].location,
+            MailLocation::Peer {
+                holder: a("carol@h")
+            }
+        );
+        assert_eq!((waiting[0].size, &waiting[0].from), (700, &a("alice@h")));
+        assert_eq!(
+            c.fetch(&a("bob@h"), &id).unwrap(),
+            None,
+            "the bytes are not here"
+        );
+        assert!(c.release(&a("carol@h"), &id, 20).unwrap().is_empty());
+        assert_eq!(
+            c.release(&a("bob@h"), &id, 20).unwrap(),
+            vec![a("alice@h"), a("carol@h")]
+        );
+        assert!(c.waiting(&a("bob@h")).unwrap().is_empty());
+        assert_eq!(c.receipts(&a("carol@h")).unwrap().len(), 1);
+        assert_eq!(c.receipts(&a("alice@h")).unwrap().len(), 1);
+        // Expiry tells both.
+        c.hold(hold("carol@h")).unwrap();
+        let expired = c.expire(110).unwrap();
+        assert_eq!(expired.len(), 2);
+        assert!(expired.iter().all(|r| r.outcome == ReceiptOutcome::Expired));
+        assert!(c.waiting(&a("bob@h")).unwrap().is_empty());
     }
 }

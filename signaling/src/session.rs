@@ -19,7 +19,7 @@ use peermail_core::wire::signal::{
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::cache::{self, MailCache, NewMail};
+use crate::cache::{self, MailCache, NewHold, NewMail};
 use crate::hub::Outbox;
 use crate::{now_millis, Error, Signaling};
 
@@ -284,11 +284,12 @@ impl Session {
             } => Box::pin(self.deposit(to, message_id, &sealed)).await,
             ClientFrame::Fetch { message_id } => Box::pin(self.fetch(message_id)).await,
             ClientFrame::Release { message_id } => Box::pin(self.release(message_id)).await,
-            // Co-recipient holding: the location registry lands with the relay side of it.
-            ClientFrame::Hold { .. } => ServerFrame::error(
-                ErrorCode::UnknownType,
-                "this relay does not register held copies yet",
-            ),
+            ClientFrame::Hold {
+                to,
+                message_id,
+                from,
+                size,
+            } => Box::pin(self.hold(to, message_id, from, size)).await,
             ClientFrame::AckReceipt { to, message_id } => {
                 match Box::pin(self.ack_receipt(to, message_id)).await {
                     Some(error) => error,
@@ -510,22 +511,108 @@ impl Session {
             .release_async(me.clone(), message_id.clone(), now)
             .await
         {
-            Ok(Some(sender)) => {
-                tracing::debug!(session = self.id, %message_id, "cached mail released");
-                self.signaling.push(
-                    &sender,
-                    &ServerFrame::Receipt {
-                        to: me,
-                        message_id: message_id.clone(),
-                        outcome: ReceiptOutcome::Delivered,
-                    },
-                );
+            Ok(told) if told.is_empty() => not_found(&message_id),
+            Ok(told) => {
+                tracing::debug!(session = self.id, %message_id, "waiting mail released");
+                let receipt = ServerFrame::Receipt {
+                    to: me,
+                    message_id: message_id.clone(),
+                    outcome: ReceiptOutcome::Delivered,
+                };
+                for who in &told {
+                    self.signaling.push(who, &receipt);
+                }
                 ServerFrame::Released { message_id }
             }
-            Ok(None) => not_found(&message_id),
             Err(e) => internal(&e),
         }
         .about_mail(&about_id)
+    }
+
+    /// A co-recipient's node holds a sealed copy for `to`: list it among `to`'s waiting mail
+    /// (pushed at once if `to` is online).
+    async fn hold(
+        &mut self,
+        to: Address,
+        message_id: MessageId,
+        from: Address,
+        size: u64,
+    ) -> ServerFrame {
+        let Some(holder) = self.address.clone() else {
+            return not_authenticated();
+        };
+        let about = ErrorAbout {
+            to: Some(to.clone()),
+            message_id: Some(message_id.clone()),
+        };
+        let frame = self.hold_inner(holder, to, message_id, from, size).await;
+        with_about(frame, about)
+    }
+
+    async fn hold_inner(
+        &mut self,
+        holder: Address,
+        to: Address,
+        message_id: MessageId,
+        from: Address,
+        size: u64,
+    ) -> ServerFrame {
+        if MessageId::parse(message_id.as_str()).is_none() {
+            return bad_message_id(&message_id);
+        }
+        if to == holder || from == holder || size > MAX_SEALED_BYTES as u64 {
+            return ServerFrame::error(
+                ErrorCode::MalformedFrame,
+                format!(
+                    "a held copy is another account's mail for a third account,                      at most {MAX_SEALED_BYTES} bytes"
+                ),
+            );
+        }
+        for who in [&to, &from] {
+            match self.account_key(who) {
+                Ok(Some(_)) => {}
+                Ok(None) => return unknown_address(who),
+                Err(e) => return internal(&e),
+            }
+        }
+        if !self.signaling.allow_deposit(&holder) {
+            return ServerFrame::error(
+                ErrorCode::RateLimited,
+                "too many deposits and held copies from this account; try again shortly",
+            );
+        }
+        let now = now_millis();
+        let retention =
+            u64::try_from(self.signaling.config.cache.retention.as_millis()).unwrap_or(u64::MAX);
+        let hold = NewHold {
+            recipient: to.clone(),
+            message_id: message_id.clone(),
+            holder: holder.clone(),
+            sender: from.clone(),
+            size,
+            held_at: now,
+            expires_at: now.saturating_add(retention),
+        };
+        match self.cache().hold_async(hold).await {
+            Ok(()) => {
+                tracing::debug!(session = self.id, %to, %message_id, "held copy listed");
+                let waiting = WaitingMail {
+                    message_id: message_id.clone(),
+                    from,
+                    size,
+                    deposited_at: now,
+                    location: MailLocation::Peer { holder },
+                };
+                self.signaling.push(
+                    &to,
+                    &ServerFrame::Waiting {
+                        items: vec![waiting],
+                    },
+                );
+                ServerFrame::Held { to, message_id }
+            }
+            Err(e) => internal(&e),
+        }
     }
 
     /// Returns the error to send back, if any.

@@ -19,12 +19,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
+use peermail_core::identity::{register_message, Identity};
 use peermail_core::wire::signal::{parse_server_frame, ClientFrame, ServerFrame};
 use peermail_core::{Address, MessageId};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{register, spawn_and_wait, Ws};
+use common::{spawn_and_wait, Ws};
 
 const GOAL_RATIO: f64 = 0.5;
 
@@ -124,14 +126,42 @@ async fn client(mut ws: Ws, me: Address, i: usize, n: usize) {
     }
 }
 
-/// Turns Nagle's algorithm off on the client's socket, as browsers do for WebSockets and
-/// redis-benchmark (hiredis) does for its connections: with it on, a client's small frame
-/// sent right after another one that is not yet acknowledged waits for the server's delayed
-/// ACK (tens of milliseconds on Linux), which would measure TCP timers instead of the relay.
-fn nodelay(ws: &Ws) {
-    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
-        tcp.set_nodelay(true).expect("set TCP_NODELAY");
-    }
+/// Opens a client WebSocket and registers `name@domain` (key derived from `key_seed`), as
+/// `common::register` does, but configured like a lean client: Nagle's algorithm off (as
+/// browsers do for WebSockets and redis-benchmark for its connections; with it on, a small
+/// frame sent right after another one that is not yet acknowledged waits for the server's
+/// delayed ACK, tens of milliseconds on Linux, which would measure TCP timers instead of the
+/// relay), and an 8 KiB read buffer (tungstenite's 128 KiB default is zero-filled before
+/// every read, which cost the client a fifth of its CPU here).
+async fn client_session(addr: &str, name: &str, key_seed: u64, domain: &str) -> Ws {
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), Some(config), true)
+            .await
+            .expect("connect");
+    let nonce = match ws.next().await {
+        Some(Ok(Message::Text(t))) => match parse_server_frame(&t) {
+            Ok(ServerFrame::Challenge { nonce, .. }) => nonce,
+            other => panic!("expected challenge, got {other:?}"),
+        },
+        other => panic!("expected challenge, got {other:?}"),
+    };
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&key_seed.to_le_bytes());
+    let id = Identity::from_seed(Address::new(name, domain).unwrap(), seed);
+    let public_key = id.public_key();
+    let signature = id.sign(&register_message(&nonce, name, &public_key));
+    let frame = ClientFrame::Register {
+        name: name.to_string(),
+        public_key,
+        signature,
+    };
+    send(&mut ws, frame).await;
+    until(&mut ws, "register", |f| {
+        matches!(f, ServerFrame::Registered { .. }).then_some(())
+    })
+    .await;
+    ws
 }
 
 async fn relay_rate(clients: usize, per_client: usize) -> (f64, f64) {
@@ -154,8 +184,7 @@ async fn relay_rate(clients: usize, per_client: usize) -> (f64, f64) {
     let mut sessions = Vec::new();
     for i in 0..clients {
         let name = format!("c{i}");
-        let ws = register(addr.clone(), &name, i as u64, domain).await;
-        nodelay(&ws);
+        let ws = client_session(&addr, &name, i as u64, domain).await;
         sessions.push((ws, Address::new(&name, domain).unwrap()));
     }
     let started = Instant::now();

@@ -8,14 +8,14 @@
 //! await the answer (no blocking-pool task per operation). Each turn the writer takes every
 //! operation that is waiting (at most [`MAX_BATCH`]) and opens **one** transaction: it
 //! first answers the reads (fetch, waiting list, receipts), which therefore see only
-//! committed state, then runs all the writes (deposit, release, receipt acknowledgement,
-//! expiry), commits, and only then answers the writes (group commit). A write that fails
-//! leaves nothing of its own behind and the others go on: release and expiry run inside a
-//! savepoint, deposit and acknowledgement change the database only in their last statement
-//! (undone by SQLite's statement rollback). Writes run in arrival order, so each sees the
-//! ones before it (a quota check counts the deposits just before it). If the commit fails,
-//! every write of the turn is answered with the error and none of them happened. Statements
-//! are prepared once per connection (`prepare_cached`).
+//! committed state, then runs all the writes (deposit, release, hold, receipt
+//! acknowledgement, expiry), commits, and only then answers the writes (group commit). A
+//! write that fails leaves nothing of its own behind and the others go on: the writes of
+//! several statements run inside a savepoint, the others change the database only in their
+//! last statement (undone by SQLite's statement rollback). Writes run in arrival order, so
+//! each sees the ones before it (a quota check counts the deposits just before it). If the
+//! commit fails, every write of the turn is answered with the error and none of them
+//! happened. Statements are prepared once per connection (`prepare_cached`).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=NORMAL`. A transaction is committed once
 //! its pages are written to the WAL file (in the OS's page cache); SQLite syncs the WAL to
@@ -39,7 +39,7 @@ use peermail_core::address::Address;
 use peermail_core::identity::PublicKey;
 use peermail_core::mail::{MessageId, Millis};
 use peermail_core::wire::signal::{MailLocation, ReceiptOutcome, WaitingMail};
-use peermail_signaling::cache::{CacheFuture, CachedMail, Deposit, NewMail, Receipt};
+use peermail_signaling::cache::{CacheFuture, CachedMail, Deposit, NewHold, NewMail, Receipt};
 use peermail_signaling::{Directory, MailCache};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::oneshot;
@@ -180,7 +180,11 @@ enum Op {
         recipient: Address,
         id: MessageId,
         now: Millis,
-        reply: Reply<Option<Address>>,
+        reply: Reply<Vec<Address>>,
+    },
+    Hold {
+        hold: NewHold,
+        reply: Reply<()>,
     },
     Receipts {
         sender: Address,
@@ -328,6 +332,7 @@ impl CacheWriter {
                 id,
                 reply,
             } => alone(conn, reply, || ack_receipt(conn, &sender, &recipient, &id)),
+            Op::Hold { hold, reply } => alone(conn, reply, || hold_copy(conn, &hold)),
             Op::Expire { now, reply } => in_savepoint(conn, reply, || expire(conn, now)),
             Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } => {
                 unreachable!("reads are answered before the writes")
@@ -339,9 +344,11 @@ impl CacheWriter {
 impl Op {
     fn is_write(&self) -> bool {
         match self {
-            Op::Deposit { .. } | Op::Release { .. } | Op::AckReceipt { .. } | Op::Expire { .. } => {
-                true
-            }
+            Op::Deposit { .. }
+            | Op::Release { .. }
+            | Op::Hold { .. }
+            | Op::AckReceipt { .. }
+            | Op::Expire { .. } => true,
             Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } => false,
         }
     }
@@ -391,6 +398,7 @@ fn rolled_back() -> CacheError {
 fn fail(op: Op, e: CacheError) {
     match op {
         Op::Deposit { reply, .. } => drop(reply.send(Err(e))),
+        Op::Hold { reply, .. } => drop(reply.send(Err(e))),
         Op::Waiting { reply, .. } => drop(reply.send(Err(e))),
         Op::Fetch { reply, .. } => drop(reply.send(Err(e))),
         Op::Release { reply, .. } => drop(reply.send(Err(e))),
@@ -511,7 +519,57 @@ fn waiting(conn: &Connection, recipient: &Address) -> Answer<Vec<WaitingMail>> {
             location: MailLocation::Relay,
         });
     }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT message_id, sender, size, held_at, holder FROM held_mail
+             WHERE recipient = ?1 ORDER BY held_at, message_id",
+        )
+        .map_err(cache_error)?;
+    let rows = stmt
+        .query_map([recipient.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })
+        .map_err(cache_error)?;
+    for row in rows {
+        let (id, sender, size, at, holder) = row.map_err(cache_error)?;
+        items.push(WaitingMail {
+            message_id: message_id(&id)?,
+            from: address(&sender)?,
+            size: size.max(0) as u64,
+            deposited_at: at.max(0) as Millis,
+            location: MailLocation::Peer {
+                holder: address(&holder)?,
+            },
+        });
+    }
     Ok(items)
+}
+
+fn hold_copy(conn: &Connection, hold: &NewHold) -> Answer<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO held_mail
+         (recipient, message_id, holder, sender, size, held_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            hold.recipient.to_string(),
+            hold.message_id.as_str(),
+            hold.holder.to_string(),
+            hold.sender.to_string(),
+            i64::try_from(hold.size).unwrap_or(i64::MAX),
+            millis(hold.held_at),
+            millis(hold.expires_at)
+        ])
+    })
+    .map_err(cache_error)?;
+    Ok(())
 }
 
 fn fetch(conn: &Connection, recipient: &Address, id: &MessageId) -> Answer<Option<CachedMail>> {
@@ -540,7 +598,7 @@ fn release(
     recipient: &Address,
     id: &MessageId,
     now: Millis,
-) -> Answer<Option<Address>> {
+) -> Answer<Vec<Address>> {
     let recipient_text = recipient.to_string();
     let sender: Option<String> = conn
         .prepare_cached(
@@ -551,24 +609,43 @@ fn release(
                 .optional()
         })
         .map_err(cache_error)?;
-    let Some(sender) = sender else {
-        return Ok(None);
-    };
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO receipts (sender, recipient, message_id, outcome, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            sender,
-            recipient_text,
-            id.as_str(),
-            outcome_text(ReceiptOutcome::Delivered),
-            millis(now)
-        ])
-    })
-    .map_err(cache_error)?;
-    Ok(Some(address(&sender)?))
+    let held: Option<(String, String)> = conn
+        .prepare_cached(
+            "DELETE FROM held_mail WHERE recipient = ?1 AND message_id = ?2
+             RETURNING sender, holder",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![recipient_text, id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(cache_error)?;
+    let mut told: Vec<String> = sender.into_iter().collect();
+    if let Some((sender, holder)) = held {
+        told.push(sender);
+        told.push(holder);
+    }
+    told.sort();
+    told.dedup();
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO receipts (sender, recipient, message_id, outcome, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(cache_error)?;
+    for who in &told {
+        insert
+            .execute(params![
+                who,
+                recipient_text,
+                id.as_str(),
+                outcome_text(ReceiptOutcome::Delivered),
+                millis(now)
+            ])
+            .map_err(cache_error)?;
+    }
+    told.iter().map(|t| address(t)).collect()
 }
 
 fn receipts(conn: &Connection, sender: &Address) -> Answer<Vec<Receipt>> {
@@ -631,7 +708,31 @@ fn expire(conn: &Connection, now: Millis) -> Answer<Vec<Receipt>> {
         let rows = stmt
             .query_map([millis(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(cache_error)?;
-        rows.collect::<Result<_, _>>().map_err(cache_error)?
+        let mut expired: Vec<(String, String, String)> =
+            rows.collect::<Result<_, _>>().map_err(cache_error)?;
+        // A held copy's listing: its sender and its holder are told.
+        let mut stmt = conn
+            .prepare_cached(
+                "DELETE FROM held_mail WHERE expires_at <= ?1
+                 RETURNING sender, holder, recipient, message_id",
+            )
+            .map_err(cache_error)?;
+        let rows = stmt
+            .query_map([millis(now)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(cache_error)?;
+        for row in rows {
+            let (sender, holder, recipient, id) = row.map_err(cache_error)?;
+            expired.push((sender, recipient.clone(), id.clone()));
+            expired.push((holder, recipient, id));
+        }
+        expired
     };
     let mut insert = conn
         .prepare_cached(
@@ -687,7 +788,7 @@ impl MailCache for Db {
         })
     }
 
-    fn release(&self, recipient: &Address, id: &MessageId, now: Millis) -> Answer<Option<Address>> {
+    fn release(&self, recipient: &Address, id: &MessageId, now: Millis) -> Answer<Vec<Address>> {
         let (recipient, id) = (recipient.clone(), id.clone());
         self.call_blocking(|reply| Op::Release {
             recipient,
@@ -695,6 +796,10 @@ impl MailCache for Db {
             now,
             reply,
         })
+    }
+
+    fn hold(&self, hold: NewHold) -> Answer<()> {
+        self.call_blocking(|reply| Op::Hold { hold, reply })
     }
 
     fn receipts(&self, sender: &Address) -> Answer<Vec<Receipt>> {
@@ -745,7 +850,7 @@ impl MailCache for Db {
         recipient: Address,
         id: MessageId,
         now: Millis,
-    ) -> CacheFuture<Option<Address>> {
+    ) -> CacheFuture<Vec<Address>> {
         self.call(|reply| Op::Release {
             recipient,
             id,
@@ -756,6 +861,10 @@ impl MailCache for Db {
 
     fn receipts_async(self: Arc<Self>, sender: Address) -> CacheFuture<Vec<Receipt>> {
         self.call(|reply| Op::Receipts { sender, reply })
+    }
+
+    fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<()> {
+        self.call(|reply| Op::Hold { hold, reply })
     }
 
     fn ack_receipt_async(
@@ -896,14 +1005,14 @@ mod tests {
 
         let id1 = MessageId::new([1; 16], "h");
         assert_eq!(c.fetch(&a("carol@h"), &id1).unwrap(), None);
-        assert_eq!(c.release(&a("carol@h"), &id1, 30).unwrap(), None);
+        assert!(c.release(&a("carol@h"), &id1, 30).unwrap().is_empty());
         assert_eq!(
             c.fetch(&a("bob@h"), &id1).unwrap().unwrap().sealed,
             vec![1; 6]
         );
         assert_eq!(
             c.release(&a("bob@h"), &id1, 30).unwrap(),
-            Some(a("alice@h"))
+            vec![a("alice@h")]
         );
         assert_eq!(c.fetch(&a("bob@h"), &id1).unwrap(), None);
         let receipts = c.receipts(&a("alice@h")).unwrap();
@@ -954,7 +1063,7 @@ mod tests {
             .map(|id| db.clone().release_async(a("bob@h"), id.clone(), 5))
             .collect();
         for r in releases {
-            assert_eq!(r.await.unwrap(), Some(a("alice@h")));
+            assert_eq!(r.await.unwrap(), vec![a("alice@h")]);
         }
         assert_eq!(
             db.clone().receipts_async(a("alice@h")).await.unwrap().len(),

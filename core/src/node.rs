@@ -36,10 +36,25 @@
 //!   with the relay's reason ([`Node::refusal`]) and is retried after
 //!   [`Config::deposit_retry`]; `unknown_address` / `conflict` fail it. Errors are matched to
 //!   the deposit by the error frame's `about`.
+//! - At every sign-in the node asks the relay (`Check`) whether each `CachedAtRelay` copy
+//!   is still kept; a relay whose data was reset answers `not_found`, and the copy goes
+//!   back to `Waiting` and is deposited again.
+//! - Co-recipient holding: when the relay cache refused a copy (with a reason worth retrying)
+//!   or the relay has been unreachable for [`Config::deposit_retry`], and another recipient
+//!   of the same mail already has it (delivered) over an open data channel, the node seals
+//!   the copy and hands it to that node (`PeerFrame::HoldFor`). The holder checks it is a
+//!   recipient of that mail from that sender and that the envelope's clear header matches,
+//!   stores the copy ([`crate::store::HeldMail`]), answers `Holding` (→ `HeldBy`) and
+//!   registers it at the relay (`ClientFrame::Hold`, again at every sign-in). Like a cached
+//!   copy it is final only with the relay's receipt.
 //! - Receiving: on `Waiting` the node fetches what it does not hold yet (and releases what
-//!   it holds); a `Cached` envelope is opened with the claimed sender's freshly looked-up
-//!   signing key, stored, and released only after the store completed. An envelope that
-//!   fails verification is neither stored nor released ([`Event::Rejected`]).
+//!   it holds): from the relay (`Fetch`) or, for a copy at `MailLocation::Peer`, from the
+//!   holder's node over a data channel (`FetchHeld`, once the holder is online). A sealed
+//!   copy is opened with the claimed sender's freshly looked-up signing key, stored, and
+//!   only then released at the relay (which sends the sender, and a holder, a delivered
+//!   receipt) and acknowledged to the holder (`HeldAck`), which deletes its copy on either.
+//!   An envelope that fails verification is neither stored nor released
+//!   ([`Event::Rejected`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -700,6 +715,21 @@ impl Node {
                 self.emit(Output::ToServer(ClientFrame::PublishKey { encryption_key }));
                 let all = self.interesting();
                 self.subscribe(all);
+                // Mail left at the relay cache: is it still there? (A relay whose data was
+                // reset answers not_found, and the mail is deposited again.)
+                let cached: Vec<(Address, MessageId)> = self
+                    .outgoing
+                    .values()
+                    .flat_map(|o| {
+                        o.recipients
+                            .iter()
+                            .filter(|r| matches!(r.state, DeliveryState::CachedAtRelay { .. }))
+                            .map(|r| (r.address.clone(), o.mail.message_id.clone()))
+                    })
+                    .collect();
+                for (to, message_id) in cached {
+                    self.emit(Output::ToServer(ClientFrame::Check { to, message_id }));
+                }
                 // (Re-)register every held copy: registration is idempotent, and one made
                 // while the relay was unreachable (or lost) is made now.
                 self.hold_register_retry.clear();
@@ -792,6 +822,15 @@ impl Node {
                 } else {
                     self.hold_register_retry
                         .insert(key, self.now + self.config.deposit_retry);
+                }
+            }
+            // A deposit of `id` for `to` the relay no longer has (a `Check`): deposit again.
+            (Some(to), Some(id)) if code == ErrorCode::NotFound => {
+                let changed = self.set_state_if(&id, &to, DeliveryState::Waiting, |s| {
+                    matches!(s, DeliveryState::CachedAtRelay { .. })
+                });
+                if changed.is_some() {
+                    self.try_deliver(&to);
                 }
             }
             // A deposit of `id` for `to`.

@@ -838,3 +838,40 @@ fn altered_held_copy_is_rejected() {
     assert!(rejected(&w, &bob), "{:?}", w.users[&bob].events);
     assert_eq!(w.held.len(), 1, "not released");
 }
+
+/// The relay loses its cache (data reset) while Alice's mail waits there for Bob: at her
+/// next sign-in Alice's node finds it gone and deposits it again, so Bob still gets it,
+/// once, and Alice sees it delivered.
+#[test]
+fn mail_lost_by_a_reset_relay_is_deposited_again() {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.online(&alice);
+    let id = w.send(&alice, &[&bob], &[], "survives a reset");
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::CachedAtRelay { .. }
+    ));
+    w.offline(&alice);
+    w.wipe_relay_cache();
+    w.online(&alice);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::CachedAtRelay { .. }
+    ));
+    assert_eq!(w.deposits, 2, "deposited again");
+    assert_eq!(w.cache.len(), 1);
+    // A relay that kept it is just asked: no second copy.
+    w.offline(&alice);
+    w.online(&alice);
+    assert_eq!(w.deposits, 2);
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &id), 1);
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
+}

@@ -190,6 +190,12 @@ enum Op {
         sender: Address,
         reply: Reply<Vec<Receipt>>,
     },
+    HasDeposit {
+        sender: Address,
+        recipient: Address,
+        id: MessageId,
+        reply: Reply<bool>,
+    },
     AckReceipt {
         sender: Address,
         recipient: Address,
@@ -264,6 +270,14 @@ impl CacheWriter {
                 Op::Receipts { sender, reply } => {
                     let _ = reply.send(receipts(&self.conn, &sender));
                 }
+                Op::HasDeposit {
+                    sender,
+                    recipient,
+                    id,
+                    reply,
+                } => {
+                    let _ = reply.send(has_deposit(&self.conn, &sender, &recipient, &id));
+                }
                 write => match &begun {
                     Ok(()) => writes.push(write),
                     Err(e) => fail(write, e.clone()),
@@ -334,7 +348,7 @@ impl CacheWriter {
             } => alone(conn, reply, || ack_receipt(conn, &sender, &recipient, &id)),
             Op::Hold { hold, reply } => alone(conn, reply, || hold_copy(conn, &hold)),
             Op::Expire { now, reply } => in_savepoint(conn, reply, || expire(conn, now)),
-            Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } => {
+            Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } | Op::HasDeposit { .. } => {
                 unreachable!("reads are answered before the writes")
             }
         }
@@ -349,7 +363,9 @@ impl Op {
             | Op::Hold { .. }
             | Op::AckReceipt { .. }
             | Op::Expire { .. } => true,
-            Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } => false,
+            Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } | Op::HasDeposit { .. } => {
+                false
+            }
         }
     }
 }
@@ -399,6 +415,7 @@ fn fail(op: Op, e: CacheError) {
     match op {
         Op::Deposit { reply, .. } => drop(reply.send(Err(e))),
         Op::Hold { reply, .. } => drop(reply.send(Err(e))),
+        Op::HasDeposit { reply, .. } => drop(reply.send(Err(e))),
         Op::Waiting { reply, .. } => drop(reply.send(Err(e))),
         Op::Fetch { reply, .. } => drop(reply.send(Err(e))),
         Op::Release { reply, .. } => drop(reply.send(Err(e))),
@@ -549,6 +566,27 @@ fn waiting(conn: &Connection, recipient: &Address) -> Answer<Vec<WaitingMail>> {
         });
     }
     Ok(items)
+}
+
+fn has_deposit(
+    conn: &Connection,
+    sender: &Address,
+    recipient: &Address,
+    id: &MessageId,
+) -> Answer<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM cached_mail
+                        WHERE recipient = ?2 AND message_id = ?3 AND sender = ?1)
+             OR EXISTS (SELECT 1 FROM receipts
+                        WHERE sender = ?1 AND recipient = ?2 AND message_id = ?3)",
+    )
+    .and_then(|mut s| {
+        s.query_row(
+            params![sender.to_string(), recipient.to_string(), id.as_str()],
+            |r| r.get(0),
+        )
+    })
+    .map_err(cache_error)
 }
 
 fn hold_copy(conn: &Connection, hold: &NewHold) -> Answer<()> {
@@ -802,6 +840,16 @@ impl MailCache for Db {
         self.call_blocking(|reply| Op::Hold { hold, reply })
     }
 
+    fn has_deposit(&self, sender: &Address, recipient: &Address, id: &MessageId) -> Answer<bool> {
+        let (sender, recipient, id) = (sender.clone(), recipient.clone(), id.clone());
+        self.call_blocking(|reply| Op::HasDeposit {
+            sender,
+            recipient,
+            id,
+            reply,
+        })
+    }
+
     fn receipts(&self, sender: &Address) -> Answer<Vec<Receipt>> {
         let sender = sender.clone();
         self.call_blocking(|reply| Op::Receipts { sender, reply })
@@ -865,6 +913,20 @@ impl MailCache for Db {
 
     fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<()> {
         self.call(|reply| Op::Hold { hold, reply })
+    }
+
+    fn has_deposit_async(
+        self: Arc<Self>,
+        sender: Address,
+        recipient: Address,
+        id: MessageId,
+    ) -> CacheFuture<bool> {
+        self.call(|reply| Op::HasDeposit {
+            sender,
+            recipient,
+            id,
+            reply,
+        })
     }
 
     fn ack_receipt_async(

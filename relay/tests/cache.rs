@@ -998,3 +998,68 @@ async fn a_held_copy_listing_expires_and_sender_and_holder_are_told() {
     b.expect_nothing_more(1).await;
     relay.stop().await;
 }
+
+/// `check` tells a sender whether the relay still keeps its deposit (or its receipt), so a
+/// sender can deposit again what a reset relay lost.
+#[tokio::test]
+async fn a_sender_can_check_that_its_deposit_is_still_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut c = Client::registered(relay.addr, &carol).await;
+    let id = mid(11);
+    let check = |id: &MessageId| ClientFrame::Check {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+    };
+    let kept = ServerFrame::Deposited {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+    };
+    async fn not_kept(cl: &mut Client, to: &Address, id: &MessageId) {
+        match cl.recv().await {
+            ServerFrame::Error {
+                code: ErrorCode::NotFound,
+                about,
+                ..
+            } => assert_eq!(
+                about,
+                Some(ErrorAbout {
+                    to: Some(to.clone()),
+                    message_id: Some(id.clone())
+                })
+            ),
+            other => panic!("expected not_found, got {other:?}"),
+        }
+    }
+    a.send(check(&id)).await;
+    not_kept(&mut a, &bob.address, &id).await;
+    a.deposit_ok(&bob.address, &id, b"kept").await;
+    a.send(check(&id)).await;
+    assert_eq!(a.recv().await, kept);
+    // Someone else's question about it is answered for them: they deposited nothing.
+    c.send(check(&id)).await;
+    not_kept(&mut c, &bob.address, &id).await;
+    // Released: the receipt still waits for Alice, so it is still "kept".
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    b.expect_waiting().await;
+    b.release(&id).await;
+    a.expect_receipt(&bob.address, &id, ReceiptOutcome::Delivered)
+        .await;
+    a.send(check(&id)).await;
+    assert_eq!(a.recv().await, kept);
+    a.send(ClientFrame::AckReceipt {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+    })
+    .await;
+    a.send(check(&id)).await;
+    not_kept(&mut a, &bob.address, &id).await;
+    relay.stop().await;
+}

@@ -115,6 +115,14 @@ pub trait MailCache: Send + Sync + 'static {
     fn hold(&self, hold: NewHold) -> Result<(), Error>;
     /// Receipts waiting for `sender`'s acknowledgement.
     fn receipts(&self, sender: &Address) -> Result<Vec<Receipt>, Error>;
+    /// Whether `sender`'s deposit `message_id` for `recipient` is still cached, or its
+    /// receipt still waits for `sender`.
+    fn has_deposit(
+        &self,
+        sender: &Address,
+        recipient: &Address,
+        message_id: &MessageId,
+    ) -> Result<bool, Error>;
     /// Forgets the receipt of `sender` about `(recipient, message_id)`, if any.
     fn ack_receipt(
         &self,
@@ -150,6 +158,17 @@ pub trait MailCache: Send + Sync + 'static {
         now: Millis,
     ) -> CacheFuture<Vec<Address>> {
         on_blocking_pool(self, move |c| c.release(&recipient, &message_id, now))
+    }
+    /// [`MailCache::has_deposit`], awaited.
+    fn has_deposit_async(
+        self: Arc<Self>,
+        sender: Address,
+        recipient: Address,
+        message_id: MessageId,
+    ) -> CacheFuture<bool> {
+        on_blocking_pool(self, move |c| {
+            c.has_deposit(&sender, &recipient, &message_id)
+        })
     }
     /// [`MailCache::hold`], awaited.
     fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<()> {
@@ -326,6 +345,24 @@ impl MailCache for MemoryCache {
         Ok(told)
     }
 
+    fn has_deposit(
+        &self,
+        sender: &Address,
+        recipient: &Address,
+        message_id: &MessageId,
+    ) -> Result<bool, Error> {
+        let state = self.state();
+        let cached = state
+            .mail
+            .get(&(recipient.clone(), message_id.clone()))
+            .is_some_and(|m| &m.sender == sender);
+        let receipt =
+            state
+                .receipts
+                .contains_key(&(sender.clone(), recipient.clone(), message_id.clone()));
+        Ok(cached || receipt)
+    }
+
     fn hold(&self, hold: NewHold) -> Result<(), Error> {
         let key = (hold.recipient.clone(), hold.message_id.clone());
         self.state().held.entry(key).or_insert(hold);
@@ -455,6 +492,8 @@ mod tests {
         assert_eq!((waiting[0].size, waiting[1].size), (6, 4));
 
         let id1 = MessageId::new([1; 16], "h");
+        let has = |c: &MemoryCache, s: &str| c.has_deposit(&a(s), &a("bob@h"), &id1).unwrap();
+        assert!(has(&c, "alice@h") && !has(&c, "carol@h"));
         assert_eq!(c.fetch(&a("carol@h"), &id1).unwrap(), None);
         assert!(c.release(&a("carol@h"), &id1, 30).unwrap().is_empty());
         assert_eq!(
@@ -469,7 +508,9 @@ mod tests {
         let receipts = c.receipts(&a("alice@h")).unwrap();
         assert_eq!(receipts.len(), 1);
         assert_eq!(receipts[0].outcome, ReceiptOutcome::Delivered);
+        assert!(has(&c, "alice@h"), "its receipt waits");
         c.ack_receipt(&a("alice@h"), &a("bob@h"), &id1).unwrap();
+        assert!(!has(&c, "alice@h"));
         assert!(c.receipts(&a("alice@h")).unwrap().is_empty());
 
         // Bob's second mail expires at 120, Carol's at 150.

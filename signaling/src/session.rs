@@ -290,6 +290,7 @@ impl Session {
                 from,
                 size,
             } => Box::pin(self.hold(to, message_id, from, size)).await,
+            ClientFrame::Check { to, message_id } => Box::pin(self.check(to, message_id)).await,
             ClientFrame::AckReceipt { to, message_id } => {
                 match Box::pin(self.ack_receipt(to, message_id)).await {
                     Some(error) => error,
@@ -527,6 +528,30 @@ impl Session {
             Err(e) => internal(&e),
         }
         .about_mail(&about_id)
+    }
+
+    /// Is this account's deposit for `to` still kept (or its receipt)?
+    async fn check(&mut self, to: Address, message_id: MessageId) -> ServerFrame {
+        let Some(me) = self.address.clone() else {
+            return not_authenticated();
+        };
+        let about = ErrorAbout {
+            to: Some(to.clone()),
+            message_id: Some(message_id.clone()),
+        };
+        let frame = match self
+            .cache()
+            .has_deposit_async(me, to.clone(), message_id.clone())
+            .await
+        {
+            Ok(true) => ServerFrame::Deposited { to, message_id },
+            Ok(false) => ServerFrame::error(
+                ErrorCode::NotFound,
+                format!("this relay keeps no mail {message_id} from you for {to}"),
+            ),
+            Err(e) => internal(&e),
+        };
+        with_about(frame, about)
     }
 
     /// A co-recipient's node holds a sealed copy for `to`: list it among `to`'s waiting mail

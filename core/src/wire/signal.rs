@@ -71,6 +71,10 @@ pub enum ClientFrame {
     Release { message_id: MessageId },
     /// The sender saw the receipt for `(to, message_id)`; the relay forgets it.
     AckReceipt { to: Address, message_id: MessageId },
+    /// Does the relay still keep this account's deposit for `to` (or its receipt)? Answered
+    /// by [`ServerFrame::Deposited`] if so, else a `not_found` error about `(to,
+    /// message_id)`: the relay lost it (its data was reset), and the sender deposits again.
+    Check { to: Address, message_id: MessageId },
     /// This account's node holds a sealed copy of `from`'s mail `message_id` for `to` (it is
     /// a co-recipient of that mail; the relay cache refused the copy or was unreachable). The
     /// relay lists it in `to`'s waiting mail at [`MailLocation::Peer`] until `to` releases it
@@ -303,6 +307,7 @@ const CLIENT_TYPES: &[&str] = &[
     "release",
     "ack_receipt",
     "hold",
+    "check",
 ];
 const SERVER_TYPES: &[&str] = &[
     "challenge",
@@ -565,6 +570,10 @@ mod tests {
                 message_id: id(),
                 from: "a@h".parse().unwrap(),
                 size: 900,
+            },
+            ClientFrame::Check {
+                to: bob.clone(),
+                message_id: id(),
             },
         ] {
             check_client(&f.encode(), Ok(f));

@@ -559,6 +559,28 @@ impl World {
                 }
                 self.reply(from, ServerFrame::Held { to, message_id });
             }
+            ClientFrame::Check { to, message_id } => {
+                let kept =
+                    self.cache
+                        .get(&(to.clone(), message_id.clone()))
+                        .is_some_and(|c| &c.from == from)
+                        || self.receipts.get(from).is_some_and(|r| {
+                            r.iter().any(|(t, id, _)| t == &to && id == &message_id)
+                        });
+                let frame = if kept {
+                    ServerFrame::Deposited { to, message_id }
+                } else {
+                    ServerFrame::error_about(
+                        ErrorCode::NotFound,
+                        "no such deposit",
+                        ErrorAbout {
+                            to: Some(to),
+                            message_id: Some(message_id),
+                        },
+                    )
+                };
+                self.reply(from, frame);
+            }
             ClientFrame::AckReceipt { to, message_id } => {
                 if let Some(r) = self.receipts.get_mut(from) {
                     r.retain(|(t, id, _)| !(t == &to && id == &message_id));
@@ -661,6 +683,14 @@ impl World {
                 false,
             ));
         }
+    }
+
+    /// The relay's cache, receipts and held-copy listings are lost (its data was reset);
+    /// accounts and published keys stay (a real relay re-learns them at sign-in).
+    pub fn wipe_relay_cache(&mut self) {
+        self.cache.clear();
+        self.receipts.clear();
+        self.held.clear();
     }
 
     /// The whole relay goes away (`true`) or comes back: signaling sockets close, frames to

@@ -513,6 +513,9 @@ impl Node {
                 link.connecting_since = None;
                 link.retry_after = self.now + self.config.reconnect_backoff;
                 self.requeue(&peer);
+                // Go on at once: an offline peer's mail goes to the relay cache now (a
+                // reconnect to an online one waits for the backoff).
+                self.try_deliver(&peer);
                 // Copies handed to `peer` and not confirmed are handed again later.
                 self.hold_attempts
                     .retain(|_, a| a.holder != peer || a.blocked_until.is_some());

@@ -875,3 +875,76 @@ fn mail_lost_by_a_reset_relay_is_deposited_again() {
         DeliveryState::Delivered { .. }
     ));
 }
+
+/// The recipient's presence turns offline while its data channel still looks open (a
+/// closing browser), the mail goes out on the dying channel, then the channel closes: the
+/// mail is deposited at the relay cache at once — not left waiting for an event that
+/// never comes.
+#[test]
+fn mail_on_a_channel_that_dies_after_presence_went_offline_is_deposited() {
+    use peermail_core::node::{Command, Input, Output};
+    use peermail_core::store::Snapshot;
+    use peermail_core::wire::signal::{ClientFrame, PresenceStatus, ServerFrame};
+    use peermail_core::{Config, Draft, Identity, Node};
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let bob_id = Identity::from_seed(bob.clone(), [2; 32]);
+    let mut node = Node::new(
+        Identity::from_seed(alice.clone(), [1; 32]),
+        Config::default(),
+        Snapshot::default(),
+        0,
+        [0; 32],
+    );
+    node.handle(Input::SignalingConnected, 0);
+    node.handle(
+        Input::Server(ServerFrame::Authenticated {
+            address: alice.clone(),
+        }),
+        0,
+    );
+    let presence = |status| {
+        Input::Server(ServerFrame::Presence {
+            address: bob.clone(),
+            status,
+        })
+    };
+    node.handle(presence(PresenceStatus::Online), 0);
+    node.handle(Input::PeerConnected(bob.clone()), 0);
+    node.handle(presence(PresenceStatus::Offline), 5);
+    let draft = Draft {
+        to: vec![bob.clone()],
+        subject: "s".into(),
+        ..Draft::default()
+    };
+    node.handle(
+        Input::Command(Command::Send {
+            draft,
+            random: [5; 16],
+        }),
+        10,
+    );
+    let drain = |node: &mut Node| std::iter::from_fn(|| node.poll_output()).collect::<Vec<_>>();
+    assert!(drain(&mut node)
+        .iter()
+        .any(|o| matches!(o, Output::ToPeer { .. })));
+    node.handle(Input::PeerDisconnected(bob.clone()), 20);
+    let out = drain(&mut node);
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::ToServer(ClientFrame::Lookup { address }) if *address == bob
+        )),
+        "the keys are looked up to seal for the relay cache: {out:?}"
+    );
+    node.handle(
+        Input::Server(ServerFrame::Keys {
+            address: bob.clone(),
+            signing_key: bob_id.public_key(),
+            encryption_key: Some(bob_id.encryption_public_key().as_str().to_string()),
+        }),
+        21,
+    );
+    assert!(drain(&mut node)
+        .iter()
+        .any(|o| matches!(o, Output::ToServer(ClientFrame::Deposit { .. }))));
+}

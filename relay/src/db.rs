@@ -968,12 +968,8 @@ impl Directory for Db {
     fn lookup(&self, name: &str) -> Result<Option<PublicKey>, peermail_signaling::Error> {
         let key: Option<String> = self
             .conn()
-            .query_row(
-                "SELECT public_key FROM accounts WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT public_key FROM accounts WHERE name = ?1")
+            .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
             .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))?;
         match key.map(|k| PublicKey::parse(&k)) {
             None => Ok(None),
@@ -982,6 +978,13 @@ impl Directory for Db {
                 "account {name}: {e}"
             ))),
         }
+    }
+
+    fn exists(&self, name: &str) -> Result<bool, peermail_signaling::Error> {
+        self.conn()
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM accounts WHERE name = ?1)")
+            .and_then(|mut s| s.query_row([name], |r| r.get(0)))
+            .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))
     }
 
     fn publish_encryption_key(

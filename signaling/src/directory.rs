@@ -15,6 +15,12 @@ pub trait Directory: Send + Sync + 'static {
     fn register(&self, name: &str, key: &PublicKey) -> Result<(), Error>;
     /// The public key of account `name` (the local part of an address at this relay).
     fn lookup(&self, name: &str) -> Result<Option<PublicKey>, Error>;
+    /// Whether account `name` exists (asked on every deposit; cheaper than [`lookup`]).
+    ///
+    /// [`lookup`]: Directory::lookup
+    fn exists(&self, name: &str) -> Result<bool, Error> {
+        Ok(self.lookup(name)?.is_some())
+    }
     /// Sets the encryption key (X25519 public key, lower-case hex, already validated) of the
     /// existing account `name`, replacing any earlier one.
     fn publish_encryption_key(&self, name: &str, key: &str) -> Result<(), Error>;

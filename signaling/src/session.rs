@@ -418,9 +418,9 @@ impl Session {
             Ok(bytes) => bytes,
             Err(message) => return ServerFrame::error(ErrorCode::MalformedFrame, message),
         };
-        match self.account_key(&to) {
-            Ok(Some(_)) => {}
-            Ok(None) => return unknown_address(&to),
+        match self.account_exists(&to) {
+            Ok(true) => {}
+            Ok(false) => return unknown_address(&to),
             Err(e) => return internal(&e),
         }
         let policy = self.signaling.config.cache;
@@ -589,14 +589,15 @@ impl Session {
             return ServerFrame::error(
                 ErrorCode::MalformedFrame,
                 format!(
-                    "a held copy is another account's mail for a third account,                      at most {MAX_SEALED_BYTES} bytes"
+                    "a held copy is another account's mail for a third account, \
+                     at most {MAX_SEALED_BYTES} bytes"
                 ),
             );
         }
         for who in [&to, &from] {
-            match self.account_key(who) {
-                Ok(Some(_)) => {}
-                Ok(None) => return unknown_address(who),
+            match self.account_exists(who) {
+                Ok(true) => {}
+                Ok(false) => return unknown_address(who),
                 Err(e) => return internal(&e),
             }
         }
@@ -724,6 +725,14 @@ impl Session {
         self.signaling.directory.lookup(address.local())
     }
 
+    /// Whether `address` is an account at this relay (cheaper than its key).
+    fn account_exists(&self, address: &Address) -> Result<bool, Error> {
+        if address.host() != self.signaling.config.domain {
+            return Ok(false);
+        }
+        self.signaling.directory.exists(address.local())
+    }
+
     fn subscribe(&mut self, addresses: Vec<Address>) -> Vec<ServerFrame> {
         let mut requested: Vec<Address> = Vec::with_capacity(addresses.len());
         for a in addresses {
@@ -763,9 +772,9 @@ impl Session {
             let status = if online {
                 PresenceStatus::Online
             } else {
-                match self.account_key(&address) {
-                    Ok(Some(_)) => PresenceStatus::Offline,
-                    Ok(None) => PresenceStatus::Unknown,
+                match self.account_exists(&address) {
+                    Ok(true) => PresenceStatus::Offline,
+                    Ok(false) => PresenceStatus::Unknown,
                     Err(e) => {
                         replies.push(internal(&e));
                         continue;
@@ -797,11 +806,9 @@ impl Session {
         let from = self.address.clone()?;
         let route = self.signaling.hub().route(&to);
         let Some(outbox) = route else {
-            return Some(match self.account_key(&to) {
-                Ok(Some(_)) => {
-                    ServerFrame::error(ErrorCode::PeerOffline, format!("{to} is offline"))
-                }
-                Ok(None) => unknown_address(&to),
+            return Some(match self.account_exists(&to) {
+                Ok(true) => ServerFrame::error(ErrorCode::PeerOffline, format!("{to} is offline")),
+                Ok(false) => unknown_address(&to),
                 Err(e) => internal(&e),
             });
         };

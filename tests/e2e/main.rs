@@ -13,7 +13,7 @@ use peermail_core::address::Address;
 use peermail_core::identity::Identity;
 use peermail_core::mail::{Mail, MessageId, Priority};
 use peermail_core::seal::{self, SealError};
-use peermail_core::wire::signal::{ReceiptOutcome, ServerFrame};
+use peermail_core::wire::signal::{ErrorCode, ReceiptOutcome, ServerFrame};
 use peermail_e2e::native::{random_bytes, NativeClient};
 use peermail_e2e::runner::Runner;
 use peermail_e2e::{netns, procs, Browser, Config, Harness};
@@ -30,6 +30,7 @@ const SCENARIOS: &[&str] = &[
     "offline_recipient_via_relay_cache",
     "relay_stores_ciphertext_only",
     "tampered_envelope_rejected_visibly",
+    "co_recipient_holds_when_relay_cache_refuses",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -113,6 +114,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(offline_recipient_via_relay_cache);
     scenario!(relay_stores_ciphertext_only);
     scenario!(tampered_envelope_rejected_visibly);
+    scenario!(co_recipient_holds_when_relay_cache_refuses);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {
@@ -528,36 +530,7 @@ async fn relay_stores_ciphertext_only(w: &mut World) -> Result<()> {
         .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
         .await?;
 
-    let dir = w.h.scratch.path().join("relay-data");
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_file() {
-            files.push(path);
-        }
-    }
-    ensure!(
-        files.iter().any(|f| f.to_string_lossy().contains(".sqlite")
-            || f.to_string_lossy().contains(".db")),
-        "no database file in {}: {files:?}",
-        dir.display()
-    );
-    let mut total = 0;
-    for f in &files {
-        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        total += bytes.len();
-        for needle in [SUBJECT, BODY] {
-            ensure!(
-                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
-                "{} contains {needle:?} in clear",
-                f.display()
-            );
-        }
-    }
-    println!(
-        "    searched {} files ({total} bytes): {files:?}",
-        files.len()
-    );
+    relay_files_lack(w, &[SUBJECT, BODY])?;
 
     // The envelope is good for Bob.
     let bob = w.person("bob").await?;
@@ -799,5 +772,287 @@ async fn no_row_with(b: &Browser, folder: &str, subjects: &[&str]) -> Result<()>
             bail!("{}'s {folder} shows {s:?}: {r:?}", b.name);
         }
     }
+    Ok(())
+}
+
+/// Fails unless the relay's data directory holds a database file, and unless none of its
+/// files (the database, its WAL and shared memory) contains any of `needles` in clear.
+fn relay_files_lack(w: &World, needles: &[&str]) -> Result<()> {
+    let dir = w.h.scratch.path().join("relay-data");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    ensure!(
+        files.iter().any(|f| f.to_string_lossy().contains(".sqlite")
+            || f.to_string_lossy().contains(".db")),
+        "no database file in {}: {files:?}",
+        dir.display()
+    );
+    let mut total = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        total += bytes.len();
+        for needle in needles {
+            ensure!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{} contains {needle:?} in clear",
+                f.display()
+            );
+        }
+    }
+    println!(
+        "    searched {} files ({total} bytes): {files:?}",
+        files.len()
+    );
+    Ok(())
+}
+
+/// (k) Issue 3, co-recipient holding: when the relay cache refuses a sealed copy for an
+/// offline recipient, another recipient of the same mail that already has it holds the copy.
+///
+/// Dan signs up (publishing his key) and closes his browser. A native client, `filler`, fills
+/// Dan's share of the relay cache (the harness starts the relay with
+/// `--cache-quota-mib` [`procs::CACHE_QUOTA_MIB`]) with genuine sealed mails for Dan until
+/// the relay answers `quota_exceeded`, ending with envelopes smaller than Alice's mail will
+/// be, so the cache has no room for it. Alice (online) mails Dan and Carol (online): Carol
+/// gets it directly; the relay refuses Dan's copy, and Alice's node hands it to Carol's node:
+/// Alice's Outbox shows "dan@…: held by carol@…", Carol delivered. Carol's browser keeps the
+/// sealed copy; the relay's files never contain the mail in clear. Alice closes her browser;
+/// Dan comes back and gets the mail (from Carol's node, sealed by Alice) together with the
+/// filler mails from the relay cache; Carol's copy is deleted. Alice comes back: the relay's
+/// receipt makes Dan delivered and the mail moves to Sent.
+async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Held-by-Carol-2b7f: the minutes";
+    const BODY: &str =
+        "Dan and Carol, the minutes of Tuesday. Dan: Carol's browser kept this for you.";
+    const FILLER: &str = "Filler-for-Dan-91c4";
+    /// Body sizes of the filler mails, largest first: at each size the filler deposits until
+    /// the relay refuses, so the room left ends up smaller than the last (empty-bodied) one.
+    const FILLER_BODIES: &[usize] = &[44 * 1024, 16 * 1024, 4 * 1024, 1024, 256, 0];
+    /// IndexedDB of the web client and its store of held copies (web-client/src/store.rs).
+    const DB: &str = "peermail";
+    const HELD_STORE: &str = "held";
+
+    let domain = w.h.config.domain.clone();
+    let address = |name: &str| Address::new(name, &domain).context("an address");
+    let (dan, carol, alice, filler_addr) = (
+        address("dan")?,
+        address("carol")?,
+        address("alice")?,
+        address("filler")?,
+    );
+    let (dan_s, carol_s, alice_s) = (dan.to_string(), carol.to_string(), alice.to_string());
+
+    // Dan signs up (his client publishes his encryption key) and leaves.
+    w.person("dan").await?;
+    let mut relay = NativeClient::connect(&w.h.relay.url, w.h.config.wait).await?;
+    let filler = Identity::from_seed(filler_addr.clone(), random_bytes()?);
+    relay.register(&filler).await?;
+    let mut dan_key = None;
+    for _ in 0..40 {
+        if let (_, Some(k)) = relay.lookup(&dan).await? {
+            dan_key = Some(k);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let dan_key = dan_key.context("Dan's browser published no encryption key within 10 s")?;
+    w.browsers.get_mut("dan").context("dan")?.close().await?;
+
+    // The filler fills Dan's share of the relay cache with genuine mails for him.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default()
+    };
+    let mut stored = 0usize;
+    let mut stored_bytes = 0usize;
+    let mut smallest_refused = None;
+    for (level, &body_len) in FILLER_BODIES.iter().enumerate() {
+        loop {
+            ensure!(
+                stored < 200,
+                "the relay took {stored} filler mails ({stored_bytes} bytes) for Dan and \
+                 never answered quota_exceeded (quota {} MiB)",
+                procs::CACHE_QUOTA_MIB
+            );
+            let id = MessageId::new(random_bytes()?, &domain);
+            let mail = Mail {
+                message_id: id.clone(),
+                from: filler_addr.clone(),
+                to: vec![dan.clone()],
+                cc: vec![],
+                subject: format!("{FILLER} {stored}"),
+                date: now_ms(),
+                body: "f".repeat(body_len),
+                in_reply_to: None,
+                references: vec![],
+                priority: Priority::Normal,
+            };
+            let sealed = seal::seal(&mail, &filler, &dan, &dan_key, random_bytes()?)?;
+            match relay.try_deposit(&dan, &id, &sealed).await? {
+                Ok(()) => {
+                    stored += 1;
+                    stored_bytes += sealed.len();
+                }
+                Err((ErrorCode::QuotaExceeded, message)) => {
+                    if level == 0 {
+                        println!(
+                            "    the relay refused filler mail {} ({} bytes): {message}",
+                            stored + 1,
+                            sealed.len()
+                        );
+                    }
+                    smallest_refused = Some(sealed.len());
+                    break;
+                }
+                Err((code, message)) => {
+                    bail!("depositing filler mail {stored} for Dan: {code:?}: {message}")
+                }
+            }
+        }
+    }
+    let smallest_refused = smallest_refused.context("no filler mail was refused")?;
+    ensure!(stored > 0, "the relay stored no filler mail for Dan");
+    println!(
+        "    {stored} filler mails ({stored_bytes} bytes) wait for Dan; the relay refused one \
+         of {smallest_refused} bytes"
+    );
+    // Alice's mail, sealed for Dan, is larger than the last refused filler mail, so the
+    // relay cache has no room for it either.
+    let like_alices = Mail {
+        message_id: MessageId::new(random_bytes()?, &domain),
+        from: alice.clone(),
+        to: vec![dan.clone(), carol.clone()],
+        cc: vec![],
+        subject: SUBJECT.into(),
+        date: now_ms(),
+        body: BODY.into(),
+        in_reply_to: None,
+        references: vec![],
+        priority: Priority::Normal,
+    };
+    let alice_like = Identity::from_seed(alice.clone(), random_bytes()?);
+    let size = seal::seal(&like_alices, &alice_like, &dan, &dan_key, random_bytes()?)?.len();
+    ensure!(
+        size > smallest_refused,
+        "Alice's mail sealed for Dan ({size} bytes) would fit where a {smallest_refused}-byte \
+         filler mail did not — the test's premise is broken"
+    );
+
+    // Alice mails Dan (offline, cache full) and Carol (online).
+    w.person("alice").await?;
+    w.person("carol").await?;
+    w.get("alice")?
+        .compose(&format!("{dan_s}, {carol_s}"), "", SUBJECT, BODY)
+        .await?;
+    let pane = w
+        .get("carol")?
+        .open_mail("inbox", SUBJECT)
+        .await
+        .context("Carol receiving directly")?;
+    contains("Carol's reading pane's .from", &pane.from, &alice_s)?;
+    contains("Carol's reading pane's .body", &pane.body, BODY)?;
+
+    let a = w.get("alice")?;
+    let status = a
+        .wait_recipient(&["outbox"], SUBJECT, &dan_s, "held")
+        .await
+        .context("the relay cache refused Dan's copy: Carol's node should hold it")?;
+    ensure!(
+        status.contains(&format!("{dan_s}: held by {carol_s}")),
+        "Alice's Outbox status for Dan reads {status:?}"
+    );
+    a.wait_recipient(&["outbox"], SUBJECT, &carol_s, "delivered")
+        .await?;
+    let row = a.wait_row("outbox", SUBJECT).await?;
+    contains(
+        "the Outbox row's .status",
+        &row.status,
+        "held by a co-recipient",
+    )?;
+
+    // Carol's browser keeps the sealed copy; the relay has nothing readable of the mail.
+    let c = w.get("carol")?;
+    let held = c
+        .wait_until("Carol's browser to keep one held copy", || async move {
+            let n = c.idb_count(DB, HELD_STORE).await?;
+            Ok(if n == 1 {
+                Ok(n)
+            } else {
+                Err(format!("{n} held copies in IndexedDB"))
+            })
+        })
+        .await?;
+    println!("    Carol's browser holds {held} sealed copy");
+    relay_files_lack(w, &[SUBJECT, BODY])?;
+
+    // Alice leaves; Dan comes back and fetches the copy from Carol's node.
+    w.browsers
+        .get_mut("alice")
+        .context("alice")?
+        .close()
+        .await?;
+    let d = w.person("dan").await?;
+    let pane = d
+        .open_mail("inbox", SUBJECT)
+        .await
+        .context("Dan receiving the copy Carol's node held, with Alice away")?;
+    contains("Dan's reading pane's .from", &pane.from, &alice_s)?;
+    contains("Dan's reading pane's .subject", &pane.subject, SUBJECT)?;
+    contains("Dan's reading pane's .body", &pane.body, BODY)?;
+    // The filler mails come from the relay cache meanwhile.
+    d.open_folder("inbox").await?;
+    let fillers = d
+        .wait_until(
+            &format!("the {stored} filler mails in Dan's Inbox"),
+            || async move {
+                let n = d
+                    .rows()
+                    .await?
+                    .iter()
+                    .filter(|r| r.subject.as_deref().is_some_and(|s| s.contains(FILLER)))
+                    .count();
+                Ok(if n == stored {
+                    Ok(n)
+                } else {
+                    Err(format!("{n} filler rows"))
+                })
+            },
+        )
+        .await?;
+    println!("    Dan's Inbox shows the {fillers} filler mails");
+
+    // Carol's node deletes its copy once Dan has it.
+    let c = w.get("carol")?;
+    c.wait_until("Carol's browser to delete the held copy", || async move {
+        let n = c.idb_count(DB, HELD_STORE).await?;
+        Ok(if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} held copies in IndexedDB"))
+        })
+    })
+    .await?;
+
+    // Alice comes back: the relay's receipt says Dan has it; the mail is in Sent.
+    let a = w.person("alice").await?;
+    let status = a
+        .wait_recipient(&["sent"], SUBJECT, &dan_s, "delivered")
+        .await
+        .context("Alice back: the relay's receipt for Dan")?;
+    ensure!(
+        status.contains(&format!("{dan_s}: delivered")),
+        "Alice's Sent status for Dan reads {status:?}"
+    );
+    a.wait_recipient(&["sent"], SUBJECT, &carol_s, "delivered")
+        .await?;
+    no_row_with(a, "outbox", &[SUBJECT]).await?;
+    relay.close().await;
     Ok(())
 }

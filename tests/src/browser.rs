@@ -197,6 +197,45 @@ impl Browser {
         }
     }
 
+    /// The number of records in the object store `store` of the page's IndexedDB database
+    /// `db` (opened at its current version, closed again right after). This looks below the
+    /// UI contract, at what the client keeps; use it only for what a person cannot see.
+    pub async fn idb_count(&self, db: &str, store: &str) -> Result<u64> {
+        #[derive(Deserialize)]
+        struct Answer {
+            count: Option<u64>,
+            error: Option<String>,
+        }
+        let v = self
+            .client()?
+            .execute_async(
+                r#"const [name, store, done] = arguments;
+                   const req = indexedDB.open(name);
+                   req.onerror = () => done({ error: 'opening: ' + String(req.error) });
+                   req.onsuccess = () => {
+                     const d = req.result;
+                     try {
+                       const c = d.transaction(store, 'readonly').objectStore(store).count();
+                       c.onsuccess = () => { d.close(); done({ count: c.result }); };
+                       c.onerror = () => { d.close(); done({ error: String(c.error) }); };
+                     } catch (e) { d.close(); done({ error: String(e) }); }
+                   };"#,
+                vec![json!(db), json!(store)],
+            )
+            .await
+            .with_context(|| format!("{} counting IndexedDB {db}/{store}", self.name))?;
+        let a: Answer = serde_json::from_value(v.clone())
+            .with_context(|| format!("decoding script result {v}"))?;
+        match (a.count, a.error) {
+            (Some(n), _) => Ok(n),
+            (None, e) => bail!(
+                "{}: IndexedDB {db}/{store}: {}",
+                self.name,
+                e.unwrap_or_else(|| format!("no answer ({v})"))
+            ),
+        }
+    }
+
     /// The trimmed `textContent` of every element matching `css`.
     pub async fn texts(&self, css: &str) -> Result<Vec<String>> {
         self.eval(

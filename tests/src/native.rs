@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use peermail_core::address::Address;
 use peermail_core::identity::{auth_message, register_message, EncryptionKey, Identity, PublicKey};
 use peermail_core::mail::MessageId;
-use peermail_core::wire::signal::{parse_server_frame, ClientFrame, ServerFrame};
+use peermail_core::wire::signal::{parse_server_frame, ClientFrame, ErrorCode, ServerFrame};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -215,26 +215,45 @@ impl NativeClient {
         message_id: &MessageId,
         sealed: &[u8],
     ) -> Result<()> {
+        match self.try_deposit(to, message_id, sealed).await? {
+            Ok(()) => Ok(()),
+            Err((code, message)) => {
+                bail!("depositing {message_id} for {to}: {code:?}: {message}")
+            }
+        }
+    }
+
+    /// Like [`NativeClient::deposit`], but a refusal by the relay (an error frame about this
+    /// mail, e.g. `quota_exceeded`) is an answer, `Ok(Err((code, message)))`, not a failure.
+    pub async fn try_deposit(
+        &mut self,
+        to: &Address,
+        message_id: &MessageId,
+        sealed: &[u8],
+    ) -> Result<std::result::Result<(), (ErrorCode, String)>> {
         self.send(ClientFrame::Deposit {
             to: to.clone(),
             message_id: message_id.clone(),
             sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
         })
         .await?;
-        self.wait_for(&format!("the relay to store {message_id}"), |f| match f {
-            ServerFrame::Deposited {
-                to: t,
-                message_id: m,
-            } if t == to && m == message_id => Some(Ok(())),
-            ServerFrame::Error {
-                code,
-                message,
-                about: Some(about),
-            } if about.message_id.as_ref() == Some(message_id) => Some(Err(anyhow!(
-                "depositing {message_id} for {to}: {code:?}: {message}"
-            ))),
-            _ => None,
-        })
+        self.wait_for(
+            &format!("the relay to answer the deposit of {message_id}"),
+            |f| match f {
+                ServerFrame::Deposited {
+                    to: t,
+                    message_id: m,
+                } if t == to && m == message_id => Some(Ok(Ok(()))),
+                ServerFrame::Error {
+                    code,
+                    message,
+                    about: Some(about),
+                } if about.message_id.as_ref() == Some(message_id) => {
+                    Some(Ok(Err((*code, message.clone()))))
+                }
+                _ => None,
+            },
+        )
         .await
     }
 

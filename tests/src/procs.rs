@@ -17,6 +17,9 @@ use crate::Config;
 /// What the relay prints on stdout once it accepts connections.
 const LISTENING: &str = "relay listening on ";
 
+/// The relay's `--cache-quota-mib`: the most sealed mail that may wait for one recipient.
+pub const CACHE_QUOTA_MIB: &str = "1";
+
 /// The relay binary, started on a free port of 127.0.0.1 with a fresh data directory.
 pub struct Relay {
     child: Child,
@@ -38,6 +41,10 @@ impl Relay {
             .arg("--web-root")
             .arg(&config.dist)
             .args(["--domain", &config.domain])
+            // A small per-recipient cache quota, so a scenario can fill it (with a few dozen
+            // deposits of ~45 KiB) and see the relay refuse; the other scenarios deposit
+            // only a few small mails.
+            .args(["--cache-quota-mib", CACHE_QUOTA_MIB])
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

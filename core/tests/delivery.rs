@@ -431,6 +431,27 @@ fn recipient_leaving_requeues_in_flight_mail() {
 use peermail_core::node::Event;
 use sim::CacheMode;
 
+/// Alice and Carol online; Bob signed in once (published his key) and left; then the
+/// relay cache behaves as `mode`.
+fn bob_away(
+    mode: CacheMode,
+) -> (
+    World,
+    peermail_core::Address,
+    peermail_core::Address,
+    peermail_core::Address,
+) {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
+    w.online(&bob);
+    w.offline(&bob);
+    w.cache_mode = mode;
+    w.online(&alice);
+    w.online(&carol);
+    (w, alice, bob, carol)
+}
+
 fn rejected(w: &World, who: &peermail_core::Address) -> bool {
     w.users[who]
         .events
@@ -440,14 +461,7 @@ fn rejected(w: &World, who: &peermail_core::Address) -> bool {
 
 #[test]
 fn offline_recipient_gets_mail_from_the_relay_cache_while_the_sender_is_gone() {
-    let mut w = World::new();
-    w.cache_mode = CacheMode::Up;
-    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
-    // Bob publishes his key once (first sign-in), then leaves.
-    w.online(&bob);
-    w.offline(&bob);
-    w.online(&alice);
-    w.online(&carol);
+    let (mut w, alice, bob, carol) = bob_away(CacheMode::Up);
     let id = w.send(&alice, &[&bob, &carol], &[], "sealed for you");
     assert!(w.inbox_has(&carol, &id), "Carol online: direct");
     assert!(matches!(
@@ -699,14 +713,7 @@ fn holds(w: &World, who: &peermail_core::Address) -> usize {
 /// deletes her copy once Bob stored his; Alice learns it was delivered.
 #[test]
 fn co_recipient_holds_when_the_relay_cache_refuses() {
-    let mut w = World::new();
-    w.cache_mode = CacheMode::Up;
-    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
-    w.online(&bob);
-    w.offline(&bob);
-    w.cache_mode = CacheMode::Full;
-    w.online(&alice);
-    w.online(&carol);
+    let (mut w, alice, bob, carol) = bob_away(CacheMode::Full);
     let id = w.send(&alice, &[&bob, &carol], &[], "held for bob");
     assert!(w.inbox_has(&carol, &id));
     assert_eq!(
@@ -751,14 +758,7 @@ fn co_recipient_holds_when_the_relay_cache_refuses() {
 /// fetches it as soon as Carol comes online. Her ack to Alice's direct copy is unaffected.
 #[test]
 fn holder_offline_then_back() {
-    let mut w = World::new();
-    w.cache_mode = CacheMode::Up;
-    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
-    w.online(&bob);
-    w.offline(&bob);
-    w.cache_mode = CacheMode::Full;
-    w.online(&alice);
-    w.online(&carol);
+    let (mut w, alice, bob, carol) = bob_away(CacheMode::Full);
     let id = w.send(&alice, &[&bob, &carol], &[], "later");
     w.offline(&carol);
     w.offline(&alice);
@@ -774,13 +774,7 @@ fn holder_offline_then_back() {
 /// over their open data channel; Carol registers it when the relay returns.
 #[test]
 fn co_recipient_holds_while_the_relay_is_unreachable() {
-    let mut w = World::new();
-    w.cache_mode = CacheMode::Up;
-    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
-    w.online(&bob);
-    w.offline(&bob);
-    w.online(&alice);
-    w.online(&carol);
+    let (mut w, alice, bob, carol) = bob_away(CacheMode::Up);
     // An earlier mail opened the Alice–Carol channel; Alice knows Bob's keys from it.
     w.send(&alice, &[&carol, &bob], &[], "hello");
     w.relay_outage(true);
@@ -814,14 +808,7 @@ fn co_recipient_holds_while_the_relay_is_unreachable() {
 /// not released at the relay.
 #[test]
 fn altered_held_copy_is_rejected() {
-    let mut w = World::new();
-    w.cache_mode = CacheMode::Up;
-    let (alice, bob, carol) = (w.register("alice"), w.register("bob"), w.register("carol"));
-    w.online(&bob);
-    w.offline(&bob);
-    w.cache_mode = CacheMode::Full;
-    w.online(&alice);
-    w.online(&carol);
+    let (mut w, alice, bob, carol) = bob_away(CacheMode::Full);
     let id = w.send(&alice, &[&bob, &carol], &[], "do not alter");
     w.offline(&alice);
     // Carol's node flips a ciphertext byte of the copy it holds.

@@ -509,10 +509,15 @@ fn deposit(conn: &Connection, mail: &NewMail, quota_bytes: u64) -> Answer<Deposi
 }
 
 fn waiting(conn: &Connection, recipient: &Address) -> Answer<Vec<WaitingMail>> {
+    // Cached envelopes (holder NULL) and copies held by co-recipients' nodes, oldest first.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT message_id, sender, size, deposited_at FROM cached_mail
-             WHERE recipient = ?1 ORDER BY deposited_at, message_id",
+            "SELECT message_id, sender, size, deposited_at, NULL FROM cached_mail
+             WHERE recipient = ?1
+             UNION ALL
+             SELECT message_id, sender, size, held_at, holder FROM held_mail
+             WHERE recipient = ?1
+             ORDER BY 4, 1",
         )
         .map_err(cache_error)?;
     let rows = stmt
@@ -522,37 +527,11 @@ fn waiting(conn: &Connection, recipient: &Address) -> Answer<Vec<WaitingMail>> {
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })
         .map_err(cache_error)?;
     let mut items = Vec::new();
-    for row in rows {
-        let (id, sender, size, at) = row.map_err(cache_error)?;
-        items.push(WaitingMail {
-            message_id: message_id(&id)?,
-            from: address(&sender)?,
-            size: size.max(0) as u64,
-            deposited_at: at.max(0) as Millis,
-            location: MailLocation::Relay,
-        });
-    }
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT message_id, sender, size, held_at, holder FROM held_mail
-             WHERE recipient = ?1 ORDER BY held_at, message_id",
-        )
-        .map_err(cache_error)?;
-    let rows = stmt
-        .query_map([recipient.to_string()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })
-        .map_err(cache_error)?;
     for row in rows {
         let (id, sender, size, at, holder) = row.map_err(cache_error)?;
         items.push(WaitingMail {
@@ -560,8 +539,11 @@ fn waiting(conn: &Connection, recipient: &Address) -> Answer<Vec<WaitingMail>> {
             from: address(&sender)?,
             size: size.max(0) as u64,
             deposited_at: at.max(0) as Millis,
-            location: MailLocation::Peer {
-                holder: address(&holder)?,
+            location: match holder {
+                None => MailLocation::Relay,
+                Some(h) => MailLocation::Peer {
+                    holder: address(&h)?,
+                },
             },
         });
     }

@@ -1263,12 +1263,10 @@ impl Node {
             return;
         };
         for id in due {
-            let Some(mail) = self.outgoing.get(&id).map(|o| o.mail.clone()) else {
+            let Some(sealed) = self.seal_copy(&id, peer, &key) else {
                 continue;
             };
-            let mut random = [0u8; 32];
-            self.rng.fill_bytes(&mut random);
-            match seal::seal(&mail, &self.identity, peer, &key, random) {
+            match sealed {
                 Ok(bytes) => {
                     self.set_state_if(&id, peer, DeliveryState::Depositing { since: now }, |s| {
                         *s == DeliveryState::Waiting
@@ -1292,6 +1290,20 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Seals outgoing mail `id` for `to` with fresh randomness; `None` if there is no such
+    /// mail.
+    fn seal_copy(
+        &mut self,
+        id: &MessageId,
+        to: &Address,
+        key: &EncryptionKey,
+    ) -> Option<Result<Vec<u8>, seal::SealError>> {
+        let mail = &self.outgoing.get(id)?.mail;
+        let mut random = [0u8; 32];
+        self.rng.fill_bytes(&mut random);
+        Some(seal::seal(mail, &self.identity, to, key, random))
     }
 
     /// Fails pending deliveries to an address the relay does not know.
@@ -1380,6 +1392,10 @@ impl Node {
             && self
                 .relay_down_since
                 .is_some_and(|t| t + self.config.deposit_retry <= now);
+        // The common case (called on every delivery attempt): nothing refused, relay up.
+        if !relay_unreachable && !self.refusals.keys().any(|(_, a)| a == to) {
+            return;
+        }
         let me = self.identity.address.clone();
         let mut plan: Vec<(MessageId, Address)> = Vec::new();
         for o in self.outgoing.values() {
@@ -1420,12 +1436,7 @@ impl Node {
             return;
         };
         for (id, holder) in plan {
-            let Some(mail) = self.outgoing.get(&id).map(|o| o.mail.clone()) else {
-                continue;
-            };
-            let mut random = [0u8; 32];
-            self.rng.fill_bytes(&mut random);
-            let Ok(sealed) = seal::seal(&mail, &self.identity, to, &key, random) else {
+            let Some(Ok(sealed)) = self.seal_copy(&id, to, &key) else {
                 continue;
             };
             self.hold_attempts.insert(
@@ -1549,12 +1560,7 @@ impl Node {
         for mail in to_send {
             let id = mail.message_id.clone();
             self.persist_outgoing(&id);
-            if let Ok(bytes) = PeerFrame::Mail(mail).encode() {
-                self.emit(Output::ToPeer {
-                    peer: peer.clone(),
-                    bytes,
-                });
-            }
+            self.send_peer(peer, PeerFrame::Mail(mail));
         }
     }
 
@@ -1790,15 +1796,11 @@ impl Node {
             peer: peer.clone(),
             reason: reason.clone(),
         });
-        if let Ok(bytes) = (PeerFrame::Reject { message_id, reason }).encode() {
-            self.emit(Output::ToPeer { peer, bytes });
-        }
+        self.send_peer(&peer, PeerFrame::Reject { message_id, reason });
     }
 
     fn ack(&mut self, peer: Address, message_id: MessageId) {
-        if let Ok(bytes) = (PeerFrame::Ack { message_id }).encode() {
-            self.emit(Output::ToPeer { peer, bytes });
-        }
+        self.send_peer(&peer, PeerFrame::Ack { message_id });
     }
 
     fn receive(&mut self, peer: Address, mail: Mail) {

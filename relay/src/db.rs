@@ -1000,6 +1000,7 @@ impl Directory for Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peermail_signaling::cache::conformance;
 
     fn a(s: &str) -> Address {
         s.parse().unwrap()
@@ -1016,67 +1017,19 @@ mod tests {
         }
     }
 
-    /// The same steps as the memory cache's test, through the cache writer.
+    /// The shared cache behaviour, through the cache writer and SQLite.
     #[test]
     fn deposit_quota_release_receipts_and_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let c = Db::open(dir.path()).unwrap();
-        assert_eq!(
-            c.deposit(mail("bob@h", 1, 6, 10), 10).unwrap(),
-            Deposit::Stored
-        );
-        assert_eq!(
-            c.deposit(mail("bob@h", 1, 6, 10), 10).unwrap(),
-            Deposit::AlreadyStored
-        );
-        let other = NewMail {
-            sender: a("carol@h"),
-            ..mail("bob@h", 1, 6, 10)
-        };
-        assert_eq!(c.deposit(other, 10).unwrap(), Deposit::Conflict);
-        assert_eq!(
-            c.deposit(mail("bob@h", 2, 5, 20), 10).unwrap(),
-            Deposit::QuotaExceeded
-        );
-        assert_eq!(
-            c.deposit(mail("bob@h", 3, 4, 20), 10).unwrap(),
-            Deposit::Stored
-        );
-        assert_eq!(
-            c.deposit(mail("carol@h", 2, 5, 50), 10).unwrap(),
-            Deposit::Stored
-        );
-        let waiting = c.waiting(&a("bob@h")).unwrap();
-        assert_eq!(waiting.len(), 2);
-        assert_eq!((waiting[0].size, waiting[1].size), (6, 4));
-
-        let id1 = MessageId::new([1; 16], "h");
-        assert_eq!(c.fetch(&a("carol@h"), &id1).unwrap(), None);
-        assert!(c.release(&a("carol@h"), &id1, 30).unwrap().is_empty());
-        assert_eq!(
-            c.fetch(&a("bob@h"), &id1).unwrap().unwrap().sealed,
-            vec![1; 6]
-        );
-        assert_eq!(
-            c.release(&a("bob@h"), &id1, 30).unwrap(),
-            vec![a("alice@h")]
-        );
-        assert_eq!(c.fetch(&a("bob@h"), &id1).unwrap(), None);
-        let receipts = c.receipts(&a("alice@h")).unwrap();
-        assert_eq!(receipts.len(), 1);
-        assert_eq!(receipts[0].outcome, ReceiptOutcome::Delivered);
-        c.ack_receipt(&a("alice@h"), &a("bob@h"), &id1).unwrap();
-        assert!(c.receipts(&a("alice@h")).unwrap().is_empty());
-
-        assert!(c.expire(119).unwrap().is_empty());
-        let expired = c.expire(120).unwrap();
-        assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].recipient, a("bob@h"));
-        assert_eq!(expired[0].outcome, ReceiptOutcome::Expired);
-        assert!(c.waiting(&a("bob@h")).unwrap().is_empty());
-        assert_eq!(c.receipts(&a("alice@h")).unwrap(), expired);
-        assert_eq!(c.waiting(&a("carol@h")).unwrap().len(), 1);
+        conformance::deposit_quota_release_receipts_and_expiry(&c);
         assert_eq!(c.cached_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn held_copies_are_listed_released_and_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::held_copies_are_listed_released_and_expired(&Db::open(dir.path()).unwrap());
     }
 
     /// Deposits that land in one transaction still check the quota one after the other.

@@ -440,8 +440,9 @@ impl MailCache for MemoryCache {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// The behaviour every [`MailCache`] implementation shares, as plain functions over a fresh,
+/// empty cache: [`MemoryCache`] runs them here, the relay's SQLite cache in its own tests.
+pub mod conformance {
     use super::*;
 
     fn a(s: &str) -> Address {
@@ -459,9 +460,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn memory_cache_deposit_quota_release_and_expiry() {
-        let c = MemoryCache::new();
+    /// Deposit (idempotent, conflict, quota), waiting list, fetch and release only by the
+    /// recipient, receipts until acknowledged, deposit checks, expiry. Leaves one mail for
+    /// carol@h in the cache.
+    pub fn deposit_quota_release_receipts_and_expiry(c: &dyn MailCache) {
         assert_eq!(
             c.deposit(mail("bob@h", 1, 6, 10), 10).unwrap(),
             Deposit::Stored
@@ -492,8 +494,8 @@ mod tests {
         assert_eq!((waiting[0].size, waiting[1].size), (6, 4));
 
         let id1 = MessageId::new([1; 16], "h");
-        let has = |c: &MemoryCache, s: &str| c.has_deposit(&a(s), &a("bob@h"), &id1).unwrap();
-        assert!(has(&c, "alice@h") && !has(&c, "carol@h"));
+        let has = |c: &dyn MailCache, s: &str| c.has_deposit(&a(s), &a("bob@h"), &id1).unwrap();
+        assert!(has(c, "alice@h") && !has(c, "carol@h"));
         assert_eq!(c.fetch(&a("carol@h"), &id1).unwrap(), None);
         assert!(c.release(&a("carol@h"), &id1, 30).unwrap().is_empty());
         assert_eq!(
@@ -508,9 +510,9 @@ mod tests {
         let receipts = c.receipts(&a("alice@h")).unwrap();
         assert_eq!(receipts.len(), 1);
         assert_eq!(receipts[0].outcome, ReceiptOutcome::Delivered);
-        assert!(has(&c, "alice@h"), "its receipt waits");
+        assert!(has(c, "alice@h"), "its receipt waits");
         c.ack_receipt(&a("alice@h"), &a("bob@h"), &id1).unwrap();
-        assert!(!has(&c, "alice@h"));
+        assert!(!has(c, "alice@h"));
         assert!(c.receipts(&a("alice@h")).unwrap().is_empty());
 
         // Bob's second mail expires at 120, Carol's at 150.
@@ -524,9 +526,9 @@ mod tests {
         assert_eq!(c.waiting(&a("carol@h")).unwrap().len(), 1);
     }
 
-    #[test]
-    fn memory_cache_held_copies_are_listed_released_and_expired() {
-        let c = MemoryCache::new();
+    /// Held-copy listings: the first holder stays, only the recipient releases (sender and
+    /// holder get receipts), the bytes are not in the cache, expiry tells both.
+    pub fn held_copies_are_listed_released_and_expired(c: &dyn MailCache) {
         let id = MessageId::new([4; 16], "h");
         let hold = |holder: &str| NewHold {
             recipient: a("bob@h"),
@@ -568,5 +570,20 @@ mod tests {
         assert_eq!(expired.len(), 2);
         assert!(expired.iter().all(|r| r.outcome == ReceiptOutcome::Expired));
         assert!(c.waiting(&a("bob@h")).unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_cache_deposit_quota_release_and_expiry() {
+        conformance::deposit_quota_release_receipts_and_expiry(&MemoryCache::new());
+    }
+
+    #[test]
+    fn memory_cache_held_copies_are_listed_released_and_expired() {
+        conformance::held_copies_are_listed_released_and_expired(&MemoryCache::new());
     }
 }

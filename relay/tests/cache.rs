@@ -41,6 +41,14 @@ fn sealed_bytes(n: u32, len: usize) -> Vec<u8> {
 }
 
 impl Client {
+    /// Expects error `code`; returns what it is about.
+    async fn expect_error_about(&mut self, code: ErrorCode) -> Option<ErrorAbout> {
+        match self.recv().await {
+            ServerFrame::Error { code: c, about, .. } if c == code => about,
+            other => panic!("expected error {code:?}, got {other:?}"),
+        }
+    }
+
     /// Sends a ping and expects its pong as the very next frame: nothing else was queued.
     async fn expect_nothing_more(&mut self, nonce: u64) {
         self.ping(nonce).await;
@@ -124,6 +132,15 @@ impl Client {
             }
         );
     }
+}
+
+/// A relay whose cache keeps mail for 300 ms, swept every 100 ms.
+async fn short_retention(dir: &Path) -> TestRelay {
+    TestRelay::start_with(dir, |c| {
+        c.cache_retention = Duration::from_millis(300);
+        c.sweep_interval = Duration::from_millis(100);
+    })
+    .await
 }
 
 fn cached_count(dir: &Path) -> u64 {
@@ -426,11 +443,7 @@ async fn another_account_can_neither_fetch_nor_release_someone_elses_mail() {
 #[tokio::test]
 async fn undelivered_mail_expires_and_the_sender_is_told() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start_with(dir.path(), |c| {
-        c.cache_retention = Duration::from_millis(300);
-        c.sweep_interval = Duration::from_millis(100);
-    })
-    .await;
+    let relay = short_retention(dir.path()).await;
     let (alice, bob, carol) = (
         identity("alice", 1),
         identity("bob", 2),
@@ -891,17 +904,7 @@ async fn held_copies_are_listed_released_and_both_sender_and_holder_told() {
         ),
     ] {
         c.send(frame).await;
-        match c.recv().await {
-            ServerFrame::Error {
-                code: got,
-                about: a,
-                ..
-            } => {
-                assert_eq!(got, code);
-                assert_eq!(a, about(&to));
-            }
-            other => panic!("expected {code:?}, got {other:?}"),
-        }
+        assert_eq!(c.expect_error_about(code).await, about(&to));
     }
     relay.stop().await;
 
@@ -968,11 +971,7 @@ async fn held_copies_are_listed_released_and_both_sender_and_holder_told() {
 #[tokio::test]
 async fn a_held_copy_listing_expires_and_sender_and_holder_are_told() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start_with(dir.path(), |c| {
-        c.cache_retention = Duration::from_millis(300);
-        c.sweep_interval = Duration::from_millis(100);
-    })
-    .await;
+    let relay = short_retention(dir.path()).await;
     let (alice, bob, carol) = (
         identity("alice", 1),
         identity("bob", 2),
@@ -1023,20 +1022,13 @@ async fn a_sender_can_check_that_its_deposit_is_still_kept() {
         message_id: id.clone(),
     };
     async fn not_kept(cl: &mut Client, to: &Address, id: &MessageId) {
-        match cl.recv().await {
-            ServerFrame::Error {
-                code: ErrorCode::NotFound,
-                about,
-                ..
-            } => assert_eq!(
-                about,
-                Some(ErrorAbout {
-                    to: Some(to.clone()),
-                    message_id: Some(id.clone())
-                })
-            ),
-            other => panic!("expected not_found, got {other:?}"),
-        }
+        assert_eq!(
+            cl.expect_error_about(ErrorCode::NotFound).await,
+            Some(ErrorAbout {
+                to: Some(to.clone()),
+                message_id: Some(id.clone())
+            })
+        );
     }
     a.send(check(&id)).await;
     not_kept(&mut a, &bob.address, &id).await;

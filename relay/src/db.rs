@@ -1000,22 +1000,7 @@ impl Directory for Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peermail_signaling::cache::conformance;
-
-    fn a(s: &str) -> Address {
-        s.parse().unwrap()
-    }
-
-    fn mail(to: &str, n: u8, len: usize, at: Millis) -> NewMail {
-        NewMail {
-            recipient: a(to),
-            message_id: MessageId::new([n; 16], "h"),
-            sender: a("alice@h"),
-            sealed: vec![n; len],
-            deposited_at: at,
-            expires_at: at + 100,
-        }
-    }
+    use peermail_signaling::cache::conformance::{self, a, mail};
 
     /// The shared cache behaviour, through the cache writer and SQLite.
     #[test]

@@ -445,11 +445,13 @@ impl MailCache for MemoryCache {
 pub mod conformance {
     use super::*;
 
-    fn a(s: &str) -> Address {
+    /// An address from text.
+    pub fn a(s: &str) -> Address {
         s.parse().unwrap()
     }
 
-    fn mail(to: &str, n: u8, len: usize, at: Millis) -> NewMail {
+    /// Mail `n` (`len` bytes) from alice@h to `to`, deposited at `at`, expiring 100 ms later.
+    pub fn mail(to: &str, n: u8, len: usize, at: Millis) -> NewMail {
         NewMail {
             recipient: a(to),
             message_id: MessageId::new([n; 16], "h"),

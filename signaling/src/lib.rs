@@ -9,10 +9,12 @@
 //! - [`directory`]: the account directory behind a trait ([`Directory`]), so the relay can keep
 //!   it in SQLite; [`MemoryDirectory`] keeps it in memory. Besides each account's signing key
 //!   it holds the encryption key the account published (`publish_key`, served by `lookup`).
-//! - [`cache`]: the store-and-forward cache of sealed envelopes for offline recipients and
-//!   the receipts for their senders, behind a trait ([`MailCache`]); [`MemoryCache`] keeps it
-//!   in memory, the relay in SQLite. Its calls block, so sessions make them on tokio's
-//!   blocking pool.
+//! - [`cache`]: the store-and-forward cache of sealed envelopes for offline recipients, the
+//!   listings of copies held by co-recipients' nodes, and the receipts for senders and
+//!   holders, behind a trait ([`MailCache`]); [`MemoryCache`] keeps it in memory, the relay
+//!   in SQLite. Sessions await its `*_async` methods (by default the blocking call on
+//!   tokio's blocking pool; the relay sends them to its cache writer thread). Every
+//!   implementation runs `cache::conformance`.
 //! - `hub` (private): who is online, who watches whom. One mutex, never held across an await.
 //! - `session` (private): the per-connection loop: challenge, authentication, heartbeat,
 //!   dispatch of client frames.

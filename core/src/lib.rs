@@ -6,6 +6,8 @@
 //!
 //! Modules:
 //! - [`address`]: `local@host` addresses and name rules.
+//! - [`attach`]: attachments — per-file encryption in chunks, the manifest a mail carries,
+//!   and the receiving side's verified, resumable bookkeeping.
 //! - [`mail`]: [`Mail`](mail::Mail), [`MessageId`](mail::MessageId), [`Draft`](mail::Draft).
 //! - [`identity`]: account keys (Ed25519 signing, X25519 encryption, one seed) and the
 //!   signed-challenge session authentication.
@@ -17,6 +19,7 @@
 //! - [`node`]: the per-user delivery state machine ([`Node`](node::Node)).
 
 pub mod address;
+pub mod attach;
 pub mod identity;
 pub mod mail;
 pub mod node;

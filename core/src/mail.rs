@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::attach::AttachmentRef;
 
 /// Milliseconds since the Unix epoch. Time is an input to `core`; it never reads a clock.
 pub type Millis = u64;
@@ -62,9 +63,52 @@ pub struct Mail {
     pub in_reply_to: Option<MessageId>,
     pub references: Vec<MessageId>,
     pub priority: Priority,
+    /// Attached files: their descriptions and keys (the bytes travel separately, in
+    /// encrypted chunks; see [`crate::attach`]).
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRef>,
+}
+
+/// A mail as encoded before attachments existed; envelopes sealed then still open.
+#[derive(Deserialize)]
+struct MailWithoutAttachments {
+    message_id: MessageId,
+    from: Address,
+    to: Vec<Address>,
+    cc: Vec<Address>,
+    subject: String,
+    date: Millis,
+    body: String,
+    in_reply_to: Option<MessageId>,
+    references: Vec<MessageId>,
+    priority: Priority,
 }
 
 impl Mail {
+    /// Reads a `postcard`-encoded mail, including one encoded before mails had attachments.
+    pub fn from_postcard(bytes: &[u8]) -> Result<Mail, postcard::Error> {
+        postcard::from_bytes::<Mail>(bytes).or_else(|e| {
+            let (old, rest) = postcard::take_from_bytes::<MailWithoutAttachments>(bytes)
+                .map_err(|_| e.clone())?;
+            if !rest.is_empty() {
+                return Err(e);
+            }
+            Ok(Mail {
+                message_id: old.message_id,
+                from: old.from,
+                to: old.to,
+                cc: old.cc,
+                subject: old.subject,
+                date: old.date,
+                body: old.body,
+                in_reply_to: old.in_reply_to,
+                references: old.references,
+                priority: old.priority,
+                attachments: Vec::new(),
+            })
+        })
+    }
+
     /// Everyone the mail is addressed to, To first then Cc, without duplicates.
     pub fn recipients(&self) -> Vec<Address> {
         let mut out: Vec<Address> = Vec::new();
@@ -86,6 +130,9 @@ pub struct Draft {
     pub body: String,
     pub in_reply_to: Option<MessageId>,
     pub priority: Priority,
+    /// Files already sealed into chunks by the driver ([`crate::attach::FileSealer`]).
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRef>,
 }
 
 #[cfg(test)]
@@ -100,5 +147,55 @@ mod tests {
         assert_eq!(MessageId::parse("nope"), None);
         assert_eq!(MessageId::parse("<a@b@c>"), None);
         assert_ne!(id, MessageId::new([8; 16], "relay.example"));
+    }
+
+    #[test]
+    fn mails_encoded_before_attachments_still_decode() {
+        #[derive(Serialize)]
+        struct Old<'a>(
+            &'a MessageId,
+            &'a Address,
+            Vec<Address>,
+            Vec<Address>,
+            &'a str,
+            Millis,
+            &'a str,
+            Option<MessageId>,
+            Vec<MessageId>,
+            Priority,
+        );
+        let id = MessageId::new([1; 16], "h");
+        let from: Address = "a@h".parse().unwrap();
+        let to: Address = "b@h".parse().unwrap();
+        let old = postcard::to_allocvec(&Old(
+            &id,
+            &from,
+            vec![to.clone()],
+            vec![],
+            "s",
+            5,
+            "body",
+            None,
+            vec![],
+            Priority::High,
+        ))
+        .unwrap();
+        let mail = Mail::from_postcard(&old).unwrap();
+        assert_eq!((mail.subject.as_str(), mail.body.as_str()), ("s", "body"));
+        assert!(mail.attachments.is_empty());
+        let mut new = mail.clone();
+        new.attachments.push(crate::attach::AttachmentRef {
+            id: crate::attach::AttachmentId([3; 16]),
+            name: "f.txt".into(),
+            mime: "text/plain".into(),
+            size: 3,
+            key: [4; 32],
+            chunks_root: [5; 32],
+            file_hash: [6; 32],
+            inline: true,
+        });
+        let bytes = postcard::to_allocvec(&new).unwrap();
+        assert_eq!(Mail::from_postcard(&bytes).unwrap(), new);
+        assert!(Mail::from_postcard(&bytes[..bytes.len() - 3]).is_err());
     }
 }

@@ -621,6 +621,7 @@ impl Node {
             in_reply_to: draft.in_reply_to.clone(),
             references: draft.in_reply_to.into_iter().collect(),
             priority: draft.priority,
+            attachments: draft.attachments,
         };
         let recipients = mail.recipients();
         if recipients.is_empty() {

@@ -224,7 +224,7 @@ pub fn open(
         &aad,
     )
     .map_err(|_| SealError::Decrypt)?;
-    let mail: Mail = postcard::from_bytes(&plaintext).map_err(|_| SealError::Malformed)?;
+    let mail = Mail::from_postcard(&plaintext).map_err(|_| SealError::Malformed)?;
     if mail.message_id != header.message_id
         || mail.from != header.from
         || !mail.recipients().contains(&header.to)
@@ -297,6 +297,7 @@ mod tests {
             in_reply_to: None,
             references: vec![],
             priority: Priority::High,
+            attachments: vec![],
         }
     }
 

@@ -247,6 +247,7 @@ pub mod conformance {
             in_reply_to: None,
             references: vec![],
             priority: Priority::Normal,
+            attachments: vec![],
         }
     }
 

@@ -216,6 +216,7 @@ fn forged_sender_is_rejected() {
         in_reply_to: None,
         references: vec![],
         priority: Default::default(),
+        attachments: vec![],
     };
     node.handle(
         Input::Frame {

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::attach::{AttachmentId, Hash};
 use crate::mail::{Mail, MessageId};
 
 /// Version byte that starts every peer frame.
@@ -56,6 +57,41 @@ pub enum PeerFrame {
     HeldMissing { message_id: MessageId },
     /// The recipient stored its copy (and released it at the relay): the holder deletes its.
     HeldAck { message_id: MessageId },
+    /// From a recipient of mail `message_id` to a node that has the encrypted chunks of one
+    /// of its attachments: send the chunk list from `start` on. Answered by `ChunkList` or
+    /// `TransferRefused`.
+    GetChunkList {
+        message_id: MessageId,
+        attachment: AttachmentId,
+        start: u32,
+    },
+    /// A page of an attachment's chunk list (at most
+    /// [`HASHES_PER_PAGE`](crate::attach::HASHES_PER_PAGE) hashes).
+    ChunkList {
+        attachment: AttachmentId,
+        start: u32,
+        hashes: Vec<Hash>,
+    },
+    /// Send these chunks (half-open index ranges) of an attachment of mail `message_id`.
+    /// Answered by one `Chunk` per index, or `TransferRefused`.
+    GetChunks {
+        message_id: MessageId,
+        attachment: AttachmentId,
+        ranges: Vec<(u32, u32)>,
+    },
+    /// One encrypted chunk (at most `CHUNK_BYTES` + 16 bytes).
+    Chunk {
+        attachment: AttachmentId,
+        index: u32,
+        data: Vec<u8>,
+    },
+    /// This node will not (or can no longer) send that attachment to the asking peer.
+    TransferRefused {
+        attachment: AttachmentId,
+        reason: String,
+    },
+    /// The receiver cancelled: stop sending chunks of this attachment.
+    CancelTransfer { attachment: AttachmentId },
 }
 
 /// Why bytes from a peer could not be read.
@@ -137,6 +173,19 @@ mod tests {
             sealed: vec![9; crate::wire::signal::MAX_SEALED_BYTES],
         };
         assert_eq!(PeerFrame::decode(&held.encode().unwrap()), Ok(held));
+        // The largest chunk, with a long Message-ID-free header, fits in one frame.
+        let chunk = PeerFrame::Chunk {
+            attachment: AttachmentId([0xff; 16]),
+            index: u32::MAX,
+            data: vec![7; crate::attach::CHUNK_BYTES + crate::attach::CHUNK_OVERHEAD],
+        };
+        assert_eq!(PeerFrame::decode(&chunk.encode().unwrap()), Ok(chunk));
+        let page = PeerFrame::ChunkList {
+            attachment: AttachmentId([0xff; 16]),
+            start: u32::MAX,
+            hashes: vec![[0xff; 32]; crate::attach::HASHES_PER_PAGE],
+        };
+        assert_eq!(PeerFrame::decode(&page.encode().unwrap()), Ok(page));
         assert!(matches!(
             PeerFrame::decode(&vec![1; MAX_PEER_FRAME + 1]),
             Err(PeerFrameError::TooLarge(_))

@@ -700,10 +700,7 @@ mod tests {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
-    fn seal_file(
-        bytes: &[u8],
-        id: [u8; 16],
-    ) -> (AttachmentRef, Vec<Hash>, Vec<SealedChunk>) {
+    fn seal_file(bytes: &[u8], id: [u8; 16]) -> (AttachmentRef, Vec<Hash>, Vec<SealedChunk>) {
         let mut s = FileSealer::new(
             AttachmentId(id),
             [7; 32],
@@ -770,8 +767,14 @@ mod tests {
         let bytes = file(CHUNK_BYTES + 10);
         let mut s = FileSealer::new(AttachmentId([2; 16]), [1; 32], "a", "x/y", 0).unwrap();
         assert!(s.push(&[1]).is_err(), "no chunk in an empty file");
-        s = FileSealer::new(AttachmentId([2; 16]), [1; 32], "a", "x/y", bytes.len() as u64)
-            .unwrap();
+        s = FileSealer::new(
+            AttachmentId([2; 16]),
+            [1; 32],
+            "a",
+            "x/y",
+            bytes.len() as u64,
+        )
+        .unwrap();
         assert_eq!(
             s.push(&bytes[..10]),
             Err(AttachError::WrongLength {
@@ -906,7 +909,9 @@ mod tests {
         assert_eq!(d.hashes(), Some(&hashes[..]));
         // Too many hashes.
         let mut d2 = Download::new(&att);
-        assert!(d2.accept_hashes(0, &vec![[0; 32]; HASHES_PER_PAGE + 1]).is_err());
+        assert!(d2
+            .accept_hashes(0, &vec![[0; 32]; HASHES_PER_PAGE + 1])
+            .is_err());
     }
 
     #[test]
@@ -971,7 +976,10 @@ mod tests {
             check_all(&lied, &chunks),
             Err(AttachError::FileHashMismatch)
         );
-        assert_eq!(open_chunk_at(&att, 2, &chunks[2].data).unwrap(), bytes[2 * CHUNK_BYTES..]);
+        assert_eq!(
+            open_chunk_at(&att, 2, &chunks[2].data).unwrap(),
+            bytes[2 * CHUNK_BYTES..]
+        );
     }
 
     #[test]
@@ -986,7 +994,10 @@ mod tests {
         assert!(n.len() <= MAX_NAME_BYTES && long.starts_with(&n));
         assert_eq!(normalize_mime("Image/PNG"), "image/png");
         assert_eq!(normalize_mime(""), "application/octet-stream");
-        assert_eq!(normalize_mime("text/html; charset=utf-8"), "application/octet-stream");
+        assert_eq!(
+            normalize_mime("text/html; charset=utf-8"),
+            "application/octet-stream"
+        );
         let mut att = seal_file(&file(3), [9; 16]).0;
         assert_eq!(att.validate(), Ok(()));
         att.name = "a/b".into();

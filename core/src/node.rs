@@ -1685,6 +1685,12 @@ impl Node {
             }
         };
         match frame {
+            PeerFrame::GetChunkList { .. }
+            | PeerFrame::ChunkList { .. }
+            | PeerFrame::GetChunks { .. }
+            | PeerFrame::Chunk { .. }
+            | PeerFrame::TransferRefused { .. }
+            | PeerFrame::CancelTransfer { .. } => self.handle_transfer_frame(peer, frame),
             PeerFrame::Mail(mail) => self.receive(peer, mail),
             PeerFrame::Ack { message_id } => self.settle(
                 &peer,
@@ -1790,6 +1796,13 @@ impl Node {
                 }
             }
         }
+    }
+
+    fn handle_transfer_frame(&mut self, peer: Address, _frame: PeerFrame) {
+        self.event(Event::PeerProtocolError {
+            peer,
+            reason: "attachment transfers are not handled yet".into(),
+        });
     }
 
     fn reject(&mut self, peer: Address, message_id: MessageId, reason: String) {

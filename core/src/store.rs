@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::attach::{AttachmentId, AttachmentRef, Download};
 use crate::identity::{EncryptionKey, Identity, PublicKey};
 use crate::mail::{Mail, MessageId, Millis};
 
@@ -99,6 +100,32 @@ pub struct HeldMail {
     pub held_at: Millis,
 }
 
+/// Where fetching one attachment of a received mail stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownloadState {
+    /// Chunks are being fetched (or will be, when the node that has them is reachable).
+    Fetching,
+    /// Every chunk is held and the whole file matched the mail's hash.
+    Complete { at: Millis },
+    /// Given up; `reason` is for people. Nothing shows the file as complete.
+    Failed { at: Millis, reason: String },
+    /// The person cancelled it; it can be started again.
+    Cancelled,
+}
+
+/// One attachment of a received mail and how much of it this node holds. The encrypted
+/// chunks themselves are kept by the driver (IndexedDB Blobs), keyed by attachment id and
+/// chunk index; `progress` lists only chunks whose storage completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadRecord {
+    pub message_id: MessageId,
+    /// The mail's sender, whose node has the chunks.
+    pub from: Address,
+    pub attachment: AttachmentRef,
+    pub progress: Download,
+    pub state: DownloadState,
+}
+
 /// One change to persist. Every write is an upsert keyed by Message-ID or address, so
 /// applying a write twice leaves the same state as applying it once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +142,8 @@ pub enum StoreWrite {
         message_id: MessageId,
         to: Address,
     },
+    /// Upsert by attachment id.
+    PutDownload(DownloadRecord),
 }
 
 /// Everything a node needs at start.
@@ -125,6 +154,7 @@ pub struct Snapshot {
     pub contacts: Vec<Address>,
     pub keys: Vec<KnownKeys>,
     pub held: Vec<HeldMail>,
+    pub downloads: Vec<DownloadRecord>,
 }
 
 /// A store failure, as text from the underlying engine.
@@ -155,6 +185,7 @@ struct MemoryInner {
     contacts: BTreeMap<Address, ()>,
     keys: BTreeMap<Address, KnownKeys>,
     held: BTreeMap<(MessageId, Address), HeldMail>,
+    downloads: BTreeMap<AttachmentId, DownloadRecord>,
 }
 
 impl MemoryStore {
@@ -186,6 +217,9 @@ impl MemoryStore {
             StoreWrite::RemoveHeld { message_id, to } => {
                 s.held.remove(&(message_id, to));
             }
+            StoreWrite::PutDownload(d) => {
+                s.downloads.insert(d.attachment.id, d);
+            }
         }
     }
     /// The snapshot, synchronously.
@@ -197,6 +231,7 @@ impl MemoryStore {
             contacts: s.contacts.keys().cloned().collect(),
             keys: s.keys.values().cloned().collect(),
             held: s.held.values().cloned().collect(),
+            downloads: s.downloads.values().cloned().collect(),
         }
     }
 }
@@ -417,6 +452,49 @@ pub mod conformance {
         held.sort_by(|x, y| (&x.message_id, &x.to).cmp(&(&y.message_id, &y.to)));
         assert_eq!(held, vec![b, c]);
     }
+
+    pub async fn downloads_upsert_by_attachment(store: impl MailStore) {
+        let att = |n: u8| AttachmentRef {
+            id: AttachmentId([n; 16]),
+            name: format!("file {n}.bin"),
+            mime: "application/octet-stream".into(),
+            size: 3 * crate::attach::CHUNK_BYTES as u64 + 7,
+            key: [n; 32],
+            chunks_root: [n + 1; 32],
+            file_hash: [n + 2; 32],
+            inline: n % 2 == 0,
+        };
+        let record = |n: u8| DownloadRecord {
+            message_id: MessageId::new([n; 16], "h"),
+            from: addr("alice@h"),
+            attachment: att(n),
+            progress: Download::new(&att(n)),
+            state: DownloadState::Fetching,
+        };
+        let (a, b) = (record(1), record(2));
+        store
+            .apply(StoreWrite::PutDownload(a.clone()))
+            .await
+            .unwrap();
+        store
+            .apply(StoreWrite::PutDownload(b.clone()))
+            .await
+            .unwrap();
+        let failed = DownloadRecord {
+            state: DownloadState::Failed {
+                at: 9,
+                reason: "the file does not match".into(),
+            },
+            ..a.clone()
+        };
+        store
+            .apply(StoreWrite::PutDownload(failed.clone()))
+            .await
+            .unwrap();
+        let mut got = store.load().await.unwrap().downloads;
+        got.sort_by_key(|d| d.attachment.id);
+        assert_eq!(got, vec![failed, b]);
+    }
 }
 
 /// Generates one test per conformance check.
@@ -453,6 +531,10 @@ macro_rules! store_conformance_tests {
         #[$attr]
         async fn conformance_held_copies_upsert_and_remove() {
             $crate::store::conformance::held_copies_upsert_and_remove($make.await).await
+        }
+        #[$attr]
+        async fn conformance_downloads_upsert_by_attachment() {
+            $crate::store::conformance::downloads_upsert_by_attachment($make.await).await
         }
     };
 }

@@ -10,6 +10,9 @@
 //! | `contacts` | address | the address as JSON |
 //! | `keys` | address | the [`KnownKeys`] seen for it as JSON (since version 2) |
 //! | `held` | `"<Message-ID> <recipient>"` | a [`HeldMail`] this node holds for a co-recipient, as JSON (since version 3) |
+//! | `downloads` | attachment id (hex) | a [`DownloadRecord`] of a received attachment, as JSON (since version 4) |
+//! | `chunks` | `"<attachment id hex>/<index, 10 digits>"` | one encrypted chunk, as a Blob (since version 4) |
+//! | `chunk_lists` | attachment id (hex) | a sent attachment's chunk list: the SHA-256 hashes concatenated, as a `Uint8Array` (since version 4) |
 //!
 //! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
 //! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
@@ -20,14 +23,15 @@ use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::TransactionMode;
 use peermail_core::identity::Identity;
 use peermail_core::store::{
-    HeldMail, InboxRecord, KnownKeys, MailStore, OutgoingMail, Snapshot, StoreError, StoreWrite,
+    DownloadRecord, HeldMail, InboxRecord, KnownKeys, MailStore, OutgoingMail, Snapshot,
+    StoreError, StoreWrite,
 };
 use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Current schema version (see [`upgrade`]).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const IDENTITY: &str = "identity";
 const INBOX: &str = "inbox";
@@ -35,6 +39,11 @@ const OUTGOING: &str = "outgoing";
 const CONTACTS: &str = "contacts";
 const KEYS: &str = "keys";
 const HELD: &str = "held";
+const DOWNLOADS: &str = "downloads";
+/// Encrypted attachment chunks (Blobs); see the module docs.
+pub const CHUNKS: &str = "chunks";
+/// Chunk lists of attachments this node sent.
+pub const CHUNK_LISTS: &str = "chunk_lists";
 const IDENTITY_KEY: &str = "me";
 
 /// The IndexedDB-backed store. Cheap to share behind an `Rc`.
@@ -70,10 +79,20 @@ fn upgrade(event: &VersionChangeEvent, db: &Database) -> indexed_db_futures::Res
     if old < 3 {
         db.create_object_store(HELD).build()?;
     }
+    if old < 4 {
+        for name in [DOWNLOADS, CHUNKS, CHUNK_LISTS] {
+            db.create_object_store(name).build()?;
+        }
+    }
     Ok(())
 }
 
 impl IdbStore {
+    /// The open database, for the attachment chunk store that shares it.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Opens (creating or upgrading as needed) the database `db_name`.
     pub async fn open(db_name: &str) -> Result<IdbStore, StoreError> {
         let db = Database::open(db_name)
@@ -141,7 +160,7 @@ impl MailStore for IdbStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let tx = self
             .db
-            .transaction([INBOX, OUTGOING, CONTACTS, KEYS, HELD])
+            .transaction([INBOX, OUTGOING, CONTACTS, KEYS, HELD, DOWNLOADS])
             .build()
             .map_err(err)?;
         let mut snap = Snapshot::default();
@@ -159,6 +178,9 @@ impl MailStore for IdbStore {
         }
         for s in all_values(&tx.object_store(HELD).map_err(err)?).await? {
             snap.held.push(from_json::<HeldMail>(&s)?);
+        }
+        for s in all_values(&tx.object_store(DOWNLOADS).map_err(err)?).await? {
+            snap.downloads.push(from_json::<DownloadRecord>(&s)?);
         }
         Ok(snap)
     }
@@ -182,6 +204,10 @@ impl MailStore for IdbStore {
             }
             StoreWrite::RemoveHeld { message_id, to } => {
                 self.delete(HELD, &held_key(&message_id, &to)).await
+            }
+            StoreWrite::PutDownload(d) => {
+                self.put(DOWNLOADS, &d.attachment.id.to_hex(), to_json(&d)?)
+                    .await
             }
         }
     }

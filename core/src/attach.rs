@@ -399,8 +399,11 @@ pub struct Download {
     pub id: AttachmentId,
     size: u64,
     chunks_root: Hash,
-    /// The chunk list as received so far (complete and checked when `list_ok`).
+    /// The chunk list as received so far (complete and checked when `list_ok`). Not
+    /// persisted: after a restart it is fetched again (32 bytes per 60 KiB chunk).
+    #[serde(skip)]
     hashes: Vec<Hash>,
+    #[serde(skip)]
     list_ok: bool,
     /// One bit per chunk: held and verified.
     have: Vec<u64>,
@@ -409,20 +412,20 @@ pub struct Download {
 
 impl Download {
     pub fn new(att: &AttachmentRef) -> Self {
-        let count = att.chunk_count();
-        let mut d = Download {
+        Download {
             id: att.id,
             size: att.size,
             chunks_root: att.chunks_root,
             hashes: Vec::new(),
             list_ok: false,
-            have: vec![0; (count as usize).div_ceil(64)],
+            have: vec![0; (att.chunk_count() as usize).div_ceil(64)],
             held: 0,
-        };
-        if count == 0 {
-            d.list_ok = chunks_root(&[]) == att.chunks_root;
         }
-        d
+    }
+
+    /// The chunk list is known and checked (an empty file has an empty one).
+    fn has_list(&self) -> bool {
+        self.list_ok || self.chunk_count() == 0
     }
 
     pub fn chunk_count(&self) -> u32 {
@@ -431,19 +434,19 @@ impl Download {
 
     /// Where the next chunk-list page starts, while the list is incomplete.
     pub fn next_hash_page(&self) -> Option<u32> {
-        (!self.list_ok).then_some(self.hashes.len() as u32)
+        (!self.has_list()).then_some(self.hashes.len() as u32)
     }
 
     /// The whole chunk list, once received and checked against the mail.
     pub fn hashes(&self) -> Option<&[Hash]> {
-        self.list_ok.then_some(&self.hashes[..])
+        self.has_list().then_some(&self.hashes[..])
     }
 
     /// Takes one page of the chunk list. Pages must come in order; the last one completes
     /// the list, which is then checked against the mail's `chunks_root` (and forgotten if
     /// it does not match, so it is fetched again).
     pub fn accept_hashes(&mut self, start: u32, page: &[Hash]) -> Result<(), AttachError> {
-        if self.list_ok {
+        if self.has_list() {
             return Ok(());
         }
         let expected = self.hashes.len() as u32;
@@ -473,7 +476,7 @@ impl Download {
         if index >= count {
             return Err(AttachError::NoSuchChunk { index, count });
         }
-        if !self.list_ok {
+        if !self.has_list() {
             return Err(AttachError::NoChunkList);
         }
         let expected = plain_len(self.size, index) + CHUNK_OVERHEAD;
@@ -534,7 +537,7 @@ impl Download {
 
     /// Every chunk held and verified (the whole-file check is still to come).
     pub fn is_complete(&self) -> bool {
-        self.list_ok && self.held == self.chunk_count()
+        self.has_list() && self.held == self.chunk_count()
     }
 
     /// Up to `max_chunks` missing chunks, as ranges in order, to ask for next.
@@ -924,6 +927,14 @@ mod tests {
         // The receiving tab closes; its persisted state is read back.
         let saved = serde_json::to_string(&d).unwrap();
         let mut back: Download = serde_json::from_str(&saved).unwrap();
+        // The chunk list is not persisted: it is fetched again, then the missing chunks.
+        assert_eq!(back.next_hash_page(), Some(0));
+        assert_eq!(back.chunks_held(), 2);
+        assert_eq!(
+            back.accept_chunk(1, &chunks[1].data),
+            Err(AttachError::NoChunkList)
+        );
+        back.accept_hashes(0, &hashes).unwrap();
         assert_eq!(back, d);
         assert_eq!(back.missing(10), vec![1..2, 3..5]);
         // A stored chunk found unreadable is fetched again.

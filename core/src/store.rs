@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
-use crate::attach::{AttachmentId, AttachmentRef, Download};
+use crate::attach::{AttachmentId, AttachmentRef, Download, Hash};
 use crate::identity::{EncryptionKey, Identity, PublicKey};
 use crate::mail::{Mail, MessageId, Millis};
 
@@ -144,6 +144,19 @@ pub enum StoreWrite {
     },
     /// Upsert by attachment id.
     PutDownload(DownloadRecord),
+    /// One encrypted attachment chunk (upsert by attachment and index), already checked
+    /// against its chunk list. A driver may commit several consecutive chunk writes in one
+    /// transaction, answering each after the commit.
+    PutChunk {
+        attachment: AttachmentId,
+        index: u32,
+        data: Vec<u8>,
+    },
+    /// The chunk list of an attachment this node sends (upsert by attachment).
+    PutChunkList {
+        attachment: AttachmentId,
+        hashes: Vec<Hash>,
+    },
 }
 
 /// Everything a node needs at start.
@@ -169,6 +182,17 @@ pub trait MailStore {
     async fn save_identity(&self, identity: &Identity) -> Result<(), StoreError>;
     async fn load(&self) -> Result<Snapshot, StoreError>;
     async fn apply(&self, write: StoreWrite) -> Result<(), StoreError>;
+    /// One stored attachment chunk (not part of the snapshot: attachments can be large).
+    async fn read_chunk(
+        &self,
+        attachment: AttachmentId,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The chunk list of an attachment this node sends.
+    async fn read_chunk_list(
+        &self,
+        attachment: AttachmentId,
+    ) -> Result<Option<Vec<Hash>>, StoreError>;
 }
 
 /// An in-memory store: the reference implementation of the contract.
@@ -186,6 +210,8 @@ struct MemoryInner {
     keys: BTreeMap<Address, KnownKeys>,
     held: BTreeMap<(MessageId, Address), HeldMail>,
     downloads: BTreeMap<AttachmentId, DownloadRecord>,
+    chunks: BTreeMap<(AttachmentId, u32), Vec<u8>>,
+    chunk_lists: BTreeMap<AttachmentId, Vec<Hash>>,
 }
 
 impl MemoryStore {
@@ -220,7 +246,41 @@ impl MemoryStore {
             StoreWrite::PutDownload(d) => {
                 s.downloads.insert(d.attachment.id, d);
             }
+            StoreWrite::PutChunk {
+                attachment,
+                index,
+                data,
+            } => {
+                s.chunks.insert((attachment, index), data);
+            }
+            StoreWrite::PutChunkList { attachment, hashes } => {
+                s.chunk_lists.insert(attachment, hashes);
+            }
         }
+    }
+    /// A stored chunk, synchronously.
+    pub fn chunk(&self, attachment: AttachmentId, index: u32) -> Option<Vec<u8>> {
+        self.inner
+            .borrow()
+            .chunks
+            .get(&(attachment, index))
+            .cloned()
+    }
+    /// A stored chunk list, synchronously.
+    pub fn chunk_list(&self, attachment: AttachmentId) -> Option<Vec<Hash>> {
+        self.inner.borrow().chunk_lists.get(&attachment).cloned()
+    }
+    /// Number of chunks stored for `attachment`.
+    pub fn chunk_count(&self, attachment: AttachmentId) -> usize {
+        self.inner
+            .borrow()
+            .chunks
+            .range((attachment, 0)..=(attachment, u32::MAX))
+            .count()
+    }
+    /// Loses one stored chunk (tests: storage that went missing).
+    pub fn lose_chunk(&self, attachment: AttachmentId, index: u32) {
+        self.inner.borrow_mut().chunks.remove(&(attachment, index));
     }
     /// The snapshot, synchronously.
     pub fn snapshot(&self) -> Snapshot {
@@ -258,6 +318,19 @@ impl MailStore for MemoryStore {
     async fn apply(&self, write: StoreWrite) -> Result<(), StoreError> {
         self.apply_now(write);
         Ok(())
+    }
+    async fn read_chunk(
+        &self,
+        attachment: AttachmentId,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.chunk(attachment, index))
+    }
+    async fn read_chunk_list(
+        &self,
+        attachment: AttachmentId,
+    ) -> Result<Option<Vec<Hash>>, StoreError> {
+        Ok(self.chunk_list(attachment))
     }
 }
 
@@ -495,6 +568,36 @@ pub mod conformance {
         got.sort_by_key(|d| d.attachment.id);
         assert_eq!(got, vec![failed, b]);
     }
+
+    pub async fn chunks_and_chunk_lists_round_trip(store: impl MailStore) {
+        let (a, b) = (AttachmentId([1; 16]), AttachmentId([2; 16]));
+        for (att, index, len) in [(a, 0u32, 61_456usize), (a, 1, 17), (b, 0, 5), (a, 1, 18)] {
+            store
+                .apply(StoreWrite::PutChunk {
+                    attachment: att,
+                    index,
+                    data: vec![index as u8 + att.0[0]; len],
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.read_chunk(a, 0).await.unwrap(), Some(vec![1; 61_456]));
+        assert_eq!(store.read_chunk(a, 1).await.unwrap(), Some(vec![2; 18]));
+        assert_eq!(store.read_chunk(b, 0).await.unwrap(), Some(vec![2; 5]));
+        assert_eq!(store.read_chunk(b, 1).await.unwrap(), None);
+        assert_eq!(store.read_chunk_list(a).await.unwrap(), None);
+        let hashes = vec![[7u8; 32], [8; 32], [9; 32]];
+        store
+            .apply(StoreWrite::PutChunkList {
+                attachment: a,
+                hashes: hashes.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.read_chunk_list(a).await.unwrap(), Some(hashes));
+        // Chunks are not part of the snapshot.
+        assert_eq!(store.load().await.unwrap(), Snapshot::default());
+    }
 }
 
 /// Generates one test per conformance check.
@@ -535,6 +638,10 @@ macro_rules! store_conformance_tests {
         #[$attr]
         async fn conformance_downloads_upsert_by_attachment() {
             $crate::store::conformance::downloads_upsert_by_attachment($make.await).await
+        }
+        #[$attr]
+        async fn conformance_chunks_and_chunk_lists_round_trip() {
+            $crate::store::conformance::chunks_and_chunk_lists_round_trip($make.await).await
         }
     };
 }

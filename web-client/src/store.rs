@@ -21,6 +21,7 @@
 use indexed_db_futures::database::{Database, VersionChangeEvent};
 use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::TransactionMode;
+use peermail_core::attach::{AttachmentId, Hash};
 use peermail_core::identity::Identity;
 use peermail_core::store::{
     DownloadRecord, HeldMail, InboxRecord, KnownKeys, MailStore, OutgoingMail, Snapshot,
@@ -29,6 +30,8 @@ use peermail_core::store::{
 use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
 
 /// Current schema version (see [`upgrade`]).
 pub const SCHEMA_VERSION: u32 = 4;
@@ -209,7 +212,120 @@ impl MailStore for IdbStore {
                 self.put(DOWNLOADS, &d.attachment.id.to_hex(), to_json(&d)?)
                     .await
             }
+            StoreWrite::PutChunk {
+                attachment,
+                index,
+                data,
+            } => self.put_chunks(&[(attachment, index, &data)]).await,
+            StoreWrite::PutChunkList { attachment, hashes } => {
+                let bytes: Vec<u8> = hashes.concat();
+                let value = js_sys::Uint8Array::from(&bytes[..]);
+                self.put_js(CHUNK_LISTS, &attachment.to_hex(), value.into())
+                    .await
+            }
         }
+    }
+
+    async fn read_chunk(
+        &self,
+        attachment: AttachmentId,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(v) = self.get_js(CHUNKS, &chunk_key(attachment, index)).await? else {
+            return Ok(None);
+        };
+        let blob: web_sys::Blob = v.dyn_into().map_err(|_| err("a chunk is not a Blob"))?;
+        let buf = JsFuture::from(blob.array_buffer()).await.map_err(js_err)?;
+        Ok(Some(js_sys::Uint8Array::new(&buf).to_vec()))
+    }
+
+    async fn read_chunk_list(
+        &self,
+        attachment: AttachmentId,
+    ) -> Result<Option<Vec<Hash>>, StoreError> {
+        let Some(v) = self.get_js(CHUNK_LISTS, &attachment.to_hex()).await? else {
+            return Ok(None);
+        };
+        let bytes = v
+            .dyn_into::<js_sys::Uint8Array>()
+            .map_err(|_| err("a chunk list is not bytes"))?
+            .to_vec();
+        if bytes.len() % 32 != 0 {
+            return Err(err("a chunk list is not whole hashes"));
+        }
+        Ok(Some(
+            bytes
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect(),
+        ))
+    }
+}
+
+/// Key of an encrypted chunk: the attachment id and the index, zero-padded so keys sort in
+/// chunk order.
+pub fn chunk_key(attachment: AttachmentId, index: u32) -> String {
+    format!("{}/{index:010}", attachment.to_hex())
+}
+
+fn js_err(e: JsValue) -> StoreError {
+    err(format!("{e:?}"))
+}
+
+impl IdbStore {
+    /// Stores encrypted chunks, each as a Blob, in ONE transaction (committed before this
+    /// returns): the driver batches the chunk writes that queue up while one commits.
+    pub async fn put_chunks(
+        &self,
+        chunks: &[(AttachmentId, u32, &[u8])],
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .db
+            .transaction(CHUNKS)
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(err)?;
+        let os = tx.object_store(CHUNKS).map_err(err)?;
+        for (att, index, data) in chunks {
+            let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(*data));
+            let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).map_err(js_err)?;
+            os.put(JsValue::from(blob))
+                .with_key(chunk_key(*att, *index))
+                .primitive()
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn put_js(&self, store: &str, key: &str, value: JsValue) -> Result<(), StoreError> {
+        let tx = self
+            .db
+            .transaction(store)
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(err)?;
+        let os = tx.object_store(store).map_err(err)?;
+        os.put(value)
+            .with_key(key.to_string())
+            .primitive()
+            .map_err(err)?
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn get_js(&self, store: &str, key: &str) -> Result<Option<JsValue>, StoreError> {
+        let tx = self.db.transaction(store).build().map_err(err)?;
+        let os = tx.object_store(store).map_err(err)?;
+        let v: Option<JsValue> = os
+            .get(key.to_string())
+            .primitive()
+            .map_err(err)?
+            .await
+            .map_err(err)?;
+        Ok(v.filter(|v| !v.is_undefined() && !v.is_null()))
     }
 }
 

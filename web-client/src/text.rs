@@ -120,3 +120,27 @@ pub fn summary(o: &OutgoingMail) -> String {
         format!("waiting for {} recipients", waiting.len())
     }
 }
+
+/// A size in bytes as people read it: `0 bytes`, `1 byte`, `900 bytes`, `1.5 KB`, `12 KB`,
+/// `3.2 MB`, `16 GB` (units of 1024, one decimal below 10 of a unit).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if bytes == 1 {
+        return "1 byte".into();
+    }
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Round first, so 1023.99 KB reads as 1.0 MB rather than 1024 KB.
+    while unit + 1 < UNITS.len() && value >= 1023.95 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 9.95 {
+        format!("{value:.1} {}", UNITS[unit])
+    } else {
+        format!("{value:.0} {}", UNITS[unit])
+    }
+}

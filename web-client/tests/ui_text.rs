@@ -5,7 +5,7 @@ use peermail_core::mail::{Mail, MessageId, Priority};
 use peermail_core::store::{DeliveryState, OutgoingMail, RecipientStatus};
 use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::Address;
-use peermail_web_client::text::{presence_str, recipient_line, summary};
+use peermail_web_client::text::{human_size, presence_str, recipient_line, summary};
 use peermail_web_client::util::hms;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
@@ -105,6 +105,7 @@ fn outgoing(states: &[DeliveryState]) -> OutgoingMail {
             in_reply_to: None,
             references: vec![],
             priority: Priority::Normal,
+            attachments: vec![],
         },
         recipients,
     }
@@ -147,4 +148,28 @@ fn presence_dots() {
     assert_eq!(presence_str(Some(PresenceStatus::Offline)), "offline");
     assert_eq!(presence_str(Some(PresenceStatus::Unknown)), "unknown");
     assert_eq!(presence_str(None), "offline");
+}
+
+#[wasm_bindgen_test]
+fn human_sizes() {
+    let cases: [(u64, &str); 14] = [
+        (0, "0 bytes"),
+        (1, "1 byte"),
+        (2, "2 bytes"),
+        (1023, "1023 bytes"),
+        (1024, "1.0 KB"),
+        (1536, "1.5 KB"),
+        (10 * 1024 - 1, "10 KB"),
+        (12 * 1024, "12 KB"),
+        (1024 * 1024 - 1, "1.0 MB"),
+        (3 * 1024 * 1024 + 300 * 1024, "3.3 MB"),
+        (8 << 20, "8.0 MB"),
+        (50 << 20, "50 MB"),
+        (16 << 30, "16 GB"),
+        (3 << 40, "3.0 TB"),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(human_size(bytes), want, "{bytes} bytes");
+    }
+    assert_eq!(human_size(u64::MAX), "16777216 TB");
 }

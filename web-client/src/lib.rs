@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`store`]: [`IdbStore`](store::IdbStore), the `MailStore` contract on IndexedDB.
+//! - [`chunks`]: the attachment chunk store (Blobs in the same database) and sealing a file into it.
 //! - [`signaling`]: the self-reconnecting WebSocket to the relay's `/ws`.
 //! - [`rtc`]: RTCPeerConnection / RTCDataChannel negotiation and traffic.
 //! - [`runtime`]: sign-up, the node pump (one ordered output queue, one executing task),
@@ -16,6 +17,7 @@
 //! - [`util`]: clock, CSPRNG, date formatting.
 
 pub mod app;
+pub mod chunks;
 pub mod rtc;
 pub mod runtime;
 pub mod signaling;

@@ -58,11 +58,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+mod transfer;
+pub use transfer::{DownloadView, FileCheckFailure, ServeRequest, PERSIST_EVERY, WINDOW};
+
 use base64::Engine as _;
 use chacha20::ChaCha20Rng;
 use hpke::rand_core::{Rng as _, SeedableRng};
 
 use crate::address::Address;
+use crate::attach::AttachmentId;
 use crate::identity::{auth_message, EncryptionKey, Identity, PublicKey};
 use crate::mail::{Draft, Mail, MessageId, Millis};
 use crate::seal;
@@ -132,6 +136,11 @@ pub enum Input {
     },
     /// Time passed; feed it at `poll_timeout()`.
     Tick,
+    /// Result of an `Output::CheckFile`.
+    FileChecked {
+        attachment: AttachmentId,
+        result: Result<(), FileCheckFailure>,
+    },
 }
 
 /// What the person asks for.
@@ -143,6 +152,10 @@ pub enum Command {
         random: [u8; 16],
     },
     MarkRead(MessageId),
+    /// Stop fetching a received attachment (the chunks held are kept).
+    CancelDownload(AttachmentId),
+    /// Fetch a cancelled or failed attachment again.
+    RetryDownload(AttachmentId),
     AddContact(Address),
     RemoveContact(Address),
 }
@@ -161,6 +174,22 @@ pub enum Output {
         op: OpId,
         write: StoreWrite,
     },
+    /// Send `peer` (a recipient of the mail) what it asked of `attachment`, read from the
+    /// store, pacing on the data channel's buffer. Chunks or a list the store does not have
+    /// are answered with `PeerFrame::TransferRefused`.
+    Serve {
+        peer: Address,
+        attachment: AttachmentId,
+        request: ServeRequest,
+    },
+    /// Drop what is queued for `peer` (of one attachment, or all).
+    StopServing {
+        peer: Address,
+        attachment: Option<AttachmentId>,
+    },
+    /// Every chunk of this received attachment is stored: decrypt them in order with
+    /// [`crate::attach::FileCheck`] and report `Input::FileChecked`.
+    CheckFile(AttachmentId),
     Event(Event),
 }
 
@@ -201,6 +230,8 @@ pub enum Event {
     KeyChanged {
         address: Address,
     },
+    /// A received attachment's transfer moved on (progress, state).
+    DownloadChanged(AttachmentId),
     /// A cached mail claiming to be from `from` failed verification (signature, decryption
     /// or consistency): it was neither stored nor released; `reason` is for people.
     Rejected {
@@ -308,6 +339,8 @@ pub struct Node {
     held_fetch: BTreeMap<MessageId, HeldFetch>,
     /// Holders to tell (`HeldAck`) that this account stored its copy: id → holder.
     held_acks_due: BTreeMap<MessageId, Address>,
+    /// Attachments of received mail, being fetched or done.
+    downloads: BTreeMap<AttachmentId, transfer::Incoming>,
 }
 
 impl Node {
@@ -377,6 +410,11 @@ impl Node {
             hold_attempts: HashMap::new(),
             held_fetch: BTreeMap::new(),
             held_acks_due: BTreeMap::new(),
+            downloads: snapshot
+                .downloads
+                .into_iter()
+                .map(|d| (d.attachment.id, transfer::Incoming::new(d)))
+                .collect(),
         }
     }
 
@@ -479,6 +517,9 @@ impl Node {
                 consider((at + self.config.ack_timeout).max(self.now));
             }
         }
+        if let Some(d) = self.downloads_timeout() {
+            consider(d);
+        }
         for (addr, link) in &self.links {
             if let Some(s) = link.connecting_since {
                 consider(s + self.config.connect_timeout);
@@ -506,6 +547,7 @@ impl Node {
                 link.connecting_since = None;
                 self.flush(&peer);
                 self.pull_held(&peer);
+                self.pump_downloads(&peer);
             }
             Input::PeerDisconnected(peer) => {
                 let link = self.links.entry(peer.clone()).or_default();
@@ -524,10 +566,12 @@ impl Node {
                         f.requested_at = None;
                     }
                 }
+                self.downloads_peer_gone(&peer);
             }
             Input::Frame { peer, bytes } => self.handle_frame(peer, &bytes),
             Input::Stored { op, result } => self.handle_stored(op, result),
             Input::Tick => self.handle_tick(),
+            Input::FileChecked { attachment, result } => self.file_checked(attachment, result),
         }
     }
 
@@ -582,6 +626,8 @@ impl Node {
     fn handle_command(&mut self, c: Command) {
         match c {
             Command::Send { draft, random } => self.send(draft, random),
+            Command::CancelDownload(id) => self.cancel_download(id),
+            Command::RetryDownload(id) => self.retry_download(id),
             Command::MarkRead(id) => {
                 if let Some(r) = self.inbox.get_mut(&id) {
                     if !r.read {
@@ -609,6 +655,15 @@ impl Node {
     }
 
     fn send(&mut self, draft: Draft, random: [u8; 16]) {
+        if let Some((a, e)) = draft
+            .attachments
+            .iter()
+            .find_map(|a| a.validate().err().map(|e| (a, e)))
+        {
+            return self.event(Event::SendRejected {
+                reason: format!("attachment “{}”: {e}", a.name),
+            });
+        }
         let me = self.identity.address.clone();
         let mail = Mail {
             message_id: MessageId::new(random, me.host()),
@@ -700,6 +755,12 @@ impl Node {
         }
         s.extend(self.held_fetch.values().map(|f| f.holder.clone()));
         s.extend(self.held_acks_due.values().cloned());
+        s.extend(
+            self.downloads
+                .values()
+                .filter(|d| d.record.state == crate::store::DownloadState::Fetching)
+                .map(|d| d.record.from.clone()),
+        );
         s.remove(&self.identity.address);
         s
     }
@@ -751,6 +812,7 @@ impl Node {
                 self.apply_presence_to(&address);
                 self.try_deliver(&address);
                 self.pull_held(&address);
+                self.pump_downloads(&address);
             }
             ServerFrame::Error {
                 code,
@@ -1378,6 +1440,7 @@ impl Node {
         self.has_pending_for(peer)
             || self.held_fetch.values().any(|f| &f.holder == peer)
             || self.held_acks_due.values().any(|h| h == peer)
+            || self.has_downloads_from(peer)
     }
 
     /// Hands sealed copies for the offline `to` to another recipient of the same mail,
@@ -1672,6 +1735,7 @@ impl Node {
         for p in peers {
             self.try_deliver(&p);
         }
+        self.downloads_tick();
     }
 
     fn handle_frame(&mut self, peer: Address, bytes: &[u8]) {
@@ -1798,13 +1862,6 @@ impl Node {
         }
     }
 
-    fn handle_transfer_frame(&mut self, peer: Address, _frame: PeerFrame) {
-        self.event(Event::PeerProtocolError {
-            peer,
-            reason: "attachment transfers are not handled yet".into(),
-        });
-    }
-
     fn reject(&mut self, peer: Address, message_id: MessageId, reason: String) {
         self.event(Event::PeerProtocolError {
             peer: peer.clone(),
@@ -1890,6 +1947,9 @@ impl Node {
                 }
                 if let Some(h) = p.held_ack {
                     self.held_ack(h, id.clone());
+                }
+                if let Some(mail) = self.inbox.get(&id).map(|r| r.mail.clone()) {
+                    self.start_downloads(&mail);
                 }
                 self.event(Event::Received(id));
                 self.event(Event::InboxChanged);

@@ -143,7 +143,7 @@ pub enum StoreWrite {
         to: Address,
     },
     /// Upsert by attachment id.
-    PutDownload(DownloadRecord),
+    PutDownload(Box<DownloadRecord>),
     /// One encrypted attachment chunk (upsert by attachment and index), already checked
     /// against its chunk list. A driver may commit several consecutive chunk writes in one
     /// transaction, answering each after the commit.
@@ -244,7 +244,7 @@ impl MemoryStore {
                 s.held.remove(&(message_id, to));
             }
             StoreWrite::PutDownload(d) => {
-                s.downloads.insert(d.attachment.id, d);
+                s.downloads.insert(d.attachment.id, *d);
             }
             StoreWrite::PutChunk {
                 attachment,
@@ -546,11 +546,11 @@ pub mod conformance {
         };
         let (a, b) = (record(1), record(2));
         store
-            .apply(StoreWrite::PutDownload(a.clone()))
+            .apply(StoreWrite::PutDownload(Box::new(a.clone())))
             .await
             .unwrap();
         store
-            .apply(StoreWrite::PutDownload(b.clone()))
+            .apply(StoreWrite::PutDownload(Box::new(b.clone())))
             .await
             .unwrap();
         let failed = DownloadRecord {
@@ -561,7 +561,7 @@ pub mod conformance {
             ..a.clone()
         };
         store
-            .apply(StoreWrite::PutDownload(failed.clone()))
+            .apply(StoreWrite::PutDownload(Box::new(failed.clone())))
             .await
             .unwrap();
         let mut got = store.load().await.unwrap().downloads;

@@ -8,9 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use peermail_core::attach::{
+    hash_page, AttachError, AttachmentId, AttachmentRef, FileCheck, FileSealer,
+};
 use peermail_core::identity::{auth_message, Identity};
-use peermail_core::node::{Command, Config, Event, Input, Node, Output};
-use peermail_core::store::{MemoryStore, OutgoingMail};
+use peermail_core::node::{
+    Command, Config, Event, FileCheckFailure, Input, Node, Output, ServeRequest,
+};
+use peermail_core::store::{DownloadRecord, MemoryStore, OutgoingMail, StoreWrite};
 use peermail_core::wire::peer::PeerFrame;
 use peermail_core::wire::signal::{
     ClientFrame, ErrorAbout, ErrorCode, MailLocation, PresenceStatus, ReceiptOutcome, ServerFrame,
@@ -40,6 +45,8 @@ pub struct User {
 
 /// Decides whether a peer frame in flight is lost.
 pub type DropRule = Box<dyn FnMut(&Address, &Address, &PeerFrame) -> bool>;
+/// May alter a peer frame in flight; returns whether it did.
+pub type MangleRule = Box<dyn FnMut(&Address, &Address, &mut PeerFrame) -> bool>;
 
 /// How the relay cache behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +98,13 @@ pub struct World {
     queue: VecDeque<(Address, Input)>,
     pub drop_rule: Option<DropRule>,
     pub dropped: u32,
+    pub mangle_rule: Option<MangleRule>,
+    /// Peer frames delivered, except chunks and mails: (from, to, frame).
+    pub frame_log: Vec<(Address, Address, PeerFrame)>,
     /// The whole relay is unreachable (see [`World::relay_outage`]).
     pub relay_down: bool,
+    /// Chunk frames sent by serving nodes (for assertions about resuming).
+    pub chunks_served: u32,
     seed: u8,
     pub config: Config,
 }
@@ -113,7 +125,10 @@ impl World {
             queue: VecDeque::new(),
             drop_rule: None,
             dropped: 0,
+            mangle_rule: None,
+            frame_log: Vec::new(),
             relay_down: false,
+            chunks_served: 0,
             seed: 0,
             config: Config::default(),
         }
@@ -306,25 +321,18 @@ impl World {
                         .push_back((from.clone(), Input::PeerDisconnected(peer)));
                 }
             }
-            Output::ToPeer { peer, bytes } => {
-                let linked = self.users[from].links.contains(&peer);
-                if !linked {
-                    return;
-                }
-                let frame = PeerFrame::decode(&bytes).expect("nodes send valid frames");
-                if let Some(rule) = self.drop_rule.as_mut() {
-                    if rule(from, &peer, &frame) {
-                        self.dropped += 1;
-                        return;
-                    }
-                }
-                self.queue.push_back((
-                    peer,
-                    Input::Frame {
-                        peer: from.clone(),
-                        bytes,
-                    },
-                ));
+            Output::ToPeer { peer, bytes } => self.send_frame(from, peer, bytes),
+            Output::Serve {
+                peer,
+                attachment,
+                request,
+            } => self.serve(from, peer, attachment, request),
+            // Serving is instant here: nothing stays queued.
+            Output::StopServing { .. } => {}
+            Output::CheckFile(attachment) => {
+                let result = self.check_file(from, attachment);
+                self.queue
+                    .push_back((from.clone(), Input::FileChecked { attachment, result }));
             }
             Output::Store { op, write } => {
                 let u = self.users.get_mut(from).unwrap();
@@ -340,6 +348,222 @@ impl World {
                 u.events.push(e);
             }
         }
+    }
+
+    /// A driver's serving: reads the sender's store and sends frames over the link.
+    fn serve(
+        &mut self,
+        from: &Address,
+        peer: Address,
+        attachment: AttachmentId,
+        request: ServeRequest,
+    ) {
+        let store = &self.users[from].store;
+        let mut frames = Vec::new();
+        match (request, store.chunk_list(attachment)) {
+            (_, None) => frames.push(PeerFrame::TransferRefused {
+                attachment,
+                reason: "not stored here".into(),
+            }),
+            (ServeRequest::ChunkList { start }, Some(list)) => frames.push(PeerFrame::ChunkList {
+                attachment,
+                start,
+                hashes: hash_page(&list, start).to_vec(),
+            }),
+            (ServeRequest::Chunks { ranges }, Some(_)) => {
+                for (s, e) in ranges {
+                    for index in s..e {
+                        frames.push(match store.chunk(attachment, index) {
+                            Some(data) => PeerFrame::Chunk {
+                                attachment,
+                                index,
+                                data,
+                            },
+                            None => PeerFrame::TransferRefused {
+                                attachment,
+                                reason: format!("chunk {index} is not stored here"),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        for f in frames {
+            if matches!(f, PeerFrame::Chunk { .. }) {
+                self.chunks_served += 1;
+            }
+            self.send_frame(from, peer.clone(), f.encode().unwrap());
+        }
+    }
+
+    /// A driver's whole-file check over the stored chunks.
+    fn check_file(&self, who: &Address, id: AttachmentId) -> Result<(), FileCheckFailure> {
+        let store = &self.users[who].store;
+        let d = store
+            .snapshot()
+            .downloads
+            .into_iter()
+            .find(|d| d.attachment.id == id)
+            .expect("a download record for the checked file");
+        let mut check = FileCheck::new(&d.attachment);
+        for i in 0..d.attachment.chunk_count() {
+            let data = store
+                .chunk(id, i)
+                .ok_or(FileCheckFailure::ChunkMissing(i))?;
+            check.push(i, &data).map_err(FileCheckFailure::Invalid)?;
+        }
+        check.finish().map_err(FileCheckFailure::Invalid)
+    }
+
+    /// Seals `bytes` as an attachment into `who`'s store (as the web client does when a
+    /// file is added to a mail) and returns its description.
+    pub fn attach_file(
+        &mut self,
+        who: &Address,
+        name: &str,
+        bytes: &[u8],
+        seed: u8,
+    ) -> AttachmentRef {
+        let mut s = FileSealer::new(
+            AttachmentId([seed; 16]),
+            [seed.wrapping_add(1); 32],
+            name,
+            "application/octet-stream",
+            bytes.len() as u64,
+        )
+        .unwrap();
+        let store = &self.users[who].store;
+        while let Some(r) = s.next_range() {
+            let c = s.push(&bytes[r.start as usize..r.end as usize]).unwrap();
+            store.apply_now(StoreWrite::PutChunk {
+                attachment: AttachmentId([seed; 16]),
+                index: c.index,
+                data: c.data,
+            });
+        }
+        let (att, hashes) = s.finish(false).unwrap();
+        store.apply_now(StoreWrite::PutChunkList {
+            attachment: att.id,
+            hashes,
+        });
+        att
+    }
+
+    /// Sends a mail with attachments.
+    pub fn send_with(
+        &mut self,
+        from: &Address,
+        to: &[&Address],
+        subject: &str,
+        attachments: Vec<AttachmentRef>,
+    ) -> MessageId {
+        self.seed = self.seed.wrapping_add(1);
+        let mut random = [self.seed; 16];
+        random[0] = from.local().len() as u8;
+        let draft = Draft {
+            to: to.iter().map(|a| (*a).clone()).collect(),
+            subject: subject.into(),
+            body: format!("body of {subject}"),
+            attachments,
+            ..Draft::default()
+        };
+        self.queue.push_back((
+            from.clone(),
+            Input::Command(Command::Send { draft, random }),
+        ));
+        self.settle();
+        self.users[from]
+            .store
+            .snapshot()
+            .outgoing
+            .iter()
+            .find(|o| o.mail.subject == subject)
+            .map(|o| o.mail.message_id.clone())
+            .expect("the sent mail is in the sender's store")
+    }
+
+    /// A command from the person at `who`'s page.
+    pub fn command(&mut self, who: &Address, c: Command) {
+        self.queue.push_back((who.clone(), Input::Command(c)));
+        self.settle();
+    }
+
+    /// `who`'s persisted record of a received attachment.
+    pub fn download(&self, who: &Address, id: AttachmentId) -> Option<DownloadRecord> {
+        self.users[who]
+            .store
+            .snapshot()
+            .downloads
+            .into_iter()
+            .find(|d| d.attachment.id == id)
+    }
+
+    /// The file `who` holds for a received attachment, decrypted and checked; an error if
+    /// a chunk is missing or it does not verify.
+    pub fn received_file(
+        &self,
+        who: &Address,
+        att: &AttachmentRef,
+    ) -> Result<Vec<u8>, AttachError> {
+        let store = &self.users[who].store;
+        let mut check = FileCheck::new(att);
+        let mut out = Vec::new();
+        for i in 0..att.chunk_count() {
+            let data = store
+                .chunk(att.id, i)
+                .ok_or(AttachError::Incomplete { missing: 1 })?;
+            out.extend(check.push(i, &data)?);
+        }
+        check.finish()?;
+        Ok(out)
+    }
+
+    /// A peer frame over the data channel between `from` and `peer`, if one is open: may
+    /// be lost (`drop_rule`) or altered (`mangle_rule`) on the way.
+    fn send_frame(&mut self, from: &Address, peer: Address, bytes: Vec<u8>) {
+        if !self.users[from].links.contains(&peer) {
+            return;
+        }
+        let mut frame = PeerFrame::decode(&bytes).expect("nodes send valid frames");
+        if let Some(rule) = self.drop_rule.as_mut() {
+            if rule(from, &peer, &frame) {
+                self.dropped += 1;
+                return;
+            }
+        }
+        let mut bytes = bytes;
+        if let Some(rule) = self.mangle_rule.as_mut() {
+            if rule(from, &peer, &mut frame) {
+                bytes = frame.encode().unwrap();
+            }
+        }
+        if !matches!(frame, PeerFrame::Chunk { .. } | PeerFrame::Mail(_)) {
+            self.frame_log.push((from.clone(), peer.clone(), frame));
+        }
+        self.queue.push_back((
+            peer,
+            Input::Frame {
+                peer: from.clone(),
+                bytes,
+            },
+        ));
+    }
+
+    /// Opens a data channel between two online users, as their drivers would.
+    pub fn connect(&mut self, a: &Address, b: &Address) {
+        self.users.get_mut(a).unwrap().links.insert(b.clone());
+        self.users.get_mut(b).unwrap().links.insert(a.clone());
+        self.queue
+            .push_back((a.clone(), Input::PeerConnected(b.clone())));
+        self.queue
+            .push_back((b.clone(), Input::PeerConnected(a.clone())));
+        self.settle();
+    }
+
+    /// `from` sends `frame` to `to` over their open data channel (a node misbehaving).
+    pub fn inject(&mut self, from: &Address, to: &Address, frame: PeerFrame) {
+        self.send_frame(from, to.clone(), frame.encode().unwrap());
+        self.settle();
     }
 
     /// The relay model: checks auth signatures for real, answers subscriptions.

@@ -1,6 +1,7 @@
 //! The Yew UI. Element ids, classes and `data-*` attributes follow `docs/ui-contract.md`
 //! exactly: the end-to-end tests select on them.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use peermail_core::address::parse_address_list;
@@ -9,6 +10,7 @@ use peermail_core::{Address, Draft, MessageId, Node};
 use web_sys::{HtmlInputElement, HtmlTextAreaElement};
 use yew::prelude::*;
 
+use crate::compose_files::{seal_all, use_file_drop, ComposeFiles, PickedFiles};
 use crate::runtime::{ConnStatus, Phase, Runtime};
 use crate::state::{Action, Folder, Prefill, State};
 use crate::text::{join, presence_str, recipient_line, subject_or_placeholder, summary};
@@ -469,6 +471,32 @@ pub struct ComposeProps {
     pub dispatcher: DispatcherHandle,
 }
 
+/// Hands a finished draft to the node and closes the form, or shows why it was refused.
+fn send_draft(rt: &Rc<Runtime>, dispatch: &UseReducerDispatcher<State>, draft: Draft) -> bool {
+    match rt.send(draft) {
+        Ok(id) => {
+            let pending = rt
+                .with_node(|n| {
+                    n.outgoing()
+                        .iter()
+                        .any(|o| o.mail.message_id == id && o.is_pending())
+                })
+                .unwrap_or(true);
+            let folder = if pending {
+                Folder::Outbox
+            } else {
+                Folder::Sent
+            };
+            dispatch.dispatch(Action::Sent { folder, id });
+            true
+        }
+        Err(e) => {
+            dispatch.dispatch(Action::ComposeFailed(e));
+            false
+        }
+    }
+}
+
 /// The Compose form.
 #[function_component(ComposeForm)]
 fn compose_form(props: &ComposeProps) -> Html {
@@ -476,6 +504,16 @@ fn compose_form(props: &ComposeProps) -> Html {
     let cc_ref = use_node_ref();
     let subject_ref = use_node_ref();
     let body_ref = use_node_ref();
+    let files = use_reducer(PickedFiles::default);
+    let drop = use_file_drop(files.dispatcher());
+    // Percent of the attachments encrypted, while sealing them for a Send.
+    let sealing = use_state(|| None::<u8>);
+    // Cleared when the form closes: a sealing in progress then stops and sends nothing.
+    let open = use_memo((), |_| Rc::new(Cell::new(true)));
+    {
+        let open = (*open).clone();
+        use_effect_with((), move |_| move || open.set(false));
+    }
     let onsubmit = {
         let rt = props.rt.0.clone();
         let dispatch = props.dispatcher.0.clone();
@@ -486,8 +524,14 @@ fn compose_form(props: &ComposeProps) -> Html {
             subject_ref.clone(),
             body_ref.clone(),
         );
+        let files = files.clone();
+        let sealing = sealing.clone();
+        let open = (*open).clone();
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
+            if sealing.is_some() {
+                return;
+            }
             let value = |r: &NodeRef| {
                 r.cast::<HtmlInputElement>()
                     .map(|i| i.value())
@@ -517,25 +561,52 @@ fn compose_form(props: &ComposeProps) -> Html {
                     ..Draft::default()
                 })
             })();
-            let result = draft.and_then(|d| rt.send(d));
-            match result {
-                Ok(id) => {
-                    let pending = rt
-                        .with_node(|n| {
-                            n.outgoing()
-                                .iter()
-                                .any(|o| o.mail.message_id == id && o.is_pending())
-                        })
-                        .unwrap_or(true);
-                    let folder = if pending {
-                        Folder::Outbox
-                    } else {
-                        Folder::Sent
-                    };
-                    dispatch.dispatch(Action::Sent { folder, id });
-                }
-                Err(e) => dispatch.dispatch(Action::ComposeFailed(e)),
+            let mut draft = match draft {
+                Ok(d) => d,
+                Err(e) => return dispatch.dispatch(Action::ComposeFailed(e)),
+            };
+            let handles = files.handles();
+            if handles.is_empty() {
+                send_draft(&rt, &dispatch, draft);
+                return;
             }
+            // Seal the files into the chunk store first, then send as without files.
+            sealing.set(Some(0));
+            let (rt, dispatch, sealing, open) =
+                (rt.clone(), dispatch.clone(), sealing.clone(), open.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let progress = {
+                    let (sealing, open) = (sealing.clone(), open.clone());
+                    let mut shown = 0;
+                    move |done: u64, total: u64| {
+                        let pct = (done * 100).checked_div(total).unwrap_or(100) as u8;
+                        if pct != shown && open.get() {
+                            shown = pct;
+                            sealing.set(Some(pct));
+                        }
+                        open.get()
+                    }
+                };
+                match seal_all(&handles, progress).await {
+                    Ok(sealed) if open.get() => {
+                        draft.attachments = sealed.refs.clone();
+                        if send_draft(&rt, &dispatch, draft) {
+                            sealed.into_refs();
+                        } else {
+                            sealing.set(None);
+                            sealed.discard().await;
+                        }
+                    }
+                    // The form was closed meanwhile: nothing is sent.
+                    Ok(sealed) => sealed.discard().await,
+                    Err(e) => {
+                        if open.get() {
+                            sealing.set(None);
+                            dispatch.dispatch(Action::ComposeFailed(e));
+                        }
+                    }
+                }
+            });
         })
     };
     let cancel = {
@@ -548,9 +619,11 @@ fn compose_form(props: &ComposeProps) -> Html {
     } else {
         "New message"
     };
+    let busy = sealing.is_some();
     html! {
         <section class="reading-pane compose-pane">
-            <form class="compose" {onsubmit}>
+            <form class={classes!("compose", drop.dragging.then_some("dragging"))} {onsubmit}
+                ondragover={drop.ondragover} ondragleave={drop.ondragleave} ondrop={drop.ondrop}>
                 <h1>{ title }</h1>
                 <label class="row"><span class="label">{ "To" }</span>
                     <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" value={p.to.clone()} /></label>
@@ -559,9 +632,15 @@ fn compose_form(props: &ComposeProps) -> Html {
                 <label class="row"><span class="label">{ "Subject" }</span>
                     <input id="compose-subject" ref={subject_ref} type="text" value={p.subject.clone()} /></label>
                 <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…" value={p.body.clone()}></textarea>
+                <ComposeFiles files={files.clone()} disabled={busy} />
                 <div id="compose-error" class="error">{ props.error.clone().unwrap_or_default() }</div>
                 <div class="actions">
-                    <button id="compose-send" class="primary" type="submit">{ "Send" }</button>
+                    <button id="compose-send" class="primary" type="submit" disabled={busy}>
+                        { if busy { "Encrypting attachments…" } else { "Send" } }
+                    </button>
+                    { for (*sealing).map(|pct| html! {
+                        <progress id="compose-progress" max="100" value={pct.to_string()}>{ format!("{pct}%") }</progress>
+                    }) }
                     <button id="compose-cancel" type="button" onclick={cancel}>{ "Cancel" }</button>
                 </div>
             </form>

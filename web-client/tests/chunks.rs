@@ -1,5 +1,6 @@
 //! The attachment chunk store (`chunks.rs`) on IndexedDB in a real headless Chromium: Blob
 //! round trips, and sealing a `File` into chunks that the receiving side's checks accept.
+//! Also Compose's attachment list (`compose_files.rs`): picking, dropping, removing.
 //! Run like `idb_store.rs`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -179,4 +180,133 @@ async fn a_cancelled_seal_leaves_nothing_stored() {
         assert!(!has_chunk(&db, id, i).await.unwrap(), "chunk {i} deleted");
     }
     assert_eq!(get_chunk_list(&db, id).await.unwrap(), None);
+}
+
+// ---- Compose's attachment list (compose_files.rs), mounted on its own ----
+
+mod compose {
+    use peermail_web_client::compose_files::{use_file_drop, ComposeFiles, PickedFiles};
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen_test::wasm_bindgen_test;
+    use web_sys::{DataTransfer, DragEvent, DragEventInit, Element, HtmlElement, HtmlInputElement};
+    use yew::prelude::*;
+
+    use super::file_of;
+
+    #[function_component(Harness)]
+    fn harness() -> Html {
+        let files = use_reducer(PickedFiles::default);
+        let drop = use_file_drop(files.dispatcher());
+        html! {
+            <form id="drop-zone" ondragover={drop.ondragover} ondrop={drop.ondrop}>
+                <ComposeFiles files={files} />
+            </form>
+        }
+    }
+
+    async fn settle() {
+        gloo_timers::future::TimeoutFuture::new(30).await;
+    }
+
+    fn document() -> web_sys::Document {
+        web_sys::window().unwrap().document().unwrap()
+    }
+
+    /// `(data-name, .size text)` of each listed attachment.
+    fn listed() -> Vec<(String, String)> {
+        let items = document()
+            .query_selector_all("#compose-attachments li.compose-attachment")
+            .unwrap();
+        (0..items.length())
+            .map(|i| {
+                let li: Element = items.get(i).unwrap().dyn_into().unwrap();
+                let size = li
+                    .query_selector(".size")
+                    .unwrap()
+                    .unwrap()
+                    .text_content()
+                    .unwrap();
+                (li.get_attribute("data-name").unwrap(), size)
+            })
+            .collect()
+    }
+
+    fn file_list(files: &[web_sys::File]) -> DataTransfer {
+        let dt = DataTransfer::new().unwrap();
+        for f in files {
+            dt.items().add_with_file(f).unwrap();
+        }
+        dt
+    }
+
+    #[wasm_bindgen_test]
+    async fn pick_drop_and_remove() {
+        let root = document().create_element("div").unwrap();
+        document().body().unwrap().append_child(&root).unwrap();
+        yew::Renderer::<Harness>::with_root(root).render();
+        settle().await;
+        assert!(listed().is_empty());
+
+        let a = file_of(&[7; 1536], "a.txt", "text/plain");
+        let b = file_of(&[], "b.png", "image/png");
+        let input: HtmlInputElement = document()
+            .get_element_by_id("compose-files")
+            .unwrap()
+            .dyn_into()
+            .unwrap();
+        assert!(input.multiple());
+        let pick = |files: &[web_sys::File]| {
+            input.set_files(file_list(files).files().as_ref());
+            input
+                .dispatch_event(&web_sys::Event::new("change").unwrap())
+                .unwrap();
+        };
+        pick(&[a.clone(), b]);
+        settle().await;
+        assert_eq!(
+            listed(),
+            [
+                ("a.txt".into(), "1.5 KB".into()),
+                ("b.png".into(), "0 bytes".into())
+            ]
+        );
+
+        // The same file again is a second entry.
+        pick(std::slice::from_ref(&a));
+        settle().await;
+        assert_eq!(listed().len(), 3);
+
+        // Dropped onto the form.
+        let c = file_of(&vec![1; 3 << 20], "c.bin", "");
+        let init = DragEventInit::new();
+        init.set_bubbles(true);
+        init.set_cancelable(true);
+        init.set_data_transfer(Some(&file_list(&[c])));
+        let ev = DragEvent::new_with_event_init_dict("drop", &init).unwrap();
+        document()
+            .get_element_by_id("drop-zone")
+            .unwrap()
+            .dispatch_event(&ev)
+            .unwrap();
+        settle().await;
+        assert!(
+            ev.default_prevented(),
+            "the browser does not open the dropped file"
+        );
+        let names: Vec<String> = listed().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a.txt", "b.png", "a.txt", "c.bin"]);
+        assert_eq!(listed()[3].1, "3.0 MB");
+
+        // Removing the first a.txt leaves the second.
+        let remove: HtmlElement = document()
+            .query_selector("li.compose-attachment button.remove-attachment")
+            .unwrap()
+            .unwrap()
+            .dyn_into()
+            .unwrap();
+        remove.click();
+        settle().await;
+        let names: Vec<String> = listed().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["b.png", "a.txt", "c.bin"]);
+    }
 }

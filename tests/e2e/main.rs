@@ -31,6 +31,8 @@ const SCENARIOS: &[&str] = &[
     "relay_stores_ciphertext_only",
     "tampered_envelope_rejected_visibly",
     "co_recipient_holds_when_relay_cache_refuses",
+    "attachments_pulled_from_the_online_sender",
+    "large_attachment_waits_for_its_sender_and_resumes",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -115,6 +117,8 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(relay_stores_ciphertext_only);
     scenario!(tampered_envelope_rejected_visibly);
     scenario!(co_recipient_holds_when_relay_cache_refuses);
+    scenario!(attachments_pulled_from_the_online_sender);
+    scenario!(large_attachment_waits_for_its_sender_and_resumes);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {
@@ -601,6 +605,7 @@ async fn tampered_envelope_rejected_visibly(w: &mut World) -> Result<()> {
         in_reply_to: None,
         references: vec![],
         priority: Priority::Normal,
+        attachments: vec![],
     };
 
     // (1) Claims Alice, signed with Trudy's key (an identity with Alice's address and
@@ -893,6 +898,7 @@ async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()
                 in_reply_to: None,
                 references: vec![],
                 priority: Priority::Normal,
+                attachments: vec![],
             };
             let sealed = seal::seal(&mail, &filler, &dan, &dan_key, random_bytes()?)?;
             match relay.try_deposit(&dan, &id, &sealed).await? {
@@ -936,6 +942,7 @@ async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()
         in_reply_to: None,
         references: vec![],
         priority: Priority::Normal,
+        attachments: vec![],
     };
     let alice_like = Identity::from_seed(alice.clone(), random_bytes()?);
     let size = seal::seal(&like_alices, &alice_like, &dan, &dan_key, random_bytes()?)?.len();
@@ -1054,5 +1061,248 @@ async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()
         .await?;
     no_row_with(a, "outbox", &[SUBJECT]).await?;
     relay.close().await;
+    Ok(())
+}
+
+// ----- issue 4: attachments -----
+
+/// Deterministic, incompressible-looking bytes (xorshift), so a test file is reproducible.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A valid `w`×`h` RGB PNG (stored, uncompressed zlib), so the page can preview it.
+fn png(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    let mut raw = Vec::new();
+    for y in 0..h {
+        raw.push(0); // filter: none
+        for x in 0..w {
+            raw.extend_from_slice(&[(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, 128]);
+        }
+    }
+    // zlib: header, stored blocks of at most 65535 bytes, Adler-32.
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        z.push(u8::from(i + 1 == blocks.len()));
+        z.extend_from_slice(&(b.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(b.len() as u16)).to_le_bytes());
+        z.extend_from_slice(b);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in &raw {
+        a = (a + u32::from(x)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut out = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// Writes a test file for attaching and returns its path.
+fn test_file(w: &World, name: &str, bytes: &[u8]) -> Result<std::path::PathBuf> {
+    let dir = w.h.config.out_dir.join("files");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+fn same_file(what: &str, got: &[u8], want: &[u8]) -> Result<()> {
+    let (g, h) = (
+        peermail_core::attach::sha256(got),
+        peermail_core::attach::sha256(want),
+    );
+    ensure!(
+        g == h,
+        "{what}: the saved file ({} bytes, SHA-256 {}) is not the original ({} bytes, SHA-256 {})",
+        got.len(),
+        hex(&g),
+        want.len(),
+        hex(&h)
+    );
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Issue 4: Alice attaches a photo and a 3 MiB file with the file picker and mails Bob, who
+/// is online. Bob's node pulls both from Alice's over the data channel, verifying every
+/// chunk and the whole file; his reading pane shows them complete, previews the photo, and
+/// the file he saves is byte for byte the original. Alice's Sent mail lists them too.
+async fn attachments_pulled_from_the_online_sender(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Photos from the weekend";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let photo = png(64, 48);
+    let data = noise(3 * 1024 * 1024 + 4_321, 11);
+    let photo_path = test_file(w, "weekend.png", &photo)?;
+    let data_path = test_file(w, "notes.bin", &data)?;
+    let bob_addr = w.addr("bob");
+    w.get("alice")?
+        .compose_with_files(
+            &bob_addr,
+            SUBJECT,
+            "Two files for you.",
+            &[&photo_path, &data_path],
+        )
+        .await?;
+
+    let bob = w.get("bob")?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    let done = bob.wait_attachment("notes.bin", &["complete"]).await?;
+    ensure!(
+        done.size == Some(data.len() as u64) && done.done == Some(data.len() as u64),
+        "notes.bin complete with the wrong size: {done:?}"
+    );
+    bob.wait_attachment("weekend.png", &["complete"]).await?;
+    let width: u64 = bob
+        .wait_until("the photo's preview to load", || async move {
+            let w: Option<u64> = bob
+                .eval(
+                    "const i = document.querySelector('li.attachment[data-name=\"weekend.png\"] img.attachment-preview'); \
+                     return i && i.complete ? i.naturalWidth : null;",
+                    vec![],
+                )
+                .await?;
+            Ok(w.filter(|w| *w > 0).ok_or_else(|| "no preview yet".to_string()))
+        })
+        .await?;
+    ensure!(
+        width == 64,
+        "the preview is {width} pixels wide, the photo 64"
+    );
+    bob.click("li.attachment[data-name=\"notes.bin\"] .save-attachment")
+        .await?;
+    let saved = bob.wait_saved("notes.bin").await?;
+    same_file("notes.bin", &saved, &data)?;
+
+    // Alice's copy in Sent lists both files.
+    let alice = w.get("alice")?;
+    alice.open_mail("sent", SUBJECT).await?;
+    let listed = alice.attachments().await?;
+    ensure!(
+        listed.len() == 2 && listed.iter().all(|a| a.state.as_deref() == Some("sent")),
+        "Alice's Sent mail lists {listed:?}"
+    );
+    Ok(())
+}
+
+/// Issue 4: a large attachment waits on its sender's node. Alice mails Bob (offline) a
+/// 48 MiB file and closes her browser; the mail reaches Bob through the relay cache, and
+/// the file shows "available when alice@… is online". When Alice is back, Bob's node pulls
+/// it; Bob closes his browser in the middle of the transfer. When he opens it again, the
+/// transfer resumes from the chunks already stored, and the saved file is the original.
+async fn large_attachment_waits_for_its_sender_and_resumes(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "The whole film";
+    const NAME: &str = "film.mkv";
+    const MIB: u64 = 1024 * 1024;
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let (alice_addr, bob_addr) = (w.addr("alice"), w.addr("bob"));
+    let film = noise(48 * MIB as usize + 777, 12);
+    let path = test_file(w, NAME, &film)?;
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    let alice = w.get("alice")?;
+    alice
+        .compose_with_files(&bob_addr, SUBJECT, "Enjoy.", &[&path])
+        .await?;
+    alice
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
+        .await?;
+    w.browsers
+        .get_mut("alice")
+        .context("alice")?
+        .close()
+        .await?;
+
+    let bob = w.person("bob").await?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    let waiting = bob.wait_attachment(NAME, &["waiting"]).await?;
+    ensure!(
+        waiting
+            .status
+            .contains(&format!("available when {alice_addr} is online")),
+        "while Alice is away the file reads {:?}",
+        waiting.status
+    );
+
+    w.person("alice").await?;
+    let bob = w.get("bob")?;
+    let part = bob
+        .wait_until("part of the film to arrive", || async move {
+            let all = bob.attachments().await?;
+            let a = all.iter().find(|a| a.name.as_deref() == Some(NAME));
+            Ok(match a {
+                Some(a) if a.done.unwrap_or(0) >= 6 * MIB => Ok(a.clone()),
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+    ensure!(
+        part.state.as_deref() != Some("complete"),
+        "the film arrived too fast to interrupt: {part:?}"
+    );
+    // Bob closes his browser in the middle of the transfer.
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    let before = part.done.unwrap_or(0);
+
+    let bob = w.person("bob").await?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    let first = bob
+        .wait_attachment(NAME, &["waiting", "fetching", "checking", "complete"])
+        .await?;
+    // Chunk writes still queued at the close (at most one batch of 64) may be lost.
+    ensure!(
+        first.done.unwrap_or(0) + 4 * MIB >= before,
+        "after reopening, Bob's page holds {:?} bytes of the film; {before} had arrived",
+        first.done
+    );
+    bob.wait_attachment(NAME, &["complete"]).await?;
+    bob.click(&format!(
+        "li.attachment[data-name=\"{NAME}\"] .save-attachment"
+    ))
+    .await?;
+    let saved = bob.wait_saved(NAME).await?;
+    same_file(NAME, &saved, &film)?;
     Ok(())
 }

@@ -69,6 +69,16 @@ pub struct RecipientStatus {
     pub text: String,
 }
 
+/// One `li.attachment` of the reading pane.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Attachment {
+    pub name: Option<String>,
+    pub state: Option<String>,
+    pub size: Option<u64>,
+    pub done: Option<u64>,
+    pub status: String,
+}
+
 /// A person's browser.
 pub struct Browser {
     /// The person (`alice`); also names the profile directory and failure screenshots.
@@ -111,9 +121,19 @@ impl Browser {
         std::fs::create_dir_all(&self.profile)?;
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", self.profile.display()));
+        std::fs::create_dir_all(self.downloads_dir())?;
         let caps = json!({
             "browserName": "chrome",
-            "goog:chromeOptions": { "binary": self.chromium, "args": args },
+            "goog:chromeOptions": {
+                "binary": self.chromium,
+                "args": args,
+                // Saved attachments land here, without asking.
+                "prefs": {
+                    "download.default_directory": self.downloads_dir(),
+                    "download.prompt_for_download": false,
+                    "download.directory_upgrade": true,
+                },
+            },
         });
         let Value::Object(caps) = caps else {
             unreachable!()
@@ -129,6 +149,27 @@ impl Browser {
             .with_context(|| format!("{} opening {}", self.name, self.app_url))?;
         self.client = Some(client);
         Ok(())
+    }
+
+    /// Where this person's browser saves files.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.profile.join("Downloads")
+    }
+
+    /// Waits until the browser has saved `name` completely into [`Browser::downloads_dir`]
+    /// and returns its bytes.
+    pub async fn wait_saved(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.downloads_dir().join(name);
+        let partial = self.downloads_dir().join(format!("{name}.crdownload"));
+        let (path, partial) = (&path, &partial);
+        self.wait_until(&format!("{name} to be saved"), || async move {
+            Ok(if path.exists() && !partial.exists() {
+                Ok(std::fs::read(path)?)
+            } else {
+                Err(format!("{} not there yet", path.display()))
+            })
+        })
+        .await
     }
 
     /// Ends the browser (Chromium quits; its profile directory stays).
@@ -403,6 +444,88 @@ impl Browser {
         })
         .await
         .with_context(|| format!("{} sending {subject:?}", self.name))
+    }
+
+    /// Like [`Browser::compose`], attaching `files` with the file picker (`#compose-files`).
+    pub async fn compose_with_files(
+        &self,
+        to: &str,
+        subject: &str,
+        body: &str,
+        files: &[&Path],
+    ) -> Result<()> {
+        self.click("#compose-button").await?;
+        self.wait_for("#compose-to").await?;
+        self.type_into("#compose-to", to).await?;
+        self.type_into("#compose-subject", subject).await?;
+        self.type_into("#compose-body", body).await?;
+        for (i, f) in files.iter().enumerate() {
+            let input = self.client()?.find(Locator::Css("#compose-files")).await?;
+            input
+                .send_keys(&f.display().to_string())
+                .await
+                .with_context(|| format!("{} attaching {}", self.name, f.display()))?;
+            let want = i + 1;
+            self.wait_until(&format!("{want} files listed in Compose"), || async move {
+                let n = self
+                    .texts("#compose-attachments .compose-attachment")
+                    .await?
+                    .len();
+                Ok(if n == want {
+                    Ok(())
+                } else {
+                    Err(format!("{n} listed"))
+                })
+            })
+            .await?;
+        }
+        self.click("#compose-send").await?;
+        self.wait_until("the Compose form to close after Send", || async move {
+            let err = self.texts("#compose-error").await?;
+            if let Some(e) = err.iter().find(|e| !e.is_empty()) {
+                return Ok(Err(format!("#compose-error says {e:?}")));
+            }
+            Ok(if self.texts("#compose-to").await?.is_empty() {
+                Ok(())
+            } else {
+                Err("form still open".into())
+            })
+        })
+        .await
+        .with_context(|| format!("{} sending {subject:?}", self.name))
+    }
+
+    /// The attachments the reading pane lists.
+    pub async fn attachments(&self) -> Result<Vec<Attachment>> {
+        self.eval(
+            r#"return Array.from(document.querySelectorAll('#attachments li.attachment')).map(li => {
+                 const n = a => { const v = li.getAttribute(a); return v === null ? null : Number(v); };
+                 const st = li.querySelector('.attachment-status');
+                 return { name: li.getAttribute('data-name'), state: li.getAttribute('data-state'),
+                          size: n('data-size'), done: n('data-done'),
+                          status: st ? st.textContent.trim() : '' };
+               });"#,
+            vec![],
+        )
+        .await
+    }
+
+    /// Waits until the reading pane lists attachment `name` in one of `states`.
+    pub async fn wait_attachment(&self, name: &str, states: &[&str]) -> Result<Attachment> {
+        self.wait_until(
+            &format!("attachment {name} to be {}", states.join(" or ")),
+            || async move {
+                let all = self.attachments().await?;
+                Ok(match all.iter().find(|a| a.name.as_deref() == Some(name)) {
+                    Some(a) if a.state.as_deref().is_some_and(|s| states.contains(&s)) => {
+                        Ok(a.clone())
+                    }
+                    Some(a) => Err(format!("{a:?}")),
+                    None => Err(format!("not listed: {all:?}")),
+                })
+            },
+        )
+        .await
     }
 
     /// Adds `address` to the contacts (unless it is there already).

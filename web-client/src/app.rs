@@ -113,7 +113,7 @@ fn main_view(rt: &Rc<Runtime>, state: &UseReducerHandle<State>) -> Html {
         let pane = if state.composing {
             html! { <ComposeForm rt={RtHandle(rt.clone())} error={state.compose_error.clone()} prefill={state.prefill.clone()} dispatcher={DispatcherHandle(state.dispatcher())} /> }
         } else {
-            reading_pane(node, state)
+            reading_pane(rt, node, state)
         };
         html! {
             <div class="app">
@@ -379,7 +379,7 @@ fn reply_prefill(mail: &peermail_core::Mail, me: &Address, all: bool) -> Prefill
     }
 }
 
-fn reading_pane(node: &Node, state: &UseReducerHandle<State>) -> Html {
+fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
     let Some(id) = state.selected.as_ref() else {
         return html! { <section id="reading-pane" class="reading-pane"><div class="empty">{ "Select a mail to read it." }</div></section> };
     };
@@ -449,6 +449,8 @@ fn reading_pane(node: &Node, state: &UseReducerHandle<State>) -> Html {
             </div>
             { statuses }
             <div class="body">{ mail.body.clone() }</div>
+            <crate::attachments_view::Attachments rt={RtHandle(rt.clone())} attachments={mail.attachments.clone()}
+                downloads={inbox.is_some().then(|| mail.attachments.iter().map(|a| node.download(&a.id)).collect::<Vec<_>>())} />
         </section>
     }
 }

@@ -13,11 +13,13 @@
 //!   the tick timer, and what the UI reads.
 //! - [`state`], [`app`]: the UI (reducer state and components), following
 //!   `docs/ui-contract.md`.
+//! - [`attachments_view`]: a mail's attachments: transfer progress, Save / Open, previews.
 //! - [`compose_files`]: the files attached in Compose (picker, drop, list).
 //! - [`text`]: the words shown for presence and delivery states.
 //! - [`util`]: clock, CSPRNG, date formatting.
 
 pub mod app;
+pub mod attachments_view;
 pub mod chunks;
 pub mod compose_files;
 pub mod rtc;

@@ -149,6 +149,49 @@ impl Rtc {
         false
     }
 
+    /// The open data channel to `peer`, if any.
+    fn open_channel(&self, peer: &Address) -> Option<RtcDataChannel> {
+        self.conns
+            .borrow()
+            .values()
+            .filter(|c| &c.peer == peer && c.open)
+            .filter_map(|c| c.dc.clone())
+            .find(|dc| dc.ready_state() == RtcDataChannelState::Open)
+    }
+
+    /// Bytes queued on the open channel to `peer` and not yet handed to the network;
+    /// `None` if no channel to `peer` is open.
+    pub fn buffered(&self, peer: &Address) -> Option<u32> {
+        self.open_channel(peer).map(|dc| dc.buffered_amount())
+    }
+
+    /// Waits until the channel to `peer` has drained to `low` bytes queued (its
+    /// `bufferedamountlow` event), or closed. Never a timer: the browser says when.
+    pub async fn drained(&self, peer: &Address, low: u32) {
+        let Some(dc) = self.open_channel(peer) else {
+            return;
+        };
+        if dc.buffered_amount() <= low {
+            return;
+        }
+        dc.set_buffered_amount_low_threshold(low);
+        let target = dc.clone();
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+            let opts = web_sys::AddEventListenerOptions::new();
+            opts.set_once(true);
+            for event in ["bufferedamountlow", "close", "error"] {
+                let _ = target.add_event_listener_with_callback_and_add_event_listener_options(
+                    event, &resolve, &opts,
+                );
+            }
+        });
+        // Drained in the meantime (between the check and the listener): no event comes.
+        if dc.buffered_amount() <= low {
+            return;
+        }
+        let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+    }
+
     /// A negotiation message from `from` (a relay `Signal` frame).
     pub fn on_signal(self: &Rc<Self>, from: Address, conn: String, payload: SignalPayload) {
         let known_peer = self.conns.borrow().get(&conn).map(|c| c.peer.clone());

@@ -8,12 +8,15 @@
 //! `await`, and the UI is told to re-render only when no borrow is held.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 
 use peermail_core::address::validate_name;
+use peermail_core::attach::{AttachmentId, AttachmentRef, FileCheck};
 use peermail_core::identity::{register_message, Identity};
-use peermail_core::store::MailStore;
+use peermail_core::node::{FileCheckFailure, ServeRequest};
+use peermail_core::store::{MailStore, StoreWrite};
+use peermail_core::wire::peer::PeerFrame;
 use peermail_core::wire::signal::{ClientFrame, ErrorCode, ServerFrame};
 use peermail_core::{Address, Command, Config, Draft, Event, Input, MessageId, Node, Output};
 use wasm_bindgen_futures::spawn_local;
@@ -25,6 +28,10 @@ use crate::util::{log, now, random_bytes, signaling_url};
 
 /// The IndexedDB database holding this origin's account.
 pub const DB_NAME: &str = "peermail";
+/// Most bytes queued on a data channel while serving chunks (4 MiB, less one chunk frame).
+const SERVE_HIGH_WATER: u32 = 4 * 1024 * 1024 - 64 * 1024;
+/// Serving resumes when the channel's queue drained to this.
+const SERVE_LOW_WATER: u32 = 1024 * 1024;
 /// Shortest delay of the tick timer, so a deadline the node cannot clear yet never spins.
 const MIN_TICK_MS: u64 = 250;
 
@@ -98,6 +105,12 @@ pub struct Runtime {
     rtc: RefCell<Option<Rc<Rtc>>>,
     /// Asks the UI to re-render.
     on_change: RefCell<Option<Rc<dyn Fn()>>>,
+    /// Chunk requests of peers waiting to be served, in order.
+    serving: RefCell<VecDeque<(Address, AttachmentId, ServeRequest, u64)>>,
+    /// The serving task is running.
+    serve_running: Cell<bool>,
+    /// Bumped by `StopServing` per peer: a job started under an older value stops.
+    stop_gen: RefCell<HashMap<Address, u64>>,
 }
 
 impl Runtime {
@@ -120,6 +133,9 @@ impl Runtime {
             signaling: RefCell::new(None),
             rtc: RefCell::new(None),
             on_change: RefCell::new(None),
+            serving: RefCell::new(VecDeque::new()),
+            serve_running: Cell::new(false),
+            stop_gen: RefCell::new(HashMap::new()),
         });
         let weak = Rc::downgrade(&rt);
         let signaling = Signaling::new(signaling_url(), move |ev| {
@@ -352,6 +368,36 @@ impl Runtime {
         id.ok_or_else(|| "the mail was not accepted".to_string())
     }
 
+    pub fn cancel_download(&self, id: AttachmentId) {
+        self.input(Input::Command(Command::CancelDownload(id)));
+    }
+    pub fn retry_download(&self, id: AttachmentId) {
+        self.input(Input::Command(Command::RetryDownload(id)));
+    }
+
+    /// The whole decrypted file of an attachment this node holds (sent or received and
+    /// complete), as a Blob of the file's type. Decrypts one chunk at a time; the parts are
+    /// handed to the browser as they are made.
+    pub async fn attachment_blob(&self, att: &AttachmentRef) -> Result<web_sys::Blob, String> {
+        let store = self.store.borrow().clone().ok_or("storage is not open")?;
+        let mut check = FileCheck::new(att);
+        let parts = js_sys::Array::new();
+        for i in 0..att.chunk_count() {
+            let data = store
+                .read_chunk(att.id, i)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("part {i} of the file is missing"))?;
+            let plain = check.push(i, &data).map_err(|e| e.to_string())?;
+            parts.push(&js_sys::Uint8Array::from(&plain[..]));
+        }
+        check.finish().map_err(|e| e.to_string())?;
+        let opts = web_sys::BlobPropertyBag::new();
+        opts.set_type(&att.mime);
+        web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &opts)
+            .map_err(|e| format!("{e:?}"))
+    }
+
     pub fn mark_read(&self, id: MessageId) {
         self.input(Input::Command(Command::MarkRead(id)));
     }
@@ -425,6 +471,17 @@ impl Runtime {
             loop {
                 let next = rt.queue.borrow_mut().pop_front();
                 let Some(out) = next else { break };
+                if is_chunk_write(&out) {
+                    let mut batch = vec![out];
+                    {
+                        let mut q = rt.queue.borrow_mut();
+                        while q.front().is_some_and(is_chunk_write) && batch.len() < 64 {
+                            batch.push(q.pop_front().expect("front exists"));
+                        }
+                    }
+                    rt.store_chunk_batch(batch).await;
+                    continue;
+                }
                 rt.execute(out).await;
             }
             rt.pumping.set(false);
@@ -452,7 +509,182 @@ impl Runtime {
                 };
                 self.input(Input::Stored { op, result });
             }
+            Output::Serve {
+                peer,
+                attachment,
+                request,
+            } => {
+                let generation = self.stop_gen.borrow().get(&peer).copied().unwrap_or(0);
+                self.serving
+                    .borrow_mut()
+                    .push_back((peer, attachment, request, generation));
+                self.start_serving();
+            }
+            Output::StopServing { peer, attachment } => {
+                self.serving
+                    .borrow_mut()
+                    .retain(|(p, a, _, _)| p != &peer || attachment.is_some_and(|att| att != *a));
+                *self.stop_gen.borrow_mut().entry(peer).or_default() += 1;
+            }
+            Output::CheckFile(attachment) => {
+                let result = self.check_file(attachment).await;
+                self.input(Input::FileChecked { attachment, result });
+            }
             Output::Event(e) => self.on_event(e),
+        }
+    }
+
+    /// Chunk writes (and the download records that follow them) that queued up while the
+    /// previous write committed: one IndexedDB transaction for all, each answered after it.
+    async fn store_chunk_batch(&self, batch: Vec<Output>) {
+        let store = self.store.borrow().clone();
+        let mut ops = Vec::new();
+        let mut chunks: Vec<(AttachmentId, u32, Vec<u8>)> = Vec::new();
+        let mut records = HashMap::new();
+        for out in batch {
+            if let Output::Store { op, write } = out {
+                ops.push(op);
+                match write {
+                    StoreWrite::PutChunk {
+                        attachment,
+                        index,
+                        data,
+                    } => chunks.push((attachment, index, data)),
+                    // Only the last record of an attachment matters.
+                    StoreWrite::PutDownload(d) => {
+                        records.insert(d.attachment.id, *d);
+                    }
+                    _ => unreachable!("only chunk writes are batched"),
+                }
+            }
+        }
+        let result = match store {
+            Some(store) => {
+                let chunks: Vec<(AttachmentId, u32, &[u8])> =
+                    chunks.iter().map(|(a, i, d)| (*a, *i, &d[..])).collect();
+                let records: Vec<_> = records.into_values().collect();
+                store
+                    .put_chunks_and_records(&chunks, &records)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("storage is not open".to_string()),
+        };
+        for op in ops {
+            self.input(Input::Stored {
+                op,
+                result: result.clone(),
+            });
+        }
+    }
+
+    /// The whole-file check of a received attachment: every stored chunk decrypted in
+    /// order, one at a time, and the file's hash compared with the mail's.
+    async fn check_file(&self, id: AttachmentId) -> Result<(), FileCheckFailure> {
+        let att = self
+            .with_node(|n| n.download(&id).map(|d| d.attachment))
+            .flatten()
+            .ok_or(FileCheckFailure::ChunkMissing(0))?;
+        let store = self
+            .store
+            .borrow()
+            .clone()
+            .ok_or(FileCheckFailure::ChunkMissing(0))?;
+        let mut check = FileCheck::new(&att);
+        for i in 0..att.chunk_count() {
+            let data = match store.read_chunk(id, i).await {
+                Ok(Some(d)) => d,
+                Ok(None) | Err(_) => return Err(FileCheckFailure::ChunkMissing(i)),
+            };
+            check.push(i, &data).map_err(FileCheckFailure::Invalid)?;
+        }
+        check.finish().map_err(FileCheckFailure::Invalid)
+    }
+
+    /// Starts the serving task unless it runs: it answers chunk requests one after the
+    /// other, reading chunks from IndexedDB and sending them while the channel's queue is
+    /// below [`SERVE_HIGH_WATER`], waiting for `bufferedamountlow` otherwise.
+    fn start_serving(&self) {
+        if self.serve_running.replace(true) {
+            return;
+        }
+        let rt = self.rc();
+        spawn_local(async move {
+            loop {
+                let next = rt.serving.borrow_mut().pop_front();
+                let Some((peer, attachment, request, generation)) = next else {
+                    break;
+                };
+                rt.serve(&peer, attachment, request, generation).await;
+            }
+            rt.serve_running.set(false);
+        });
+    }
+
+    async fn serve(
+        &self,
+        peer: &Address,
+        id: AttachmentId,
+        request: ServeRequest,
+        generation: u64,
+    ) {
+        let Some(store) = self.store.borrow().clone() else {
+            return;
+        };
+        let rtc = self.rtc();
+        let refuse = |reason: String| PeerFrame::TransferRefused {
+            attachment: id,
+            reason,
+        };
+        let send = |frame: PeerFrame| match frame.encode() {
+            Ok(bytes) => rtc.send(peer, &bytes),
+            Err(e) => {
+                log(&format!("serve: cannot encode a frame: {e}"));
+                false
+            }
+        };
+        match request {
+            ServeRequest::ChunkList { start } => {
+                let frame = match store.read_chunk_list(id).await {
+                    Ok(Some(list)) => PeerFrame::ChunkList {
+                        attachment: id,
+                        start,
+                        hashes: peermail_core::attach::hash_page(&list, start).to_vec(),
+                    },
+                    Ok(None) => refuse("this node no longer has the file".into()),
+                    Err(e) => refuse(format!("cannot read the file here: {e}")),
+                };
+                send(frame);
+            }
+            ServeRequest::Chunks { ranges } => {
+                for index in ranges.into_iter().flat_map(|(s, e)| s..e) {
+                    let stopped =
+                        self.stop_gen.borrow().get(peer).copied().unwrap_or(0) != generation;
+                    if stopped {
+                        return;
+                    }
+                    match rtc.buffered(peer) {
+                        None => return,
+                        Some(b) if b > SERVE_HIGH_WATER => {
+                            rtc.drained(peer, SERVE_LOW_WATER).await;
+                        }
+                        Some(_) => {}
+                    }
+                    let frame = match store.read_chunk(id, index).await {
+                        Ok(Some(data)) => PeerFrame::Chunk {
+                            attachment: id,
+                            index,
+                            data,
+                        },
+                        Ok(None) => refuse(format!("part {index} of the file is missing here")),
+                        Err(e) => refuse(format!("cannot read the file here: {e}")),
+                    };
+                    let refused = matches!(frame, PeerFrame::TransferRefused { .. });
+                    if !send(frame) || refused {
+                        return;
+                    }
+                }
+            }
         }
     }
 
@@ -483,6 +715,7 @@ impl Runtime {
                 ));
             }
             Event::SendRejected { .. }
+            | Event::DownloadChanged(_)
             | Event::Presence { .. }
             | Event::Received(_)
             | Event::InboxChanged
@@ -654,4 +887,15 @@ impl Runtime {
         self.status.set(ConnStatus::Online);
         self.input(Input::Server(ServerFrame::Registered { address }));
     }
+}
+
+/// A chunk write or a download record: the writes [`Runtime::store_chunk_batch`] batches.
+fn is_chunk_write(out: &Output) -> bool {
+    matches!(
+        out,
+        Output::Store {
+            write: StoreWrite::PutChunk { .. } | StoreWrite::PutDownload(_),
+            ..
+        }
+    )
 }

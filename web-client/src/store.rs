@@ -216,7 +216,10 @@ impl MailStore for IdbStore {
                 attachment,
                 index,
                 data,
-            } => self.put_chunks(&[(attachment, index, &data)]).await,
+            } => {
+                self.put_chunks_and_records(&[(attachment, index, &data)], &[])
+                    .await
+            }
             StoreWrite::PutChunkList { attachment, hashes } => {
                 let bytes: Vec<u8> = hashes.concat();
                 let value = js_sys::Uint8Array::from(&bytes[..]);
@@ -273,15 +276,17 @@ fn js_err(e: JsValue) -> StoreError {
 }
 
 impl IdbStore {
-    /// Stores encrypted chunks, each as a Blob, in ONE transaction (committed before this
-    /// returns): the driver batches the chunk writes that queue up while one commits.
-    pub async fn put_chunks(
+    /// Stores encrypted chunks, each as a Blob, and download records in ONE transaction
+    /// (committed before this returns): the driver batches the chunk writes that queue up
+    /// while one commits.
+    pub async fn put_chunks_and_records(
         &self,
         chunks: &[(AttachmentId, u32, &[u8])],
+        records: &[DownloadRecord],
     ) -> Result<(), StoreError> {
         let tx = self
             .db
-            .transaction(CHUNKS)
+            .transaction([CHUNKS, DOWNLOADS])
             .with_mode(TransactionMode::Readwrite)
             .build()
             .map_err(err)?;
@@ -291,6 +296,13 @@ impl IdbStore {
             let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).map_err(js_err)?;
             os.put(JsValue::from(blob))
                 .with_key(chunk_key(*att, *index))
+                .primitive()
+                .map_err(err)?;
+        }
+        let os = tx.object_store(DOWNLOADS).map_err(err)?;
+        for r in records {
+            os.put(to_json(r)?)
+                .with_key(r.attachment.id.to_hex())
                 .primitive()
                 .map_err(err)?;
         }

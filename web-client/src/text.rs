@@ -144,3 +144,63 @@ pub fn human_size(bytes: u64) -> String {
         format!("{value:.0} {}", UNITS[unit])
     }
 }
+
+/// The `data-state` of a received attachment: `waiting` (its sender's node is not
+/// reachable), `fetching`, `checking` (all parts here, the whole file being verified),
+/// `complete`, `failed` or `cancelled`.
+pub fn attachment_state(v: &peermail_core::node::DownloadView) -> &'static str {
+    use peermail_core::store::DownloadState as S;
+    match &v.state {
+        S::Fetching if v.checking => "checking",
+        S::Fetching if !v.source_connected => "waiting",
+        S::Fetching => "fetching",
+        S::Complete { .. } => "complete",
+        S::Failed { .. } => "failed",
+        S::Cancelled => "cancelled",
+    }
+}
+
+/// What a received attachment's line says: where it is, how far, how fast, how long.
+pub fn attachment_progress(v: &peermail_core::node::DownloadView) -> String {
+    use peermail_core::store::DownloadState as S;
+    let size = v.attachment.size;
+    let partial = (v.bytes_done > 0 && v.bytes_done < size).then(|| {
+        format!(
+            " · {} of {} here",
+            human_size(v.bytes_done),
+            human_size(size)
+        )
+    });
+    match &v.state {
+        S::Fetching if v.checking => "checking the file…".into(),
+        S::Fetching if !v.source_connected => format!(
+            "available when {} is online{}",
+            v.from,
+            partial.unwrap_or_default()
+        ),
+        S::Fetching => {
+            let mut s = format!("{} of {}", human_size(v.bytes_done), human_size(size));
+            if let Some(rate) = v.bytes_per_sec {
+                s.push_str(&format!(" · {}/s", human_size(rate as u64)));
+            }
+            if let Some(eta) = v.eta_ms {
+                s.push_str(&format!(" · {} left", duration_words(eta)));
+            }
+            s
+        }
+        S::Complete { .. } => "complete".into(),
+        S::Failed { reason, .. } => format!("failed: {reason}"),
+        S::Cancelled => format!("cancelled{}", partial.unwrap_or_default()),
+    }
+}
+
+/// A duration as people read it: `less than a second`, `5 s`, `3 min 20 s`, `2 h 5 min`.
+pub fn duration_words(ms: u64) -> String {
+    let s = ms.div_ceil(1000);
+    match s {
+        0 => "less than a second".into(),
+        1..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}

@@ -508,6 +508,30 @@ fn compose_form(props: &ComposeProps) -> Html {
     let body_ref = use_node_ref();
     let files = use_reducer(PickedFiles::default);
     let drop = use_file_drop(files.dispatcher());
+    // The fields start from the prefill once; after that they are the person's. (A `value`
+    // attribute would put the prefill back each time the form re-renders, e.g. when a file
+    // is added.)
+    {
+        let refs = (
+            to_ref.clone(),
+            cc_ref.clone(),
+            subject_ref.clone(),
+            body_ref.clone(),
+        );
+        use_effect_with(props.prefill.clone(), move |p| {
+            let set = |r: &NodeRef, v: &str| {
+                if let Some(i) = r.cast::<HtmlInputElement>() {
+                    i.set_value(v);
+                } else if let Some(t) = r.cast::<HtmlTextAreaElement>() {
+                    t.set_value(v);
+                }
+            };
+            set(&refs.0, &p.to);
+            set(&refs.1, &p.cc);
+            set(&refs.2, &p.subject);
+            set(&refs.3, &p.body);
+        });
+    }
     // Percent of the attachments encrypted, while sealing them for a Send.
     let sealing = use_state(|| None::<u8>);
     // Cleared when the form closes: a sealing in progress then stops and sends nothing.
@@ -628,12 +652,12 @@ fn compose_form(props: &ComposeProps) -> Html {
                 ondragover={drop.ondragover} ondragleave={drop.ondragleave} ondrop={drop.ondrop}>
                 <h1>{ title }</h1>
                 <label class="row"><span class="label">{ "To" }</span>
-                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" value={p.to.clone()} /></label>
+                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" /></label>
                 <label class="row"><span class="label">{ "Cc" }</span>
-                    <input id="compose-cc" ref={cc_ref} type="text" autocomplete="off" value={p.cc.clone()} /></label>
+                    <input id="compose-cc" ref={cc_ref} type="text" autocomplete="off" /></label>
                 <label class="row"><span class="label">{ "Subject" }</span>
-                    <input id="compose-subject" ref={subject_ref} type="text" value={p.subject.clone()} /></label>
-                <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…" value={p.body.clone()}></textarea>
+                    <input id="compose-subject" ref={subject_ref} type="text" /></label>
+                <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…"></textarea>
                 <ComposeFiles files={files.clone()} disabled={busy} />
                 <div id="compose-error" class="error">{ props.error.clone().unwrap_or_default() }</div>
                 <div class="actions">

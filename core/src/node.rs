@@ -547,6 +547,7 @@ impl Node {
                 link.connecting_since = None;
                 self.flush(&peer);
                 self.pull_held(&peer);
+                self.tell_sender(&peer);
                 self.pump_downloads(&peer);
             }
             Input::PeerDisconnected(peer) => {
@@ -705,6 +706,7 @@ impl Node {
                     state: DeliveryState::Waiting,
                 })
                 .collect(),
+            fetched: Vec::new(),
         };
         // A copy to oneself is delivered on the spot.
         if let Some(r) = o.recipients.iter_mut().find(|r| r.address == me) {
@@ -1754,7 +1756,9 @@ impl Node {
             | PeerFrame::GetChunks { .. }
             | PeerFrame::Chunk { .. }
             | PeerFrame::TransferRefused { .. }
-            | PeerFrame::CancelTransfer { .. } => self.handle_transfer_frame(peer, frame),
+            | PeerFrame::CancelTransfer { .. }
+            | PeerFrame::FileReceived { .. }
+            | PeerFrame::FileReceivedAck { .. } => self.handle_transfer_frame(peer, frame),
             PeerFrame::Mail(mail) => self.receive(peer, mail),
             PeerFrame::Ack { message_id } => self.settle(
                 &peer,

@@ -68,9 +68,23 @@ pub struct RecipientStatus {
 pub struct OutgoingMail {
     pub mail: Mail,
     pub recipients: Vec<RecipientStatus>,
+    /// Which recipients have fetched (and verified) which attachment, as they told this
+    /// node (`PeerFrame::FileReceived`).
+    #[serde(default)]
+    pub fetched: Vec<(AttachmentId, Address)>,
 }
 
 impl OutgoingMail {
+    /// Recipients (not failed) that have not yet fetched attachment `id`.
+    pub fn still_needed_by(&self, id: AttachmentId) -> Vec<&Address> {
+        self.recipients
+            .iter()
+            .filter(|r| !matches!(r.state, DeliveryState::Failed { .. }))
+            .map(|r| &r.address)
+            .filter(|a| !self.fetched.iter().any(|(f, b)| *f == id && b == *a))
+            .collect()
+    }
+
     /// True while some recipient still waits for the mail (the Outbox folder).
     pub fn is_pending(&self) -> bool {
         self.recipients.iter().any(|r| !r.state.is_final())
@@ -124,6 +138,9 @@ pub struct DownloadRecord {
     pub attachment: AttachmentRef,
     pub progress: Download,
     pub state: DownloadState,
+    /// The sender acknowledged that this node has the whole file (`FileReceivedAck`).
+    #[serde(default)]
+    pub sender_knows: bool,
 }
 
 /// One change to persist. Every write is an upsert keyed by Message-ID or address, so
@@ -431,6 +448,7 @@ pub mod conformance {
                     },
                 },
             ],
+            fetched: vec![(crate::attach::AttachmentId([1; 16]), addr("bob@h"))],
         };
         store
             .apply(StoreWrite::PutOutgoing(o.clone()))
@@ -543,6 +561,7 @@ pub mod conformance {
             attachment: att(n),
             progress: Download::new(&att(n)),
             state: DownloadState::Fetching,
+            sender_knows: false,
         };
         let (a, b) = (record(1), record(2));
         store

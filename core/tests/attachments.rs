@@ -305,3 +305,43 @@ fn a_cancelled_download_stops_and_can_be_started_again() {
     assert_eq!(w.chunks_served - served, 4, "the two held chunks are kept");
     assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
 }
+
+#[test]
+fn the_sender_sees_who_still_needs_each_file() {
+    let mut w = world_with(&["alice", "bob", "carol"]);
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob, carol) = (addr("alice"), addr("bob"), addr("carol"));
+    w.online(&alice);
+    w.online(&bob);
+    w.online(&carol);
+    w.offline(&carol);
+    let bytes = file(2 * CHUNK_BYTES + 3, 10);
+    let att = w.attach_file(&alice, "plan.pdf", &bytes, 10);
+    let id = w.send_with(&alice, &[&bob, &carol], "plan", vec![att.clone()]);
+    // Bob fetched it and said so; Carol has not.
+    let o = w.outgoing(&alice, &id);
+    assert_eq!(o.still_needed_by(att.id), vec![&carol]);
+    assert!(w.download(&bob, att.id).unwrap().sender_knows);
+    // Carol comes back: she gets the mail from the relay cache and the file from Alice.
+    w.online(&carol);
+    assert!(matches!(
+        state(&w, &carol, att.id),
+        DownloadState::Complete { .. }
+    ));
+    let o = w.outgoing(&alice, &id);
+    assert!(o.still_needed_by(att.id).is_empty(), "{:?}", o.fetched);
+    // A node that is not a recipient cannot claim to have fetched it.
+    let mallory = w.register("mallory");
+    w.online(&mallory);
+    w.connect(&mallory, &alice);
+    w.inject(
+        &mallory,
+        &alice,
+        PeerFrame::FileReceived {
+            message_id: id.clone(),
+            attachment: att.id,
+        },
+    );
+    let o = w.outgoing(&alice, &id);
+    assert!(!o.fetched.iter().any(|(_, a)| a == &mallory));
+}

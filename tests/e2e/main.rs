@@ -1216,14 +1216,27 @@ async fn attachments_pulled_from_the_online_sender(w: &mut World) -> Result<()> 
     let saved = bob.wait_saved("notes.bin").await?;
     same_file("notes.bin", &saved, &data)?;
 
-    // Alice's copy in Sent lists both files.
+    // Alice's copy in Sent lists both files, fetched by Bob (his node told hers).
     let alice = w.get("alice")?;
     alice.open_mail("sent", SUBJECT).await?;
-    let listed = alice.attachments().await?;
-    ensure!(
-        listed.len() == 2 && listed.iter().all(|a| a.state.as_deref() == Some("sent")),
-        "Alice's Sent mail lists {listed:?}"
-    );
+    alice
+        .wait_until(
+            "Alice's Sent mail to show both files fetched",
+            || async move {
+                let listed = alice.attachments().await?;
+                let fetched = listed.len() == 2
+                    && listed.iter().all(|a| {
+                        a.state.as_deref() == Some("sent")
+                            && a.status == "fetched by every recipient"
+                    });
+                Ok(if fetched {
+                    Ok(())
+                } else {
+                    Err(format!("{listed:?}"))
+                })
+            },
+        )
+        .await?;
     Ok(())
 }
 
@@ -1249,6 +1262,11 @@ async fn large_attachment_waits_for_its_sender_and_resumes(w: &mut World) -> Res
     alice
         .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
         .await?;
+    let listed = alice.attachments().await?;
+    ensure!(
+        listed.len() == 1 && listed[0].status == format!("still needed by {bob_addr}"),
+        "Alice's Outbox mail lists {listed:?}"
+    );
     w.browsers
         .get_mut("alice")
         .context("alice")?

@@ -13,7 +13,9 @@ use yew::prelude::*;
 use crate::compose_files::{seal_all, use_file_drop, ComposeFiles, PickedFiles};
 use crate::runtime::{ConnStatus, Phase, Runtime};
 use crate::state::{Action, Folder, Prefill, State};
-use crate::text::{join, presence_str, recipient_line, subject_or_placeholder, summary};
+use crate::text::{
+    join, presence_str, recipient_line, sent_attachment_status, subject_or_placeholder, summary,
+};
 use crate::util::{full_date, page_hostname, short_date};
 
 /// The whole page.
@@ -450,7 +452,8 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             { statuses }
             <div class="body">{ mail.body.clone() }</div>
             <crate::attachments_view::Attachments rt={RtHandle(rt.clone())} attachments={mail.attachments.clone()}
-                downloads={inbox.is_some().then(|| mail.attachments.iter().map(|a| node.download(&a.id)).collect::<Vec<_>>())} />
+                downloads={inbox.is_some().then(|| mail.attachments.iter().map(|a| node.download(&a.id)).collect::<Vec<_>>())}
+                sent_status={outgoing.as_ref().filter(|_| inbox.is_none()).map(|o| mail.attachments.iter().map(|a| sent_attachment_status(o, a.id)).collect::<Vec<_>>()).unwrap_or_default()} />
         </section>
     }
 }

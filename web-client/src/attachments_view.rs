@@ -23,6 +23,9 @@ pub struct AttachmentsProps {
     pub attachments: Vec<AttachmentRef>,
     /// The transfer of each attachment, for a received mail (`None`: this node sent it).
     pub downloads: Option<Vec<Option<DownloadView>>>,
+    /// For a sent mail, what each attachment's line says (who still needs it).
+    #[prop_or_default]
+    pub sent_status: Vec<String>,
 }
 
 /// The attachment list of one mail (`#attachments`).
@@ -36,7 +39,8 @@ pub fn attachments(props: &AttachmentsProps) -> Html {
             .downloads
             .as_ref()
             .map(|d| d.get(i).cloned().flatten());
-        html! { <AttachmentItem rt={props.rt.clone()} att={att.clone()} {view} key={att.id.to_hex()} /> }
+        let sent_status = props.sent_status.get(i).cloned();
+        html! { <AttachmentItem rt={props.rt.clone()} att={att.clone()} {view} {sent_status} key={att.id.to_hex()} /> }
     });
     html! { <ul id="attachments" class="attachments">{ for items }</ul> }
 }
@@ -47,6 +51,7 @@ struct ItemProps {
     att: AttachmentRef,
     /// `Some(None)`: received, but no transfer is known (yet); `None`: sent by this node.
     view: Option<Option<DownloadView>>,
+    sent_status: Option<String>,
 }
 
 #[function_component(AttachmentItem)]
@@ -86,7 +91,10 @@ fn attachment_item(props: &ItemProps) -> Html {
         view.as_ref()
             .map(attachment_state)
             .unwrap_or(if received { "fetching" } else { "sent" });
-    let status = view.as_ref().map(attachment_progress);
+    let status = view
+        .as_ref()
+        .map(attachment_progress)
+        .or_else(|| props.sent_status.clone());
     let progress = view.as_ref().and_then(|v| {
         (v.state == DownloadState::Fetching && v.source_connected && !v.checking).then(|| {
             html! { <progress class="attachment-progress" max={att.size.max(1).to_string()} value={v.bytes_done.to_string()} /> }

@@ -194,6 +194,17 @@ pub fn attachment_progress(v: &peermail_core::node::DownloadView) -> String {
     }
 }
 
+/// What the sender's copy of an attachment says: who still has to fetch it.
+pub fn sent_attachment_status(o: &OutgoingMail, id: peermail_core::attach::AttachmentId) -> String {
+    let needed = o.still_needed_by(id);
+    if needed.is_empty() {
+        "fetched by every recipient".into()
+    } else {
+        let names: Vec<String> = needed.iter().map(|a| a.to_string()).collect();
+        format!("still needed by {}", names.join(", "))
+    }
+}
+
 /// A duration as people read it: `less than a second`, `5 s`, `3 min 20 s`, `2 h 5 min`.
 pub fn duration_words(ms: u64) -> String {
     let s = ms.div_ceil(1000);

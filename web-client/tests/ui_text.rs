@@ -1,11 +1,17 @@
 //! The status texts the UI contract (`docs/ui-contract.md`) fixes, checked in the browser
 //! (times are formatted with the browser's local clock). Run like `idb_store.rs`.
 
+use peermail_core::attach::{AttachmentId, AttachmentRef};
 use peermail_core::mail::{Mail, MessageId, Priority};
+use peermail_core::node::DownloadView;
+use peermail_core::store::DownloadState;
 use peermail_core::store::{DeliveryState, OutgoingMail, RecipientStatus};
 use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::Address;
-use peermail_web_client::text::{human_size, presence_str, recipient_line, summary};
+use peermail_web_client::text::{
+    attachment_progress, attachment_state, duration_words, human_size, presence_str,
+    recipient_line, sent_attachment_status, summary,
+};
 use peermail_web_client::util::hms;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
@@ -108,6 +114,7 @@ fn outgoing(states: &[DeliveryState]) -> OutgoingMail {
             attachments: vec![],
         },
         recipients,
+        fetched: vec![],
     }
 }
 
@@ -172,4 +179,105 @@ fn human_sizes() {
         assert_eq!(human_size(bytes), want, "{bytes} bytes");
     }
     assert_eq!(human_size(u64::MAX), "16777216 TB");
+}
+
+fn download_view(state: DownloadState, done: u64, connected: bool) -> DownloadView {
+    let attachment = AttachmentRef {
+        id: AttachmentId([1; 16]),
+        name: "film.mkv".into(),
+        mime: "video/x-matroska".into(),
+        size: 48 * 1024 * 1024,
+        key: [0; 32],
+        chunks_root: [0; 32],
+        file_hash: [0; 32],
+        inline: false,
+    };
+    DownloadView {
+        message_id: MessageId::new([1; 16], "h"),
+        from: addr("alice@h"),
+        state,
+        bytes_done: done,
+        bytes_per_sec: (connected && done > 0).then_some(2.0 * 1024.0 * 1024.0),
+        eta_ms: (connected && done > 0).then_some(20_000),
+        source_connected: connected,
+        checking: false,
+        attachment,
+    }
+}
+
+#[wasm_bindgen_test]
+fn attachment_lines() {
+    const MIB: u64 = 1024 * 1024;
+    let waiting = download_view(DownloadState::Fetching, 0, false);
+    assert_eq!(attachment_state(&waiting), "waiting");
+    assert_eq!(
+        attachment_progress(&waiting),
+        "available when alice@h is online"
+    );
+    let partial = download_view(DownloadState::Fetching, 8 * MIB, false);
+    assert_eq!(
+        attachment_progress(&partial),
+        "available when alice@h is online · 8.0 MB of 48 MB here"
+    );
+    let fetching = download_view(DownloadState::Fetching, 8 * MIB, true);
+    assert_eq!(attachment_state(&fetching), "fetching");
+    assert_eq!(
+        attachment_progress(&fetching),
+        "8.0 MB of 48 MB · 2.0 MB/s · 20 s left"
+    );
+    let mut checking = fetching.clone();
+    checking.checking = true;
+    assert_eq!(attachment_state(&checking), "checking");
+    let done = download_view(DownloadState::Complete { at: 1 }, 48 * MIB, true);
+    assert_eq!(
+        (attachment_state(&done), attachment_progress(&done).as_str()),
+        ("complete", "complete")
+    );
+    let failed = download_view(
+        DownloadState::Failed {
+            at: 1,
+            reason: "the file does not match the mail".into(),
+        },
+        48 * MIB,
+        true,
+    );
+    assert_eq!(attachment_state(&failed), "failed");
+    assert_eq!(
+        attachment_progress(&failed),
+        "failed: the file does not match the mail"
+    );
+    let cancelled = download_view(DownloadState::Cancelled, MIB, false);
+    assert_eq!(
+        (
+            attachment_state(&cancelled),
+            attachment_progress(&cancelled).as_str()
+        ),
+        ("cancelled", "cancelled · 1.0 MB of 48 MB here")
+    );
+    assert_eq!(duration_words(0), "less than a second");
+    assert_eq!(duration_words(4_001), "5 s");
+    assert_eq!(duration_words(200_000), "3 min 20 s");
+    assert_eq!(duration_words(7_500_000), "2 h 5 min");
+}
+
+#[wasm_bindgen_test]
+fn sent_attachment_lines() {
+    let id = AttachmentId([7; 16]);
+    let mut o = outgoing(&[
+        DeliveryState::Delivered { at: 1 },
+        DeliveryState::CachedAtRelay { at: 1 },
+        DeliveryState::Failed {
+            at: 1,
+            reason: "no such address".into(),
+        },
+    ]);
+    assert_eq!(
+        sent_attachment_status(&o, id),
+        "still needed by bob@h, carol@h"
+    );
+    o.fetched.push((id, addr("bob@h")));
+    o.fetched.push((AttachmentId([8; 16]), addr("carol@h")));
+    assert_eq!(sent_attachment_status(&o, id), "still needed by carol@h");
+    o.fetched.push((id, addr("carol@h")));
+    assert_eq!(sent_attachment_status(&o, id), "fetched by every recipient");
 }

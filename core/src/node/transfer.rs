@@ -155,6 +155,7 @@ impl Node {
                 attachment: att.clone(),
                 progress: Download::new(att),
                 state,
+                sender_knows: false,
             };
             self.store(StoreWrite::PutDownload(Box::new(record.clone())));
             self.downloads.insert(att.id, Incoming::new(record));
@@ -170,6 +171,33 @@ impl Node {
         self.downloads
             .values()
             .any(|d| &d.record.from == peer && d.record.state == DownloadState::Fetching)
+    }
+
+    /// Tells `peer` (over an open channel) of every file of its mail this node completed
+    /// and it has not acknowledged.
+    pub(super) fn tell_sender(&mut self, peer: &Address) {
+        if !self.links.get(peer).is_some_and(|l| l.connected) {
+            return;
+        }
+        let done: Vec<(MessageId, AttachmentId)> = self
+            .downloads
+            .values()
+            .filter(|d| {
+                &d.record.from == peer
+                    && !d.record.sender_knows
+                    && matches!(d.record.state, DownloadState::Complete { .. })
+            })
+            .map(|d| (d.record.message_id.clone(), d.record.attachment.id))
+            .collect();
+        for (message_id, attachment) in done {
+            self.send_peer(
+                peer,
+                PeerFrame::FileReceived {
+                    message_id,
+                    attachment,
+                },
+            );
+        }
     }
 
     /// Moves every transfer from `peer` on: asks for a data channel while `peer` is online,
@@ -380,6 +408,33 @@ impl Node {
                 peer,
                 attachment: Some(attachment),
             }),
+            PeerFrame::FileReceived {
+                message_id,
+                attachment,
+            } => {
+                if !self.may_fetch(&peer, &message_id, attachment) {
+                    return self.refuse_transfer(&peer, attachment);
+                }
+                let o = self
+                    .outgoing
+                    .get_mut(&message_id)
+                    .expect("checked by may_fetch");
+                let entry = (attachment, peer.clone());
+                if !o.fetched.contains(&entry) {
+                    o.fetched.push(entry);
+                    self.persist_outgoing(&message_id);
+                }
+                self.send_peer(&peer, PeerFrame::FileReceivedAck { attachment });
+            }
+            PeerFrame::FileReceivedAck { attachment } => {
+                if let Some(d) = self.downloads.get_mut(&attachment) {
+                    if d.record.from == peer && !d.record.sender_knows {
+                        d.record.sender_knows = true;
+                        let record = d.record.clone();
+                        self.store(StoreWrite::PutDownload(Box::new(record)));
+                    }
+                }
+            }
             PeerFrame::ChunkList {
                 attachment,
                 start,
@@ -529,6 +584,7 @@ impl Node {
         let (peer, record) = (d.record.from.clone(), d.record.clone());
         self.store(StoreWrite::PutDownload(Box::new(record)));
         self.event(Event::DownloadChanged(id));
+        self.tell_sender(&peer);
         self.pump_downloads(&peer);
     }
 }

@@ -92,6 +92,14 @@ pub enum PeerFrame {
     },
     /// The receiver cancelled: stop sending chunks of this attachment.
     CancelTransfer { attachment: AttachmentId },
+    /// From a recipient to the sender of mail `message_id`: I have attachment `attachment`
+    /// whole and verified. Answered by `FileReceivedAck`.
+    FileReceived {
+        message_id: MessageId,
+        attachment: AttachmentId,
+    },
+    /// The sender recorded the `FileReceived`.
+    FileReceivedAck { attachment: AttachmentId },
 }
 
 /// Why bytes from a peer could not be read.

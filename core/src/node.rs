@@ -341,6 +341,8 @@ pub struct Node {
     held_acks_due: BTreeMap<MessageId, Address>,
     /// Attachments of received mail, being fetched or done.
     downloads: BTreeMap<AttachmentId, transfer::Incoming>,
+    /// Chunk writes not yet reported stored: op → (attachment, chunk index).
+    chunk_writes: HashMap<OpId, (AttachmentId, u32)>,
 }
 
 impl Node {
@@ -415,6 +417,7 @@ impl Node {
                 .into_iter()
                 .map(|d| (d.attachment.id, transfer::Incoming::new(d)))
                 .collect(),
+            chunk_writes: HashMap::new(),
         }
     }
 
@@ -1909,6 +1912,9 @@ impl Node {
     }
 
     fn handle_stored(&mut self, op: OpId, result: Result<(), String>) {
+        if let Some((attachment, index)) = self.chunk_writes.remove(&op) {
+            return self.chunk_stored(attachment, index, result);
+        }
         if let Some((to, message_id)) = self.receipt_acks.remove(&op) {
             if result.is_ok() {
                 self.emit(Output::ToServer(ClientFrame::AckReceipt { to, message_id }));

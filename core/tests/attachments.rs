@@ -345,3 +345,36 @@ fn the_sender_sees_who_still_needs_each_file() {
     let o = w.outgoing(&alice, &id);
     assert!(!o.fetched.iter().any(|(_, a)| a == &mallory));
 }
+
+#[test]
+fn a_chunk_that_cannot_be_stored_fails_the_download_until_retried() {
+    let mut w = world_with(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let bytes = file(3 * CHUNK_BYTES, 11);
+    let att = w.attach_file(&alice, "big.iso", &bytes, 11);
+    w.fail_chunk_writes = true;
+    w.send_with(&alice, &[&bob], "iso", vec![att.clone()]);
+    match state(&w, &bob, att.id) {
+        DownloadState::Failed { reason, .. } => {
+            assert!(reason.contains("could not store it"), "{reason}")
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    let d = w.download(&bob, att.id).unwrap();
+    assert_eq!(d.progress.chunks_held(), 0, "nothing counts as held");
+    let served = w.chunks_served;
+    w.advance(3 * w.config.ack_timeout);
+    assert_eq!(
+        w.chunks_served, served,
+        "no retry loop while storage is full"
+    );
+    w.fail_chunk_writes = false;
+    w.command(&bob, Command::RetryDownload(att.id));
+    assert!(matches!(
+        state(&w, &bob, att.id),
+        DownloadState::Complete { .. }
+    ));
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}

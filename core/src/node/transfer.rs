@@ -65,6 +65,9 @@ pub(super) struct Incoming {
     active_at: Millis,
     /// New chunks stored since the record was last persisted.
     unsaved: u32,
+    /// Chunks arrived whose storage has not completed: they count against the window, so
+    /// a store slower than the network holds back requests instead of piling up chunks.
+    unstored: u32,
     /// The whole-file check is running.
     checking: bool,
     rate: RateMeter,
@@ -79,6 +82,7 @@ impl Incoming {
             list_requested: false,
             active_at: 0,
             unsaved: 0,
+            unstored: 0,
             checking: false,
             rate: RateMeter::new(),
             progress_event_at: 0,
@@ -247,8 +251,8 @@ impl Node {
             self.emit(Output::CheckFile(id));
             return;
         }
-        // Top the window up once half of it arrived.
-        let in_flight = d.requested.len() as u32;
+        // Top the window up once half of it arrived and was stored.
+        let in_flight = d.requested.len() as u32 + d.unstored;
         if in_flight > WINDOW / 2 {
             return;
         }
@@ -540,11 +544,13 @@ impl Node {
                     d.unsaved = 0;
                 }
                 let record = save.then(|| d.record.clone());
-                self.store(StoreWrite::PutChunk {
+                d.unstored += 1;
+                let op = self.store(StoreWrite::PutChunk {
                     attachment: id,
                     index,
                     data,
                 });
+                self.chunk_writes.insert(op, (id, index));
                 if let Some(r) = record {
                     self.store(StoreWrite::PutDownload(Box::new(r)));
                 }
@@ -557,6 +563,38 @@ impl Node {
                 peer,
                 reason: format!("refused chunk {index} of {id}: {e}"),
             }),
+        }
+        self.request_more(id);
+    }
+
+    /// A chunk write completed (or failed: the chunk is fetched again).
+    pub(super) fn chunk_stored(
+        &mut self,
+        id: AttachmentId,
+        index: u32,
+        result: Result<(), String>,
+    ) {
+        let Some(d) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        d.unstored = d.unstored.saturating_sub(1);
+        if let Err(reason) = result {
+            // Storage is full or broken: asking again would only fail again. The person
+            // can try again once there is room.
+            d.record.progress.forget_chunk(index);
+            if d.record.state == DownloadState::Fetching {
+                d.record.state = DownloadState::Failed {
+                    at: self.now,
+                    reason: format!("could not store it: {reason}"),
+                };
+                d.requested.clear();
+                d.list_requested = false;
+                let (peer, record) = (d.record.from.clone(), d.record.clone());
+                self.store(StoreWrite::PutDownload(Box::new(record)));
+                self.send_peer(&peer, PeerFrame::CancelTransfer { attachment: id });
+                self.event(Event::DownloadChanged(id));
+            }
+            return;
         }
         self.request_more(id);
     }

@@ -105,6 +105,8 @@ pub struct World {
     pub relay_down: bool,
     /// Chunk frames sent by serving nodes (for assertions about resuming).
     pub chunks_served: u32,
+    /// Every chunk write fails (storage full).
+    pub fail_chunk_writes: bool,
     seed: u8,
     pub config: Config,
 }
@@ -129,6 +131,7 @@ impl World {
             frame_log: Vec::new(),
             relay_down: false,
             chunks_served: 0,
+            fail_chunk_writes: false,
             seed: 0,
             config: Config::default(),
         }
@@ -335,6 +338,12 @@ impl World {
                     .push_back((from.clone(), Input::FileChecked { attachment, result }));
             }
             Output::Store { op, write } => {
+                if self.fail_chunk_writes && matches!(write, StoreWrite::PutChunk { .. }) {
+                    let result = Err("the storage quota is used up".to_string());
+                    self.queue
+                        .push_back((from.clone(), Input::Stored { op, result }));
+                    return;
+                }
                 let u = self.users.get_mut(from).unwrap();
                 u.store.apply_now(write);
                 self.queue

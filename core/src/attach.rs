@@ -56,9 +56,32 @@ pub fn sha256(bytes: &[u8]) -> Hash {
     Sha256::digest(bytes).into()
 }
 
-/// An attachment's identity: 16 random bytes chosen by the sender.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// An attachment's identity: 16 random bytes chosen by the sender. Lower-case hex in
+/// JSON (signaling frames, stored records), 16 bytes in `postcard` (peer frames, mails).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AttachmentId(pub [u8; 16]);
+
+impl Serialize for AttachmentId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AttachmentId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            AttachmentId::from_hex(&s)
+                .ok_or_else(|| serde::de::Error::custom("an attachment id is 32 hex digits"))
+        } else {
+            <[u8; 16]>::deserialize(d).map(AttachmentId)
+        }
+    }
+}
 
 impl AttachmentId {
     /// Lower-case hex, as used in storage keys and the UI contract.

@@ -59,7 +59,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 mod transfer;
-pub use transfer::{DownloadView, FileCheckFailure, ServeRequest, PERSIST_EVERY, WINDOW};
+pub use transfer::{
+    DownloadView, FileCheckFailure, ServeRequest, UploadRequest, PERSIST_EVERY, WINDOW,
+};
 
 use base64::Engine as _;
 use chacha20::ChaCha20Rng;
@@ -182,6 +184,15 @@ pub enum Output {
         attachment: AttachmentId,
         request: ServeRequest,
     },
+    /// Copy an attachment of this node's mail to the relay for the offline `to`: read what
+    /// `request` names from the store and send it (`ClientFrame::DepositFile` with the chunk
+    /// list, or `ClientFrame::DepositChunk` per chunk).
+    Upload {
+        to: Address,
+        message_id: MessageId,
+        attachment: AttachmentId,
+        request: UploadRequest,
+    },
     /// Drop what is queued for `peer` (of one attachment, or all).
     StopServing {
         peer: Address,
@@ -232,6 +243,13 @@ pub enum Event {
     },
     /// A received attachment's transfer moved on (progress, state).
     DownloadChanged(AttachmentId),
+    /// The relay will not keep this attachment for `to` (too large, quota, failure): `to`
+    /// fetches it from this node when both are online. `reason` is for people.
+    FileNotKept {
+        to: Address,
+        attachment: AttachmentId,
+        reason: String,
+    },
     /// A cached mail claiming to be from `from` failed verification (signature, decryption
     /// or consistency): it was neither stored nor released; `reason` is for people.
     Rejected {
@@ -343,6 +361,10 @@ pub struct Node {
     downloads: BTreeMap<AttachmentId, transfer::Incoming>,
     /// Chunk writes not yet reported stored: op → (attachment, chunk index).
     chunk_writes: HashMap<OpId, (AttachmentId, u32)>,
+    /// Attachments being copied to the relay for offline recipients.
+    uploads: HashMap<(AttachmentId, Address), transfer::Upload>,
+    /// Files this node has whole whose relay copy (if any) is to be released.
+    files_to_release: BTreeSet<AttachmentId>,
 }
 
 impl Node {
@@ -418,6 +440,8 @@ impl Node {
                 .map(|d| (d.attachment.id, transfer::Incoming::new(d)))
                 .collect(),
             chunk_writes: HashMap::new(),
+            uploads: HashMap::new(),
+            files_to_release: BTreeSet::new(),
         }
     }
 
@@ -582,6 +606,7 @@ impl Node {
     /// A new signaling session: requests of the old one are unanswered and redone.
     fn signaling_reset(&mut self, clear_presence: bool) {
         self.authenticated = false;
+        self.files_signaling_reset();
         self.relay_down_since.get_or_insert(self.now);
         // Listed again at the next sign-in.
         self.held_fetch.clear();
@@ -710,6 +735,7 @@ impl Node {
                 })
                 .collect(),
             fetched: Vec::new(),
+            relay_has: Vec::new(),
         };
         // A copy to oneself is delivered on the spot.
         if let Some(r) = o.recipients.iter_mut().find(|r| r.address == me) {
@@ -763,7 +789,14 @@ impl Node {
         s.extend(
             self.downloads
                 .values()
-                .filter(|d| d.record.state == crate::store::DownloadState::Fetching)
+                .filter(|d| {
+                    d.record.state == crate::store::DownloadState::Fetching
+                        || (!d.record.sender_knows
+                            && matches!(
+                                d.record.state,
+                                crate::store::DownloadState::Complete { .. }
+                            ))
+                })
                 .map(|d| d.record.from.clone()),
         );
         s.remove(&self.identity.address);
@@ -800,6 +833,7 @@ impl Node {
                 for (to, message_id) in cached {
                     self.emit(Output::ToServer(ClientFrame::Check { to, message_id }));
                 }
+                self.downloads_signed_in();
                 // (Re-)register every held copy: registration is idempotent, and one made
                 // while the relay was unreachable (or lost) is made now.
                 self.hold_register_retry.clear();
@@ -818,6 +852,7 @@ impl Node {
                 self.try_deliver(&address);
                 self.pull_held(&address);
                 self.pump_downloads(&address);
+                self.tell_sender(&address);
             }
             ServerFrame::Error {
                 code,
@@ -831,6 +866,7 @@ impl Node {
             } => self.handle_keys(address, signing_key, encryption_key),
             ServerFrame::Deposited { to, message_id } => {
                 let at = self.now;
+                self.start_uploads(&to, &message_id);
                 self.refusals.remove(&(message_id.clone(), to.clone()));
                 self.set_state_if(&message_id, &to, DeliveryState::CachedAtRelay { at }, |s| {
                     matches!(s, DeliveryState::Waiting | DeliveryState::Depositing { .. })
@@ -850,6 +886,11 @@ impl Node {
             ServerFrame::Held { to, message_id } => {
                 self.hold_register_retry.remove(&(message_id, to));
             }
+            ServerFrame::FileAccepted { .. }
+            | ServerFrame::ChunkDeposited { .. }
+            | ServerFrame::FileInfo { .. }
+            | ServerFrame::FileChunk { .. }
+            | ServerFrame::FileReleased { .. } => self.handle_file_frame(frame),
             ServerFrame::Signal { .. }
             | ServerFrame::Pong { .. }
             | ServerFrame::KeyPublished
@@ -879,6 +920,9 @@ impl Node {
 
     fn handle_error(&mut self, code: ErrorCode, message: String, about: Option<ErrorAbout>) {
         let about = about.unwrap_or_default();
+        if let Some(attachment) = about.attachment {
+            return self.file_error(code, message, attachment, about.to);
+        }
         match (about.to, about.message_id) {
             // The registration of a copy this node holds for `to`.
             (Some(to), Some(id)) if self.held.contains_key(&(id.clone(), to.clone())) => {
@@ -1446,6 +1490,7 @@ impl Node {
             || self.held_fetch.values().any(|f| &f.holder == peer)
             || self.held_acks_due.values().any(|h| h == peer)
             || self.has_downloads_from(peer)
+            || self.owes_sender(peer)
     }
 
     /// Hands sealed copies for the offline `to` to another recipient of the same mail,

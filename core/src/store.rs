@@ -72,6 +72,9 @@ pub struct OutgoingMail {
     /// node (`PeerFrame::FileReceived`).
     #[serde(default)]
     pub fetched: Vec<(AttachmentId, Address)>,
+    /// Which attachment the relay keeps whole for which (offline) recipient.
+    #[serde(default)]
+    pub relay_has: Vec<(AttachmentId, Address)>,
 }
 
 impl OutgoingMail {
@@ -449,6 +452,7 @@ pub mod conformance {
                 },
             ],
             fetched: vec![(crate::attach::AttachmentId([1; 16]), addr("bob@h"))],
+            relay_has: vec![],
         };
         store
             .apply(StoreWrite::PutOutgoing(o.clone()))

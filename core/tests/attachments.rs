@@ -70,7 +70,8 @@ fn attachment_waits_until_the_sender_is_online() {
     w.online(&bob);
     w.offline(&bob);
     let bytes = file(2 * CHUNK_BYTES, 3);
-    let att = w.attach_file(&alice, "report.pdf", &bytes, 3);
+    // Marked large: it stays on Alice's node (the relay keeps only inline files).
+    let att = w.attach_file_with(&alice, "report.pdf", &bytes, 3, false);
     let id = w.send_with(&alice, &[&bob], "report", vec![att.clone()]);
     // The mail went into the relay cache; Alice leaves.
     w.offline(&alice);
@@ -377,4 +378,82 @@ fn a_chunk_that_cannot_be_stored_fails_the_download_until_retried() {
         DownloadState::Complete { .. }
     ));
     assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}
+
+#[test]
+fn a_small_attachment_reaches_an_offline_recipient_through_the_relay() {
+    let mut w = world_with(&["alice", "bob"]);
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    w.offline(&bob);
+    let bytes = file(5 * CHUNK_BYTES + 77, 12);
+    let att = w.attach_file(&alice, "slides.pdf", &bytes, 12);
+    assert!(att.inline);
+    let id = w.send_with(&alice, &[&bob], "slides", vec![att.clone()]);
+    // The relay keeps the sealed mail and the whole (encrypted) file for Bob.
+    let kept = &w.files[&(bob.clone(), att.id)];
+    assert_eq!(kept.chunks.len(), 6);
+    assert!(w
+        .outgoing(&alice, &id)
+        .relay_has
+        .contains(&(att.id, bob.clone())));
+    // Alice leaves before Bob comes back: he gets mail and file from the relay.
+    w.offline(&alice);
+    w.online(&bob);
+    assert!(w.inbox_has(&bob, &id));
+    assert!(matches!(
+        state(&w, &bob, att.id),
+        DownloadState::Complete { .. }
+    ));
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+    assert_eq!(w.relay_chunks_served, 6);
+    assert_eq!(w.chunks_served, 0, "nothing came from Alice's node");
+    assert!(w.files.is_empty(), "Bob released the relay's copy");
+    // When Alice is back, Bob's node tells hers he has it.
+    w.online(&alice);
+    assert!(w.outgoing(&alice, &id).still_needed_by(att.id).is_empty());
+}
+
+#[test]
+fn a_relay_copy_that_does_not_match_the_mail_is_not_used() {
+    let mut w = world_with(&["alice", "bob"]);
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    w.offline(&bob);
+    let bytes = file(3 * CHUNK_BYTES, 13);
+    let att = w.attach_file(&alice, "contract.pdf", &bytes, 13);
+    w.send_with(&alice, &[&bob], "contract", vec![att.clone()]);
+    w.offline(&alice);
+    // The relay's copy is altered: its chunk list no longer matches the mail's root.
+    w.files.get_mut(&(bob.clone(), att.id)).unwrap().hashes[1][0] ^= 1;
+    w.online(&bob);
+    assert_eq!(state(&w, &bob, att.id), DownloadState::Fetching);
+    assert_eq!(w.relay_chunks_served, 0);
+    assert!(w.users[&bob].events.iter().any(
+        |e| matches!(e, Event::ServerError { message, .. } if message.contains("does not match"))
+    ));
+    // From Alice's node, once she is back.
+    w.online(&alice);
+    assert!(matches!(
+        state(&w, &bob, att.id),
+        DownloadState::Complete { .. }
+    ));
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}
+
+#[test]
+fn a_large_attachment_is_not_left_at_the_relay() {
+    let mut w = world_with(&["alice", "bob"]);
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    w.offline(&bob);
+    let att = w.attach_file_with(&alice, "film.mkv", &file(2 * CHUNK_BYTES, 14), 14, false);
+    w.send_with(&alice, &[&bob], "film", vec![att.clone()]);
+    assert!(w.files.is_empty());
 }

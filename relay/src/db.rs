@@ -99,6 +99,11 @@ impl Db {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The directory's connection (also used by the file store, `files_db.rs`).
+    pub(crate) fn directory_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn()
+    }
+
     /// Number of accounts.
     pub fn account_count(&self) -> Result<u64, Error> {
         Ok(self

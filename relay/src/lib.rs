@@ -29,6 +29,7 @@ use peermail_signaling::{CachePolicy, Signaling, SignalingConfig};
 use tokio::net::TcpListener;
 
 pub mod db;
+pub mod files_db;
 pub mod migrations;
 pub mod web;
 
@@ -157,6 +158,18 @@ pub struct Config {
     )]
     pub deposit_rate_per_minute: u32,
 
+    /// Largest attachment kept for offline recipients, in MiB (files count against the
+    /// recipient's quota, separately from mail). Larger files stay on the sender's node
+    /// until each recipient fetches them.
+    #[arg(
+        long = "inline-attachment-mib",
+        env = "PEERMAIL_INLINE_ATTACHMENT_MIB",
+        value_name = "MIB",
+        default_value = "8",
+        value_parser = parse_mib
+    )]
+    pub inline_limit_bytes: u64,
+
     /// Seconds between sweeps of the relay cache for expired mail (fractions allowed).
     #[arg(
         long = "sweep-interval-secs",
@@ -219,6 +232,7 @@ impl Config {
             cache_retention: CachePolicy::default().retention,
             cache_quota_bytes: CachePolicy::default().quota_bytes,
             deposit_rate_per_minute: CachePolicy::default().deposit_rate_per_minute,
+            inline_limit_bytes: CachePolicy::default().inline_limit,
             sweep_interval: Duration::from_secs(60),
         }
     }
@@ -249,6 +263,7 @@ impl Config {
                 retention: self.cache_retention,
                 quota_bytes: self.cache_quota_bytes,
                 deposit_rate_per_minute: self.deposit_rate_per_minute,
+                inline_limit: self.inline_limit_bytes,
             },
         })
     }
@@ -272,7 +287,7 @@ impl Relay {
     pub fn open(config: &Config) -> Result<Self, Error> {
         let signaling_config = config.signaling()?;
         let db = Arc::new(Db::open(&config.data_dir)?);
-        let signaling = Signaling::new(signaling_config, db.clone(), db.clone());
+        let signaling = Signaling::new(signaling_config, db.clone(), db.clone(), db.clone());
         Ok(Relay {
             signaling,
             db,

@@ -48,6 +48,29 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (recipient, message_id)
     ) STRICT;
     CREATE INDEX held_mail_expiry ON held_mail (expires_at);",
+    // 4: attachment files kept for offline recipients (encrypted chunks, checked against
+    // the chunk list their sender announced; the key is only in the sealed mail).
+    "CREATE TABLE kept_files (
+        recipient     TEXT NOT NULL,
+        attachment    TEXT NOT NULL,     -- attachment id, hex
+        sender        TEXT NOT NULL,
+        message_id    TEXT NOT NULL,
+        size          INTEGER NOT NULL,  -- plaintext bytes
+        hashes        BLOB NOT NULL,     -- the chunk list: SHA-256 of each encrypted chunk
+        deposited_at  INTEGER NOT NULL,  -- ms since the Unix epoch
+        expires_at    INTEGER NOT NULL,  -- ms since the Unix epoch
+        PRIMARY KEY (recipient, attachment)
+    ) STRICT;
+    CREATE INDEX kept_files_expiry ON kept_files (expires_at);
+    CREATE TABLE kept_chunks (
+        recipient   TEXT NOT NULL,
+        attachment  TEXT NOT NULL,
+        idx         INTEGER NOT NULL,
+        data        BLOB NOT NULL,  -- one encrypted chunk
+        PRIMARY KEY (recipient, attachment, idx),
+        FOREIGN KEY (recipient, attachment) REFERENCES kept_files (recipient, attachment)
+            ON DELETE CASCADE
+    ) STRICT;",
 ];
 
 /// The schema version this build of the relay writes.

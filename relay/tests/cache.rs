@@ -812,6 +812,7 @@ async fn a_co_recipient_cannot_preempt_a_message_id() {
                 Some(ErrorAbout {
                     to: Some(bob.address.clone()),
                     message_id: Some(mid(1)),
+                    attachment: None,
                 })
             );
         }
@@ -879,6 +880,7 @@ async fn held_copies_are_listed_released_and_both_sender_and_holder_told() {
         Some(ErrorAbout {
             to: Some(to.clone()),
             message_id: Some(id.clone()),
+            attachment: None,
         })
     };
     for (frame, code, to) in [
@@ -1026,7 +1028,8 @@ async fn a_sender_can_check_that_its_deposit_is_still_kept() {
             cl.expect_error_about(ErrorCode::NotFound).await,
             Some(ErrorAbout {
                 to: Some(to.clone()),
-                message_id: Some(id.clone())
+                message_id: Some(id.clone()),
+                attachment: None,
             })
         );
     }
@@ -1053,5 +1056,201 @@ async fn a_sender_can_check_that_its_deposit_is_still_kept() {
     .await;
     a.send(check(&id)).await;
     not_kept(&mut a, &bob.address, &id).await;
+    relay.stop().await;
+}
+
+/// An inline attachment of a mail for the offline Bob: Alice announces it with its chunk
+/// list and deposits its chunks (each checked and acknowledged); only Bob can fetch it, and
+/// only once whole; it survives a restart; Bob releases it. Bad input is refused with
+/// errors about the file, and files above the inline limit are not kept.
+#[tokio::test]
+async fn inline_attachments_are_kept_checked_fetched_by_the_recipient_only_and_released() {
+    use peermail_core::attach::{AttachmentId, FileSealer, CHUNK_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(dir.path(), |c| {
+        c.inline_limit_bytes = 3 * CHUNK_BYTES as u64
+    })
+    .await;
+    let (alice, bob, mallory) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("mallory", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut m = Client::registered(relay.addr, &mallory).await;
+    let to = bob.address.clone();
+    let id = mid(50);
+
+    // A real encrypted file of three chunks.
+    let bytes: Vec<u8> = (0..2 * CHUNK_BYTES + 500)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let mut sealer = FileSealer::new(
+        AttachmentId([5; 16]),
+        [6; 32],
+        "plan.pdf",
+        "application/pdf",
+        bytes.len() as u64,
+    )
+    .unwrap();
+    let mut chunks = Vec::new();
+    while let Some(r) = sealer.next_range() {
+        chunks.push(
+            sealer
+                .push(&bytes[r.start as usize..r.end as usize])
+                .unwrap()
+                .data,
+        );
+    }
+    let (att, hashes) = sealer.finish(true).unwrap();
+    let announce = |message_id: &MessageId, size: u64| ClientFrame::DepositFile {
+        to: to.clone(),
+        message_id: message_id.clone(),
+        attachment: att.id,
+        size,
+        hashes: B64.encode(hashes.concat()),
+    };
+    let chunk = |index: u32, data: &[u8]| ClientFrame::DepositChunk {
+        to: to.clone(),
+        attachment: att.id,
+        index,
+        data: B64.encode(data),
+    };
+
+    // Files come after their mail.
+    a.send(announce(&id, att.size)).await;
+    let about = a.expect_error_about(ErrorCode::NotFound).await.unwrap();
+    assert_eq!(
+        (about.to.as_ref(), about.attachment),
+        (Some(&to), Some(att.id))
+    );
+    a.deposit_ok(&to, &id, b"sealed mail with the file's key")
+        .await;
+    // A file above the inline limit is not kept.
+    a.send(announce(&id, 3 * CHUNK_BYTES as u64 + 1)).await;
+    a.expect_error_about(ErrorCode::TooLarge).await;
+    // A chunk list that does not fit the size is malformed.
+    a.send(announce(&id, 10)).await;
+    a.expect_error_about(ErrorCode::MalformedFrame).await;
+
+    a.send(announce(&id, att.size)).await;
+    assert_eq!(
+        a.recv().await,
+        ServerFrame::FileAccepted {
+            to: to.clone(),
+            attachment: att.id,
+            missing: vec![(0, 3)]
+        }
+    );
+    // Chunks are checked: a swapped or altered one is refused.
+    a.send(chunk(1, &chunks[0])).await;
+    a.expect_error_about(ErrorCode::MalformedFrame).await;
+    let mut bad = chunks[2].clone();
+    bad[0] ^= 1;
+    a.send(chunk(2, &bad)).await;
+    a.expect_error_about(ErrorCode::MalformedFrame).await;
+    // Mallory cannot add chunks to Alice's file.
+    m.send(chunk(0, &chunks[0])).await;
+    m.expect_error_about(ErrorCode::NotFound).await;
+    a.send(chunk(2, &chunks[2])).await;
+    assert_eq!(
+        a.recv().await,
+        ServerFrame::ChunkDeposited {
+            to: to.clone(),
+            attachment: att.id,
+            index: 2
+        }
+    );
+    // Not fetchable before it is whole.
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await.len(), 1);
+    b.send(ClientFrame::FetchFile { attachment: att.id }).await;
+    b.expect_error_about(ErrorCode::NotFound).await;
+    // Resuming: announcing again says what is missing.
+    a.send(announce(&id, att.size)).await;
+    assert_eq!(
+        a.recv().await,
+        ServerFrame::FileAccepted {
+            to: to.clone(),
+            attachment: att.id,
+            missing: vec![(0, 2)]
+        }
+    );
+    for i in 0..2 {
+        a.send(chunk(i, &chunks[i as usize])).await;
+        assert!(matches!(a.recv().await, ServerFrame::ChunkDeposited { index, .. } if index == i));
+    }
+    b.close().await;
+    // It survives a restart.
+    relay.stop().await;
+    let relay = TestRelay::start(dir.path()).await;
+
+    // Mallory gets the same answer as for a file that does not exist.
+    let mut m = Client::authenticated(relay.addr, &mallory).await;
+    m.send(ClientFrame::FetchFile { attachment: att.id }).await;
+    m.expect_error_about(ErrorCode::NotFound).await;
+    m.send(ClientFrame::FetchChunks {
+        attachment: att.id,
+        ranges: vec![(0, 3)],
+    })
+    .await;
+    m.expect_error_about(ErrorCode::NotFound).await;
+
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await.len(), 1);
+    b.send(ClientFrame::FetchFile { attachment: att.id }).await;
+    match b.recv().await {
+        ServerFrame::FileInfo {
+            attachment,
+            from,
+            size,
+            hashes: h,
+        } => {
+            assert_eq!(
+                (attachment, &from, size),
+                (att.id, &alice.address, att.size)
+            );
+            assert_eq!(B64.decode(h).unwrap(), hashes.concat());
+        }
+        other => panic!("expected the file, got {other:?}"),
+    }
+    b.send(ClientFrame::FetchChunks {
+        attachment: att.id,
+        ranges: vec![(0, 3)],
+    })
+    .await;
+    let mut check = peermail_core::attach::FileCheck::new(&att);
+    let mut got = Vec::new();
+    for i in 0..3 {
+        match b.recv().await {
+            ServerFrame::FileChunk {
+                attachment,
+                index,
+                data,
+            } => {
+                assert_eq!((attachment, index), (att.id, i));
+                got.extend(check.push(index, &B64.decode(data).unwrap()).unwrap());
+            }
+            other => panic!("expected chunk {i}, got {other:?}"),
+        }
+    }
+    check.finish().unwrap();
+    assert_eq!(got, bytes, "the file is byte for byte the original");
+    // Too many chunks at once is malformed.
+    b.send(ClientFrame::FetchChunks {
+        attachment: att.id,
+        ranges: vec![(0, 65)],
+    })
+    .await;
+    b.expect_error_about(ErrorCode::MalformedFrame).await;
+    b.send(ClientFrame::ReleaseFile { attachment: att.id })
+        .await;
+    assert_eq!(
+        b.recv().await,
+        ServerFrame::FileReleased { attachment: att.id }
+    );
+    b.send(ClientFrame::FetchFile { attachment: att.id }).await;
+    b.expect_error_about(ErrorCode::NotFound).await;
     relay.stop().await;
 }

@@ -52,11 +52,13 @@ use tokio::sync::watch;
 
 pub mod cache;
 pub mod directory;
+pub mod files;
 mod hub;
 mod session;
 
 pub use cache::{MailCache, MemoryCache};
 pub use directory::{Directory, MemoryDirectory};
+pub use files::{FileCache, MemoryFiles};
 pub use session::MAX_SUBSCRIPTIONS;
 
 /// Size of the WebSocket read buffer of each connection. Small on purpose: axum's default of
@@ -119,15 +121,21 @@ pub struct CachePolicy {
     /// Most deposits one sender may make per minute (a token bucket: up to this many at
     /// once, refilled evenly over the minute).
     pub deposit_rate_per_minute: u32,
+    /// Largest attachment kept for offline recipients (plaintext bytes); larger files stay
+    /// on their sender's node. Files count against the same per-recipient quota, separately
+    /// from envelopes.
+    pub inline_limit: u64,
 }
 
 impl Default for CachePolicy {
-    /// 30 days, 100 MiB per recipient, 600 deposits per minute per sender.
+    /// 30 days, 100 MiB per recipient, 600 deposits per minute per sender, files up to
+    /// 8 MiB.
     fn default() -> Self {
         CachePolicy {
             retention: Duration::from_secs(30 * 24 * 3600),
             quota_bytes: 100 * 1024 * 1024,
             deposit_rate_per_minute: 600,
+            inline_limit: peermail_core::wire::signal::DEFAULT_INLINE_LIMIT,
         }
     }
 }
@@ -152,6 +160,8 @@ pub struct Signaling {
     directory: Arc<dyn Directory>,
     /// Sealed envelopes waiting for their recipients, and receipts for their senders.
     cache: Arc<dyn MailCache>,
+    /// Attachment files kept for offline recipients.
+    files: Arc<dyn FileCache>,
     /// Deposit allowance per sender.
     deposit_rates: Mutex<HashMap<Address, Bucket>>,
     /// Live sessions and presence subscriptions.
@@ -176,12 +186,14 @@ impl Signaling {
         mut config: SignalingConfig,
         directory: Arc<dyn Directory>,
         cache: Arc<dyn MailCache>,
+        files: Arc<dyn FileCache>,
     ) -> Arc<Self> {
         config.domain = config.domain.trim().to_ascii_lowercase();
         Arc::new(Signaling {
             config,
             directory,
             cache,
+            files,
             deposit_rates: Mutex::new(HashMap::new()),
             hub: Mutex::new(hub::Hub::default()),
             next_session: AtomicU64::new(1),
@@ -217,11 +229,15 @@ impl Signaling {
     /// each, and pushes those receipts to the senders that are online (the others get them
     /// at their next sign-in). Returns how many expired. The relay calls this periodically.
     pub async fn sweep_expired(&self) -> Result<usize, Error> {
-        let cache = self.cache.clone();
+        let (cache, files) = (self.cache.clone(), self.files.clone());
         let now = now_millis();
-        let receipts = tokio::task::spawn_blocking(move || cache.expire(now))
-            .await
-            .map_err(|e| Error::Cache(format!("the sweep task failed: {e}")))??;
+        let receipts = tokio::task::spawn_blocking(move || {
+            let receipts = cache.expire(now)?;
+            files.expire_files(now)?;
+            Ok::<_, Error>(receipts)
+        })
+        .await
+        .map_err(|e| Error::Cache(format!("the sweep task failed: {e}")))??;
         for r in &receipts {
             tracing::debug!(sender = %r.sender, recipient = %r.recipient, message_id = %r.message_id,
                 "cached mail expired");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use base64::Engine as _;
 use peermail_core::address::{validate_name, Address};
+use peermail_core::attach::{chunk_count, AttachmentId, Hash, CHUNK_BYTES, CHUNK_OVERHEAD};
 use peermail_core::identity::{auth_message, register_message, PublicKey};
 use peermail_core::mail::MessageId;
 use peermail_core::wire::signal::{
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::cache::{self, MailCache, NewHold, NewMail};
+use crate::files::{ChunkDeposit, FileCache, FileDeposit, NewFile};
 use crate::hub::Outbox;
 use crate::{now_millis, Error, Signaling};
 
@@ -291,6 +293,39 @@ impl Session {
                 size,
             } => Box::pin(self.hold(to, message_id, from, size)).await,
             ClientFrame::Check { to, message_id } => Box::pin(self.check(to, message_id)).await,
+            ClientFrame::DepositFile {
+                to,
+                message_id,
+                attachment,
+                size,
+                hashes,
+            } => {
+                let about = file_about(Some(&to), attachment);
+                let frame =
+                    Box::pin(self.deposit_file(to, message_id, attachment, size, &hashes)).await;
+                with_about(frame, about)
+            }
+            ClientFrame::DepositChunk {
+                to,
+                attachment,
+                index,
+                data,
+            } => {
+                let about = file_about(Some(&to), attachment);
+                let frame = Box::pin(self.deposit_chunk(to, attachment, index, &data)).await;
+                with_about(frame, about)
+            }
+            ClientFrame::FetchFile { attachment } => {
+                let frame = Box::pin(self.fetch_file(attachment)).await;
+                with_about(frame, file_about(None, attachment))
+            }
+            ClientFrame::FetchChunks { attachment, ranges } => {
+                return Box::pin(self.fetch_chunks(attachment, ranges)).await
+            }
+            ClientFrame::ReleaseFile { attachment } => {
+                let frame = Box::pin(self.release_file(attachment)).await;
+                with_about(frame, file_about(None, attachment))
+            }
             ClientFrame::AckReceipt { to, message_id } => {
                 match Box::pin(self.ack_receipt(to, message_id)).await {
                     Some(error) => error,
@@ -346,6 +381,213 @@ impl Session {
         self.signaling.cache.clone()
     }
 
+    /// The file store, for one call.
+    fn files(&self) -> Arc<dyn FileCache> {
+        self.signaling.files.clone()
+    }
+
+    /// `DepositFile`: keep an inline attachment of this account's deposited mail for `to`.
+    async fn deposit_file(
+        &mut self,
+        to: Address,
+        message_id: MessageId,
+        attachment: AttachmentId,
+        size: u64,
+        hashes: &str,
+    ) -> ServerFrame {
+        let Some(from) = self.address.clone() else {
+            return not_authenticated();
+        };
+        let policy = self.signaling.config.cache;
+        if size > policy.inline_limit {
+            return ServerFrame::error(
+                ErrorCode::TooLarge,
+                format!(
+                    "this relay keeps files of at most {} bytes; larger ones stay on the sender's node",
+                    policy.inline_limit
+                ),
+            );
+        }
+        let count = chunk_count(size) as usize;
+        let hashes = match BASE64.decode(hashes) {
+            Ok(b) if b.len() == 32 * count => b
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect::<Vec<Hash>>(),
+            _ => {
+                return ServerFrame::error(
+                    ErrorCode::MalformedFrame,
+                    format!("hashes must be {count} SHA-256 hashes in standard base64"),
+                )
+            }
+        };
+        // Only a file of mail this account left here for `to`.
+        match self
+            .cache()
+            .has_deposit_async(from.clone(), to.clone(), message_id.clone())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return ServerFrame::error(
+                    ErrorCode::NotFound,
+                    format!("deposit the mail {message_id} for {to} before its files"),
+                )
+            }
+            Err(e) => return internal(&e),
+        }
+        let now = now_millis();
+        let retention = u64::try_from(policy.retention.as_millis()).unwrap_or(u64::MAX);
+        let file = NewFile {
+            recipient: to.clone(),
+            attachment,
+            sender: from,
+            message_id,
+            size,
+            hashes,
+            deposited_at: now,
+            expires_at: now.saturating_add(retention),
+        };
+        match self
+            .files()
+            .deposit_file_async(file, policy.quota_bytes)
+            .await
+        {
+            Ok(FileDeposit::Accepted { missing }) => ServerFrame::FileAccepted {
+                to,
+                attachment,
+                missing,
+            },
+            Ok(FileDeposit::QuotaExceeded) => ServerFrame::error(
+                ErrorCode::QuotaExceeded,
+                format!("the files kept for {to} would exceed their quota; nothing was kept"),
+            ),
+            Ok(FileDeposit::Conflict) => ServerFrame::error(
+                ErrorCode::Conflict,
+                format!("another file {attachment} is kept for {to}"),
+            ),
+            Err(e) => internal(&e),
+        }
+    }
+
+    /// `DepositChunk`: one chunk of an announced file, checked against its chunk list.
+    async fn deposit_chunk(
+        &mut self,
+        to: Address,
+        attachment: AttachmentId,
+        index: u32,
+        data: &str,
+    ) -> ServerFrame {
+        let Some(from) = self.address.clone() else {
+            return not_authenticated();
+        };
+        let data = match BASE64.decode(data) {
+            Ok(d) if d.len() <= CHUNK_BYTES + CHUNK_OVERHEAD => d,
+            _ => {
+                return ServerFrame::error(
+                    ErrorCode::MalformedFrame,
+                    "data must be one encrypted chunk in standard base64",
+                )
+            }
+        };
+        match self
+            .files()
+            .deposit_chunk_async(to.clone(), from, attachment, index, data)
+            .await
+        {
+            Ok(ChunkDeposit::Stored) => ServerFrame::ChunkDeposited {
+                to,
+                attachment,
+                index,
+            },
+            Ok(ChunkDeposit::NoSuchFile) => ServerFrame::error(
+                ErrorCode::NotFound,
+                format!("announce file {attachment} for {to} first (deposit_file)"),
+            ),
+            Ok(ChunkDeposit::Mismatch) => ServerFrame::error(
+                ErrorCode::MalformedFrame,
+                format!("chunk {index} does not match the chunk list of {attachment}"),
+            ),
+            Err(e) => internal(&e),
+        }
+    }
+
+    async fn fetch_file(&mut self, attachment: AttachmentId) -> ServerFrame {
+        let Some(me) = self.address.clone() else {
+            return not_authenticated();
+        };
+        match self.files().file_async(me, attachment).await {
+            Ok(Some(f)) => ServerFrame::FileInfo {
+                attachment,
+                from: f.sender,
+                size: f.size,
+                hashes: BASE64.encode(f.hashes.concat()),
+            },
+            Ok(None) => ServerFrame::error(
+                ErrorCode::NotFound,
+                format!("no whole file {attachment} is kept for you"),
+            ),
+            Err(e) => internal(&e),
+        }
+    }
+
+    /// `FetchChunks`: at most [`MAX_CHUNKS_PER_FETCH`] chunks per request.
+    async fn fetch_chunks(
+        &mut self,
+        attachment: AttachmentId,
+        ranges: Vec<(u32, u32)>,
+    ) -> Vec<ServerFrame> {
+        let Some(me) = self.address.clone() else {
+            return vec![not_authenticated()];
+        };
+        let count: u64 = ranges
+            .iter()
+            .map(|&(s, e)| u64::from(e.saturating_sub(s)))
+            .sum();
+        if count > MAX_CHUNKS_PER_FETCH || ranges.iter().any(|&(s, e)| s >= e) {
+            return vec![with_about(
+                ServerFrame::error(
+                    ErrorCode::MalformedFrame,
+                    format!("ask for 1 to {MAX_CHUNKS_PER_FETCH} chunks in non-empty ranges"),
+                ),
+                file_about(None, attachment),
+            )];
+        }
+        let indices: Vec<u32> = ranges.into_iter().flat_map(|(s, e)| s..e).collect();
+        match self.files().chunks_async(me, attachment, indices).await {
+            Ok(chunks) if !chunks.is_empty() => chunks
+                .into_iter()
+                .map(|(index, data)| ServerFrame::FileChunk {
+                    attachment,
+                    index,
+                    data: BASE64.encode(data),
+                })
+                .collect(),
+            Ok(_) => vec![with_about(
+                ServerFrame::error(
+                    ErrorCode::NotFound,
+                    format!("no such chunks of {attachment} are kept for you"),
+                ),
+                file_about(None, attachment),
+            )],
+            Err(e) => vec![with_about(internal(&e), file_about(None, attachment))],
+        }
+    }
+
+    async fn release_file(&mut self, attachment: AttachmentId) -> ServerFrame {
+        let Some(me) = self.address.clone() else {
+            return not_authenticated();
+        };
+        match self.files().release_file_async(me, attachment).await {
+            Ok(true) => ServerFrame::FileReleased { attachment },
+            Ok(false) => ServerFrame::error(
+                ErrorCode::NotFound,
+                format!("no file {attachment} is kept for you"),
+            ),
+            Err(e) => internal(&e),
+        }
+    }
+
     fn publish_key(&mut self, key: &str) -> ServerFrame {
         let Some(me) = &self.address else {
             return not_authenticated();
@@ -376,6 +618,7 @@ impl Session {
         let about = ErrorAbout {
             to: Some(address.clone()),
             message_id: None,
+            attachment: None,
         };
         let signing_key = match self.account_key(&address) {
             Ok(Some(key)) => key,
@@ -399,6 +642,7 @@ impl Session {
         let about = ErrorAbout {
             to: Some(to.clone()),
             message_id: Some(message_id.clone()),
+            attachment: None,
         };
         let frame = self.deposit_inner(from, to, message_id, sealed).await;
         with_about(frame, about)
@@ -538,6 +782,7 @@ impl Session {
         let about = ErrorAbout {
             to: Some(to.clone()),
             message_id: Some(message_id.clone()),
+            attachment: None,
         };
         let frame = match self
             .cache()
@@ -569,6 +814,7 @@ impl Session {
         let about = ErrorAbout {
             to: Some(to.clone()),
             message_id: Some(message_id.clone()),
+            attachment: None,
         };
         let frame = self.hold_inner(holder, to, message_id, from, size).await;
         with_about(frame, about)
@@ -846,6 +1092,17 @@ impl Session {
 }
 
 /// Fills in what an error frame is about (other frames pass unchanged).
+/// Most chunks one `FetchChunks` may ask for (64 × 82 KB of frames).
+const MAX_CHUNKS_PER_FETCH: u64 = 64;
+
+fn file_about(to: Option<&Address>, attachment: AttachmentId) -> ErrorAbout {
+    ErrorAbout {
+        to: to.cloned(),
+        message_id: None,
+        attachment: Some(attachment),
+    }
+}
+
 fn with_about(frame: ServerFrame, about: ErrorAbout) -> ServerFrame {
     match frame {
         ServerFrame::Error { code, message, .. } => ServerFrame::error_about(code, message, about),
@@ -865,6 +1122,7 @@ impl AboutMail for ServerFrame {
             ErrorAbout {
                 to: None,
                 message_id: Some(message_id.clone()),
+                attachment: None,
             },
         )
     }

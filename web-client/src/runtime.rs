@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 use peermail_core::address::validate_name;
 use peermail_core::attach::{AttachmentId, AttachmentRef, FileCheck};
 use peermail_core::identity::{register_message, Identity};
-use peermail_core::node::{FileCheckFailure, ServeRequest};
+use peermail_core::node::{FileCheckFailure, ServeRequest, UploadRequest};
 use peermail_core::store::{MailStore, StoreWrite};
 use peermail_core::wire::peer::PeerFrame;
 use peermail_core::wire::signal::{ClientFrame, ErrorCode, ServerFrame};
@@ -526,6 +526,12 @@ impl Runtime {
                     .retain(|(p, a, _, _)| p != &peer || attachment.is_some_and(|att| att != *a));
                 *self.stop_gen.borrow_mut().entry(peer).or_default() += 1;
             }
+            Output::Upload {
+                to,
+                message_id,
+                attachment,
+                request,
+            } => self.upload(to, message_id, attachment, request).await,
             Output::CheckFile(attachment) => {
                 let result = self.check_file(attachment).await;
                 self.input(Input::FileChecked { attachment, result });
@@ -575,6 +581,54 @@ impl Runtime {
                 op,
                 result: result.clone(),
             });
+        }
+    }
+
+    /// Sends the relay what the node asked to copy there, read from IndexedDB: the file's
+    /// announcement with its chunk list, or chunks. (The relay answers each chunk after its
+    /// commit; the node keeps a few in flight.)
+    async fn upload(
+        &self,
+        to: Address,
+        message_id: MessageId,
+        attachment: AttachmentId,
+        request: UploadRequest,
+    ) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let Some(store) = self.store.borrow().clone() else {
+            return;
+        };
+        match request {
+            UploadRequest::Announce { size } => {
+                if let Ok(Some(list)) = store.read_chunk_list(attachment).await {
+                    self.send_server(&ClientFrame::DepositFile {
+                        to,
+                        message_id,
+                        attachment,
+                        size,
+                        hashes: b64.encode(list.concat()),
+                    });
+                }
+            }
+            UploadRequest::Chunks { indices } => {
+                for index in indices {
+                    match store.read_chunk(attachment, index).await {
+                        Ok(Some(data)) => {
+                            self.send_server(&ClientFrame::DepositChunk {
+                                to: to.clone(),
+                                attachment,
+                                index,
+                                data: b64.encode(data),
+                            });
+                        }
+                        // The node gives the upload up when the relay stops answering.
+                        _ => log(&format!(
+                            "upload: chunk {index} of {attachment} is not here"
+                        )),
+                    }
+                }
+            }
         }
     }
 
@@ -714,6 +768,13 @@ impl Runtime {
                      delivered ({reason})"
                 ));
             }
+            Event::FileNotKept {
+                to,
+                attachment,
+                reason,
+            } => log(&format!(
+                "the relay does not keep {attachment} for {to} ({reason}); {to} fetches it from this browser"
+            )),
             Event::SendRejected { .. }
             | Event::DownloadChanged(_)
             | Event::Presence { .. }
@@ -824,6 +885,11 @@ impl Runtime {
                 }
             }
             ServerFrame::Authenticated { .. }
+            | ServerFrame::FileAccepted { .. }
+            | ServerFrame::ChunkDeposited { .. }
+            | ServerFrame::FileInfo { .. }
+            | ServerFrame::FileChunk { .. }
+            | ServerFrame::FileReleased { .. }
             | ServerFrame::Presence { .. }
             | ServerFrame::Pong { .. }
             | ServerFrame::KeyPublished

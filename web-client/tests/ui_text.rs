@@ -115,6 +115,7 @@ fn outgoing(states: &[DeliveryState]) -> OutgoingMail {
         },
         recipients,
         fetched: vec![],
+        relay_has: vec![],
     }
 }
 

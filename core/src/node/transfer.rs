@@ -21,8 +21,54 @@
 //! `TransferRefused`. `CancelTransfer` becomes [`Output::StopServing`].
 
 use super::*;
-use crate::attach::{Accepted, AttachError, AttachmentId, AttachmentRef, Download, RateMeter};
+use crate::attach::{
+    Accepted, AttachError, AttachmentId, AttachmentRef, Download, Hash, RateMeter, HASHES_PER_PAGE,
+};
 use crate::store::{DownloadRecord, DownloadState};
+
+/// Chunks sent to the relay before their `ChunkDeposited` (each committed on its own).
+pub const UPLOAD_WINDOW: usize = 8;
+
+/// What the driver reads and sends to the relay (see [`Output::Upload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadRequest {
+    /// `ClientFrame::DepositFile` with the file's size and chunk list.
+    Announce { size: u64 },
+    /// One `ClientFrame::DepositChunk` per index.
+    Chunks { indices: Vec<u32> },
+}
+
+/// An attachment being copied to the relay for one offline recipient (this session).
+#[derive(Debug)]
+pub(super) struct Upload {
+    message_id: MessageId,
+    /// Chunks the relay still needs and that were not sent yet.
+    queue: VecDeque<u32>,
+    /// Sent, not yet confirmed.
+    in_flight: BTreeSet<u32>,
+    /// When the relay last answered (or the upload started).
+    active_at: Millis,
+}
+
+/// Where a receiving transfer asks for chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Peer,
+    Relay,
+}
+
+/// What this node knows of the relay's copy of a received attachment (this session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayCopy {
+    /// Not asked yet.
+    Unknown,
+    /// `FetchFile` sent.
+    Asked,
+    /// The relay keeps the whole file: chunks can come from there.
+    Available,
+    /// The relay has no (whole) copy; asked again at the time given.
+    Absent { until: Millis },
+}
 
 /// Chunks asked for at once (60 KiB each: about 3.75 MiB in flight).
 pub const WINDOW: u32 = 64;
@@ -72,6 +118,7 @@ pub(super) struct Incoming {
     checking: bool,
     rate: RateMeter,
     progress_event_at: Millis,
+    relay: RelayCopy,
 }
 
 impl Incoming {
@@ -86,6 +133,7 @@ impl Incoming {
             checking: false,
             rate: RateMeter::new(),
             progress_event_at: 0,
+            relay: RelayCopy::Unknown,
         }
     }
     fn waiting_for_peer(&self) -> bool {
@@ -177,10 +225,19 @@ impl Node {
             .any(|d| &d.record.from == peer && d.record.state == DownloadState::Fetching)
     }
 
-    /// Tells `peer` (over an open channel) of every file of its mail this node completed
-    /// and it has not acknowledged.
+    /// This node has whole files of `peer`'s mail that `peer` does not know of yet.
+    pub(super) fn owes_sender(&self, peer: &Address) -> bool {
+        self.downloads.values().any(|d| {
+            &d.record.from == peer
+                && !d.record.sender_knows
+                && matches!(d.record.state, DownloadState::Complete { .. })
+        })
+    }
+
+    /// Tells `peer` (over an open channel, asked for while `peer` is online) of every file
+    /// of its mail this node completed and it has not acknowledged.
     pub(super) fn tell_sender(&mut self, peer: &Address) {
-        if !self.links.get(peer).is_some_and(|l| l.connected) {
+        if !self.owes_sender(peer) || !self.ensure_link(peer) {
             return;
         }
         let done: Vec<(MessageId, AttachmentId)> = self
@@ -207,9 +264,11 @@ impl Node {
     /// Moves every transfer from `peer` on: asks for a data channel while `peer` is online,
     /// and over an open one asks for what is missing.
     pub(super) fn pump_downloads(&mut self, peer: &Address) {
-        if !self.has_downloads_from(peer) || !self.ensure_link(peer) {
+        if !self.has_downloads_from(peer) {
             return;
         }
+        // Asks for a channel while `peer` is online; meanwhile the relay may have the file.
+        self.ensure_link(peer);
         let ids: Vec<AttachmentId> = self
             .downloads
             .iter()
@@ -221,18 +280,47 @@ impl Node {
         }
     }
 
+    /// Where chunks of `d` can be asked for now: the sender's node over an open channel,
+    /// else the relay if it keeps the whole file.
+    fn source_of(&self, d: &Incoming) -> Option<Source> {
+        if self.links.get(&d.record.from).is_some_and(|l| l.connected) {
+            Some(Source::Peer)
+        } else if self.authenticated && d.relay == RelayCopy::Available {
+            Some(Source::Relay)
+        } else {
+            None
+        }
+    }
+
     fn request_more(&mut self, id: AttachmentId) {
         let now = self.now;
-        let Some(d) = self.downloads.get_mut(&id) else {
+        let Some(d) = self.downloads.get(&id) else {
             return;
         };
         if d.record.state != DownloadState::Fetching || d.checking {
             return;
         }
+        let source = self.source_of(d);
+        let ask_relay = source.is_none()
+            && self.authenticated
+            && d.relay == RelayCopy::Unknown
+            && d.record.attachment.inline;
+        let d = self.downloads.get_mut(&id).expect("looked up above");
+        if ask_relay {
+            // The sender's node is out of reach: does the relay keep the file?
+            d.relay = RelayCopy::Asked;
+            d.active_at = now;
+            self.emit(Output::ToServer(ClientFrame::FetchFile { attachment: id }));
+            return;
+        }
+        let Some(source) = source else {
+            return;
+        };
         let peer = d.record.from.clone();
         let message_id = d.record.message_id.clone();
         if let Some(start) = d.record.progress.next_hash_page() {
-            if !d.list_requested {
+            // (The relay sends the whole list with `FileInfo`, so this is the peer.)
+            if !d.list_requested && source == Source::Peer {
                 d.list_requested = true;
                 d.active_at = now;
                 self.send_peer(
@@ -276,14 +364,20 @@ impl Node {
             return;
         }
         d.active_at = now;
-        self.send_peer(
-            &peer,
-            PeerFrame::GetChunks {
-                message_id,
+        match source {
+            Source::Peer => self.send_peer(
+                &peer,
+                PeerFrame::GetChunks {
+                    message_id,
+                    attachment: id,
+                    ranges,
+                },
+            ),
+            Source::Relay => self.emit(Output::ToServer(ClientFrame::FetchChunks {
                 attachment: id,
                 ranges,
-            },
-        );
+            })),
+        }
     }
 
     /// A data channel to `peer` closed: what was asked of it is asked again next time.
@@ -302,6 +396,7 @@ impl Node {
 
     /// Transfers whose source went quiet are asked again; called on every tick.
     pub(super) fn downloads_tick(&mut self) {
+        self.files_tick();
         let now = self.now;
         let timeout = self.config.ack_timeout;
         let mut sources = BTreeSet::new();
@@ -322,11 +417,12 @@ impl Node {
 
     /// When `downloads_tick` has work: an unanswered request times out.
     pub(super) fn downloads_timeout(&self) -> Option<Millis> {
-        self.downloads
+        let transfers = self
+            .downloads
             .values()
             .filter(|d| d.record.state == DownloadState::Fetching && d.waiting_for_peer())
-            .map(|d| (d.active_at + self.config.ack_timeout).max(self.now))
-            .min()
+            .map(|d| (d.active_at + self.config.ack_timeout).max(self.now));
+        transfers.chain(self.files_timeout()).min()
     }
 
     pub(super) fn cancel_download(&mut self, id: AttachmentId) {
@@ -448,7 +544,7 @@ impl Node {
                 attachment,
                 index,
                 data,
-            } => self.receive_chunk(peer, attachment, index, data),
+            } => self.receive_chunk(Some(peer), attachment, index, data),
             PeerFrame::TransferRefused { attachment, reason } => {
                 let now = self.now;
                 if let Some(d) = self.downloads.get_mut(&attachment) {
@@ -520,14 +616,24 @@ impl Node {
         self.request_more(id);
     }
 
-    fn receive_chunk(&mut self, peer: Address, id: AttachmentId, index: u32, data: Vec<u8>) {
+    /// A chunk from the sender's node (`peer`), or from the relay (`None`).
+    fn receive_chunk(
+        &mut self,
+        peer: Option<Address>,
+        id: AttachmentId,
+        index: u32,
+        data: Vec<u8>,
+    ) {
         let now = self.now;
         let Some(d) = self.downloads.get_mut(&id) else {
             return;
         };
-        if d.record.from != peer || d.record.state != DownloadState::Fetching {
+        if peer.as_ref().is_some_and(|p| *p != d.record.from)
+            || d.record.state != DownloadState::Fetching
+        {
             return;
         }
+        let peer = peer.unwrap_or_else(|| d.record.from.clone());
         d.requested.remove(&index);
         d.active_at = now;
         match d.record.progress.accept_chunk(index, &data) {
@@ -609,8 +715,15 @@ impl Node {
             return;
         }
         d.checking = false;
+        let inline = d.record.attachment.inline;
         match result {
-            Ok(()) => d.record.state = DownloadState::Complete { at: now },
+            Ok(()) => {
+                d.record.state = DownloadState::Complete { at: now };
+                // The relay may keep a copy for this account: it can go.
+                if inline {
+                    self.files_to_release.insert(id);
+                }
+            }
             Err(FileCheckFailure::ChunkMissing(i)) => d.record.progress.forget_chunk(i),
             Err(FileCheckFailure::Invalid(e)) => {
                 d.record.state = DownloadState::Failed {
@@ -622,7 +735,271 @@ impl Node {
         let (peer, record) = (d.record.from.clone(), d.record.clone());
         self.store(StoreWrite::PutDownload(Box::new(record)));
         self.event(Event::DownloadChanged(id));
+        self.release_files();
         self.tell_sender(&peer);
         self.pump_downloads(&peer);
+    }
+
+    // ----- files the relay keeps for offline recipients -----
+
+    /// Copies the inline attachments of mail `message_id` to the relay for `to`, whose
+    /// sealed copy the relay just confirmed (`Deposited`).
+    pub(super) fn start_uploads(&mut self, to: &Address, message_id: &MessageId) {
+        let Some(o) = self.outgoing.get(message_id) else {
+            return;
+        };
+        let todo: Vec<(AttachmentId, u64)> = o
+            .mail
+            .attachments
+            .iter()
+            .filter(|a| a.inline)
+            .filter(|a| {
+                let key = (a.id, to.clone());
+                !o.relay_has.contains(&key) && !o.fetched.contains(&key)
+            })
+            .map(|a| (a.id, a.size))
+            .collect();
+        for (attachment, size) in todo {
+            let key = (attachment, to.clone());
+            if self.uploads.contains_key(&key) {
+                continue;
+            }
+            self.uploads.insert(
+                key,
+                Upload {
+                    message_id: message_id.clone(),
+                    queue: VecDeque::new(),
+                    in_flight: BTreeSet::new(),
+                    active_at: self.now,
+                },
+            );
+            self.emit(Output::Upload {
+                to: to.clone(),
+                message_id: message_id.clone(),
+                attachment,
+                request: UploadRequest::Announce { size },
+            });
+        }
+    }
+
+    fn upload_more(&mut self, to: &Address, attachment: AttachmentId) {
+        let key = (attachment, to.clone());
+        let Some(u) = self.uploads.get_mut(&key) else {
+            return;
+        };
+        u.active_at = self.now;
+        if u.queue.is_empty() && u.in_flight.is_empty() {
+            // The relay has the whole file.
+            let message_id = u.message_id.clone();
+            self.uploads.remove(&key);
+            if let Some(o) = self.outgoing.get_mut(&message_id) {
+                if !o.relay_has.contains(&key) {
+                    o.relay_has.push(key);
+                    self.persist_outgoing(&message_id);
+                }
+            }
+            return;
+        }
+        let mut indices = Vec::new();
+        while u.in_flight.len() < UPLOAD_WINDOW {
+            let Some(i) = u.queue.pop_front() else { break };
+            u.in_flight.insert(i);
+            indices.push(i);
+        }
+        if !indices.is_empty() {
+            let message_id = u.message_id.clone();
+            self.emit(Output::Upload {
+                to: to.clone(),
+                message_id,
+                attachment,
+                request: UploadRequest::Chunks { indices },
+            });
+        }
+    }
+
+    pub(super) fn handle_file_frame(&mut self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::FileAccepted {
+                to,
+                attachment,
+                missing,
+            } => {
+                if let Some(u) = self.uploads.get_mut(&(attachment, to.clone())) {
+                    u.queue = missing.iter().flat_map(|&(s, e)| s..e).collect();
+                    u.in_flight.clear();
+                    self.upload_more(&to, attachment);
+                }
+            }
+            ServerFrame::ChunkDeposited {
+                to,
+                attachment,
+                index,
+            } => {
+                if let Some(u) = self.uploads.get_mut(&(attachment, to.clone())) {
+                    u.in_flight.remove(&index);
+                    self.upload_more(&to, attachment);
+                }
+            }
+            ServerFrame::FileInfo {
+                attachment,
+                from,
+                size,
+                hashes,
+            } => self.relay_file_info(attachment, from, size, &hashes),
+            ServerFrame::FileChunk {
+                attachment,
+                index,
+                data,
+            } => match BASE64.decode(data.as_bytes()) {
+                Ok(bytes) => self.receive_chunk(None, attachment, index, bytes),
+                Err(_) => self.event(Event::ServerError {
+                    code: ErrorCode::MalformedFrame,
+                    message: format!("the relay sent chunk {index} of {attachment} unreadable"),
+                }),
+            },
+            _ => {}
+        }
+    }
+
+    fn relay_file_info(&mut self, id: AttachmentId, from: Address, size: u64, hashes: &str) {
+        let now = self.now;
+        let retry = self.config.deposit_retry;
+        let Some(d) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        if d.record.state != DownloadState::Fetching {
+            return;
+        }
+        let list: Option<Vec<Hash>> = BASE64.decode(hashes.as_bytes()).ok().and_then(|b| {
+            (b.len() % 32 == 0).then(|| {
+                b.chunks_exact(32)
+                    .map(|c| c.try_into().expect("32 bytes"))
+                    .collect()
+            })
+        });
+        let ok = from == d.record.from && size == d.record.attachment.size && {
+            match (&list, d.record.progress.next_hash_page()) {
+                (Some(list), Some(_)) => {
+                    list.chunks(HASHES_PER_PAGE).enumerate().all(|(p, page)| {
+                        d.record
+                            .progress
+                            .accept_hashes((p * HASHES_PER_PAGE) as u32, page)
+                            .is_ok()
+                    })
+                }
+                (Some(list), None) => d.record.progress.hashes() == Some(&list[..]),
+                (None, _) => false,
+            }
+        };
+        if ok && d.record.progress.hashes().is_some() {
+            d.relay = RelayCopy::Available;
+            self.request_more(id);
+        } else {
+            // Not the file the mail describes: fetch it from the sender instead.
+            d.relay = RelayCopy::Absent { until: now + retry };
+            let message = format!(
+                "the relay's copy of {} does not match the mail",
+                d.record.attachment.name
+            );
+            self.event(Event::ServerError {
+                code: ErrorCode::Internal,
+                message,
+            });
+        }
+    }
+
+    /// An error the relay sent about attachment `id` (for the recipient `to` of an upload,
+    /// or about this node's own fetch).
+    pub(super) fn file_error(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        id: AttachmentId,
+        to: Option<Address>,
+    ) {
+        if let Some(to) = to {
+            if self.uploads.remove(&(id, to.clone())).is_some() {
+                self.event(Event::FileNotKept {
+                    to,
+                    attachment: id,
+                    reason: message,
+                });
+            }
+            return;
+        }
+        let until = self.now + self.config.deposit_retry;
+        if let Some(d) = self.downloads.get_mut(&id) {
+            d.relay = RelayCopy::Absent { until };
+            // Requests the relay can no longer answer are asked of the sender later.
+            if !self.links.get(&d.record.from).is_some_and(|l| l.connected) {
+                d.requested.clear();
+            }
+            if code != ErrorCode::NotFound {
+                self.event(Event::ServerError { code, message });
+            }
+        }
+    }
+
+    /// The signaling session ended: uploads and relay fetches are redone in the next one.
+    pub(super) fn files_signaling_reset(&mut self) {
+        self.uploads.clear();
+        let links = &self.links;
+        for d in self.downloads.values_mut() {
+            d.relay = RelayCopy::Unknown;
+            if !links.get(&d.record.from).is_some_and(|l| l.connected) {
+                d.requested.clear();
+            }
+        }
+    }
+
+    /// Tells the relay to drop its copies of files this node now has whole.
+    fn release_files(&mut self) {
+        if !self.authenticated {
+            return;
+        }
+        for attachment in std::mem::take(&mut self.files_to_release) {
+            self.emit(Output::ToServer(ClientFrame::ReleaseFile { attachment }));
+        }
+    }
+
+    /// Signed in: every transfer may go on (from the relay if the sender is away).
+    pub(super) fn downloads_signed_in(&mut self) {
+        self.release_files();
+        let sources: BTreeSet<Address> = self
+            .downloads
+            .values()
+            .filter(|d| d.record.state == DownloadState::Fetching)
+            .map(|d| d.record.from.clone())
+            .collect();
+        for s in sources {
+            self.pump_downloads(&s);
+        }
+    }
+
+    /// Uploads the relay stopped answering are dropped (redone at the next sign-in), and
+    /// relay copies found absent are asked about again when their pause is over.
+    fn files_tick(&mut self) {
+        let now = self.now;
+        let timeout = self.config.ack_timeout;
+        self.uploads.retain(|_, u| u.active_at + timeout > now);
+        for d in self.downloads.values_mut() {
+            if matches!(d.relay, RelayCopy::Absent { until } if until <= now) {
+                d.relay = RelayCopy::Unknown;
+            }
+            if d.relay == RelayCopy::Asked && d.active_at + timeout <= now {
+                d.relay = RelayCopy::Unknown;
+            }
+        }
+    }
+
+    fn files_timeout(&self) -> Option<Millis> {
+        let timeout = self.config.ack_timeout;
+        let uploads = self.uploads.values().map(|u| u.active_at + timeout);
+        let relay = self.downloads.values().filter_map(|d| match d.relay {
+            RelayCopy::Absent { until } if d.record.state == DownloadState::Fetching => Some(until),
+            RelayCopy::Asked => Some(d.active_at + timeout),
+            _ => None,
+        });
+        uploads.chain(relay).map(|t| t.max(self.now)).min()
     }
 }

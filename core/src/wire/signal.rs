@@ -7,13 +7,19 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::attach::AttachmentId;
 use crate::identity::PublicKey;
 use crate::mail::{MessageId, Millis};
 
 /// Version written in (and required of) every signaling frame.
 pub const SIGNAL_VERSION: u32 = 1;
 /// Largest signaling frame accepted, in bytes. Larger frames close the socket (code 1008).
-pub const MAX_SIGNAL_FRAME: usize = 64 * 1024;
+/// Room for one attachment chunk in base64 ([`ClientFrame::DepositChunk`],
+/// [`ServerFrame::FileChunk`]: 61,456 bytes, 81,944 characters) and its header.
+pub const MAX_SIGNAL_FRAME: usize = 96 * 1024;
+/// Default largest attachment the relay keeps for offline recipients (8 MiB); larger files
+/// stay on their sender's node until fetched. The relay operator sets it.
+pub const DEFAULT_INLINE_LIMIT: u64 = 8 * 1024 * 1024;
 /// Largest sealed envelope the relay cache takes, in bytes (before base64). Its base64 form
 /// (62,806 characters) leaves room for the rest of a [`ClientFrame::Deposit`] or
 /// [`ServerFrame::Cached`] within [`MAX_SIGNAL_FRAME`]; 48 KiB would not (its base64 alone is
@@ -87,6 +93,38 @@ pub enum ClientFrame {
         /// Size of the sealed copy in bytes.
         size: u64,
     },
+    /// Keep attachment `attachment` of this account's mail `message_id` (already deposited
+    /// for `to`) for `to`: its plaintext `size` and its chunk list (the SHA-256 of each
+    /// encrypted chunk, concatenated, standard base64). Only files up to the relay's inline
+    /// limit are kept. Answered by [`ServerFrame::FileAccepted`] with the chunks still to
+    /// send; announcing the same file again is answered the same way.
+    DepositFile {
+        to: Address,
+        message_id: MessageId,
+        attachment: AttachmentId,
+        size: u64,
+        hashes: String,
+    },
+    /// One encrypted chunk of an announced file (standard base64). The relay checks it
+    /// against the chunk list and answers [`ServerFrame::ChunkDeposited`] once committed.
+    DepositChunk {
+        to: Address,
+        attachment: AttachmentId,
+        index: u32,
+        data: String,
+    },
+    /// The chunk list of a file kept for this account, once every chunk is there. Answered
+    /// by [`ServerFrame::FileInfo`] or a `not_found` error about the attachment.
+    FetchFile { attachment: AttachmentId },
+    /// Send these chunks (half-open index ranges) of a file kept for this account, each as
+    /// a [`ServerFrame::FileChunk`].
+    FetchChunks {
+        attachment: AttachmentId,
+        ranges: Vec<(u32, u32)>,
+    },
+    /// This account has the whole file: the relay deletes its copy
+    /// ([`ServerFrame::FileReleased`]).
+    ReleaseFile { attachment: AttachmentId },
 }
 
 /// Frames the relay sends to a client.
@@ -168,6 +206,36 @@ pub enum ServerFrame {
         to: Address,
         message_id: MessageId,
     },
+    /// The relay keeps the announced file for `to`; `missing` lists the chunks (half-open
+    /// ranges) it does not have yet — empty when the whole file is there.
+    FileAccepted {
+        to: Address,
+        attachment: AttachmentId,
+        missing: Vec<(u32, u32)>,
+    },
+    /// Chunk `index` of the file for `to` is committed.
+    ChunkDeposited {
+        to: Address,
+        attachment: AttachmentId,
+        index: u32,
+    },
+    /// A whole file kept for this account: who sent it, its size and chunk list (base64).
+    FileInfo {
+        attachment: AttachmentId,
+        from: Address,
+        size: u64,
+        hashes: String,
+    },
+    /// One encrypted chunk of a file kept for this account (standard base64).
+    FileChunk {
+        attachment: AttachmentId,
+        index: u32,
+        data: String,
+    },
+    /// The relay deleted its copy of the file.
+    FileReleased {
+        attachment: AttachmentId,
+    },
 }
 
 /// What a [`ServerFrame::Error`] is about: the recipient (deposit) or looked-up address
@@ -178,6 +246,9 @@ pub struct ErrorAbout {
     pub to: Option<Address>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<MessageId>,
+    /// The file, for attachment requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<AttachmentId>,
 }
 
 /// One mail waiting for the account, and where it can be fetched.
@@ -266,6 +337,9 @@ pub enum ErrorCode {
     NotFound,
     /// A different sender already deposited a mail with this Message-ID for this recipient.
     Conflict,
+    /// The file is larger than the relay keeps (its inline limit), or a chunk is not the
+    /// size its file says.
+    TooLarge,
     Internal,
 }
 
@@ -308,6 +382,11 @@ const CLIENT_TYPES: &[&str] = &[
     "ack_receipt",
     "hold",
     "check",
+    "deposit_file",
+    "deposit_chunk",
+    "fetch_file",
+    "fetch_chunks",
+    "release_file",
 ];
 const SERVER_TYPES: &[&str] = &[
     "challenge",
@@ -325,6 +404,11 @@ const SERVER_TYPES: &[&str] = &[
     "released",
     "receipt",
     "held",
+    "file_accepted",
+    "chunk_deposited",
+    "file_info",
+    "file_chunk",
+    "file_released",
 ];
 
 fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, FrameError> {
@@ -477,8 +561,28 @@ mod tests {
                 ErrorAbout {
                     to: Some("b@h".parse().unwrap()),
                     message_id: Some(id()),
+                    attachment: None,
                 },
             ),
+            ServerFrame::error_about(
+                ErrorCode::TooLarge,
+                "too large",
+                ErrorAbout {
+                    to: Some("b@h".parse().unwrap()),
+                    attachment: Some(AttachmentId([0xab; 16])),
+                    ..ErrorAbout::default()
+                },
+            ),
+            ServerFrame::FileAccepted {
+                to: "b@h".parse().unwrap(),
+                attachment: AttachmentId([1; 16]),
+                missing: vec![(0, 3), (5, 6)],
+            },
+            ServerFrame::FileChunk {
+                attachment: AttachmentId([2; 16]),
+                index: 7,
+                data: "AAAA".into(),
+            },
             ServerFrame::KeyPublished,
             ServerFrame::Keys {
                 address: "a@h".parse().unwrap(),

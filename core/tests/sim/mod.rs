@@ -8,13 +8,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use base64::Engine as _;
 use peermail_core::attach::{
     hash_page, AttachError, AttachmentId, AttachmentRef, FileCheck, FileSealer,
 };
 use peermail_core::identity::{auth_message, Identity};
 use peermail_core::node::{
-    Command, Config, Event, FileCheckFailure, Input, Node, Output, ServeRequest,
+    Command, Config, Event, FileCheckFailure, Input, Node, Output, ServeRequest, UploadRequest,
 };
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 use peermail_core::store::{DownloadRecord, MemoryStore, OutgoingMail, StoreWrite};
 use peermail_core::wire::peer::PeerFrame;
 use peermail_core::wire::signal::{
@@ -68,6 +71,15 @@ pub struct HeldAt {
     pub size: u64,
 }
 
+/// A file the relay model keeps for an offline recipient.
+#[derive(Debug, Clone)]
+pub struct SimFile {
+    pub from: Address,
+    pub size: u64,
+    pub hashes: Vec<peermail_core::attach::Hash>,
+    pub chunks: BTreeMap<u32, Vec<u8>>,
+}
+
 /// One envelope in the relay cache.
 #[derive(Debug, Clone)]
 pub struct CachedMail {
@@ -88,6 +100,10 @@ pub struct World {
     pub held: BTreeMap<(Address, MessageId), HeldAt>,
     /// Hold registrations accepted (for assertions).
     pub holds: u32,
+    /// Files kept for offline recipients: (recipient, attachment) → file.
+    pub files: BTreeMap<(Address, AttachmentId), SimFile>,
+    /// Chunks the relay model sent to recipients (for assertions).
+    pub relay_chunks_served: u32,
     /// Receipts not yet acknowledged: sender → (recipient, id, outcome).
     pub receipts: BTreeMap<Address, BTreeSet<(Address, MessageId, bool)>>,
     /// Deposits accepted (for assertions).
@@ -120,6 +136,8 @@ impl World {
             cache: BTreeMap::new(),
             held: BTreeMap::new(),
             holds: 0,
+            files: BTreeMap::new(),
+            relay_chunks_served: 0,
             receipts: BTreeMap::new(),
             deposits: 0,
             now: 1_000_000,
@@ -330,6 +348,43 @@ impl World {
                 attachment,
                 request,
             } => self.serve(from, peer, attachment, request),
+            Output::Upload {
+                to,
+                message_id,
+                attachment,
+                request,
+            } => {
+                let store = &self.users[from].store;
+                let frames: Vec<ClientFrame> = match request {
+                    UploadRequest::Announce { size } => store
+                        .chunk_list(attachment)
+                        .map(|list| ClientFrame::DepositFile {
+                            to: to.clone(),
+                            message_id,
+                            attachment,
+                            size,
+                            hashes: B64.encode(list.concat()),
+                        })
+                        .into_iter()
+                        .collect(),
+                    UploadRequest::Chunks { indices } => indices
+                        .into_iter()
+                        .filter_map(|index| {
+                            store
+                                .chunk(attachment, index)
+                                .map(|d| ClientFrame::DepositChunk {
+                                    to: to.clone(),
+                                    attachment,
+                                    index,
+                                    data: B64.encode(d),
+                                })
+                        })
+                        .collect(),
+                };
+                for f in frames {
+                    self.relay(from, f);
+                }
+            }
             // Serving is instant here: nothing stays queued.
             Output::StopServing { .. } => {}
             Output::CheckFile(attachment) => {
@@ -425,13 +480,27 @@ impl World {
     }
 
     /// Seals `bytes` as an attachment into `who`'s store (as the web client does when a
-    /// file is added to a mail) and returns its description.
+    /// file is added to a mail) and returns its description; it travels with the mail
+    /// (`inline`) when it is at most the default inline limit.
     pub fn attach_file(
         &mut self,
         who: &Address,
         name: &str,
         bytes: &[u8],
         seed: u8,
+    ) -> AttachmentRef {
+        let inline = bytes.len() as u64 <= peermail_core::wire::signal::DEFAULT_INLINE_LIMIT;
+        self.attach_file_with(who, name, bytes, seed, inline)
+    }
+
+    /// [`World::attach_file`] with the inline flag chosen by the caller.
+    pub fn attach_file_with(
+        &mut self,
+        who: &Address,
+        name: &str,
+        bytes: &[u8],
+        seed: u8,
+        inline: bool,
     ) -> AttachmentRef {
         let mut s = FileSealer::new(
             AttachmentId([seed; 16]),
@@ -450,7 +519,7 @@ impl World {
                 data: c.data,
             });
         }
-        let (att, hashes) = s.finish(false).unwrap();
+        let (att, hashes) = s.finish(inline).unwrap();
         store.apply_now(StoreWrite::PutChunkList {
             attachment: att.id,
             hashes,
@@ -623,6 +692,7 @@ impl World {
                         ErrorAbout {
                             to: Some(address),
                             message_id: None,
+                            attachment: None,
                         },
                     ),
                     Some(u) => ServerFrame::Keys {
@@ -644,6 +714,7 @@ impl World {
                 let about = ErrorAbout {
                     to: Some(to.clone()),
                     message_id: Some(message_id.clone()),
+                    attachment: None,
                 };
                 let frame = match self.cache_mode {
                     CacheMode::Full => ServerFrame::error_about(
@@ -686,10 +757,158 @@ impl World {
                 }
                 self.reply(from, frame);
             }
+            ClientFrame::DepositFile {
+                to,
+                message_id,
+                attachment,
+                size,
+                hashes,
+            } => {
+                let about = ErrorAbout {
+                    to: Some(to.clone()),
+                    message_id: None,
+                    attachment: Some(attachment),
+                };
+                let hashes: Vec<peermail_core::attach::Hash> = B64
+                    .decode(hashes.as_bytes())
+                    .unwrap()
+                    .chunks_exact(32)
+                    .map(|c| c.try_into().unwrap())
+                    .collect();
+                let frame = match self.cache_mode {
+                    CacheMode::Full => ServerFrame::error_about(
+                        ErrorCode::QuotaExceeded,
+                        format!("the relay cache of {to} is full"),
+                        about,
+                    ),
+                    CacheMode::Down | CacheMode::Off => ServerFrame::error_about(
+                        ErrorCode::Internal,
+                        "the relay could not complete the request",
+                        about,
+                    ),
+                    CacheMode::Up
+                        if self
+                            .cache
+                            .get(&(to.clone(), message_id.clone()))
+                            .is_none_or(|m| &m.from != from) =>
+                    {
+                        ServerFrame::error_about(
+                            ErrorCode::NotFound,
+                            "deposit the mail first",
+                            about,
+                        )
+                    }
+                    CacheMode::Up => {
+                        let f = self
+                            .files
+                            .entry((to.clone(), attachment))
+                            .or_insert_with(|| SimFile {
+                                from: from.clone(),
+                                size,
+                                hashes,
+                                chunks: BTreeMap::new(),
+                            });
+                        let missing = (0..f.hashes.len() as u32)
+                            .filter(|i| !f.chunks.contains_key(i))
+                            .map(|i| (i, i + 1))
+                            .collect();
+                        ServerFrame::FileAccepted {
+                            to,
+                            attachment,
+                            missing,
+                        }
+                    }
+                };
+                self.reply(from, frame);
+            }
+            ClientFrame::DepositChunk {
+                to,
+                attachment,
+                index,
+                data,
+            } => {
+                let data = B64.decode(data.as_bytes()).unwrap();
+                let ok = self.cache_mode == CacheMode::Up
+                    && self.files.get(&(to.clone(), attachment)).is_some_and(|f| {
+                        &f.from == from
+                            && f.hashes.get(index as usize)
+                                == Some(&peermail_core::attach::sha256(&data))
+                    });
+                let frame = if ok {
+                    self.files
+                        .get_mut(&(to.clone(), attachment))
+                        .unwrap()
+                        .chunks
+                        .insert(index, data);
+                    ServerFrame::ChunkDeposited {
+                        to,
+                        attachment,
+                        index,
+                    }
+                } else {
+                    ServerFrame::error_about(
+                        ErrorCode::NotFound,
+                        "no such chunk",
+                        ErrorAbout {
+                            to: Some(to),
+                            message_id: None,
+                            attachment: Some(attachment),
+                        },
+                    )
+                };
+                self.reply(from, frame);
+            }
+            ClientFrame::FetchFile { attachment } => {
+                let frame = match self.files.get(&(from.clone(), attachment)) {
+                    Some(f)
+                        if self.cache_mode != CacheMode::Down
+                            && f.chunks.len() == f.hashes.len() =>
+                    {
+                        ServerFrame::FileInfo {
+                            attachment,
+                            from: f.from.clone(),
+                            size: f.size,
+                            hashes: B64.encode(f.hashes.concat()),
+                        }
+                    }
+                    _ => ServerFrame::error_about(
+                        ErrorCode::NotFound,
+                        "no such file",
+                        ErrorAbout {
+                            attachment: Some(attachment),
+                            ..ErrorAbout::default()
+                        },
+                    ),
+                };
+                self.reply(from, frame);
+            }
+            ClientFrame::FetchChunks { attachment, ranges } => {
+                let Some(f) = self.files.get(&(from.clone(), attachment)).cloned() else {
+                    return;
+                };
+                for index in ranges.into_iter().flat_map(|(s, e)| s..e) {
+                    if let Some(data) = f.chunks.get(&index) {
+                        self.relay_chunks_served += 1;
+                        self.reply(
+                            from,
+                            ServerFrame::FileChunk {
+                                attachment,
+                                index,
+                                data: B64.encode(data),
+                            },
+                        );
+                    }
+                }
+            }
+            ClientFrame::ReleaseFile { attachment } => {
+                self.files.remove(&(from.clone(), attachment));
+                self.reply(from, ServerFrame::FileReleased { attachment });
+            }
             ClientFrame::Fetch { message_id } => {
                 let about = ErrorAbout {
                     to: None,
                     message_id: Some(message_id.clone()),
+                    attachment: None,
                 };
                 let frame = match self.cache_mode {
                     CacheMode::Down => ServerFrame::error_about(
@@ -716,6 +935,7 @@ impl World {
                 let about = ErrorAbout {
                     to: None,
                     message_id: Some(message_id.clone()),
+                    attachment: None,
                 };
                 if self.cache_mode == CacheMode::Down {
                     let e = ServerFrame::error_about(ErrorCode::Internal, "down", about);
@@ -765,6 +985,7 @@ impl World {
                 let about = ErrorAbout {
                     to: Some(to.clone()),
                     message_id: Some(message_id.clone()),
+                    attachment: None,
                 };
                 if self.cache_mode == CacheMode::Down {
                     let e = ServerFrame::error_about(ErrorCode::Internal, "down", about);
@@ -809,6 +1030,7 @@ impl World {
                         ErrorAbout {
                             to: Some(to),
                             message_id: Some(message_id),
+                            attachment: None,
                         },
                     )
                 };

@@ -1,0 +1,249 @@
+//! [`FileCache`] on the relay's SQLite database: attachment files kept for offline
+//! recipients (tables `kept_files` and `kept_chunks`, schema version 4). It uses the
+//! directory's connection, not the mail cache's writer: files are rare next to envelopes,
+//! and each chunk is committed on its own (WAL, `synchronous=NORMAL`, like envelopes)
+//! before it is acknowledged.
+
+use peermail_core::address::Address;
+use peermail_core::attach::{AttachmentId, Hash};
+use peermail_core::mail::Millis;
+use peermail_signaling::files::{
+    chunk_matches, missing_ranges, stored_bytes, ChunkDeposit, FileCache, FileDeposit, KeptFile,
+    NewFile,
+};
+use rusqlite::{params, OptionalExtension};
+
+use crate::db::Db;
+
+type Answer<T> = Result<T, peermail_signaling::Error>;
+
+fn err(e: rusqlite::Error) -> peermail_signaling::Error {
+    peermail_signaling::Error::Cache(e.to_string())
+}
+
+fn millis(v: Millis) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn hashes_of(blob: &[u8]) -> Vec<Hash> {
+    blob.chunks_exact(32)
+        .map(|c| c.try_into().expect("32 bytes"))
+        .collect()
+}
+
+/// A kept file as stored: sender, size, chunk list, and the chunks that are there.
+type Stored = (String, u64, Vec<Hash>, Vec<u32>);
+
+/// The file's size, sender and chunk list, and which chunks are there.
+fn load(
+    conn: &rusqlite::Connection,
+    recipient: &Address,
+    attachment: AttachmentId,
+) -> Answer<Option<Stored>> {
+    let (r, a) = (recipient.to_string(), attachment.to_hex());
+    let row = conn
+        .prepare_cached(
+            "SELECT sender, size, hashes FROM kept_files WHERE recipient = ?1 AND attachment = ?2",
+        )
+        .map_err(err)?
+        .query_row(params![r, a], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .optional()
+        .map_err(err)?;
+    let Some((sender, size, hashes)) = row else {
+        return Ok(None);
+    };
+    let held = conn
+        .prepare_cached(
+            "SELECT idx FROM kept_chunks WHERE recipient = ?1 AND attachment = ?2 ORDER BY idx",
+        )
+        .map_err(err)?
+        .query_map(params![r, a], |row| row.get::<_, i64>(0))
+        .map_err(err)?
+        .map(|i| i.map(|i| i as u32).map_err(err))
+        .collect::<Answer<Vec<u32>>>()?;
+    Ok(Some((sender, size as u64, hashes_of(&hashes), held)))
+}
+
+impl FileCache for Db {
+    fn deposit_file(&self, file: NewFile, quota_bytes: u64) -> Answer<FileDeposit> {
+        let mut conn = self.directory_conn();
+        let tx = conn.transaction().map_err(err)?;
+        if let Some((sender, size, hashes, held)) = load(&tx, &file.recipient, file.attachment)? {
+            if sender != file.sender.to_string() || size != file.size || hashes != file.hashes {
+                return Ok(FileDeposit::Conflict);
+            }
+            let count = hashes.len() as u32;
+            return Ok(FileDeposit::Accepted {
+                missing: missing_ranges(count, |i| held.binary_search(&i).is_ok()),
+            });
+        }
+        let used: u64 = tx
+            .prepare_cached("SELECT size FROM kept_files WHERE recipient = ?1")
+            .map_err(err)?
+            .query_map(params![file.recipient.to_string()], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map_err(err)?
+            .map(|s| s.map(|s| stored_bytes(s as u64)).map_err(err))
+            .sum::<Answer<u64>>()?;
+        if used + file.stored_bytes() > quota_bytes {
+            return Ok(FileDeposit::QuotaExceeded);
+        }
+        tx.prepare_cached(
+            "INSERT INTO kept_files (recipient, attachment, sender, message_id, size, hashes,
+                 deposited_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(err)?
+        .execute(params![
+            file.recipient.to_string(),
+            file.attachment.to_hex(),
+            file.sender.to_string(),
+            file.message_id.as_str(),
+            file.size as i64,
+            file.hashes.concat(),
+            millis(file.deposited_at),
+            millis(file.expires_at),
+        ])
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(FileDeposit::Accepted {
+            missing: missing_ranges(file.hashes.len() as u32, |_| false),
+        })
+    }
+
+    fn deposit_chunk(
+        &self,
+        recipient: &Address,
+        sender: &Address,
+        attachment: AttachmentId,
+        index: u32,
+        data: Vec<u8>,
+    ) -> Answer<ChunkDeposit> {
+        let conn = self.directory_conn();
+        let row = conn
+            .prepare_cached(
+                "SELECT sender, size, hashes FROM kept_files WHERE recipient = ?1 AND attachment = ?2",
+            )
+            .map_err(err)?
+            .query_row(params![recipient.to_string(), attachment.to_hex()], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .optional()
+            .map_err(err)?;
+        let Some((_, size, hashes)) = row.filter(|(s, _, _)| *s == sender.to_string()) else {
+            return Ok(ChunkDeposit::NoSuchFile);
+        };
+        if !chunk_matches(size as u64, &hashes_of(&hashes), index, &data) {
+            return Ok(ChunkDeposit::Mismatch);
+        }
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO kept_chunks (recipient, attachment, idx, data)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(err)?
+        .execute(params![
+            recipient.to_string(),
+            attachment.to_hex(),
+            i64::from(index),
+            data
+        ])
+        .map_err(err)?;
+        Ok(ChunkDeposit::Stored)
+    }
+
+    fn file(&self, recipient: &Address, attachment: AttachmentId) -> Answer<Option<KeptFile>> {
+        let conn = self.directory_conn();
+        let Some((sender, size, hashes, held)) = load(&conn, recipient, attachment)? else {
+            return Ok(None);
+        };
+        if held.len() != hashes.len() {
+            return Ok(None);
+        }
+        let sender = sender.parse().map_err(|_| {
+            peermail_signaling::Error::Cache(format!("bad stored address {sender:?}"))
+        })?;
+        Ok(Some(KeptFile {
+            sender,
+            size,
+            hashes,
+        }))
+    }
+
+    fn chunk(
+        &self,
+        recipient: &Address,
+        attachment: AttachmentId,
+        index: u32,
+    ) -> Answer<Option<Vec<u8>>> {
+        if self.file(recipient, attachment)?.is_none() {
+            return Ok(None);
+        }
+        self.directory_conn()
+            .prepare_cached(
+                "SELECT data FROM kept_chunks WHERE recipient = ?1 AND attachment = ?2 AND idx = ?3",
+            )
+            .map_err(err)?
+            .query_row(
+                params![recipient.to_string(), attachment.to_hex(), i64::from(index)],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(err)
+    }
+
+    fn release_file(&self, recipient: &Address, attachment: AttachmentId) -> Answer<bool> {
+        let n = self
+            .directory_conn()
+            .prepare_cached("DELETE FROM kept_files WHERE recipient = ?1 AND attachment = ?2")
+            .map_err(err)?
+            .execute(params![recipient.to_string(), attachment.to_hex()])
+            .map_err(err)?;
+        Ok(n > 0)
+    }
+
+    fn expire_files(&self, now: Millis) -> Answer<usize> {
+        self.directory_conn()
+            .prepare_cached("DELETE FROM kept_files WHERE expires_at <= ?1")
+            .map_err(err)?
+            .execute(params![millis(now)])
+            .map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sqlite_files_conform_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = crate::db::Db::open(dir.path()).unwrap();
+            peermail_signaling::files::conformance::files_are_kept_checked_fetched_released_and_expired(&db);
+            // A whole file left behind, read again after reopening.
+            let (f, data) = peermail_signaling::files::conformance::file("dan@h", 9, 1, 1_000);
+            use peermail_signaling::files::FileCache;
+            db.deposit_file(f.clone(), u64::MAX).unwrap();
+            for (i, d) in data.iter().enumerate() {
+                db.deposit_chunk(&f.recipient, &f.sender, f.attachment, i as u32, d.clone())
+                    .unwrap();
+            }
+        }
+        let db = crate::db::Db::open(dir.path()).unwrap();
+        use peermail_signaling::files::FileCache;
+        let (f, data) = peermail_signaling::files::conformance::file("dan@h", 9, 1, 1_000);
+        assert!(db.file(&f.recipient, f.attachment).unwrap().is_some());
+        assert_eq!(
+            db.chunk(&f.recipient, f.attachment, 1).unwrap(),
+            Some(data[1].clone())
+        );
+    }
+}

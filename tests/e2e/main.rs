@@ -33,6 +33,7 @@ const SCENARIOS: &[&str] = &[
     "co_recipient_holds_when_relay_cache_refuses",
     "attachments_pulled_from_the_online_sender",
     "large_attachment_waits_for_its_sender_and_resumes",
+    "small_attachment_reaches_an_offline_recipient_through_the_relay",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -119,6 +120,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(co_recipient_holds_when_relay_cache_refuses);
     scenario!(attachments_pulled_from_the_online_sender);
     scenario!(large_attachment_waits_for_its_sender_and_resumes);
+    scenario!(small_attachment_reaches_an_offline_recipient_through_the_relay);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {
@@ -1322,5 +1324,70 @@ async fn large_attachment_waits_for_its_sender_and_resumes(w: &mut World) -> Res
     .await?;
     let saved = bob.wait_saved(NAME).await?;
     same_file(NAME, &saved, &film)?;
+    Ok(())
+}
+
+/// Issue 4: a small attachment travels with its mail to an offline recipient. Alice mails
+/// Bob (offline) a 700 KB file; her node leaves the sealed mail and the encrypted file at
+/// the relay ("kept at the relay"), and she closes her browser. Bob opens his: the mail and
+/// the whole file come from the relay, verified, with Alice away; the file he saves is the
+/// original, and the relay's database never held its plaintext.
+async fn small_attachment_reaches_an_offline_recipient_through_the_relay(
+    w: &mut World,
+) -> Result<()> {
+    const SUBJECT: &str = "Minutes of the meeting";
+    const NAME: &str = "minutes.txt";
+    const MARKER: &str = "Minutes-secret-marker-5d21c7";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let bob_addr = w.addr("bob");
+    let mut text = String::new();
+    while text.len() < 700 * 1024 {
+        text.push_str(MARKER);
+        text.push_str(": the committee agreed on everything.\n");
+    }
+    let path = test_file(w, NAME, text.as_bytes())?;
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    let alice = w.get("alice")?;
+    alice
+        .compose_with_files(&bob_addr, SUBJECT, "The minutes are attached.", &[&path])
+        .await?;
+    alice
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
+        .await?;
+    let kept = format!("still needed by {bob_addr} (kept at the relay)");
+    let kept = &kept;
+    alice
+        .wait_until("the relay to keep the whole file", || async move {
+            let listed = alice.attachments().await?;
+            Ok(if listed.iter().any(|a| &a.status == kept) {
+                Ok(())
+            } else {
+                Err(format!("{listed:?}"))
+            })
+        })
+        .await?;
+    relay_files_lack(w, &[MARKER])?;
+    w.browsers
+        .get_mut("alice")
+        .context("alice")?
+        .close()
+        .await?;
+
+    let bob = w.person("bob").await?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    let done = bob.wait_attachment(NAME, &["complete"]).await?;
+    ensure!(
+        done.done == Some(text.len() as u64),
+        "the file is complete with {:?} of {} bytes",
+        done.done,
+        text.len()
+    );
+    bob.click(&format!(
+        "li.attachment[data-name=\"{NAME}\"] .save-attachment"
+    ))
+    .await?;
+    let saved = bob.wait_saved(NAME).await?;
+    same_file(NAME, &saved, text.as_bytes())?;
     Ok(())
 }

@@ -200,7 +200,16 @@ pub fn sent_attachment_status(o: &OutgoingMail, id: peermail_core::attach::Attac
     if needed.is_empty() {
         "fetched by every recipient".into()
     } else {
-        let names: Vec<String> = needed.iter().map(|a| a.to_string()).collect();
+        let names: Vec<String> = needed
+            .iter()
+            .map(|a| {
+                if o.relay_has.iter().any(|(f, b)| *f == id && b == *a) {
+                    format!("{a} (kept at the relay)")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
         format!("still needed by {}", names.join(", "))
     }
 }

@@ -279,6 +279,11 @@ fn sent_attachment_lines() {
     o.fetched.push((id, addr("bob@h")));
     o.fetched.push((AttachmentId([8; 16]), addr("carol@h")));
     assert_eq!(sent_attachment_status(&o, id), "still needed by carol@h");
+    o.relay_has.push((id, addr("carol@h")));
+    assert_eq!(
+        sent_attachment_status(&o, id),
+        "still needed by carol@h (kept at the relay)"
+    );
     o.fetched.push((id, addr("carol@h")));
     assert_eq!(sent_attachment_status(&o, id), "fetched by every recipient");
 }

@@ -158,6 +158,12 @@ pub enum Command {
     CancelDownload(AttachmentId),
     /// Fetch a cancelled or failed attachment again.
     RetryDownload(AttachmentId),
+    /// Stop sending an attachment of this node's mail to one recipient (until the page is
+    /// opened again); the recipient is told and sees the transfer fail.
+    StopSending {
+        attachment: AttachmentId,
+        to: Address,
+    },
     AddContact(Address),
     RemoveContact(Address),
 }
@@ -365,6 +371,8 @@ pub struct Node {
     uploads: HashMap<(AttachmentId, Address), transfer::Upload>,
     /// Files this node has whole whose relay copy (if any) is to be released.
     files_to_release: BTreeSet<AttachmentId>,
+    /// Attachments the person stopped sending to a recipient (this session).
+    sending_stopped: BTreeSet<(AttachmentId, Address)>,
 }
 
 impl Node {
@@ -442,6 +450,7 @@ impl Node {
             chunk_writes: HashMap::new(),
             uploads: HashMap::new(),
             files_to_release: BTreeSet::new(),
+            sending_stopped: BTreeSet::new(),
         }
     }
 
@@ -657,6 +666,7 @@ impl Node {
             Command::Send { draft, random } => self.send(draft, random),
             Command::CancelDownload(id) => self.cancel_download(id),
             Command::RetryDownload(id) => self.retry_download(id),
+            Command::StopSending { attachment, to } => self.stop_sending(attachment, to),
             Command::MarkRead(id) => {
                 if let Some(r) = self.inbox.get_mut(&id) {
                     if !r.read {

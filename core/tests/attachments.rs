@@ -457,3 +457,55 @@ fn a_large_attachment_is_not_left_at_the_relay() {
     w.send_with(&alice, &[&bob], "film", vec![att.clone()]);
     assert!(w.files.is_empty());
 }
+
+#[test]
+fn the_sender_can_stop_sending_a_file_to_a_recipient() {
+    let mut w = world_with(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let att = w.attach_file_with(&alice, "huge.iso", &file(6 * CHUNK_BYTES, 15), 15, false);
+    // The transfer stalls after two chunks; Alice stops it.
+    let mut passed = 0;
+    w.drop_rule = Some(Box::new(move |_, _, f| {
+        if matches!(f, PeerFrame::Chunk { .. }) {
+            passed += 1;
+            passed > 2
+        } else {
+            false
+        }
+    }));
+    w.send_with(&alice, &[&bob], "iso", vec![att.clone()]);
+    w.command(
+        &alice,
+        Command::StopSending {
+            attachment: att.id,
+            to: bob.clone(),
+        },
+    );
+    w.drop_rule = None;
+    match state(&w, &bob, att.id) {
+        DownloadState::Failed { reason, .. } => {
+            assert!(reason.contains("stopped sending"), "{reason}")
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    // Bob trying again is refused while Alice's page keeps the stop.
+    let served = w.chunks_served;
+    w.command(&bob, Command::RetryDownload(att.id));
+    assert!(matches!(
+        state(&w, &bob, att.id),
+        DownloadState::Failed { .. }
+    ));
+    assert_eq!(w.chunks_served, served);
+    // After Alice reopens her page, Bob's retry goes through.
+    w.offline(&alice);
+    w.online(&alice);
+    w.command(&bob, Command::RetryDownload(att.id));
+    // (Bob's node reconnects after its backoff from the dropped channel.)
+    w.advance(w.config.reconnect_backoff + 1);
+    assert!(matches!(
+        state(&w, &bob, att.id),
+        DownloadState::Complete { .. }
+    ));
+}

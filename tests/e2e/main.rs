@@ -1218,9 +1218,23 @@ async fn attachments_pulled_from_the_online_sender(w: &mut World) -> Result<()> 
     let saved = bob.wait_saved("notes.bin").await?;
     same_file("notes.bin", &saved, &data)?;
 
-    // Alice's copy in Sent lists both files, fetched by Bob (his node told hers).
+    // Alice's copy in Sent lists both files, fetched by Bob (his node told hers), and what
+    // her page sent him.
     let alice = w.get("alice")?;
     alice.open_mail("sent", SUBJECT).await?;
+    let sent: Option<String> = alice
+        .attr(
+            &format!(
+                "li.attachment[data-name=\"notes.bin\"] li.sending-to[data-to=\"{bob_addr}\"]"
+            ),
+            "data-sent",
+        )
+        .await?;
+    ensure!(
+        sent == Some(data.len().to_string()),
+        "Alice's page says it sent {sent:?} bytes of notes.bin to Bob, not {}",
+        data.len()
+    );
     alice
         .wait_until(
             "Alice's Sent mail to show both files fetched",

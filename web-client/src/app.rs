@@ -453,7 +453,8 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             <div class="body">{ mail.body.clone() }</div>
             <crate::attachments_view::Attachments rt={RtHandle(rt.clone())} attachments={mail.attachments.clone()}
                 downloads={inbox.is_some().then(|| mail.attachments.iter().map(|a| node.download(&a.id)).collect::<Vec<_>>())}
-                sent_status={outgoing.as_ref().filter(|_| inbox.is_none()).map(|o| mail.attachments.iter().map(|a| sent_attachment_status(o, a.id)).collect::<Vec<_>>()).unwrap_or_default()} />
+                sent_status={outgoing.as_ref().filter(|_| inbox.is_none()).map(|o| mail.attachments.iter().map(|a| sent_attachment_status(o, a.id)).collect::<Vec<_>>()).unwrap_or_default()}
+                sending={if inbox.is_none() { mail.attachments.iter().map(|a| rt.sending_progress(a).into_iter().map(|s| { let stopped = node.sending_stopped(a.id, &s.to); (s, stopped) }).collect::<Vec<_>>()).collect::<Vec<_>>() } else { Vec::new() }} />
         </section>
     }
 }

@@ -11,7 +11,8 @@ use wasm_bindgen_futures::spawn_local;
 use yew::prelude::*;
 
 use crate::app::RtHandle;
-use crate::text::{attachment_progress, attachment_state, human_size};
+use crate::runtime::SendingView;
+use crate::text::{attachment_progress, attachment_state, human_size, sending_line};
 use crate::util::log;
 
 /// Largest image previewed inline.
@@ -26,6 +27,10 @@ pub struct AttachmentsProps {
     /// For a sent mail, what each attachment's line says (who still needs it).
     #[prop_or_default]
     pub sent_status: Vec<String>,
+    /// For a sent mail, what this page sent of each attachment to whom, and whether the
+    /// person stopped it.
+    #[prop_or_default]
+    pub sending: Vec<Vec<(SendingView, bool)>>,
 }
 
 /// The attachment list of one mail (`#attachments`).
@@ -40,7 +45,8 @@ pub fn attachments(props: &AttachmentsProps) -> Html {
             .as_ref()
             .map(|d| d.get(i).cloned().flatten());
         let sent_status = props.sent_status.get(i).cloned();
-        html! { <AttachmentItem rt={props.rt.clone()} att={att.clone()} {view} {sent_status} key={att.id.to_hex()} /> }
+        let sending = props.sending.get(i).cloned().unwrap_or_default();
+        html! { <AttachmentItem rt={props.rt.clone()} att={att.clone()} {view} {sent_status} {sending} key={att.id.to_hex()} /> }
     });
     html! { <ul id="attachments" class="attachments">{ for items }</ul> }
 }
@@ -52,6 +58,7 @@ struct ItemProps {
     /// `Some(None)`: received, but no transfer is known (yet); `None`: sent by this node.
     view: Option<Option<DownloadView>>,
     sent_status: Option<String>,
+    sending: Vec<(SendingView, bool)>,
 }
 
 #[function_component(AttachmentItem)]
@@ -139,6 +146,23 @@ fn attachment_item(props: &ItemProps) -> Html {
     } else {
         html! {}
     };
+    let sending = props.sending.iter().map(|(s, stopped)| {
+        let line = sending_line(&s.to, s.bytes, att.size, s.bytes_per_sec, s.eta_ms, s.active, *stopped);
+        let st = if *stopped { "stopped" } else if s.active && s.bytes < att.size { "sending" } else { "idle" };
+        let stop = (st == "sending").then(|| {
+            let (rt, to, id) = (rt.clone(), s.to.clone(), att.id);
+            let onclick = Callback::from(move |_: MouseEvent| rt.stop_sending(id, to.clone()));
+            html! { <button class="stop-sending" {onclick}>{ "Stop" }</button> }
+        });
+        let bar = (st == "sending").then(|| html! {
+            <progress class="sending-progress" max={att.size.max(1).to_string()} value={s.bytes.to_string()} />
+        });
+        html! {
+            <li class="sending-to" data-to={s.to.to_string()} data-state={st} data-sent={s.bytes.to_string()}>
+                <span class="sending-status">{ line }</span>{ for bar }{ for stop }
+            </li>
+        }
+    });
     html! {
         <li class={classes!("attachment", state)} data-name={att.name.clone()} data-state={state}
             data-size={att.size.to_string()} data-done={view.as_ref().map(|v| v.bytes_done.to_string())}>
@@ -149,6 +173,9 @@ fn attachment_item(props: &ItemProps) -> Html {
             { buttons }
             { for (*error).clone().map(|e| html! { <span class="attachment-error">{ e }</span> }) }
             { for (*preview).clone().map(|url| html! { <img class="attachment-preview" src={url} alt={att.name.clone()} /> }) }
+            if !props.sending.is_empty() {
+                <ul class="sending">{ for sending }</ul>
+            }
         </li>
     }
 }

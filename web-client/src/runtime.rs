@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 
 use peermail_core::address::validate_name;
-use peermail_core::attach::{AttachmentId, AttachmentRef, FileCheck};
+use peermail_core::attach::{AttachmentId, AttachmentRef, FileCheck, RateMeter};
 use peermail_core::identity::{register_message, Identity};
 use peermail_core::node::{FileCheckFailure, ServeRequest, UploadRequest};
 use peermail_core::store::{MailStore, StoreWrite};
@@ -111,6 +111,34 @@ pub struct Runtime {
     serve_running: Cell<bool>,
     /// Bumped by `StopServing` per peer: a job started under an older value stops.
     stop_gen: RefCell<HashMap<Address, u64>>,
+    /// What this page sent of which attachment to whom (this session), for the sender's
+    /// progress bars.
+    sending: RefCell<HashMap<(Address, AttachmentId), Sending>>,
+    /// When the UI was last told of sending progress.
+    sending_shown_at: Cell<u64>,
+}
+
+/// Chunks of one attachment sent to one peer.
+#[derive(Debug, Default)]
+struct Sending {
+    /// The attachment's plaintext size.
+    size: u64,
+    sent: std::collections::BTreeSet<u32>,
+    bytes: u64,
+    rate: RateMeter,
+    last: u64,
+}
+
+/// The sender's view of one attachment going to one recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendingView {
+    pub to: Address,
+    /// Plaintext bytes of the distinct chunks sent.
+    pub bytes: u64,
+    pub bytes_per_sec: Option<f64>,
+    pub eta_ms: Option<u64>,
+    /// Something was sent in the last few seconds.
+    pub active: bool,
 }
 
 impl Runtime {
@@ -136,6 +164,8 @@ impl Runtime {
             serving: RefCell::new(VecDeque::new()),
             serve_running: Cell::new(false),
             stop_gen: RefCell::new(HashMap::new()),
+            sending: RefCell::new(HashMap::new()),
+            sending_shown_at: Cell::new(0),
         });
         let weak = Rc::downgrade(&rt);
         let signaling = Signaling::new(signaling_url(), move |ev| {
@@ -366,6 +396,74 @@ impl Runtime {
             }
         }
         id.ok_or_else(|| "the mail was not accepted".to_string())
+    }
+
+    /// What this page is sending (or sent this session) of `att`, per recipient.
+    pub fn sending_progress(&self, att: &AttachmentRef) -> Vec<SendingView> {
+        let now = now();
+        let mut out: Vec<SendingView> = self
+            .sending
+            .borrow()
+            .iter()
+            .filter(|((_, a), _)| *a == att.id)
+            .map(|((to, _), s)| SendingView {
+                to: to.clone(),
+                bytes: s.bytes,
+                bytes_per_sec: s.rate.bytes_per_sec(),
+                eta_ms: s.rate.eta_ms(att.size.saturating_sub(s.bytes)),
+                active: now.saturating_sub(s.last) < 5_000,
+            })
+            .collect();
+        out.sort_by(|a, b| a.to.cmp(&b.to));
+        out
+    }
+
+    /// Stops sending `attachment` to `to` (see `Command::StopSending`).
+    pub fn stop_sending(&self, attachment: AttachmentId, to: Address) {
+        self.input(Input::Command(Command::StopSending { attachment, to }));
+    }
+
+    /// Records a chunk sent, for the sender's progress bar (the UI is told at most four
+    /// times a second).
+    fn note_sent(&self, peer: &Address, id: AttachmentId, index: u32) {
+        let now = now();
+        let key = (peer.clone(), id);
+        if !self.sending.borrow().contains_key(&key) {
+            let size = self
+                .with_node(|n| {
+                    n.outgoing()
+                        .iter()
+                        .flat_map(|o| o.mail.attachments.iter())
+                        .find(|a| a.id == id)
+                        .map(|a| a.size)
+                })
+                .flatten()
+                .unwrap_or(0);
+            self.sending.borrow_mut().insert(
+                key.clone(),
+                Sending {
+                    size,
+                    ..Sending::default()
+                },
+            );
+        }
+        {
+            let mut sending = self.sending.borrow_mut();
+            let s = sending.get_mut(&key).expect("inserted above");
+            if s.sent.insert(index) {
+                let start = u64::from(index) * peermail_core::attach::CHUNK_BYTES as u64;
+                s.bytes += s
+                    .size
+                    .saturating_sub(start)
+                    .min(peermail_core::attach::CHUNK_BYTES as u64);
+            }
+            s.rate.record(now, s.bytes);
+            s.last = now;
+        }
+        if now.saturating_sub(self.sending_shown_at.get()) >= 250 {
+            self.sending_shown_at.set(now);
+            self.changed();
+        }
     }
 
     pub fn cancel_download(&self, id: AttachmentId) {
@@ -737,6 +835,7 @@ impl Runtime {
                     if !send(frame) || refused {
                         return;
                     }
+                    self.note_sent(peer, id, index);
                 }
             }
         }

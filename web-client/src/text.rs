@@ -214,6 +214,34 @@ pub fn sent_attachment_status(o: &OutgoingMail, id: peermail_core::attach::Attac
     }
 }
 
+/// The sender's line for one recipient of an attachment this page is sending: `to
+/// bob@h: 12 MB of 48 MB · 2.0 MB/s · 20 s left`, `to bob@h: 48 MB sent`, or `stopped
+/// sending to bob@h`.
+pub fn sending_line(
+    to: &Address,
+    bytes: u64,
+    size: u64,
+    rate: Option<f64>,
+    eta_ms: Option<u64>,
+    active: bool,
+    stopped: bool,
+) -> String {
+    if stopped {
+        return format!("stopped sending to {to}");
+    }
+    if !active || bytes >= size {
+        return format!("to {to}: {} sent", human_size(bytes));
+    }
+    let mut s = format!("to {to}: {} of {}", human_size(bytes), human_size(size));
+    if let Some(r) = rate {
+        s.push_str(&format!(" · {}/s", human_size(r as u64)));
+    }
+    if let Some(eta) = eta_ms {
+        s.push_str(&format!(" · {} left", duration_words(eta)));
+    }
+    s
+}
+
 /// A duration as people read it: `less than a second`, `5 s`, `3 min 20 s`, `2 h 5 min`.
 pub fn duration_words(ms: u64) -> String {
     let s = ms.div_ceil(1000);

@@ -10,7 +10,7 @@ use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::Address;
 use peermail_web_client::text::{
     attachment_progress, attachment_state, duration_words, human_size, presence_str,
-    recipient_line, sent_attachment_status, summary,
+    recipient_line, sending_line, sent_attachment_status, summary,
 };
 use peermail_web_client::util::hms;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
@@ -286,4 +286,34 @@ fn sent_attachment_lines() {
     );
     o.fetched.push((id, addr("carol@h")));
     assert_eq!(sent_attachment_status(&o, id), "fetched by every recipient");
+}
+
+#[wasm_bindgen_test]
+fn sending_lines() {
+    const MIB: u64 = 1024 * 1024;
+    let bob = addr("bob@h");
+    assert_eq!(
+        sending_line(
+            &bob,
+            12 * MIB,
+            48 * MIB,
+            Some(2.0 * MIB as f64),
+            Some(20_000),
+            true,
+            false
+        ),
+        "to bob@h: 12 MB of 48 MB · 2.0 MB/s · 20 s left"
+    );
+    assert_eq!(
+        sending_line(&bob, 48 * MIB, 48 * MIB, None, None, true, false),
+        "to bob@h: 48 MB sent"
+    );
+    assert_eq!(
+        sending_line(&bob, 3 * MIB, 48 * MIB, None, None, false, false),
+        "to bob@h: 3.0 MB sent"
+    );
+    assert_eq!(
+        sending_line(&bob, 3 * MIB, 48 * MIB, None, None, true, true),
+        "stopped sending to bob@h"
+    );
 }

@@ -469,7 +469,9 @@ impl Node {
                 attachment,
                 start,
             } => {
-                if self.may_fetch(&peer, &message_id, attachment) {
+                if self.sending_stopped.contains(&(attachment, peer.clone())) {
+                    self.refuse_stopped(&peer, attachment);
+                } else if self.may_fetch(&peer, &message_id, attachment) {
                     self.emit(Output::Serve {
                         peer,
                         attachment,
@@ -489,7 +491,9 @@ impl Node {
                     .map_or(0, |a| a.chunk_count());
                 let sane = ranges.iter().all(|&(s, e)| s < e && e <= count)
                     && ranges.iter().map(|&(s, e)| e - s).sum::<u32>() <= 4 * WINDOW;
-                if !self.may_fetch(&peer, &message_id, attachment) {
+                if self.sending_stopped.contains(&(attachment, peer.clone())) {
+                    self.refuse_stopped(&peer, attachment);
+                } else if !self.may_fetch(&peer, &message_id, attachment) {
                     self.refuse_transfer(&peer, attachment);
                 } else if !sane {
                     self.event(Event::PeerProtocolError {
@@ -579,6 +583,34 @@ impl Node {
     fn may_fetch(&self, peer: &Address, message_id: &MessageId, id: AttachmentId) -> bool {
         self.sent_attachment(message_id, id).is_some()
             && self.outgoing[message_id].mail.recipients().contains(peer)
+    }
+
+    /// The person stops sending attachment `id` to `to` (for this session of the page):
+    /// what is queued is dropped and `to` is told; its later requests are refused.
+    pub(super) fn stop_sending(&mut self, id: AttachmentId, to: Address) {
+        if !self.sending_stopped.insert((id, to.clone())) {
+            return;
+        }
+        self.emit(Output::StopServing {
+            peer: to.clone(),
+            attachment: Some(id),
+        });
+        self.refuse_stopped(&to, id);
+    }
+
+    /// Sending `id` to `to` was stopped by the person (see [`Node::sending_stopped`]).
+    pub fn sending_stopped(&self, id: AttachmentId, to: &Address) -> bool {
+        self.sending_stopped.contains(&(id, to.clone()))
+    }
+
+    fn refuse_stopped(&mut self, peer: &Address, attachment: AttachmentId) {
+        self.send_peer(
+            peer,
+            PeerFrame::TransferRefused {
+                attachment,
+                reason: "the sender stopped sending it".into(),
+            },
+        );
     }
 
     fn refuse_transfer(&mut self, peer: &Address, attachment: AttachmentId) {

@@ -106,6 +106,7 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
         let challenge = ServerFrame::Challenge {
             nonce: session.nonce.clone(),
             domain: session.signaling.config.domain.clone(),
+            inline_limit: Some(session.signaling.config.cache.inline_limit),
         };
         send_frame(&mut socket, &challenge, write_timeout)
             .await

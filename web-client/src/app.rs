@@ -617,7 +617,7 @@ fn compose_form(props: &ComposeProps) -> Html {
                         open.get()
                     }
                 };
-                match seal_all(&handles, progress).await {
+                match seal_all(&handles, rt.inline_limit(), progress).await {
                     Ok(sealed) if open.get() => {
                         draft.attachments = sealed.refs.clone();
                         if send_draft(&rt, &dispatch, draft) {

@@ -32,10 +32,6 @@ pub use crate::store::chunk_key;
 use crate::store::{CHUNKS, CHUNK_LISTS};
 use crate::text::human_size;
 
-/// Largest attachment that travels with its mail (the rest stay on the sender's node until
-/// fetched), until the relay operator's setting reaches the client.
-pub const DEFAULT_INLINE_LIMIT: u64 = 8 << 20;
-
 /// Chunks written per IndexedDB transaction by [`seal_file`] (about 1 MiB).
 pub const BATCH_CHUNKS: usize = 16;
 

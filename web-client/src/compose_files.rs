@@ -13,7 +13,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{DragEvent, File, FileList, HtmlInputElement};
 use yew::prelude::*;
 
-use crate::chunks::{delete_chunks, seal_file_with_progress, DEFAULT_INLINE_LIMIT};
+use crate::chunks::{delete_chunks, seal_file_with_progress};
 use crate::store::IdbStore;
 use crate::text::human_size;
 use crate::util::fill_random;
@@ -219,9 +219,10 @@ async fn discard(db: &Database, refs: &[AttachmentRef]) {
 /// Seals `files` in order. `progress(done, total)` (plaintext bytes) is called as batches
 /// are stored; returning `false` cancels. On any error (a file too large or unreadable,
 /// storage full, cancelled) everything sealed for this call is deleted and the error says
-/// which file.
+/// which file. Files up to `inline_limit` bytes (the relay's) travel with the mail.
 pub async fn seal_all(
     files: &[File],
+    inline_limit: u64,
     mut progress: impl FnMut(u64, u64) -> bool,
 ) -> Result<Sealed, String> {
     if let Some(f) = files
@@ -245,11 +246,10 @@ pub async fn seal_all(
     let mut refs = Vec::with_capacity(files.len());
     let mut before = 0u64;
     for file in files {
-        let sealed =
-            seal_file_with_progress(&db, file, DEFAULT_INLINE_LIMIT, fill_random, |done| {
-                progress(before + done, total)
-            })
-            .await;
+        let sealed = seal_file_with_progress(&db, file, inline_limit, fill_random, |done| {
+            progress(before + done, total)
+        })
+        .await;
         match sealed {
             Ok(r) => {
                 before += r.size;

@@ -116,6 +116,8 @@ pub struct Runtime {
     sending: RefCell<HashMap<(Address, AttachmentId), Sending>>,
     /// When the UI was last told of sending progress.
     sending_shown_at: Cell<u64>,
+    /// The relay's inline limit (largest attachment it keeps for offline recipients).
+    inline_limit: Cell<u64>,
 }
 
 /// Chunks of one attachment sent to one peer.
@@ -166,6 +168,7 @@ impl Runtime {
             stop_gen: RefCell::new(HashMap::new()),
             sending: RefCell::new(HashMap::new()),
             sending_shown_at: Cell::new(0),
+            inline_limit: Cell::new(peermail_core::wire::signal::DEFAULT_INLINE_LIMIT),
         });
         let weak = Rc::downgrade(&rt);
         let signaling = Signaling::new(signaling_url(), move |ev| {
@@ -396,6 +399,12 @@ impl Runtime {
             }
         }
         id.ok_or_else(|| "the mail was not accepted".to_string())
+    }
+
+    /// The largest attachment the relay keeps for offline recipients, as it said (the
+    /// default until it has): Compose marks files up to it as travelling with the mail.
+    pub fn inline_limit(&self) -> u64 {
+        self.inline_limit.get()
     }
 
     /// What this page is sending (or sent this session) of `att`, per recipient.
@@ -946,8 +955,16 @@ impl Runtime {
                 self.reregister();
             }
             frame if running => {
-                if let ServerFrame::Challenge { nonce, domain } = &frame {
+                if let ServerFrame::Challenge {
+                    nonce,
+                    domain,
+                    inline_limit,
+                } = &frame
+                {
                     *self.challenge.borrow_mut() = Some((nonce.clone(), domain.clone()));
+                    if let Some(limit) = inline_limit {
+                        self.inline_limit.set(*limit);
+                    }
                     self.reregistered.set(false);
                 }
                 if matches!(
@@ -958,7 +975,7 @@ impl Runtime {
                 }
                 self.input(Input::Server(frame));
             }
-            ServerFrame::Challenge { nonce, domain } => {
+            ServerFrame::Challenge { nonce, domain, .. } => {
                 *self.challenge.borrow_mut() = Some((nonce, domain));
                 self.try_register();
             }

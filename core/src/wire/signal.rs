@@ -136,6 +136,10 @@ pub enum ServerFrame {
     Challenge {
         nonce: String,
         domain: String,
+        /// The largest attachment this relay keeps for offline recipients (its operator's
+        /// setting); larger files stay on their sender's node. Absent from older relays.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inline_limit: Option<u64>,
     },
     Registered {
         address: Address,
@@ -547,6 +551,12 @@ mod tests {
             ServerFrame::Challenge {
                 nonce: "n".into(),
                 domain: "h".into(),
+                inline_limit: None,
+            },
+            ServerFrame::Challenge {
+                nonce: "n".into(),
+                domain: "h".into(),
+                inline_limit: Some(8 << 20),
             },
             ServerFrame::Presence {
                 address: "a@h".parse().unwrap(),

@@ -237,6 +237,7 @@ impl World {
                 Input::Server(ServerFrame::Challenge {
                     nonce: format!("nonce-{now}"),
                     domain: DOMAIN.into(),
+                    inline_limit: None,
                 }),
             ));
         }
@@ -1173,6 +1174,7 @@ impl World {
                     Input::Server(ServerFrame::Challenge {
                         nonce: format!("nonce-{now}"),
                         domain: DOMAIN.into(),
+                        inline_limit: None,
                     }),
                 ));
             }

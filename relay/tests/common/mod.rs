@@ -89,8 +89,13 @@ impl Client {
             nonce: String::new(),
         };
         match client.recv().await {
-            ServerFrame::Challenge { nonce, domain } => {
+            ServerFrame::Challenge {
+                nonce,
+                domain,
+                inline_limit,
+            } => {
                 assert_eq!(domain, "localhost");
+                assert!(inline_limit.is_some(), "the relay says its inline limit");
                 assert_eq!(nonce.len(), 32, "{nonce}");
                 client.nonce = nonce;
             }

@@ -91,6 +91,8 @@ pub struct Browser {
     app_url: String,
     chromium: PathBuf,
     domain: String,
+    /// Chromium flags added to [`CHROMIUM_ARGS`] (benchmarks; the e2e tests add none).
+    extra_args: Vec<String>,
     /// How long each `wait_…` polls.
     pub wait: Duration,
 }
@@ -98,6 +100,12 @@ pub struct Browser {
 impl Browser {
     /// Starts a browser for `name` with its profile directory and opens the app.
     pub async fn open(h: &Harness, name: &str) -> Result<Self> {
+        Self::open_with_args(h, name, &[]).await
+    }
+
+    /// Like [`Browser::open`], with Chromium flags added to the usual ones (kept for
+    /// [`Browser::reopen`]), e.g. `--enable-precise-memory-info` for a benchmark.
+    pub async fn open_with_args(h: &Harness, name: &str, extra_args: &[&str]) -> Result<Self> {
         let mut b = Self {
             name: name.to_string(),
             client: None,
@@ -106,6 +114,7 @@ impl Browser {
             app_url: h.app_url(),
             chromium: h.config.chromium.clone(),
             domain: h.config.domain.clone(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             wait: h.config.wait,
         };
         b.reopen().await?;
@@ -120,6 +129,7 @@ impl Browser {
         }
         std::fs::create_dir_all(&self.profile)?;
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
+        args.extend(self.extra_args.iter().cloned());
         args.push(format!("--user-data-dir={}", self.profile.display()));
         std::fs::create_dir_all(self.downloads_dir())?;
         let caps = json!({
@@ -210,6 +220,91 @@ impl Browser {
     pub async fn eval<T: DeserializeOwned>(&self, script: &str, args: Vec<Value>) -> Result<T> {
         let v = self.client()?.execute(script, args).await?;
         serde_json::from_value(v.clone()).with_context(|| format!("decoding script result {v}"))
+    }
+
+    /// Runs `script` asynchronously (`arguments[arguments.length - 1]` is the callback that
+    /// ends it, within chromedriver's script timeout) and decodes what it passed back.
+    pub async fn eval_async<T: DeserializeOwned>(
+        &self,
+        script: &str,
+        args: Vec<Value>,
+    ) -> Result<T> {
+        let v = self.client()?.execute_async(script, args).await?;
+        serde_json::from_value(v.clone()).with_context(|| format!("decoding script result {v}"))
+    }
+
+    /// Sends a Chrome DevTools Protocol command to this browser through chromedriver
+    /// (`POST /session/{id}/goog/cdp/execute`) and returns its result.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Result<Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sid = self
+            .client()?
+            .session_id()
+            .await?
+            .context("the WebDriver session has no id")?;
+        let host = self
+            .driver_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let body = json!({ "cmd": cmd, "params": params }).to_string();
+        let request = format!(
+            "POST /session/{sid}/goog/cdp/execute HTTP/1.1\r\nHost: {host}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        stream.write_all(request.as_bytes()).await?;
+        // chromedriver may keep the connection open: read the head, then exactly the body
+        // (Content-Length, or chunks up to the last one).
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let body = loop {
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+                let body = &raw[split + 4..];
+                if head.contains("transfer-encoding: chunked") {
+                    if body.ends_with(b"0\r\n\r\n") {
+                        break dechunk(body);
+                    }
+                } else if let Some(len) = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                {
+                    if body.len() >= len {
+                        break body[..len].to_vec();
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, stream.read(&mut buf))
+                .await
+                .with_context(|| format!("chromedriver did not answer {cmd}"))??;
+            if n == 0 {
+                let split = raw
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .with_context(|| {
+                        format!(
+                            "chromedriver's answer to {cmd}: {}",
+                            String::from_utf8_lossy(&raw)
+                        )
+                    })?;
+                break raw[split + 4..].to_vec();
+            }
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let v: Value = serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "chromedriver's answer to {cmd}: {}",
+                String::from_utf8_lossy(&body)
+            )
+        })?;
+        if let Some(e) = v["value"]["error"].as_str() {
+            bail!("{cmd}: {e}: {}", v["value"]["message"]);
+        }
+        Ok(v["value"].clone())
     }
 
     /// Polls `probe` until it returns `Ok(Ok(value))` or [`Browser::wait`] has passed.
@@ -714,6 +809,24 @@ impl Browser {
 /// Escapes `"` and `\` for a double-quoted CSS attribute value.
 fn css_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The body of an HTTP/1.1 chunked answer.
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let len = String::from_utf8_lossy(&s[..eol]);
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
+        let rest = &s[eol + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }
 
 /// The first line of a WebDriver error (Chromium appends session info on more lines).

@@ -141,6 +141,11 @@ impl Harness {
         Browser::open(self, name).await
     }
 
+    /// Like [`Harness::browser`], with Chromium flags added to the usual ones.
+    pub async fn browser_with_args(&self, name: &str, extra_args: &[&str]) -> Result<Browser> {
+        Browser::open_with_args(self, name, extra_args).await
+    }
+
     /// `name@domain`.
     pub fn address(&self, name: &str) -> String {
         format!("{name}@{}", self.config.domain)

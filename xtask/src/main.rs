@@ -41,7 +41,8 @@ commands:
   e2e [ARGS]     only the end-to-end browser tests (builds missing artefacts first);
                  ARGS go to the e2e test binary (scenario name filters)
   bench          benchmarks with same-run baselines (relay memory per idle connection,
-                 relay cache throughput beside Redis, browser-to-browser delivery latency);
+                 relay cache throughput beside Redis, browser-to-browser delivery latency,
+                 a 256 MiB attachment beside a raw data channel);
                  JSON reports in target/bench/
 ";
 
@@ -468,11 +469,28 @@ fn bench(ws: &Workspace) -> Result<()> {
         .env("CHROMEDRIVER", CHROMEDRIVER)
         .env("CHROMIUM", CHROMIUM))?;
 
+    step("bench: a 256 MiB attachment between two browsers beside a raw data channel");
+    run(cargo(ws)
+        .args([
+            "bench",
+            "-p",
+            "peermail-e2e",
+            "--bench",
+            "attachment_transfer",
+        ])
+        .env("PEERMAIL_RELAY_BIN", &relay)
+        .env("PEERMAIL_DIST", ws.dist())
+        .env("PEERMAIL_E2E_OUT", &e2e_out)
+        .env("PEERMAIL_BENCH_OUT", &out)
+        .env("CHROMEDRIVER", CHROMEDRIVER)
+        .env("CHROMIUM", CHROMIUM))?;
+
     step(&format!("bench: reports in {}", out.display()));
     for name in [
         "signaling_memory.json",
         "cache_throughput.json",
         "delivery_latency.json",
+        "attachment_transfer.json",
     ] {
         say(&format!("  {}", out.join(name).display()));
     }

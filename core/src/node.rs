@@ -809,6 +809,14 @@ impl Node {
                 })
                 .map(|d| d.record.from.clone()),
         );
+        // Other recipients of mail whose files are still coming: they may have them.
+        let co: Vec<Address> = self
+            .downloads
+            .values()
+            .filter(|d| d.record.state == crate::store::DownloadState::Fetching)
+            .flat_map(|d| self.co_recipients_of(d))
+            .collect();
+        s.extend(co);
         s.remove(&self.identity.address);
         s
     }

@@ -509,3 +509,52 @@ fn the_sender_can_stop_sending_a_file_to_a_recipient() {
         DownloadState::Complete { .. }
     ));
 }
+
+#[test]
+fn a_co_recipient_passes_a_file_on_when_the_sender_is_away() {
+    let mut w = world_with(&["alice", "bob", "carol"]);
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob, carol) = (addr("alice"), addr("bob"), addr("carol"));
+    w.online(&alice);
+    w.online(&bob);
+    w.online(&carol);
+    w.offline(&carol);
+    // A large file (not left at the relay) for Bob (online) and Carol (offline).
+    let bytes = file(4 * CHUNK_BYTES + 9, 16);
+    let att = w.attach_file_with(&alice, "album.zip", &bytes, 16, false);
+    let id = w.send_with(&alice, &[&bob, &carol], "album", vec![att.clone()]);
+    assert!(matches!(
+        state(&w, &bob, att.id),
+        DownloadState::Complete { .. }
+    ));
+    // Alice leaves; Carol comes back: her mail is at the relay, the file on Bob's node.
+    w.offline(&alice);
+    let served_by_alice = w.chunks_served;
+    w.online(&carol);
+    assert!(w.inbox_has(&carol, &id));
+    assert!(matches!(
+        state(&w, &carol, att.id),
+        DownloadState::Complete { .. }
+    ));
+    assert_eq!(w.received_file(&carol, &att).unwrap(), bytes);
+    assert_eq!(
+        w.chunks_served - served_by_alice,
+        5,
+        "Bob's node sent the five chunks"
+    );
+    // Someone who is not a recipient gets nothing from Bob.
+    let mallory = w.register("mallory");
+    w.online(&mallory);
+    w.connect(&mallory, &bob);
+    let before = w.chunks_served;
+    w.inject(
+        &mallory,
+        &bob,
+        PeerFrame::GetChunks {
+            message_id: id,
+            attachment: att.id,
+            ranges: vec![(0, 2)],
+        },
+    );
+    assert_eq!(w.chunks_served, before);
+}

@@ -50,10 +50,11 @@ pub(super) struct Upload {
     active_at: Millis,
 }
 
-/// Where a receiving transfer asks for chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a receiving transfer asks for chunks: the node of the sender or of another
+/// recipient of the mail that has the whole file, or the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Source {
-    Peer,
+    Peer(Address),
     Relay,
 }
 
@@ -119,6 +120,10 @@ pub(super) struct Incoming {
     rate: RateMeter,
     progress_event_at: Millis,
     relay: RelayCopy,
+    /// Where the outstanding requests went.
+    asked: Option<Source>,
+    /// Co-recipients that said they cannot send the file (this session).
+    refused_by: BTreeSet<Address>,
 }
 
 impl Incoming {
@@ -134,6 +139,8 @@ impl Incoming {
             rate: RateMeter::new(),
             progress_event_at: 0,
             relay: RelayCopy::Unknown,
+            asked: None,
+            refused_by: BTreeSet::new(),
         }
     }
     fn waiting_for_peer(&self) -> bool {
@@ -213,16 +220,57 @@ impl Node {
             self.downloads.insert(att.id, Incoming::new(record));
             self.event(Event::DownloadChanged(att.id));
         }
-        // Learn when the sender's node is reachable.
-        self.subscribe([mail.from.clone()]);
+        // Learn when the sender's node (or another recipient's, which may pass the file
+        // on) is reachable.
+        let me = self.identity.address.clone();
+        let others = mail.recipients().into_iter().filter(|a| *a != me);
+        self.subscribe(std::iter::once(mail.from.clone()).chain(others));
         self.pump_downloads(&mail.from);
     }
 
     /// Some attachment is still to be fetched from `peer`.
     pub(super) fn has_downloads_from(&self, peer: &Address) -> bool {
-        self.downloads
-            .values()
-            .any(|d| &d.record.from == peer && d.record.state == DownloadState::Fetching)
+        self.downloads.values().any(|d| self.could_serve(d, peer))
+    }
+
+    /// [`Node::co_recipients`], for the node's other modules.
+    pub(super) fn co_recipients_of(&self, d: &Incoming) -> Vec<Address> {
+        self.co_recipients(d)
+    }
+
+    /// The other recipients of the mail carrying `d` (who may have the whole file).
+    fn co_recipients(&self, d: &Incoming) -> Vec<Address> {
+        let me = &self.identity.address;
+        self.inbox
+            .get(&d.record.message_id)
+            .map(|r| {
+                r.mail
+                    .recipients()
+                    .into_iter()
+                    .filter(|a| a != me && *a != d.record.from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `peer` may send chunks of `d` now: its sender, or — while the sender's node is out of
+    /// reach and the relay has no copy — another recipient that has not said no.
+    fn could_serve(&self, d: &Incoming, peer: &Address) -> bool {
+        if d.record.state != DownloadState::Fetching {
+            return false;
+        }
+        if &d.record.from == peer {
+            return true;
+        }
+        let sender_reachable = self.links.get(&d.record.from).is_some_and(|l| l.connected)
+            || d.relay == RelayCopy::Available;
+        !sender_reachable && !d.refused_by.contains(peer) && self.co_recipients(d).contains(peer)
+    }
+
+    /// Chunks or a chunk list of `d` may come from `peer`: its sender or a co-recipient
+    /// (whatever comes is checked against the mail).
+    fn may_send_us(&self, d: &Incoming, peer: &Address) -> bool {
+        &d.record.from == peer || self.co_recipients(d).contains(peer)
     }
 
     /// This node has whole files of `peer`'s mail that `peer` does not know of yet.
@@ -272,7 +320,7 @@ impl Node {
         let ids: Vec<AttachmentId> = self
             .downloads
             .iter()
-            .filter(|(_, d)| &d.record.from == peer && d.record.state == DownloadState::Fetching)
+            .filter(|(_, d)| self.could_serve(d, peer))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -283,12 +331,35 @@ impl Node {
     /// Where chunks of `d` can be asked for now: the sender's node over an open channel,
     /// else the relay if it keeps the whole file.
     fn source_of(&self, d: &Incoming) -> Option<Source> {
-        if self.links.get(&d.record.from).is_some_and(|l| l.connected) {
-            Some(Source::Peer)
+        let linked = |a: &Address| self.links.get(a).is_some_and(|l| l.connected);
+        if linked(&d.record.from) {
+            Some(Source::Peer(d.record.from.clone()))
         } else if self.authenticated && d.relay == RelayCopy::Available {
             Some(Source::Relay)
         } else {
-            None
+            // Another recipient's node with an open channel, while it has not said no.
+            self.co_recipients(d)
+                .into_iter()
+                .find(|c| linked(c) && !d.refused_by.contains(c))
+                .map(Source::Peer)
+        }
+    }
+
+    /// While `d`'s sender is out of reach and the relay has no copy, asks for channels to
+    /// the other recipients that are online (one of them may have the whole file).
+    fn reach_co_recipients(&mut self, id: AttachmentId) {
+        let Some(d) = self.downloads.get(&id) else {
+            return;
+        };
+        let online: Vec<Address> = self
+            .co_recipients(d)
+            .into_iter()
+            .filter(|c| {
+                self.could_serve(d, c) && self.presence.get(c) == Some(&PresenceStatus::Online)
+            })
+            .collect();
+        for c in online {
+            self.ensure_link(&c);
         }
     }
 
@@ -314,15 +385,24 @@ impl Node {
             return;
         }
         let Some(source) = source else {
+            if d.relay != RelayCopy::Asked {
+                self.reach_co_recipients(id);
+            }
             return;
         };
-        let peer = d.record.from.clone();
         let message_id = d.record.message_id.clone();
+        // Requests go to one source at a time; a new one is asked afresh.
+        if d.asked.as_ref().is_some_and(|a| *a != source) {
+            d.requested.clear();
+            d.list_requested = false;
+        }
+        d.asked = Some(source.clone());
         if let Some(start) = d.record.progress.next_hash_page() {
-            // (The relay sends the whole list with `FileInfo`, so this is the peer.)
-            if !d.list_requested && source == Source::Peer {
+            // (The relay sends the whole list with `FileInfo`, so this is a peer.)
+            if let (false, Source::Peer(peer)) = (d.list_requested, &source) {
                 d.list_requested = true;
                 d.active_at = now;
+                let peer = peer.clone();
                 self.send_peer(
                     &peer,
                     PeerFrame::GetChunkList {
@@ -365,7 +445,7 @@ impl Node {
         }
         d.active_at = now;
         match source {
-            Source::Peer => self.send_peer(
+            Source::Peer(peer) => self.send_peer(
                 &peer,
                 PeerFrame::GetChunks {
                     message_id,
@@ -383,9 +463,10 @@ impl Node {
     /// A data channel to `peer` closed: what was asked of it is asked again next time.
     pub(super) fn downloads_peer_gone(&mut self, peer: &Address) {
         for d in self.downloads.values_mut() {
-            if &d.record.from == peer {
+            if d.asked.as_ref() == Some(&Source::Peer(peer.clone())) {
                 d.requested.clear();
                 d.list_requested = false;
+                d.asked = None;
             }
         }
         self.emit(Output::StopServing {
@@ -487,7 +568,7 @@ impl Node {
                 ranges,
             } => {
                 let count = self
-                    .sent_attachment(&message_id, attachment)
+                    .attachment_of(&message_id, attachment)
                     .map_or(0, |a| a.chunk_count());
                 let sane = ranges.iter().all(|&(s, e)| s < e && e <= count)
                     && ranges.iter().map(|&(s, e)| e - s).sum::<u32>() <= 4 * WINDOW;
@@ -552,6 +633,17 @@ impl Node {
             PeerFrame::TransferRefused { attachment, reason } => {
                 let now = self.now;
                 if let Some(d) = self.downloads.get_mut(&attachment) {
+                    if d.record.from != peer && d.record.state == DownloadState::Fetching {
+                        // A co-recipient without the whole file: ask elsewhere.
+                        if d.refused_by.insert(peer.clone())
+                            && d.asked == Some(Source::Peer(peer.clone()))
+                        {
+                            d.requested.clear();
+                            d.list_requested = false;
+                            d.asked = None;
+                        }
+                        return self.request_more(attachment);
+                    }
                     if d.record.from == peer && d.record.state == DownloadState::Fetching {
                         d.record.state = DownloadState::Failed {
                             at: now,
@@ -579,10 +671,34 @@ impl Node {
             .find(|a| a.id == id)
     }
 
-    /// `peer` is a recipient of this node's mail `message_id`, which carries `id`.
+    /// `peer` is a recipient of mail `message_id`, which carries `id`, and this node has
+    /// the file: it sent the mail, or received it and has the whole file.
     fn may_fetch(&self, peer: &Address, message_id: &MessageId, id: AttachmentId) -> bool {
-        self.sent_attachment(message_id, id).is_some()
-            && self.outgoing[message_id].mail.recipients().contains(peer)
+        if self.sent_attachment(message_id, id).is_some() {
+            return self.outgoing[message_id].mail.recipients().contains(peer);
+        }
+        let whole = self.downloads.get(&id).is_some_and(|d| {
+            &d.record.message_id == message_id
+                && matches!(d.record.state, DownloadState::Complete { .. })
+        });
+        whole
+            && peer != &self.identity.address
+            && self
+                .inbox
+                .get(message_id)
+                .is_some_and(|r| r.mail.recipients().contains(peer))
+    }
+
+    /// The attachment `id` of mail `message_id`, sent or received by this node.
+    fn attachment_of(&self, message_id: &MessageId, id: AttachmentId) -> Option<&AttachmentRef> {
+        self.sent_attachment(message_id, id).or_else(|| {
+            self.inbox
+                .get(message_id)?
+                .mail
+                .attachments
+                .iter()
+                .find(|a| a.id == id)
+        })
     }
 
     /// The person stops sending attachment `id` to `to` (for this session of the page):
@@ -631,12 +747,13 @@ impl Node {
         hashes: &[crate::attach::Hash],
     ) {
         let now = self.now;
-        let Some(d) = self.downloads.get_mut(&id) else {
+        let Some(d) = self.downloads.get(&id) else {
             return;
         };
-        if d.record.from != peer || d.record.state != DownloadState::Fetching {
+        if !self.may_send_us(d, &peer) || d.record.state != DownloadState::Fetching {
             return;
         }
+        let d = self.downloads.get_mut(&id).expect("looked up above");
         d.list_requested = false;
         d.active_at = now;
         if let Err(e) = d.record.progress.accept_hashes(start, hashes) {
@@ -657,14 +774,15 @@ impl Node {
         data: Vec<u8>,
     ) {
         let now = self.now;
-        let Some(d) = self.downloads.get_mut(&id) else {
+        let Some(d) = self.downloads.get(&id) else {
             return;
         };
-        if peer.as_ref().is_some_and(|p| *p != d.record.from)
+        if peer.as_ref().is_some_and(|p| !self.may_send_us(d, p))
             || d.record.state != DownloadState::Fetching
         {
             return;
         }
+        let d = self.downloads.get_mut(&id).expect("looked up above");
         let peer = peer.unwrap_or_else(|| d.record.from.clone());
         d.requested.remove(&index);
         d.active_at = now;
@@ -748,9 +866,11 @@ impl Node {
         }
         d.checking = false;
         let inline = d.record.attachment.inline;
+        let mut list = None;
         match result {
             Ok(()) => {
                 d.record.state = DownloadState::Complete { at: now };
+                list = d.record.progress.hashes().map(<[Hash]>::to_vec);
                 // The relay may keep a copy for this account: it can go.
                 if inline {
                     self.files_to_release.insert(id);
@@ -765,6 +885,13 @@ impl Node {
             }
         }
         let (peer, record) = (d.record.from.clone(), d.record.clone());
+        // Kept so this node can pass the file on to other recipients of the mail.
+        if let Some(hashes) = list {
+            self.store(StoreWrite::PutChunkList {
+                attachment: id,
+                hashes,
+            });
+        }
         self.store(StoreWrite::PutDownload(Box::new(record)));
         self.event(Event::DownloadChanged(id));
         self.release_files();

@@ -268,7 +268,7 @@ fn redis_rates(clients: usize, requests: usize) -> (f64, f64) {
     (rate("LPUSH"), rate("RPOP"))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let clients = env_or("PEERMAIL_BENCH_CLIENTS", 50);
     let per_client = env_or("PEERMAIL_BENCH_ENVELOPES", 200);

@@ -620,19 +620,23 @@ fn release(
     now: Millis,
 ) -> Answer<Vec<Address>> {
     let recipient_text = recipient.to_string();
+    // SELECT, then DELETE only what was found: `DELETE … RETURNING` would build a temporary
+    // table for its rows on every call.
     let sender: Option<String> = conn
-        .prepare_cached(
-            "DELETE FROM cached_mail WHERE recipient = ?1 AND message_id = ?2 RETURNING sender",
-        )
+        .prepare_cached("SELECT sender FROM cached_mail WHERE recipient = ?1 AND message_id = ?2")
         .and_then(|mut s| {
             s.query_row(params![recipient_text, id.as_str()], |r| r.get(0))
                 .optional()
         })
         .map_err(cache_error)?;
+    if sender.is_some() {
+        conn.prepare_cached("DELETE FROM cached_mail WHERE recipient = ?1 AND message_id = ?2")
+            .and_then(|mut s| s.execute(params![recipient_text, id.as_str()]))
+            .map_err(cache_error)?;
+    }
     let held: Option<(String, String)> = conn
         .prepare_cached(
-            "DELETE FROM held_mail WHERE recipient = ?1 AND message_id = ?2
-             RETURNING sender, holder",
+            "SELECT sender, holder FROM held_mail WHERE recipient = ?1 AND message_id = ?2",
         )
         .and_then(|mut s| {
             s.query_row(params![recipient_text, id.as_str()], |r| {
@@ -641,6 +645,11 @@ fn release(
             .optional()
         })
         .map_err(cache_error)?;
+    if held.is_some() {
+        conn.prepare_cached("DELETE FROM held_mail WHERE recipient = ?1 AND message_id = ?2")
+            .and_then(|mut s| s.execute(params![recipient_text, id.as_str()]))
+            .map_err(cache_error)?;
+    }
     let mut told: Vec<String> = sender.into_iter().collect();
     if let Some((sender, holder)) = held {
         told.push(sender);

@@ -115,15 +115,20 @@ async fn client(mut ws: Ws, me: Address, i: usize, n: usize) {
             matches!(&f, ServerFrame::Released { message_id: m } if *m == message_id).then_some(())
         })
         .await;
-        send(
-            &mut ws,
+        // The receipt is acknowledged without waiting for anything: queued here, it leaves
+        // with the next deposit in one write (as a client with both frames ready would send
+        // them), and with the final flush after the last one.
+        ws.feed(Message::text(
             ClientFrame::AckReceipt {
                 to: me.clone(),
                 message_id,
-            },
-        )
-        .await;
+            }
+            .encode(),
+        ))
+        .await
+        .expect("queue frame");
     }
+    ws.flush().await.expect("flush");
 }
 
 /// Opens a client WebSocket and registers `name@domain` (key derived from `key_seed`), as

@@ -29,6 +29,7 @@
 //! protect against power loss too; a relay behind an unreliable power supply can be given it
 //! later as an option.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,9 @@ use crate::{migrations, Error};
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "relay.sqlite3";
 
+/// Most names [`Db`] remembers as existing accounts before it starts again.
+const KNOWN_ACCOUNTS: usize = 100_000;
+
 /// Most cache operations the writer takes in one turn (one write transaction).
 pub const MAX_BATCH: usize = 256;
 
@@ -57,6 +61,10 @@ pub const MAX_BATCH: usize = 256;
 #[derive(Debug)]
 pub struct Db {
     conn: Mutex<Connection>,
+    /// Names known to be accounts. The relay never deletes an account, so an account seen
+    /// once is one for good; the recipient check of every deposit is then answered without
+    /// a read transaction. Forgotten at [`KNOWN_ACCOUNTS`] names.
+    known_accounts: Mutex<HashSet<String>>,
     /// Operations for the cache writer; `None` only while dropping.
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
@@ -90,6 +98,7 @@ impl Db {
             .spawn(move || CacheWriter { conn: cache_conn }.run(&queue))?;
         Ok(Db {
             conn: Mutex::new(conn),
+            known_accounts: Mutex::new(HashSet::new()),
             ops: Some(ops),
             writer: Some(writer),
         })
@@ -972,10 +981,23 @@ impl Directory for Db {
     }
 
     fn exists(&self, name: &str) -> Result<bool, peermail_signaling::Error> {
-        self.conn()
+        let known = || self.known_accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if known().contains(name) {
+            return Ok(true);
+        }
+        let exists: bool = self
+            .conn()
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM accounts WHERE name = ?1)")
             .and_then(|mut s| s.query_row([name], |r| r.get(0)))
-            .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))
+            .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))?;
+        if exists {
+            let mut known = known();
+            if known.len() >= KNOWN_ACCOUNTS {
+                known.clear();
+            }
+            known.insert(name.to_string());
+        }
+        Ok(exists)
     }
 
     fn publish_encryption_key(

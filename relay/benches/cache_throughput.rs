@@ -4,7 +4,10 @@
 //! `PEERMAIL_BENCH_ENVELOPES` (default 200) sealed-size envelopes of 1 KiB through the real
 //! relay's cache with its normal durability (SQLite WAL, acknowledged after commit):
 //! `deposit` → `deposited`, `fetch` → `cached`, `release` → `released` (and the sender's
-//! receipt acknowledged). One envelope = one full store-and-forward.
+//! receipt acknowledged). One envelope = one full store-and-forward. Each client waits for
+//! every reply before its next request; the receipt acknowledgement, which has no reply,
+//! leaves in the same write as the next deposit. The clients share one current-thread
+//! runtime (a lean load generator, like redis-benchmark's single thread).
 //!
 //! Baseline in the same run: `redis-benchmark -c 50 -d 1024 -t lpush,rpop` against a local
 //! `redis-server --appendonly yes --appendfsync everysec`. Its envelope rate is one LPUSH

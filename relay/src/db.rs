@@ -3,7 +3,8 @@
 //! ([`MailCache`]).
 //!
 //! Connections: the account directory and the counters use one connection behind a mutex
-//! (short primary-key statements). The mail cache has a thread of its own, the *cache
+//! (short primary-key statements); names found to be accounts are remembered in memory (the
+//! relay never deletes an account), so checking a deposit's recipient needs no query. The mail cache has a thread of its own, the *cache
 //! writer*, which owns a second connection; sessions hand it operations over a channel and
 //! await the answer (no blocking-pool task per operation). Each turn the writer takes every
 //! operation that is waiting (at most [`MAX_BATCH`]) and opens **one** transaction: it
@@ -981,7 +982,11 @@ impl Directory for Db {
     }
 
     fn exists(&self, name: &str) -> Result<bool, peermail_signaling::Error> {
-        let known = || self.known_accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let known = || {
+            self.known_accounts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
         if known().contains(name) {
             return Ok(true);
         }

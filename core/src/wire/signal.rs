@@ -573,6 +573,40 @@ mod tests {
         MessageId::new([7; 16], "h")
     }
 
+    /// The fast paths (direct encoding, parsing without a `Value`) read and write the same
+    /// frames as the general one: the version first, any key order, odd input still refused
+    /// with the right code.
+    #[test]
+    fn version_and_key_order() {
+        let text = ServerFrame::Released { message_id: id() }.encode();
+        assert!(text.starts_with(r#"{"v":1,"type":"released","#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["v"],
+            1
+        );
+        check_client(
+            r#"{"nonce":5,"type":"ping","v":1}"#,
+            Ok(ClientFrame::Ping { nonce: 5 }),
+        );
+        // Duplicate keys: the last one counts, as with a `serde_json::Value`.
+        check_client(
+            r#"{"v":1,"type":"ping","nonce":4,"nonce":5}"#,
+            Ok(ClientFrame::Ping { nonce: 5 }),
+        );
+        check_client(
+            r#"{"v":"1","type":"ping","nonce":5}"#,
+            Err(ErrorCode::MalformedFrame),
+        );
+        check_client(
+            r#"{"v":1.0,"type":"ping","nonce":5}"#,
+            Err(ErrorCode::UnsupportedVersion),
+        );
+        check_client(
+            r#"{"v":1,"type":"ping","nonce":"5"}"#,
+            Err(ErrorCode::MalformedFrame),
+        );
+    }
+
     #[test]
     fn cache_client_frames_round_trip() {
         let bob: Address = "bob@h".parse().unwrap();

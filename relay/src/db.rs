@@ -479,9 +479,13 @@ fn millis(v: Millis) -> i64 {
 
 fn deposit(conn: &Connection, mail: &NewMail, quota_bytes: u64) -> Answer<Deposit> {
     let (recipient, id) = (mail.recipient.to_string(), mail.message_id.as_str());
-    let existing: Option<String> = conn
-        .prepare_cached("SELECT sender FROM cached_mail WHERE recipient = ?1 AND message_id = ?2")
-        .and_then(|mut s| s.query_row(params![recipient, id], |r| r.get(0)).optional())
+    // One statement for both checks: is it already here, and how much is waiting.
+    let (existing, used): (Option<String>, i64) = conn
+        .prepare_cached(
+            "SELECT (SELECT sender FROM cached_mail WHERE recipient = ?1 AND message_id = ?2),
+                    (SELECT coalesce(sum(size), 0) FROM cached_mail WHERE recipient = ?1)",
+        )
+        .and_then(|mut s| s.query_row(params![recipient, id], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(cache_error)?;
     if let Some(sender) = existing {
         return Ok(if sender == mail.sender.to_string() {
@@ -490,10 +494,6 @@ fn deposit(conn: &Connection, mail: &NewMail, quota_bytes: u64) -> Answer<Deposi
             Deposit::Conflict
         });
     }
-    let used: i64 = conn
-        .prepare_cached("SELECT coalesce(sum(size), 0) FROM cached_mail WHERE recipient = ?1")
-        .and_then(|mut s| s.query_row([&recipient], |r| r.get(0)))
-        .map_err(cache_error)?;
     let size = mail.sealed.len() as u64;
     if (used.max(0) as u64).saturating_add(size) > quota_bytes {
         return Ok(Deposit::QuotaExceeded);

@@ -20,10 +20,12 @@
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=NORMAL`. A transaction is committed once
 //! its pages are written to the WAL file (in the OS's page cache); SQLite syncs the WAL to
-//! disk at checkpoints, not at every commit. A committed transaction therefore survives the
-//! relay process dying in any way (SIGKILL, panic, OOM killer): the kernel still writes it
-//! out. Only a power loss or kernel crash can lose the last transactions before a checkpoint
-//! (the database stays consistent either way). The relay acknowledges a deposit after the
+//! disk at checkpoints (every [`WAL_CHECKPOINT_PAGES`] pages of WAL), not at every commit. A
+//! committed transaction therefore survives the relay process dying in any way (SIGKILL,
+//! panic, OOM killer): the kernel still writes it out. Only a power loss or kernel crash can
+//! lose the last transactions not yet on disk: those since the last checkpoint that the
+//! kernel's own writeback (about 30 s on Linux by default) has not written either (the
+//! database stays consistent either way). The relay acknowledges a deposit after the
 //! commit of the transaction that contains it, so an acknowledged envelope survives any
 //! crash of the relay itself; a release deletes the envelope and records its receipt in the
 //! same transaction. `FULL` would add an fsync per commit (per batch, with group commit) to
@@ -51,6 +53,14 @@ use crate::{migrations, Error};
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "relay.sqlite3";
 
+/// The WAL is checkpointed into the database file (with an fsync of each) once it holds
+/// this many pages (4 KiB each, so about 40 MiB), by the connection whose commit crosses it:
+/// usually the cache writer, during which no cache write proceeds. SQLite's default, 1,000
+/// pages, made that pause frequent under a steady stream of deposits and releases, which
+/// rewrite the same few pages: a checkpoint copies each page once however often the WAL holds
+/// it, so checkpointing a tenth as often does about a tenth of the work.
+pub const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+
 /// Most names [`Db`] remembers as existing accounts before it starts again.
 const KNOWN_ACCOUNTS: usize = 100_000;
 
@@ -76,6 +86,7 @@ fn open_connection(path: &Path) -> Result<Connection, Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // See the module documentation: survives any crash of the process.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)

@@ -4,7 +4,10 @@
 //! `PEERMAIL_BENCH_ENVELOPES` (default 200) sealed-size envelopes of 1 KiB through the real
 //! relay's cache with its normal durability (SQLite WAL, acknowledged after commit):
 //! `deposit` → `deposited`, `fetch` → `cached`, `release` → `released` (and the sender's
-//! receipt acknowledged). One envelope = one full store-and-forward.
+//! receipt acknowledged). One envelope = one full store-and-forward. Each client waits for
+//! every reply before its next request; the receipt acknowledgement, which has no reply,
+//! leaves in the same write as the next deposit. The clients share one current-thread
+//! runtime (a lean load generator, like redis-benchmark's single thread).
 //!
 //! Baseline in the same run: `redis-benchmark -c 50 -d 1024 -t lpush,rpop` against a local
 //! `redis-server --appendonly yes --appendfsync everysec`. Its envelope rate is one LPUSH
@@ -115,15 +118,20 @@ async fn client(mut ws: Ws, me: Address, i: usize, n: usize) {
             matches!(&f, ServerFrame::Released { message_id: m } if *m == message_id).then_some(())
         })
         .await;
-        send(
-            &mut ws,
+        // The receipt is acknowledged without waiting for anything: queued here, it leaves
+        // with the next deposit in one write (as a client with both frames ready would send
+        // them), and with the final flush after the last one.
+        ws.feed(Message::text(
             ClientFrame::AckReceipt {
                 to: me.clone(),
                 message_id,
-            },
-        )
-        .await;
+            }
+            .encode(),
+        ))
+        .await
+        .expect("queue frame");
     }
+    ws.flush().await.expect("flush");
 }
 
 /// Opens a client WebSocket and registers `name@domain` (key derived from `key_seed`), as
@@ -268,7 +276,7 @@ fn redis_rates(clients: usize, requests: usize) -> (f64, f64) {
     (rate("LPUSH"), rate("RPOP"))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let clients = env_or("PEERMAIL_BENCH_CLIENTS", 50);
     let per_client = env_or("PEERMAIL_BENCH_ENVELOPES", 200);

@@ -7,6 +7,14 @@ use peermail_relay::{serve, Config, Relay};
 use std::io::Write;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: sessions allocate and free many short-lived
+/// buffers (frames, JSON, envelopes) on one thread and the cache writer on another, where
+/// glibc's malloc spent about a tenth of the relay's time. Built without transparent huge
+/// pages (`no_thp`): with them, idle connections cost about 1 KiB more resident memory each
+/// (signaling_memory bench: 10.0–10.6 KiB against 9.6 without, 9.2 with glibc).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

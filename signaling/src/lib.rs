@@ -65,6 +65,13 @@ pub use session::MAX_SUBSCRIPTIONS;
 /// 128 KiB per connection is what makes thousands of idle connections expensive.
 const READ_BUFFER_SIZE: usize = 4 * 1024;
 
+/// Frames queued on a connection are written out once they reach this many bytes, or when
+/// the session flushes (after each reply and the frames pushed with it), so a reply and
+/// its companions leave in one write. tungstenite's default is 128 KiB. Its buffer starts
+/// empty and grows only with what is sent: an idle connection that sent only small frames
+/// keeps a small one (a connection keeps at most about this much plus its largest frame).
+const WRITE_BUFFER_SIZE: usize = 8 * 1024;
+
 /// The one error type of this crate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -309,8 +316,7 @@ pub fn router(signaling: Arc<Signaling>) -> Router {
 
 async fn upgrade(State(signaling): State<Arc<Signaling>>, ws: WebSocketUpgrade) -> Response {
     ws.read_buffer_size(READ_BUFFER_SIZE)
-        // Write each frame out at once instead of collecting 128 KiB first.
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
         .max_message_size(MAX_SIGNAL_FRAME)
         .max_frame_size(MAX_SIGNAL_FRAME)
         .on_upgrade(move |socket| session::run(signaling, socket))

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use base64::Engine as _;
+use futures_util::SinkExt as _;
 use peermail_core::address::{validate_name, Address};
 use peermail_core::attach::{chunk_count, AttachmentId, Hash, CHUNK_BYTES, CHUNK_OVERHEAD};
 use peermail_core::identity::{auth_message, register_message, PublicKey};
@@ -194,14 +195,16 @@ impl Session {
                         Message::Ping(_) | Message::Pong(_) => Vec::new(),
                         Message::Close(_) => return End::Closed,
                     };
-                    for reply in &replies {
-                        if send_frame(socket, reply, write_timeout).await.is_err() {
-                            return End::Gone;
-                        }
+                    let replies = replies
+                        .iter()
+                        .map(|reply| Message::Text(reply.encode().into()));
+                    if send_all(socket, replies, inbox, write_timeout).await.is_err() {
+                        return End::Gone;
                     }
                 }
                 Some(text) = inbox.recv() => {
-                    if send(socket, Message::Text(text), write_timeout).await.is_err() {
+                    let frames = std::iter::once(Message::Text(text));
+                    if send_all(socket, frames, inbox, write_timeout).await.is_err() {
                         return End::Gone;
                     }
                 }
@@ -1208,6 +1211,33 @@ async fn send_frame(
     limit: Duration,
 ) -> Result<(), ()> {
     send(socket, Message::Text(frame.encode().into()), limit).await
+}
+
+/// Writes `frames`, then whatever waits in the outbox (such as the `waiting` notice of a
+/// deposit to one's own address, or the receipt of one's own release), and flushes them
+/// together: one write to the socket for a reply and the frames pushed while it was being
+/// made, instead of one per frame. Gives up (the caller then ends the session) if the
+/// client does not take them within `limit`.
+async fn send_all(
+    socket: &mut WebSocket,
+    frames: impl Iterator<Item = Message>,
+    inbox: &mut mpsc::Receiver<Utf8Bytes>,
+    limit: Duration,
+) -> Result<(), ()> {
+    let write = async {
+        for frame in frames {
+            socket.feed(frame).await?;
+        }
+        // Bounded: the outbox holds at most OUTBOX_CAPACITY frames.
+        while let Ok(text) = inbox.try_recv() {
+            socket.feed(Message::Text(text)).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// Writes one message, giving up (the caller then ends the session) if the client does not

@@ -34,6 +34,7 @@ const SCENARIOS: &[&str] = &[
     "attachments_pulled_from_the_online_sender",
     "large_attachment_waits_for_its_sender_and_resumes",
     "small_attachment_reaches_an_offline_recipient_through_the_relay",
+    "attachment_passed_on_by_a_co_recipient",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -121,6 +122,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(attachments_pulled_from_the_online_sender);
     scenario!(large_attachment_waits_for_its_sender_and_resumes);
     scenario!(small_attachment_reaches_an_offline_recipient_through_the_relay);
+    scenario!(attachment_passed_on_by_a_co_recipient);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {
@@ -1403,5 +1405,62 @@ async fn small_attachment_reaches_an_offline_recipient_through_the_relay(
     .await?;
     let saved = bob.wait_saved(NAME).await?;
     same_file(NAME, &saved, text.as_bytes())?;
+    Ok(())
+}
+
+/// Issue 4: another recipient passes a file on. Alice mails Bob (online) and Carol
+/// (offline) a 9 MiB file — above the relay's 8 MiB inline limit, so it stays on Alice's
+/// node — and closes her browser once Bob has it. When Carol opens hers, her mail comes from
+/// the relay cache and the file from Bob's browser, verified; the file she saves is the
+/// original.
+async fn attachment_passed_on_by_a_co_recipient(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Photos for both of you";
+    const NAME: &str = "photos.tar";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    w.person("carol").await?;
+    let (bob_addr, carol_addr) = (w.addr("bob"), w.addr("carol"));
+    let photos = noise(9 * 1024 * 1024 + 3, 13);
+    let path = test_file(w, NAME, &photos)?;
+    w.browsers
+        .get_mut("carol")
+        .context("carol")?
+        .close()
+        .await?;
+    w.get("alice")?
+        .compose_with_files(
+            &format!("{bob_addr}, {carol_addr}"),
+            SUBJECT,
+            "For Bob and Carol.",
+            &[&path],
+        )
+        .await?;
+    let bob = w.get("bob")?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    bob.wait_attachment(NAME, &["complete"]).await?;
+    w.get("alice")?
+        .wait_recipient(&["outbox"], SUBJECT, &carol_addr, "cached")
+        .await?;
+    w.browsers
+        .get_mut("alice")
+        .context("alice")?
+        .close()
+        .await?;
+
+    let carol = w.person("carol").await?;
+    carol.open_mail("inbox", SUBJECT).await?;
+    carol
+        .wait_attachment(NAME, &["complete"])
+        .await
+        .context("Carol fetching the file from Bob's browser while Alice is away")?;
+    carol
+        .click(&format!(
+            "li.attachment[data-name=\"{NAME}\"] .save-attachment"
+        ))
+        .await?;
+    let saved = carol.wait_saved(NAME).await?;
+    same_file(NAME, &saved, &photos)?;
+    // Alice comes back for the scenarios after this one.
+    w.person("alice").await?;
     Ok(())
 }

@@ -30,8 +30,7 @@ use peermail_core::store::{
 use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use wasm_bindgen::{JsCast, JsValue};
-use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen::JsValue;
 
 /// Current schema version (see [`upgrade`]).
 pub const SCHEMA_VERSION: u32 = 4;
@@ -221,10 +220,9 @@ impl MailStore for IdbStore {
                     .await
             }
             StoreWrite::PutChunkList { attachment, hashes } => {
-                let bytes: Vec<u8> = hashes.concat();
-                let value = js_sys::Uint8Array::from(&bytes[..]);
-                self.put_js(CHUNK_LISTS, &attachment.to_hex(), value.into())
+                crate::chunks::put_chunk_list(&self.db, attachment, &hashes)
                     .await
+                    .map_err(StoreError)
             }
         }
     }
@@ -234,34 +232,18 @@ impl MailStore for IdbStore {
         attachment: AttachmentId,
         index: u32,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(v) = self.get_js(CHUNKS, &chunk_key(attachment, index)).await? else {
-            return Ok(None);
-        };
-        let blob: web_sys::Blob = v.dyn_into().map_err(|_| err("a chunk is not a Blob"))?;
-        let buf = JsFuture::from(blob.array_buffer()).await.map_err(js_err)?;
-        Ok(Some(js_sys::Uint8Array::new(&buf).to_vec()))
+        crate::chunks::get_chunk(&self.db, attachment, index)
+            .await
+            .map_err(StoreError)
     }
 
     async fn read_chunk_list(
         &self,
         attachment: AttachmentId,
     ) -> Result<Option<Vec<Hash>>, StoreError> {
-        let Some(v) = self.get_js(CHUNK_LISTS, &attachment.to_hex()).await? else {
-            return Ok(None);
-        };
-        let bytes = v
-            .dyn_into::<js_sys::Uint8Array>()
-            .map_err(|_| err("a chunk list is not bytes"))?
-            .to_vec();
-        if bytes.len() % 32 != 0 {
-            return Err(err("a chunk list is not whole hashes"));
-        }
-        Ok(Some(
-            bytes
-                .chunks_exact(32)
-                .map(|c| c.try_into().expect("32 bytes"))
-                .collect(),
-        ))
+        crate::chunks::get_chunk_list(&self.db, attachment)
+            .await
+            .map_err(StoreError)
     }
 }
 
@@ -308,36 +290,6 @@ impl IdbStore {
         }
         tx.commit().await.map_err(err)?;
         Ok(())
-    }
-
-    async fn put_js(&self, store: &str, key: &str, value: JsValue) -> Result<(), StoreError> {
-        let tx = self
-            .db
-            .transaction(store)
-            .with_mode(TransactionMode::Readwrite)
-            .build()
-            .map_err(err)?;
-        let os = tx.object_store(store).map_err(err)?;
-        os.put(value)
-            .with_key(key.to_string())
-            .primitive()
-            .map_err(err)?
-            .await
-            .map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        Ok(())
-    }
-
-    async fn get_js(&self, store: &str, key: &str) -> Result<Option<JsValue>, StoreError> {
-        let tx = self.db.transaction(store).build().map_err(err)?;
-        let os = tx.object_store(store).map_err(err)?;
-        let v: Option<JsValue> = os
-            .get(key.to_string())
-            .primitive()
-            .map_err(err)?
-            .await
-            .map_err(err)?;
-        Ok(v.filter(|v| !v.is_undefined() && !v.is_null()))
     }
 }
 

@@ -26,7 +26,8 @@
 //! `performance.memory.usedJSHeapSize` every 100 ms (the browsers run with
 //! `--enable-precise-memory-info`; a CDP garbage collection before each run); its wasm
 //! memory is read through chromedriver's CDP endpoint (`Runtime.queryObjects` of
-//! `WebAssembly.Memory`) after each run. `heap_flat`: peak(full) ≤ 1.25 × peak(half) + 8 MiB.
+//! `WebAssembly.Memory`) after each run; Bob's page is reloaded before each app run, so
+//! that is the run's peak (wasm memory never shrinks), and the baseline gets a new channel. `heap_flat`: peak(full) ≤ 1.25 × peak(half) + 8 MiB.
 //! When the goal is not met (or `PEERMAIL_BENCH_PROFILE=1`), one more app transfer runs
 //! with the CPU profiler on in both pages, and the report lists where their main threads
 //! spent the time.
@@ -220,6 +221,7 @@ async fn open_raw_channel(alice: &Browser, bob: &Browser) -> Result<()> {
             &format!(
                 "const done = arguments[arguments.length - 1]; {GATHERED} \
                  (async () => {{ \
+                   if (window.__rawPc) window.__rawPc.close(); \
                    const pc = new RTCPeerConnection({{ iceServers: [] }}); \
                    const ch = pc.createDataChannel('bench', {{ ordered: true }}); \
                    ch.binaryType = 'arraybuffer'; \
@@ -289,8 +291,11 @@ async fn open_raw_channel(alice: &Browser, bob: &Browser) -> Result<()> {
     Ok(())
 }
 
-/// One baseline transfer of `total` bytes; Bob's page times it.
+/// One baseline transfer of `total` bytes over a new raw channel; Bob's page times it.
 async fn baseline_run(alice: &Browser, bob: &Browser, total: u64) -> Result<Value> {
+    open_raw_channel(alice, bob)
+        .await
+        .context("opening the baseline data channel")?;
     let _: bool = bob
         .eval(
             "window.__rawRx = { target: arguments[0], bytes: 0, messages: 0, first: 0, \
@@ -420,11 +425,21 @@ async fn app_run(
     file: &Path,
     subject: &str,
     size: u64,
+    fresh_page: bool,
 ) -> Result<Value> {
     let name = file
         .file_name()
         .and_then(|n| n.to_str())
         .context("file name")?;
+    // A fresh page for each app run: its wasm memory (which never shrinks) and JS heap
+    // then belong to this transfer alone.
+    if fresh_page {
+        bob.reload().await?;
+        bob.wait_online().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        alice.wait_presence(&bob.address(), "online").await?;
+    }
+    let wasm_before = wasm_memory(bob).await.unwrap_or_default();
     bob.open_folder("inbox").await?;
     let _: bool = bob
         .eval(BOB_OBSERVER, vec![json!(subject), json!(name), json!(size)])
@@ -482,6 +497,7 @@ async fn app_run(
         "send_to_complete_ms": f(&r, "complete") - f(&seal, "click"),
         "bob_heap": heap,
         "bob_wasm_memory_bytes": wasm,
+        "bob_wasm_memory_bytes_before": wasm_before,
         "instants": {
             "send": f(&seal, "click"),
             "sent": f(&seal, "closed"),
@@ -636,17 +652,14 @@ async fn run(config: Config) -> Result<Value> {
     let bob_addr = bob.address();
     alice.add_contact(&bob_addr).await?;
     alice.wait_presence(&bob_addr, "online").await?;
-    open_raw_channel(&alice, &bob)
-        .await
-        .context("opening the baseline data channel")?;
-    eprintln!("bench: raw data channel open; runs of {size_mib} MiB");
+    eprintln!("bench: runs of {size_mib} MiB");
 
     let disk = |what: &str| {
         let free = free_bytes(&scratch).unwrap_or(0);
         eprintln!("bench: {what}; {:.1} GB free", free as f64 / 1e9);
         free
     };
-    let half_run = app_run(&alice, &bob, &half_file, "bench half 0", half)
+    let half_run = app_run(&alice, &bob, &half_file, "bench half 0", half, true)
         .await
         .context("the half-size app run")?;
     eprintln!(
@@ -670,7 +683,7 @@ async fn run(config: Config) -> Result<Value> {
         if disk("before an app run") < size * 3 {
             bail!("less than {} MiB free: stopping", size * 3 / MIB);
         }
-        let a = app_run(&alice, &bob, &file, &format!("bench full {i}"), size)
+        let a = app_run(&alice, &bob, &file, &format!("bench full {i}"), size, true)
             .await
             .with_context(|| format!("app run {i}"))?;
         eprintln!(
@@ -708,12 +721,20 @@ async fn run(config: Config) -> Result<Value> {
         .iter()
         .map(|r| r["bob_wasm_memory_bytes"].clone())
         .collect();
+    let wasm_peak = |r: &Value| {
+        r["bob_wasm_memory_bytes"]
+            .as_array()
+            .and_then(|a| a.iter().filter_map(Value::as_f64).reduce(f64::max))
+    };
+    let wasm_peak_half = wasm_peak(&half_run).unwrap_or(f64::NAN);
+    let wasm_peak_full = median(&app_runs.iter().filter_map(wasm_peak).collect::<Vec<_>>());
+    let wasm_flat = wasm_peak_full <= 1.25 * wasm_peak_half + 8.0 * MIB as f64;
 
     let profile = if ratio < GOAL || force_profile {
         eprintln!("bench: profiling one more app run (both pages' main threads)");
         let ta = profile_start(&alice).await?;
         let tb = profile_start(&bob).await?;
-        let p = app_run(&alice, &bob, &file, "bench profiled", size).await;
+        let p = app_run(&alice, &bob, &file, "bench profiled", size, false).await;
         let p = match p {
             Ok(p) => p,
             Err(e) => {
@@ -783,9 +804,13 @@ async fn run(config: Config) -> Result<Value> {
             "heap_flat": heap_flat,
         },
         "bob_wasm_memory_bytes": {
-            "what": "byte length of each WebAssembly.Memory in Bob's page (CDP Runtime.queryObjects) after each app run; it never shrinks, so this is its peak so far",
+            "what": "byte length of each WebAssembly.Memory in Bob's page (CDP Runtime.queryObjects) after each app run; Bob's page is reloaded before each app run and wasm memory never shrinks, so this is the run's peak (runs.app[].bob_wasm_memory_bytes_before: the same just before Send)",
             "after_half_size_run": wasm_half,
             "after_each_full_size_run": wasm_full,
+            "half_size": wasm_peak_half,
+            "full_size_median": wasm_peak_full,
+            "rule": "wasm_flat = peak(full) <= 1.25 * peak(half) + 8 MiB",
+            "wasm_flat": wasm_flat,
         },
         "runs": { "half_size_app": half_run, "baseline": base_runs, "app": app_runs },
         "profile": profile,
@@ -828,10 +853,11 @@ fn main() -> ExitCode {
             let g = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
             let mib = |v: &Value| g(v) / MIB as f64;
             let heap = &report["bob_peak_js_heap_bytes"];
+            let wasm = &report["bob_wasm_memory_bytes"];
             println!(
                 "attachment transfer ({} MiB, median of {}): app {:.2} MB/s beside a raw data channel at {:.2} MB/s: \
                  ratio {:.2} (goal {GOAL}: {}); sealing at Send {:.1} s; receiver's peak JS heap {:.1} MiB \
-                 ({:.1} MiB at half size: {})",
+                 ({:.1} MiB at half size: {}), wasm memory {:.1} MiB ({:.1} MiB at half size: {})",
                 g(&report["file_bytes"]) / MIB as f64,
                 report["rounds"],
                 g(&report["app_mb_s"]["median"]),
@@ -842,6 +868,9 @@ fn main() -> ExitCode {
                 mib(&heap["full_size_median"]),
                 mib(&heap["half_size"]),
                 if heap["heap_flat"] == true { "flat" } else { "not flat" },
+                mib(&wasm["full_size_median"]),
+                mib(&wasm["half_size"]),
+                if wasm["wasm_flat"] == true { "flat" } else { "not flat" },
             );
             ExitCode::SUCCESS
         }

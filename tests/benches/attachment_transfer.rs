@@ -140,18 +140,23 @@ async fn poll(b: &Browser, what: &str, script: &str) -> Result<Value> {
 // ---------------------------------------------------------------------------------------
 // Bob's page: JS heap and wasm memory
 
-/// Collects garbage in the page (CDP), then polls `performance.memory` every 100 ms.
+/// Collects garbage in the page (CDP), then polls `performance.memory` every 100 ms, and
+/// the wasm memory found by [`wasm_memory`] (each change, with its `Date.now()`).
 async fn heap_start(b: &Browser) -> Result<()> {
     b.cdp("HeapProfiler.collectGarbage", json!({})).await?;
     let _: bool = b
         .eval(
             "if (window.__heapTimer) clearInterval(window.__heapTimer); \
              const m = performance.memory; \
+             const wasm = () => (window.__wasmMems || []).reduce((a, w) => a + w.buffer.byteLength, 0); \
              window.__heap = { start: m.usedJSHeapSize, peak_used: m.usedJSHeapSize, \
-                               peak_total: m.totalJSHeapSize, samples: 1 }; \
+                               peak_total: m.totalJSHeapSize, samples: 1, \
+                               wasm_series: [[Date.now(), wasm()]] }; \
              window.__heapTimer = setInterval(() => { const m = performance.memory, h = window.__heap; \
                h.samples += 1; h.peak_used = Math.max(h.peak_used, m.usedJSHeapSize); \
-               h.peak_total = Math.max(h.peak_total, m.totalJSHeapSize); }, 100); \
+               h.peak_total = Math.max(h.peak_total, m.totalJSHeapSize); \
+               const w = wasm(); if (w !== h.wasm_series[h.wasm_series.length - 1][1]) h.wasm_series.push([Date.now(), w]); \
+             }, 100); \
              return true;",
             vec![],
         )
@@ -194,7 +199,8 @@ async fn wasm_memory(b: &Browser) -> Result<Vec<u64>> {
             "Runtime.callFunctionOn",
             json!({
                 "objectId": arr_id,
-                "functionDeclaration": "function() { return this.map(m => m.buffer.byteLength); }",
+                // Kept in the page too, so the heap poller can follow it (`heap_start`).
+                "functionDeclaration": "function() { window.__wasmMems = this.slice(); return this.map(m => m.buffer.byteLength); }",
                 "returnByValue": true,
             }),
         )
@@ -728,7 +734,8 @@ async fn run(config: Config) -> Result<Value> {
     };
     let wasm_peak_half = wasm_peak(&half_run).unwrap_or(f64::NAN);
     let wasm_peak_full = median(&app_runs.iter().filter_map(wasm_peak).collect::<Vec<_>>());
-    let wasm_flat = wasm_peak_full <= 1.25 * wasm_peak_half + 8.0 * MIB as f64;
+    // Wasm memory is exact and small: no slack beyond a quarter.
+    let wasm_flat = wasm_peak_full <= 1.25 * wasm_peak_half;
 
     let profile = if ratio < GOAL || force_profile {
         eprintln!("bench: profiling one more app run (both pages' main threads)");
@@ -809,7 +816,9 @@ async fn run(config: Config) -> Result<Value> {
             "after_each_full_size_run": wasm_full,
             "half_size": wasm_peak_half,
             "full_size_median": wasm_peak_full,
-            "rule": "wasm_flat = peak(full) <= 1.25 * peak(half) + 8 MiB",
+            "growth_bytes_per_mib_of_file": (wasm_peak_full - wasm_peak_half) / ((size - half) / MIB) as f64,
+            "rule": "wasm_flat = peak(full) <= 1.25 * peak(half)",
+            "series": "runs.app[].bob_heap.wasm_series: [Date.now(), bytes] at each change during the run; runs.app[].instants place it",
             "wasm_flat": wasm_flat,
         },
         "runs": { "half_size_app": half_run, "baseline": base_runs, "app": app_runs },

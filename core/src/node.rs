@@ -945,8 +945,9 @@ impl Node {
             // The registration of a copy this node holds for `to`.
             (Some(to), Some(id)) if self.held.contains_key(&(id.clone(), to.clone())) => {
                 let key = (id, to);
-                if code == ErrorCode::UnknownAddress {
-                    // Nobody to hold it for any more.
+                // Nobody to hold it for any more, or another co-recipient's node holds it (a
+                // sender that did not hear back from one holder handed it to another).
+                if matches!(code, ErrorCode::UnknownAddress | ErrorCode::Conflict) {
                     self.held.remove(&key);
                     self.store(StoreWrite::RemoveHeld {
                         message_id: key.0,

@@ -210,7 +210,7 @@ enum Op {
     },
     Hold {
         hold: NewHold,
-        reply: Reply<()>,
+        reply: Reply<bool>,
     },
     Receipts {
         sender: Address,
@@ -597,7 +597,7 @@ fn has_deposit(
     .map_err(cache_error)
 }
 
-fn hold_copy(conn: &Connection, hold: &NewHold) -> Answer<()> {
+fn hold_copy(conn: &Connection, hold: &NewHold) -> Answer<bool> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO held_mail
          (recipient, message_id, holder, sender, size, held_at, expires_at)
@@ -615,7 +615,16 @@ fn hold_copy(conn: &Connection, hold: &NewHold) -> Answer<()> {
         ])
     })
     .map_err(cache_error)?;
-    Ok(())
+    let listed: String = conn
+        .prepare_cached("SELECT holder FROM held_mail WHERE recipient = ?1 AND message_id = ?2")
+        .and_then(|mut s| {
+            s.query_row(
+                params![hold.recipient.to_string(), hold.message_id.as_str()],
+                |r| r.get(0),
+            )
+        })
+        .map_err(cache_error)?;
+    Ok(listed == hold.holder.to_string())
 }
 
 fn fetch(conn: &Connection, recipient: &Address, id: &MessageId) -> Answer<Option<CachedMail>> {
@@ -853,7 +862,7 @@ impl MailCache for Db {
         })
     }
 
-    fn hold(&self, hold: NewHold) -> Answer<()> {
+    fn hold(&self, hold: NewHold) -> Answer<bool> {
         self.call_blocking(|reply| Op::Hold { hold, reply })
     }
 
@@ -928,7 +937,7 @@ impl MailCache for Db {
         self.call(|reply| Op::Receipts { sender, reply })
     }
 
-    fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<()> {
+    fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<bool> {
         self.call(|reply| Op::Hold { hold, reply })
     }
 

@@ -870,11 +870,17 @@ async fn held_copies_are_listed_released_and_both_sender_and_holder_told() {
             message_id: id.clone()
         }
     );
-    // Registering again changes nothing; another holder does not replace Carol.
+    // Registering again changes nothing; another holder does not replace Carol, and is
+    // told its copy is not needed.
     c.send(hold(&bob.address, &alice.address, 900)).await;
     assert!(matches!(c.recv().await, ServerFrame::Held { .. }));
     d.send(hold(&bob.address, &alice.address, 900)).await;
-    assert!(matches!(d.recv().await, ServerFrame::Held { .. }));
+    let about = d.expect_error_about(ErrorCode::Conflict).await;
+    assert_eq!(
+        about.and_then(|a| a.message_id),
+        Some(id.clone()),
+        "the error names the mail"
+    );
     // Bad registrations: unknown recipient or sender, for oneself, oversized.
     let about = |to: &Address| {
         Some(ErrorAbout {

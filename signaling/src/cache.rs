@@ -112,7 +112,9 @@ pub trait MailCache: Send + Sync + 'static {
     ) -> Result<Vec<Address>, Error>;
     /// Lists a copy held by a co-recipient's node among `hold.recipient`'s waiting mail,
     /// unless `(recipient, message_id)` is already listed as held (the first holder stays).
-    fn hold(&self, hold: NewHold) -> Result<(), Error>;
+    /// Returns whether `hold.holder` is the listed holder (false: another node's copy is
+    /// listed, and this one is not needed).
+    fn hold(&self, hold: NewHold) -> Result<bool, Error>;
     /// Receipts waiting for `sender`'s acknowledgement.
     fn receipts(&self, sender: &Address) -> Result<Vec<Receipt>, Error>;
     /// Whether `sender`'s deposit `message_id` for `recipient` is still cached, or its
@@ -171,7 +173,7 @@ pub trait MailCache: Send + Sync + 'static {
         })
     }
     /// [`MailCache::hold`], awaited.
-    fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<()> {
+    fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<bool> {
         on_blocking_pool(self, move |c| c.hold(hold))
     }
     /// [`MailCache::receipts`], awaited.
@@ -363,10 +365,10 @@ impl MailCache for MemoryCache {
         Ok(cached || receipt)
     }
 
-    fn hold(&self, hold: NewHold) -> Result<(), Error> {
+    fn hold(&self, hold: NewHold) -> Result<bool, Error> {
         let key = (hold.recipient.clone(), hold.message_id.clone());
-        self.state().held.entry(key).or_insert(hold);
-        Ok(())
+        let holder = hold.holder.clone();
+        Ok(self.state().held.entry(key).or_insert(hold).holder == holder)
     }
 
     fn receipts(&self, sender: &Address) -> Result<Vec<Receipt>, Error> {
@@ -541,9 +543,13 @@ pub mod conformance {
             held_at: 10,
             expires_at: 110,
         };
-        c.hold(hold("carol@h")).unwrap();
-        // A second holder does not replace the first.
-        c.hold(hold("dan@h")).unwrap();
+        assert!(c.hold(hold("carol@h")).unwrap());
+        assert!(
+            c.hold(hold("carol@h")).unwrap(),
+            "registering again is fine"
+        );
+        // A second holder does not replace the first, and is told so.
+        assert!(!c.hold(hold("dan@h")).unwrap());
         let waiting = c.waiting(&a("bob@h")).unwrap();
         assert_eq!(waiting.len(), 1);
         assert_eq!(
@@ -567,7 +573,7 @@ pub mod conformance {
         assert_eq!(c.receipts(&a("carol@h")).unwrap().len(), 1);
         assert_eq!(c.receipts(&a("alice@h")).unwrap().len(), 1);
         // Expiry tells both.
-        c.hold(hold("carol@h")).unwrap();
+        assert!(c.hold(hold("carol@h")).unwrap());
         let expired = c.expire(110).unwrap();
         assert_eq!(expired.len(), 2);
         assert!(expired.iter().all(|r| r.outcome == ReceiptOutcome::Expired));

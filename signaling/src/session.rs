@@ -870,7 +870,13 @@ impl Session {
             expires_at: now.saturating_add(retention),
         };
         match self.cache().hold_async(hold).await {
-            Ok(()) => {
+            Ok(false) => ServerFrame::error(
+                ErrorCode::Conflict,
+                format!(
+                    "another node already holds {message_id} for {to}; this copy is not needed"
+                ),
+            ),
+            Ok(true) => {
                 tracing::debug!(session = self.id, %to, %message_id, "held copy listed");
                 let waiting = WaitingMail {
                     message_id: message_id.clone(),

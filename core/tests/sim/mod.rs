@@ -997,6 +997,10 @@ impl World {
                     return self.reply(from, e);
                 }
                 let key = (to.clone(), message_id.clone());
+                if self.held.get(&key).is_some_and(|h| &h.holder != from) {
+                    let e = ServerFrame::error_about(ErrorCode::Conflict, "held elsewhere", about);
+                    return self.reply(from, e);
+                }
                 if !self.held.contains_key(&key) {
                     self.holds += 1;
                     self.held.insert(

@@ -521,6 +521,20 @@ impl Download {
         Ok(Accepted::New)
     }
 
+    /// A copy without the chunk list: what is persisted (the list is not), cheap to clone
+    /// for every stored chunk.
+    pub fn persisted(&self) -> Download {
+        Download {
+            id: self.id,
+            size: self.size,
+            chunks_root: self.chunks_root,
+            hashes: Vec::new(),
+            list_ok: false,
+            have: self.have.clone(),
+            held: self.held,
+        }
+    }
+
     /// Marks a chunk as not held (its stored copy was lost or did not decrypt): it will be
     /// fetched again.
     pub fn forget_chunk(&mut self, index: u32) {
@@ -598,7 +612,21 @@ pub struct FileCheck {
     file: Sha256,
 }
 
+impl fmt::Debug for FileCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileCheck")
+            .field("attachment", &self.att.id)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FileCheck {
+    /// The index [`FileCheck::push`] expects next.
+    pub fn next_index(&self) -> u32 {
+        self.next
+    }
+
     pub fn new(att: &AttachmentRef) -> Self {
         FileCheck {
             att: att.clone(),

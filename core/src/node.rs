@@ -584,6 +584,7 @@ impl Node {
                 self.flush(&peer);
                 self.pull_held(&peer);
                 self.tell_sender(&peer);
+                self.downloads_link_changed(&peer);
                 self.pump_downloads(&peer);
             }
             Input::PeerDisconnected(peer) => {

@@ -101,6 +101,8 @@ pub struct Runtime {
     pumping: Cell<bool>,
     /// The single tick timer, re-armed after every input.
     timer: RefCell<Option<gloo_timers::callback::Timeout>>,
+    /// The node deadline the timer is armed for.
+    timer_deadline: Cell<Option<u64>>,
     signaling: RefCell<Option<Rc<Signaling>>>,
     rtc: RefCell<Option<Rc<Rtc>>>,
     /// Asks the UI to re-render.
@@ -160,6 +162,7 @@ impl Runtime {
             queue: RefCell::new(VecDeque::new()),
             pumping: Cell::new(false),
             timer: RefCell::new(None),
+            timer_deadline: Cell::new(None),
             signaling: RefCell::new(None),
             rtc: RefCell::new(None),
             on_change: RefCell::new(None),
@@ -525,12 +528,29 @@ impl Runtime {
 
     // ----- the pump -----
 
-    /// Feeds the node one input and schedules the execution of its outputs.
+    /// Feeds the node one input and schedules the execution of its outputs. The UI is told
+    /// to re-render only when the node reports something (an `Event`): a chunk arriving is
+    /// not a reason to re-render, its throttled progress event is.
     pub fn input(&self, input: Input) {
-        self.handle(input);
+        let produced: Vec<Output> = {
+            let mut node = self.node.borrow_mut();
+            let Some(node) = node.as_mut() else {
+                return;
+            };
+            node.handle(input, now());
+            std::iter::from_fn(|| node.poll_output()).collect()
+        };
+        let tell_ui = produced.iter().any(|o| matches!(o, Output::Event(_)));
+        self.queue.borrow_mut().extend(produced);
+        self.rearm_timer();
+        self.kick();
+        if tell_ui {
+            self.changed();
+        }
     }
 
-    /// Like [`input`](Self::input), returning a copy of the outputs it produced.
+    /// Like [`input`](Self::input), returning a copy of the outputs it produced (for
+    /// commands whose answer the caller reads).
     fn handle(&self, input: Input) -> Vec<Output> {
         let produced: Vec<Output> = {
             let mut node = self.node.borrow_mut();
@@ -549,6 +569,14 @@ impl Runtime {
 
     fn rearm_timer(&self) {
         let deadline = self.node.borrow().as_ref().and_then(|n| n.poll_timeout());
+        // The same deadline as the armed timer: nothing to do (this runs on every input).
+        if deadline.is_some()
+            && deadline == self.timer_deadline.get()
+            && self.timer.borrow().is_some()
+        {
+            return;
+        }
+        self.timer_deadline.set(deadline);
         let mut timer = self.timer.borrow_mut();
         // Dropping a gloo Timeout cancels it.
         *timer = deadline.map(|t| {
@@ -561,6 +589,8 @@ impl Runtime {
                 // On a later turn: the timer (this closure) is replaced by the input.
                 spawn_local(async move {
                     if let Some(rt) = me.upgrade() {
+                        // This timer has fired: the next input arms a new one.
+                        rt.timer_deadline.set(None);
                         rt.input(Input::Tick);
                     }
                 });

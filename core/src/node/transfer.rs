@@ -22,7 +22,8 @@
 
 use super::*;
 use crate::attach::{
-    Accepted, AttachError, AttachmentId, AttachmentRef, Download, Hash, RateMeter, HASHES_PER_PAGE,
+    Accepted, AttachError, AttachmentId, AttachmentRef, Download, FileCheck, Hash, RateMeter,
+    HASHES_PER_PAGE,
 };
 use crate::store::{DownloadRecord, DownloadState};
 
@@ -122,13 +123,19 @@ pub(super) struct Incoming {
     relay: RelayCopy,
     /// Where the outstanding requests went.
     asked: Option<Source>,
+    /// The whole-file check, run as chunks arrive in order (from the first chunk of this
+    /// session); `None` once one arrives out of order, and the driver checks at the end.
+    check: Option<FileCheck>,
     /// Co-recipients that said they cannot send the file (this session).
     refused_by: BTreeSet<Address>,
 }
 
 impl Incoming {
     pub(super) fn new(record: DownloadRecord) -> Self {
+        let check =
+            (record.progress.chunks_held() == 0).then(|| FileCheck::new(&record.attachment));
         Incoming {
+            check,
             record,
             requested: BTreeSet::new(),
             list_requested: false,
@@ -216,7 +223,7 @@ impl Node {
                 state,
                 sender_knows: false,
             };
-            self.store(StoreWrite::PutDownload(Box::new(record.clone())));
+            self.store(StoreWrite::PutDownload(stored(&record)));
             self.downloads.insert(att.id, Incoming::new(record));
             self.event(Event::DownloadChanged(att.id));
         }
@@ -415,8 +422,19 @@ impl Node {
             return;
         }
         if d.record.progress.is_complete() {
+            // Complete once every chunk is stored too.
+            if d.unstored > 0 {
+                return;
+            }
             d.checking = true;
-            self.emit(Output::CheckFile(id));
+            match d.check.take() {
+                // Checked on the way in: decide now.
+                Some(c) if c.next_index() == d.record.attachment.chunk_count() => {
+                    let result = c.finish().map_err(FileCheckFailure::Invalid);
+                    self.file_checked(id, result);
+                }
+                _ => self.emit(Output::CheckFile(id)),
+            }
             return;
         }
         // Top the window up once half of it arrived and was stored.
@@ -460,8 +478,23 @@ impl Node {
         }
     }
 
+    /// A data channel to `peer` opened or closed: the UI's "available when … is online" /
+    /// progress of the files `peer` sends changes.
+    pub(super) fn downloads_link_changed(&mut self, peer: &Address) {
+        let ids: Vec<AttachmentId> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| &d.record.from == peer && d.record.state == DownloadState::Fetching)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.event(Event::DownloadChanged(id));
+        }
+    }
+
     /// A data channel to `peer` closed: what was asked of it is asked again next time.
     pub(super) fn downloads_peer_gone(&mut self, peer: &Address) {
+        self.downloads_link_changed(peer);
         for d in self.downloads.values_mut() {
             if d.asked.as_ref() == Some(&Source::Peer(peer.clone())) {
                 d.requested.clear();
@@ -518,7 +551,7 @@ impl Node {
         d.list_requested = false;
         d.checking = false;
         let (peer, record) = (d.record.from.clone(), d.record.clone());
-        self.store(StoreWrite::PutDownload(Box::new(record)));
+        self.store(StoreWrite::PutDownload(stored(&record)));
         self.send_peer(&peer, PeerFrame::CancelTransfer { attachment: id });
         self.event(Event::DownloadChanged(id));
     }
@@ -537,7 +570,7 @@ impl Node {
         }
         d.record.state = DownloadState::Fetching;
         let (peer, record) = (d.record.from.clone(), d.record.clone());
-        self.store(StoreWrite::PutDownload(Box::new(record)));
+        self.store(StoreWrite::PutDownload(stored(&record)));
         self.event(Event::DownloadChanged(id));
         self.subscribe([peer.clone()]);
         self.pump_downloads(&peer);
@@ -616,7 +649,7 @@ impl Node {
                     if d.record.from == peer && !d.record.sender_knows {
                         d.record.sender_knows = true;
                         let record = d.record.clone();
-                        self.store(StoreWrite::PutDownload(Box::new(record)));
+                        self.store(StoreWrite::PutDownload(stored(&record)));
                     }
                 }
             }
@@ -652,7 +685,7 @@ impl Node {
                         d.requested.clear();
                         d.list_requested = false;
                         let record = d.record.clone();
-                        self.store(StoreWrite::PutDownload(Box::new(record)));
+                        self.store(StoreWrite::PutDownload(stored(&record)));
                         self.event(Event::DownloadChanged(attachment));
                     }
                 }
@@ -788,6 +821,13 @@ impl Node {
         d.active_at = now;
         match d.record.progress.accept_chunk(index, &data) {
             Ok(Accepted::New) => {
+                // Decrypt and hash it now if it is the next in order (saves reading the
+                // whole file back at the end).
+                if let Some(c) = &mut d.check {
+                    if c.next_index() != index || c.push(index, &data).is_err() {
+                        d.check = None;
+                    }
+                }
                 d.unsaved += 1;
                 d.rate.record(now, d.record.progress.bytes_held());
                 let complete = d.record.progress.is_complete();
@@ -799,7 +839,7 @@ impl Node {
                 if save {
                     d.unsaved = 0;
                 }
-                let record = save.then(|| d.record.clone());
+                let record = save.then(|| stored(&d.record));
                 d.unstored += 1;
                 let op = self.store(StoreWrite::PutChunk {
                     attachment: id,
@@ -808,7 +848,7 @@ impl Node {
                 });
                 self.chunk_writes.insert(op, (id, index));
                 if let Some(r) = record {
-                    self.store(StoreWrite::PutDownload(Box::new(r)));
+                    self.store(StoreWrite::PutDownload(r));
                 }
                 if progress_due {
                     self.event(Event::DownloadChanged(id));
@@ -838,15 +878,21 @@ impl Node {
             // Storage is full or broken: asking again would only fail again. The person
             // can try again once there is room.
             d.record.progress.forget_chunk(index);
-            if d.record.state == DownloadState::Fetching {
+            // The streaming check cannot go on past a chunk that is not stored.
+            d.check = None;
+            let first = d.record.state == DownloadState::Fetching;
+            if first {
                 d.record.state = DownloadState::Failed {
                     at: self.now,
                     reason: format!("could not store it: {reason}"),
                 };
                 d.requested.clear();
                 d.list_requested = false;
-                let (peer, record) = (d.record.from.clone(), d.record.clone());
-                self.store(StoreWrite::PutDownload(Box::new(record)));
+            }
+            // Persisted after every failed chunk: the record lists only stored chunks.
+            let (peer, record) = (d.record.from.clone(), stored(&d.record));
+            self.store(StoreWrite::PutDownload(record));
+            if first {
                 self.send_peer(&peer, PeerFrame::CancelTransfer { attachment: id });
                 self.event(Event::DownloadChanged(id));
             }
@@ -892,7 +938,7 @@ impl Node {
                 hashes,
             });
         }
-        self.store(StoreWrite::PutDownload(Box::new(record)));
+        self.store(StoreWrite::PutDownload(stored(&record)));
         self.event(Event::DownloadChanged(id));
         self.release_files();
         self.tell_sender(&peer);
@@ -1161,4 +1207,17 @@ impl Node {
         });
         uploads.chain(relay).map(|t| t.max(self.now)).min()
     }
+}
+
+/// The record to persist: without the chunk list (not persisted anyway), so it is cheap to
+/// make after every stored chunk.
+fn stored(r: &DownloadRecord) -> Box<DownloadRecord> {
+    Box::new(DownloadRecord {
+        message_id: r.message_id.clone(),
+        from: r.from.clone(),
+        attachment: r.attachment.clone(),
+        progress: r.progress.persisted(),
+        state: r.state.clone(),
+        sender_knows: r.sender_knows,
+    })
 }

@@ -156,7 +156,7 @@ impl AttachmentRef {
     }
     /// Encrypted bytes of the whole file.
     pub fn cipher_size(&self) -> u64 {
-        self.size + u64::from(self.chunk_count()) * CHUNK_OVERHEAD as u64
+        cipher_size(self.size)
     }
     /// Checks the fields a sender controls; a mail with a bad attachment is refused.
     pub fn validate(&self) -> Result<(), AttachError> {
@@ -171,9 +171,31 @@ pub fn chunk_count(size: u64) -> u32 {
     size.div_ceil(CHUNK_BYTES as u64) as u32
 }
 
-fn plain_len(size: u64, index: u32) -> usize {
+/// Plaintext length of chunk `index` of a file of `size` bytes (0 past its end).
+pub fn plain_len(size: u64, index: u32) -> usize {
     let start = u64::from(index) * CHUNK_BYTES as u64;
     size.saturating_sub(start).min(CHUNK_BYTES as u64) as usize
+}
+
+/// Encrypted bytes of a file of `size` plaintext bytes (all its chunks).
+pub fn cipher_size(size: u64) -> u64 {
+    size + u64::from(chunk_count(size)) * CHUNK_OVERHEAD as u64
+}
+
+/// Encrypted length of chunk `index` of a file of `size` bytes, if the file has it.
+pub fn cipher_len(size: u64, index: u32) -> Option<usize> {
+    (index < chunk_count(size)).then(|| plain_len(size, index) + CHUNK_OVERHEAD)
+}
+
+/// A chunk list from its bytes (the hashes concatenated, as stored and sent); `None` if
+/// the length is not a whole number of hashes.
+pub fn hashes_from_bytes(bytes: &[u8]) -> Option<Vec<Hash>> {
+    (bytes.len() % 32 == 0).then(|| {
+        bytes
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect()
+    })
 }
 
 fn check_name(name: &str) -> Result<(), AttachError> {
@@ -568,10 +590,6 @@ impl Download {
         }
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Every chunk held and verified (the whole-file check is still to come).
     pub fn is_complete(&self) -> bool {
         self.has_list() && self.held == self.chunk_count()
@@ -691,11 +709,6 @@ fn open_chunk(
             },
         )
         .map_err(|_| AttachError::ChunkUnreadable(index))
-}
-
-/// Decrypts one chunk on its own (e.g. to preview the start of a file).
-pub fn open_chunk_at(att: &AttachmentRef, index: u32, data: &[u8]) -> Result<Vec<u8>, AttachError> {
-    open_chunk(att, &cipher(&att.key), index, data)
 }
 
 /// Transfer rate and time left, from samples of bytes done over time.
@@ -1039,7 +1052,7 @@ mod tests {
             Err(AttachError::FileHashMismatch)
         );
         assert_eq!(
-            open_chunk_at(&att, 2, &chunks[2].data).unwrap(),
+            open_chunk(&att, &cipher(&att.key), 2, &chunks[2].data).unwrap(),
             bytes[2 * CHUNK_BYTES..]
         );
     }

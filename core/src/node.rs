@@ -815,7 +815,7 @@ impl Node {
             .downloads
             .values()
             .filter(|d| d.record.state == crate::store::DownloadState::Fetching)
-            .flat_map(|d| self.co_recipients_of(d))
+            .flat_map(|d| self.co_recipients(d))
             .collect();
         s.extend(co);
         s.remove(&self.identity.address);

@@ -172,7 +172,8 @@ pub enum StoreWrite {
         index: u32,
         data: Vec<u8>,
     },
-    /// The chunk list of an attachment this node sends (upsert by attachment).
+    /// The chunk list of an attachment this node has whole, to serve it (upsert by
+    /// attachment).
     PutChunkList {
         attachment: AttachmentId,
         hashes: Vec<Hash>,
@@ -208,7 +209,7 @@ pub trait MailStore {
         attachment: AttachmentId,
         index: u32,
     ) -> Result<Option<Vec<u8>>, StoreError>;
-    /// The chunk list of an attachment this node sends.
+    /// The chunk list of an attachment this node has whole.
     async fn read_chunk_list(
         &self,
         attachment: AttachmentId,

@@ -5,11 +5,10 @@
 //! before it is acknowledged.
 
 use peermail_core::address::Address;
-use peermail_core::attach::{AttachmentId, Hash};
+use peermail_core::attach::{cipher_size, hashes_from_bytes, AttachmentId, Hash};
 use peermail_core::mail::Millis;
 use peermail_signaling::files::{
-    chunk_matches, missing_ranges, stored_bytes, ChunkDeposit, FileCache, FileDeposit, KeptFile,
-    NewFile,
+    chunk_matches, missing_ranges, ChunkDeposit, Chunks, FileCache, FileDeposit, KeptFile, NewFile,
 };
 use rusqlite::{params, OptionalExtension};
 
@@ -25,28 +24,21 @@ fn millis(v: Millis) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn hashes_of(blob: &[u8]) -> Vec<Hash> {
-    blob.chunks_exact(32)
-        .map(|c| c.try_into().expect("32 bytes"))
-        .collect()
-}
+/// A kept file's row: sender, plaintext size, chunk list.
+type FileRow = (String, u64, Vec<Hash>);
 
-/// A kept file as stored: sender, size, chunk list, and the chunks that are there.
-type Stored = (String, u64, Vec<Hash>, Vec<u32>);
-
-/// The file's size, sender and chunk list, and which chunks are there.
-fn load(
+/// The row of `recipient`'s file `attachment`, if there is one.
+fn file_row(
     conn: &rusqlite::Connection,
     recipient: &Address,
     attachment: AttachmentId,
-) -> Answer<Option<Stored>> {
-    let (r, a) = (recipient.to_string(), attachment.to_hex());
+) -> Answer<Option<FileRow>> {
     let row = conn
         .prepare_cached(
             "SELECT sender, size, hashes FROM kept_files WHERE recipient = ?1 AND attachment = ?2",
         )
         .map_err(err)?
-        .query_row(params![r, a], |row| {
+        .query_row(params![recipient.to_string(), attachment.to_hex()], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, i64>(1)?,
@@ -55,29 +47,60 @@ fn load(
         })
         .optional()
         .map_err(err)?;
-    let Some((sender, size, hashes)) = row else {
+    row.map(|(sender, size, hashes)| {
+        let hashes = hashes_from_bytes(&hashes)
+            .ok_or_else(|| peermail_signaling::Error::Cache("a stored chunk list is cut".into()))?;
+        Ok((sender, size as u64, hashes))
+    })
+    .transpose()
+}
+
+/// The indices of the chunks of `recipient`'s file `attachment` that are there, in order.
+fn held_chunks(
+    conn: &rusqlite::Connection,
+    recipient: &Address,
+    attachment: AttachmentId,
+) -> Answer<Vec<u32>> {
+    conn.prepare_cached(
+        "SELECT idx FROM kept_chunks WHERE recipient = ?1 AND attachment = ?2 ORDER BY idx",
+    )
+    .map_err(err)?
+    .query_map(params![recipient.to_string(), attachment.to_hex()], |row| {
+        row.get::<_, i64>(0)
+    })
+    .map_err(err)?
+    .map(|i| i.map(|i| i as u32).map_err(err))
+    .collect()
+}
+
+/// The whole file's row: `None` if there is no such file or a chunk is missing.
+fn whole_file(
+    conn: &rusqlite::Connection,
+    recipient: &Address,
+    attachment: AttachmentId,
+) -> Answer<Option<FileRow>> {
+    let Some(row) = file_row(conn, recipient, attachment)? else {
         return Ok(None);
     };
-    let held = conn
-        .prepare_cached(
-            "SELECT idx FROM kept_chunks WHERE recipient = ?1 AND attachment = ?2 ORDER BY idx",
-        )
+    let held: i64 = conn
+        .prepare_cached("SELECT count(*) FROM kept_chunks WHERE recipient = ?1 AND attachment = ?2")
         .map_err(err)?
-        .query_map(params![r, a], |row| row.get::<_, i64>(0))
-        .map_err(err)?
-        .map(|i| i.map(|i| i as u32).map_err(err))
-        .collect::<Answer<Vec<u32>>>()?;
-    Ok(Some((sender, size as u64, hashes_of(&hashes), held)))
+        .query_row(params![recipient.to_string(), attachment.to_hex()], |r| {
+            r.get(0)
+        })
+        .map_err(err)?;
+    Ok((held as usize == row.2.len()).then_some(row))
 }
 
 impl FileCache for Db {
     fn deposit_file(&self, file: NewFile, quota_bytes: u64) -> Answer<FileDeposit> {
         let mut conn = self.directory_conn();
         let tx = conn.transaction().map_err(err)?;
-        if let Some((sender, size, hashes, held)) = load(&tx, &file.recipient, file.attachment)? {
+        if let Some((sender, size, hashes)) = file_row(&tx, &file.recipient, file.attachment)? {
             if sender != file.sender.to_string() || size != file.size || hashes != file.hashes {
                 return Ok(FileDeposit::Conflict);
             }
+            let held = held_chunks(&tx, &file.recipient, file.attachment)?;
             let count = hashes.len() as u32;
             return Ok(FileDeposit::Accepted {
                 missing: missing_ranges(count, |i| held.binary_search(&i).is_ok()),
@@ -90,7 +113,7 @@ impl FileCache for Db {
                 row.get::<_, i64>(0)
             })
             .map_err(err)?
-            .map(|s| s.map(|s| stored_bytes(s as u64)).map_err(err))
+            .map(|s| s.map(|s| cipher_size(s as u64)).map_err(err))
             .sum::<Answer<u64>>()?;
         if used + file.stored_bytes() > quota_bytes {
             return Ok(FileDeposit::QuotaExceeded);
@@ -126,24 +149,11 @@ impl FileCache for Db {
         data: Vec<u8>,
     ) -> Answer<ChunkDeposit> {
         let conn = self.directory_conn();
-        let row = conn
-            .prepare_cached(
-                "SELECT sender, size, hashes FROM kept_files WHERE recipient = ?1 AND attachment = ?2",
-            )
-            .map_err(err)?
-            .query_row(params![recipient.to_string(), attachment.to_hex()], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                ))
-            })
-            .optional()
-            .map_err(err)?;
+        let row = file_row(&conn, recipient, attachment)?;
         let Some((_, size, hashes)) = row.filter(|(s, _, _)| *s == sender.to_string()) else {
             return Ok(ChunkDeposit::NoSuchFile);
         };
-        if !chunk_matches(size as u64, &hashes_of(&hashes), index, &data) {
+        if !chunk_matches(size, &hashes, index, &data) {
             return Ok(ChunkDeposit::Mismatch);
         }
         conn.prepare_cached(
@@ -163,12 +173,9 @@ impl FileCache for Db {
 
     fn file(&self, recipient: &Address, attachment: AttachmentId) -> Answer<Option<KeptFile>> {
         let conn = self.directory_conn();
-        let Some((sender, size, hashes, held)) = load(&conn, recipient, attachment)? else {
+        let Some((sender, size, hashes)) = whole_file(&conn, recipient, attachment)? else {
             return Ok(None);
         };
-        if held.len() != hashes.len() {
-            return Ok(None);
-        }
         let sender = sender.parse().map_err(|_| {
             peermail_signaling::Error::Cache(format!("bad stored address {sender:?}"))
         })?;
@@ -179,26 +186,32 @@ impl FileCache for Db {
         }))
     }
 
-    fn chunk(
+    fn chunks(
         &self,
         recipient: &Address,
         attachment: AttachmentId,
-        index: u32,
-    ) -> Answer<Option<Vec<u8>>> {
-        if self.file(recipient, attachment)?.is_none() {
+        indices: &[u32],
+    ) -> Answer<Option<Chunks>> {
+        let conn = self.directory_conn();
+        // Whether the file is whole is checked once for the whole request.
+        if whole_file(&conn, recipient, attachment)?.is_none() {
             return Ok(None);
         }
-        self.directory_conn()
+        let mut read = conn
             .prepare_cached(
                 "SELECT data FROM kept_chunks WHERE recipient = ?1 AND attachment = ?2 AND idx = ?3",
             )
-            .map_err(err)?
-            .query_row(
-                params![recipient.to_string(), attachment.to_hex(), i64::from(index)],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(err)
+            .map_err(err)?;
+        let (r, a) = (recipient.to_string(), attachment.to_hex());
+        let mut out = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let data: Option<Vec<u8>> = read
+                .query_row(params![r, a, i64::from(i)], |row| row.get(0))
+                .optional()
+                .map_err(err)?;
+            out.extend(data.map(|d| (i, d)));
+        }
+        Ok(Some(out))
     }
 
     fn release_file(&self, recipient: &Address, attachment: AttachmentId) -> Answer<bool> {
@@ -242,8 +255,8 @@ mod tests {
         let (f, data) = peermail_signaling::files::conformance::file("dan@h", 9, 1, 1_000);
         assert!(db.file(&f.recipient, f.attachment).unwrap().is_some());
         assert_eq!(
-            db.chunk(&f.recipient, f.attachment, 1).unwrap(),
-            Some(data[1].clone())
+            db.chunks(&f.recipient, f.attachment, &[1]).unwrap(),
+            Some(vec![(1, data[1].clone())])
         );
     }
 }

@@ -138,11 +138,11 @@ pub trait MailCache: Send + Sync + 'static {
 
     /// [`MailCache::deposit`], awaited.
     fn deposit_async(self: Arc<Self>, mail: NewMail, quota_bytes: u64) -> CacheFuture<Deposit> {
-        on_blocking_pool(self, move |c| c.deposit(mail, quota_bytes))
+        blocking(self, move |c| c.deposit(mail, quota_bytes))
     }
     /// [`MailCache::waiting`], awaited.
     fn waiting_async(self: Arc<Self>, recipient: Address) -> CacheFuture<Vec<WaitingMail>> {
-        on_blocking_pool(self, move |c| c.waiting(&recipient))
+        blocking(self, move |c| c.waiting(&recipient))
     }
     /// [`MailCache::fetch`], awaited.
     fn fetch_async(
@@ -150,7 +150,7 @@ pub trait MailCache: Send + Sync + 'static {
         recipient: Address,
         message_id: MessageId,
     ) -> CacheFuture<Option<CachedMail>> {
-        on_blocking_pool(self, move |c| c.fetch(&recipient, &message_id))
+        blocking(self, move |c| c.fetch(&recipient, &message_id))
     }
     /// [`MailCache::release`], awaited.
     fn release_async(
@@ -159,7 +159,7 @@ pub trait MailCache: Send + Sync + 'static {
         message_id: MessageId,
         now: Millis,
     ) -> CacheFuture<Vec<Address>> {
-        on_blocking_pool(self, move |c| c.release(&recipient, &message_id, now))
+        blocking(self, move |c| c.release(&recipient, &message_id, now))
     }
     /// [`MailCache::has_deposit`], awaited.
     fn has_deposit_async(
@@ -168,17 +168,17 @@ pub trait MailCache: Send + Sync + 'static {
         recipient: Address,
         message_id: MessageId,
     ) -> CacheFuture<bool> {
-        on_blocking_pool(self, move |c| {
+        blocking(self, move |c| {
             c.has_deposit(&sender, &recipient, &message_id)
         })
     }
     /// [`MailCache::hold`], awaited.
     fn hold_async(self: Arc<Self>, hold: NewHold) -> CacheFuture<bool> {
-        on_blocking_pool(self, move |c| c.hold(hold))
+        blocking(self, move |c| c.hold(hold))
     }
     /// [`MailCache::receipts`], awaited.
     fn receipts_async(self: Arc<Self>, sender: Address) -> CacheFuture<Vec<Receipt>> {
-        on_blocking_pool(self, move |c| c.receipts(&sender))
+        blocking(self, move |c| c.receipts(&sender))
     }
     /// [`MailCache::ack_receipt`], awaited.
     fn ack_receipt_async(
@@ -187,14 +187,15 @@ pub trait MailCache: Send + Sync + 'static {
         recipient: Address,
         message_id: MessageId,
     ) -> CacheFuture<()> {
-        on_blocking_pool(self, move |c| {
+        blocking(self, move |c| {
             c.ack_receipt(&sender, &recipient, &message_id)
         })
     }
 }
 
-/// Runs `f` on `cache` on tokio's blocking pool.
-fn on_blocking_pool<C: MailCache + ?Sized, T: Send + 'static>(
+/// Runs `f` on `cache` on tokio's blocking pool (the default `*_async` of the mail cache
+/// and the file store).
+pub(crate) fn blocking<C: Send + Sync + ?Sized + 'static, T: Send + 'static>(
     cache: Arc<C>,
     f: impl FnOnce(&C) -> Result<T, Error> + Send + 'static,
 ) -> CacheFuture<T> {

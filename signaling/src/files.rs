@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use peermail_core::address::Address;
-use peermail_core::attach::{chunk_count, sha256, AttachmentId, Hash, CHUNK_BYTES, CHUNK_OVERHEAD};
+use peermail_core::attach::{cipher_len, cipher_size, sha256, AttachmentId, Hash, CHUNK_BYTES};
 use peermail_core::mail::{MessageId, Millis};
 
-use crate::cache::CacheFuture;
+use crate::cache::{blocking, CacheFuture};
 use crate::Error;
 
 /// A file announced for a recipient.
@@ -37,21 +37,8 @@ pub struct NewFile {
 impl NewFile {
     /// Bytes the file takes once whole.
     pub fn stored_bytes(&self) -> u64 {
-        stored_bytes(self.size)
+        cipher_size(self.size)
     }
-}
-
-/// Encrypted bytes of a file of `size` plaintext bytes.
-pub fn stored_bytes(size: u64) -> u64 {
-    size + u64::from(chunk_count(size)) * CHUNK_OVERHEAD as u64
-}
-
-/// Encrypted length of chunk `index` of a file of `size` bytes, if it exists.
-pub fn chunk_len(size: u64, index: u32) -> Option<usize> {
-    (index < chunk_count(size)).then(|| {
-        let start = u64::from(index) * CHUNK_BYTES as u64;
-        (size - start).min(CHUNK_BYTES as u64) as usize + CHUNK_OVERHEAD
-    })
 }
 
 /// What [`FileCache::deposit_file`] did.
@@ -77,6 +64,9 @@ pub enum ChunkDeposit {
     /// The chunk is not the one the chunk list names (wrong index, size or hash).
     Mismatch,
 }
+
+/// Chunks of a file by index, as fetched.
+pub type Chunks = Vec<(u32, Vec<u8>)>;
 
 /// A whole file, as its recipient fetches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,13 +99,14 @@ pub trait FileCache: Send + Sync + 'static {
         recipient: &Address,
         attachment: AttachmentId,
     ) -> Result<Option<KeptFile>, Error>;
-    /// Chunk `index` of a whole file for `recipient`.
-    fn chunk(
+    /// Chunks `indices` of the file for `recipient` (those that exist), once the file is
+    /// whole; `None` before (or if there is no such file).
+    fn chunks(
         &self,
         recipient: &Address,
         attachment: AttachmentId,
-        index: u32,
-    ) -> Result<Option<Vec<u8>>, Error>;
+        indices: &[u32],
+    ) -> Result<Option<Chunks>, Error>;
     /// Deletes the file for `recipient`; whether there was one.
     fn release_file(&self, recipient: &Address, attachment: AttachmentId) -> Result<bool, Error>;
     /// Deletes every file whose expiry is at or before `now`; how many.
@@ -146,22 +137,14 @@ pub trait FileCache: Send + Sync + 'static {
     ) -> CacheFuture<Option<KeptFile>> {
         blocking(self, move |c| c.file(&recipient, attachment))
     }
-    /// Chunks `indices` of a whole file for `recipient` (those that exist), awaited.
+    /// [`FileCache::chunks`], awaited.
     fn chunks_async(
         self: Arc<Self>,
         recipient: Address,
         attachment: AttachmentId,
         indices: Vec<u32>,
-    ) -> CacheFuture<Vec<(u32, Vec<u8>)>> {
-        blocking(self, move |c| {
-            let mut out = Vec::with_capacity(indices.len());
-            for i in indices {
-                if let Some(data) = c.chunk(&recipient, attachment, i)? {
-                    out.push((i, data));
-                }
-            }
-            Ok(out)
-        })
+    ) -> CacheFuture<Option<Chunks>> {
+        blocking(self, move |c| c.chunks(&recipient, attachment, &indices))
     }
     /// [`FileCache::release_file`], awaited.
     fn release_file_async(
@@ -171,17 +154,6 @@ pub trait FileCache: Send + Sync + 'static {
     ) -> CacheFuture<bool> {
         blocking(self, move |c| c.release_file(&recipient, attachment))
     }
-}
-
-fn blocking<C: FileCache + ?Sized, T: Send + 'static>(
-    cache: Arc<C>,
-    f: impl FnOnce(&C) -> Result<T, Error> + Send + 'static,
-) -> CacheFuture<T> {
-    Box::pin(async move {
-        tokio::task::spawn_blocking(move || f(&cache))
-            .await
-            .map_err(|e| Error::Cache(format!("the file task failed: {e}")))?
-    })
 }
 
 /// The chunks of a file not held yet, as half-open ranges.
@@ -198,7 +170,7 @@ pub fn missing_ranges(count: u32, held: impl Fn(u32) -> bool) -> Vec<(u32, u32)>
 
 /// Checks chunk `index` of a file against its size and chunk list.
 pub fn chunk_matches(size: u64, hashes: &[Hash], index: u32, data: &[u8]) -> bool {
-    chunk_len(size, index) == Some(data.len()) && hashes.get(index as usize) == Some(&sha256(data))
+    cipher_len(size, index) == Some(data.len()) && hashes.get(index as usize) == Some(&sha256(data))
 }
 
 #[derive(Debug)]
@@ -297,17 +269,22 @@ impl FileCache for MemoryFiles {
             }))
     }
 
-    fn chunk(
+    fn chunks(
         &self,
         recipient: &Address,
         attachment: AttachmentId,
-        index: u32,
-    ) -> Result<Option<Vec<u8>>, Error> {
+        indices: &[u32],
+    ) -> Result<Option<Chunks>, Error> {
         Ok(self
             .files()
             .get(&(recipient.clone(), attachment))
             .filter(|f| f.chunks.len() == f.file.hashes.len())
-            .and_then(|f| f.chunks.get(&index).cloned()))
+            .map(|f| {
+                indices
+                    .iter()
+                    .filter_map(|i| f.chunks.get(i).map(|d| (*i, d.clone())))
+                    .collect()
+            }))
     }
 
     fn release_file(&self, recipient: &Address, attachment: AttachmentId) -> Result<bool, Error> {
@@ -338,7 +315,7 @@ pub mod conformance {
     pub fn file(to: &str, n: u8, chunks: u32, at: Millis) -> (NewFile, Vec<Vec<u8>>) {
         let size = u64::from(chunks) * CHUNK_BYTES as u64 + 10;
         let data: Vec<Vec<u8>> = (0..=chunks)
-            .map(|i| vec![n ^ i as u8; chunk_len(size, i).unwrap()])
+            .map(|i| vec![n ^ i as u8; cipher_len(size, i).unwrap()])
             .collect();
         let file = NewFile {
             recipient: a(to),
@@ -415,7 +392,7 @@ pub mod conformance {
         );
         // Not fetchable until whole.
         assert_eq!(c.file(&bob, id).unwrap(), None);
-        assert_eq!(c.chunk(&bob, id, 2).unwrap(), None);
+        assert_eq!(c.chunks(&bob, id, &[2]).unwrap(), None);
         for i in 0..2 {
             assert_eq!(
                 c.deposit_chunk(&bob, &alice, id, i, data[i as usize].clone())
@@ -429,11 +406,14 @@ pub mod conformance {
             (alice.clone(), f.size, f.hashes)
         );
         for (i, d) in data.iter().enumerate() {
-            assert_eq!(c.chunk(&bob, id, i as u32).unwrap().as_ref(), Some(d));
+            assert_eq!(
+                c.chunks(&bob, id, &[i as u32]).unwrap(),
+                Some(vec![(i as u32, d.clone())])
+            );
         }
         // Only the recipient's key reaches it.
         assert_eq!(c.file(&a("carol@h"), id).unwrap(), None);
-        assert_eq!(c.chunk(&a("carol@h"), id, 0).unwrap(), None);
+        assert_eq!(c.chunks(&a("carol@h"), id, &[0]).unwrap(), None);
         // Released.
         assert!(c.release_file(&bob, id).unwrap());
         assert!(!c.release_file(&bob, id).unwrap());

@@ -10,7 +10,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use base64::Engine as _;
 use futures_util::SinkExt as _;
 use peermail_core::address::{validate_name, Address};
-use peermail_core::attach::{chunk_count, AttachmentId, Hash, CHUNK_BYTES, CHUNK_OVERHEAD};
+use peermail_core::attach::{
+    chunk_count, hashes_from_bytes, AttachmentId, CHUNK_BYTES, CHUNK_OVERHEAD,
+};
 use peermail_core::identity::{auth_message, register_message, PublicKey};
 use peermail_core::mail::MessageId;
 use peermail_core::wire::signal::{
@@ -413,11 +415,12 @@ impl Session {
             );
         }
         let count = chunk_count(size) as usize;
-        let hashes = match BASE64.decode(hashes) {
-            Ok(b) if b.len() == 32 * count => b
-                .chunks_exact(32)
-                .map(|c| c.try_into().expect("32 bytes"))
-                .collect::<Vec<Hash>>(),
+        let hashes = match BASE64
+            .decode(hashes)
+            .ok()
+            .and_then(|b| hashes_from_bytes(&b))
+        {
+            Some(h) if h.len() == count => h,
             _ => {
                 return ServerFrame::error(
                     ErrorCode::MalformedFrame,
@@ -559,7 +562,7 @@ impl Session {
         }
         let indices: Vec<u32> = ranges.into_iter().flat_map(|(s, e)| s..e).collect();
         match self.files().chunks_async(me, attachment, indices).await {
-            Ok(chunks) if !chunks.is_empty() => chunks
+            Ok(Some(chunks)) if !chunks.is_empty() => chunks
                 .into_iter()
                 .map(|(index, data)| ServerFrame::FileChunk {
                     attachment,
@@ -1101,10 +1104,11 @@ impl Session {
     }
 }
 
-/// Fills in what an error frame is about (other frames pass unchanged).
-/// Most chunks one `FetchChunks` may ask for (64 × 82 KB of frames).
-const MAX_CHUNKS_PER_FETCH: u64 = 64;
+/// Most chunks one `FetchChunks` may ask for: a receiving node's window (64 × 82 KB of
+/// frames).
+const MAX_CHUNKS_PER_FETCH: u64 = peermail_core::node::WINDOW as u64;
 
+/// What an error about a file is about.
 fn file_about(to: Option<&Address>, attachment: AttachmentId) -> ErrorAbout {
     ErrorAbout {
         to: to.cloned(),
@@ -1113,6 +1117,7 @@ fn file_about(to: Option<&Address>, attachment: AttachmentId) -> ErrorAbout {
     }
 }
 
+/// Fills in what an error frame is about (other frames pass unchanged).
 fn with_about(frame: ServerFrame, about: ErrorAbout) -> ServerFrame {
     match frame {
         ServerFrame::Error { code, message, .. } => ServerFrame::error_about(code, message, about),

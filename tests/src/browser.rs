@@ -517,28 +517,7 @@ impl Browser {
     /// Fills the Compose form and sends it; fails with `#compose-error`'s text if the form
     /// refuses. `to` and `cc` are comma-separated address lists.
     pub async fn compose(&self, to: &str, cc: &str, subject: &str, body: &str) -> Result<()> {
-        self.click("#compose-button").await?;
-        self.wait_for("#compose-to").await?;
-        self.type_into("#compose-to", to).await?;
-        if !cc.is_empty() {
-            self.type_into("#compose-cc", cc).await?;
-        }
-        self.type_into("#compose-subject", subject).await?;
-        self.type_into("#compose-body", body).await?;
-        self.click("#compose-send").await?;
-        self.wait_until("the Compose form to close after Send", || async move {
-            let err = self.texts("#compose-error").await?;
-            if let Some(e) = err.iter().find(|e| !e.is_empty()) {
-                return Ok(Err(format!("#compose-error says {e:?}")));
-            }
-            Ok(if self.texts("#compose-to").await?.is_empty() {
-                Ok(())
-            } else {
-                Err("form still open".into())
-            })
-        })
-        .await
-        .with_context(|| format!("{} sending {subject:?}", self.name))
+        self.compose_full(to, cc, subject, body, &[]).await
     }
 
     /// Like [`Browser::compose`], attaching `files` with the file picker (`#compose-files`).
@@ -549,9 +528,25 @@ impl Browser {
         body: &str,
         files: &[&Path],
     ) -> Result<()> {
+        self.compose_full(to, "", subject, body, files).await
+    }
+
+    /// Fills in and sends the Compose form, attaching `files` with the file picker, and
+    /// waits for the form to close (or fails with what `#compose-error` says).
+    async fn compose_full(
+        &self,
+        to: &str,
+        cc: &str,
+        subject: &str,
+        body: &str,
+        files: &[&Path],
+    ) -> Result<()> {
         self.click("#compose-button").await?;
         self.wait_for("#compose-to").await?;
         self.type_into("#compose-to", to).await?;
+        if !cc.is_empty() {
+            self.type_into("#compose-cc", cc).await?;
+        }
         self.type_into("#compose-subject", subject).await?;
         self.type_into("#compose-body", body).await?;
         for (i, f) in files.iter().enumerate() {

@@ -8,7 +8,7 @@
 //!   encrypted chunk as a `Blob` — the browser keeps Blobs on disk, so holding a large file
 //!   costs no page memory.
 //! - [`CHUNK_LISTS`]: key the attachment id in hex, value the chunk list of an attachment
-//!   this node sent (its SHA-256 hashes concatenated) as a `Uint8Array`.
+//!   this node has whole, sent or received (its SHA-256 hashes concatenated) as a `Uint8Array`.
 //!
 //! Writes go in batches, one readwrite transaction per batch, and return after the commit.
 //! [`seal_file`] reads a `File` one chunk at a time (never the whole file), encrypts each
@@ -22,7 +22,8 @@ use indexed_db_futures::transaction::TransactionMode;
 use indexed_db_futures::KeyRange;
 use js_sys::{Array, ArrayBuffer, Uint8Array};
 use peermail_core::attach::{
-    AttachmentId, AttachmentRef, FileSealer, Hash, SealedChunk, MAX_ATTACHMENT_BYTES,
+    hashes_from_bytes, AttachmentId, AttachmentRef, FileSealer, Hash, SealedChunk,
+    MAX_ATTACHMENT_BYTES,
 };
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -53,7 +54,7 @@ fn chunk_range(att: AttachmentId) -> KeyRange<String> {
     (format!("{hex}/")..format!("{hex}0")).into()
 }
 
-fn blob_of(bytes: &[u8]) -> Result<Blob, String> {
+pub(crate) fn blob_of(bytes: &[u8]) -> Result<Blob, String> {
     let parts = Array::of1(&Uint8Array::from(bytes));
     Blob::new_with_u8_array_sequence(&parts).map_err(js_err)
 }
@@ -131,20 +132,6 @@ pub async fn get_chunk(
     }
 }
 
-/// Whether chunk `index` of `att` is stored (without reading it).
-pub async fn has_chunk(db: &Database, att: AttachmentId, index: u32) -> Result<bool, String> {
-    let tx = db.transaction(CHUNKS).build().map_err(err)?;
-    let os = tx.object_store(CHUNKS).map_err(err)?;
-    let key: Option<String> = os
-        .get_key(chunk_key(att, index))
-        .primitive()
-        .map_err(err)?
-        .await
-        .map_err(err)?;
-    tx.commit().await.map_err(err)?;
-    Ok(key.is_some())
-}
-
 /// Deletes everything stored for `att`: its chunks and, for a sent attachment, its chunk
 /// list. Deleting what is not there is not an error.
 pub async fn delete_chunks(db: &Database, att: AttachmentId) -> Result<(), String> {
@@ -165,7 +152,7 @@ pub async fn delete_chunks(db: &Database, att: AttachmentId) -> Result<(), Strin
     tx.commit().await.map_err(err)
 }
 
-/// Stores the chunk list of a sent attachment.
+/// Stores the chunk list of an attachment this node has whole (sent, or received).
 pub async fn put_chunk_list(
     db: &Database,
     att: AttachmentId,
@@ -188,7 +175,7 @@ pub async fn put_chunk_list(
     tx.commit().await.map_err(err)
 }
 
-/// The chunk list of a sent attachment, if stored.
+/// The chunk list of an attachment this node has whole, if stored.
 pub async fn get_chunk_list(db: &Database, att: AttachmentId) -> Result<Option<Vec<Hash>>, String> {
     let tx = db.transaction(CHUNK_LISTS).build().map_err(err)?;
     let os = tx.object_store(CHUNK_LISTS).map_err(err)?;
@@ -206,18 +193,12 @@ pub async fn get_chunk_list(db: &Database, att: AttachmentId) -> Result<Option<V
         .dyn_into::<Uint8Array>()
         .map_err(|_| format!("the chunk list of {att} is not a Uint8Array"))?
         .to_vec();
-    if bytes.len() % 32 != 0 {
-        return Err(format!(
+    hashes_from_bytes(&bytes).map(Some).ok_or_else(|| {
+        format!(
             "the chunk list of {att} is {} bytes, not a multiple of 32",
             bytes.len()
-        ));
-    }
-    Ok(Some(
-        bytes
-            .chunks_exact(32)
-            .map(|c| c.try_into().expect("32 bytes"))
-            .collect(),
-    ))
+        )
+    })
 }
 
 /// Encrypts `file` into the chunk store and returns what the mail carries about it.

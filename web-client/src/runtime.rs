@@ -463,11 +463,7 @@ impl Runtime {
             let mut sending = self.sending.borrow_mut();
             let s = sending.get_mut(&key).expect("inserted above");
             if s.sent.insert(index) {
-                let start = u64::from(index) * peermail_core::attach::CHUNK_BYTES as u64;
-                s.bytes += s
-                    .size
-                    .saturating_sub(start)
-                    .min(peermail_core::attach::CHUNK_BYTES as u64);
+                s.bytes += peermail_core::attach::plain_len(s.size, index) as u64;
             }
             s.rate.record(now, s.bytes);
             s.last = now;
@@ -489,19 +485,15 @@ impl Runtime {
     /// complete), as a Blob of the file's type. Decrypts one chunk at a time; the parts are
     /// handed to the browser as they are made.
     pub async fn attachment_blob(&self, att: &AttachmentRef) -> Result<web_sys::Blob, String> {
-        let store = self.store.borrow().clone().ok_or("storage is not open")?;
-        let mut check = FileCheck::new(att);
         let parts = js_sys::Array::new();
-        for i in 0..att.chunk_count() {
-            let data = store
-                .read_chunk(att.id, i)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("part {i} of the file is missing"))?;
-            let plain = check.push(i, &data).map_err(|e| e.to_string())?;
-            parts.push(&js_sys::Uint8Array::from(&plain[..]));
-        }
-        check.finish().map_err(|e| e.to_string())?;
+        self.decrypt_stored(att, |plain| {
+            parts.push(&js_sys::Uint8Array::from(plain));
+        })
+        .await
+        .map_err(|e| match e {
+            FileCheckFailure::ChunkMissing(i) => format!("part {i} of the file is missing"),
+            FileCheckFailure::Invalid(e) => e.to_string(),
+        })?;
         let opts = web_sys::BlobPropertyBag::new();
         opts.set_type(&att.mime);
         web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &opts)
@@ -532,39 +524,37 @@ impl Runtime {
     /// to re-render only when the node reports something (an `Event`): a chunk arriving is
     /// not a reason to re-render, its throttled progress event is.
     pub fn input(&self, input: Input) {
-        let produced: Vec<Output> = {
-            let mut node = self.node.borrow_mut();
-            let Some(node) = node.as_mut() else {
-                return;
-            };
-            node.handle(input, now());
-            std::iter::from_fn(|| node.poll_output()).collect()
-        };
+        let produced = self.run_node(input);
         let tell_ui = produced.iter().any(|o| matches!(o, Output::Event(_)));
+        self.schedule(produced, tell_ui);
+    }
+
+    /// Like [`input`](Self::input), returning a copy of the outputs it produced (for
+    /// commands whose answer the caller reads).
+    fn handle(&self, input: Input) -> Vec<Output> {
+        let produced = self.run_node(input);
+        self.schedule(produced.clone(), true);
+        produced
+    }
+
+    /// The node handles `input`; its outputs.
+    fn run_node(&self, input: Input) -> Vec<Output> {
+        let mut node = self.node.borrow_mut();
+        let Some(node) = node.as_mut() else {
+            return Vec::new();
+        };
+        node.handle(input, now());
+        std::iter::from_fn(|| node.poll_output()).collect()
+    }
+
+    /// Queues outputs for the executing task, re-arms the timer, and tells the UI.
+    fn schedule(&self, produced: Vec<Output>, tell_ui: bool) {
         self.queue.borrow_mut().extend(produced);
         self.rearm_timer();
         self.kick();
         if tell_ui {
             self.changed();
         }
-    }
-
-    /// Like [`input`](Self::input), returning a copy of the outputs it produced (for
-    /// commands whose answer the caller reads).
-    fn handle(&self, input: Input) -> Vec<Output> {
-        let produced: Vec<Output> = {
-            let mut node = self.node.borrow_mut();
-            let Some(node) = node.as_mut() else {
-                return Vec::new();
-            };
-            node.handle(input, now());
-            std::iter::from_fn(|| node.poll_output()).collect()
-        };
-        self.queue.borrow_mut().extend(produced.iter().cloned());
-        self.rearm_timer();
-        self.kick();
-        self.changed();
-        produced
     }
 
     fn rearm_timer(&self) {
@@ -776,18 +766,29 @@ impl Runtime {
             .with_node(|n| n.download(&id).map(|d| d.attachment))
             .flatten()
             .ok_or(FileCheckFailure::ChunkMissing(0))?;
+        self.decrypt_stored(&att, |_| {}).await
+    }
+
+    /// Reads the stored chunks of `att` in order, decrypts each (handing the plaintext to
+    /// `sink`) and checks the whole file against the mail: one chunk in memory at a time.
+    /// A chunk that cannot be read counts as missing.
+    async fn decrypt_stored(
+        &self,
+        att: &AttachmentRef,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), FileCheckFailure> {
         let store = self
             .store
             .borrow()
             .clone()
             .ok_or(FileCheckFailure::ChunkMissing(0))?;
-        let mut check = FileCheck::new(&att);
+        let mut check = FileCheck::new(att);
         for i in 0..att.chunk_count() {
-            let data = match store.read_chunk(id, i).await {
+            let data = match store.read_chunk(att.id, i).await {
                 Ok(Some(d)) => d,
                 Ok(None) | Err(_) => return Err(FileCheckFailure::ChunkMissing(i)),
             };
-            check.push(i, &data).map_err(FileCheckFailure::Invalid)?;
+            sink(&check.push(i, &data).map_err(FileCheckFailure::Invalid)?);
         }
         check.finish().map_err(FileCheckFailure::Invalid)
     }

@@ -12,7 +12,7 @@
 //! | `held` | `"<Message-ID> <recipient>"` | a [`HeldMail`] this node holds for a co-recipient, as JSON (since version 3) |
 //! | `downloads` | attachment id (hex) | a [`DownloadRecord`] of a received attachment, as JSON (since version 4) |
 //! | `chunks` | `"<attachment id hex>/<index, 10 digits>"` | one encrypted chunk, as a Blob (since version 4) |
-//! | `chunk_lists` | attachment id (hex) | a sent attachment's chunk list: the SHA-256 hashes concatenated, as a `Uint8Array` (since version 4) |
+//! | `chunk_lists` | attachment id (hex) | the chunk list of an attachment this node has whole (sent, or received and verified): the SHA-256 hashes concatenated, as a `Uint8Array` (since version 4) |
 //!
 //! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
 //! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
@@ -44,7 +44,7 @@ const HELD: &str = "held";
 const DOWNLOADS: &str = "downloads";
 /// Encrypted attachment chunks (Blobs); see the module docs.
 pub const CHUNKS: &str = "chunks";
-/// Chunk lists of attachments this node sent.
+/// Chunk lists of attachments this node has whole.
 pub const CHUNK_LISTS: &str = "chunk_lists";
 const IDENTITY_KEY: &str = "me";
 
@@ -253,10 +253,6 @@ pub fn chunk_key(attachment: AttachmentId, index: u32) -> String {
     format!("{}/{index:010}", attachment.to_hex())
 }
 
-fn js_err(e: JsValue) -> StoreError {
-    err(format!("{e:?}"))
-}
-
 impl IdbStore {
     /// Stores encrypted chunks, each as a Blob, and download records in ONE transaction
     /// (committed before this returns): the driver batches the chunk writes that queue up
@@ -274,8 +270,7 @@ impl IdbStore {
             .map_err(err)?;
         let os = tx.object_store(CHUNKS).map_err(err)?;
         for (att, index, data) in chunks {
-            let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(*data));
-            let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).map_err(js_err)?;
+            let blob = crate::chunks::blob_of(data).map_err(StoreError)?;
             os.put(JsValue::from(blob))
                 .with_key(chunk_key(*att, *index))
                 .primitive()

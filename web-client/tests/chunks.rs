@@ -9,7 +9,7 @@ use indexed_db_futures::database::Database;
 use js_sys::{Array, Uint8Array};
 use peermail_core::attach::{chunks_root, sha256, AttachmentId, FileCheck, CHUNK_BYTES};
 use peermail_web_client::chunks::{
-    delete_chunks, get_chunk, get_chunk_list, has_chunk, put_chunk_list, put_chunks, seal_file,
+    delete_chunks, get_chunk, get_chunk_list, put_chunk_list, put_chunks, seal_file,
     seal_file_with_progress, BATCH_CHUNKS,
 };
 use peermail_web_client::store::IdbStore;
@@ -66,8 +66,8 @@ async fn put_get_delete_round_trip() {
     assert_eq!(get_chunk(&db, a, 1).await.unwrap(), Some(big));
     assert_eq!(get_chunk(&db, a, 7).await.unwrap(), Some(Vec::new()));
     assert_eq!(get_chunk(&db, a, 2).await.unwrap(), None);
-    assert!(has_chunk(&db, a, 1).await.unwrap());
-    assert!(!has_chunk(&db, a, 2).await.unwrap());
+    assert!(get_chunk(&db, a, 1).await.unwrap().is_some());
+    assert!(get_chunk(&db, a, 2).await.unwrap().is_none());
 
     // Replacing a chunk keeps one value.
     put_chunks(&db, a, &[(0, b"ZERO")]).await.unwrap();
@@ -83,7 +83,10 @@ async fn put_get_delete_round_trip() {
     // Deleting one attachment leaves the other alone.
     delete_chunks(&db, a).await.unwrap();
     for i in [0, 1, 7] {
-        assert!(!has_chunk(&db, a, i).await.unwrap(), "chunk {i} deleted");
+        assert!(
+            get_chunk(&db, a, i).await.unwrap().is_none(),
+            "chunk {i} deleted"
+        );
     }
     assert_eq!(get_chunk_list(&db, a).await.unwrap(), None);
     assert_eq!(get_chunk(&db, b, 0).await.unwrap(), Some(b"other".to_vec()));
@@ -133,7 +136,7 @@ async fn seal_and_check(plain: &[u8], inline_limit: u64) -> peermail_core::attac
     check.finish().unwrap();
     assert_eq!(opened, plain);
     // Exactly `count` chunks: nothing after the last.
-    assert!(!has_chunk(&db, r.id, count).await.unwrap());
+    assert!(get_chunk(&db, r.id, count).await.unwrap().is_none());
     r
 }
 
@@ -177,7 +180,10 @@ async fn a_cancelled_seal_leaves_nothing_stored() {
     assert_eq!(calls, vec![(BATCH_CHUNKS * CHUNK_BYTES) as u64]);
     let id = AttachmentId(std::array::from_fn(|i| 50 + i as u8));
     for i in 0..=BATCH_CHUNKS as u32 {
-        assert!(!has_chunk(&db, id, i).await.unwrap(), "chunk {i} deleted");
+        assert!(
+            get_chunk(&db, id, i).await.unwrap().is_none(),
+            "chunk {i} deleted"
+        );
     }
     assert_eq!(get_chunk_list(&db, id).await.unwrap(), None);
 }

@@ -22,8 +22,8 @@
 
 use super::*;
 use crate::attach::{
-    Accepted, AttachError, AttachmentId, AttachmentRef, Download, FileCheck, Hash, RateMeter,
-    HASHES_PER_PAGE,
+    hashes_from_bytes, Accepted, AttachError, AttachmentId, AttachmentRef, Download, FileCheck,
+    Hash, RateMeter, HASHES_PER_PAGE,
 };
 use crate::store::{DownloadRecord, DownloadState};
 
@@ -173,11 +173,6 @@ pub struct DownloadView {
 }
 
 impl Node {
-    /// Every attachment of received mail and how far it is.
-    pub fn downloads(&self) -> impl Iterator<Item = DownloadView> + '_ {
-        self.downloads.values().map(|d| self.download_view(d))
-    }
-
     /// One received attachment.
     pub fn download(&self, id: &AttachmentId) -> Option<DownloadView> {
         self.downloads.get(id).map(|d| self.download_view(d))
@@ -240,13 +235,8 @@ impl Node {
         self.downloads.values().any(|d| self.could_serve(d, peer))
     }
 
-    /// [`Node::co_recipients`], for the node's other modules.
-    pub(super) fn co_recipients_of(&self, d: &Incoming) -> Vec<Address> {
-        self.co_recipients(d)
-    }
-
     /// The other recipients of the mail carrying `d` (who may have the whole file).
-    fn co_recipients(&self, d: &Incoming) -> Vec<Address> {
+    pub(super) fn co_recipients(&self, d: &Incoming) -> Vec<Address> {
         let me = &self.identity.address;
         self.inbox
             .get(&d.record.message_id)
@@ -1075,13 +1065,10 @@ impl Node {
         if d.record.state != DownloadState::Fetching {
             return;
         }
-        let list: Option<Vec<Hash>> = BASE64.decode(hashes.as_bytes()).ok().and_then(|b| {
-            (b.len() % 32 == 0).then(|| {
-                b.chunks_exact(32)
-                    .map(|c| c.try_into().expect("32 bytes"))
-                    .collect()
-            })
-        });
+        let list = BASE64
+            .decode(hashes.as_bytes())
+            .ok()
+            .and_then(|b| hashes_from_bytes(&b));
         let ok = from == d.record.from && size == d.record.attachment.size && {
             match (&list, d.record.progress.next_hash_page()) {
                 (Some(list), Some(_)) => {

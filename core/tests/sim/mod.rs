@@ -273,10 +273,6 @@ impl World {
         cc: &[&Address],
         subject: &str,
     ) -> MessageId {
-        self.seed = self.seed.wrapping_add(1);
-        let mut random = [self.seed; 16];
-        random[0] = from.local().len() as u8;
-        random[1] = (self.now % 251) as u8;
         let draft = Draft {
             to: to.iter().map(|a| (*a).clone()).collect(),
             cc: cc.iter().map(|a| (*a).clone()).collect(),
@@ -284,13 +280,23 @@ impl World {
             body: format!("body of {subject}"),
             ..Draft::default()
         };
+        self.send_draft(from, draft)
+    }
+
+    /// `from` sends `draft`; its Message-ID (found by subject in the sender's store).
+    pub fn send_draft(&mut self, from: &Address, draft: Draft) -> MessageId {
+        self.seed = self.seed.wrapping_add(1);
+        let mut random = [self.seed; 16];
+        random[0] = from.local().len() as u8;
+        random[1] = (self.now % 251) as u8;
+        let subject = draft.subject.clone();
         self.queue.push_back((
             from.clone(),
             Input::Command(Command::Send { draft, random }),
         ));
         self.settle();
-        let u = &self.users[from];
-        u.store
+        self.users[from]
+            .store
             .snapshot()
             .outgoing
             .iter()
@@ -536,9 +542,6 @@ impl World {
         subject: &str,
         attachments: Vec<AttachmentRef>,
     ) -> MessageId {
-        self.seed = self.seed.wrapping_add(1);
-        let mut random = [self.seed; 16];
-        random[0] = from.local().len() as u8;
         let draft = Draft {
             to: to.iter().map(|a| (*a).clone()).collect(),
             subject: subject.into(),
@@ -546,19 +549,7 @@ impl World {
             attachments,
             ..Draft::default()
         };
-        self.queue.push_back((
-            from.clone(),
-            Input::Command(Command::Send { draft, random }),
-        ));
-        self.settle();
-        self.users[from]
-            .store
-            .snapshot()
-            .outgoing
-            .iter()
-            .find(|o| o.mail.subject == subject)
-            .map(|o| o.mail.message_id.clone())
-            .expect("the sent mail is in the sender's store")
+        self.send_draft(from, draft)
     }
 
     /// A command from the person at `who`'s page.
@@ -770,12 +761,10 @@ impl World {
                     message_id: None,
                     attachment: Some(attachment),
                 };
-                let hashes: Vec<peermail_core::attach::Hash> = B64
-                    .decode(hashes.as_bytes())
-                    .unwrap()
-                    .chunks_exact(32)
-                    .map(|c| c.try_into().unwrap())
-                    .collect();
+                let hashes = peermail_core::attach::hashes_from_bytes(
+                    &B64.decode(hashes.as_bytes()).unwrap(),
+                )
+                .unwrap();
                 let frame = match self.cache_mode {
                     CacheMode::Full => ServerFrame::error_about(
                         ErrorCode::QuotaExceeded,

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NAME_LEN: usize = 32;
 /// Longest host part accepted (DNS limit).
 pub const MAX_HOST_LEN: usize = 253;
+/// What a storage node's address adds to its owner's name: `alice+node@relay.example` is the
+/// signaling address of alice's storage node. No person can take it: `+` is not allowed in a
+/// name.
+pub const NODE_SUFFIX: &str = "+node";
 
 /// Why a name or an address was refused. The text is shown to people as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,11 +78,43 @@ pub struct Address {
 }
 
 impl Address {
+    /// The address `local@host`; `local` is a name, or a name followed by [`NODE_SUFFIX`]
+    /// (a storage node's address).
     pub fn new(local: &str, host: &str) -> Result<Self, AddressError> {
+        let local = local.trim().to_ascii_lowercase();
+        let local = match local.strip_suffix(NODE_SUFFIX) {
+            Some(owner) => format!("{}{NODE_SUFFIX}", validate_name(owner)?),
+            None => validate_name(&local)?,
+        };
         Ok(Self {
-            local: validate_name(local)?,
+            local,
             host: validate_host(host)?,
         })
+    }
+    /// Whether this is the address of a person's storage node (`name+node@host`).
+    pub fn is_storage_node(&self) -> bool {
+        self.local.ends_with(NODE_SUFFIX)
+    }
+    /// The address of the storage node of this person (itself for a node's address).
+    pub fn storage_node(&self) -> Address {
+        if self.is_storage_node() {
+            return self.clone();
+        }
+        Address {
+            local: format!("{}{NODE_SUFFIX}", self.local),
+            host: self.host.clone(),
+        }
+    }
+    /// The person a storage node belongs to (itself for a person's address).
+    pub fn owner(&self) -> Address {
+        Address {
+            local: self
+                .local
+                .strip_suffix(NODE_SUFFIX)
+                .unwrap_or(&self.local)
+                .to_string(),
+            host: self.host.clone(),
+        }
     }
     pub fn local(&self) -> &str {
         &self.local
@@ -160,6 +196,26 @@ mod tests {
         assert!(serde_json::from_str::<Address>("\"nope\"").is_err());
         assert_eq!("x".parse::<Address>(), Err(AddressError::MissingAt));
         assert_eq!("x@".parse::<Address>(), Err(AddressError::BadHost));
+    }
+
+    #[test]
+    fn storage_node_addresses() {
+        let alice: Address = "alice@h".parse().unwrap();
+        let node = alice.storage_node();
+        assert_eq!(node.to_string(), "alice+node@h");
+        assert!(node.is_storage_node() && !alice.is_storage_node());
+        assert_eq!(node.owner(), alice);
+        assert_eq!(alice.owner(), alice);
+        assert_eq!(node.storage_node(), node);
+        assert_eq!("Alice+Node@H".parse::<Address>().unwrap(), node);
+        // Only the node suffix may follow a name, and no person may choose it.
+        assert!("alice+x@h".parse::<Address>().is_err());
+        assert!("+node@h".parse::<Address>().is_err());
+        assert!("alice+node+node@h".parse::<Address>().is_err());
+        assert_eq!(
+            validate_name("alice+node"),
+            Err(AddressError::BadNameCharacter)
+        );
     }
 
     #[test]

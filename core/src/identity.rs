@@ -201,6 +201,13 @@ pub fn auth_message(nonce: &str, address: &Address) -> Vec<u8> {
     format!("peermail-auth-v1\n{nonce}\n{address}").into_bytes()
 }
 
+/// The bytes a storage node signs with its own key `key` to ask challenge `nonce`'s relay
+/// for a pairing code. Once paired, it signs in as `owner+node@host` with
+/// [`auth_message`] and the same key.
+pub fn pairing_message(nonce: &str, key: &PublicKey) -> Vec<u8> {
+    format!("peermail-pair-node-v1\n{nonce}\n{}", key.as_str()).into_bytes()
+}
+
 /// The bytes signed to register `name` with public key `key` for challenge `nonce`.
 pub fn register_message(nonce: &str, name: &str, key: &PublicKey) -> Vec<u8> {
     format!("peermail-register-v1\n{nonce}\n{name}\n{}", key.as_str()).into_bytes()

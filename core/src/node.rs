@@ -166,6 +166,11 @@ pub enum Command {
     },
     AddContact(Address),
     RemoveContact(Address),
+    /// Link the storage node showing this pairing code to this account
+    /// (answered by `Event::NodePaired`, or `Event::ServerError`).
+    PairNode(String),
+    /// Ask the relay about `address`'s storage node (answered by `Event::NodeLocated`).
+    LocateNode(Address),
 }
 
 /// What the node asks its driver to do, or tells it.
@@ -256,6 +261,21 @@ pub enum Event {
         attachment: AttachmentId,
         reason: String,
     },
+    /// The relay did not accept a pairing code; `reason` is for people.
+    PairingFailed {
+        reason: String,
+    },
+    /// This account's storage node is now `node` (after `Command::PairNode`).
+    NodePaired {
+        node: Address,
+    },
+    /// What the relay's location registry says about `address`'s storage node.
+    NodeLocated {
+        address: Address,
+        node: Option<Address>,
+        available: bool,
+        last_seen: Option<Millis>,
+    },
     /// A cached mail claiming to be from `from` failed verification (signature, decryption
     /// or consistency): it was neither stored nor released; `reason` is for people.
     Rejected {
@@ -324,6 +344,10 @@ pub struct Node {
     /// Addresses we asked the relay about in this signaling session.
     subscribed: BTreeSet<Address>,
     authenticated: bool,
+    /// This account's storage node, as the relay's location registry last said.
+    own_node: Option<Address>,
+    /// `PairNode` requests not answered yet.
+    pairing_requests: u32,
     links: HashMap<Address, PeerLink>,
     pending_inbox: HashMap<OpId, PendingInbox>,
     next_op: OpId,
@@ -414,6 +438,8 @@ impl Node {
             presence: HashMap::new(),
             subscribed: BTreeSet::new(),
             authenticated: false,
+            own_node: None,
+            pairing_requests: 0,
             links: HashMap::new(),
             pending_inbox: HashMap::new(),
             next_op: 1,
@@ -481,6 +507,11 @@ impl Node {
     pub fn contacts(&self) -> impl Iterator<Item = &Address> {
         self.contacts.iter()
     }
+    /// This account's storage node, if it has one (its availability is its presence).
+    pub fn own_node(&self) -> Option<&Address> {
+        self.own_node.as_ref()
+    }
+
     pub fn presence(&self, address: &Address) -> Option<PresenceStatus> {
         self.presence.get(address).copied()
     }
@@ -691,6 +722,13 @@ impl Node {
                     self.event(Event::ContactsChanged);
                 }
             }
+            Command::PairNode(code) => {
+                self.pairing_requests += 1;
+                self.emit(Output::ToServer(ClientFrame::PairNode { code }));
+            }
+            Command::LocateNode(address) => {
+                self.emit(Output::ToServer(ClientFrame::LocateNode { address }));
+            }
         }
     }
 
@@ -818,8 +856,18 @@ impl Node {
             .flat_map(|d| self.co_recipients(d))
             .collect();
         s.extend(co);
+        s.extend(self.own_node.clone());
         s.remove(&self.identity.address);
         s
+    }
+
+    /// Records this account's storage node and watches its presence (its availability).
+    fn set_own_node(&mut self, node: Option<Address>) {
+        if self.own_node != node {
+            self.own_node = node;
+            let all = self.interesting();
+            self.subscribe(all);
+        }
     }
 
     fn handle_server(&mut self, frame: ServerFrame) {
@@ -837,6 +885,9 @@ impl Node {
                 self.emit(Output::ToServer(ClientFrame::PublishKey { encryption_key }));
                 let all = self.interesting();
                 self.subscribe(all);
+                self.emit(Output::ToServer(ClientFrame::LocateNode {
+                    address: self.identity.address.clone(),
+                }));
                 // Mail left at the relay cache: is it still there? (A relay whose data was
                 // reset answers not_found, and the mail is deposited again.)
                 let cached: Vec<(Address, MessageId)> = self
@@ -872,6 +923,15 @@ impl Node {
                 self.pull_held(&address);
                 self.pump_downloads(&address);
                 self.tell_sender(&address);
+            }
+            // A pairing code the relay did not accept (wrong, expired, too many tries).
+            ServerFrame::Error {
+                code: ErrorCode::NotFound | ErrorCode::RateLimited,
+                message,
+                about: None,
+            } if self.pairing_requests > 0 => {
+                self.pairing_requests -= 1;
+                self.event(Event::PairingFailed { reason: message });
             }
             ServerFrame::Error {
                 code,
@@ -910,7 +970,29 @@ impl Node {
             | ServerFrame::FileInfo { .. }
             | ServerFrame::FileChunk { .. }
             | ServerFrame::FileReleased { .. } => self.handle_file_frame(frame),
+            ServerFrame::NodePaired { node, .. } => {
+                self.pairing_requests = self.pairing_requests.saturating_sub(1);
+                self.set_own_node(Some(node.clone()));
+                self.event(Event::NodePaired { node });
+            }
+            ServerFrame::NodeLocation {
+                address,
+                node,
+                available,
+                last_seen,
+            } => {
+                if address == self.identity.address {
+                    self.set_own_node(node.clone());
+                }
+                self.event(Event::NodeLocated {
+                    address,
+                    node,
+                    available,
+                    last_seen,
+                });
+            }
             ServerFrame::Signal { .. }
+            | ServerFrame::PairingCode { .. }
             | ServerFrame::Pong { .. }
             | ServerFrame::KeyPublished
             | ServerFrame::Released { .. } => {}

@@ -44,7 +44,7 @@ use peermail_core::identity::PublicKey;
 use peermail_core::mail::{MessageId, Millis};
 use peermail_core::wire::signal::{MailLocation, ReceiptOutcome, WaitingMail};
 use peermail_signaling::cache::{CacheFuture, CachedMail, Deposit, NewHold, NewMail, Receipt};
-use peermail_signaling::{Directory, MailCache};
+use peermail_signaling::{Directory, MailCache, StorageNode};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::oneshot;
 
@@ -1055,6 +1055,63 @@ impl Directory for Db {
             .optional()
             .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))?;
         Ok(key.flatten())
+    }
+
+    fn pair_storage_node(
+        &self,
+        name: &str,
+        key: &PublicKey,
+        now: Millis,
+    ) -> Result<(), peermail_signaling::Error> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))?;
+        tx.execute(
+            "DELETE FROM storage_nodes WHERE node_key = ?2 OR owner = ?1",
+            params![name, key.as_str()],
+        )
+        .and_then(|_| {
+            tx.execute(
+                "INSERT INTO storage_nodes (owner, node_key, paired_at) VALUES (?1, ?2, ?3)",
+                params![name, key.as_str(), now as i64],
+            )
+        })
+        .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))?;
+        tx.commit()
+            .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))
+    }
+
+    fn storage_node(&self, name: &str) -> Result<Option<StorageNode>, peermail_signaling::Error> {
+        let row: Option<(String, i64, Option<i64>)> = self
+            .conn()
+            .prepare_cached(
+                "SELECT node_key, paired_at, last_seen FROM storage_nodes WHERE owner = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))?;
+        let Some((key, paired_at, last_seen)) = row else {
+            return Ok(None);
+        };
+        let key = PublicKey::parse(&key).map_err(|e| {
+            peermail_signaling::Error::Directory(format!("storage node of {name}: {e}"))
+        })?;
+        Ok(Some(StorageNode {
+            key,
+            paired_at: paired_at as Millis,
+            last_seen: last_seen.map(|t| t as Millis),
+        }))
+    }
+
+    fn storage_node_seen(&self, name: &str, now: Millis) -> Result<(), peermail_signaling::Error> {
+        self.conn()
+            .prepare_cached("UPDATE storage_nodes SET last_seen = ?2 WHERE owner = ?1")
+            .and_then(|mut s| s.execute(params![name, now as i64]))
+            .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))?;
+        Ok(())
     }
 }
 

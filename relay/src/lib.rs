@@ -123,6 +123,18 @@ pub struct Config {
     )]
     pub sign_in_timeout: Duration,
 
+    /// Seconds without a heartbeat after which a storage node is marked unavailable (its
+    /// session is closed; senders fall back to the relay or keep large files). Nodes send one
+    /// every 10 s.
+    #[arg(
+        long = "node-timeout-secs",
+        env = "PEERMAIL_NODE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = parse_secs
+    )]
+    pub node_timeout: Duration,
+
     /// Days a sealed mail waits in the relay cache for its recipient (fractions allowed).
     /// Older undelivered mail is deleted by the periodic sweep and its sender is told it
     /// expired.
@@ -229,6 +241,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             sign_in_timeout: Duration::from_secs(120),
+            node_timeout: Duration::from_secs(30),
             cache_retention: CachePolicy::default().retention,
             cache_quota_bytes: CachePolicy::default().quota_bytes,
             deposit_rate_per_minute: CachePolicy::default().deposit_rate_per_minute,
@@ -259,6 +272,8 @@ impl Config {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             sign_in_timeout: self.sign_in_timeout,
+            node_timeout: self.node_timeout,
+            pairing_ttl: Duration::from_secs(600),
             cache: CachePolicy {
                 retention: self.cache_retention,
                 quota_bytes: self.cache_quota_bytes,

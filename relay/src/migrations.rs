@@ -71,6 +71,13 @@ const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (recipient, attachment) REFERENCES kept_files (recipient, attachment)
             ON DELETE CASCADE
     ) STRICT;",
+    // 5: the location registry: each account's storage node (its own signing key).
+    "CREATE TABLE storage_nodes (
+        owner      TEXT PRIMARY KEY NOT NULL REFERENCES accounts (name),  -- account name
+        node_key   TEXT NOT NULL UNIQUE,  -- the node's Ed25519 public key, as accounts' keys
+        paired_at  INTEGER NOT NULL,      -- ms since the Unix epoch
+        last_seen  INTEGER                -- ms since the Unix epoch; NULL until it signs in
+    ) STRICT;",
 ];
 
 /// The schema version this build of the relay writes.

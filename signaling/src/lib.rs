@@ -57,7 +57,7 @@ mod hub;
 mod session;
 
 pub use cache::{MailCache, MemoryCache};
-pub use directory::{Directory, MemoryDirectory};
+pub use directory::{Directory, MemoryDirectory, StorageNode};
 pub use files::{FileCache, MemoryFiles};
 pub use session::MAX_SUBSCRIPTIONS;
 
@@ -101,11 +101,18 @@ pub struct SignalingConfig {
     pub sign_in_timeout: Duration,
     /// Limits of the mail cache.
     pub cache: CachePolicy,
+    /// A storage node not heard from (heartbeat) for this long is unavailable: its session
+    /// is closed and its presence turns offline.
+    pub node_timeout: Duration,
+    /// How long a storage node's pairing code stays valid (its session may wait that long
+    /// without signing in).
+    pub pairing_ttl: Duration,
 }
 
 impl SignalingConfig {
-    /// Defaults: ping every 10 s, drop after 30 s of silence, sign in within 2 minutes, and
-    /// the [`CachePolicy`] defaults.
+    /// Defaults: ping every 10 s, drop after 30 s of silence, sign in within 2 minutes, the
+    /// [`CachePolicy`] defaults, storage nodes unavailable after 30 s without a heartbeat,
+    /// pairing codes valid for 10 minutes.
     pub fn new(domain: impl Into<String>) -> Self {
         SignalingConfig {
             domain: domain.into(),
@@ -113,6 +120,8 @@ impl SignalingConfig {
             heartbeat_timeout: Duration::from_secs(30),
             sign_in_timeout: Duration::from_secs(120),
             cache: CachePolicy::default(),
+            node_timeout: Duration::from_secs(30),
+            pairing_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -171,6 +180,8 @@ pub struct Signaling {
     files: Arc<dyn FileCache>,
     /// Deposit allowance per sender.
     deposit_rates: Mutex<HashMap<Address, Bucket>>,
+    /// Pairing codes shown by storage nodes waiting to be paired: code → the waiting node.
+    pairings: Mutex<HashMap<String, session::PendingPairing>>,
     /// Live sessions and presence subscriptions.
     hub: Mutex<hub::Hub>,
     /// Source of session ids, which tell apart two sessions of the same address.
@@ -202,6 +213,7 @@ impl Signaling {
             cache,
             files,
             deposit_rates: Mutex::new(HashMap::new()),
+            pairings: Mutex::new(HashMap::new()),
             hub: Mutex::new(hub::Hub::default()),
             next_session: AtomicU64::new(1),
             shutdown: watch::Sender::new(false),
@@ -226,6 +238,10 @@ impl Signaling {
         // The hub's invariants hold between statements, so a panic elsewhere while the lock
         // was held leaves it usable.
         self.hub.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pairings(&self) -> std::sync::MutexGuard<'_, HashMap<String, session::PendingPairing>> {
+        self.pairings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn next_session_id(&self) -> u64 {

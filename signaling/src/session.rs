@@ -28,6 +28,9 @@ use crate::files::{ChunkDeposit, FileCache, FileDeposit, NewFile};
 use crate::hub::Outbox;
 use crate::{now_millis, Error, Signaling};
 
+mod nodes;
+pub(crate) use nodes::PendingPairing;
+
 /// Standard base64 (with padding), the encoding of sealed envelopes on the wire.
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// Most entries in one [`ServerFrame::Waiting`] (about 200 bytes each), so it stays well under
@@ -61,6 +64,8 @@ enum End {
     NoSignIn,
     /// A newer session authenticated as the same address.
     Replaced,
+    /// A signed-in storage node sent no heartbeat within the node timeout.
+    NodeSilent,
     /// The relay is stopping.
     Shutdown,
 }
@@ -80,6 +85,13 @@ struct Session {
     outbox: Outbox,
     /// Woken by the hub when a newer session of the same address takes over.
     replaced: Arc<Notify>,
+    /// The pairing code this (not yet paired) storage node's session shows, and its expiry.
+    pairing: Option<(String, Instant)>,
+    /// For a signed-in storage node: when its last heartbeat arrived.
+    node_heard: Option<Instant>,
+    /// Wrong pairing codes this session entered in a row, and when the last one was.
+    wrong_codes: u8,
+    wrong_codes_at: Option<Instant>,
 }
 
 /// Runs one connection to its end.
@@ -99,6 +111,10 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
         watched: HashSet::new(),
         outbox,
         replaced: Arc::new(Notify::new()),
+        pairing: None,
+        node_heard: None,
+        wrong_codes: 0,
+        wrong_codes_at: None,
         signaling,
     };
     let write_timeout = session.signaling.config.heartbeat_timeout;
@@ -144,6 +160,10 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
             Some((CLOSE_NORMAL, "session replaced".to_string()))
         }
         End::Shutdown => Some((CLOSE_GOING_AWAY, "the relay is shutting down".to_string())),
+        End::NodeSilent => Some((
+            CLOSE_POLICY,
+            "no heartbeat from this storage node in time; it is marked unavailable".to_string(),
+        )),
     };
     if let Some((code, reason)) = closing {
         close(&mut socket, code, reason).await;
@@ -161,6 +181,7 @@ impl Session {
         // would keep a copy of the domain per connection.
         let config = &self.signaling.config;
         let (interval, timeout) = (config.heartbeat_interval, config.heartbeat_timeout);
+        let node_timeout = config.node_timeout;
         let started = Instant::now();
         let sign_in_deadline = started + config.sign_in_timeout;
         let write_timeout = timeout;
@@ -197,6 +218,13 @@ impl Session {
                         Message::Ping(_) | Message::Pong(_) => Vec::new(),
                         Message::Close(_) => return End::Closed,
                     };
+                    // A storage node that just signed in is due its first heartbeat sooner
+                    // than the silence deadline.
+                    if let Some(heard) = self.node_heard {
+                        if silence.deadline() > heard + node_timeout {
+                            silence.as_mut().reset(heard + node_timeout);
+                        }
+                    }
                     let replies = replies
                         .iter()
                         .map(|reply| Message::Text(reply.encode().into()));
@@ -219,19 +247,31 @@ impl Session {
                 () = &mut silence => {
                     let now = Instant::now();
                     let signed_in = self.address.is_some();
-                    // Idle anonymous sockets must not pile up.
-                    if !signed_in && now >= sign_in_deadline {
+                    // Idle anonymous sockets must not pile up; a storage node waiting to be
+                    // paired may wait as long as its code is valid.
+                    let sign_in_by = self
+                        .pairing_expires()
+                        .map_or(sign_in_deadline, |e| e.max(sign_in_deadline));
+                    if !signed_in && now >= sign_in_by {
                         tracing::debug!(session = self.id, "no sign-in in time");
                         return End::NoSignIn;
                     }
-                    let deadline = last_heard + timeout;
+                    let mut deadline = last_heard + timeout;
                     if now >= deadline {
                         tracing::debug!(session = self.id, "heartbeat timeout");
                         return End::Silent;
                     }
+                    if let Some(heard) = self.node_heard {
+                        if now >= heard + node_timeout {
+                            tracing::info!(session = self.id, address = ?self.address,
+                                "storage node missed its heartbeat");
+                            return End::NodeSilent;
+                        }
+                        deadline = deadline.min(heard + node_timeout);
+                    }
                     silence
                         .as_mut()
-                        .reset(if signed_in { deadline } else { deadline.min(sign_in_deadline) });
+                        .reset(if signed_in { deadline } else { deadline.min(sign_in_by) });
                 }
                 Ok(()) = shutdown.changed() => return End::Shutdown,
             }
@@ -252,7 +292,11 @@ impl Session {
         let authenticated = self.address.is_some();
         let reply = match frame {
             ClientFrame::Ping { nonce } => ServerFrame::Pong { nonce },
-            ClientFrame::Register { .. } | ClientFrame::Auth { .. } if authenticated => {
+            ClientFrame::Register { .. }
+            | ClientFrame::Auth { .. }
+            | ClientFrame::RequestPairing { .. }
+                if authenticated =>
+            {
                 ServerFrame::error(
                     ErrorCode::AlreadyAuthenticated,
                     "this session is already signed in; open a new connection to change address",
@@ -270,10 +314,35 @@ impl Session {
                 let reply = self.auth(address, &signature);
                 return Box::pin(self.with_pending(reply)).await;
             }
+            ClientFrame::RequestPairing {
+                public_key,
+                signature,
+            } => self.request_pairing(public_key, &signature),
             _ if !authenticated => ServerFrame::error(
                 ErrorCode::NotAuthenticated,
                 "sign the challenge first: send register or auth",
             ),
+            ClientFrame::NodeHeartbeat => match self.node_heartbeat() {
+                Some(error) => error,
+                None => return Vec::new(),
+            },
+            ClientFrame::LocateNode { address } => self.locate_node(address),
+            ref other
+                if self.is_node()
+                    && !matches!(
+                        other,
+                        ClientFrame::Subscribe { .. }
+                            | ClientFrame::Unsubscribe { .. }
+                            | ClientFrame::Signal { .. }
+                    ) =>
+            {
+                ServerFrame::error(
+                    ErrorCode::NotAuthenticated,
+                    "a storage node's session may only negotiate connections, watch presence, \
+                     locate nodes and send heartbeats",
+                )
+            }
+            ClientFrame::PairNode { code } => self.pair_node(&code),
             ClientFrame::Subscribe { addresses } => return self.subscribe(addresses),
             ClientFrame::Unsubscribe { addresses } => {
                 self.unsubscribe(&addresses);
@@ -352,7 +421,12 @@ impl Session {
             ServerFrame::Registered { .. } | ServerFrame::Authenticated { .. }
         );
         let mut replies = vec![reply];
-        let Some(me) = self.address.clone().filter(|_| signed_in) else {
+        // A storage node gets no mail.
+        let Some(me) = self
+            .address
+            .clone()
+            .filter(|a| signed_in && !a.is_storage_node())
+        else {
             return replies;
         };
         let waiting = self.cache().waiting_async(me.clone()).await;
@@ -952,7 +1026,7 @@ impl Session {
     }
 
     fn auth(&mut self, address: Address, signature: &str) -> ServerFrame {
-        let key = match self.account_key(&address) {
+        let key = match self.signing_key(&address) {
             Ok(Some(key)) => key,
             Ok(None) => return unknown_address(&address),
             Err(e) => return internal(&e),
@@ -962,6 +1036,9 @@ impl Session {
             return ServerFrame::error(ErrorCode::BadSignature, e.to_string());
         }
         self.sign_in(address.clone());
+        if address.is_storage_node() {
+            self.node_signed_in();
+        }
         ServerFrame::Authenticated { address }
     }
 
@@ -1031,7 +1108,7 @@ impl Session {
             let status = if online {
                 PresenceStatus::Online
             } else {
-                match self.account_exists(&address) {
+                match self.address_known(&address) {
                     Ok(true) => PresenceStatus::Offline,
                     Ok(false) => PresenceStatus::Unknown,
                     Err(e) => {
@@ -1065,7 +1142,7 @@ impl Session {
         let from = self.address.clone()?;
         let route = self.signaling.hub().route(&to);
         let Some(outbox) = route else {
-            return Some(match self.account_exists(&to) {
+            return Some(match self.address_known(&to) {
                 Ok(true) => ServerFrame::error(ErrorCode::PeerOffline, format!("{to} is offline")),
                 Ok(false) => unknown_address(&to),
                 Err(e) => internal(&e),
@@ -1094,6 +1171,7 @@ impl Session {
 
     /// Removes this session from the hub: its presence and its subscriptions.
     fn leave(&mut self) {
+        self.forget_pairing();
         let mut hub = self.signaling.hub();
         if let Some(address) = &self.address {
             hub.detach(address, self.id);

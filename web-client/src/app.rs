@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use peermail_core::address::parse_address_list;
 use peermail_core::store::{DeliveryState, InboxRecord};
+use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::{Address, Draft, MessageId, Node};
 use web_sys::{HtmlInputElement, HtmlTextAreaElement};
 use yew::prelude::*;
@@ -214,6 +215,7 @@ fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Ht
                 }) }
             </nav>
             { contacts(rt, node, state) }
+            { storage_node(rt, node) }
         </aside>
     }
 }
@@ -276,6 +278,70 @@ fn contacts(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> H
                     }
                 }) }
             </ul>
+        </section>
+    }
+}
+
+/// The storage-node panel: this account's node and whether it is available, and the form
+/// that pairs a node by the code it printed.
+fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
+    let input_ref = NodeRef::default();
+    let pair = {
+        let rt = rt.clone();
+        let input_ref = input_ref.clone();
+        move || {
+            let Some(input) = input_ref.cast::<HtmlInputElement>() else {
+                return;
+            };
+            let code = input.value();
+            if code.trim().is_empty() {
+                return;
+            }
+            input.set_value("");
+            rt.pair_node(code.trim().to_string());
+        }
+    };
+    let onsubmit = {
+        let pair = pair.clone();
+        Callback::from(move |e: SubmitEvent| {
+            e.prevent_default();
+            pair()
+        })
+    };
+    let onclick = Callback::from(move |e: MouseEvent| {
+        e.prevent_default();
+        pair()
+    });
+    let pairing = rt.pairing();
+    let status = node.own_node().map(|n| {
+        let available = node.presence(n) == Some(PresenceStatus::Online);
+        let (state, dot) = if available {
+            ("available", "online")
+        } else {
+            ("unavailable", "offline")
+        };
+        html! {
+            <div id="node-status" class="node-status" data-status={state}>
+                <span class="presence-dot" data-status={dot}></span>
+                <span class="address">{ n.to_string() }</span>
+                <span class="small">{ format!(" — {state}") }</span>
+            </div>
+        }
+    });
+    html! {
+        <section class="storage-node" id="storage-node">
+            <h2>{ "Storage node" }</h2>
+            { status.unwrap_or_else(|| html! {
+                <p class="hint small" id="node-status" data-status="none">
+                    { "No storage node. Run “relay node --relay-url <this relay>” on an always-on machine and enter the code it prints." }
+                </p>
+            }) }
+            <form class="contact-add" {onsubmit}>
+                <input id="pair-code" ref={input_ref} type="text" placeholder="pairing code" autocomplete="off" inputmode="numeric" />
+                <button id="pair-node" type="button" {onclick} disabled={pairing.busy}>{ "Pair" }</button>
+            </form>
+            { for pairing.error.map(|e| html! { <div id="pair-error" class="error small">{ e }</div> }) }
+            { for pairing.paired.map(|n| html! { <div id="pair-done" class="small">{ format!("Paired: {n} is your storage node.") }</div> }) }
         </section>
     }
 }

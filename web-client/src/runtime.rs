@@ -48,6 +48,17 @@ pub enum Phase {
     Broken(String),
 }
 
+/// What the storage-node panel shows about pairing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pairing {
+    /// A code was sent and not answered yet.
+    pub busy: bool,
+    /// The relay refused the code; for people.
+    pub error: Option<String>,
+    /// The node that was just paired.
+    pub paired: Option<Address>,
+}
+
 /// The signaling connection as shown to the person (`#connection-status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnStatus {
@@ -95,6 +106,8 @@ pub struct Runtime {
     signup_error: RefCell<Option<String>>,
     /// The latest notice for the person (`#notice`).
     notice: RefCell<Option<String>>,
+    /// The storage-node panel: what the last pairing attempt said (error or success).
+    pairing: RefCell<Pairing>,
     /// Node outputs waiting to be executed, in order.
     queue: RefCell<VecDeque<Output>>,
     /// The executing task is running.
@@ -159,6 +172,7 @@ impl Runtime {
             reregistered: Cell::new(false),
             signup_error: RefCell::new(None),
             notice: RefCell::new(None),
+            pairing: RefCell::new(Pairing::default()),
             queue: RefCell::new(VecDeque::new()),
             pumping: Cell::new(false),
             timer: RefCell::new(None),
@@ -508,6 +522,18 @@ impl Runtime {
     }
     pub fn remove_contact(&self, address: Address) {
         self.input(Input::Command(Command::RemoveContact(address)));
+    }
+    /// Links the storage node that shows `code` to this account.
+    pub fn pair_node(&self, code: String) {
+        *self.pairing.borrow_mut() = Pairing {
+            busy: true,
+            ..Pairing::default()
+        };
+        self.input(Input::Command(Command::PairNode(code)));
+        self.changed();
+    }
+    pub fn pairing(&self) -> Pairing {
+        self.pairing.borrow().clone()
     }
 
     /// Reconnects after the session moved to another tab (taking it back).
@@ -914,7 +940,20 @@ impl Runtime {
             } => log(&format!(
                 "the relay does not keep {attachment} for {to} ({reason}); {to} fetches it from this browser"
             )),
-            Event::SendRejected { .. }
+            Event::PairingFailed { reason } => {
+                *self.pairing.borrow_mut() = Pairing {
+                    error: Some(reason),
+                    ..Pairing::default()
+                };
+            }
+            Event::NodePaired { node } => {
+                *self.pairing.borrow_mut() = Pairing {
+                    paired: Some(node),
+                    ..Pairing::default()
+                };
+            }
+            Event::NodeLocated { .. }
+            | Event::SendRejected { .. }
             | Event::DownloadChanged(_)
             | Event::Presence { .. }
             | Event::Received(_)
@@ -1032,6 +1071,9 @@ impl Runtime {
                 }
             }
             ServerFrame::Authenticated { .. }
+            | ServerFrame::PairingCode { .. }
+            | ServerFrame::NodePaired { .. }
+            | ServerFrame::NodeLocation { .. }
             | ServerFrame::FileAccepted { .. }
             | ServerFrame::ChunkDeposited { .. }
             | ServerFrame::FileInfo { .. }

@@ -125,7 +125,29 @@ pub enum ClientFrame {
     /// This account has the whole file: the relay deletes its copy
     /// ([`ServerFrame::FileReleased`]).
     ReleaseFile { attachment: AttachmentId },
+    /// Sent before signing in by a storage node that is not paired yet: its own key, and
+    /// `signature` over [`crate::identity::pairing_message`] for the session's challenge.
+    /// Answered by [`ServerFrame::PairingCode`]; once a person enters the code, the session
+    /// gets [`ServerFrame::NodePaired`] and signs in with [`ClientFrame::Auth`] as the node's
+    /// address, signed with this key.
+    RequestPairing {
+        public_key: PublicKey,
+        signature: String,
+    },
+    /// Link the storage node showing `code` to this account (replacing any earlier node).
+    /// Answered by [`ServerFrame::NodePaired`], or a `not_found` error for a wrong or expired
+    /// code (a few wrong codes in a row are `rate_limited`).
+    PairNode { code: String },
+    /// A signed-in storage node is alive. Sent every [`NODE_HEARTBEAT_MS`]; a node not heard
+    /// from for three intervals is unavailable and its session is closed. Not answered.
+    NodeHeartbeat,
+    /// Does `address` have a storage node, how is it reached, is it available now? Answered
+    /// by [`ServerFrame::NodeLocation`].
+    LocateNode { address: Address },
 }
+
+/// How often a storage node sends [`ClientFrame::NodeHeartbeat`].
+pub const NODE_HEARTBEAT_MS: u64 = 10_000;
 
 /// Frames the relay sends to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +261,27 @@ pub enum ServerFrame {
     /// The relay deleted its copy of the file.
     FileReleased {
         attachment: AttachmentId,
+    },
+    /// The code a person enters to link this (storage node's) session to their account;
+    /// valid until `expires_at` (ms since the Unix epoch) while this session stays open.
+    PairingCode {
+        code: String,
+        expires_at: Millis,
+    },
+    /// The storage node `node` now belongs to `owner`. Sent to the person who entered the
+    /// code and to the node's session (which then signs in as `node`).
+    NodePaired {
+        owner: Address,
+        node: Address,
+    },
+    /// The storage node of `address`: its signaling address (reach it with `Signal` frames)
+    /// when `address` has one, whether it is available (signed in, heartbeats on time), and
+    /// when it was last heard from (ms since the Unix epoch).
+    NodeLocation {
+        address: Address,
+        node: Option<Address>,
+        available: bool,
+        last_seen: Option<Millis>,
     },
 }
 
@@ -391,6 +434,10 @@ const CLIENT_TYPES: &[&str] = &[
     "fetch_file",
     "fetch_chunks",
     "release_file",
+    "request_pairing",
+    "pair_node",
+    "node_heartbeat",
+    "locate_node",
 ];
 const SERVER_TYPES: &[&str] = &[
     "challenge",
@@ -413,6 +460,9 @@ const SERVER_TYPES: &[&str] = &[
     "file_info",
     "file_chunk",
     "file_released",
+    "pairing_code",
+    "node_paired",
+    "node_location",
 ];
 
 /// The version and type of a frame, read without copying anything else.
@@ -551,6 +601,26 @@ mod tests {
             Ok(ClientFrame::Subscribe {
                 addresses: vec![bob],
             }),
+        );
+        check_client(
+            r#"{"v":1,"type":"node_heartbeat"}"#,
+            Ok(ClientFrame::NodeHeartbeat),
+        );
+        check_client(
+            r#"{"v":1,"type":"pair_node","code":"1234-5678"}"#,
+            Ok(ClientFrame::PairNode {
+                code: "1234-5678".into(),
+            }),
+        );
+        check_client(
+            r#"{"v":1,"type":"locate_node","address":"alice+node@h"}"#,
+            Ok(ClientFrame::LocateNode {
+                address: "alice@h".parse::<Address>().unwrap().storage_node(),
+            }),
+        );
+        check_client(
+            r#"{"v":1,"type":"locate_node","address":"alice+nod@h"}"#,
+            Err(ErrorCode::MalformedFrame),
         );
         check_client("{not json", Err(ErrorCode::MalformedFrame));
         check_client("[1,2]", Err(ErrorCode::MalformedFrame));

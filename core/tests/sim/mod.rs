@@ -1035,6 +1035,16 @@ impl World {
                     r.retain(|(t, id, _)| !(t == &to && id == &message_id));
                 }
             }
+            // Nobody in the simulation has a storage node (yet).
+            ClientFrame::LocateNode { address } => self.reply(
+                from,
+                ServerFrame::NodeLocation {
+                    address: address.owner(),
+                    node: None,
+                    available: false,
+                    last_seen: None,
+                },
+            ),
             other => panic!("unexpected frame in the simulation: {other:?}"),
         }
     }

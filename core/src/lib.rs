@@ -23,6 +23,7 @@ pub mod attach;
 pub mod identity;
 pub mod mail;
 pub mod node;
+pub mod route;
 pub mod seal;
 pub mod store;
 pub mod wire;

@@ -457,13 +457,19 @@ pub struct Download {
 
 impl Download {
     pub fn new(att: &AttachmentRef) -> Self {
+        Self::for_file(att.id, att.size, att.chunks_root)
+    }
+
+    /// The receiving side of a file known only by its size and chunk-list root (a storage
+    /// node keeps files without their keys).
+    pub fn for_file(id: AttachmentId, size: u64, chunks_root: Hash) -> Self {
         Download {
-            id: att.id,
-            size: att.size,
-            chunks_root: att.chunks_root,
+            id,
+            size,
+            chunks_root,
             hashes: Vec::new(),
             list_ok: false,
-            have: vec![0; (att.chunk_count() as usize).div_ceil(64)],
+            have: vec![0; (chunk_count(size) as usize).div_ceil(64)],
             held: 0,
         }
     }
@@ -475,6 +481,11 @@ impl Download {
 
     pub fn chunk_count(&self) -> u32 {
         chunk_count(self.size)
+    }
+
+    /// The file's plaintext size.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// Where the next chunk-list page starts, while the list is incomplete.

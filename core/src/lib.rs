@@ -25,6 +25,7 @@ pub mod mail;
 pub mod node;
 pub mod route;
 pub mod seal;
+pub mod storage;
 pub mod store;
 pub mod wire;
 

@@ -58,9 +58,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+mod pushes;
 mod transfer;
 pub use transfer::{
-    DownloadView, FileCheckFailure, ServeRequest, UploadRequest, PERSIST_EVERY, WINDOW,
+    DownloadView, FetchingFrom, FileCheckFailure, ServeRequest, UploadRequest, PERSIST_EVERY,
+    WINDOW,
 };
 
 use base64::Engine as _;
@@ -96,6 +98,8 @@ pub struct Config {
     /// After the relay cache refused a deposit (full, rate limit, failure), try again after
     /// this time.
     pub deposit_retry: Millis,
+    /// How a recipient's storage node that could not be reached is tried again.
+    pub node_retry: crate::route::RetryPolicy,
 }
 
 impl Default for Config {
@@ -105,6 +109,7 @@ impl Default for Config {
             connect_timeout: 30_000,
             reconnect_backoff: 3_000,
             deposit_retry: 60_000,
+            node_retry: crate::route::RetryPolicy::default(),
         }
     }
 }
@@ -389,6 +394,16 @@ pub struct Node {
     held_acks_due: BTreeMap<MessageId, Address>,
     /// Attachments of received mail, being fetched or done.
     downloads: BTreeMap<AttachmentId, transfer::Incoming>,
+    /// Recipients' storage nodes, as the registry said (this session): person → node.
+    recipient_nodes: BTreeMap<Address, Address>,
+    /// Recipients whose storage node was asked about in this signaling session.
+    located: BTreeSet<Address>,
+    /// Attempts to reach recipients' storage nodes, by node.
+    node_pushes: BTreeMap<Address, pushes::NodePush>,
+    /// (attachment, storage node): the node refused to keep it (this session).
+    push_refused: BTreeSet<(AttachmentId, Address)>,
+    /// (attachment, storage node): `StoreFile` sent over the current channel.
+    pushed: BTreeSet<(AttachmentId, Address)>,
     /// Chunk writes not yet reported stored: op → (attachment, chunk index).
     chunk_writes: HashMap<OpId, (AttachmentId, u32)>,
     /// Attachments being copied to the relay for offline recipients.
@@ -466,6 +481,11 @@ impl Node {
             pending_held: HashMap::new(),
             hold_register_retry: BTreeMap::new(),
             hold_attempts: HashMap::new(),
+            recipient_nodes: BTreeMap::new(),
+            located: BTreeSet::new(),
+            node_pushes: BTreeMap::new(),
+            push_refused: BTreeSet::new(),
+            pushed: BTreeSet::new(),
             held_fetch: BTreeMap::new(),
             held_acks_due: BTreeMap::new(),
             downloads: snapshot
@@ -587,6 +607,9 @@ impl Node {
         if let Some(d) = self.downloads_timeout() {
             consider(d);
         }
+        if let Some(p) = self.pushes_timeout() {
+            consider(p);
+        }
         for (addr, link) in &self.links {
             if let Some(s) = link.connecting_since {
                 consider(s + self.config.connect_timeout);
@@ -617,6 +640,7 @@ impl Node {
                 self.tell_sender(&peer);
                 self.downloads_link_changed(&peer);
                 self.pump_downloads(&peer);
+                self.push_to_node(&peer);
             }
             Input::PeerDisconnected(peer) => {
                 let link = self.links.entry(peer.clone()).or_default();
@@ -636,6 +660,7 @@ impl Node {
                     }
                 }
                 self.downloads_peer_gone(&peer);
+                self.push_link_down(&peer);
             }
             Input::Frame { peer, bytes } => self.handle_frame(peer, &bytes),
             Input::Stored { op, result } => self.handle_stored(op, result),
@@ -651,6 +676,7 @@ impl Node {
         self.relay_down_since.get_or_insert(self.now);
         // Listed again at the next sign-in.
         self.held_fetch.clear();
+        self.located.clear();
         self.subscribed.clear();
         if clear_presence {
             self.presence.clear();
@@ -807,6 +833,7 @@ impl Node {
             self.apply_presence_to(&a);
             self.try_deliver(&a);
         }
+        self.locate_recipient_nodes();
     }
 
     /// Subscribes (when authenticated) to addresses not yet subscribed in this session.
@@ -857,6 +884,7 @@ impl Node {
             .collect();
         s.extend(co);
         s.extend(self.own_node.clone());
+        s.extend(self.nodes_to_push());
         s.remove(&self.identity.address);
         s
     }
@@ -888,6 +916,7 @@ impl Node {
                 self.emit(Output::ToServer(ClientFrame::LocateNode {
                     address: self.identity.address.clone(),
                 }));
+                self.locate_recipient_nodes();
                 // Mail left at the relay cache: is it still there? (A relay whose data was
                 // reset answers not_found, and the mail is deposited again.)
                 let cached: Vec<(Address, MessageId)> = self
@@ -923,6 +952,7 @@ impl Node {
                 self.pull_held(&address);
                 self.pump_downloads(&address);
                 self.tell_sender(&address);
+                self.push_to_node(&address);
             }
             // A pairing code the relay did not accept (wrong, expired, too many tries).
             ServerFrame::Error {
@@ -983,6 +1013,8 @@ impl Node {
             } => {
                 if address == self.identity.address {
                     self.set_own_node(node.clone());
+                } else {
+                    self.recipient_node_located(address.clone(), node.clone());
                 }
                 self.event(Event::NodeLocated {
                     address,
@@ -1798,6 +1830,7 @@ impl Node {
 
     fn handle_tick(&mut self) {
         let now = self.now;
+        self.pushes_tick();
         self.refusals.retain(|_, r| r.retry_at > now);
         if self.authenticated {
             // No `deposited` within the ack timeout on a live connection: the reply was lost.
@@ -1909,6 +1942,14 @@ impl Node {
             | PeerFrame::CancelTransfer { .. }
             | PeerFrame::FileReceived { .. }
             | PeerFrame::FileReceivedAck { .. } => self.handle_transfer_frame(peer, frame),
+            // Only storage nodes keep files for others.
+            PeerFrame::StoreFile { attachment, .. } => self.send_peer(
+                &peer,
+                PeerFrame::TransferRefused {
+                    attachment,
+                    reason: format!("{} is not a storage node", self.identity.address),
+                },
+            ),
             PeerFrame::Mail(mail) => self.receive(peer, mail),
             PeerFrame::Ack { message_id } => self.settle(
                 &peer,

@@ -78,13 +78,28 @@ pub struct OutgoingMail {
 }
 
 impl OutgoingMail {
-    /// Recipients (not failed) that have not yet fetched attachment `id`.
+    /// Recipients (not failed) that have not yet fetched attachment `id`, themselves or
+    /// through their storage node.
     pub fn still_needed_by(&self, id: AttachmentId) -> Vec<&Address> {
         self.recipients
             .iter()
             .filter(|r| !matches!(r.state, DeliveryState::Failed { .. }))
             .map(|r| &r.address)
-            .filter(|a| !self.fetched.iter().any(|(f, b)| *f == id && b == *a))
+            .filter(|a| {
+                !self
+                    .fetched
+                    .iter()
+                    .any(|(f, b)| *f == id && (b == *a || *b == a.storage_node()))
+            })
+            .collect()
+    }
+
+    /// Recipients' storage nodes that keep attachment `id` for them.
+    pub fn kept_on_nodes(&self, id: AttachmentId) -> Vec<&Address> {
+        self.fetched
+            .iter()
+            .filter(|(f, b)| *f == id && b.is_storage_node())
+            .map(|(_, b)| b)
             .collect()
     }
 

@@ -12,7 +12,9 @@ use yew::prelude::*;
 
 use crate::app::RtHandle;
 use crate::runtime::SendingView;
-use crate::text::{attachment_progress, attachment_state, human_size, sending_line};
+use crate::text::{
+    attachment_progress, attachment_source, attachment_state, human_size, sending_line,
+};
 use crate::util::log;
 
 /// Largest image previewed inline.
@@ -169,6 +171,7 @@ fn attachment_item(props: &ItemProps) -> Html {
             <span class="attachment-name">{ att.name.clone() }</span>
             <span class="attachment-size">{ human_size(att.size) }</span>
             { for status.map(|s| html! { <span class="attachment-status">{ s }</span> }) }
+            { for view.as_ref().and_then(attachment_source).map(|s| html! { <span class="attachment-source">{ s }</span> }) }
             { for progress }
             { buttons }
             { for (*error).clone().map(|e| html! { <span class="attachment-error">{ e }</span> }) }

@@ -194,11 +194,37 @@ pub fn attachment_progress(v: &peermail_core::node::DownloadView) -> String {
     }
 }
 
-/// What the sender's copy of an attachment says: who still has to fetch it.
+/// Where a received attachment's chunks come from while fetching (`.attachment-source`):
+/// `from your storage node`, `from the relay`, `from alice@h`, `from carol@h (another
+/// recipient)`.
+pub fn attachment_source(v: &peermail_core::node::DownloadView) -> Option<String> {
+    use peermail_core::node::FetchingFrom as F;
+    use peermail_core::store::DownloadState as S;
+    if v.state != S::Fetching || v.checking {
+        return None;
+    }
+    Some(match v.fetching_from.as_ref()? {
+        F::StorageNode(_) => "from your storage node".into(),
+        F::Relay => "from the relay".into(),
+        F::Sender(a) => format!("from {a}"),
+        F::CoRecipient(a) => format!("from {a} (another recipient)"),
+    })
+}
+
+/// What the sender's copy of an attachment says: who still has to fetch it, and which
+/// recipients' storage nodes keep it for them.
 pub fn sent_attachment_status(o: &OutgoingMail, id: peermail_core::attach::AttachmentId) -> String {
     let needed = o.still_needed_by(id);
+    let nodes = o.kept_on_nodes(id);
+    let kept = (!nodes.is_empty()).then(|| {
+        let owners: Vec<String> = nodes.iter().map(|n| n.owner().to_string()).collect();
+        format!("kept on the storage node of {}", owners.join(", "))
+    });
     if needed.is_empty() {
-        "fetched by every recipient".into()
+        match kept {
+            Some(kept) => format!("fetched by every recipient; {kept}"),
+            None => "fetched by every recipient".into(),
+        }
     } else {
         let names: Vec<String> = needed
             .iter()
@@ -210,7 +236,11 @@ pub fn sent_attachment_status(o: &OutgoingMail, id: peermail_core::attach::Attac
                 }
             })
             .collect();
-        format!("still needed by {}", names.join(", "))
+        let mut line = format!("still needed by {}", names.join(", "));
+        if let Some(kept) = kept {
+            line.push_str(&format!("; {kept}"));
+        }
+        line
     }
 }
 

@@ -3,14 +3,14 @@
 
 use peermail_core::attach::{AttachmentId, AttachmentRef};
 use peermail_core::mail::{Mail, MessageId, Priority};
-use peermail_core::node::DownloadView;
+use peermail_core::node::{DownloadView, FetchingFrom};
 use peermail_core::store::DownloadState;
 use peermail_core::store::{DeliveryState, OutgoingMail, RecipientStatus};
 use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::Address;
 use peermail_web_client::text::{
-    attachment_progress, attachment_state, duration_words, human_size, presence_str,
-    recipient_line, sending_line, sent_attachment_status, summary,
+    attachment_progress, attachment_source, attachment_state, duration_words, human_size,
+    presence_str, recipient_line, sending_line, sent_attachment_status, summary,
 };
 use peermail_web_client::util::hms;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
@@ -201,6 +201,7 @@ fn download_view(state: DownloadState, done: u64, connected: bool) -> DownloadVi
         bytes_per_sec: (connected && done > 0).then_some(2.0 * 1024.0 * 1024.0),
         eta_ms: (connected && done > 0).then_some(20_000),
         source_connected: connected,
+        fetching_from: connected.then(|| FetchingFrom::Sender(addr("alice@h"))),
         checking: false,
         attachment,
     }
@@ -226,6 +227,27 @@ fn attachment_lines() {
         attachment_progress(&fetching),
         "8.0 MB of 48 MB · 2.0 MB/s · 20 s left"
     );
+    assert_eq!(
+        attachment_source(&fetching).as_deref(),
+        Some("from alice@h")
+    );
+    let mut from_node = fetching.clone();
+    from_node.fetching_from = Some(FetchingFrom::StorageNode(addr("bob+node@h")));
+    assert_eq!(
+        attachment_source(&from_node).as_deref(),
+        Some("from your storage node")
+    );
+    from_node.fetching_from = Some(FetchingFrom::Relay);
+    assert_eq!(
+        attachment_source(&from_node).as_deref(),
+        Some("from the relay")
+    );
+    from_node.fetching_from = Some(FetchingFrom::CoRecipient(addr("carol@h")));
+    assert_eq!(
+        attachment_source(&from_node).as_deref(),
+        Some("from carol@h (another recipient)")
+    );
+    assert_eq!(attachment_source(&waiting), None);
     let mut checking = fetching.clone();
     checking.checking = true;
     assert_eq!(attachment_state(&checking), "checking");
@@ -276,6 +298,12 @@ fn sent_attachment_lines() {
         sent_attachment_status(&o, id),
         "still needed by bob@h, carol@h"
     );
+    o.fetched.push((id, addr("bob+node@h")));
+    assert_eq!(
+        sent_attachment_status(&o, id),
+        "still needed by carol@h; kept on the storage node of bob@h"
+    );
+    o.fetched.clear();
     o.fetched.push((id, addr("bob@h")));
     o.fetched.push((AttachmentId([8; 16]), addr("carol@h")));
     assert_eq!(sent_attachment_status(&o, id), "still needed by carol@h");
@@ -286,6 +314,11 @@ fn sent_attachment_lines() {
     );
     o.fetched.push((id, addr("carol@h")));
     assert_eq!(sent_attachment_status(&o, id), "fetched by every recipient");
+    o.fetched.push((id, addr("carol+node@h")));
+    assert_eq!(
+        sent_attachment_status(&o, id),
+        "fetched by every recipient; kept on the storage node of carol@h"
+    );
 }
 
 #[wasm_bindgen_test]

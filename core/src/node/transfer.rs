@@ -166,10 +166,26 @@ pub struct DownloadView {
     pub bytes_done: u64,
     pub bytes_per_sec: Option<f64>,
     pub eta_ms: Option<Millis>,
-    /// The node that has the chunks is reachable now (a data channel is open).
+    /// Some source of the chunks is reachable now (a data channel is open, or the relay
+    /// keeps the file).
     pub source_connected: bool,
+    /// Where the chunks come from now, while fetching.
+    pub fetching_from: Option<FetchingFrom>,
     /// All chunks are held and the whole-file check is running.
     pub checking: bool,
+}
+
+/// Where a received attachment's chunks come from (see [`DownloadView::fetching_from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchingFrom {
+    /// This account's storage node.
+    StorageNode(Address),
+    /// The relay (inline-size files kept for offline recipients).
+    Relay,
+    /// The sender's node.
+    Sender(Address),
+    /// Another recipient's node that has the whole file.
+    CoRecipient(Address),
 }
 
 impl Node {
@@ -189,7 +205,16 @@ impl Node {
             bytes_done: done,
             bytes_per_sec: d.rate.bytes_per_sec(),
             eta_ms: d.rate.eta_ms(r.attachment.size - done),
-            source_connected: self.links.get(&r.from).is_some_and(|l| l.connected),
+            source_connected: self.links.get(&r.from).is_some_and(|l| l.connected)
+                || self.source_of(d).is_some(),
+            fetching_from: self.source_of(d).map(|s| match s {
+                Source::Relay => FetchingFrom::Relay,
+                Source::Peer(p) if self.own_node.as_ref() == Some(&p) => {
+                    FetchingFrom::StorageNode(p)
+                }
+                Source::Peer(p) if p == r.from => FetchingFrom::Sender(p),
+                Source::Peer(p) => FetchingFrom::CoRecipient(p),
+            }),
             checking: d.checking,
         }
     }
@@ -227,6 +252,10 @@ impl Node {
         let me = self.identity.address.clone();
         let others = mail.recipients().into_iter().filter(|a| *a != me);
         self.subscribe(std::iter::once(mail.from.clone()).chain(others));
+        // This account's storage node first, if it is there.
+        if let Some(node) = self.own_node.clone() {
+            self.pump_downloads(&node);
+        }
         self.pump_downloads(&mail.from);
     }
 
@@ -259,6 +288,9 @@ impl Node {
         if &d.record.from == peer {
             return true;
         }
+        if self.own_node.as_ref() == Some(peer) {
+            return !d.refused_by.contains(peer);
+        }
         let sender_reachable = self.links.get(&d.record.from).is_some_and(|l| l.connected)
             || d.relay == RelayCopy::Available;
         !sender_reachable && !d.refused_by.contains(peer) && self.co_recipients(d).contains(peer)
@@ -267,7 +299,9 @@ impl Node {
     /// Chunks or a chunk list of `d` may come from `peer`: its sender or a co-recipient
     /// (whatever comes is checked against the mail).
     fn may_send_us(&self, d: &Incoming, peer: &Address) -> bool {
-        &d.record.from == peer || self.co_recipients(d).contains(peer)
+        &d.record.from == peer
+            || self.own_node.as_ref() == Some(peer)
+            || self.co_recipients(d).contains(peer)
     }
 
     /// This node has whole files of `peer`'s mail that `peer` does not know of yet.
@@ -329,6 +363,12 @@ impl Node {
     /// else the relay if it keeps the whole file.
     fn source_of(&self, d: &Incoming) -> Option<Source> {
         let linked = |a: &Address| self.links.get(a).is_some_and(|l| l.connected);
+        // This account's storage node first, while it has not said it lacks the file.
+        if let Some(node) = self.own_node.as_ref() {
+            if linked(node) && !d.refused_by.contains(node) {
+                return Some(Source::Peer(node.clone()));
+            }
+        }
         if linked(&d.record.from) {
             Some(Source::Peer(d.record.from.clone()))
         } else if self.authenticated && d.relay == RelayCopy::Available {
@@ -513,6 +553,7 @@ impl Node {
                 d.list_requested = false;
             }
             sources.insert(d.record.from.clone());
+            sources.extend(self.own_node.clone());
         }
         for s in sources {
             self.pump_downloads(&s);
@@ -653,19 +694,23 @@ impl Node {
                 index,
                 data,
             } => self.receive_chunk(Some(peer), attachment, index, data),
+            PeerFrame::TransferRefused { attachment, reason } if peer.is_storage_node() => {
+                if self
+                    .outgoing
+                    .values()
+                    .any(|o| o.mail.attachments.iter().any(|a| a.id == attachment))
+                {
+                    self.push_refused(&peer, attachment, reason);
+                } else {
+                    self.own_node_refused(&peer, attachment);
+                }
+            }
             PeerFrame::TransferRefused { attachment, reason } => {
                 let now = self.now;
                 if let Some(d) = self.downloads.get_mut(&attachment) {
                     if d.record.from != peer && d.record.state == DownloadState::Fetching {
                         // A co-recipient without the whole file: ask elsewhere.
-                        if d.refused_by.insert(peer.clone())
-                            && d.asked == Some(Source::Peer(peer.clone()))
-                        {
-                            d.requested.clear();
-                            d.list_requested = false;
-                            d.asked = None;
-                        }
-                        return self.request_more(attachment);
+                        return self.refused_by_other(&peer, attachment);
                     }
                     if d.record.from == peer && d.record.state == DownloadState::Fetching {
                         d.record.state = DownloadState::Failed {
@@ -684,6 +729,30 @@ impl Node {
         }
     }
 
+    /// A node other than the sender's (this account's storage node, a co-recipient's) does
+    /// not have attachment `id` whole: the next source is asked.
+    fn refused_by_other(&mut self, peer: &Address, id: AttachmentId) {
+        let Some(d) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        if d.record.state != DownloadState::Fetching {
+            return;
+        }
+        if d.refused_by.insert(peer.clone()) && d.asked == Some(Source::Peer(peer.clone())) {
+            d.requested.clear();
+            d.list_requested = false;
+            d.asked = None;
+        }
+        self.request_more(id);
+    }
+
+    /// This account's storage node does not have attachment `id` (yet).
+    pub(super) fn own_node_refused(&mut self, node: &Address, id: AttachmentId) {
+        if self.own_node.as_ref() == Some(node) {
+            self.refused_by_other(node, id);
+        }
+    }
+
     /// The attachment `id` of this node's outgoing mail `message_id`.
     fn sent_attachment(&self, message_id: &MessageId, id: AttachmentId) -> Option<&AttachmentRef> {
         self.outgoing
@@ -698,7 +767,13 @@ impl Node {
     /// the file: it sent the mail, or received it and has the whole file.
     fn may_fetch(&self, peer: &Address, message_id: &MessageId, id: AttachmentId) -> bool {
         if self.sent_attachment(message_id, id).is_some() {
-            return self.outgoing[message_id].mail.recipients().contains(peer);
+            // A recipient, or a recipient's storage node (only its paired key signs in as
+            // `name+node`).
+            return self.outgoing[message_id]
+                .mail
+                .recipients()
+                .iter()
+                .any(|r| r == peer || (peer.is_storage_node() && r.storage_node() == *peer));
         }
         let whole = self.downloads.get(&id).is_some_and(|d| {
             &d.record.message_id == message_id

@@ -100,6 +100,18 @@ pub enum PeerFrame {
     },
     /// The sender recorded the `FileReceived`.
     FileReceivedAck { attachment: AttachmentId },
+    /// From the sender of mail `message_id` to the storage node of its recipient `owner`:
+    /// fetch attachment `attachment` (`size` bytes of plaintext, chunk list with root
+    /// `chunks_root`) from me and keep it for `owner`. The node pulls it with `GetChunkList`
+    /// and `GetChunks` and answers `FileReceived` once it has the whole file, or
+    /// `TransferRefused`.
+    StoreFile {
+        owner: Address,
+        message_id: MessageId,
+        attachment: AttachmentId,
+        size: u64,
+        chunks_root: Hash,
+    },
 }
 
 /// Why bytes from a peer could not be read.

@@ -26,6 +26,10 @@ use peermail_core::wire::signal::{
 };
 use peermail_core::{Address, Draft, MessageId, Millis};
 
+mod storage;
+use storage::Link;
+pub use storage::SimStorage;
+
 pub const DOMAIN: &str = "relay.test";
 
 pub fn addr(name: &str) -> Address {
@@ -125,6 +129,12 @@ pub struct World {
     pub fail_chunk_writes: bool,
     seed: u8,
     pub config: Config,
+    /// Storage nodes, by their address (`name+node@…`).
+    pub storages: BTreeMap<Address, SimStorage>,
+    /// Inputs waiting for storage nodes, in order.
+    squeue: VecDeque<(Address, peermail_core::storage::StorageInput)>,
+    /// Connection attempts to these addresses fail (a node that cannot be reached).
+    pub unreachable: BTreeSet<Address>,
 }
 
 impl World {
@@ -152,6 +162,9 @@ impl World {
             fail_chunk_writes: false,
             seed: 0,
             config: Config::default(),
+            storages: BTreeMap::new(),
+            squeue: VecDeque::new(),
+            unreachable: BTreeSet::new(),
         }
     }
 
@@ -177,9 +190,17 @@ impl World {
 
     pub fn is_online(&self, a: &Address) -> bool {
         self.users.get(a).is_some_and(|u| u.node.is_some())
+            || self.storages.get(a).is_some_and(|s| s.node.is_some())
     }
 
     fn status_of(&self, a: &Address) -> PresenceStatus {
+        if let Some(s) = self.storages.get(a) {
+            return if s.node.is_some() {
+                PresenceStatus::Online
+            } else {
+                PresenceStatus::Offline
+            };
+        }
         match self.users.get(a) {
             None => PresenceStatus::Unknown,
             Some(u) if u.node.is_some() => PresenceStatus::Online,
@@ -207,6 +228,7 @@ impl World {
                 }),
             ));
         }
+        self.tell_storages_presence(who, status);
     }
 
     /// Opens the user's page: a node loaded from its store connects to signaling.
@@ -256,11 +278,8 @@ impl World {
         // Inputs still queued for the closed node are lost with it.
         self.queue.retain(|(to, _)| to != a);
         for p in peers {
-            if let Some(pu) = self.users.get_mut(&p) {
-                pu.links.remove(a);
-            }
-            self.queue
-                .push_back((p, Input::PeerDisconnected(a.clone())));
+            self.links_of(&p).remove(a);
+            self.link_event(&p, Link::Down(a.clone()));
         }
         self.notify_presence(a);
         self.settle();
@@ -308,7 +327,16 @@ impl World {
     /// Handles queued inputs until nothing is left.
     pub fn settle(&mut self) {
         let mut steps = 0;
-        while let Some((to, input)) = self.queue.pop_front() {
+        loop {
+            if let Some((to, input)) = self.squeue.pop_front() {
+                steps += 1;
+                assert!(steps < 100_000, "the world does not settle (livelock?)");
+                self.step_storage(&to, input);
+                continue;
+            }
+            let Some((to, input)) = self.queue.pop_front() else {
+                break;
+            };
             steps += 1;
             assert!(steps < 100_000, "the world does not settle (livelock?)");
             let now = self.now;
@@ -332,23 +360,7 @@ impl World {
     fn execute(&mut self, from: &Address, out: Output) {
         match out {
             Output::ToServer(frame) => self.relay(from, frame),
-            Output::Connect(peer) => {
-                if self.is_online(&peer) && self.is_online(from) && !self.relay_down {
-                    self.users.get_mut(from).unwrap().links.insert(peer.clone());
-                    self.users
-                        .get_mut(&peer)
-                        .unwrap()
-                        .links
-                        .insert(from.clone());
-                    self.queue
-                        .push_back((from.clone(), Input::PeerConnected(peer.clone())));
-                    self.queue
-                        .push_back((peer, Input::PeerConnected(from.clone())));
-                } else {
-                    self.queue
-                        .push_back((from.clone(), Input::PeerDisconnected(peer)));
-                }
-            }
+            Output::Connect(peer) => self.try_connect(from, peer),
             Output::ToPeer { peer, bytes } => self.send_frame(from, peer, bytes),
             Output::Serve {
                 peer,
@@ -591,7 +603,7 @@ impl World {
     /// A peer frame over the data channel between `from` and `peer`, if one is open: may
     /// be lost (`drop_rule`) or altered (`mangle_rule`) on the way.
     fn send_frame(&mut self, from: &Address, peer: Address, bytes: Vec<u8>) {
-        if !self.users[from].links.contains(&peer) {
+        if !self.links_of(from).contains(&peer) {
             return;
         }
         let mut frame = PeerFrame::decode(&bytes).expect("nodes send valid frames");
@@ -610,13 +622,7 @@ impl World {
         if !matches!(frame, PeerFrame::Chunk { .. } | PeerFrame::Mail(_)) {
             self.frame_log.push((from.clone(), peer.clone(), frame));
         }
-        self.queue.push_back((
-            peer,
-            Input::Frame {
-                peer: from.clone(),
-                bytes,
-            },
-        ));
+        self.link_event(&peer, Link::Frame(from.clone(), bytes));
     }
 
     /// Opens a data channel between two online users, as their drivers would.
@@ -1035,16 +1041,20 @@ impl World {
                     r.retain(|(t, id, _)| !(t == &to && id == &message_id));
                 }
             }
-            // Nobody in the simulation has a storage node (yet).
-            ClientFrame::LocateNode { address } => self.reply(
-                from,
-                ServerFrame::NodeLocation {
-                    address: address.owner(),
-                    node: None,
-                    available: false,
-                    last_seen: None,
-                },
-            ),
+            ClientFrame::LocateNode { address } => {
+                let node = address.owner().storage_node();
+                let known = self.storages.contains_key(&node);
+                let available = self.is_online(&node);
+                self.reply(
+                    from,
+                    ServerFrame::NodeLocation {
+                        address: address.owner(),
+                        node: known.then_some(node),
+                        available,
+                        last_seen: None,
+                    },
+                );
+            }
             other => panic!("unexpected frame in the simulation: {other:?}"),
         }
     }
@@ -1193,6 +1203,11 @@ impl World {
                 .users
                 .values()
                 .filter_map(|u| u.node.as_ref().and_then(|n| n.poll_timeout()))
+                .chain(
+                    self.storages
+                        .values()
+                        .filter_map(|s| s.node.as_ref().and_then(|n| n.poll_timeout())),
+                )
                 .filter(|t| *t <= end)
                 .min();
             match next {
@@ -1206,6 +1221,16 @@ impl World {
                         .collect();
                     for a in online {
                         self.queue.push_back((a, Input::Tick));
+                    }
+                    let storages: Vec<Address> = self
+                        .storages
+                        .iter()
+                        .filter(|(_, s)| s.node.is_some())
+                        .map(|(a, _)| a.clone())
+                        .collect();
+                    for a in storages {
+                        self.squeue
+                            .push_back((a, peermail_core::storage::StorageInput::Tick));
                     }
                     self.settle();
                     if self.now >= end {

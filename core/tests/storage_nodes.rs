@@ -1,0 +1,324 @@
+//! Storage nodes in the simulated world: a sender hands a recipient's storage node the
+//! attachments to keep, the node pulls and verifies them, the recipient reads them from its
+//! node while the sender is away, an unavailable node is waited for and retried by policy,
+//! and a node refuses what is not its owner's or does not fit.
+
+mod sim;
+
+use peermail_core::attach::CHUNK_BYTES;
+use peermail_core::node::{Event, FetchingFrom};
+use peermail_core::storage::StorageEvent;
+use peermail_core::store::DownloadState;
+use peermail_core::wire::peer::PeerFrame;
+use sim::{addr, CacheMode, World};
+
+fn file(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2] ^ salt)
+        .collect()
+}
+
+fn world(names: &[&str]) -> World {
+    let mut w = World::new();
+    w.cache_mode = CacheMode::Up;
+    for n in names {
+        let a = w.register(n);
+        // Signed in once: their encryption keys are in the relay's directory.
+        w.online(&a);
+        w.offline(&a);
+    }
+    w
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Bob is offline, his storage node is up: Alice's node tells it to keep the (large) file,
+/// the node pulls it from her; Alice sees it kept on Bob's node and leaves; Bob comes online
+/// and reads the file from his node, byte for byte, without Alice.
+#[test]
+fn the_recipients_node_keeps_the_file_and_the_recipient_reads_it_from_there() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.storage_online(&node);
+    let bytes = file(70 * CHUNK_BYTES + 17, 1);
+    let att = w.attach_file_with(&alice, "film.mp4", &bytes, 1, false);
+    let id = w.send_with(&alice, &[&bob], "the film", vec![att.clone()]);
+
+    assert!(
+        w.storage_has(&node, att.id),
+        "the node pulled the whole file"
+    );
+    let o = w.outgoing(&alice, &id);
+    assert!(o.still_needed_by(att.id).is_empty(), "kept for Bob");
+    assert_eq!(o.kept_on_nodes(att.id), vec![&node]);
+    assert!(w.storages[&node]
+        .events
+        .contains(&StorageEvent::FileComplete(att.id)));
+    // The node told Alice and she acknowledged: it stops telling her.
+    assert!(w.storages[&node].records[&att.id].sender_knows);
+    let served = w.chunks_served;
+    assert_eq!(served, 71, "every chunk sent to the node once");
+
+    w.offline(&alice);
+    w.online(&bob);
+    assert!(w.inbox_has(&bob, &id), "the mail came from the relay cache");
+    assert!(matches!(
+        w.download(&bob, att.id).unwrap().state,
+        DownloadState::Complete { .. }
+    ));
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+    assert_eq!(w.storages[&node].chunks_served, 71, "from his node");
+    assert_eq!(w.chunks_served, served, "nothing more from Alice");
+}
+
+/// While Bob's browser fetches from his node, the page says so.
+#[test]
+fn the_recipient_says_it_fetches_from_its_storage_node() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.storage_online(&node);
+    let bytes = file(200 * CHUNK_BYTES, 2);
+    let att = w.attach_file_with(&alice, "big.iso", &bytes, 2, false);
+    w.send_with(&alice, &[&bob], "iso", vec![att.clone()]);
+    assert!(w.storage_has(&node, att.id));
+    w.offline(&alice);
+    // Chunks from the node to Bob are lost on the way after the first window.
+    let mut passed = 0;
+    w.drop_rule = Some(Box::new(move |from, _, f| {
+        if from.is_storage_node() && matches!(f, PeerFrame::Chunk { .. }) {
+            passed += 1;
+            passed > 64
+        } else {
+            false
+        }
+    }));
+    w.online(&bob);
+    let view = w.users[&bob]
+        .node
+        .as_ref()
+        .unwrap()
+        .download(&att.id)
+        .unwrap();
+    assert_eq!(
+        view.fetching_from,
+        Some(FetchingFrom::StorageNode(node.clone()))
+    );
+    assert!(view.source_connected);
+    // The lost chunks are asked for again after the timeout.
+    w.drop_rule = None;
+    w.advance(30_000);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}
+
+/// Bob's node is down when Alice sends; she keeps the large file. When the node comes up
+/// (Alice still online) it is handed the file at once; after Alice leaves, Bob still gets
+/// it from his node.
+#[test]
+fn a_node_that_was_down_gets_the_file_when_it_comes_back() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    let bytes = file(10 * CHUNK_BYTES, 3);
+    let att = w.attach_file_with(&alice, "scan.tiff", &bytes, 3, false);
+    let id = w.send_with(&alice, &[&bob], "scan", vec![att.clone()]);
+    assert_eq!(w.outgoing(&alice, &id).still_needed_by(att.id), vec![&bob]);
+    w.advance(60_000);
+    assert!(!w.storage_has(&node, att.id));
+
+    w.storage_online(&node);
+    assert!(
+        w.storage_has(&node, att.id),
+        "pushed as soon as it was back"
+    );
+    assert!(w.outgoing(&alice, &id).still_needed_by(att.id).is_empty());
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}
+
+/// The node goes away in the middle of pulling; when it is back it goes on from the chunks
+/// it stored, and Alice sends only the rest.
+#[test]
+fn a_node_resumes_an_interrupted_pull_from_its_stored_chunks() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.storage_online(&node);
+    let bytes = file(100 * CHUNK_BYTES, 4);
+    let att = w.attach_file_with(&alice, "archive.zip", &bytes, 4, false);
+    let mut passed = 0;
+    w.drop_rule = Some(Box::new(move |_, to, f| {
+        if to.is_storage_node() && matches!(f, PeerFrame::Chunk { .. }) {
+            passed += 1;
+            passed > 30
+        } else {
+            false
+        }
+    }));
+    w.send_with(&alice, &[&bob], "archive", vec![att.clone()]);
+    assert!(!w.storage_has(&node, att.id));
+    assert_eq!(
+        w.storages[&node].records[&att.id].progress.chunks_held(),
+        30
+    );
+    w.storage_offline(&node);
+    w.drop_rule = None;
+    let before = w.chunks_served;
+    w.storage_online(&node);
+    assert!(w.storage_has(&node, att.id));
+    assert_eq!(w.chunks_served - before, 70, "only the missing chunks");
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}
+
+/// A corrupted chunk on the way to the node is refused and fetched again; the node never
+/// keeps it.
+#[test]
+fn a_node_refuses_corrupted_chunks_and_fetches_them_again() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.storage_online(&node);
+    let bytes = file(5 * CHUNK_BYTES, 5);
+    let att = w.attach_file_with(&alice, "doc.odt", &bytes, 5, false);
+    let mut mangled = false;
+    w.mangle_rule = Some(Box::new(move |_, to, f| match f {
+        PeerFrame::Chunk { index: 2, data, .. } if to.is_storage_node() && !mangled => {
+            mangled = true;
+            data[10] ^= 1;
+            true
+        }
+        _ => false,
+    }));
+    w.send_with(&alice, &[&bob], "doc", vec![att.clone()]);
+    assert!(w.storages[&node].events.iter().any(
+        |e| matches!(e, StorageEvent::ProtocolError { reason, .. } if reason.contains("chunk 2"))
+    ));
+    w.advance(30_000);
+    assert!(w.storage_has(&node, att.id));
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}
+
+/// A node refuses a file beyond its quota; the sender is told and keeps the file, which Bob
+/// then pulls from Alice as before.
+#[test]
+fn a_full_node_refuses_and_the_file_stays_with_the_sender() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, 4 * CHUNK_BYTES as u64);
+    w.online(&alice);
+    w.storage_online(&node);
+    let bytes = file(10 * CHUNK_BYTES, 6);
+    let att = w.attach_file_with(&alice, "too-big.bin", &bytes, 6, false);
+    let id = w.send_with(&alice, &[&bob], "big", vec![att.clone()]);
+    assert!(!w.storage_has(&node, att.id));
+    assert!(w.users[&alice].events.iter().any(|e| matches!(e,
+        Event::FileNotKept { to, reason, .. } if *to == node && reason.contains("full"))));
+    assert_eq!(w.outgoing(&alice, &id).still_needed_by(att.id), vec![&bob]);
+    // Not asked again, even when the node comes back.
+    w.storage_offline(&node);
+    w.storage_online(&node);
+    assert!(w.storages[&node].records.is_empty());
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}
+
+/// A storage node keeps files only for its owner, and serves them only to its owner.
+#[test]
+fn a_node_works_for_its_owner_only() {
+    let mut w = world(&["alice", "bob", "mallory"]);
+    let (alice, bob, mallory) = (addr("alice"), addr("bob"), addr("mallory"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.online(&mallory);
+    w.storage_online(&node);
+    let bytes = file(3 * CHUNK_BYTES, 7);
+    let att = w.attach_file_with(&alice, "private.pdf", &bytes, 7, false);
+    let id = w.send_with(&alice, &[&bob], "private", vec![att.clone()]);
+    assert!(w.storage_has(&node, att.id));
+    // Mallory asks Bob's node for the file, then asks it to keep something for Alice.
+    w.connect_storage(&mallory, &node);
+    w.inject(
+        &mallory,
+        &node,
+        PeerFrame::GetChunkList {
+            message_id: id.clone(),
+            attachment: att.id,
+            start: 0,
+        },
+    );
+    w.inject(
+        &mallory,
+        &node,
+        PeerFrame::StoreFile {
+            owner: alice.clone(),
+            message_id: id.clone(),
+            attachment: att.id,
+            size: 10,
+            chunks_root: [0; 32],
+        },
+    );
+    let refusals: Vec<String> = w
+        .frame_log
+        .iter()
+        .filter(|(from, to, _)| *from == node && *to == mallory)
+        .filter_map(|(_, _, f)| match f {
+            PeerFrame::TransferRefused { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals[0].contains("serves only bob@"), "{refusals:?}");
+    assert!(refusals[1].contains("storage node of bob@"), "{refusals:?}");
+    assert_eq!(w.storages[&node].chunks_served, 0);
+}
+
+/// Bob's node is online but cannot be reached (its connections fail): Alice retries by the
+/// policy — waits doubling from 5 s — and stops after the deadline; the file stays with her.
+#[test]
+fn an_unreachable_node_is_retried_with_backoff_until_the_deadline() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.config.node_retry = peermail_core::route::RetryPolicy {
+        first_delay: 5_000,
+        factor: 2,
+        max_delay: 40_000,
+        deadline: 120_000,
+    };
+    w.storage_online(&node);
+    w.unreachable.insert(node.clone());
+    w.online(&alice);
+    let bytes = file(2 * CHUNK_BYTES, 8);
+    let att = w.attach_file_with(&alice, "x.bin", &bytes, 8, false);
+    let id = w.send_with(&alice, &[&bob], "x", vec![att.clone()]);
+    let attempts = |w: &World| {
+        w.users[&alice]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PeerProtocolError { peer, .. } if *peer == node))
+            .count()
+    };
+    w.advance(200_000);
+    assert_eq!(attempts(&w), 1, "one give-up notice after the deadline");
+    assert!(!w.storage_has(&node, att.id));
+    assert_eq!(w.outgoing(&alice, &id).still_needed_by(att.id), vec![&bob]);
+    // Reachable again: no more attempts this session (the deadline passed)…
+    w.unreachable.clear();
+    w.advance(60_000);
+    assert!(!w.storage_has(&node, att.id));
+    // …but a new session of Alice's page starts over, and the node gets the file.
+    w.offline(&alice);
+    w.online(&alice);
+    assert!(w.storage_has(&node, att.id));
+}

@@ -83,6 +83,9 @@ pub struct PeerTraffic {
     pub bytes_in: u64,
     pub frames_out: u64,
     pub bytes_out: u64,
+    /// Times serving waited for the channel's buffer to drain (its buffered-amount-low
+    /// event) before sending more.
+    pub drain_waits: u64,
 }
 
 type Query = Box<dyn FnOnce(&Node, &MemoryStore, &Rtc) + Send>;
@@ -767,8 +770,15 @@ async fn serve(
             for index in ranges.into_iter().flat_map(|(s, e)| s..e) {
                 let stopped =
                     serving.borrow().stop_gen.get(&peer).copied().unwrap_or(0) != generation;
-                if stopped || !rtc.writable(&peer).await {
+                if stopped {
                     return;
+                }
+                match rtc.writable(&peer).await {
+                    None => return,
+                    Some(0) => {}
+                    Some(n) => {
+                        lock(traffic).entry(peer.clone()).or_default().drain_waits += u64::from(n)
+                    }
                 }
                 let frame = match store.chunk(id, index) {
                     Some(data) => PeerFrame::Chunk {

@@ -289,24 +289,26 @@ impl Rtc {
     }
 
     /// Waits until the open channel to `peer` has at most [`HIGH_WATER`] bytes queued; when
-    /// it has more, until its buffered-amount-low event (never a timer). False when no
-    /// channel to `peer` is open (or it closed meanwhile).
-    pub async fn writable(&self, peer: &Address) -> bool {
+    /// it has more, until its buffered-amount-low event (never a timer). Returns how many
+    /// times it waited for that event, or `None` when no channel to `peer` is open (or it
+    /// closed meanwhile).
+    ///
+    /// The queue is measured with webrtc-rs's `outstanding_bytes` (handed to `send`, not
+    /// yet acknowledged by the peer); the low event is the SCTP stream's buffered amount
+    /// falling to [`LOW_WATER`], which `send` raises at once, so a queue above the high
+    /// water mark always passes through it.
+    pub async fn writable(&self, peer: &Address) -> Option<u32> {
+        let mut waited = 0;
         loop {
-            let Some((dc, mut low)) = self.open_channel(peer) else {
-                return false;
-            };
+            let (dc, mut low) = self.open_channel(peer)?;
             // Events from before the check below do not count.
             low.borrow_and_update();
-            match dc.outstanding_bytes().await {
-                Ok(n) if n <= HIGH_WATER => return true,
-                Ok(_) => {}
-                Err(_) => return false,
+            if dc.outstanding_bytes().await.ok()? <= HIGH_WATER {
+                return Some(waited);
             }
             // The connection closing drops the sender: no more waiting.
-            if low.changed().await.is_err() {
-                return false;
-            }
+            low.changed().await.ok()?;
+            waited += 1;
         }
     }
 

@@ -175,17 +175,18 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
     })
     .await?;
 
-    // Dave's node answers with a file larger than what its data channel may buffer
-    // (4 MiB), so serving it waits for the channel to drain; Alice's page shows the mail
-    // and pulls the file from dave's node.
+    // Dave's node answers with two 5 MiB files: Alice's page pulls both at once from
+    // dave's node, asking for more than its data channel may buffer (4 MiB), so serving
+    // them waits for the channel to drain.
     let report = noise(5 * 1024 * 1024 + 321, 9);
-    let report_ref = dave
-        .attach(
-            "dave-report.bin",
-            "application/octet-stream",
-            report.clone(),
-        )
-        .await?;
+    let photos = noise(5 * 1024 * 1024 + 4_567, 13);
+    let mut refs = Vec::new();
+    for (name, bytes) in [("dave-report.bin", &report), ("dave-photos.bin", &photos)] {
+        refs.push(
+            dave.attach(name, "application/octet-stream", bytes.clone())
+                .await?,
+        );
+    }
     let reply = dave
         .send(Draft {
             to: vec![alice_address.clone()],
@@ -194,7 +195,7 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
             body: REPLY_BODY.into(),
             in_reply_to: Some(mail.mail.message_id.clone()),
             priority: Priority::Normal,
-            attachments: vec![report_ref.clone()],
+            attachments: refs.clone(),
         })
         .await?;
     let row = alice.wait_row("inbox", REPLY_SUBJECT).await?;
@@ -209,18 +210,20 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
         "Alice's reading pane shows the body {:?}",
         pane.body
     );
-    let done = alice
-        .wait_attachment("dave-report.bin", &["complete"])
-        .await?;
-    ensure!(
-        done.size == Some(report.len() as u64) && done.done == Some(report.len() as u64),
-        "dave-report.bin complete in Alice's page with the wrong size: {done:?}"
-    );
-    alice
-        .click("li.attachment[data-name=\"dave-report.bin\"] .save-attachment")
-        .await?;
-    let saved = alice.wait_saved("dave-report.bin").await?;
-    same_file("dave-report.bin as Alice saved it", &saved, &report)?;
+    for (name, bytes) in [("dave-report.bin", &report), ("dave-photos.bin", &photos)] {
+        let done = alice.wait_attachment(name, &["complete"]).await?;
+        ensure!(
+            done.size == Some(bytes.len() as u64) && done.done == Some(bytes.len() as u64),
+            "{name} complete in Alice's page with the wrong size: {done:?}"
+        );
+        alice
+            .click(&format!(
+                "li.attachment[data-name=\"{name}\"] .save-attachment"
+            ))
+            .await?;
+        let saved = alice.wait_saved(name).await?;
+        same_file(&format!("{name} as Alice saved it"), &saved, bytes)?;
+    }
 
     let conns = dave.query(|_, _, rtc| rtc.connections()).await?;
     ensure!(
@@ -231,8 +234,15 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
     );
     let traffic = dave.traffic(&alice_address);
     ensure!(
-        traffic.bytes_out >= report.len() as u64,
+        traffic.bytes_out >= (report.len() + photos.len()) as u64,
         "dave's node sent only {traffic:?} to Alice over data channels"
+    );
+    println!("    dave's node and Alice's browser over data channels: {traffic:?}");
+    // Two windows of 64 chunks (7.5 MiB) asked at once: serving must have waited for the
+    // channel's buffered-amount-low event at least once.
+    ensure!(
+        traffic.drain_waits >= 1,
+        "dave's node never waited for its data channel to drain: {traffic:?}"
     );
 
     eventually(
@@ -246,7 +256,9 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
             let delivered = o.recipients.iter().any(|r| {
                 r.address == alice_address && matches!(r.state, DeliveryState::Delivered { .. })
             });
-            let fetched = o.fetched.contains(&(report_ref.id, alice_address.clone()));
+            let fetched = refs
+                .iter()
+                .all(|a| o.fetched.contains(&(a.id, alice_address.clone())));
             Ok(if delivered && fetched {
                 Ok(())
             } else {

@@ -6,7 +6,9 @@
 //! browser's). One loop owns the node and feeds it, in the order they happen:
 //! - the relay's frames (`Signal` frames go to the WebRTC driver, [`Rtc`]; the rest to the
 //!   node), and `SignalingConnected` / `SignalingDisconnected` as the session comes and goes
-//!   (it reconnects with backoff, and the node signs the new session in);
+//!   (it reconnects with backoff, and the node signs the new session in — unless the relay
+//!   said another session of the account replaced this one: then it closes its data
+//!   channels and stays off, like a replaced browser tab);
 //! - what the WebRTC driver reports (`PeerConnected`, `PeerDisconnected`, `Frame`);
 //! - `Tick` at [`Node::poll_timeout`] (a tokio timer);
 //! - commands and queries from the [`NativeNode`] handle.
@@ -34,7 +36,7 @@ use peermail_core::identity::Identity;
 use peermail_core::node::{FileCheckFailure, ServeRequest, UploadRequest};
 use peermail_core::store::{InboxRecord, MailStore, MemoryStore, OutgoingMail, StoreWrite};
 use peermail_core::wire::peer::PeerFrame;
-use peermail_core::wire::signal::{ClientFrame, ServerFrame, DEFAULT_INLINE_LIMIT};
+use peermail_core::wire::signal::{ClientFrame, ErrorCode, ServerFrame, DEFAULT_INLINE_LIMIT};
 use peermail_core::{Address, Command, Config, Draft, Event, Input, MessageId, Node, Output};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -343,6 +345,9 @@ struct Driver {
     store: Rc<MemoryStore>,
     rtc: Arc<Rtc>,
     signal: Option<SignalSender>,
+    /// Another session signed in as this account: this node stops talking to the relay and
+    /// to peers (like a browser tab that was replaced) until it is started again.
+    replaced: bool,
     queue: VecDeque<Output>,
     events: broadcast::Sender<Event>,
     traffic: Arc<Mutex<HashMap<Address, PeerTraffic>>>,
@@ -406,6 +411,7 @@ async fn run(
         store,
         rtc: rtc.clone(),
         signal: Some(signal),
+        replaced: false,
         queue: VecDeque::new(),
         events: shared.events.clone(),
         traffic: shared.traffic.clone(),
@@ -451,15 +457,19 @@ async fn run(
                     None => Some("the session ended".to_string()),
                 };
                 if let Some(why) = ended {
-                    tracing::info!("native: signaling ended ({why}); reconnecting");
                     signal_events = None;
                     d.signal = None;
                     d.input(Input::SignalingDisconnected);
-                    tokio::task::spawn_local(reconnect(
-                        options.relay_url.clone(),
-                        options.wait,
-                        reconnected_tx.clone(),
-                    ));
+                    if d.replaced {
+                        tracing::info!("native: signaling ended ({why}); replaced, not reconnecting");
+                    } else {
+                        tracing::info!("native: signaling ended ({why}); reconnecting");
+                        tokio::task::spawn_local(reconnect(
+                            options.relay_url.clone(),
+                            options.wait,
+                            reconnected_tx.clone(),
+                        ));
+                    }
                 }
             },
             Some(client) = reconnected.recv() => {
@@ -570,7 +580,22 @@ impl Driver {
                 from,
                 conn,
                 payload,
-            } => self.rtc.on_signal(from, conn, payload),
+            } => {
+                if !self.replaced {
+                    self.rtc.on_signal(from, conn, payload)
+                }
+            }
+            ServerFrame::Error {
+                code: ErrorCode::SessionReplaced,
+                ..
+            } => {
+                tracing::warn!("native: another session signed in as this account; stopping");
+                self.replaced = true;
+                // Its data channels would otherwise keep receiving mail behind the other
+                // session's back.
+                self.rtc.close_all();
+                self.input(Input::Server(frame));
+            }
             frame => {
                 self.input(Input::Server(frame));
             }
@@ -580,6 +605,10 @@ impl Driver {
     async fn execute(&mut self, out: Output) {
         match out {
             Output::ToServer(frame) => self.send_server(frame),
+            // A replaced node makes no new connections; the node is told the attempt failed.
+            Output::Connect(peer) if self.replaced => {
+                self.input(Input::PeerDisconnected(peer));
+            }
             Output::Connect(peer) => self.rtc.connect(peer),
             Output::ToPeer { peer, bytes } => {
                 if self.rtc.send(&peer, &bytes).await {

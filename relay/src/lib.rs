@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 pub mod db;
 pub mod files_db;
 pub mod migrations;
+pub mod native;
 pub mod web;
 
 pub use db::Db;
@@ -385,7 +386,10 @@ mod tests {
     #[test]
     fn flags_and_defaults() {
         let c = Config::try_parse_from(["relay"]).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:8080".parse::<std::net::SocketAddr>().unwrap()
+        );
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.web_root, PathBuf::from("./dist"));
         assert_eq!(c.domain, "localhost");

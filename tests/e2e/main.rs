@@ -18,6 +18,9 @@ use peermail_e2e::native::{random_bytes, NativeClient};
 use peermail_e2e::runner::Runner;
 use peermail_e2e::{netns, procs, Browser, Config, Harness};
 
+mod native_peer;
+use native_peer::native_peer_exchanges_mail_with_a_browser;
+
 /// Scenario names in the order they run.
 const SCENARIOS: &[&str] = &[
     "alice_mails_bob_online",
@@ -35,6 +38,7 @@ const SCENARIOS: &[&str] = &[
     "large_attachment_waits_for_its_sender_and_resumes",
     "small_attachment_reaches_an_offline_recipient_through_the_relay",
     "attachment_passed_on_by_a_co_recipient",
+    "native_peer_exchanges_mail_with_a_browser",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -123,6 +127,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(large_attachment_waits_for_its_sender_and_resumes);
     scenario!(small_attachment_reaches_an_offline_recipient_through_the_relay);
     scenario!(attachment_passed_on_by_a_co_recipient);
+    scenario!(native_peer_exchanges_mail_with_a_browser);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {

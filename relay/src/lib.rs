@@ -32,6 +32,7 @@ pub mod db;
 pub mod files_db;
 pub mod migrations;
 pub mod native;
+pub mod storage_node;
 pub mod web;
 
 pub use db::Db;
@@ -70,6 +71,7 @@ pub enum Error {
         store-and-forward cache with a retention time, a quota per recipient and a deposit \
         rate limit per sender). All state is kept in one SQLite database inside the data \
         directory.\n\n\
+        `relay node --relay-url URL` runs a storage node instead (see `relay node --help`).\n\n\
         Logging is set with RUST_LOG (default: info)."
 )]
 pub struct Config {

@@ -1,8 +1,10 @@
 //! The `relay` binary: parse the configuration, open the state, bind, serve until Ctrl-C or
-//! SIGTERM. Everything else lives in the library.
+//! SIGTERM; or, as `relay node`, run a storage node (`peermail_relay::storage_node`).
+//! Everything else lives in the library.
 
 use anyhow::Context;
 use clap::Parser;
+use peermail_relay::storage_node::{self, NodeConfig};
 use peermail_relay::{serve, Config, Relay};
 use std::io::Write;
 use tracing_subscriber::EnvFilter;
@@ -17,13 +19,25 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    // `relay node …` runs a storage node instead of a relay.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let node = args.get(1).is_some_and(|a| a == "node");
+    let node_config = node.then(|| {
+        NodeConfig::parse_from(
+            std::iter::once(std::ffi::OsString::from("relay node")).chain(args[2..].to_vec()),
+        )
+    });
+    let config = if node { None } else { Some(Config::parse()) };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
+    let Some(config) = config else {
+        let node_config = node_config.context("the storage node's options")?;
+        return storage_node::run(node_config, shutdown_signal()).await;
+    };
 
     let relay = Relay::open(&config).with_context(|| {
         format!(

@@ -19,7 +19,9 @@ use peermail_e2e::runner::Runner;
 use peermail_e2e::{netns, procs, Browser, Config, Harness};
 
 mod native_peer;
+mod storage_node;
 use native_peer::native_peer_exchanges_mail_with_a_browser;
+use storage_node::storage_node_pairs_keeps_and_serves_attachments;
 
 /// Scenario names in the order they run.
 const SCENARIOS: &[&str] = &[
@@ -39,6 +41,7 @@ const SCENARIOS: &[&str] = &[
     "small_attachment_reaches_an_offline_recipient_through_the_relay",
     "attachment_passed_on_by_a_co_recipient",
     "native_peer_exchanges_mail_with_a_browser",
+    "storage_node_pairs_keeps_and_serves_attachments",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -128,6 +131,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(small_attachment_reaches_an_offline_recipient_through_the_relay);
     scenario!(attachment_passed_on_by_a_co_recipient);
     scenario!(native_peer_exchanges_mail_with_a_browser);
+    scenario!(storage_node_pairs_keeps_and_serves_attachments);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {

@@ -181,3 +181,92 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A storage node: the real `relay node` process, its stdout lines kept for the scenario
+/// (and copied to its log). Killed on drop.
+pub struct StorageNodeProc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every line seen so far.
+    pub seen: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl StorageNodeProc {
+    /// Starts `relay node --relay-url RELAY --data-dir DATA_DIR`.
+    pub fn start(config: &Config, relay_url: &str, data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let log = data_dir.with_extension("log");
+        let stderr = File::options().create(true).append(true).open(&log)?;
+        let mut stdout_log = stderr.try_clone()?;
+        let mut child = Command::new(&config.relay_bin)
+            .args(["node", "--relay-url", relay_url, "--data-dir"])
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {} node", config.relay_bin.display()))?;
+        let stdout = child.stdout.take().context("storage node stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(stdout_log, "{line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            log,
+        })
+    }
+
+    /// Waits (up to `wait`) for a line starting with `prefix`, seen before or now; returns
+    /// the rest of it.
+    pub fn wait_line(&mut self, prefix: &str, wait: Duration) -> Result<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+                return Ok(l[prefix.len()..].trim().to_string());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "the storage node printed no `{prefix}…` within {wait:?}; its output:\n{}",
+                    tail(&self.log, 40)
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "the storage node ended without printing `{prefix}…`; its output:\n{}",
+                    tail(&self.log, 40)
+                ),
+            }
+        }
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for StorageNodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

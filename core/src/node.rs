@@ -1025,6 +1025,7 @@ impl Node {
             }
             ServerFrame::Signal { .. }
             | ServerFrame::PairingCode { .. }
+            | ServerFrame::FilesKept { .. }
             | ServerFrame::Pong { .. }
             | ServerFrame::KeyPublished
             | ServerFrame::Released { .. } => {}

@@ -12,6 +12,13 @@
 //! until acknowledged. A file for someone else, or beyond the node's quota, is refused
 //! (`TransferRefused`).
 //!
+//! Taking over from the relay: signed in, the node lists the whole files the relay keeps
+//! for its owner (`ListFiles`; the relay also pushes `FilesKept` when one becomes whole
+//! while the node is signed in). A file it does not have is fetched from the relay
+//! (`FetchFile` for the chunk list, `FetchChunks` in windows), checked the same way; once
+//! the node has a file whole, it releases the relay's copy (`ReleaseFile`), so the relay
+//! keeps it no longer.
+//!
 //! Serving it: the owner (any of their browsers) asks for the chunk list and chunks
 //! (`GetChunkList` / `GetChunks`) of a file the node has whole; the driver reads and sends
 //! them ([`StorageOutput::Serve`]). Anyone else, or a file not (yet) whole here, gets
@@ -26,11 +33,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
-use crate::attach::{Accepted, AttachmentId, Download, Hash, HASHES_PER_PAGE};
+use base64::Engine as _;
+
+use crate::attach::{
+    chunks_root, hashes_from_bytes, Accepted, AttachmentId, Download, Hash, HASHES_PER_PAGE,
+};
 use crate::mail::{MessageId, Millis};
 use crate::node::ServeRequest;
 use crate::wire::peer::PeerFrame;
-use crate::wire::signal::{ClientFrame, PresenceStatus, ServerFrame};
+use crate::wire::signal::{ClientFrame, FileItem, PresenceStatus, ServerFrame};
+
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Chunks asked for at once.
 pub const WINDOW: u32 = crate::node::WINDOW;
@@ -49,6 +62,9 @@ pub struct KeptFile {
     pub since: Millis,
     /// The sender acknowledged that the node has the whole file.
     pub sender_knows: bool,
+    /// Fetched from the relay (which kept it for the owner), not from the sender.
+    #[serde(default)]
+    pub via_relay: bool,
 }
 
 impl KeptFile {
@@ -149,6 +165,10 @@ struct Keeping {
     active_at: Millis,
     /// A write failed or the sender refused: nothing more is asked this session.
     stopped: bool,
+    /// The relay keeps a copy for the owner, to be released once the node has the file.
+    relay_has: bool,
+    /// Fetched from the relay and its chunk list not in yet (nothing persisted so far).
+    awaiting_info: bool,
 }
 
 /// The storage node of `owner` (see the module docs).
@@ -199,6 +219,8 @@ impl StorageNode {
                     unstored: 0,
                     active_at: 0,
                     stopped: false,
+                    relay_has: false,
+                    awaiting_info: false,
                 },
             );
         }
@@ -227,7 +249,7 @@ impl StorageNode {
     pub fn poll_timeout(&self) -> Option<Millis> {
         self.files
             .values()
-            .filter(|k| !k.requested.is_empty() || k.list_requested)
+            .filter(|k| (!k.requested.is_empty() || k.list_requested) && !k.awaiting_info)
             .map(|k| (k.active_at + REQUEST_TIMEOUT_MS).max(self.now))
             .min()
     }
@@ -239,6 +261,17 @@ impl StorageNode {
                 self.signed_in = true;
                 self.subscribed.clear();
                 self.watch_senders();
+                // Whatever waited at the relay while the node was away.
+                self.emit(StorageOutput::ToServer(ClientFrame::ListFiles));
+                let relayed: Vec<AttachmentId> = self
+                    .files
+                    .iter()
+                    .filter(|(_, k)| k.file.via_relay && !k.file.is_complete())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in relayed {
+                    self.request_more(id);
+                }
             }
             StorageInput::Server(ServerFrame::Presence { address, status }) => {
                 self.presence.insert(address.clone(), status);
@@ -246,7 +279,7 @@ impl StorageNode {
                     self.pump(&address);
                 }
             }
-            StorageInput::Server(_) => {}
+            StorageInput::Server(frame) => self.relay_frame(frame),
             StorageInput::PeerConnected(peer) => {
                 self.links.insert(peer.clone());
                 self.pump(&peer);
@@ -276,16 +309,24 @@ impl StorageNode {
             StorageInput::Tick => {
                 let now = self.now;
                 let mut senders = BTreeSet::new();
-                for k in self.files.values_mut() {
+                let mut relayed = Vec::new();
+                for (id, k) in self.files.iter_mut() {
                     let waiting = !k.requested.is_empty() || k.list_requested;
-                    if waiting && k.active_at + REQUEST_TIMEOUT_MS <= now {
+                    if waiting && !k.awaiting_info && k.active_at + REQUEST_TIMEOUT_MS <= now {
                         k.requested.clear();
                         k.list_requested = false;
-                        senders.insert(k.file.from.clone());
+                        if k.file.via_relay {
+                            relayed.push(*id);
+                        } else {
+                            senders.insert(k.file.from.clone());
+                        }
                     }
                 }
                 for s in senders {
                     self.pump(&s);
+                }
+                for id in relayed {
+                    self.request_more(id);
                 }
             }
         }
@@ -309,7 +350,7 @@ impl StorageNode {
                 attachment,
                 index,
                 data,
-            } => self.chunk(peer, attachment, index, data),
+            } => self.chunk(Some(peer), attachment, index, data),
             PeerFrame::TransferRefused { attachment, reason } => {
                 if let Some(k) = self.files.get_mut(&attachment) {
                     if k.file.from == peer && !k.file.is_complete() {
@@ -432,6 +473,7 @@ impl StorageNode {
             progress: Download::for_file(attachment, size, chunks_root),
             since: self.now,
             sender_knows: false,
+            via_relay: false,
         };
         self.emit(StorageOutput::PutFile(file.clone()));
         self.files.insert(
@@ -443,6 +485,8 @@ impl StorageNode {
                 unstored: 0,
                 active_at: self.now,
                 stopped: false,
+                relay_has: false,
+                awaiting_info: false,
             },
         );
         self.event(StorageEvent::FileStarted(attachment));
@@ -479,13 +523,19 @@ impl StorageNode {
         self.request_more(id);
     }
 
-    fn chunk(&mut self, peer: Address, id: AttachmentId, index: u32, data: Vec<u8>) {
+    /// A chunk from `peer` (`None`: the relay).
+    fn chunk(&mut self, peer: Option<Address>, id: AttachmentId, index: u32, data: Vec<u8>) {
         let Some(k) = self.files.get_mut(&id) else {
             return;
         };
-        if k.file.from != peer {
+        let expected = match &peer {
+            None => k.file.via_relay,
+            Some(p) => !k.file.via_relay && &k.file.from == p,
+        };
+        if !expected {
             return;
         }
+        let peer = peer.unwrap_or_else(|| k.file.from.clone());
         k.requested.remove(&index);
         k.active_at = self.now;
         match k.file.progress.accept_chunk(index, &data) {
@@ -528,10 +578,158 @@ impl StorageNode {
         // The record after the last chunk is stored: the file is here for good.
         if k.file.is_complete() && k.unstored == 0 && !k.stopped {
             let from = k.file.from.clone();
+            let release = k.relay_has || k.file.via_relay;
             k.stopped = true;
             self.event(StorageEvent::FileComplete(id));
             self.tell_sender(&from);
+            if release {
+                self.emit(StorageOutput::ToServer(ClientFrame::ReleaseFile {
+                    attachment: id,
+                }));
+            }
         }
+    }
+
+    /// What the relay says about the owner's files it keeps.
+    fn relay_frame(&mut self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Presence { .. } => {}
+            ServerFrame::FilesKept { items } => {
+                for item in items {
+                    self.relay_keeps(item);
+                }
+            }
+            ServerFrame::FileInfo {
+                attachment,
+                from,
+                size,
+                hashes,
+            } => self.relay_file_info(attachment, from, size, &hashes),
+            ServerFrame::FileChunk {
+                attachment,
+                index,
+                data,
+            } => match BASE64.decode(data.as_bytes()) {
+                Ok(data) => self.chunk(None, attachment, index, data),
+                Err(_) => self.event(StorageEvent::ProtocolError {
+                    peer: self.owner.clone(),
+                    reason: format!("the relay sent chunk {index} of {attachment} in bad base64"),
+                }),
+            },
+            ServerFrame::FileReleased { attachment } => {
+                if let Some(k) = self.files.get_mut(&attachment) {
+                    k.relay_has = false;
+                }
+            }
+            ServerFrame::Error {
+                about: Some(about),
+                message,
+                ..
+            } => {
+                let Some(id) = about.attachment else {
+                    return;
+                };
+                let Some(k) = self.files.get_mut(&id) else {
+                    return;
+                };
+                if k.awaiting_info {
+                    // The relay no longer has it (released or expired): nothing was kept.
+                    self.files.remove(&id);
+                } else if k.file.via_relay && !k.file.is_complete() {
+                    k.stopped = true;
+                    k.requested.clear();
+                    self.event(StorageEvent::Refused {
+                        peer: self.owner.clone(),
+                        reason: format!("the relay: {message}"),
+                    });
+                } else {
+                    k.relay_has = false;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The relay keeps `item` for the owner: released at once if the node has it whole,
+    /// fetched from the relay if the node does not have it at all.
+    fn relay_keeps(&mut self, item: FileItem) {
+        let id = item.attachment;
+        if let Some(k) = self.files.get_mut(&id) {
+            k.relay_has = true;
+            if k.file.is_complete() && k.unstored == 0 {
+                self.emit(StorageOutput::ToServer(ClientFrame::ReleaseFile {
+                    attachment: id,
+                }));
+            }
+            return;
+        }
+        if self.bytes_kept().saturating_add(item.size) > self.quota {
+            return self.event(StorageEvent::Refused {
+                peer: self.owner.clone(),
+                reason: format!("no room for {id} from the relay ({} bytes)", item.size),
+            });
+        }
+        self.files.insert(
+            id,
+            Keeping {
+                file: KeptFile {
+                    message_id: item.message_id,
+                    from: item.from,
+                    // The real root comes with the chunk list (`FileInfo`).
+                    progress: Download::for_file(id, item.size, [0; 32]),
+                    since: self.now,
+                    sender_knows: false,
+                    via_relay: true,
+                },
+                requested: BTreeSet::new(),
+                list_requested: true,
+                unstored: 0,
+                active_at: self.now,
+                stopped: false,
+                relay_has: true,
+                awaiting_info: true,
+            },
+        );
+        self.emit(StorageOutput::ToServer(ClientFrame::FetchFile {
+            attachment: id,
+        }));
+    }
+
+    fn relay_file_info(&mut self, id: AttachmentId, from: Address, size: u64, hashes: &str) {
+        let Some(k) = self.files.get_mut(&id) else {
+            return;
+        };
+        if !k.awaiting_info {
+            return;
+        }
+        let list = BASE64
+            .decode(hashes.as_bytes())
+            .ok()
+            .and_then(|b| hashes_from_bytes(&b))
+            .filter(|l| l.len() as u32 == crate::attach::chunk_count(size));
+        let Some(list) = list else {
+            self.files.remove(&id);
+            return self.event(StorageEvent::ProtocolError {
+                peer: self.owner.clone(),
+                reason: format!("the relay's chunk list of {id} is not valid"),
+            });
+        };
+        let mut progress = Download::for_file(id, size, chunks_root(&list));
+        for (i, page) in list.chunks(HASHES_PER_PAGE).enumerate() {
+            let _ = progress.accept_hashes((i * HASHES_PER_PAGE) as u32, page);
+        }
+        k.file.from = from;
+        k.file.progress = progress;
+        k.awaiting_info = false;
+        k.list_requested = false;
+        let file = k.file.clone();
+        self.emit(StorageOutput::PutList {
+            attachment: id,
+            hashes: list,
+        });
+        self.emit(StorageOutput::PutFile(file));
+        self.event(StorageEvent::FileStarted(id));
+        self.request_more(id);
     }
 
     /// Asks `peer` for more of every file it is sending, or for a channel to it.
@@ -539,7 +737,9 @@ impl StorageNode {
         let ids: Vec<AttachmentId> = self
             .files
             .iter()
-            .filter(|(_, k)| &k.file.from == peer && !k.file.is_complete() && !k.stopped)
+            .filter(|(_, k)| {
+                &k.file.from == peer && !k.file.via_relay && !k.file.is_complete() && !k.stopped
+            })
             .map(|(id, _)| *id)
             .collect();
         if ids.is_empty() {
@@ -561,7 +761,14 @@ impl StorageNode {
         let Some(k) = self.files.get_mut(&id) else {
             return;
         };
-        if k.stopped || k.file.is_complete() || !self.links.contains(&k.file.from) {
+        if k.stopped || k.file.is_complete() || k.awaiting_info {
+            return;
+        }
+        if k.file.via_relay {
+            if !self.signed_in {
+                return;
+            }
+        } else if !self.links.contains(&k.file.from) {
             return;
         }
         let peer = k.file.from.clone();
@@ -603,6 +810,13 @@ impl StorageNode {
             return;
         }
         k.active_at = now;
+        if k.file.via_relay {
+            let frame = ClientFrame::FetchChunks {
+                attachment: id,
+                ranges,
+            };
+            return self.emit(StorageOutput::ToServer(frame));
+        }
         let frame = PeerFrame::GetChunks {
             message_id,
             attachment: id,
@@ -671,7 +885,7 @@ impl StorageNode {
         let new: Vec<Address> = self
             .files
             .values()
-            .filter(|k| !k.file.is_complete())
+            .filter(|k| !k.file.is_complete() && !k.file.via_relay)
             .map(|k| k.file.from.clone())
             .filter(|a| !self.subscribed.contains(a))
             .collect::<BTreeSet<_>>()

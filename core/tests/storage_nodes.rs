@@ -322,3 +322,62 @@ fn an_unreachable_node_is_retried_with_backoff_until_the_deadline() {
     w.online(&alice);
     assert!(w.storage_has(&node, att.id));
 }
+
+/// Bob's node is down when Alice sends a small (inline) file to Bob, who is offline: the
+/// relay keeps it. When the node comes up (Alice gone), the relay hands it over — the node
+/// fetches it from the relay, checks it, keeps it and releases the relay's copy. Bob then
+/// reads it from his node; the relay has nothing left to serve.
+#[test]
+fn the_relay_hands_over_what_it_kept_when_the_node_comes_back() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    let bytes = file(3 * CHUNK_BYTES + 99, 9);
+    let att = w.attach_file(&alice, "notes.txt", &bytes, 9);
+    assert!(att.inline);
+    let id = w.send_with(&alice, &[&bob], "notes", vec![att.clone()]);
+    assert!(
+        w.files.contains_key(&(bob.clone(), att.id)),
+        "the relay keeps it"
+    );
+    w.offline(&alice);
+
+    w.storage_online(&node);
+    assert!(w.storage_has(&node, att.id), "handed over by the relay");
+    assert!(w.storages[&node].records[&att.id].via_relay);
+    assert!(
+        !w.files.contains_key(&(bob.clone(), att.id)),
+        "the relay deleted its copy"
+    );
+    let from_relay = w.relay_chunks_served;
+    assert_eq!(from_relay, 4);
+
+    w.online(&bob);
+    assert!(w.inbox_has(&bob, &id));
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+    assert_eq!(w.storages[&node].chunks_served, 4, "from his node");
+    assert_eq!(
+        w.relay_chunks_served, from_relay,
+        "nothing more from the relay"
+    );
+}
+
+/// While Bob's node is up, the relay's copy of a small file (kept because Bob was offline)
+/// is released as soon as the node has the file (here, from Alice directly).
+#[test]
+fn a_node_that_has_the_file_releases_the_relays_copy() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.storage_online(&node);
+    let bytes = file(2 * CHUNK_BYTES, 10);
+    let att = w.attach_file(&alice, "small.bin", &bytes, 10);
+    w.send_with(&alice, &[&bob], "small", vec![att.clone()]);
+    assert!(w.storage_has(&node, att.id));
+    assert!(!w.files.contains_key(&(bob.clone(), att.id)));
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+}

@@ -6,7 +6,8 @@
 
 use peermail_core::address::Address;
 use peermail_core::attach::{cipher_size, hashes_from_bytes, AttachmentId, Hash};
-use peermail_core::mail::Millis;
+use peermail_core::mail::{MessageId, Millis};
+use peermail_core::wire::signal::FileItem;
 use peermail_signaling::files::{
     chunk_matches, missing_ranges, ChunkDeposit, Chunks, FileCache, FileDeposit, KeptFile, NewFile,
 };
@@ -93,6 +94,49 @@ fn whole_file(
 }
 
 impl FileCache for Db {
+    fn kept_for(&self, recipient: &Address) -> Answer<Vec<FileItem>> {
+        let conn = self.directory_conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT f.attachment, f.message_id, f.sender, f.size, length(f.hashes) / 32,
+                        (SELECT count(*) FROM kept_chunks c
+                         WHERE c.recipient = f.recipient AND c.attachment = f.attachment)
+                 FROM kept_files f WHERE f.recipient = ?1 ORDER BY f.deposited_at",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([recipient.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (attachment, message_id, sender, size, count, held) = row.map_err(err)?;
+            if held != count {
+                continue;
+            }
+            let bad = |what: &str, v: &str| {
+                peermail_signaling::Error::Cache(format!("bad stored {what} {v:?}"))
+            };
+            out.push(FileItem {
+                attachment: AttachmentId::from_hex(&attachment)
+                    .ok_or_else(|| bad("attachment id", &attachment))?,
+                message_id: MessageId::parse(&message_id)
+                    .ok_or_else(|| bad("message id", &message_id))?,
+                from: sender.parse().map_err(|_| bad("address", &sender))?,
+                size: size as u64,
+            });
+        }
+        Ok(out)
+    }
+
     fn deposit_file(&self, file: NewFile, quota_bytes: u64) -> Answer<FileDeposit> {
         let mut conn = self.directory_conn();
         let tx = conn.transaction().map_err(err)?;

@@ -284,10 +284,12 @@ async fn run_node(
                 Some(SignalEvent::Frame(ServerFrame::Signal { from, conn, payload })) => {
                     rtc.on_signal(from, conn, payload);
                 }
-                Some(SignalEvent::Frame(ServerFrame::Error { code, message, .. })) => {
-                    tracing::warn!("relay: {code:?}: {message}");
+                Some(SignalEvent::Frame(frame)) => {
+                    if let ServerFrame::Error { code, message, .. } = &frame {
+                        tracing::warn!("relay: {code:?}: {message}");
+                    }
+                    node.handle(StorageInput::Server(frame), now());
                 }
-                Some(SignalEvent::Frame(frame)) => node.handle(StorageInput::Server(frame), now()),
                 Some(SignalEvent::Closed(why)) => break Err(anyhow!("{why}")),
                 None => break Err(anyhow!("the session ended")),
             },

@@ -234,7 +234,7 @@ async fn a_node_is_paired_by_code_signs_in_with_its_key_and_is_located() {
 async fn a_silent_node_becomes_unavailable_and_its_session_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start_with(dir.path(), |c| {
-        c.node_timeout = Duration::from_millis(600);
+        c.node_timeout = Duration::from_millis(1500);
     })
     .await;
     let (alice, bob) = (identity("alice", 1), identity("bob", 2));
@@ -259,8 +259,8 @@ async fn a_silent_node_becomes_unavailable_and_its_session_is_closed() {
         }
     ));
 
-    // Heartbeats keep it available past the timeout.
-    for _ in 0..4 {
+    // Heartbeats (every fifth of the timeout) keep it available well past the timeout.
+    for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         n.send(ClientFrame::NodeHeartbeat).await;
     }
@@ -361,5 +361,161 @@ async fn pairing_survives_a_restart_a_new_node_replaces_the_old_and_wrong_codes_
     late.send(late.node_auth_frame(&old_keys, &node_address))
         .await;
     late.expect_error(ErrorCode::BadSignature).await;
+    relay.stop().await;
+}
+
+/// What the relay keeps for a person is listed to them and their storage node; the node
+/// fetches it and releases the relay's copy; a file that becomes whole while the node is
+/// signed in is pushed to it; nobody else's node may touch it.
+#[tokio::test]
+async fn a_node_lists_fetches_and_releases_what_the_relay_keeps_for_its_owner() {
+    use base64::Engine as _;
+    use peermail_core::attach::{AttachmentId, FileSealer, CHUNK_BYTES};
+    use peermail_core::mail::MessageId;
+    use peermail_core::wire::signal::FileItem;
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    let (bob_node, carol_node) = (bob.address.storage_node(), carol.address.storage_node());
+    let (bob_keys, carol_keys) = (node_keys(9), node_keys(10));
+    for (who, keys, node) in [
+        (&bob, &bob_keys, &bob_node),
+        (&carol, &carol_keys, &carol_node),
+    ] {
+        let mut p = Client::registered(relay.addr, who).await;
+        let mut n = Client::connect(relay.addr).await;
+        let code = n.request_pairing(keys).await;
+        p.pair(&code).await;
+        n.recv().await;
+        n.node_auth(keys, node).await;
+    }
+    // Bob's node signs in: nothing kept for Bob yet.
+    let mut n = Client::connect(relay.addr).await;
+    n.node_auth(&bob_keys, &bob_node).await;
+    n.send(ClientFrame::ListFiles).await;
+    assert_eq!(n.recv().await, ServerFrame::FilesKept { items: vec![] });
+
+    // Alice deposits a mail and a real encrypted file of three chunks for Bob.
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let message_id = MessageId::new([4; 16], "localhost");
+    a.send(ClientFrame::Deposit {
+        to: bob.address.clone(),
+        message_id: message_id.clone(),
+        sealed: B64.encode([1u8; 64]),
+    })
+    .await;
+    assert!(matches!(a.recv().await, ServerFrame::Deposited { .. }));
+    let bytes: Vec<u8> = (0..2 * CHUNK_BYTES + 77).map(|i| (i % 241) as u8).collect();
+    let mut sealer = FileSealer::new(
+        AttachmentId([5; 16]),
+        [6; 32],
+        "f",
+        "x/y",
+        bytes.len() as u64,
+    )
+    .unwrap();
+    let mut chunks = Vec::new();
+    while let Some(r) = sealer.next_range() {
+        chunks.push(
+            sealer
+                .push(&bytes[r.start as usize..r.end as usize])
+                .unwrap()
+                .data,
+        );
+    }
+    let (att, hashes) = sealer.finish(true).unwrap();
+    a.send(ClientFrame::DepositFile {
+        to: bob.address.clone(),
+        message_id: message_id.clone(),
+        attachment: att.id,
+        size: att.size,
+        hashes: B64.encode(hashes.concat()),
+    })
+    .await;
+    assert!(matches!(a.recv().await, ServerFrame::FileAccepted { .. }));
+    for (i, c) in chunks.iter().enumerate() {
+        a.send(ClientFrame::DepositChunk {
+            to: bob.address.clone(),
+            attachment: att.id,
+            index: i as u32,
+            data: B64.encode(c),
+        })
+        .await;
+        assert!(matches!(a.recv().await, ServerFrame::ChunkDeposited { .. }));
+    }
+    // Whole now: pushed to Bob's signed-in node, and listed to Bob and his node.
+    let item = FileItem {
+        attachment: att.id,
+        message_id: message_id.clone(),
+        from: alice.address.clone(),
+        size: att.size,
+    };
+    assert_eq!(
+        n.recv().await,
+        ServerFrame::FilesKept {
+            items: vec![item.clone()]
+        }
+    );
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert!(matches!(b.recv().await, ServerFrame::Waiting { .. }));
+    b.send(ClientFrame::ListFiles).await;
+    assert_eq!(
+        b.recv().await,
+        ServerFrame::FilesKept {
+            items: vec![item.clone()]
+        }
+    );
+
+    // Carol's node may not see or take it.
+    let mut c = Client::connect(relay.addr).await;
+    c.node_auth(&carol_keys, &carol_node).await;
+    c.send(ClientFrame::ListFiles).await;
+    assert_eq!(c.recv().await, ServerFrame::FilesKept { items: vec![] });
+    c.send(ClientFrame::FetchFile { attachment: att.id }).await;
+    c.expect_error(ErrorCode::NotFound).await;
+    c.send(ClientFrame::ReleaseFile { attachment: att.id })
+        .await;
+    c.expect_error(ErrorCode::NotFound).await;
+
+    // Bob's node fetches the chunk list and the chunks, then releases the relay's copy.
+    n.send(ClientFrame::FetchFile { attachment: att.id }).await;
+    assert_eq!(
+        n.recv().await,
+        ServerFrame::FileInfo {
+            attachment: att.id,
+            from: alice.address.clone(),
+            size: att.size,
+            hashes: B64.encode(hashes.concat()),
+        }
+    );
+    n.send(ClientFrame::FetchChunks {
+        attachment: att.id,
+        ranges: vec![(0, 3)],
+    })
+    .await;
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(
+            n.recv().await,
+            ServerFrame::FileChunk {
+                attachment: att.id,
+                index: i as u32,
+                data: B64.encode(c),
+            }
+        );
+    }
+    n.send(ClientFrame::ReleaseFile { attachment: att.id })
+        .await;
+    assert_eq!(
+        n.recv().await,
+        ServerFrame::FileReleased { attachment: att.id }
+    );
+    b.send(ClientFrame::ListFiles).await;
+    assert_eq!(b.recv().await, ServerFrame::FilesKept { items: vec![] });
     relay.stop().await;
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use peermail_core::address::Address;
 use peermail_core::attach::{cipher_len, cipher_size, sha256, AttachmentId, Hash, CHUNK_BYTES};
 use peermail_core::mail::{MessageId, Millis};
+use peermail_core::wire::signal::FileItem;
 
 use crate::cache::{blocking, CacheFuture};
 use crate::Error;
@@ -109,6 +110,8 @@ pub trait FileCache: Send + Sync + 'static {
     ) -> Result<Option<Chunks>, Error>;
     /// Deletes the file for `recipient`; whether there was one.
     fn release_file(&self, recipient: &Address, attachment: AttachmentId) -> Result<bool, Error>;
+    /// The whole files kept for `recipient`, oldest first.
+    fn kept_for(&self, recipient: &Address) -> Result<Vec<FileItem>, Error>;
     /// Deletes every file whose expiry is at or before `now`; how many.
     fn expire_files(&self, now: Millis) -> Result<usize, Error>;
 
@@ -145,6 +148,10 @@ pub trait FileCache: Send + Sync + 'static {
         indices: Vec<u32>,
     ) -> CacheFuture<Option<Chunks>> {
         blocking(self, move |c| c.chunks(&recipient, attachment, &indices))
+    }
+    /// [`FileCache::kept_for`], awaited.
+    fn kept_for_async(self: Arc<Self>, recipient: Address) -> CacheFuture<Vec<FileItem>> {
+        blocking(self, move |c| c.kept_for(&recipient))
     }
     /// [`FileCache::release_file`], awaited.
     fn release_file_async(
@@ -294,6 +301,27 @@ impl FileCache for MemoryFiles {
             .is_some())
     }
 
+    fn kept_for(&self, recipient: &Address) -> Result<Vec<FileItem>, Error> {
+        let mut items: Vec<(Millis, FileItem)> = self
+            .files()
+            .iter()
+            .filter(|((r, _), f)| r == recipient && f.chunks.len() == f.file.hashes.len())
+            .map(|((_, id), f)| {
+                (
+                    f.file.deposited_at,
+                    FileItem {
+                        attachment: *id,
+                        message_id: f.file.message_id.clone(),
+                        from: f.file.sender.clone(),
+                        size: f.file.size,
+                    },
+                )
+            })
+            .collect();
+        items.sort_by_key(|(at, _)| *at);
+        Ok(items.into_iter().map(|(_, i)| i).collect())
+    }
+
     fn expire_files(&self, now: Millis) -> Result<usize, Error> {
         let mut files = self.files();
         let before = files.len();
@@ -390,8 +418,9 @@ pub mod conformance {
                 missing: vec![(0, 2)]
             }
         );
-        // Not fetchable until whole.
+        // Not fetchable (nor listed) until whole.
         assert_eq!(c.file(&bob, id).unwrap(), None);
+        assert_eq!(c.kept_for(&bob).unwrap(), vec![]);
         assert_eq!(c.chunks(&bob, id, &[2]).unwrap(), None);
         for i in 0..2 {
             assert_eq!(
@@ -401,6 +430,14 @@ pub mod conformance {
             );
         }
         let kept = c.file(&bob, id).unwrap().expect("whole now");
+        let item = FileItem {
+            attachment: id,
+            message_id: f.message_id.clone(),
+            from: alice.clone(),
+            size: f.size,
+        };
+        assert_eq!(c.kept_for(&bob).unwrap(), vec![item], "listed for bob only");
+        assert_eq!(c.kept_for(&a("carol@h")).unwrap(), vec![], "not whole");
         assert_eq!(
             (kept.sender, kept.size, kept.hashes),
             (alice.clone(), f.size, f.hashes)

@@ -334,15 +334,20 @@ impl Session {
                         ClientFrame::Subscribe { .. }
                             | ClientFrame::Unsubscribe { .. }
                             | ClientFrame::Signal { .. }
+                            | ClientFrame::ListFiles
+                            | ClientFrame::FetchFile { .. }
+                            | ClientFrame::FetchChunks { .. }
+                            | ClientFrame::ReleaseFile { .. }
                     ) =>
             {
                 ServerFrame::error(
                     ErrorCode::NotAuthenticated,
                     "a storage node's session may only negotiate connections, watch presence, \
-                     locate nodes and send heartbeats",
+                     locate nodes, send heartbeats and fetch its owner's files from the relay",
                 )
             }
             ClientFrame::PairNode { code } => self.pair_node(&code),
+            ClientFrame::ListFiles => Box::pin(self.list_files()).await,
             ClientFrame::Subscribe { addresses } => return self.subscribe(addresses),
             ClientFrame::Unsubscribe { addresses } => {
                 self.unsubscribe(&addresses);
@@ -576,11 +581,14 @@ impl Session {
             .deposit_chunk_async(to.clone(), from, attachment, index, data)
             .await
         {
-            Ok(ChunkDeposit::Stored) => ServerFrame::ChunkDeposited {
-                to,
-                attachment,
-                index,
-            },
+            Ok(ChunkDeposit::Stored) => {
+                Box::pin(self.offer_to_node(&to, attachment)).await;
+                ServerFrame::ChunkDeposited {
+                    to,
+                    attachment,
+                    index,
+                }
+            }
             Ok(ChunkDeposit::NoSuchFile) => ServerFrame::error(
                 ErrorCode::NotFound,
                 format!("announce file {attachment} for {to} first (deposit_file)"),
@@ -594,7 +602,7 @@ impl Session {
     }
 
     async fn fetch_file(&mut self, attachment: AttachmentId) -> ServerFrame {
-        let Some(me) = self.address.clone() else {
+        let Some(me) = self.address.as_ref().map(Address::owner) else {
             return not_authenticated();
         };
         match self.files().file_async(me, attachment).await {
@@ -618,7 +626,7 @@ impl Session {
         attachment: AttachmentId,
         ranges: Vec<(u32, u32)>,
     ) -> Vec<ServerFrame> {
-        let Some(me) = self.address.clone() else {
+        let Some(me) = self.address.as_ref().map(Address::owner) else {
             return vec![not_authenticated()];
         };
         let count: u64 = ranges
@@ -656,7 +664,7 @@ impl Session {
     }
 
     async fn release_file(&mut self, attachment: AttachmentId) -> ServerFrame {
-        let Some(me) = self.address.clone() else {
+        let Some(me) = self.address.as_ref().map(Address::owner) else {
             return not_authenticated();
         };
         match self.files().release_file_async(me, attachment).await {

@@ -1072,6 +1072,7 @@ impl Runtime {
             }
             ServerFrame::Authenticated { .. }
             | ServerFrame::PairingCode { .. }
+            | ServerFrame::FilesKept { .. }
             | ServerFrame::NodePaired { .. }
             | ServerFrame::NodeLocation { .. }
             | ServerFrame::FileAccepted { .. }

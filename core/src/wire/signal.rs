@@ -144,6 +144,9 @@ pub enum ClientFrame {
     /// Does `address` have a storage node, how is it reached, is it available now? Answered
     /// by [`ServerFrame::NodeLocation`].
     LocateNode { address: Address },
+    /// The whole files the relay keeps for this account (or, from a storage node's session,
+    /// for its owner). Answered by [`ServerFrame::FilesKept`].
+    ListFiles,
 }
 
 /// How often a storage node sends [`ClientFrame::NodeHeartbeat`].
@@ -274,6 +277,12 @@ pub enum ServerFrame {
         owner: Address,
         node: Address,
     },
+    /// Whole files the relay keeps for the account (all of them in answer to
+    /// [`ClientFrame::ListFiles`]; pushed to a signed-in storage node as one becomes whole
+    /// for its owner).
+    FilesKept {
+        items: Vec<FileItem>,
+    },
     /// The storage node of `address`: its signaling address (reach it with `Signal` frames)
     /// when `address` has one, whether it is available (signed in, heartbeats on time), and
     /// when it was last heard from (ms since the Unix epoch).
@@ -296,6 +305,16 @@ pub struct ErrorAbout {
     /// The file, for attachment requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<AttachmentId>,
+}
+
+/// One file the relay keeps for an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileItem {
+    pub attachment: AttachmentId,
+    pub message_id: MessageId,
+    pub from: Address,
+    /// Plaintext size in bytes.
+    pub size: u64,
 }
 
 /// One mail waiting for the account, and where it can be fetched.
@@ -438,6 +457,7 @@ const CLIENT_TYPES: &[&str] = &[
     "pair_node",
     "node_heartbeat",
     "locate_node",
+    "list_files",
 ];
 const SERVER_TYPES: &[&str] = &[
     "challenge",
@@ -463,6 +483,7 @@ const SERVER_TYPES: &[&str] = &[
     "pairing_code",
     "node_paired",
     "node_location",
+    "files_kept",
 ];
 
 /// The version and type of a frame, read without copying anything else.

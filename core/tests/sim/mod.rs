@@ -79,6 +79,7 @@ pub struct HeldAt {
 #[derive(Debug, Clone)]
 pub struct SimFile {
     pub from: Address,
+    pub message_id: MessageId,
     pub size: u64,
     pub hashes: Vec<peermail_core::attach::Hash>,
     pub chunks: BTreeMap<u32, Vec<u8>>,
@@ -800,6 +801,7 @@ impl World {
                             .entry((to.clone(), attachment))
                             .or_insert_with(|| SimFile {
                                 from: from.clone(),
+                                message_id: message_id.clone(),
                                 size,
                                 hashes,
                                 chunks: BTreeMap::new(),
@@ -836,6 +838,7 @@ impl World {
                         .unwrap()
                         .chunks
                         .insert(index, data);
+                    self.relay_file_whole(&to, attachment);
                     ServerFrame::ChunkDeposited {
                         to,
                         attachment,

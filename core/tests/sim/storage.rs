@@ -4,11 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use base64::Engine as _;
+
 use peermail_core::attach::{hash_page, AttachmentId, Hash};
 use peermail_core::node::{Input, ServeRequest};
 use peermail_core::storage::{KeptFile, StorageInput, StorageNode, StorageOutput};
 use peermail_core::wire::peer::PeerFrame;
-use peermail_core::wire::signal::{ClientFrame, PresenceStatus, ServerFrame};
+use peermail_core::wire::signal::{
+    ClientFrame, ErrorAbout, ErrorCode, FileItem, PresenceStatus, ServerFrame,
+};
 use peermail_core::Address;
 
 use super::World;
@@ -191,7 +195,7 @@ impl World {
                     ));
                 }
             }
-            StorageOutput::ToServer(other) => panic!("a storage node sent {other:?}"),
+            StorageOutput::ToServer(frame) => self.storage_to_relay(from, frame),
             StorageOutput::Connect(peer) => self.try_connect(from, peer),
             StorageOutput::ToPeer { peer, bytes } => self.send_frame(from, peer, bytes),
             StorageOutput::PutChunk {
@@ -292,6 +296,101 @@ impl World {
 }
 
 impl World {
+    /// The relay model answering a storage node about its owner's files.
+    fn storage_to_relay(&mut self, node: &Address, frame: ClientFrame) {
+        if self.relay_down {
+            return;
+        }
+        let owner = node.owner();
+        let reply = |w: &mut World, f: ServerFrame| {
+            w.squeue.push_back((node.clone(), StorageInput::Server(f)));
+        };
+        match frame {
+            ClientFrame::ListFiles => {
+                let items = self.whole_files_for(&owner);
+                reply(self, ServerFrame::FilesKept { items });
+            }
+            ClientFrame::FetchFile { attachment } => {
+                let f = self
+                    .files
+                    .get(&(owner.clone(), attachment))
+                    .filter(|f| f.chunks.len() == f.hashes.len());
+                let frame = match f {
+                    Some(f) => ServerFrame::FileInfo {
+                        attachment,
+                        from: f.from.clone(),
+                        size: f.size,
+                        hashes: super::B64.encode(f.hashes.concat()),
+                    },
+                    None => ServerFrame::error_about(
+                        ErrorCode::NotFound,
+                        "no such file",
+                        ErrorAbout {
+                            attachment: Some(attachment),
+                            ..ErrorAbout::default()
+                        },
+                    ),
+                };
+                reply(self, frame);
+            }
+            ClientFrame::FetchChunks { attachment, ranges } => {
+                let Some(f) = self.files.get(&(owner.clone(), attachment)).cloned() else {
+                    return;
+                };
+                for index in ranges.into_iter().flat_map(|(s, e)| s..e) {
+                    if let Some(data) = f.chunks.get(&index) {
+                        self.relay_chunks_served += 1;
+                        let data = super::B64.encode(data);
+                        reply(
+                            self,
+                            ServerFrame::FileChunk {
+                                attachment,
+                                index,
+                                data,
+                            },
+                        );
+                    }
+                }
+            }
+            ClientFrame::ReleaseFile { attachment } => {
+                self.files.remove(&(owner, attachment));
+                reply(self, ServerFrame::FileReleased { attachment });
+            }
+            other => panic!("a storage node sent {other:?}"),
+        }
+    }
+
+    fn whole_files_for(&self, owner: &Address) -> Vec<FileItem> {
+        self.files
+            .iter()
+            .filter(|((r, _), f)| r == owner && f.chunks.len() == f.hashes.len())
+            .map(|((_, id), f)| FileItem {
+                attachment: *id,
+                message_id: f.message_id.clone(),
+                from: f.from.clone(),
+                size: f.size,
+            })
+            .collect()
+    }
+
+    /// After a chunk deposit: a file for `to` that is now whole is offered to `to`'s
+    /// signed-in storage node.
+    pub(super) fn relay_file_whole(&mut self, to: &Address, attachment: AttachmentId) {
+        let node = to.storage_node();
+        if !self.is_online(&node) {
+            return;
+        }
+        let items: Vec<FileItem> = self
+            .whole_files_for(to)
+            .into_iter()
+            .filter(|i| i.attachment == attachment)
+            .collect();
+        if !items.is_empty() {
+            self.squeue
+                .push_back((node, StorageInput::Server(ServerFrame::FilesKept { items })));
+        }
+    }
+
     /// Opens a data channel between `a` and the storage node `node`, as their drivers would.
     pub fn connect_storage(&mut self, a: &Address, node: &Address) {
         self.links_of(a).insert(node.clone());

@@ -174,6 +174,7 @@ mod tests {
             progress: progress.persisted(),
             since: 5,
             sender_knows: false,
+            via_relay: false,
         };
         disk.put_file(&file).unwrap();
 

@@ -11,6 +11,7 @@
 //! session, so its presence (what `locate_node` reports as available) turns offline.
 
 use peermail_core::address::Address;
+use peermail_core::attach::AttachmentId;
 use peermail_core::identity::{pairing_message, PublicKey};
 use peermail_core::wire::signal::{ErrorCode, ServerFrame};
 use tokio::time::Instant;
@@ -245,6 +246,44 @@ impl Session {
         self.node_heard = Some(Instant::now());
         self.record_node_seen();
         None
+    }
+
+    /// `ListFiles`: the whole files kept for this account (a node: for its owner).
+    pub(super) async fn list_files(&mut self) -> ServerFrame {
+        let Some(owner) = self.address.as_ref().map(Address::owner) else {
+            return super::not_authenticated();
+        };
+        match self.signaling.files.clone().kept_for_async(owner).await {
+            Ok(items) => ServerFrame::FilesKept { items },
+            Err(e) => internal(&e),
+        }
+    }
+
+    /// After a chunk for `recipient` was stored: if that made the file whole and the
+    /// recipient's storage node is signed in, the node is told (it fetches the file and
+    /// releases the relay's copy).
+    pub(super) async fn offer_to_node(&self, recipient: &Address, attachment: AttachmentId) {
+        let node = recipient.storage_node();
+        if !self.signaling.hub().is_online(&node) {
+            return;
+        }
+        let files = self.signaling.files.clone();
+        let whole = files
+            .clone()
+            .file_async(recipient.clone(), attachment)
+            .await;
+        let Ok(Some(_)) = whole else {
+            return;
+        };
+        let items = match files.kept_for_async(recipient.clone()).await {
+            Ok(items) => items
+                .into_iter()
+                .filter(|i| i.attachment == attachment)
+                .collect(),
+            Err(_) => return,
+        };
+        self.signaling
+            .push(&node, &ServerFrame::FilesKept { items });
     }
 
     pub(super) fn locate_node(&mut self, address: Address) -> ServerFrame {

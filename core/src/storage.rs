@@ -100,6 +100,8 @@ pub enum StorageInput {
     Server(ServerFrame),
     /// The signaling session is signed in (again).
     SignedIn,
+    /// The signaling session ended (data channels may stay open).
+    SignedOut,
     PeerConnected(Address),
     PeerDisconnected(Address),
     Frame {
@@ -270,7 +272,22 @@ impl StorageNode {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in relayed {
-                    self.request_more(id);
+                    if self.files[&id].awaiting_info {
+                        let frame = ClientFrame::FetchFile { attachment: id };
+                        self.emit(StorageOutput::ToServer(frame));
+                    } else {
+                        self.request_more(id);
+                    }
+                }
+            }
+            StorageInput::SignedOut => {
+                self.signed_in = false;
+                self.subscribed.clear();
+                // Requests to the relay are lost with the session: asked again at sign-in.
+                for k in self.files.values_mut() {
+                    if k.file.via_relay {
+                        k.requested.clear();
+                    }
                 }
             }
             StorageInput::Server(ServerFrame::Presence { address, status }) => {

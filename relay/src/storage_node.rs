@@ -83,19 +83,15 @@ pub async fn run(
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let seed = load_or_create_seed(&config.data_dir)?;
     tokio::pin!(shutdown);
+    // The first sign-in (pairing first if need be), retried until it works.
     let mut backoff = Duration::from_secs(1);
-    loop {
-        let session = session(&config, seed);
+    let (owner, session) = loop {
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            result = session => match result {
-                Ok(()) => backoff = Duration::from_secs(1),
-                Err(e) => {
-                    if e.downcast_ref::<Fatal>().is_some() {
-                        return Err(e);
-                    }
-                    tracing::warn!("storage node: {e:#}; reconnecting in {backoff:?}");
-                }
+            result = sign_in(&config, seed, true) => match result {
+                Ok(signed_in) => break signed_in,
+                Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
+                Err(e) => tracing::warn!("storage node: {e:#}; trying again in {backoff:?}"),
             },
         }
         tokio::select! {
@@ -103,7 +99,10 @@ pub async fn run(
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    };
+    let disk = Arc::new(disk::Disk::open(&config.data_dir)?);
+    let quota = config.quota_mib.saturating_mul(1 << 20);
+    run_node(&config, seed, owner, quota, disk, session, shutdown).await
 }
 
 /// An error reconnecting does not fix.
@@ -112,20 +111,24 @@ pub async fn run(
 struct Fatal(String);
 
 type Events = tokio::sync::mpsc::UnboundedReceiver<SignalEvent>;
+/// A signed-in signaling session.
+type Session = (SignalSender, Events);
 
-/// One connection to the relay, until it ends.
-async fn session(config: &NodeConfig, seed: [u8; 32]) -> Result<()> {
+/// Connects and signs in as the node (pairing first, when `may_pair` and not paired yet);
+/// prints `storage node … online`.
+async fn sign_in(config: &NodeConfig, seed: [u8; 32], may_pair: bool) -> Result<(Address, Session)> {
     let client = SignalClient::connect(&config.relay_url, WAIT).await?;
     let (nonce, domain) = (client.nonce.clone(), client.domain.clone());
     let (sender, mut events) = client.into_parts();
     let owner_file = config.data_dir.join("owner");
     let owner = match read_owner(&owner_file)? {
         Some(owner) => owner,
-        None => {
+        None if may_pair => {
             let owner = pair(&sender, &mut events, &nonce, &domain, seed).await?;
             disk::write_atomically(&owner_file, owner.to_string().as_bytes())?;
             owner
         }
+        None => return Err(Fatal(format!("{} is gone", owner_file.display())).into()),
     };
     if owner.host() != domain {
         return Err(Fatal(format!(
@@ -160,9 +163,7 @@ async fn session(config: &NodeConfig, seed: [u8; 32]) -> Result<()> {
     }
     println!("storage node {node} online");
     std::io::stdout().flush()?;
-    let disk = Arc::new(disk::Disk::open(&config.data_dir)?);
-    let quota = config.quota_mib.saturating_mul(1 << 20);
-    run_node(config, owner, quota, disk, sender, events).await
+    Ok((owner, (sender, events)))
 }
 
 /// Asks for a pairing code, prints it and waits until a person enters it.
@@ -218,16 +219,19 @@ struct ServeJob {
 /// `StopServing` bumps a peer's generation: jobs of an older one stop.
 type Generations = Arc<Mutex<HashMap<Address, u64>>>;
 
-/// The signed-in node: heartbeats, negotiation, data channels and the state machine, until
-/// the session ends.
+/// The node: heartbeats, negotiation, data channels, the state machine and its files, until
+/// `shutdown`. The signaling session comes and goes (it is signed in again with backoff);
+/// open data channels, transfers and serving go on meanwhile.
 async fn run_node(
     config: &NodeConfig,
+    seed: [u8; 32],
     owner: Address,
     quota: u64,
     disk: Arc<disk::Disk>,
-    sender: SignalSender,
-    mut events: Events,
+    session: Session,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    tokio::pin!(shutdown);
     let (rtc_tx, mut rtc_rx) = mpsc::unbounded_channel();
     let rtc = Rtc::new(rtc_tx, vec![config.udp.clone()]);
     let kept = disk.load()?;
@@ -242,6 +246,10 @@ async fn run_node(
         generations.clone(),
     ));
     let mut records = Records::default();
+    let mut signal: Option<Session> = Some(session);
+    // Sessions signed in again after the relay went away.
+    let (session_tx, mut session_rx) = mpsc::unbounded_channel::<Result<Session>>();
+    let mut backoff = Duration::from_secs(1);
     node.handle(StorageInput::SignedIn, now());
     let mut heartbeat = tokio::time::interval(Duration::from_millis(NODE_HEARTBEAT_MS));
     let result = loop {
@@ -253,7 +261,7 @@ async fn run_node(
                     out,
                     &mut Ctx {
                         node_inputs: &mut inputs,
-                        sender: &sender,
+                        sender: signal.as_ref().map(|(s, _)| s),
                         rtc: &rtc,
                         disk: &disk,
                         records: &mut records,
@@ -275,26 +283,49 @@ async fn run_node(
             .unwrap_or(Duration::from_secs(3600));
         let flush_in = records.next_flush();
         tokio::select! {
+            () = &mut shutdown => break Ok(()),
             _ = heartbeat.tick() => {
-                if !sender.send(ClientFrame::NodeHeartbeat) {
-                    break Err(anyhow!("the connection to the relay ended"));
+                if let Some((sender, _)) = &signal {
+                    sender.send(ClientFrame::NodeHeartbeat);
                 }
             }
-            event = events.recv() => match event {
-                Some(SignalEvent::Frame(ServerFrame::Signal { from, conn, payload })) => {
+            event = next_event(&mut signal) => match event {
+                SignalEvent::Frame(ServerFrame::Signal { from, conn, payload }) => {
                     rtc.on_signal(from, conn, payload);
                 }
-                Some(SignalEvent::Frame(frame)) => {
+                SignalEvent::Frame(frame) => {
                     if let ServerFrame::Error { code, message, .. } = &frame {
                         tracing::warn!("relay: {code:?}: {message}");
                     }
                     node.handle(StorageInput::Server(frame), now());
                 }
-                Some(SignalEvent::Closed(why)) => break Err(anyhow!("{why}")),
-                None => break Err(anyhow!("the session ended")),
+                SignalEvent::Closed(why) => {
+                    tracing::warn!("storage node: the relay went away ({why}); open channels stay");
+                    signal = None;
+                    node.handle(StorageInput::SignedOut, now());
+                    reconnect(config.clone(), seed, backoff, session_tx.clone());
+                }
+            },
+            session = session_rx.recv() => match session {
+                Some(Ok(session)) => {
+                    signal = Some(session);
+                    backoff = Duration::from_secs(1);
+                    node.handle(StorageInput::SignedIn, now());
+                }
+                Some(Err(e)) if e.downcast_ref::<Fatal>().is_some() => break Err(e),
+                Some(Err(e)) => {
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tracing::warn!("storage node: {e:#}; trying again in {backoff:?}");
+                    reconnect(config.clone(), seed, backoff, session_tx.clone());
+                }
+                None => break Err(anyhow!("the reconnection task stopped")),
             },
             out = rtc_rx.recv() => match out {
-                Some(RtcOut::Signal(frame)) => { sender.send(frame); }
+                Some(RtcOut::Signal(frame)) => {
+                    if let Some((sender, _)) = &signal {
+                        sender.send(frame);
+                    }
+                }
                 Some(RtcOut::Input(Input::PeerConnected(p))) => {
                     node.handle(StorageInput::PeerConnected(p), now());
                 }
@@ -321,6 +352,31 @@ async fn run_node(
     rtc.close_all();
     server.abort();
     result
+}
+
+/// The next event of the signaling session; never, while there is none.
+async fn next_event(signal: &mut Option<Session>) -> SignalEvent {
+    match signal {
+        Some((_, events)) => events
+            .recv()
+            .await
+            .unwrap_or_else(|| SignalEvent::Closed("the session ended".into())),
+        None => std::future::pending().await,
+    }
+}
+
+/// Signs in again after `delay`, in the background; the result comes on `to`.
+fn reconnect(
+    config: NodeConfig,
+    seed: [u8; 32],
+    delay: Duration,
+    to: mpsc::UnboundedSender<Result<Session>>,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let result = sign_in(&config, seed, false).await.map(|(_, s)| s);
+        let _ = to.send(result);
+    });
 }
 
 /// Records of files in transfer, saved at most every [`RECORD_EVERY`] (a chunk is on disk
@@ -356,7 +412,8 @@ impl Records {
 /// What `execute` works with.
 struct Ctx<'a> {
     node_inputs: &'a mut VecDeque<StorageInput>,
-    sender: &'a SignalSender,
+    /// The signaling session, while there is one.
+    sender: Option<&'a SignalSender>,
     rtc: &'a Arc<Rtc>,
     disk: &'a disk::Disk,
     records: &'a mut Records,
@@ -373,7 +430,10 @@ async fn execute(out: StorageOutput, cx: &mut Ctx<'_>) {
     };
     match out {
         StorageOutput::ToServer(frame) => {
-            cx.sender.send(frame);
+            // Without a session the frame is dropped; the node asks again once signed in.
+            if let Some(sender) = cx.sender {
+                sender.send(frame);
+            }
         }
         StorageOutput::Connect(peer) => cx.rtc.connect(peer),
         StorageOutput::ToPeer { peer, bytes } => {

@@ -101,6 +101,7 @@ impl Hub {
             }
             .encode(),
         );
+        tracing::debug!(%address, ?status, watchers = sessions.len(), "presence pushed");
         for (id, outbox) in sessions {
             // A full outbox belongs to a session that stopped reading; the heartbeat or the
             // write timeout ends it soon, so the update is dropped rather than waited for.

@@ -1126,6 +1126,7 @@ impl Session {
                 }
             };
             self.watched.insert(address.clone());
+            tracing::debug!(session = self.id, %address, ?status, "presence on subscribing");
             replies.push(ServerFrame::Presence { address, status });
         }
         replies

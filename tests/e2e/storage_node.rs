@@ -131,3 +131,134 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
         .context("restarted, Bob's node shows as available again")?;
     Ok(())
 }
+
+/// The relay hands over to a storage node that comes back, and the node serves its owner
+/// while the relay is stopped. Bob's node is down and Bob away when Alice mails him a small
+/// file: the relay keeps it ("kept at the relay"). Alice leaves; Bob's node starts, takes
+/// the file from the relay (it prints it kept it, from Alice) and the relay deletes its copy
+/// (its database lists nothing for Bob). The node stops; Bob opens his page: the mail comes
+/// from the relay cache, the file waits (its only copy is on the node) and Bob cancels it.
+/// The node starts again: Bob's page keeps a data channel open to it. The relay is stopped;
+/// Bob asks for the file again and gets it from his node over that channel — byte for byte
+/// the original. The relay is started again (same port and data) for what follows.
+pub(crate) async fn relay_hands_over_to_a_returning_storage_node(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Contract draft";
+    const NAME: &str = "contract.txt";
+    let wait = w.h.config.wait;
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let (alice_addr, bob_addr) = (w.addr("alice"), w.addr("bob"));
+    let bob_address: peermail_core::Address = bob_addr.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Paired in the scenario before; not running now.
+    let data_dir = w.h.scratch.path().join("bob-storage-node");
+    ensure!(
+        data_dir.join("owner").exists(),
+        "Bob's storage node was paired by storage_node_pairs_keeps_and_serves_attachments"
+    );
+    let text = noise(600 * 1024 + 5, 77);
+    let path = test_file(w, NAME, &text)?;
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    let alice = w.get("alice")?;
+    alice
+        .compose_with_files(&bob_addr, SUBJECT, "Please read.", &[&path])
+        .await?;
+    alice
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
+        .await?;
+    let kept_at_relay = format!("still needed by {bob_addr} (kept at the relay)");
+    let kept_at_relay = &kept_at_relay;
+    alice
+        .wait_until("the file to be kept at the relay", || async move {
+            let listed = alice.attachments().await?;
+            Ok(if listed.iter().any(|a| &a.status == kept_at_relay) {
+                Ok(())
+            } else {
+                Err(format!("{listed:?}"))
+            })
+        })
+        .await?;
+    w.browsers
+        .get_mut("alice")
+        .context("alice")?
+        .close()
+        .await?;
+
+    // The node comes back: the relay hands the file over and deletes its copy.
+    let mut node = StorageNodeProc::start(&w.h.config, &w.h.relay.url, &data_dir)?;
+    node.wait_line("storage node", wait)?;
+    let kept = node.wait_line("kept", wait)?;
+    ensure!(
+        kept.contains(&format!("({} bytes) from {alice_addr}", text.len())),
+        "the node printed `kept {kept}`"
+    );
+    let relay_db = peermail_relay::Db::open(&w.h.scratch.path().join("relay-data"))
+        .context("opening the relay's database")?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = peermail_signaling::FileCache::kept_for(&relay_db, &bob_address)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if left.is_empty() {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the relay still keeps {left:?} for Bob after handing it over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    node.kill();
+
+    // Bob's page: the mail from the relay cache; the file's only copy is on the node.
+    let bob = w.person("bob").await?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    bob.wait_attachment(NAME, &["waiting"]).await?;
+    bob.click(&format!(
+        "li.attachment[data-name=\"{NAME}\"] .cancel-attachment"
+    ))
+    .await?;
+    bob.wait_attachment(NAME, &["cancelled"]).await?;
+
+    // The node is back: Bob's page keeps a channel open to it.
+    let mut node = StorageNodeProc::start(&w.h.config, &w.h.relay.url, &data_dir)?;
+    node.wait_line("storage node", wait)?;
+    let bob = w.get("bob")?;
+    bob.wait_until("Bob's page to keep a data channel to his node", || async move {
+        let status = bob.attr("#node-status", "data-status").await?;
+        let link = bob.attr("#node-status", "data-link").await?;
+        Ok(
+            if status.as_deref() == Some("available") && link.as_deref() == Some("open") {
+                Ok(())
+            } else {
+                Err(format!("data-status {status:?}, data-link {link:?}"))
+            },
+        )
+    })
+    .await?;
+
+    // The relay stops; Bob gets the file from his node anyway.
+    let relay_data = w.h.scratch.path().join("relay-data");
+    w.h.relay.stop();
+    let bob = w.get("bob")?;
+    bob.wait_for("#connection-status:not([data-status=\"online\"])")
+        .await
+        .context("Bob's page notices the relay is gone")?;
+    bob.click(&format!(
+        "li.attachment[data-name=\"{NAME}\"] .retry-attachment"
+    ))
+    .await?;
+    bob.wait_attachment(NAME, &["complete"]).await?;
+    bob.click(&format!(
+        "li.attachment[data-name=\"{NAME}\"] .save-attachment"
+    ))
+    .await?;
+    let saved = bob.wait_saved(NAME).await?;
+    same_file(NAME, &saved, &text)?;
+
+    // The relay again, for the scenarios after this one.
+    let config = w.h.config.clone();
+    w.h.relay.restart(&config, &relay_data)?;
+    w.get("bob")?.wait_online().await?;
+    node.wait_line("storage node", wait)?;
+    node.kill();
+    Ok(())
+}

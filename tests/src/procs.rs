@@ -31,12 +31,31 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(config: &Config, data_dir: &Path) -> Result<Self> {
+        Self::start_on(config, data_dir, "127.0.0.1:0")
+    }
+
+    /// Stops the relay (SIGKILL) and starts it again with the same data and port, so pages
+    /// opened on it reconnect to it.
+    pub fn restart(&mut self, config: &Config, data_dir: &Path) -> Result<()> {
+        self.stop();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        *self = Self::start_on(config, data_dir, &listen)?;
+        Ok(())
+    }
+
+    /// Kills the relay process.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn start_on(config: &Config, data_dir: &Path, listen: &str) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let log = data_dir.with_file_name("relay.log");
-        let stderr = File::create(&log)?;
+        let stderr = File::options().create(true).append(true).open(&log)?;
         let mut stdout_log = stderr.try_clone()?;
         let mut child = Command::new(&config.relay_bin)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .arg("--web-root")
             .arg(&config.dist)
@@ -196,7 +215,11 @@ impl StorageNodeProc {
     /// Starts `relay node --relay-url RELAY --data-dir DATA_DIR`.
     pub fn start(config: &Config, relay_url: &str, data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let log = data_dir.with_extension("log");
+        // In the output directory, next to the relay's log, so it outlives the run.
+        let name = data_dir.file_name().map_or("storage-node".into(), |n| {
+            n.to_string_lossy().into_owned()
+        });
+        let log = config.out_dir.join(format!("{name}.log"));
         let stderr = File::options().create(true).append(true).open(&log)?;
         let mut stdout_log = stderr.try_clone()?;
         let mut child = Command::new(&config.relay_bin)

@@ -315,13 +315,15 @@ fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
     let pairing = rt.pairing();
     let status = node.own_node().map(|n| {
         let available = node.presence(n) == Some(PresenceStatus::Online);
+        let link = if node.is_linked(n) { "open" } else { "closed" };
         let (state, dot) = if available {
             ("available", "online")
         } else {
             ("unavailable", "offline")
         };
         html! {
-            <div id="node-status" class="node-status" data-status={state}>
+            <div id="node-status" class="node-status" data-status={state} data-link={link}
+                data-presence={format!("{:?}", node.presence(n))}>
                 <span class="presence-dot" data-status={dot}></span>
                 <span class="address">{ n.to_string() }</span>
                 <span class="small">{ format!(" — {state}") }</span>

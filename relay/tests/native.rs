@@ -129,6 +129,38 @@ async fn mail_reaches_an_offline_native_node_through_the_relay_cache() {
     )
     .await;
     dave_node.stop();
+
+    // Dave's node keeps its mailbox in a directory: after a restart the mail is there at
+    // once (the relay released its copy: it can only come from disk).
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&relay, &dave, false);
+    o.data_dir = Some(dir.path().to_path_buf());
+    let id2 = erin_node
+        .send(Draft {
+            to: vec![dave.address.clone()],
+            cc: Vec::new(),
+            subject: "Kept on disk".into(),
+            body: "Second one.".into(),
+            in_reply_to: None,
+            priority: Priority::Normal,
+            attachments: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let dave_node = NativeNode::start(o.clone()).await.unwrap();
+    eventually("the second mail in dave's inbox", || async {
+        let inbox = dave_node.inbox().await.unwrap();
+        inbox.iter().any(|r| r.mail.message_id == id2).then_some(())
+    })
+    .await;
+    dave_node.stop();
+    let dave_node = NativeNode::start(o).await.unwrap();
+    let inbox = dave_node.inbox().await.unwrap();
+    assert!(
+        inbox.iter().any(|r| r.mail.message_id == id2),
+        "the restarted node lost its mailbox: {inbox:?}"
+    );
+    dave_node.stop();
     erin_node.stop();
     relay.stop().await;
 }

@@ -65,6 +65,8 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
     );
     let mut options = NativeOptions::new(w.h.relay.url.clone(), identity, true);
     options.wait = wait;
+    // Its mailbox and attachments in a directory (the durable store an always-on node uses).
+    options.data_dir = Some(w.h.scratch.path().join("dave-native-node"));
     let dave = NativeNode::start(options)
         .await
         .context("starting dave's native node")?;

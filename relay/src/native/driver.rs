@@ -451,8 +451,19 @@ async fn run(
     let _ = started.send(Ok(address));
 
     let (reconnected_tx, mut reconnected) = mpsc::unbounded_channel::<SignalClient>();
+    // The node's deadline the timer is armed for, and when it fires. Re-armed only when the
+    // deadline changes: a steady stream of inputs must not keep postponing the tick.
+    let mut timer: Option<(u64, tokio::time::Instant)> = None;
     loop {
-        let sleep = d.tick_delay().map(tokio::time::sleep);
+        match (d.node.poll_timeout(), timer) {
+            (None, _) => timer = None,
+            (Some(t), Some((armed, _))) if armed == t => {}
+            (Some(t), _) => {
+                let delay = Duration::from_millis(t.saturating_sub(now())).max(MIN_TICK);
+                timer = Some((t, tokio::time::Instant::now() + delay));
+            }
+        }
+        let fire_at = timer.map(|(_, at)| at);
         tokio::select! {
             req = requests.recv() => match req {
                 None | Some(Request::Stop) => break,
@@ -514,7 +525,11 @@ async fn run(
                     d.input(input);
                 }
             },
-            _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
+            _ = tokio::time::sleep_until(fire_at.unwrap_or_else(tokio::time::Instant::now)),
+                if fire_at.is_some() => {
+                // This timer has fired: the next deadline arms a new one (at least
+                // `MIN_TICK` away, so a deadline the node cannot clear yet never spins).
+                timer = None;
                 d.input(Input::Tick);
             }
         }
@@ -568,13 +583,6 @@ impl Driver {
         let produced: Vec<Output> = std::iter::from_fn(|| self.node.poll_output()).collect();
         self.queue.extend(produced.iter().cloned());
         produced
-    }
-
-    /// How long until the node wants a `Tick`.
-    fn tick_delay(&self) -> Option<Duration> {
-        self.node
-            .poll_timeout()
-            .map(|t| Duration::from_millis(t.saturating_sub(now())).max(MIN_TICK))
     }
 
     /// Executes the queued outputs in order (and those they cause).

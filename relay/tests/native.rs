@@ -1,6 +1,7 @@
 //! The native peer (`peermail_relay::native`) against the in-process relay, without data
-//! channels: signing up and in, mail through the relay cache between two native nodes, and
-//! signaling that comes back after the relay restarts. (Its WebRTC side is tested against
+//! channels: signing up and in, mail and an attachment (uploaded by the sender's node,
+//! fetched by the recipient's) through the relay between two native nodes never online
+//! together, a mailbox kept on disk, and signaling that comes back after the relay restarts. (Its WebRTC side is tested against
 //! real Chromium in the e2e scenario `native_peer_exchanges_mail_with_a_browser`, inside a
 //! private network namespace.) The nodes bind WebRTC to 127.0.0.1 only, so nothing here can
 //! send peer traffic off the machine.
@@ -129,6 +130,38 @@ async fn mail_reaches_an_offline_native_node_through_the_relay_cache() {
     )
     .await;
     dave_node.stop();
+
+    // Dave's node keeps its mailbox in a directory: after a restart the mail is there at
+    // once (the relay released its copy: it can only come from disk).
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&relay, &dave, false);
+    o.data_dir = Some(dir.path().to_path_buf());
+    let id2 = erin_node
+        .send(Draft {
+            to: vec![dave.address.clone()],
+            cc: Vec::new(),
+            subject: "Kept on disk".into(),
+            body: "Second one.".into(),
+            in_reply_to: None,
+            priority: Priority::Normal,
+            attachments: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let dave_node = NativeNode::start(o.clone()).await.unwrap();
+    eventually("the second mail in dave's inbox", || async {
+        let inbox = dave_node.inbox().await.unwrap();
+        inbox.iter().any(|r| r.mail.message_id == id2).then_some(())
+    })
+    .await;
+    dave_node.stop();
+    let dave_node = NativeNode::start(o).await.unwrap();
+    let inbox = dave_node.inbox().await.unwrap();
+    assert!(
+        inbox.iter().any(|r| r.mail.message_id == id2),
+        "the restarted node lost its mailbox: {inbox:?}"
+    );
+    dave_node.stop();
     erin_node.stop();
     relay.stop().await;
 }
@@ -174,4 +207,80 @@ async fn signaling_comes_back_after_the_relay_restarts() {
     node.stop();
     let _ = stop.send(());
     let _ = tokio::time::timeout(WAIT, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attachment_reaches_an_offline_native_node_through_the_relay() {
+    let data = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(data.path()).await;
+    let (dave, erin) = (identity("dave", 71), identity("erin", 72));
+    NativeNode::start(options(&relay, &dave, true))
+        .await
+        .unwrap()
+        .stop();
+
+    // Erin's node copies the (inline-size) file to the relay for the offline dave.
+    let erin_node = NativeNode::start(options(&relay, &erin, true))
+        .await
+        .unwrap();
+    let file: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let att = erin_node
+        .attach("plan.txt", "text/plain", file.clone())
+        .await
+        .unwrap();
+    assert!(att.inline, "200 kB is under the relay's inline limit");
+    let id = erin_node
+        .send(Draft {
+            to: vec![dave.address.clone()],
+            cc: Vec::new(),
+            subject: "The plan".into(),
+            body: "Attached.".into(),
+            in_reply_to: None,
+            priority: Priority::Normal,
+            attachments: vec![att.clone()],
+        })
+        .await
+        .unwrap();
+    eventually("the relay to keep erin's file for dave", || async {
+        let out = erin_node.outgoing().await.unwrap();
+        let o = out.into_iter().find(|o| o.mail.message_id == id)?;
+        o.relay_has
+            .contains(&(att.id, dave.address.clone()))
+            .then_some(())
+    })
+    .await;
+    // Erin goes away: dave can only get the file from the relay.
+    erin_node.stop();
+
+    let dave_node = NativeNode::start(options(&relay, &dave, false))
+        .await
+        .unwrap();
+    let mail = eventually("the mail in dave's inbox", || async {
+        dave_node.inbox().await.unwrap().into_iter().next()
+    })
+    .await;
+    assert_eq!(mail.mail.attachments, vec![att.clone()]);
+    let att_id = att.id;
+    eventually("dave's node to complete the attachment", || async {
+        let state = dave_node
+            .query(move |n, _, _| n.download(&att_id).map(|d| d.state))
+            .await
+            .unwrap();
+        match state {
+            Some(peermail_core::store::DownloadState::Complete { .. }) => Some(()),
+            Some(peermail_core::store::DownloadState::Failed { reason, .. }) => {
+                panic!("the download failed: {reason}")
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(dave_node.attachment(att).await.unwrap(), file);
+    assert_eq!(
+        dave_node.traffic(&erin.address),
+        Default::default(),
+        "nothing went over data channels"
+    );
+    dave_node.stop();
+    relay.stop().await;
 }

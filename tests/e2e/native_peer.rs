@@ -41,7 +41,8 @@ where
 /// the original's, and Alice's page shows dave delivered (dave's node answered Alice's offer).
 /// Then dave's node, its connections dropped, mails Alice with a 5 MiB file: it offers a new
 /// connection, Alice's page shows the mail in her Inbox, from dave, and pulls the file from
-/// dave's node (served pacing on the channel's buffer) with the original's bytes.
+/// dave's node (served pacing on the channel's buffer) with the original's bytes. When
+/// Alice's page reloads, dave's node closes its side of their connections.
 pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Plans for the storage node";
     const BODY: &str = "Hi Dave, the notes are attached. Alice";
@@ -65,6 +66,8 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
     );
     let mut options = NativeOptions::new(w.h.relay.url.clone(), identity, true);
     options.wait = wait;
+    // Its mailbox and attachments in a directory (the durable store an always-on node uses).
+    options.data_dir = Some(w.h.scratch.path().join("dave-native-node"));
     let dave = NativeNode::start(options)
         .await
         .context("starting dave's native node")?;
@@ -270,6 +273,31 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
         },
     )
     .await?;
+
+    // Alice reloads her page: its connections end (it says `Bye` and closes its channels),
+    // and dave's node forgets its side of them.
+    let before: Vec<String> = dave
+        .query(|_, _, rtc| rtc.connections())
+        .await?
+        .into_iter()
+        .filter(|c| c.peer == alice_address)
+        .map(|c| c.conn)
+        .collect();
+    alice.reload().await?;
+    eventually(
+        wait,
+        "dave's node to close the connections Alice's page left",
+        || async {
+            let conns = dave.query(|_, _, rtc| rtc.connections()).await?;
+            Ok(if conns.iter().any(|c| before.contains(&c.conn)) {
+                Err(format!("{conns:?}"))
+            } else {
+                Ok(())
+            })
+        },
+    )
+    .await?;
+    w.person("alice").await?;
     dave.stop();
     Ok(())
 }

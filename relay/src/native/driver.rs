@@ -2,7 +2,8 @@
 //! on tokio.
 //!
 //! [`NativeNode::start`] runs the node on a thread of its own (a current-thread tokio
-//! runtime with a `LocalSet`: the node and its [`MemoryStore`] are not `Send`, like the
+//! runtime with a `LocalSet`: the node and its store — [`NativeStore`], in memory or a
+//! [`FileStore`] directory (`NativeOptions::data_dir`) — are not `Send`, like the
 //! browser's). One loop owns the node and feeds it, in the order they happen:
 //! - the relay's frames (`Signal` frames go to the WebRTC driver, [`Rtc`]; the rest to the
 //!   node), and `SignalingConnected` / `SignalingDisconnected` as the session comes and goes
@@ -38,10 +39,12 @@ use peermail_core::store::{InboxRecord, MailStore, MemoryStore, OutgoingMail, St
 use peermail_core::wire::peer::PeerFrame;
 use peermail_core::wire::signal::{ClientFrame, ErrorCode, ServerFrame, DEFAULT_INLINE_LIMIT};
 use peermail_core::{Address, Command, Config, Draft, Event, Input, MessageId, Node, Output};
+use std::path::PathBuf;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::rtc::{Rtc, RtcOut};
 use super::signal::{SignalClient, SignalEvent, SignalSender};
+use super::store::{FileStore, NativeStore};
 
 /// Shortest delay of the tick timer, so a deadline the node cannot clear yet never spins.
 const MIN_TICK: Duration = Duration::from_millis(250);
@@ -63,6 +66,9 @@ pub struct NativeOptions {
     pub config: Config,
     /// Upper bound for connecting and signing in.
     pub wait: Duration,
+    /// Keep the mailbox and attachments in this directory ([`FileStore`]); `None` keeps
+    /// them in memory.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl NativeOptions {
@@ -74,6 +80,7 @@ impl NativeOptions {
             udp_addrs: vec!["0.0.0.0:0".to_string()],
             config: Config::default(),
             wait: Duration::from_secs(30),
+            data_dir: None,
         }
     }
 }
@@ -90,7 +97,7 @@ pub struct PeerTraffic {
     pub drain_waits: u64,
 }
 
-type Query = Box<dyn FnOnce(&Node, &MemoryStore, &Rtc) + Send>;
+type Query = Box<dyn FnOnce(&Node, &NativeStore, &Rtc) + Send>;
 
 enum Request {
     Input(Input, Option<oneshot::Sender<Vec<Output>>>),
@@ -197,7 +204,7 @@ impl NativeNode {
     /// Runs `f` on the node, its store and its WebRTC driver (on the node's thread).
     pub async fn query<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Node, &MemoryStore, &Rtc) -> R + Send + 'static,
+        f: impl FnOnce(&Node, &NativeStore, &Rtc) -> R + Send + 'static,
     ) -> Result<R> {
         let (tx, rx) = oneshot::channel();
         let query: Query = Box::new(move |node, store, rtc| {
@@ -259,13 +266,13 @@ impl NativeNode {
                     attachment: id,
                     index: chunk.index,
                     data: chunk.data,
-                });
+                })?;
             }
             let (att, hashes) = sealer.finish(inline).map_err(|e| anyhow!("{e}"))?;
             store.apply_now(StoreWrite::PutChunkList {
                 attachment: att.id,
                 hashes,
-            });
+            })?;
             Ok::<_, anyhow::Error>(att)
         })
         .await?
@@ -342,7 +349,7 @@ struct Shared {
 /// The loop's state.
 struct Driver {
     node: Node,
-    store: Rc<MemoryStore>,
+    store: Rc<NativeStore>,
     rtc: Arc<Rtc>,
     signal: Option<SignalSender>,
     /// Another session signed in as this account: this node stops talking to the relay and
@@ -383,7 +390,17 @@ async fn run(
             return;
         }
     };
-    let store = Rc::new(MemoryStore::new());
+    let store = match &options.data_dir {
+        None => NativeStore::Memory(MemoryStore::new()),
+        Some(dir) => match FileStore::open(dir) {
+            Ok(f) => NativeStore::File(f),
+            Err(e) => {
+                let _ = started.send(Err(anyhow!("the store: {e}")));
+                return;
+            }
+        },
+    };
+    let store = Rc::new(store);
     let snapshot = match store.save_identity(&options.identity).await {
         Ok(()) => store.load().await,
         Err(e) => Err(e),
@@ -434,8 +451,19 @@ async fn run(
     let _ = started.send(Ok(address));
 
     let (reconnected_tx, mut reconnected) = mpsc::unbounded_channel::<SignalClient>();
+    // The node's deadline the timer is armed for, and when it fires. Re-armed only when the
+    // deadline changes: a steady stream of inputs must not keep postponing the tick.
+    let mut timer: Option<(u64, tokio::time::Instant)> = None;
     loop {
-        let sleep = d.tick_delay().map(tokio::time::sleep);
+        match (d.node.poll_timeout(), timer) {
+            (None, _) => timer = None,
+            (Some(t), Some((armed, _))) if armed == t => {}
+            (Some(t), _) => {
+                let delay = Duration::from_millis(t.saturating_sub(now())).max(MIN_TICK);
+                timer = Some((t, tokio::time::Instant::now() + delay));
+            }
+        }
+        let fire_at = timer.map(|(_, at)| at);
         tokio::select! {
             req = requests.recv() => match req {
                 None | Some(Request::Stop) => break,
@@ -497,7 +525,11 @@ async fn run(
                     d.input(input);
                 }
             },
-            _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
+            _ = tokio::time::sleep_until(fire_at.unwrap_or_else(tokio::time::Instant::now)),
+                if fire_at.is_some() => {
+                // This timer has fired: the next deadline arms a new one (at least
+                // `MIN_TICK` away, so a deadline the node cannot clear yet never spins).
+                timer = None;
                 d.input(Input::Tick);
             }
         }
@@ -551,13 +583,6 @@ impl Driver {
         let produced: Vec<Output> = std::iter::from_fn(|| self.node.poll_output()).collect();
         self.queue.extend(produced.iter().cloned());
         produced
-    }
-
-    /// How long until the node wants a `Tick`.
-    fn tick_delay(&self) -> Option<Duration> {
-        self.node
-            .poll_timeout()
-            .map(|t| Duration::from_millis(t.saturating_sub(now())).max(MIN_TICK))
     }
 
     /// Executes the queued outputs in order (and those they cause).
@@ -768,7 +793,7 @@ fn count_out(traffic: &Mutex<HashMap<Address, PeerTraffic>>, peer: &Address, len
 /// Serves one chunk request of a peer (see `Output::Serve`).
 async fn serve(
     serving: &RefCell<Serving>,
-    store: &MemoryStore,
+    store: &NativeStore,
     rtc: &Rtc,
     traffic: &Mutex<HashMap<Address, PeerTraffic>>,
     job: ServeJob,

@@ -9,10 +9,14 @@
 //! - [`rtc`]: peer connections and `mail` data channels, interoperable with
 //!   `web-client/src/rtc.rs` (same `Signal` payloads, `conn` ids, channel, reports).
 //! - [`driver`]: [`NativeNode`]: the node on its own thread, its outputs executed in order,
-//!   a [`MemoryStore`](peermail_core::store::MemoryStore), events on a broadcast channel.
+//!   its store, events on a broadcast channel.
+//! - [`store`]: the node's store — core's `MemoryStore`, or [`FileStore`](store::FileStore),
+//!   a simple durable directory store.
 
 pub mod driver;
 pub mod rtc;
 pub mod signal;
+pub mod store;
 
 pub use driver::{NativeNode, NativeOptions, PeerTraffic};
+pub use store::{FileStore, NativeStore};

@@ -895,16 +895,6 @@ impl Node {
             self.own_node = node;
             let all = self.interesting();
             self.subscribe(all);
-            self.keep_home_link();
-        }
-    }
-
-    /// Keeps a data channel open to this account's storage node while it is online: the
-    /// node's files are reachable at once, and stay reachable over that channel while the
-    /// relay is away.
-    fn keep_home_link(&mut self) {
-        if let Some(node) = self.own_node.clone() {
-            self.ensure_link(&node);
         }
     }
 
@@ -968,7 +958,6 @@ impl Node {
                 self.pump_downloads(&address);
                 self.tell_sender(&address);
                 self.push_to_node(&address);
-                self.keep_home_link();
             }
             // A pairing code the relay did not accept (wrong, expired, too many tries).
             ServerFrame::Error {
@@ -1637,8 +1626,7 @@ impl Node {
     /// This node needs a data channel to `peer`: mail to deliver, or a held copy to fetch
     /// or acknowledge.
     fn wants_link(&self, peer: &Address) -> bool {
-        self.own_node.as_ref() == Some(peer)
-            || self.has_pending_for(peer)
+        self.has_pending_for(peer)
             || self.held_fetch.values().any(|f| &f.holder == peer)
             || self.held_acks_due.values().any(|h| h == peer)
             || self.has_downloads_from(peer)
@@ -1849,7 +1837,6 @@ impl Node {
     fn handle_tick(&mut self) {
         let now = self.now;
         self.pushes_tick();
-        self.keep_home_link();
         self.refusals.retain(|_, r| r.retry_at > now);
         if self.authenticated {
             // No `deposited` within the ack timeout on a live connection: the reply was lost.

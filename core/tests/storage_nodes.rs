@@ -381,38 +381,3 @@ fn a_node_that_has_the_file_releases_the_relays_copy() {
     w.online(&bob);
     assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
 }
-
-/// Bob's page keeps a data channel open to his storage node while both are online, and
-/// sees it available; when the node goes, it is unavailable and the channel closed.
-#[test]
-fn the_owners_page_keeps_a_channel_to_its_node() {
-    let mut w = world(&["bob"]);
-    let bob = addr("bob");
-    let node = w.add_storage(&bob, GIB);
-    w.online(&bob);
-    let view = |w: &World| {
-        let n = w.users[&bob].node.as_ref().unwrap();
-        (
-            n.own_node().cloned(),
-            n.presence(&node),
-            n.is_linked(&node),
-        )
-    };
-    assert_eq!(
-        view(&w),
-        (Some(node.clone()), Some(peermail_core::wire::signal::PresenceStatus::Offline), false)
-    );
-    w.storage_online(&node);
-    assert_eq!(
-        view(&w),
-        (Some(node.clone()), Some(peermail_core::wire::signal::PresenceStatus::Online), true)
-    );
-    w.storage_offline(&node);
-    assert_eq!(
-        view(&w),
-        (Some(node.clone()), Some(peermail_core::wire::signal::PresenceStatus::Offline), false)
-    );
-    w.storage_online(&node);
-    w.advance(10_000);
-    assert!(view(&w).2, "linked again");
-}

@@ -116,7 +116,11 @@ type Session = (SignalSender, Events);
 
 /// Connects and signs in as the node (pairing first, when `may_pair` and not paired yet);
 /// prints `storage node … online`.
-async fn sign_in(config: &NodeConfig, seed: [u8; 32], may_pair: bool) -> Result<(Address, Session)> {
+async fn sign_in(
+    config: &NodeConfig,
+    seed: [u8; 32],
+    may_pair: bool,
+) -> Result<(Address, Session)> {
     let client = SignalClient::connect(&config.relay_url, WAIT).await?;
     let (nonce, domain) = (client.nonce.clone(), client.domain.clone());
     let (sender, mut events) = client.into_parts();
@@ -520,7 +524,11 @@ async fn serve_jobs(
     generations: Generations,
 ) {
     while let Some(job) = jobs.recv().await {
-        if let Err(e) = serve_one(&rtc, &disk, &generations, job).await {
+        let started = tokio::time::Instant::now();
+        let what = format!("{:?} of {} for {}", job.request, job.attachment, job.peer);
+        let result = serve_one(&rtc, &disk, &generations, job).await;
+        tracing::debug!(took = ?started.elapsed(), "served {what}");
+        if let Err(e) = result {
             tracing::warn!("storage node: serving failed: {e:#}");
         }
     }
@@ -570,8 +578,10 @@ async fn serve_one(
                 if lock(generations).get(&peer).copied().unwrap_or(0) != generation {
                     return Ok(());
                 }
-                if rtc.writable(&peer).await.is_none() {
-                    return Ok(());
+                match rtc.writable(&peer).await {
+                    None => return Ok(()),
+                    Some(0) => {}
+                    Some(n) => tracing::debug!(%peer, index, waits = n, "serving waited to drain"),
                 }
                 let data = chunks.read(size, index)?;
                 if !send(PeerFrame::Chunk {

@@ -216,9 +216,9 @@ impl StorageNodeProc {
     pub fn start(config: &Config, relay_url: &str, data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         // In the output directory, next to the relay's log, so it outlives the run.
-        let name = data_dir.file_name().map_or("storage-node".into(), |n| {
-            n.to_string_lossy().into_owned()
-        });
+        let name = data_dir
+            .file_name()
+            .map_or("storage-node".into(), |n| n.to_string_lossy().into_owned());
         let log = config.out_dir.join(format!("{name}.log"));
         let stderr = File::options().create(true).append(true).open(&log)?;
         let mut stdout_log = stderr.try_clone()?;

@@ -329,7 +329,9 @@ fn groups(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Htm
                 <input id="group-members" ref={members_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" />
                 <button id="group-add" type="submit" {onclick}>{ "Save group" }</button>
             </form>
-            { for state.group_error.clone().map(|e| html! { <div id="group-error" class="error small">{ e }</div> }) }
+            // Always present (empty without an error): an element appearing beside the form
+            // would make yew rebuild the form and lose what is typed in it.
+            <div id="group-error" class="error small">{ state.group_error.clone().unwrap_or_default() }</div>
             <ul id="group-list" class="group-list">
                 { for node.groups().map(|g| {
                     let remove = { let rt = rt.clone(); let name = g.name().to_string(); Callback::from(move |_: MouseEvent| rt.remove_group(name.clone())) };

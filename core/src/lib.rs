@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`address`]: `local@host` addresses and name rules.
+//! - [`groups`]: address-book groups and the expansion of group names in To/Cc.
 //! - [`attach`]: attachments — per-file encryption in chunks, the manifest a mail carries,
 //!   and the receiving side's verified, resumable bookkeeping.
 //! - [`mail`]: [`Mail`](mail::Mail), [`MessageId`](mail::MessageId), [`Draft`](mail::Draft).
@@ -20,6 +21,7 @@
 
 pub mod address;
 pub mod attach;
+pub mod groups;
 pub mod identity;
 pub mod mail;
 pub mod node;

@@ -71,6 +71,7 @@ use hpke::rand_core::{Rng as _, SeedableRng};
 
 use crate::address::Address;
 use crate::attach::AttachmentId;
+use crate::groups::{group_key, Group};
 use crate::identity::{auth_message, EncryptionKey, Identity, PublicKey};
 use crate::mail::{Draft, Mail, MessageId, Millis};
 use crate::seal;
@@ -171,6 +172,10 @@ pub enum Command {
     },
     AddContact(Address),
     RemoveContact(Address),
+    /// Save an address-book group (replacing the one with the same name, in any case).
+    PutGroup(Group),
+    /// Remove the address-book group with this name (any case).
+    RemoveGroup(String),
     /// Link the storage node showing this pairing code to this account
     /// (answered by `Event::NodePaired`, or `Event::ServerError`).
     PairNode(String),
@@ -239,6 +244,8 @@ pub enum Event {
     /// An outgoing mail's recipient states changed.
     OutgoingChanged(MessageId),
     ContactsChanged,
+    /// An address-book group was saved or removed.
+    GroupsChanged,
     /// The draft was not sent; the reason is for people.
     SendRejected {
         reason: String,
@@ -345,6 +352,8 @@ pub struct Node {
     inbox: BTreeMap<MessageId, InboxRecord>,
     outgoing: BTreeMap<MessageId, OutgoingMail>,
     contacts: BTreeSet<Address>,
+    /// Address-book groups by [`Group::key`].
+    groups: BTreeMap<String, Group>,
     presence: HashMap<Address, PresenceStatus>,
     /// Addresses we asked the relay about in this signaling session.
     subscribed: BTreeSet<Address>,
@@ -450,6 +459,7 @@ impl Node {
                 .collect(),
             outgoing,
             contacts: snapshot.contacts.into_iter().collect(),
+            groups: snapshot.groups.into_iter().map(|g| (g.key(), g)).collect(),
             presence: HashMap::new(),
             subscribed: BTreeSet::new(),
             authenticated: false,
@@ -526,6 +536,14 @@ impl Node {
     }
     pub fn contacts(&self) -> impl Iterator<Item = &Address> {
         self.contacts.iter()
+    }
+    /// Address-book groups, by name (case-insensitively).
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values()
+    }
+    /// The group named `name` (any case).
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.get(&group_key(name))
     }
     /// This account's storage node, if it has one (its availability is its presence).
     pub fn own_node(&self) -> Option<&Address> {
@@ -746,6 +764,19 @@ impl Node {
                 if self.contacts.remove(&a) {
                     self.store(StoreWrite::RemoveContact(a));
                     self.event(Event::ContactsChanged);
+                }
+            }
+            Command::PutGroup(g) => {
+                if self.groups.get(&g.key()) != Some(&g) {
+                    self.groups.insert(g.key(), g.clone());
+                    self.store(StoreWrite::PutGroup(g));
+                    self.event(Event::GroupsChanged);
+                }
+            }
+            Command::RemoveGroup(name) => {
+                if self.groups.remove(&group_key(&name)).is_some() {
+                    self.store(StoreWrite::RemoveGroup(name));
+                    self.event(Event::GroupsChanged);
                 }
             }
             Command::PairNode(code) => {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::attach::{AttachmentId, AttachmentRef, Download, Hash};
+use crate::groups::{group_key, Group};
 use crate::identity::{EncryptionKey, Identity, PublicKey};
 use crate::mail::{Mail, MessageId, Millis};
 
@@ -161,14 +162,18 @@ pub struct DownloadRecord {
     pub sender_knows: bool,
 }
 
-/// One change to persist. Every write is an upsert keyed by Message-ID or address, so
-/// applying a write twice leaves the same state as applying it once.
+/// One change to persist. Every write is an upsert keyed by Message-ID, address or group
+/// name, so applying a write twice leaves the same state as applying it once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreWrite {
     PutInbox(InboxRecord),
     PutOutgoing(OutgoingMail),
     PutContact(Address),
     RemoveContact(Address),
+    /// Upsert by the group's [`key`](Group::key) (its name, case-insensitively).
+    PutGroup(Group),
+    /// Removes the group with this name (any case; not there is not an error).
+    RemoveGroup(String),
     /// Upsert by address.
     PutKeys(KnownKeys),
     /// Upsert by `(message_id, to)`.
@@ -204,6 +209,8 @@ pub struct Snapshot {
     pub keys: Vec<KnownKeys>,
     pub held: Vec<HeldMail>,
     pub downloads: Vec<DownloadRecord>,
+    /// Address-book groups.
+    pub groups: Vec<Group>,
 }
 
 /// A store failure, as text from the underlying engine.
@@ -248,6 +255,7 @@ struct MemoryInner {
     downloads: BTreeMap<AttachmentId, DownloadRecord>,
     chunks: BTreeMap<(AttachmentId, u32), Vec<u8>>,
     chunk_lists: BTreeMap<AttachmentId, Vec<Hash>>,
+    groups: BTreeMap<String, Group>,
 }
 
 impl MemoryStore {
@@ -269,6 +277,12 @@ impl MemoryStore {
             }
             StoreWrite::RemoveContact(a) => {
                 s.contacts.remove(&a);
+            }
+            StoreWrite::PutGroup(g) => {
+                s.groups.insert(g.key(), g);
+            }
+            StoreWrite::RemoveGroup(name) => {
+                s.groups.remove(&group_key(&name));
             }
             StoreWrite::PutKeys(k) => {
                 s.keys.insert(k.address.clone(), k);
@@ -328,6 +342,7 @@ impl MemoryStore {
             keys: s.keys.values().cloned().collect(),
             held: s.held.values().cloned().collect(),
             downloads: s.downloads.values().cloned().collect(),
+            groups: s.groups.values().cloned().collect(),
         }
     }
 }
@@ -402,6 +417,7 @@ pub mod conformance {
             .sort_by(|a, b| a.mail.message_id.cmp(&b.mail.message_id));
         s.contacts.sort();
         s.keys.sort_by(|a, b| a.address.cmp(&b.address));
+        s.groups.sort_by_key(|g| g.key());
         s
     }
 
@@ -501,6 +517,38 @@ pub mod conformance {
             .await
             .unwrap();
         assert_eq!(store.load().await.unwrap().contacts, vec![addr("bob@h")]);
+    }
+
+    pub async fn groups_upsert_and_remove_by_name(store: impl MailStore) {
+        let group = |name: &str, members: &[&str]| {
+            Group::new(name, members.iter().map(|m| addr(m)).collect()).expect("test group")
+        };
+        let team = group("team", &["bob@h", "carol@h"]);
+        let club = group("Book club", &["dan@h"]);
+        let old = group("old friends", &["eve@h"]);
+        for g in [team.clone(), club.clone(), old.clone()] {
+            store.apply(StoreWrite::PutGroup(g)).await.unwrap();
+        }
+        // The same name in another case replaces the group (name and members).
+        let team2 = group("Team", &["carol@h", "dan@h", "bob@h"]);
+        store
+            .apply(StoreWrite::PutGroup(team2.clone()))
+            .await
+            .unwrap();
+        store
+            .apply(StoreWrite::RemoveGroup("OLD  Friends".into()))
+            .await
+            .unwrap();
+        // Removing what is not there is not an error.
+        store
+            .apply(StoreWrite::RemoveGroup("nobody".into()))
+            .await
+            .unwrap();
+        let snap = store.load().await.unwrap();
+        let mut groups = snap.groups.clone();
+        groups.sort_by_key(|g| g.key());
+        assert_eq!(groups, vec![club, team2]);
+        assert!(snap.contacts.is_empty() && snap.inbox.is_empty());
     }
 
     pub async fn keys_upsert_by_address(store: impl MailStore) {
@@ -665,6 +713,10 @@ macro_rules! store_conformance_tests {
         #[$attr]
         async fn conformance_contacts_add_and_remove() {
             $crate::store::conformance::contacts_add_and_remove($make.await).await
+        }
+        #[$attr]
+        async fn conformance_groups_upsert_and_remove_by_name() {
+            $crate::store::conformance::groups_upsert_and_remove_by_name($make.await).await
         }
         #[$attr]
         async fn conformance_keys_upsert_by_address() {

@@ -18,8 +18,10 @@ use peermail_e2e::native::{random_bytes, NativeClient};
 use peermail_e2e::runner::Runner;
 use peermail_e2e::{netns, procs, Browser, Config, Harness};
 
+mod groups;
 mod native_peer;
 mod storage_node;
+use groups::groups_expand_to_their_members;
 use native_peer::native_peer_exchanges_mail_with_a_browser;
 use storage_node::{
     relay_hands_over_to_a_returning_storage_node, storage_node_pairs_keeps_and_serves_attachments,
@@ -45,6 +47,7 @@ const SCENARIOS: &[&str] = &[
     "native_peer_exchanges_mail_with_a_browser",
     "storage_node_pairs_keeps_and_serves_attachments",
     "relay_hands_over_to_a_returning_storage_node",
+    "groups_expand_to_their_members",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -136,6 +139,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(native_peer_exchanges_mail_with_a_browser);
     scenario!(storage_node_pairs_keeps_and_serves_attachments);
     scenario!(relay_hands_over_to_a_returning_storage_node);
+    scenario!(groups_expand_to_their_members);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {

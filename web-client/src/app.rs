@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use peermail_core::address::parse_address_list;
+use peermail_core::groups::{expand_recipients, Group};
 use peermail_core::store::{DeliveryState, InboxRecord};
 use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::{Address, Draft, MessageId, Node};
@@ -215,6 +215,7 @@ fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Ht
                 }) }
             </nav>
             { contacts(rt, node, state) }
+            { groups(rt, node, state) }
             { storage_node(rt, node) }
         </aside>
     }
@@ -274,6 +275,71 @@ fn contacts(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> H
                             <span class="presence-dot" data-status={status}></span>
                             <span class="address">{ a.to_string() }</span>
                             <button class="link remove" title="Remove contact" onclick={remove}>{ "×" }</button>
+                        </li>
+                    }
+                }) }
+            </ul>
+        </section>
+    }
+}
+
+/// Address-book groups: save one (a name and its members; an existing name, in any case,
+/// is replaced), see each with its members, remove one. Compose expands the names.
+fn groups(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
+    let name_ref = NodeRef::default();
+    let members_ref = NodeRef::default();
+    let save = {
+        let rt = rt.clone();
+        let state = state.clone();
+        let (name_ref, members_ref) = (name_ref.clone(), members_ref.clone());
+        move || {
+            let (Some(name), Some(members)) = (
+                name_ref.cast::<HtmlInputElement>(),
+                members_ref.cast::<HtmlInputElement>(),
+            ) else {
+                return;
+            };
+            match Group::parse(&name.value(), &members.value()) {
+                Ok(g) => {
+                    rt.put_group(g);
+                    name.set_value("");
+                    members.set_value("");
+                    state.dispatch(Action::GroupFailed(None));
+                }
+                Err(e) => state.dispatch(Action::GroupFailed(Some(e.to_string()))),
+            }
+        }
+    };
+    let onsubmit = {
+        let save = save.clone();
+        Callback::from(move |e: SubmitEvent| {
+            e.prevent_default();
+            save()
+        })
+    };
+    let onclick = Callback::from(move |e: MouseEvent| {
+        e.prevent_default();
+        save()
+    });
+    html! {
+        <section class="groups" id="groups">
+            <h2>{ "Groups" }</h2>
+            <form class="group-add" {onsubmit}>
+                <input id="group-name" ref={name_ref} type="text" placeholder="group name" autocomplete="off" maxlength="40" />
+                <input id="group-members" ref={members_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" />
+                <button id="group-add" type="submit" {onclick}>{ "Save group" }</button>
+            </form>
+            // Always present (empty without an error): an element appearing beside the form
+            // would make yew rebuild the form and lose what is typed in it.
+            <div id="group-error" class="error small">{ state.group_error.clone().unwrap_or_default() }</div>
+            <ul id="group-list" class="group-list">
+                { for node.groups().map(|g| {
+                    let remove = { let rt = rt.clone(); let name = g.name().to_string(); Callback::from(move |_: MouseEvent| rt.remove_group(name.clone())) };
+                    html! {
+                        <li class="group" data-name={g.name().to_string()}>
+                            <span class="group-name">{ g.name().to_string() }</span>
+                            <button class="link remove remove-group" title="Remove group" onclick={remove}>{ "×" }</button>
+                            <div class="group-members small">{ join(g.members()) }</div>
                         </li>
                     }
                 }) }
@@ -635,9 +701,11 @@ fn compose_form(props: &ComposeProps) -> Html {
                     .map(|i| i.value())
                     .unwrap_or_default()
             };
+            // Group names expand to their members here: a draft holds addresses only.
             let parse = |field: &str, text: &str| {
-                parse_address_list(text)
-                    .map_err(|(bad, err)| format!("{field}: “{bad}” is not an address ({err})"))
+                rt.with_node(|n| expand_recipients(text, n.groups()))
+                    .unwrap_or_else(|| Ok(Vec::new()))
+                    .map_err(|e| format!("{field}: {e}"))
             };
             let in_reply_to = prefill_id.clone();
             let draft = (|| {
@@ -724,7 +792,7 @@ fn compose_form(props: &ComposeProps) -> Html {
                 ondragover={drop.ondragover} ondragleave={drop.ondragleave} ondrop={drop.ondrop}>
                 <h1>{ title }</h1>
                 <label class="row"><span class="label">{ "To" }</span>
-                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host" autocomplete="off" /></label>
+                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host or a group name" autocomplete="off" /></label>
                 <label class="row"><span class="label">{ "Cc" }</span>
                     <input id="compose-cc" ref={cc_ref} type="text" autocomplete="off" /></label>
                 <label class="row"><span class="label">{ "Subject" }</span>

@@ -13,6 +13,7 @@ use std::rc::{Rc, Weak};
 
 use peermail_core::address::validate_name;
 use peermail_core::attach::{AttachmentId, AttachmentRef, FileCheck, RateMeter};
+use peermail_core::groups::Group;
 use peermail_core::identity::{register_message, Identity};
 use peermail_core::node::{FileCheckFailure, ServeRequest, UploadRequest};
 use peermail_core::store::{MailStore, StoreWrite};
@@ -523,6 +524,13 @@ impl Runtime {
     pub fn remove_contact(&self, address: Address) {
         self.input(Input::Command(Command::RemoveContact(address)));
     }
+    /// Saves an address-book group (replacing the one with the same name).
+    pub fn put_group(&self, group: Group) {
+        self.input(Input::Command(Command::PutGroup(group)));
+    }
+    pub fn remove_group(&self, name: String) {
+        self.input(Input::Command(Command::RemoveGroup(name)));
+    }
     /// Links the storage node that shows `code` to this account.
     pub fn pair_node(&self, code: String) {
         *self.pairing.borrow_mut() = Pairing {
@@ -959,7 +967,8 @@ impl Runtime {
             | Event::Received(_)
             | Event::InboxChanged
             | Event::OutgoingChanged(_)
-            | Event::ContactsChanged => {}
+            | Event::ContactsChanged
+            | Event::GroupsChanged => {}
         }
         self.changed();
     }

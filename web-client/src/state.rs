@@ -58,6 +58,8 @@ pub struct State {
     pub compose_error: Option<String>,
     /// Why the last contact could not be added.
     pub contact_error: Option<String>,
+    /// Why the last group could not be saved (`#group-error`).
+    pub group_error: Option<String>,
 }
 
 impl Default for State {
@@ -70,6 +72,7 @@ impl Default for State {
             prefill: Prefill::default(),
             compose_error: None,
             contact_error: None,
+            group_error: None,
         }
     }
 }
@@ -91,6 +94,7 @@ pub enum Action {
         id: MessageId,
     },
     ContactFailed(Option<String>),
+    GroupFailed(Option<String>),
 }
 
 impl Reducible for State {
@@ -131,6 +135,7 @@ impl Reducible for State {
                 s.selected = Some(id);
             }
             Action::ContactFailed(e) => s.contact_error = e,
+            Action::GroupFailed(e) => s.group_error = e,
         }
         Rc::new(s)
     }

@@ -1,6 +1,6 @@
 //! [`IdbStore`]: the [`MailStore`] contract on the browser's IndexedDB.
 //!
-//! One database per account store, six object stores with out-of-line keys:
+//! One database per account store, object stores with out-of-line keys:
 //!
 //! | object store | key | value |
 //! | --- | --- | --- |
@@ -13,6 +13,7 @@
 //! | `downloads` | attachment id (hex) | a [`DownloadRecord`] of a received attachment, as JSON (since version 4) |
 //! | `chunks` | `"<attachment id hex>/<index, 10 digits>"` | one encrypted chunk, as a Blob (since version 4) |
 //! | `chunk_lists` | attachment id (hex) | the chunk list of an attachment this node has whole (sent, or received and verified): the SHA-256 hashes concatenated, as a `Uint8Array` (since version 4) |
+//! | `groups` | the group's key (its name, lower-case) | an address-book [`Group`] as JSON (since version 5) |
 //!
 //! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
 //! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
@@ -22,6 +23,7 @@ use indexed_db_futures::database::{Database, VersionChangeEvent};
 use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::TransactionMode;
 use peermail_core::attach::{AttachmentId, Hash};
+use peermail_core::groups::{group_key, Group};
 use peermail_core::identity::Identity;
 use peermail_core::store::{
     DownloadRecord, HeldMail, InboxRecord, KnownKeys, MailStore, OutgoingMail, Snapshot,
@@ -33,7 +35,7 @@ use serde::Serialize;
 use wasm_bindgen::JsValue;
 
 /// Current schema version (see [`upgrade`]).
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 const IDENTITY: &str = "identity";
 const INBOX: &str = "inbox";
@@ -42,6 +44,7 @@ const CONTACTS: &str = "contacts";
 const KEYS: &str = "keys";
 const HELD: &str = "held";
 const DOWNLOADS: &str = "downloads";
+const GROUPS: &str = "groups";
 /// Encrypted attachment chunks (Blobs); see the module docs.
 pub const CHUNKS: &str = "chunks";
 /// Chunk lists of attachments this node has whole.
@@ -85,6 +88,9 @@ fn upgrade(event: &VersionChangeEvent, db: &Database) -> indexed_db_futures::Res
         for name in [DOWNLOADS, CHUNKS, CHUNK_LISTS] {
             db.create_object_store(name).build()?;
         }
+    }
+    if old < 5 {
+        db.create_object_store(GROUPS).build()?;
     }
     Ok(())
 }
@@ -162,7 +168,7 @@ impl MailStore for IdbStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let tx = self
             .db
-            .transaction([INBOX, OUTGOING, CONTACTS, KEYS, HELD, DOWNLOADS])
+            .transaction([INBOX, OUTGOING, CONTACTS, KEYS, HELD, DOWNLOADS, GROUPS])
             .build()
             .map_err(err)?;
         let mut snap = Snapshot::default();
@@ -184,6 +190,9 @@ impl MailStore for IdbStore {
         for s in all_values(&tx.object_store(DOWNLOADS).map_err(err)?).await? {
             snap.downloads.push(from_json::<DownloadRecord>(&s)?);
         }
+        for s in all_values(&tx.object_store(GROUPS).map_err(err)?).await? {
+            snap.groups.push(from_json::<Group>(&s)?);
+        }
         Ok(snap)
     }
 
@@ -199,6 +208,8 @@ impl MailStore for IdbStore {
             }
             StoreWrite::PutContact(a) => self.put(CONTACTS, &a.to_string(), to_json(&a)?).await,
             StoreWrite::RemoveContact(a) => self.delete(CONTACTS, &a.to_string()).await,
+            StoreWrite::PutGroup(g) => self.put(GROUPS, &g.key(), to_json(&g)?).await,
+            StoreWrite::RemoveGroup(name) => self.delete(GROUPS, &group_key(&name)).await,
             StoreWrite::PutKeys(k) => self.put(KEYS, &k.address.to_string(), to_json(&k)?).await,
             StoreWrite::PutHeld(h) => {
                 self.put(HELD, &held_key(&h.message_id, &h.to), to_json(&h)?)

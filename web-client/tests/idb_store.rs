@@ -89,3 +89,63 @@ async fn a_version_1_database_is_upgraded() {
     assert_eq!(snap.keys.len(), 1);
     assert_eq!(snap.keys[0].address, bob);
 }
+
+/// A database made by schema version 4 (before the `groups` store), holding a contact,
+/// opens upgraded with its data, and takes groups that survive a reopen.
+#[wasm_bindgen_test]
+async fn a_version_4_database_is_upgraded_and_takes_groups() {
+    use indexed_db_futures::database::Database;
+    use indexed_db_futures::prelude::*;
+    use indexed_db_futures::transaction::TransactionMode;
+    use peermail_core::groups::Group;
+    use peermail_core::store::{MailStore, StoreWrite};
+    let name = format!("peermail-test-v4-{}", js_sys::Date::now() as u64);
+    let bob: peermail_core::Address = "bob@h".parse().unwrap();
+    {
+        let db = Database::open(&name)
+            .with_version(4u32)
+            .with_on_upgrade_needed(|_, db| {
+                for n in [
+                    "identity",
+                    "inbox",
+                    "outgoing",
+                    "contacts",
+                    "keys",
+                    "held",
+                    "downloads",
+                    "chunks",
+                    "chunk_lists",
+                ] {
+                    db.create_object_store(n).build()?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let tx = db
+            .transaction("contacts")
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .unwrap();
+        tx.object_store("contacts")
+            .unwrap()
+            .put(serde_json::to_string(&bob).unwrap())
+            .with_key(bob.to_string())
+            .primitive()
+            .unwrap()
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        db.close();
+    }
+    let team = Group::parse("Team", "bob@h, carol@h").unwrap();
+    {
+        let s = IdbStore::open(&name).await.unwrap();
+        assert_eq!(s.load().await.unwrap().contacts, vec![bob.clone()]);
+        s.apply(StoreWrite::PutGroup(team.clone())).await.unwrap();
+    }
+    let s = IdbStore::open(&name).await.unwrap();
+    let snap = s.load().await.unwrap();
+    assert_eq!(snap.contacts, vec![bob]);
+    assert_eq!(snap.groups, vec![team]);
+}

@@ -570,7 +570,7 @@ async fn run(config: Config) -> Result<Value> {
         },
         "node_cpu_cores_during_transfer": { "median": median(&cpu), "samples": cpu },
         "notes": [
-            "Alice's page is reloaded before each browser and node run: her node asks the relay where a recipient's storage node is once per signaling session, and a later mail to the same recipient in that session is not offered to the node (core/src/node/pushes.rs: push_to_node runs on the registry's answer, the node's presence and a new channel, not on a new mail)",
+            "Alice's page is reloaded before each browser and node run: her node asks the relay where a recipient's storage node is once per signaling session, and, as read in core/src/node/pushes.rs (not exercised here), a later mail to the same recipient in that session is not offered to the node until the node's presence changes or a channel to it opens (push_to_node runs on the registry's answer, presence and a new channel, not on a new mail)",
         ],
         "runs": { "baseline": base_runs, "browser": browser_runs, "node": node_runs },
     }))

@@ -254,11 +254,13 @@ async fn run_node(
     // Sessions signed in again after the relay went away.
     let (session_tx, mut session_rx) = mpsc::unbounded_channel::<Result<Session>>();
     let mut backoff = Duration::from_secs(1);
+    let mut stats = LoopStats::default();
     node.handle(StorageInput::SignedIn, now());
     let mut heartbeat = tokio::time::interval(Duration::from_millis(NODE_HEARTBEAT_MS));
     let result = loop {
         // Everything the node asked for, in order (writes answer with more inputs).
         let mut inputs = VecDeque::new();
+        let outputs_from = std::time::Instant::now();
         loop {
             while let Some(out) = node.poll_output() {
                 execute(
@@ -272,6 +274,7 @@ async fn run_node(
                         serve: &serve_tx,
                         generations: &generations,
                         files: &node,
+                        stats: &mut stats,
                     },
                 )
                 .await;
@@ -281,6 +284,8 @@ async fn run_node(
                 None => break,
             }
         }
+        stats.outputs += outputs_from.elapsed();
+        stats.log_if_due();
         let deadline = node
             .poll_timeout()
             .map(|t| Duration::from_millis(t.saturating_sub(now()).max(250)))
@@ -337,16 +342,24 @@ async fn run_node(
                     node.handle(StorageInput::PeerDisconnected(p), now());
                 }
                 Some(RtcOut::Input(Input::Frame { peer, bytes })) => {
+                    let t = std::time::Instant::now();
+                    stats.since.get_or_insert(t);
+                    stats.frames += 1;
+                    stats.frame_bytes += bytes.len() as u64;
                     node.handle(StorageInput::Frame { peer, bytes }, now());
+                    stats.handle += t.elapsed();
                 }
                 Some(RtcOut::Input(_)) => {}
                 None => break Err(anyhow!("the WebRTC driver stopped")),
             },
             () = tokio::time::sleep(deadline) => node.handle(StorageInput::Tick, now()),
             () = tokio::time::sleep(flush_in) => {
+                let t = std::time::Instant::now();
                 if let Err(e) = records.flush(&disk) {
                     tracing::warn!("storage node: saving progress failed: {e:#}");
                 }
+                stats.flush += t.elapsed();
+                stats.flushes += 1;
             }
         }
     };
@@ -413,6 +426,63 @@ impl Records {
     }
 }
 
+/// Where the node's loop spends its time while frames arrive, for finding what limits a
+/// transfer: logged at debug level (`RUST_LOG=peermail_relay::storage_node=debug`; the
+/// `storage_node_transfer` bench reads it) every [`STATS_EVERY`] from the first frame on, and
+/// when a file is whole, then reset. `handle`: the state machine on received frames
+/// (decoding, the chunk's SHA-256); `outputs`: carrying out its outputs (including
+/// `put_chunk`, the positional writes, and records saved at once); `flush`: progress saved
+/// every [`RECORD_EVERY`] (chunks synced first); the rest of the wall time the loop waited
+/// for something to do.
+#[derive(Default)]
+struct LoopStats {
+    since: Option<std::time::Instant>,
+    frames: u64,
+    frame_bytes: u64,
+    handle: Duration,
+    outputs: Duration,
+    put_chunk: Duration,
+    /// Records saved at once (a new or finished file), within `outputs`.
+    flush_now: Duration,
+    flush: Duration,
+    flushes: u32,
+    /// A file is whole: log now.
+    force: bool,
+}
+
+/// How often [`LoopStats`] are logged.
+const STATS_EVERY: Duration = Duration::from_secs(2);
+
+impl LoopStats {
+    fn log_if_due(&mut self) {
+        if self.frames == 0 || !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let wall = self.since.map(|t| t.elapsed()).unwrap_or_default();
+        if wall < STATS_EVERY && !self.force {
+            return;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            "storage node loop: {} frames, {:.1} MB in {:.0} ms: handle {:.0} ms, outputs {:.0} ms \
+             (put_chunk {:.0} ms, records at once {:.0} ms), flush {:.0} ms ({} flushes), \
+             waiting {:.0} ms",
+            self.frames,
+            self.frame_bytes as f64 / 1e6,
+            ms(wall),
+            ms(self.handle),
+            ms(self.outputs),
+            ms(self.put_chunk),
+            ms(self.flush_now),
+            ms(self.flush),
+            self.flushes,
+            ms(wall.saturating_sub(self.handle + self.outputs + self.flush)),
+        );
+        // The next window starts with the next frame.
+        *self = LoopStats::default();
+    }
+}
+
 /// What `execute` works with.
 struct Ctx<'a> {
     node_inputs: &'a mut VecDeque<StorageInput>,
@@ -424,6 +494,7 @@ struct Ctx<'a> {
     serve: &'a mpsc::UnboundedSender<ServeJob>,
     generations: &'a Generations,
     files: &'a StorageNode,
+    stats: &'a mut LoopStats,
 }
 
 async fn execute(out: StorageOutput, cx: &mut Ctx<'_>) {
@@ -448,7 +519,9 @@ async fn execute(out: StorageOutput, cx: &mut Ctx<'_>) {
             index,
             data,
         } => {
+            let t = std::time::Instant::now();
             let result = cx.disk.put_chunk(attachment, index, &data);
+            cx.stats.put_chunk += t.elapsed();
             cx.node_inputs
                 .push_back(stored(attachment, Some(index), result));
         }
@@ -463,7 +536,10 @@ async fn execute(out: StorageOutput, cx: &mut Ctx<'_>) {
             let now_please = file.is_complete() || file.progress.chunks_held() == 0;
             cx.records.pending.insert(id, file);
             let result = if now_please {
-                cx.records.flush(cx.disk)
+                let t = std::time::Instant::now();
+                let r = cx.records.flush(cx.disk);
+                cx.stats.flush_now += t.elapsed();
+                r
             } else {
                 cx.records
                     .since
@@ -498,6 +574,7 @@ async fn execute(out: StorageOutput, cx: &mut Ctx<'_>) {
             *lock(cx.generations).entry(peer).or_default() += 1;
         }
         StorageOutput::Event(StorageEvent::FileComplete(id)) => {
+            cx.stats.force = true;
             if let Some(f) = cx.files.files().find(|f| f.id() == id) {
                 println!(
                     "kept {} ({} bytes) from {}",

@@ -9,6 +9,8 @@
 //!   written against `docs/ui-contract.md`.
 //! - [`native`]: a native signaling client (no browser) with its own account keys, for
 //!   parties the web client would never be, such as an attacker depositing forged mail.
+//! - [`bench`]: what the browser transfer benchmarks share (test files, the raw
+//!   data-channel baseline, one browser-to-browser transfer timed in the receiving page).
 //! - [`runner`]: runs scenarios in order, prints `test <name> ... ok|FAILED` and
 //!   `N passed, M failed`.
 //!
@@ -18,6 +20,7 @@
 //! `CHROMEDRIVER`, `CHROMIUM`, `PEERMAIL_E2E_WAIT_SECS` (per wait, default 30) and
 //! `PEERMAIL_E2E_CAPTURE=always` (screenshots after passing scenarios too).
 
+pub mod bench;
 pub mod browser;
 pub mod native;
 pub mod netns;

@@ -194,6 +194,14 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Milliseconds since the epoch.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The last `n` lines of a log file, for error messages.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -205,15 +213,29 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// (and copied to its log). Killed on drop.
 pub struct StorageNodeProc {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<(u64, String)>,
     /// Every line seen so far.
     pub seen: Vec<String>,
+    /// When each line of `seen` was read from the node's stdout (ms since the epoch, like a
+    /// page's `Date.now()`).
+    pub seen_at: Vec<u64>,
     pub log: PathBuf,
 }
 
 impl StorageNodeProc {
     /// Starts `relay node --relay-url RELAY --data-dir DATA_DIR`.
     pub fn start(config: &Config, relay_url: &str, data_dir: &Path) -> Result<Self> {
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_with_log(config, relay_url, data_dir, &rust_log)
+    }
+
+    /// Like [`StorageNodeProc::start`], with the node's `RUST_LOG` (its log goes to `log`).
+    pub fn start_with_log(
+        config: &Config,
+        relay_url: &str,
+        data_dir: &Path,
+        rust_log: &str,
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         // In the output directory, next to the relay's log, so it outlives the run.
         let name = data_dir
@@ -225,10 +247,7 @@ impl StorageNodeProc {
         let mut child = Command::new(&config.relay_bin)
             .args(["node", "--relay-url", relay_url, "--data-dir"])
             .arg(data_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -240,8 +259,9 @@ impl StorageNodeProc {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                let at = epoch_ms();
                 let _ = writeln!(stdout_log, "{line}");
-                if tx.send(line).is_err() {
+                if tx.send((at, line)).is_err() {
                     break;
                 }
             }
@@ -250,24 +270,50 @@ impl StorageNodeProc {
             child,
             lines,
             seen: Vec::new(),
+            seen_at: Vec::new(),
             log,
         })
+    }
+
+    /// The process id (in the namespace the tests run in).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits (up to `wait`) for a line starting with `prefix`, seen before or now; returns
     /// the rest of it.
     pub fn wait_line(&mut self, prefix: &str, wait: Duration) -> Result<String> {
+        self.wait_line_from(prefix, 0, wait).map(|(_, rest)| rest)
+    }
+
+    /// Like [`StorageNodeProc::wait_line`], among the lines from index `from` of `seen` on;
+    /// returns the line's index (see `seen_at`) and the rest of it.
+    pub fn wait_line_from(
+        &mut self,
+        prefix: &str,
+        from: usize,
+        wait: Duration,
+    ) -> Result<(usize, String)> {
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
-                return Ok(l[prefix.len()..].trim().to_string());
+            if let Some((i, l)) = self
+                .seen
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| l.starts_with(prefix))
+            {
+                return Ok((i, l[prefix.len()..].trim().to_string()));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self
                 .lines
                 .recv_timeout(left.min(Duration::from_millis(200)))
             {
-                Ok(line) => self.seen.push(line),
+                Ok((at, line)) => {
+                    self.seen.push(line);
+                    self.seen_at.push(at);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => bail!(
                     "the storage node printed no `{prefix}…` within {wait:?}; its output:\n{}",

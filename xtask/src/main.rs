@@ -6,8 +6,8 @@
 //! - `test`: setup, native tests, wasm browser tests, release web build, relay build,
 //!   end-to-end tests with real browsers. `.ci/run` calls this.
 //! - `e2e`: only the end-to-end tests (builds the artefacts when they are missing).
-//! - `bench`: the benchmarks, each beside a baseline measured in the same run; JSON reports
-//!   under `target/bench/`.
+//! - `bench [NAMES]`: the benchmarks (or only those named), each beside a baseline measured
+//!   in the same run; JSON reports under `target/bench/`.
 //!
 //! No dependencies beyond `anyhow`: everything is `std::process::Command`.
 
@@ -40,10 +40,13 @@ commands:
                  end-to-end browser tests
   e2e [ARGS]     only the end-to-end browser tests (builds missing artefacts first);
                  ARGS go to the e2e test binary (scenario name filters)
-  bench          benchmarks with same-run baselines (relay memory per idle connection,
+  bench [NAMES]  benchmarks with same-run baselines (relay memory per idle connection,
                  relay cache throughput beside Redis, browser-to-browser delivery latency,
-                 a 256 MiB attachment beside a raw data channel);
-                 JSON reports in target/bench/
+                 a 256 MiB attachment beside a raw data channel, the same file to a storage
+                 node beside browser to browser); JSON reports in target/bench/. NAMES
+                 (e.g. storage_node_transfer) run only those: signaling_memory,
+                 cache_throughput, delivery_latency, attachment_transfer,
+                 storage_node_transfer
 ";
 
 fn main() -> ExitCode {
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
         "serve" => serve(&ws, rest),
         "test" => test(&ws),
         "e2e" => e2e(&ws, rest, true),
-        "bench" => bench(&ws),
+        "bench" => bench(&ws, rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -410,9 +413,25 @@ fn e2e(ws: &Workspace, args: &[String], standalone: bool) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // bench
 
+/// The benchmarks `bench` runs, in order; each writes `target/bench/<name>.json`.
+const BENCHES: &[&str] = &[
+    "signaling_memory",
+    "cache_throughput",
+    "delivery_latency",
+    "attachment_transfer",
+    "storage_node_transfer",
+];
+
 /// Runs the benchmarks (release builds) and prints each report. Each benchmark measures its
 /// own baseline in the same run; compare ratios, not absolute times (the machines are noisy).
-fn bench(ws: &Workspace) -> Result<()> {
+fn bench(ws: &Workspace, names: &[String]) -> Result<()> {
+    if let Some(unknown) = names.iter().find(|n| !BENCHES.contains(&n.as_str())) {
+        bail!(
+            "no benchmark `{unknown}`; there are: {}",
+            BENCHES.join(", ")
+        );
+    }
+    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name);
     setup(ws)?;
     trunk_build(ws)?;
     step("bench: building the relay (release)");
@@ -428,71 +447,71 @@ fn bench(ws: &Workspace) -> Result<()> {
     let out = ws.target.join("bench");
     std::fs::create_dir_all(&out)?;
 
-    step("bench: relay memory per idle authenticated WebSocket (5,000 connections)");
-    run(cargo(ws)
-        .args([
-            "bench",
-            "-p",
-            "peermail-relay",
-            "--bench",
-            "signaling_memory",
-        ])
-        .env("PEERMAIL_RELAY_BIN", &relay)
-        .env("PEERMAIL_BENCH_OUT", &out))?;
-
-    step("bench: relay cache store-and-forward throughput beside Redis (50 clients, 1 KiB)");
-    if which("redis-server").is_none() || which("redis-benchmark").is_none() {
-        say("redis-server: installing (the baseline of the cache benchmark)");
-        run(sudo("apt-get").arg("update"))?;
-        run(sudo("apt-get").args(["install", "-y", "redis-server"]))?;
+    if wanted("signaling_memory") {
+        step("bench: relay memory per idle authenticated WebSocket (5,000 connections)");
+        run(cargo(ws)
+            .args([
+                "bench",
+                "-p",
+                "peermail-relay",
+                "--bench",
+                "signaling_memory",
+            ])
+            .env("PEERMAIL_RELAY_BIN", &relay)
+            .env("PEERMAIL_BENCH_OUT", &out))?;
     }
-    run(cargo(ws)
-        .args([
-            "bench",
-            "-p",
-            "peermail-relay",
-            "--bench",
-            "cache_throughput",
-        ])
-        .env("PEERMAIL_RELAY_BIN", &relay)
-        .env("PEERMAIL_BENCH_OUT", &out))?;
 
-    step("bench: Send-to-delivered latency between two browsers (private network namespace)");
+    if wanted("cache_throughput") {
+        step("bench: relay cache store-and-forward throughput beside Redis (50 clients, 1 KiB)");
+        if which("redis-server").is_none() || which("redis-benchmark").is_none() {
+            say("redis-server: installing (the baseline of the cache benchmark)");
+            run(sudo("apt-get").arg("update"))?;
+            run(sudo("apt-get").args(["install", "-y", "redis-server"]))?;
+        }
+        run(cargo(ws)
+            .args([
+                "bench",
+                "-p",
+                "peermail-relay",
+                "--bench",
+                "cache_throughput",
+            ])
+            .env("PEERMAIL_RELAY_BIN", &relay)
+            .env("PEERMAIL_BENCH_OUT", &out))?;
+    }
+
+    // The browser benchmarks (private network namespace).
     let e2e_out = ws.target.join("e2e-bench");
     std::fs::create_dir_all(&e2e_out)?;
-    run(cargo(ws)
-        .args(["bench", "-p", "peermail-e2e", "--bench", "delivery_latency"])
-        .env("PEERMAIL_RELAY_BIN", &relay)
-        .env("PEERMAIL_DIST", ws.dist())
-        .env("PEERMAIL_E2E_OUT", &e2e_out)
-        .env("PEERMAIL_BENCH_OUT", &out)
-        .env("CHROMEDRIVER", CHROMEDRIVER)
-        .env("CHROMIUM", CHROMIUM))?;
-
-    step("bench: a 256 MiB attachment between two browsers beside a raw data channel");
-    run(cargo(ws)
-        .args([
-            "bench",
-            "-p",
-            "peermail-e2e",
-            "--bench",
-            "attachment_transfer",
-        ])
-        .env("PEERMAIL_RELAY_BIN", &relay)
-        .env("PEERMAIL_DIST", ws.dist())
-        .env("PEERMAIL_E2E_OUT", &e2e_out)
-        .env("PEERMAIL_BENCH_OUT", &out)
-        .env("CHROMEDRIVER", CHROMEDRIVER)
-        .env("CHROMIUM", CHROMIUM))?;
+    let browser_bench = |name: &str| {
+        run(cargo(ws)
+            .args(["bench", "-p", "peermail-e2e", "--bench", name])
+            .env("PEERMAIL_RELAY_BIN", &relay)
+            .env("PEERMAIL_DIST", ws.dist())
+            .env("PEERMAIL_E2E_OUT", &e2e_out)
+            .env("PEERMAIL_BENCH_OUT", &out)
+            .env("CHROMEDRIVER", CHROMEDRIVER)
+            .env("CHROMIUM", CHROMIUM))
+    };
+    if wanted("delivery_latency") {
+        step("bench: Send-to-delivered latency between two browsers (private network namespace)");
+        browser_bench("delivery_latency")?;
+    }
+    if wanted("attachment_transfer") {
+        step("bench: a 256 MiB attachment between two browsers beside a raw data channel");
+        browser_bench("attachment_transfer")?;
+    }
+    if wanted("storage_node_transfer") {
+        step(
+            "bench: a 256 MiB attachment to a storage node (`relay node`) beside browser to \
+             browser and a raw data channel",
+        );
+        browser_bench("storage_node_transfer")?;
+    }
 
     step(&format!("bench: reports in {}", out.display()));
-    for name in [
-        "signaling_memory.json",
-        "cache_throughput.json",
-        "delivery_latency.json",
-        "attachment_transfer.json",
-    ] {
-        say(&format!("  {}", out.join(name).display()));
+    for name in BENCHES.iter().filter(|n| wanted(n)) {
+        say(&format!("  {}", out.join(format!("{name}.json")).display()));
     }
     Ok(())
 }

@@ -381,3 +381,20 @@ fn a_node_that_has_the_file_releases_the_relays_copy() {
     w.online(&bob);
     assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
 }
+
+/// A second mail to the same recipient in the same session is handed to the node too (the
+/// registry is asked once per session; the node's presence does not change in between).
+#[test]
+fn a_second_mail_in_the_same_session_goes_to_the_node_too() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.storage_online(&node);
+    let first = w.attach_file_with(&alice, "one.bin", &file(2 * CHUNK_BYTES, 11), 11, false);
+    w.send_with(&alice, &[&bob], "one", vec![first.clone()]);
+    assert!(w.storage_has(&node, first.id));
+    let second = w.attach_file_with(&alice, "two.bin", &file(3 * CHUNK_BYTES, 12), 12, false);
+    w.send_with(&alice, &[&bob], "two", vec![second.clone()]);
+    assert!(w.storage_has(&node, second.id), "handed over without a new session");
+}

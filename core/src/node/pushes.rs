@@ -78,19 +78,24 @@ impl Node {
         out
     }
 
-    /// Asks the registry about the storage nodes of recipients not asked this session.
+    /// Asks the registry about the storage nodes of recipients not asked this session, and
+    /// hands new files to the nodes of those already known.
     pub(super) fn locate_recipient_nodes(&mut self) {
         if !self.authenticated {
             return;
         }
-        let ask: Vec<Address> = self
-            .recipients_needing_files()
-            .into_iter()
-            .filter(|r| !self.located.contains(r))
-            .collect();
+        let needing = self.recipients_needing_files();
+        let (known, ask): (Vec<Address>, Vec<Address>) =
+            needing.into_iter().partition(|r| self.located.contains(r));
         for address in ask {
             self.located.insert(address.clone());
             self.emit(Output::ToServer(ClientFrame::LocateNode { address }));
+        }
+        for person in known {
+            if let Some(node) = self.recipient_nodes.get(&person).cloned() {
+                self.subscribe([node.clone()]);
+                self.push_to_node(&node);
+            }
         }
     }
 

@@ -42,10 +42,10 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use peermail_e2e::bench::{
-    app_run, baseline_run, free_bytes, mb_s, median, report_dir, write_file, BROWSER_ARGS,
-    MESSAGE_BYTES, MIB, TRANSFER_LIMIT,
+    app_run, baseline_run, free_bytes, mb_s, median, write_file, BROWSER_ARGS, MESSAGE_BYTES, MIB,
+    TRANSFER_LIMIT,
 };
-use peermail_e2e::{netns, Browser, Config, Harness};
+use peermail_e2e::{Browser, Config, Harness};
 use serde_json::{json, Value};
 
 const GOAL: f64 = 0.8;
@@ -362,63 +362,28 @@ async fn run(config: Config) -> Result<Value> {
 }
 
 fn main() -> ExitCode {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("bench: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(code) = netns::enter("bench") {
-        return code;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(3600), run(config)).await })
-    {
-        Ok(Ok(report)) => {
-            let dir = report_dir();
-            let _ = std::fs::create_dir_all(&dir);
-            let text = serde_json::to_string_pretty(&report).expect("json");
-            if let Err(e) = std::fs::write(dir.join("attachment_transfer.json"), &text) {
-                eprintln!("bench: writing the report: {e}");
-                return ExitCode::FAILURE;
-            }
-            let g = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-            let mib = |v: &Value| g(v) / MIB as f64;
-            let heap = &report["bob_peak_js_heap_bytes"];
-            let wasm = &report["bob_wasm_memory_bytes"];
-            println!(
-                "attachment transfer ({} MiB, median of {}): app {:.2} MB/s beside a raw data channel at {:.2} MB/s: \
-                 ratio {:.2} (goal {GOAL}: {}); sealing at Send {:.1} s; receiver's peak JS heap {:.1} MiB \
-                 ({:.1} MiB at half size: {}), wasm memory {:.1} MiB ({:.1} MiB at half size: {})",
-                g(&report["file_bytes"]) / MIB as f64,
-                report["rounds"],
-                g(&report["app_mb_s"]["median"]),
-                g(&report["baseline_mb_s"]["median"]),
-                g(&report["ratio"]),
-                if report["meets_goal"] == true { "met" } else { "not met" },
-                g(&report["sealing_ms"]["median"]) / 1000.0,
-                mib(&heap["full_size_median"]),
-                mib(&heap["half_size"]),
-                if heap["heap_flat"] == true { "flat" } else { "not flat" },
-                mib(&wasm["full_size_median"]),
-                mib(&wasm["half_size"]),
-                if wasm["wasm_flat"] == true { "flat" } else { "not flat" },
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(Err(e)) => {
-            eprintln!("bench: {e:#}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("bench: timed out after an hour");
-            ExitCode::FAILURE
-        }
-    }
+    peermail_e2e::bench::bench_main("attachment_transfer.json", run, |report| {
+        let g = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let mib = |v: &Value| g(v) / MIB as f64;
+        let heap = &report["bob_peak_js_heap_bytes"];
+        let wasm = &report["bob_wasm_memory_bytes"];
+        format!(
+        "attachment transfer ({} MiB, median of {}): app {:.2} MB/s beside a raw data channel at {:.2} MB/s: \
+         ratio {:.2} (goal {GOAL}: {}); sealing at Send {:.1} s; receiver's peak JS heap {:.1} MiB \
+         ({:.1} MiB at half size: {}), wasm memory {:.1} MiB ({:.1} MiB at half size: {})",
+        g(&report["file_bytes"]) / MIB as f64,
+        report["rounds"],
+        g(&report["app_mb_s"]["median"]),
+        g(&report["baseline_mb_s"]["median"]),
+        g(&report["ratio"]),
+        if report["meets_goal"] == true { "met" } else { "not met" },
+        g(&report["sealing_ms"]["median"]) / 1000.0,
+        mib(&heap["full_size_median"]),
+        mib(&heap["half_size"]),
+        if heap["heap_flat"] == true { "flat" } else { "not flat" },
+        mib(&wasm["full_size_median"]),
+        mib(&wasm["half_size"]),
+        if wasm["wasm_flat"] == true { "flat" } else { "not flat" },
+    )
+    })
 }

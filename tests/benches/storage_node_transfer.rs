@@ -19,8 +19,8 @@
 //! - **node**: Alice mails Bob the file; his node pulls it.
 //!
 //! Alice's page is reloaded before each browser and node run, so each starts with a fresh
-//! page and a fresh signaling session (a sender asks the relay where a recipient's node is
-//! once per session; see the report's `notes`).
+//! page and a fresh signaling session (no channel or registry answer of an earlier run
+//! carries over).
 //!
 //! Timing, the same two instants on both paths (MB = 10⁶ bytes):
 //! - **first → done** (the headline figures and `ratio`): from the first chunk stored at the
@@ -55,11 +55,11 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use peermail_e2e::bench::{
-    app_run, baseline_run, free_bytes, mb_s, median, poll, report_dir, write_file,
-    ALICE_SEAL_OBSERVER, BROWSER_ARGS, MESSAGE_BYTES, MIB, TRANSFER_LIMIT,
+    app_run, baseline_run, free_bytes, mb_s, median, poll, write_file, ALICE_SEAL_OBSERVER,
+    BROWSER_ARGS, MESSAGE_BYTES, MIB, TRANSFER_LIMIT,
 };
 use peermail_e2e::procs::StorageNodeProc;
-use peermail_e2e::{netns, Browser, Config, Harness};
+use peermail_e2e::{Browser, Config, Harness};
 use serde_json::{json, Value};
 
 /// The issue's goal: node ÷ browser.
@@ -570,68 +570,33 @@ async fn run(config: Config) -> Result<Value> {
         },
         "node_cpu_cores_during_transfer": { "median": median(&cpu), "samples": cpu },
         "notes": [
-            "Alice's page is reloaded before each browser and node run: her node asks the relay where a recipient's storage node is once per signaling session, and, as read in core/src/node/pushes.rs (not exercised here), a later mail to the same recipient in that session is not offered to the node until the node's presence changes or a channel to it opens (push_to_node runs on the registry's answer, presence and a new channel, not on a new mail)",
+            "Alice's page is reloaded before each browser and node run, so every run starts from a fresh signaling session (no channel or registry answer of an earlier run carries over)",
         ],
         "runs": { "baseline": base_runs, "browser": browser_runs, "node": node_runs },
     }))
 }
 
 fn main() -> ExitCode {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("bench: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(code) = netns::enter("bench") {
-        return code;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(3600), run(config)).await })
-    {
-        Ok(Ok(report)) => {
-            let dir = report_dir();
-            let _ = std::fs::create_dir_all(&dir);
-            let text = serde_json::to_string_pretty(&report).expect("json");
-            if let Err(e) = std::fs::write(dir.join("storage_node_transfer.json"), &text) {
-                eprintln!("bench: writing the report: {e}");
-                return ExitCode::FAILURE;
-            }
-            let g = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-            let mem = &report["node_memory_mib"];
-            println!(
-                "storage node transfer ({} MiB, median of {}): browser -> storage node {:.2} MB/s beside \
-                 browser -> browser {:.2} MB/s and a raw data channel at {:.2} MB/s: ratio {:.2} \
-                 (goal {GOAL}: {}), node/raw {:.2}; sent -> done ratio {:.2}; the node's peak RSS \
-                 {:.1} MiB (idle {:.1} MiB), {:.2} cores",
-                g(&report["file_bytes"]) / MIB as f64,
-                report["rounds"],
-                g(&report["node_mb_s"]["median"]),
-                g(&report["browser_mb_s"]["median"]),
-                g(&report["baseline_mb_s"]["median"]),
-                g(&report["ratio"]),
-                if report["meets_goal"] == true { "met" } else { "not met" },
-                g(&report["ratio_node_to_baseline"]),
-                g(&report["sent_to_done"]["ratio"]),
-                g(&mem["peak_vmhwm_median"]),
-                g(&mem["rss_after_pairing"]),
-                g(&report["node_cpu_cores_during_transfer"]["median"]),
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(Err(e)) => {
-            eprintln!("bench: {e:#}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("bench: timed out after an hour");
-            ExitCode::FAILURE
-        }
-    }
+    peermail_e2e::bench::bench_main("storage_node_transfer.json", run, |report| {
+        let g = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let mem = &report["node_memory_mib"];
+        format!(
+        "storage node transfer ({} MiB, median of {}): browser -> storage node {:.2} MB/s beside \
+         browser -> browser {:.2} MB/s and a raw data channel at {:.2} MB/s: ratio {:.2} \
+         (goal {GOAL}: {}), node/raw {:.2}; sent -> done ratio {:.2}; the node's peak RSS \
+         {:.1} MiB (idle {:.1} MiB), {:.2} cores",
+        g(&report["file_bytes"]) / MIB as f64,
+        report["rounds"],
+        g(&report["node_mb_s"]["median"]),
+        g(&report["browser_mb_s"]["median"]),
+        g(&report["baseline_mb_s"]["median"]),
+        g(&report["ratio"]),
+        if report["meets_goal"] == true { "met" } else { "not met" },
+        g(&report["ratio_node_to_baseline"]),
+        g(&report["sent_to_done"]["ratio"]),
+        g(&mem["peak_vmhwm_median"]),
+        g(&mem["rss_after_pairing"]),
+        g(&report["node_cpu_cores_during_transfer"]["median"]),
+    )
+    })
 }

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -485,4 +486,52 @@ pub fn report_dir() -> PathBuf {
     std::env::var_os("PEERMAIL_BENCH_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"))
+}
+
+/// The entry point of a browser benchmark: reads the configuration, enters a private
+/// network namespace, runs `run` (an hour at most) on a two-thread runtime, writes its report
+/// as `target/bench/<file>` and prints `summary(report)`.
+pub fn bench_main<F, Fut>(file: &str, run: F, summary: impl FnOnce(&Value) -> String) -> ExitCode
+where
+    F: FnOnce(crate::Config) -> Fut,
+    Fut: std::future::Future<Output = Result<Value>>,
+{
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let config = match crate::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(code) = crate::netns::enter("bench") {
+        return code;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(3600), run(config)).await })
+    {
+        Ok(Ok(report)) => {
+            let dir = report_dir();
+            let _ = std::fs::create_dir_all(&dir);
+            let text = serde_json::to_string_pretty(&report).expect("json");
+            if let Err(e) = std::fs::write(dir.join(file), &text) {
+                eprintln!("bench: writing the report: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", summary(&report));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("bench: timed out after an hour");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -606,6 +606,39 @@ impl Download {
         self.has_list() && self.held == self.chunk_count()
     }
 
+    /// The next request of a transfer keeping at most `window` chunks in flight: once no
+    /// more than half the window is out (`requested`, not arrived, plus `unstored`, arrived
+    /// and not stored yet), the missing chunks not requested yet to fill it, as ranges in
+    /// order, added to `requested`. Empty when the window is still busy or nothing is left.
+    pub fn next_request(
+        &self,
+        requested: &mut std::collections::BTreeSet<u32>,
+        unstored: u32,
+        window: u32,
+    ) -> Vec<(u32, u32)> {
+        let in_flight = requested.len() as u32 + unstored;
+        if in_flight > window / 2 {
+            return Vec::new();
+        }
+        let mut want = window - in_flight;
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        for r in self.missing(window + in_flight) {
+            for i in r {
+                if want == 0 {
+                    break;
+                }
+                if requested.insert(i) {
+                    want -= 1;
+                    match ranges.last_mut() {
+                        Some((_, end)) if *end == i => *end += 1,
+                        _ => ranges.push((i, i + 1)),
+                    }
+                }
+            }
+        }
+        ranges
+    }
+
     /// Up to `max_chunks` missing chunks, as ranges in order, to ask for next.
     pub fn missing(&self, max_chunks: u32) -> Vec<Range<u32>> {
         let mut out: Vec<Range<u32>> = Vec::new();

@@ -803,26 +803,10 @@ impl StorageNode {
             }
             return;
         }
-        let busy = k.requested.len() as u32 + k.unstored;
-        if busy >= WINDOW / 2 {
-            return;
-        }
-        let mut ranges = Vec::new();
-        let mut budget = WINDOW - busy;
-        for r in k.file.progress.missing(WINDOW * 2) {
-            for i in r {
-                if budget == 0 {
-                    break;
-                }
-                if k.requested.insert(i) {
-                    budget -= 1;
-                    match ranges.last_mut() {
-                        Some((_, end)) if *end == i => *end += 1,
-                        _ => ranges.push((i, i + 1)),
-                    }
-                }
-            }
-        }
+        let ranges = k
+            .file
+            .progress
+            .next_request(&mut k.requested, k.unstored, WINDOW);
         if ranges.is_empty() {
             return;
         }

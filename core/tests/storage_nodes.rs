@@ -396,5 +396,8 @@ fn a_second_mail_in_the_same_session_goes_to_the_node_too() {
     assert!(w.storage_has(&node, first.id));
     let second = w.attach_file_with(&alice, "two.bin", &file(3 * CHUNK_BYTES, 12), 12, false);
     w.send_with(&alice, &[&bob], "two", vec![second.clone()]);
-    assert!(w.storage_has(&node, second.id), "handed over without a new session");
+    assert!(
+        w.storage_has(&node, second.id),
+        "handed over without a new session"
+    );
 }

@@ -468,26 +468,10 @@ impl Node {
             return;
         }
         // Top the window up once half of it arrived and was stored.
-        let in_flight = d.requested.len() as u32 + d.unstored;
-        if in_flight > WINDOW / 2 {
-            return;
-        }
-        let mut want = WINDOW - in_flight;
-        let mut ranges: Vec<(u32, u32)> = Vec::new();
-        for r in d.record.progress.missing(WINDOW + in_flight) {
-            for i in r {
-                if want == 0 {
-                    break;
-                }
-                if d.requested.insert(i) {
-                    want -= 1;
-                    match ranges.last_mut() {
-                        Some((_, end)) if *end == i => *end += 1,
-                        _ => ranges.push((i, i + 1)),
-                    }
-                }
-            }
-        }
+        let ranges = d
+            .record
+            .progress
+            .next_request(&mut d.requested, d.unstored, WINDOW);
         if ranges.is_empty() {
             return;
         }

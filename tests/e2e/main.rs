@@ -1388,17 +1388,8 @@ async fn small_attachment_reaches_an_offline_recipient_through_the_relay(
     alice
         .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
         .await?;
-    let kept = format!("still needed by {bob_addr} (kept at the relay)");
-    let kept = &kept;
     alice
-        .wait_until("the relay to keep the whole file", || async move {
-            let listed = alice.attachments().await?;
-            Ok(if listed.iter().any(|a| &a.status == kept) {
-                Ok(())
-            } else {
-                Err(format!("{listed:?}"))
-            })
-        })
+        .wait_attachment_status(&format!("still needed by {bob_addr} (kept at the relay)"))
         .await?;
     relay_files_lack(w, &[MARKER])?;
     w.browsers

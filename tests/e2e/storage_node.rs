@@ -82,19 +82,8 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
         "the node printed `kept {kept}`"
     );
     let alice = w.get("alice")?;
-    let expect = format!("kept on the storage node of {bob_addr}");
     alice
-        .wait_until("Alice's page to say the file is kept on Bob's node", || {
-            let expect = expect.clone();
-            async move {
-                let listed = alice.attachments().await?;
-                Ok(if listed.iter().any(|a| a.status.contains(&expect)) {
-                    Ok(())
-                } else {
-                    Err(format!("{listed:?}"))
-                })
-            }
-        })
+        .wait_attachment_status(&format!("kept on the storage node of {bob_addr}"))
         .await?;
     w.browsers
         .get_mut("alice")
@@ -179,17 +168,8 @@ pub(crate) async fn relay_hands_over_to_a_returning_storage_node(w: &mut World) 
     alice
         .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
         .await?;
-    let kept_at_relay = format!("still needed by {bob_addr} (kept at the relay)");
-    let kept_at_relay = &kept_at_relay;
     alice
-        .wait_until("the file to be kept at the relay", || async move {
-            let listed = alice.attachments().await?;
-            Ok(if listed.iter().any(|a| &a.status == kept_at_relay) {
-                Ok(())
-            } else {
-                Err(format!("{listed:?}"))
-            })
-        })
+        .wait_attachment_status(&format!("still needed by {bob_addr} (kept at the relay)"))
         .await?;
     w.browsers
         .get_mut("alice")

@@ -618,6 +618,19 @@ impl Browser {
         .await
     }
 
+    /// Waits until the status line of some listed attachment contains `text` (the sender's
+    /// side: "still needed by …", "kept on the storage node of …").
+    pub async fn wait_attachment_status(&self, text: &str) -> Result<Attachment> {
+        self.wait_until(&format!("an attachment to read {text:?}"), || async move {
+            let listed = self.attachments().await?;
+            Ok(match listed.iter().find(|a| a.status.contains(text)) {
+                Some(a) => Ok(a.clone()),
+                None => Err(format!("{listed:?}")),
+            })
+        })
+        .await
+    }
+
     /// Adds `address` to the contacts (unless it is there already).
     pub async fn add_contact(&self, address: &str) -> Result<()> {
         let sel = format!(".contact[data-address=\"{}\"]", css_escape(address));

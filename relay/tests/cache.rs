@@ -1073,7 +1073,7 @@ async fn a_sender_can_check_that_its_deposit_is_still_kept() {
 /// errors about the file, and files above the inline limit are not kept.
 #[tokio::test]
 async fn inline_attachments_are_kept_checked_fetched_by_the_recipient_only_and_released() {
-    use peermail_core::attach::{AttachmentId, FileSealer, CHUNK_BYTES};
+    use peermail_core::attach::CHUNK_BYTES;
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start_with(dir.path(), |c| {
         c.inline_limit_bytes = 3 * CHUNK_BYTES as u64
@@ -1094,24 +1094,7 @@ async fn inline_attachments_are_kept_checked_fetched_by_the_recipient_only_and_r
     let bytes: Vec<u8> = (0..2 * CHUNK_BYTES + 500)
         .map(|i| (i % 253) as u8)
         .collect();
-    let mut sealer = FileSealer::new(
-        AttachmentId([5; 16]),
-        [6; 32],
-        "plan.pdf",
-        "application/pdf",
-        bytes.len() as u64,
-    )
-    .unwrap();
-    let mut chunks = Vec::new();
-    while let Some(r) = sealer.next_range() {
-        chunks.push(
-            sealer
-                .push(&bytes[r.start as usize..r.end as usize])
-                .unwrap()
-                .data,
-        );
-    }
-    let (att, hashes) = sealer.finish(true).unwrap();
+    let (att, hashes, chunks) = common::sealed_file(&bytes, 5);
     let announce = |message_id: &MessageId, size: u64| ClientFrame::DepositFile {
         to: to.clone(),
         message_id: message_id.clone(),

@@ -370,7 +370,7 @@ async fn pairing_survives_a_restart_a_new_node_replaces_the_old_and_wrong_codes_
 #[tokio::test]
 async fn a_node_lists_fetches_and_releases_what_the_relay_keeps_for_its_owner() {
     use base64::Engine as _;
-    use peermail_core::attach::{AttachmentId, FileSealer, CHUNK_BYTES};
+    use peermail_core::attach::CHUNK_BYTES;
     use peermail_core::mail::MessageId;
     use peermail_core::wire::signal::FileItem;
     const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -412,24 +412,7 @@ async fn a_node_lists_fetches_and_releases_what_the_relay_keeps_for_its_owner() 
     .await;
     assert!(matches!(a.recv().await, ServerFrame::Deposited { .. }));
     let bytes: Vec<u8> = (0..2 * CHUNK_BYTES + 77).map(|i| (i % 241) as u8).collect();
-    let mut sealer = FileSealer::new(
-        AttachmentId([5; 16]),
-        [6; 32],
-        "f",
-        "x/y",
-        bytes.len() as u64,
-    )
-    .unwrap();
-    let mut chunks = Vec::new();
-    while let Some(r) = sealer.next_range() {
-        chunks.push(
-            sealer
-                .push(&bytes[r.start as usize..r.end as usize])
-                .unwrap()
-                .data,
-        );
-    }
-    let (att, hashes) = sealer.finish(true).unwrap();
+    let (att, hashes, chunks) = common::sealed_file(&bytes, 5);
     a.send(ClientFrame::DepositFile {
         to: bob.address.clone(),
         message_id: message_id.clone(),

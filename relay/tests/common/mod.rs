@@ -201,3 +201,36 @@ impl Client {
         c
     }
 }
+
+/// `bytes` encrypted as an inline attachment with id `[n; 16]`: its description, its chunk
+/// list and its encrypted chunks.
+#[allow(dead_code)] // not every test binary seals files
+pub fn sealed_file(
+    bytes: &[u8],
+    n: u8,
+) -> (
+    peermail_core::attach::AttachmentRef,
+    Vec<peermail_core::attach::Hash>,
+    Vec<Vec<u8>>,
+) {
+    use peermail_core::attach::{AttachmentId, FileSealer};
+    let mut sealer = FileSealer::new(
+        AttachmentId([n; 16]),
+        [n.wrapping_add(1); 32],
+        "file.bin",
+        "application/octet-stream",
+        bytes.len() as u64,
+    )
+    .unwrap();
+    let mut chunks = Vec::new();
+    while let Some(r) = sealer.next_range() {
+        chunks.push(
+            sealer
+                .push(&bytes[r.start as usize..r.end as usize])
+                .unwrap()
+                .data,
+        );
+    }
+    let (att, hashes) = sealer.finish(true).unwrap();
+    (att, hashes, chunks)
+}

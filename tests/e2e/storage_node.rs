@@ -14,8 +14,9 @@ use super::{noise, same_file, test_file, World};
 /// in and shows as available. Bob closes his browser; Alice mails him a 50 MiB file (above
 /// the inline limit): her browser hands it to Bob's node, which pulls it over a data
 /// channel (the node prints it kept the whole file) and Alice's page says it is kept on
-/// Bob's storage node. Alice closes her browser; Bob opens his and gets the file from his
-/// node — byte for byte the original. The node stopped, Bob's panel shows it unavailable;
+/// Bob's storage node. Alice closes her browser; Bob opens his and his page fetches the file
+/// from his node; the relay is stopped in the middle of the transfer, which goes on over the
+/// open channel to the end — byte for byte the original. The relay starts again. The node stopped, Bob's panel shows it unavailable;
 /// started again from its data directory, it signs in without pairing.
 pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "The raw footage";
@@ -91,9 +92,25 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
         .close()
         .await?;
 
-    // Bob, with Alice away, gets the file from his node.
+    // Bob, with Alice away, gets the file from his node. Once it comes from there, the relay
+    // stops: the transfer goes on over the open data channel.
     let bob = w.person("bob").await?;
     bob.open_mail("inbox", SUBJECT).await?;
+    bob.wait_for_text(
+        &format!("li.attachment[data-name=\"{NAME}\"] .attachment-source"),
+        "from your storage node",
+    )
+    .await?;
+    let relay_data = w.h.scratch.path().join("relay-data");
+    w.h.relay.stop();
+    let bob = w.get("bob")?;
+    let at_stop = bob
+        .wait_attachment(NAME, &["fetching", "checking", "complete"])
+        .await?;
+    ensure!(
+        at_stop.state.as_deref() == Some("fetching"),
+        "the file was whole before the relay stopped ({at_stop:?}): nothing was read without it"
+    );
     // 50 MiB over a data channel on a busy two-core machine: more time than one wait.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
@@ -101,8 +118,8 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
         let a = listed.iter().find(|a| a.name.as_deref() == Some(NAME));
         match a.and_then(|a| a.state.as_deref()) {
             Some("complete") => break,
-            Some("fetching" | "checking" | "waiting") => {}
-            _ => anyhow::bail!("Bob's copy of {NAME} reads {a:?}"),
+            Some("fetching" | "checking") => {}
+            _ => anyhow::bail!("with the relay stopped, Bob's copy of {NAME} reads {a:?}"),
         }
         ensure!(
             tokio::time::Instant::now() < deadline,
@@ -116,6 +133,22 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
     .await?;
     let saved = bob.wait_saved(NAME).await?;
     same_file(NAME, &saved, &footage)?;
+
+    // The relay again (same port and data): the pages and the node sign in again.
+    let config = w.h.config.clone();
+    w.h.relay.restart(&config, &relay_data)?;
+    w.get("bob")?.wait_online().await?;
+    // The node signs in again (with its backoff) after the line saying it kept the file.
+    let kept_at = node
+        .seen
+        .iter()
+        .position(|l| l.starts_with("kept"))
+        .context("the node's `kept` line")?;
+    node.wait_line_from(
+        "storage node",
+        kept_at + 1,
+        Duration::from_secs(90).max(wait),
+    )?;
 
     // The node goes away and comes back from its data directory, without pairing.
     node.kill();

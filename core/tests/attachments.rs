@@ -416,6 +416,27 @@ fn a_small_attachment_reaches_an_offline_recipient_through_the_relay() {
     assert!(w.outgoing(&alice, &id).still_needed_by(att.id).is_empty());
 }
 
+/// The order a received file is looked for in: the relay's copy before the sender's node,
+/// even when the sender is online too.
+#[test]
+fn the_relays_copy_is_used_before_the_online_senders() {
+    let mut w = world_with(&["alice", "bob"]);
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    w.offline(&bob);
+    let bytes = file(3 * CHUNK_BYTES, 21);
+    let att = w.attach_file(&alice, "agenda.pdf", &bytes, 21);
+    w.send_with(&alice, &[&bob], "agenda", vec![att.clone()]);
+    assert!(w.files.contains_key(&(bob.clone(), att.id)));
+    // Both are online when Bob comes back.
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+    assert_eq!(w.relay_chunks_served, 3, "from the relay");
+    assert_eq!(w.chunks_served, 0, "not from Alice's node");
+}
+
 #[test]
 fn a_relay_copy_that_does_not_match_the_mail_is_not_used() {
     let mut w = world_with(&["alice", "bob"]);

@@ -369,10 +369,12 @@ impl Node {
                 return Some(Source::Peer(node.clone()));
             }
         }
-        if linked(&d.record.from) {
-            Some(Source::Peer(d.record.from.clone()))
-        } else if self.authenticated && d.relay == RelayCopy::Available {
+        // Then the relay (which keeps inline files for recipients who were offline), then
+        // the sender's node.
+        if self.authenticated && d.relay == RelayCopy::Available {
             Some(Source::Relay)
+        } else if linked(&d.record.from) {
+            Some(Source::Peer(d.record.from.clone()))
         } else {
             // Another recipient's node with an open channel, while it has not said no.
             self.co_recipients(d)
@@ -409,7 +411,11 @@ impl Node {
             return;
         }
         let source = self.source_of(d);
-        let ask_relay = source.is_none()
+        // Before the sender's node (or when nothing else is there), the relay is asked
+        // whether it keeps an inline file; not while this account's storage node serves it.
+        let from_own_node =
+            matches!(&source, Some(Source::Peer(p)) if self.own_node.as_ref() == Some(p));
+        let ask_relay = !from_own_node
             && self.authenticated
             && d.relay == RelayCopy::Unknown
             && d.record.attachment.inline;

@@ -415,13 +415,17 @@ impl Node {
         // whether it keeps an inline file; not while this account's storage node serves it.
         let from_own_node =
             matches!(&source, Some(Source::Peer(p)) if self.own_node.as_ref() == Some(p));
+        // (Not in the middle of a transfer from a peer: that goes on.)
+        let peer_busy = matches!(d.asked, Some(Source::Peer(_)))
+            && (!d.requested.is_empty() || d.list_requested);
         let ask_relay = !from_own_node
+            && !peer_busy
             && self.authenticated
             && d.relay == RelayCopy::Unknown
             && d.record.attachment.inline;
         let d = self.downloads.get_mut(&id).expect("looked up above");
         if ask_relay {
-            // The sender's node is out of reach: does the relay keep the file?
+            // Before the sender's node: does the relay keep the file?
             d.relay = RelayCopy::Asked;
             d.active_at = now;
             self.emit(Output::ToServer(ClientFrame::FetchFile { attachment: id }));
@@ -1162,6 +1166,7 @@ impl Node {
                 code: ErrorCode::Internal,
                 message,
             });
+            self.request_more(id);
         }
     }
 
@@ -1194,6 +1199,8 @@ impl Node {
             if code != ErrorCode::NotFound {
                 self.event(Event::ServerError { code, message });
             }
+            // The next source (the sender's node, a co-recipient's) is asked now.
+            self.request_more(id);
         }
     }
 

@@ -247,7 +247,7 @@ fn a_node_works_for_its_owner_only() {
     let id = w.send_with(&alice, &[&bob], "private", vec![att.clone()]);
     assert!(w.storage_has(&node, att.id));
     // Mallory asks Bob's node for the file, then asks it to keep something for Alice.
-    w.connect_storage(&mallory, &node);
+    w.connect(&mallory, &node);
     w.inject(
         &mallory,
         &node,

@@ -388,8 +388,7 @@ fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
             ("unavailable", "offline")
         };
         html! {
-            <div id="node-status" class="node-status" data-status={state} data-link={link}
-                data-presence={format!("{:?}", node.presence(n))}>
+            <div id="node-status" class="node-status" data-status={state} data-link={link}>
                 <span class="presence-dot" data-status={dot}></span>
                 <span class="address">{ n.to_string() }</span>
                 <span class="small">{ format!(" — {state}") }</span>

@@ -626,14 +626,13 @@ impl World {
         self.link_event(&peer, Link::Frame(from.clone(), bytes));
     }
 
-    /// Opens a data channel between two online users, as their drivers would.
+    /// Opens a data channel between two online nodes (people's or storage nodes), as their
+    /// drivers would.
     pub fn connect(&mut self, a: &Address, b: &Address) {
-        self.users.get_mut(a).unwrap().links.insert(b.clone());
-        self.users.get_mut(b).unwrap().links.insert(a.clone());
-        self.queue
-            .push_back((a.clone(), Input::PeerConnected(b.clone())));
-        self.queue
-            .push_back((b.clone(), Input::PeerConnected(a.clone())));
+        self.links_of(a).insert(b.clone());
+        self.links_of(b).insert(a.clone());
+        self.link_event(a, Link::Up(b.clone()));
+        self.link_event(b, Link::Up(a.clone()));
         self.settle();
     }
 

@@ -390,13 +390,4 @@ impl World {
                 .push_back((node, StorageInput::Server(ServerFrame::FilesKept { items })));
         }
     }
-
-    /// Opens a data channel between `a` and the storage node `node`, as their drivers would.
-    pub fn connect_storage(&mut self, a: &Address, node: &Address) {
-        self.links_of(a).insert(node.clone());
-        self.links_of(node).insert(a.clone());
-        self.link_event(a, Link::Up(node.clone()));
-        self.link_event(node, Link::Up(a.clone()));
-        self.settle();
-    }
 }

@@ -34,6 +34,7 @@ pub enum PeerFrame {
     HoldFor {
         to: Address,
         message_id: MessageId,
+        #[serde(with = "super::bytes")]
         sealed: Vec<u8>,
     },
     /// The copy for `to` is stored; this node registers it at the relay and hands it to `to`.
@@ -51,6 +52,7 @@ pub enum PeerFrame {
     HeldCopy {
         message_id: MessageId,
         from: Address,
+        #[serde(with = "super::bytes")]
         sealed: Vec<u8>,
     },
     /// No copy of `message_id` is held for the asking peer.
@@ -83,6 +85,7 @@ pub enum PeerFrame {
     Chunk {
         attachment: AttachmentId,
         index: u32,
+        #[serde(with = "super::bytes")]
         data: Vec<u8>,
     },
     /// This node will not (or can no longer) send that attachment to the asking peer.

@@ -1,26 +1,36 @@
 //! The attachment chunk store on IndexedDB, and sealing a picked file into it.
 //!
 //! It shares the account's database ([`IdbStore::database`](crate::store::IdbStore::database))
-//! and uses two of its object stores (see [`crate::store`]):
+//! and uses these of its object stores (see [`crate::store`]):
 //!
-//! - [`CHUNKS`]: key `"<attachment id hex>/<index, 10 digits>"` ([`chunk_key`], shared with
-//!   [`IdbStore`](crate::store::IdbStore)'s own chunk writes), value one
-//!   encrypted chunk as a `Blob` — the browser keeps Blobs on disk, so holding a large file
-//!   costs no page memory.
+//! - [`SEGMENTS`]: key `"<attachment id hex>/<first index, 10 digits>"` ([`segment_key`]),
+//!   value one *segment*: the encrypted chunks of an aligned run of [`SEGMENT_CHUNKS`]
+//!   indices (`16 s` to `16 s + 15`) that are stored, as ONE `Blob` (`b`, the chunks
+//!   concatenated in index order) with their indices (`i`, a `Uint32Array`) and offsets
+//!   (`o`, a `Uint32Array` one longer). The browser keeps Blobs on disk, so holding a large
+//!   file costs no page memory; one Blob per megabyte rather than per chunk is what makes
+//!   writing and reading cheap (a Blob and a record cost the browser an IPC, a file and a
+//!   transaction entry each). Chunks arriving later into a segment are merged into it in
+//!   the writing transaction (the new Blob is made of slices of the stored one and the new
+//!   chunks; no stored byte is read back).
+//! - [`CHUNKS`]: the schema-4 layout, one chunk per record (key `"<hex>/<index>"`, value a
+//!   Blob). Nothing writes it any more; chunks stored before version 6 are still read from
+//!   it (a chunk is looked for in its segment first) and deleted with their attachment.
 //! - [`CHUNK_LISTS`]: key the attachment id in hex, value the chunk list of an attachment
 //!   this node has whole, sent or received (its SHA-256 hashes concatenated) as a `Uint8Array`.
 //!
 //! Writes go in batches, one readwrite transaction per batch, and return after the commit.
 //! [`seal_file`] reads a `File` one chunk at a time (never the whole file), encrypts each
-//! with [`FileSealer`], and writes [`BATCH_CHUNKS`] chunks per transaction: its memory is
-//! one batch plus 32 bytes per chunk, whatever the file's size. A failed or cancelled
-//! sealing deletes what it wrote.
+//! with [`FileSealer`], and writes [`BATCH_CHUNKS`] chunks (one segment) per transaction: its
+//! memory is one batch plus 32 bytes per chunk, whatever the file's size. A failed or
+//! cancelled sealing deletes what it wrote.
 
 use indexed_db_futures::database::Database;
+use indexed_db_futures::object_store::ObjectStore;
 use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::TransactionMode;
 use indexed_db_futures::KeyRange;
-use js_sys::{Array, ArrayBuffer, Uint8Array};
+use js_sys::{Array, ArrayBuffer, Object, Reflect, Uint32Array, Uint8Array};
 use peermail_core::attach::{
     hashes_from_bytes, AttachmentId, AttachmentRef, FileSealer, Hash, SealedChunk,
     MAX_ATTACHMENT_BYTES,
@@ -30,11 +40,19 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{Blob, File};
 
 pub use crate::store::chunk_key;
-use crate::store::{CHUNKS, CHUNK_LISTS};
+use crate::store::{CHUNKS, CHUNK_LISTS, SEGMENTS};
 use crate::text::human_size;
 
-/// Chunks written per IndexedDB transaction by [`seal_file`] (about 1 MiB).
-pub const BATCH_CHUNKS: usize = 16;
+/// Chunk indices per segment record (about 1 MiB of encrypted chunks).
+pub const SEGMENT_CHUNKS: u32 = 16;
+
+/// Chunks written per IndexedDB transaction by [`seal_file`]: one segment.
+pub const BATCH_CHUNKS: usize = SEGMENT_CHUNKS as usize;
+
+/// Key of the segment that holds chunk `index` of `att`.
+pub fn segment_key(att: AttachmentId, index: u32) -> String {
+    chunk_key(att, index - index % SEGMENT_CHUNKS)
+}
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -54,11 +72,6 @@ fn chunk_range(att: AttachmentId) -> KeyRange<String> {
     (format!("{hex}/")..format!("{hex}0")).into()
 }
 
-pub(crate) fn blob_of(bytes: &[u8]) -> Result<Blob, String> {
-    let parts = Array::of1(&Uint8Array::from(bytes));
-    Blob::new_with_u8_array_sequence(&parts).map_err(js_err)
-}
-
 /// The bytes of a Blob (or File, or a slice of one).
 pub async fn blob_bytes(blob: &Blob) -> Result<Vec<u8>, String> {
     let buf = JsFuture::from(blob.array_buffer()).await.map_err(js_err)?;
@@ -66,8 +79,159 @@ pub async fn blob_bytes(blob: &Blob) -> Result<Vec<u8>, String> {
     Ok(Uint8Array::new(&buf).to_vec())
 }
 
-/// Stores encrypted chunks `(index, bytes)` of `att`, each as a Blob, in one transaction;
-/// returns after it committed. A chunk already stored is replaced.
+/// A stored segment: which chunks it has, where each is in its Blob, and the Blob.
+struct Segment {
+    indices: Vec<u32>,
+    /// One more than `indices`: chunk `k` is bytes `offsets[k]..offsets[k + 1]`.
+    offsets: Vec<u32>,
+    blob: Blob,
+}
+
+impl Segment {
+    fn from_js(v: &JsValue) -> Result<Segment, String> {
+        let field = |name: &str| Reflect::get(v, &JsValue::from_str(name)).map_err(js_err);
+        let indices = field("i")?
+            .dyn_into::<Uint32Array>()
+            .map_err(|_| "a stored segment has no index list".to_string())?
+            .to_vec();
+        let offsets = field("o")?
+            .dyn_into::<Uint32Array>()
+            .map_err(|_| "a stored segment has no offsets".to_string())?
+            .to_vec();
+        let blob = field("b")?
+            .dyn_into::<Blob>()
+            .map_err(|_| "a stored segment has no Blob".to_string())?;
+        let sorted = indices.windows(2).all(|w| w[0] < w[1]);
+        let ordered = offsets.windows(2).all(|w| w[0] <= w[1]);
+        if offsets.len() != indices.len() + 1
+            || !sorted
+            || !ordered
+            || offsets.last().copied().map(f64::from) != Some(blob.size())
+        {
+            return Err("a stored segment is inconsistent".into());
+        }
+        Ok(Segment {
+            indices,
+            offsets,
+            blob,
+        })
+    }
+
+    fn to_js(&self) -> Result<JsValue, String> {
+        let o = Object::new();
+        let set = |k: &str, v: &JsValue| Reflect::set(&o, &JsValue::from_str(k), v).map_err(js_err);
+        set("i", &Uint32Array::from(self.indices.as_slice()))?;
+        set("o", &Uint32Array::from(self.offsets.as_slice()))?;
+        set("b", &self.blob)?;
+        Ok(o.into())
+    }
+
+    /// Where chunk `index` is in the Blob.
+    fn range(&self, index: u32) -> Option<(f64, f64)> {
+        let k = self.indices.binary_search(&index).ok()?;
+        Some((f64::from(self.offsets[k]), f64::from(self.offsets[k + 1])))
+    }
+
+    /// This segment with `chunks` (sorted by index, all in this segment) written into it:
+    /// a new chunk replaces a stored one of the same index. The new Blob is made of the new
+    /// bytes and of the stored Blob (whole, or one slice per run of stored chunks kept
+    /// between new ones); no stored byte is read.
+    fn merged(old: Option<&Segment>, chunks: &[(u32, &[u8])]) -> Result<Segment, String> {
+        let parts = Array::new();
+        let (mut indices, mut offsets) = (Vec::new(), vec![0u32]);
+        let stored: &[u32] = old.map_or(&[], |o| o.indices.as_slice());
+        let (mut a, mut b) = (0, 0);
+        while a < stored.len() || b < chunks.len() {
+            let take_new = match (stored.get(a), chunks.get(b)) {
+                (Some(&s), Some(&(n, _))) => n <= s,
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            let at = *offsets.last().expect("offsets start with 0");
+            if take_new {
+                let (index, data) = chunks[b];
+                if stored.get(a) == Some(&index) {
+                    a += 1;
+                }
+                b += 1;
+                let len = u32::try_from(data.len()).map_err(err)?;
+                parts.push(&Uint8Array::from(data));
+                indices.push(index);
+                offsets.push(at + len);
+            } else {
+                // The run of stored chunks up to the next new one (or the end).
+                let old = old.expect("stored indices come from a segment");
+                let next_new = chunks.get(b).map_or(u32::MAX, |c| c.0);
+                let run_end = a + stored[a..].iter().take_while(|&&i| i < next_new).count();
+                let (from, to) = (old.offsets[a], old.offsets[run_end]);
+                if from == 0 && run_end == stored.len() {
+                    parts.push(&old.blob);
+                } else {
+                    let part = old
+                        .blob
+                        .slice_with_f64_and_f64(f64::from(from), f64::from(to))
+                        .map_err(js_err)?;
+                    parts.push(&part);
+                }
+                indices.extend_from_slice(&stored[a..run_end]);
+                offsets.extend(old.offsets[a + 1..=run_end].iter().map(|o| at + o - from));
+                a = run_end;
+            }
+        }
+        let blob = Blob::new_with_blob_sequence(&parts).map_err(js_err)?;
+        Ok(Segment {
+            indices,
+            offsets,
+            blob,
+        })
+    }
+}
+
+/// A segment's key and the chunks to write into it.
+type SegmentWrite<'a> = (String, Vec<(u32, &'a [u8])>);
+
+/// Writes encrypted chunks into their segments in `os` (the [`SEGMENTS`] store of an open
+/// readwrite transaction): the segments the chunks fall in are read, merged with the new
+/// chunks and put back. Only IndexedDB requests are awaited, so the transaction stays
+/// active; the caller commits.
+pub(crate) async fn put_in_segments(
+    os: &ObjectStore<'_>,
+    chunks: &[(AttachmentId, u32, &[u8])],
+) -> Result<(), String> {
+    let mut sorted: Vec<(AttachmentId, u32, &[u8])> = chunks.to_vec();
+    // The last write of an index wins, as with one record per chunk.
+    sorted.reverse();
+    sorted.sort_by_key(|(a, i, _)| (*a, *i));
+    sorted.dedup_by_key(|(a, i, _)| (*a, *i));
+    let mut groups: Vec<SegmentWrite<'_>> = Vec::new();
+    for (att, index, data) in sorted {
+        let key = segment_key(att, index);
+        match groups.last_mut() {
+            Some((k, g)) if *k == key => g.push((index, data)),
+            _ => groups.push((key, vec![(index, data)])),
+        }
+    }
+    let mut gets = Vec::with_capacity(groups.len());
+    for (key, _) in &groups {
+        gets.push(os.get(key.clone()).primitive().map_err(err)?);
+    }
+    let mut stored = Vec::with_capacity(groups.len());
+    for get in gets {
+        let v: Option<JsValue> = get.await.map_err(err)?;
+        stored.push(v.map(|v| Segment::from_js(&v)).transpose()?);
+    }
+    for ((key, chunks), old) in groups.into_iter().zip(stored) {
+        let segment = Segment::merged(old.as_ref(), &chunks)?;
+        os.put(segment.to_js()?)
+            .with_key(key)
+            .primitive()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Stores encrypted chunks `(index, bytes)` of `att` in one transaction; returns after it
+/// committed. A chunk already stored is replaced.
 pub async fn put_chunks(
     db: &Database,
     att: AttachmentId,
@@ -76,31 +240,59 @@ pub async fn put_chunks(
     if chunks.is_empty() {
         return Ok(());
     }
-    // Everything that is not IndexedDB happens before the transaction opens: it would
-    // commit by itself at the first await on anything else.
-    let values = chunks
-        .iter()
-        .map(|(i, data)| Ok((chunk_key(att, *i), blob_of(data)?)))
-        .collect::<Result<Vec<_>, String>>()?;
+    let chunks: Vec<(AttachmentId, u32, &[u8])> =
+        chunks.iter().map(|(i, d)| (att, *i, *d)).collect();
     let tx = db
-        .transaction(CHUNKS)
+        .transaction(SEGMENTS)
         .with_mode(TransactionMode::Readwrite)
         .build()
         .map_err(err)?;
-    let os = tx.object_store(CHUNKS).map_err(err)?;
-    let mut requests = Vec::with_capacity(values.len());
-    for (key, blob) in values {
-        requests.push(
-            os.put(JsValue::from(blob))
-                .with_key(key)
-                .primitive()
-                .map_err(err)?,
-        );
-    }
-    for r in requests {
-        r.await.map_err(err)?;
-    }
+    let os = tx.object_store(SEGMENTS).map_err(err)?;
+    put_in_segments(&os, &chunks).await?;
     tx.commit().await.map_err(err)
+}
+
+/// Where chunk `index` of `att` is: in its segment (the segment is returned too), or in
+/// the schema-4 store, or nowhere.
+enum Found {
+    Segment(Segment),
+    Legacy(Blob),
+    Missing,
+}
+
+async fn find(db: &Database, att: AttachmentId, index: u32) -> Result<Found, String> {
+    let tx = db.transaction([SEGMENTS, CHUNKS]).build().map_err(err)?;
+    let v: Option<JsValue> = tx
+        .object_store(SEGMENTS)
+        .map_err(err)?
+        .get(segment_key(att, index))
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?;
+    if let Some(v) = v {
+        let segment = Segment::from_js(&v)?;
+        if segment.range(index).is_some() {
+            tx.commit().await.map_err(err)?;
+            return Ok(Found::Segment(segment));
+        }
+    }
+    let v: Option<JsValue> = tx
+        .object_store(CHUNKS)
+        .map_err(err)?
+        .get(chunk_key(att, index))
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    match v {
+        None => Ok(Found::Missing),
+        Some(v) => v
+            .dyn_into::<Blob>()
+            .map(Found::Legacy)
+            .map_err(|_| format!("chunk {index} of {att} is not a Blob")),
+    }
 }
 
 /// Chunk `index` of `att`, if stored.
@@ -109,46 +301,67 @@ pub async fn get_chunk(
     att: AttachmentId,
     index: u32,
 ) -> Result<Option<Vec<u8>>, String> {
-    let blob = {
-        let tx = db.transaction(CHUNKS).build().map_err(err)?;
-        let os = tx.object_store(CHUNKS).map_err(err)?;
-        let v: Option<JsValue> = os
-            .get(chunk_key(att, index))
-            .primitive()
-            .map_err(err)?
-            .await
-            .map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        v
-    };
-    match blob {
-        None => Ok(None),
-        Some(v) => {
-            let blob: Blob = v
-                .dyn_into()
-                .map_err(|_| format!("chunk {index} of {att} is not a Blob"))?;
-            blob_bytes(&blob).await.map(Some)
+    match find(db, att, index).await? {
+        Found::Missing => Ok(None),
+        Found::Legacy(blob) => blob_bytes(&blob).await.map(Some),
+        Found::Segment(s) => {
+            let (from, to) = s.range(index).expect("found in its segment");
+            let part = s.blob.slice_with_f64_and_f64(from, to).map_err(js_err)?;
+            blob_bytes(&part).await.map(Some)
         }
     }
 }
 
-/// Deletes everything stored for `att`: its chunks and, for a sent attachment, its chunk
-/// list. Deleting what is not there is not an error.
+/// Chunk `index` of `att` and the other chunks stored in its segment, in index order, read
+/// at once (one read of the segment's Blob); empty if chunk `index` is not stored. For
+/// reading a file in order: the next chunks are then at hand.
+pub async fn get_segment(
+    db: &Database,
+    att: AttachmentId,
+    index: u32,
+) -> Result<Vec<(u32, Vec<u8>)>, String> {
+    match find(db, att, index).await? {
+        Found::Missing => Ok(Vec::new()),
+        Found::Legacy(blob) => Ok(vec![(index, blob_bytes(&blob).await?)]),
+        Found::Segment(s) => {
+            let bytes = blob_bytes(&s.blob).await?;
+            if bytes.len() != *s.offsets.last().expect("offsets are never empty") as usize {
+                return Err(format!(
+                    "the segment of chunk {index} of {att} was cut short"
+                ));
+            }
+            Ok(s.indices
+                .iter()
+                .zip(s.offsets.windows(2))
+                .map(|(&i, w)| (i, bytes[w[0] as usize..w[1] as usize].to_vec()))
+                .collect())
+        }
+    }
+}
+
+/// Deletes everything stored for `att`: its chunks (in both layouts) and, for a sent
+/// attachment, its chunk list. Deleting what is not there is not an error.
 pub async fn delete_chunks(db: &Database, att: AttachmentId) -> Result<(), String> {
     let tx = db
-        .transaction([CHUNKS, CHUNK_LISTS])
+        .transaction([SEGMENTS, CHUNKS, CHUNK_LISTS])
         .with_mode(TransactionMode::Readwrite)
         .build()
         .map_err(err)?;
+    let segments = tx.object_store(SEGMENTS).map_err(err)?;
     let chunks = tx.object_store(CHUNKS).map_err(err)?;
     let lists = tx.object_store(CHUNK_LISTS).map_err(err)?;
-    let a = chunks
+    let a = segments
         .delete::<String, _>(chunk_range(att))
         .primitive()
         .map_err(err)?;
-    let b = lists.delete(att.to_hex()).primitive().map_err(err)?;
+    let b = chunks
+        .delete::<String, _>(chunk_range(att))
+        .primitive()
+        .map_err(err)?;
+    let c = lists.delete(att.to_hex()).primitive().map_err(err)?;
     a.await.map_err(err)?;
     b.await.map_err(err)?;
+    c.await.map_err(err)?;
     tx.commit().await.map_err(err)
 }
 

@@ -634,11 +634,27 @@ impl Runtime {
                 let Some(out) = next else { break };
                 if is_chunk_write(&out) {
                     let mut batch = vec![out];
-                    {
-                        let mut q = rt.queue.borrow_mut();
-                        while q.front().is_some_and(is_chunk_write) && batch.len() < 64 {
-                            batch.push(q.pop_front().expect("front exists"));
+                    let mut waited = 0;
+                    loop {
+                        let others_wait = {
+                            let mut q = rt.queue.borrow_mut();
+                            while q.front().is_some_and(is_chunk_write) && batch.len() < 64 {
+                                batch.push(q.pop_front().expect("front exists"));
+                            }
+                            !q.is_empty()
+                        };
+                        // A segment's worth of chunks is written at once while they
+                        // stream in (one Blob and one record per segment, not one per
+                        // few chunks), unless something else waits or time is up.
+                        let chunks = batch.iter().filter(|o| is_put_chunk(o)).count();
+                        if chunks >= crate::chunks::BATCH_CHUNKS
+                            || others_wait
+                            || waited >= BATCH_WAIT_MS
+                        {
+                            break;
                         }
+                        gloo_timers::future::TimeoutFuture::new(BATCH_POLL_MS).await;
+                        waited += BATCH_POLL_MS;
                     }
                     rt.store_chunk_batch(batch).await;
                     continue;
@@ -804,7 +820,8 @@ impl Runtime {
     }
 
     /// Reads the stored chunks of `att` in order, decrypts each (handing the plaintext to
-    /// `sink`) and checks the whole file against the mail: one chunk in memory at a time.
+    /// `sink`) and checks the whole file against the mail: one segment (16 chunks) in memory
+    /// at a time.
     /// A chunk that cannot be read counts as missing.
     async fn decrypt_stored(
         &self,
@@ -817,8 +834,9 @@ impl Runtime {
             .clone()
             .ok_or(FileCheckFailure::ChunkMissing(0))?;
         let mut check = FileCheck::new(att);
+        let mut segment = SegmentReader::default();
         for i in 0..att.chunk_count() {
-            let data = match store.read_chunk(att.id, i).await {
+            let data = match segment.chunk(&store, att.id, i).await {
                 Ok(Some(d)) => d,
                 Ok(None) | Err(_) => return Err(FileCheckFailure::ChunkMissing(i)),
             };
@@ -883,6 +901,7 @@ impl Runtime {
                 send(frame);
             }
             ServeRequest::Chunks { ranges } => {
+                let mut segment = SegmentReader::default();
                 for index in ranges.into_iter().flat_map(|(s, e)| s..e) {
                     let stopped =
                         self.stop_gen.borrow().get(peer).copied().unwrap_or(0) != generation;
@@ -896,7 +915,7 @@ impl Runtime {
                         }
                         Some(_) => {}
                     }
-                    let frame = match store.read_chunk(id, index).await {
+                    let frame = match segment.chunk(&store, id, index).await {
                         Ok(Some(data)) => PeerFrame::Chunk {
                             attachment: id,
                             index,
@@ -1152,6 +1171,57 @@ impl Runtime {
         self.status.set(ConnStatus::Online);
         self.input(Input::Server(ServerFrame::Registered { address }));
     }
+}
+
+/// Reads a file's chunks a segment at a time (one read of IndexedDB and of a Blob per
+/// 16 chunks, see [`crate::chunks`]) for a reader that asks for them in order: it keeps
+/// the chunks of the last segment read that it has not handed out yet (about 1 MiB).
+#[derive(Default)]
+struct SegmentReader {
+    ahead: VecDeque<(u32, Vec<u8>)>,
+}
+
+impl SegmentReader {
+    async fn chunk(
+        &mut self,
+        store: &IdbStore,
+        id: AttachmentId,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, String> {
+        while self.ahead.front().is_some_and(|(i, _)| *i < index) {
+            self.ahead.pop_front();
+        }
+        if self.ahead.front().is_none_or(|(i, _)| *i != index) {
+            self.ahead = store
+                .read_segment(id, index)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|(i, _)| *i >= index)
+                .collect();
+        }
+        match self.ahead.front() {
+            Some((i, _)) if *i == index => Ok(self.ahead.pop_front().map(|(_, d)| d)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// How long, at most, received chunks wait for more of their segment before they are
+/// written (a transfer streams about one chunk every few milliseconds).
+const BATCH_WAIT_MS: u32 = 24;
+/// How often the waiting batch looks for more chunks.
+const BATCH_POLL_MS: u32 = 4;
+
+/// A chunk write.
+fn is_put_chunk(out: &Output) -> bool {
+    matches!(
+        out,
+        Output::Store {
+            write: StoreWrite::PutChunk { .. },
+            ..
+        }
+    )
 }
 
 /// A chunk write or a download record: the writes [`Runtime::store_chunk_batch`] batches.

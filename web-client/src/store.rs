@@ -11,7 +11,8 @@
 //! | `keys` | address | the [`KnownKeys`] seen for it as JSON (since version 2) |
 //! | `held` | `"<Message-ID> <recipient>"` | a [`HeldMail`] this node holds for a co-recipient, as JSON (since version 3) |
 //! | `downloads` | attachment id (hex) | a [`DownloadRecord`] of a received attachment, as JSON (since version 4) |
-//! | `chunks` | `"<attachment id hex>/<index, 10 digits>"` | one encrypted chunk, as a Blob (since version 4) |
+//! | `chunks` | `"<attachment id hex>/<index, 10 digits>"` | one encrypted chunk, as a Blob (versions 4 and 5; since version 6 only read and deleted, see [`crate::chunks`]) |
+//! | `segments` | `"<attachment id hex>/<first index, 10 digits>"` | the encrypted chunks of 16 consecutive indices that are stored, as one Blob with their indices and offsets (since version 6; see [`crate::chunks`]) |
 //! | `chunk_lists` | attachment id (hex) | the chunk list of an attachment this node has whole (sent, or received and verified): the SHA-256 hashes concatenated, as a `Uint8Array` (since version 4) |
 //! | `groups` | the group's key (its name, lower-case) | an address-book [`Group`] as JSON (since version 5) |
 //!
@@ -32,10 +33,9 @@ use peermail_core::store::{
 use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use wasm_bindgen::JsValue;
 
 /// Current schema version (see [`upgrade`]).
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 const IDENTITY: &str = "identity";
 const INBOX: &str = "inbox";
@@ -45,8 +45,10 @@ const KEYS: &str = "keys";
 const HELD: &str = "held";
 const DOWNLOADS: &str = "downloads";
 const GROUPS: &str = "groups";
-/// Encrypted attachment chunks (Blobs); see the module docs.
+/// Encrypted attachment chunks, one per record (schema 4 and 5; read, no longer written).
 pub const CHUNKS: &str = "chunks";
+/// Encrypted attachment chunks, 16 consecutive indices per record; see [`crate::chunks`].
+pub const SEGMENTS: &str = "segments";
 /// Chunk lists of attachments this node has whole.
 pub const CHUNK_LISTS: &str = "chunk_lists";
 const IDENTITY_KEY: &str = "me";
@@ -91,6 +93,9 @@ fn upgrade(event: &VersionChangeEvent, db: &Database) -> indexed_db_futures::Res
     }
     if old < 5 {
         db.create_object_store(GROUPS).build()?;
+    }
+    if old < 6 {
+        db.create_object_store(SEGMENTS).build()?;
     }
     Ok(())
 }
@@ -265,37 +270,47 @@ pub fn chunk_key(attachment: AttachmentId, index: u32) -> String {
 }
 
 impl IdbStore {
-    /// Stores encrypted chunks, each as a Blob, and download records in ONE transaction
-    /// (committed before this returns): the driver batches the chunk writes that queue up
-    /// while one commits.
+    /// Stores encrypted chunks (into their segments, see [`crate::chunks`]) and download
+    /// records in ONE transaction (committed before this returns): the driver batches the
+    /// chunk writes that queue up while one commits.
     pub async fn put_chunks_and_records(
         &self,
         chunks: &[(AttachmentId, u32, &[u8])],
         records: &[DownloadRecord],
     ) -> Result<(), StoreError> {
+        let records = records
+            .iter()
+            .map(|r| Ok((r.attachment.id.to_hex(), to_json(r)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let tx = self
             .db
-            .transaction([CHUNKS, DOWNLOADS])
+            .transaction([SEGMENTS, DOWNLOADS])
             .with_mode(TransactionMode::Readwrite)
             .build()
             .map_err(err)?;
-        let os = tx.object_store(CHUNKS).map_err(err)?;
-        for (att, index, data) in chunks {
-            let blob = crate::chunks::blob_of(data).map_err(StoreError)?;
-            os.put(JsValue::from(blob))
-                .with_key(chunk_key(*att, *index))
-                .primitive()
-                .map_err(err)?;
-        }
         let os = tx.object_store(DOWNLOADS).map_err(err)?;
-        for r in records {
-            os.put(to_json(r)?)
-                .with_key(r.attachment.id.to_hex())
-                .primitive()
-                .map_err(err)?;
+        for (key, json) in records {
+            os.put(json).with_key(key).primitive().map_err(err)?;
         }
+        let os = tx.object_store(SEGMENTS).map_err(err)?;
+        crate::chunks::put_in_segments(&os, chunks)
+            .await
+            .map_err(StoreError)?;
         tx.commit().await.map_err(err)?;
         Ok(())
+    }
+
+    /// Chunk `index` of `attachment` and the other chunks stored in its segment, in index
+    /// order, read at once; empty if chunk `index` is not stored
+    /// ([`crate::chunks::get_segment`]).
+    pub async fn read_segment(
+        &self,
+        attachment: AttachmentId,
+        index: u32,
+    ) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        crate::chunks::get_segment(&self.db, attachment, index)
+            .await
+            .map_err(StoreError)
     }
 }
 

@@ -9,8 +9,8 @@ use indexed_db_futures::database::Database;
 use js_sys::{Array, Uint8Array};
 use peermail_core::attach::{chunks_root, sha256, AttachmentId, FileCheck, CHUNK_BYTES};
 use peermail_web_client::chunks::{
-    delete_chunks, get_chunk, get_chunk_list, put_chunk_list, put_chunks, seal_file,
-    seal_file_with_progress, BATCH_CHUNKS,
+    chunk_key, delete_chunks, get_chunk, get_chunk_list, get_segment, put_chunk_list, put_chunks,
+    seal_file, seal_file_with_progress, BATCH_CHUNKS, SEGMENT_CHUNKS,
 };
 use peermail_web_client::store::IdbStore;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
@@ -92,6 +92,150 @@ async fn put_get_delete_round_trip() {
     assert_eq!(get_chunk(&db, b, 0).await.unwrap(), Some(b"other".to_vec()));
     // Deleting again is fine.
     delete_chunks(&db, a).await.unwrap();
+}
+
+/// Chunks written in any order, in several writes, land in their 16-index segments: each
+/// reads back as written, a rewrite replaces, the last of two writes of one index in a
+/// batch wins, and a segment read hands out the stored chunks of the segment in order.
+#[wasm_bindgen_test]
+async fn chunks_merge_into_segments_in_any_order() {
+    let db = fresh_db().await;
+    let a = AttachmentId([3; 16]);
+    let c =
+        |i: u32, len: usize| -> Vec<u8> { (0..len).map(|k| (i as usize * 31 + k) as u8).collect() };
+    let full = CHUNK_BYTES + 16;
+    // Out of order, across three segments, in three writes.
+    let first: Vec<(u32, Vec<u8>)> = vec![(20, c(20, full)), (3, c(3, full)), (17, c(17, 5))];
+    let second: Vec<(u32, Vec<u8>)> = (0..16)
+        .rev()
+        .filter(|i| i % 2 == 0)
+        .map(|i| (i, c(i, full)))
+        .collect();
+    let third: Vec<(u32, Vec<u8>)> = vec![(1, c(1, 10)), (33, c(33, 0)), (15, c(15, full))];
+    for batch in [&first, &second, &third] {
+        let refs: Vec<(u32, &[u8])> = batch.iter().map(|(i, d)| (*i, &d[..])).collect();
+        put_chunks(&db, a, &refs).await.unwrap();
+    }
+    let mut want: Vec<(u32, Vec<u8>)> =
+        first.iter().chain(&second).chain(&third).cloned().collect();
+    want.sort_by_key(|(i, _)| *i);
+    for (i, data) in &want {
+        assert_eq!(
+            get_chunk(&db, a, *i).await.unwrap().as_ref(),
+            Some(data),
+            "chunk {i}"
+        );
+    }
+    for i in [5, 16, 18, 32, 34, 48] {
+        assert_eq!(
+            get_chunk(&db, a, i).await.unwrap(),
+            None,
+            "chunk {i} was never written"
+        );
+        assert!(get_segment(&db, a, i).await.unwrap().is_empty());
+    }
+    let seg0: Vec<(u32, Vec<u8>)> = want
+        .iter()
+        .filter(|(i, _)| *i < SEGMENT_CHUNKS)
+        .cloned()
+        .collect();
+    assert_eq!(seg0.len(), 11);
+    assert_eq!(get_segment(&db, a, 8).await.unwrap(), seg0);
+    // Rewrites: one replaced inside a merged segment; two writes of one index in a batch.
+    put_chunks(&db, a, &[(3, b"three"), (17, b"old"), (17, b"new")])
+        .await
+        .unwrap();
+    assert_eq!(get_chunk(&db, a, 3).await.unwrap(), Some(b"three".to_vec()));
+    assert_eq!(get_chunk(&db, a, 17).await.unwrap(), Some(b"new".to_vec()));
+    assert_eq!(get_chunk(&db, a, 2).await.unwrap(), Some(c(2, full)));
+    assert_eq!(get_chunk(&db, a, 4).await.unwrap(), Some(c(4, full)));
+    assert_eq!(
+        get_segment(&db, a, 17).await.unwrap(),
+        vec![(17, b"new".to_vec()), (20, c(20, full))]
+    );
+    delete_chunks(&db, a).await.unwrap();
+    for (i, _) in &want {
+        assert_eq!(get_chunk(&db, a, *i).await.unwrap(), None);
+    }
+}
+
+/// A database of schema version 5 kept one chunk per record in `chunks`: after the upgrade
+/// those chunks are still read (alone, and beside newer chunks of the same segment written
+/// the new way) and deleted with their attachment.
+#[wasm_bindgen_test]
+async fn chunks_stored_one_per_record_before_version_6_are_still_read() {
+    use indexed_db_futures::prelude::*;
+    use indexed_db_futures::transaction::TransactionMode;
+    let name = format!("peermail-chunks-v5-{}", js_sys::Date::now() as u64);
+    let a = AttachmentId([4; 16]);
+    {
+        let db = Database::open(&name)
+            .with_version(5u32)
+            .with_on_upgrade_needed(|_, db| {
+                for n in [
+                    "identity",
+                    "inbox",
+                    "outgoing",
+                    "contacts",
+                    "keys",
+                    "held",
+                    "downloads",
+                    "chunks",
+                    "chunk_lists",
+                    "groups",
+                ] {
+                    db.create_object_store(n).build()?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let tx = db
+            .transaction("chunks")
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .unwrap();
+        let os = tx.object_store("chunks").unwrap();
+        for (i, data) in [(0u32, &b"legacy zero"[..]), (1, b"legacy one")] {
+            let blob =
+                web_sys::Blob::new_with_u8_array_sequence(&Array::of1(&Uint8Array::from(data)))
+                    .unwrap();
+            os.put(wasm_bindgen::JsValue::from(blob))
+                .with_key(chunk_key(a, i))
+                .primitive()
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        db.close();
+    }
+    let db = IdbStore::open(&name).await.unwrap().database().clone();
+    assert_eq!(
+        get_chunk(&db, a, 0).await.unwrap(),
+        Some(b"legacy zero".to_vec())
+    );
+    put_chunks(&db, a, &[(2, b"new two"), (1, b"new one")])
+        .await
+        .unwrap();
+    assert_eq!(
+        get_chunk(&db, a, 0).await.unwrap(),
+        Some(b"legacy zero".to_vec())
+    );
+    assert_eq!(
+        get_chunk(&db, a, 1).await.unwrap(),
+        Some(b"new one".to_vec())
+    );
+    assert_eq!(
+        get_segment(&db, a, 0).await.unwrap(),
+        vec![(0, b"legacy zero".to_vec())]
+    );
+    assert_eq!(
+        get_segment(&db, a, 1).await.unwrap(),
+        vec![(1, b"new one".to_vec()), (2, b"new two".to_vec())]
+    );
+    delete_chunks(&db, a).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(get_chunk(&db, a, i).await.unwrap(), None);
+    }
 }
 
 /// Seals `plain` as a File and checks what was stored against what was returned, as a

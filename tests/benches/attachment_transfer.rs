@@ -28,6 +28,9 @@
 //! memory is read through chromedriver's CDP endpoint (`Runtime.queryObjects` of
 //! `WebAssembly.Memory`) after each run; Bob's page is reloaded before each app run, so
 //! that is the run's peak (wasm memory never shrinks), and the baseline gets a new channel. `heap_flat`: peak(full) ≤ 1.25 × peak(half) + 8 MiB.
+//! Each run also reads the CPU time of all the browsers' processes from `/proc` (the
+//! transfer window only): the raw channel alone keeps most of the machine's two cores
+//! busy, so what the app adds per megabyte decides the ratio.
 //! When the goal is not met (or `PEERMAIL_BENCH_PROFILE=1`), one more app transfer runs
 //! with the CPU profiler on in both pages, and the report lists where their main threads
 //! spent the time.
@@ -250,6 +253,11 @@ async fn run(config: Config) -> Result<Value> {
     let check = col(&app_runs, "whole_file_check_ms");
     let seal = col(&app_runs, "sealing_ms");
     let (mb, ma) = (median(&base), median(&app));
+    let cpu_col = |runs: &[Value], k: &str| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|r| r["browser_cpu"][k].as_f64())
+            .collect()
+    };
     let ratio = ma / mb;
     let heap_full = heap_col(&app_runs);
     let peak_full = median(&heap_full);
@@ -330,6 +338,13 @@ async fn run(config: Config) -> Result<Value> {
         "ratio": ratio,
         "goal": GOAL,
         "meets_goal": ratio >= GOAL,
+        "browser_cpu": {
+            "what": "CPU of all Chromium processes (both browsers) from /proc: baseline from the first send to the last byte counted, app from the Compose form closing (sealing done) to data-state complete; cores = CPU seconds / wall seconds on this 2-core machine; per-run detail by process type in runs.*[].browser_cpu",
+            "baseline_cores_median": median(&cpu_col(&base_runs, "cores")),
+            "baseline_cpu_ms_per_mb_median": median(&cpu_col(&base_runs, "cpu_ms_per_mb")),
+            "app_cores_median": median(&cpu_col(&app_runs, "cores")),
+            "app_cpu_ms_per_mb_median": median(&cpu_col(&app_runs, "cpu_ms_per_mb")),
+        },
         "sealing_ms": {
             "what": "Alice's page: click on Send until the Compose form is gone (encrypting and storing the file, then sending the mail)",
             "median": median(&seal),

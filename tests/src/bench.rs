@@ -264,6 +264,87 @@ pub async fn open_raw_channel(alice: &Browser, bob: &Browser) -> Result<()> {
     Ok(())
 }
 
+/// CPU time (seconds) used so far by the running Chromium processes, by process type
+/// (`browser`, `renderer`, `gpu-process`, `network`, other utilities by their sub-type),
+/// from `/proc` (clock ticks of 1/100 s, Linux's fixed `USER_HZ`). Both pages' renderers
+/// add up under `renderer`.
+pub fn browser_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let path = e.path();
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let (Ok(cmd), Ok(stat)) = (
+            std::fs::read(path.join("cmdline")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        // Chromium rewrites its command line into one space-separated string.
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let mut args = cmd.split(' ');
+        let exe = args.next().unwrap_or("");
+        if !exe.contains("chrom") || exe.contains("chromedriver") {
+            continue;
+        }
+        let mut kind = "browser".to_string();
+        for a in args {
+            if let Some(t) = a.strip_prefix("--type=") {
+                kind = t.to_string();
+            } else if let Some(t) = a.strip_prefix("--utility-sub-type=") {
+                kind = match t.rsplit('.').next().unwrap_or(t) {
+                    "NetworkService" => "network".to_string(),
+                    other => other.to_string(),
+                };
+            }
+        }
+        // Fields after the command name in parentheses: utime and stime are the 12th
+        // and 13th.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(kind).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    out
+}
+
+/// What the browsers' processes used between two [`browser_cpu`] readings `wall` seconds
+/// apart while `bytes` moved: cores busy (in all, and by process type) and CPU milliseconds
+/// per MB (10^6 bytes).
+pub fn cpu_used(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    wall: f64,
+    bytes: f64,
+) -> Value {
+    let mut by = serde_json::Map::new();
+    let mut total = 0.0;
+    for (k, v) in after {
+        let d = v - before.get(k).copied().unwrap_or(0.0);
+        if d > 0.0 {
+            total += d;
+            by.insert(k.clone(), json!(d / wall));
+        }
+    }
+    json!({
+        "cores": total / wall,
+        "cores_by_process": by,
+        "cpu_ms_per_mb": total * 1000.0 / (bytes / 1e6),
+        "wall_s": wall,
+    })
+}
+
 /// One baseline transfer of `total` bytes over a new raw channel; Bob's page times it.
 pub async fn baseline_run(alice: &Browser, bob: &Browser, total: u64) -> Result<Value> {
     open_raw_channel(alice, bob)
@@ -277,6 +358,7 @@ pub async fn baseline_run(alice: &Browser, bob: &Browser, total: u64) -> Result<
         )
         .await?;
     heap_start(bob).await?;
+    let (cpu0, t0) = (browser_cpu(), Instant::now());
     let _: bool = alice
         .eval(
             "const [total, size, high, low] = arguments; const ch = window.__rawCh; \
@@ -310,6 +392,12 @@ pub async fn baseline_run(alice: &Browser, bob: &Browser, total: u64) -> Result<
          return r.last ? r : null;",
     )
     .await?;
+    let cpu = cpu_used(
+        &cpu0,
+        &browser_cpu(),
+        t0.elapsed().as_secs_f64(),
+        total as f64,
+    );
     let heap = heap_stop(bob).await?;
     let tx: Value = alice.eval("return window.__rawTx;", vec![]).await?;
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -323,6 +411,7 @@ pub async fn baseline_run(alice: &Browser, bob: &Browser, total: u64) -> Result<
         "mb_s": rate,
         "sender_start_to_last_ms": f(&rx, "last") - f(&tx, "start"),
         "sender_waits_on_bufferedamountlow": tx["waits"],
+        "browser_cpu": cpu,
         "bob_heap": heap,
     }))
 }
@@ -428,12 +517,19 @@ pub async fn app_run(
         "const s = window.__seal; return s.closed ? s : null;",
     )
     .await?;
+    let (cpu0, t0) = (browser_cpu(), Instant::now());
     let r = poll(
         bob,
         &format!("{name} to be complete"),
         "const r = window.__app; return r.failed ? r.failed : (r.complete ? r : null);",
     )
     .await?;
+    let cpu = cpu_used(
+        &cpu0,
+        &browser_cpu(),
+        t0.elapsed().as_secs_f64(),
+        size as f64,
+    );
     let heap = heap_stop(bob).await?;
     let wasm = wasm_memory(bob).await.unwrap_or_else(|e| {
         eprintln!("bench: wasm memory not measured: {e:#}");
@@ -468,6 +564,7 @@ pub async fn app_run(
         "sealing_ms": seal_ms,
         "sealing_mb_s": mb_s(size as f64, seal_ms),
         "send_to_complete_ms": f(&r, "complete") - f(&seal, "click"),
+        "browser_cpu": cpu,
         "bob_heap": heap,
         "bob_wasm_memory_bytes": wasm,
         "bob_wasm_memory_bytes_before": wasm_before,

@@ -260,31 +260,31 @@ enum Found {
     Missing,
 }
 
-async fn find(db: &Database, att: AttachmentId, index: u32) -> Result<Found, String> {
-    let tx = db.transaction([SEGMENTS, CHUNKS]).build().map_err(err)?;
-    let v: Option<JsValue> = tx
-        .object_store(SEGMENTS)
+/// The value under `key` in `store` of the open transaction `tx`.
+async fn get_in(
+    tx: &indexed_db_futures::transaction::Transaction<'_>,
+    store: &str,
+    key: String,
+) -> Result<Option<JsValue>, String> {
+    tx.object_store(store)
         .map_err(err)?
-        .get(segment_key(att, index))
+        .get(key)
         .primitive()
         .map_err(err)?
         .await
-        .map_err(err)?;
-    if let Some(v) = v {
+        .map_err(err)
+}
+
+async fn find(db: &Database, att: AttachmentId, index: u32) -> Result<Found, String> {
+    let tx = db.transaction([SEGMENTS, CHUNKS]).build().map_err(err)?;
+    if let Some(v) = get_in(&tx, SEGMENTS, segment_key(att, index)).await? {
         let segment = Segment::from_js(&v)?;
         if segment.range(index).is_some() {
             tx.commit().await.map_err(err)?;
             return Ok(Found::Segment(segment));
         }
     }
-    let v: Option<JsValue> = tx
-        .object_store(CHUNKS)
-        .map_err(err)?
-        .get(chunk_key(att, index))
-        .primitive()
-        .map_err(err)?
-        .await
-        .map_err(err)?;
+    let v = get_in(&tx, CHUNKS, chunk_key(att, index)).await?;
     tx.commit().await.map_err(err)?;
     match v {
         None => Ok(Found::Missing),

@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod common;
+
 use indexed_db_futures::database::Database;
 use js_sys::{Array, Uint8Array};
 use peermail_core::attach::{chunks_root, sha256, AttachmentId, FileCheck, CHUNK_BYTES};
@@ -169,27 +171,7 @@ async fn chunks_stored_one_per_record_before_version_6_are_still_read() {
     let name = format!("peermail-chunks-v5-{}", js_sys::Date::now() as u64);
     let a = AttachmentId([4; 16]);
     {
-        let db = Database::open(&name)
-            .with_version(5u32)
-            .with_on_upgrade_needed(|_, db| {
-                for n in [
-                    "identity",
-                    "inbox",
-                    "outgoing",
-                    "contacts",
-                    "keys",
-                    "held",
-                    "downloads",
-                    "chunks",
-                    "chunk_lists",
-                    "groups",
-                ] {
-                    db.create_object_store(n).build()?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
+        let db = common::old_database(&name, 5).await;
         let tx = db
             .transaction("chunks")
             .with_mode(TransactionMode::Readwrite)

@@ -17,6 +17,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod common;
+
 use peermail_web_client::store::IdbStore;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
@@ -52,24 +54,12 @@ async fn reopen_keeps_data() {
 /// data, and takes keys.
 #[wasm_bindgen_test]
 async fn a_version_1_database_is_upgraded() {
-    use indexed_db_futures::database::Database;
-    use indexed_db_futures::prelude::*;
     use peermail_core::identity::Identity;
     use peermail_core::store::{KnownKeys, MailStore, StoreWrite};
     let name = format!("peermail-test-v1-{}", js_sys::Date::now() as u64);
     let bob: peermail_core::Address = "bob@h".parse().unwrap();
     {
-        let db = Database::open(&name)
-            .with_version(1u32)
-            .with_on_upgrade_needed(|_, db| {
-                for n in ["identity", "inbox", "outgoing", "contacts"] {
-                    db.create_object_store(n).build()?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
-        db.close();
+        common::old_database(&name, 1).await.close();
     }
     {
         let s = IdbStore::open(&name).await.unwrap();
@@ -94,7 +84,6 @@ async fn a_version_1_database_is_upgraded() {
 /// opens upgraded with its data, and takes groups that survive a reopen.
 #[wasm_bindgen_test]
 async fn a_version_4_database_is_upgraded_and_takes_groups() {
-    use indexed_db_futures::database::Database;
     use indexed_db_futures::prelude::*;
     use indexed_db_futures::transaction::TransactionMode;
     use peermail_core::groups::Group;
@@ -102,26 +91,7 @@ async fn a_version_4_database_is_upgraded_and_takes_groups() {
     let name = format!("peermail-test-v4-{}", js_sys::Date::now() as u64);
     let bob: peermail_core::Address = "bob@h".parse().unwrap();
     {
-        let db = Database::open(&name)
-            .with_version(4u32)
-            .with_on_upgrade_needed(|_, db| {
-                for n in [
-                    "identity",
-                    "inbox",
-                    "outgoing",
-                    "contacts",
-                    "keys",
-                    "held",
-                    "downloads",
-                    "chunks",
-                    "chunk_lists",
-                ] {
-                    db.create_object_store(n).build()?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
+        let db = common::old_database(&name, 4).await;
         let tx = db
             .transaction("contacts")
             .with_mode(TransactionMode::Readwrite)

@@ -1,6 +1,8 @@
 //! One WebSocket connection: the challenge, authentication, the heartbeat and the dispatch of
 //! client frames. Replies are written in order; frames for this session that come from other
-//! sessions (presence, forwarded negotiation) arrive through its bounded outbox.
+//! sessions (presence, forwarded negotiation) arrive through its bounded outbox. A receipt
+//! acknowledgement, which has no reply, is not waited for before the next frame is read
+//! (see `Session::ack`); every later request still sees its effect.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use peermail_core::wire::signal::{
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::cache::{self, MailCache, NewHold, NewMail};
+use crate::cache::{self, CacheFuture, MailCache, NewHold, NewMail};
 use crate::files::{ChunkDeposit, FileCache, FileDeposit, NewFile};
 use crate::hub::Outbox;
 use crate::{now_millis, Error, Signaling};
@@ -92,6 +94,13 @@ struct Session {
     /// Wrong pairing codes this session entered in a row, and when the last one was.
     wrong_codes: u8,
     wrong_codes_at: Option<Instant>,
+    /// The receipt acknowledgement in flight, if any. `ack_receipt` has no reply, so the
+    /// session does not wait for it before reading the next frame: it is settled (its
+    /// error, if any, sent as an `internal` error frame) before the next cache request is
+    /// awaited, after a deposit is handed to the cache (so both are written in one turn
+    /// of the relay's cache writer), when the session is idle, and when it ends. (In a
+    /// mutex only to keep `Session` `Sync`; it is always reached through `&mut`.)
+    ack: std::sync::Mutex<Option<CacheFuture<()>>>,
 }
 
 /// Runs one connection to its end.
@@ -115,6 +124,7 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
         node_heard: None,
         wrong_codes: 0,
         wrong_codes_at: None,
+        ack: std::sync::Mutex::new(None),
         signaling,
     };
     let write_timeout = session.signaling.config.heartbeat_timeout;
@@ -138,6 +148,10 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
     };
 
     session.leave();
+    // An acknowledgement still in flight is carried out (nobody is left to hear its error).
+    if let Some(ack) = session.ack_slot().take() {
+        let _ = tokio::time::timeout(CLOSE_GRACE, ack).await;
+    }
     let closing = match end {
         End::Gone | End::Silent => None,
         End::Closed => {
@@ -238,6 +252,14 @@ impl Session {
                         return End::Gone;
                     }
                 }
+                Some(result) = settle(self.ack_slot()) => {
+                    if let Err(e) = result {
+                        let frames = std::iter::once(Message::Text(internal(&e).encode().into()));
+                        if send_all(socket, frames, inbox, write_timeout).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                }
                 () = replaced.notified() => return End::Replaced,
                 _ = ping.tick() => {
                     if send(socket, Message::Ping(Default::default()), write_timeout).await.is_err() {
@@ -289,6 +311,25 @@ impl Session {
                 return vec![ServerFrame::error(e.code(), e.to_string())];
             }
         };
+        // Requests see the effect of an earlier receipt acknowledgement: it is settled first
+        // (a deposit and a further acknowledgement settle it once they are handed over).
+        if self.ack_slot().is_some()
+            && !matches!(
+                frame,
+                ClientFrame::Deposit { .. } | ClientFrame::AckReceipt { .. }
+            )
+        {
+            if let Some(error) = Box::pin(self.settle_ack()).await {
+                let mut replies = vec![error];
+                replies.extend(Box::pin(self.dispatch(frame)).await);
+                return replies;
+            }
+        }
+        self.dispatch(frame).await
+    }
+
+    /// Answers one parsed client frame.
+    async fn dispatch(&mut self, frame: ClientFrame) -> Vec<ServerFrame> {
         let authenticated = self.address.is_some();
         let reply = match frame {
             ClientFrame::Ping { nonce } => ServerFrame::Pong { nonce },
@@ -786,7 +827,13 @@ impl Session {
             location: MailLocation::Relay,
         };
         let quota = policy.quota_bytes;
-        match self.cache().deposit_async(mail, quota).await {
+        // Handed to the cache before an acknowledgement in flight is awaited: the relay's
+        // cache writer then writes both in one turn, in the order they came.
+        let stored = self.cache().deposit_async(mail, quota);
+        if let Some(error) = self.settle_ack().await {
+            self.tell_self(&error);
+        }
+        match stored.await {
             Ok(cache::Deposit::Stored) => {
                 tracing::debug!(session = self.id, %to, %message_id, "mail cached");
                 self.signaling.push(
@@ -982,14 +1029,38 @@ impl Session {
         }
     }
 
-    /// Returns the error to send back, if any.
+    /// Hands the acknowledgement to the cache without waiting for it (see [`Session::ack`]);
+    /// returns the error of the one before it, if any.
     async fn ack_receipt(&mut self, to: Address, message_id: MessageId) -> Option<ServerFrame> {
         let me = self.address.clone()?;
-        self.cache()
-            .ack_receipt_async(me, to, message_id)
-            .await
-            .err()
-            .map(|e| internal(&e))
+        let ack = self.cache().ack_receipt_async(me, to, message_id);
+        let earlier = self.settle_ack().await;
+        *self.ack_slot() = Some(ack);
+        earlier
+    }
+
+    /// Waits for the receipt acknowledgement in flight, if any; its error frame if it failed.
+    async fn settle_ack(&mut self) -> Option<ServerFrame> {
+        match settle(self.ack_slot()).await? {
+            Ok(()) => None,
+            Err(e) => Some(internal(&e)),
+        }
+    }
+
+    /// The receipt acknowledgement in flight ([`Session::ack`]).
+    fn ack_slot(&mut self) -> &mut Option<CacheFuture<()>> {
+        self.ack.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `frame` for this session's own client, behind the reply being made.
+    fn tell_self(&self, frame: &ServerFrame) {
+        if self
+            .outbox
+            .try_send(Utf8Bytes::from(frame.encode()))
+            .is_err()
+        {
+            tracing::debug!(session = self.id, "frame dropped: outbox full");
+        }
     }
 
     fn register(&mut self, name: &str, public_key: &PublicKey, signature: &str) -> ServerFrame {
@@ -1286,6 +1357,14 @@ fn internal(e: &Error) -> ServerFrame {
         ErrorCode::Internal,
         "the relay could not complete the request; try again later",
     )
+}
+
+/// The result of the cache request in `slot`, which is then empty; `None` at once if it is
+/// empty.
+async fn settle<T>(slot: &mut Option<CacheFuture<T>>) -> Option<Result<T, Error>> {
+    let result = slot.as_mut()?.await;
+    *slot = None;
+    Some(result)
 }
 
 /// Classifies a failed read: an oversized frame is a policy violation, anything else a

@@ -260,6 +260,11 @@ async fn run(config: Config) -> Result<Value> {
     };
     let ratio = ma / mb;
     let heap_full = heap_col(&app_runs);
+    let after_gc = |runs: &[Value]| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|r| r["bob_heap"]["after_gc"].as_f64())
+            .collect()
+    };
     let peak_full = median(&heap_full);
     let peak_half = half_run["bob_heap"]["peak_used"]
         .as_f64()
@@ -359,6 +364,12 @@ async fn run(config: Config) -> Result<Value> {
             "baseline_runs": heap_col(&base_runs),
             "rule": "heap_flat = peak(full) <= 1.25 * peak(half) + 8 MiB",
             "heap_flat": heap_flat,
+            "after_gc": {
+                "what": "usedJSHeapSize after a CDP garbage collection at the end of each run: what Bob's page still holds (the peak also counts garbage V8 has not collected yet, which can grow with a run's length even for the baseline, which keeps nothing)",
+                "half_size": half_run["bob_heap"]["after_gc"],
+                "full_size_samples": after_gc(&app_runs),
+                "baseline_runs": after_gc(&base_runs),
+            },
         },
         "bob_wasm_memory_bytes": {
             "what": "byte length of each WebAssembly.Memory in Bob's page (CDP Runtime.queryObjects) after each app run; Bob's page is reloaded before each app run and wasm memory never shrinks, so this is the run's peak (runs.app[].bob_wasm_memory_bytes_before: the same just before Send)",

@@ -131,13 +131,22 @@ pub async fn heap_start(b: &Browser) -> Result<()> {
     Ok(())
 }
 
-/// Stops the heap poller; `{start, peak_used, peak_total, samples}` in bytes.
+/// Stops the heap poller; `{start, peak_used, peak_total, samples, after_gc}` in bytes:
+/// `after_gc` is the used heap after a garbage collection at the end, what the page still
+/// holds (the peak also counts garbage not collected yet).
 pub async fn heap_stop(b: &Browser) -> Result<Value> {
-    b.eval(
-        "clearInterval(window.__heapTimer); window.__heapTimer = null; return window.__heap;",
-        vec![],
-    )
-    .await
+    let mut heap: Value = b
+        .eval(
+            "clearInterval(window.__heapTimer); window.__heapTimer = null; return window.__heap;",
+            vec![],
+        )
+        .await?;
+    b.cdp("HeapProfiler.collectGarbage", json!({})).await?;
+    let after: f64 = b
+        .eval("return performance.memory.usedJSHeapSize;", vec![])
+        .await?;
+    heap["after_gc"] = json!(after);
+    Ok(heap)
 }
 
 /// The byte size of each `WebAssembly.Memory` of the page (CDP `Runtime.queryObjects`).

@@ -38,6 +38,9 @@ pub fn app() -> Html {
         Phase::Loading => {
             html! { <div class="splash"><div class="brand">{ "Peermail" }</div><p>{ "Loading…" }</p></div> }
         }
+        Phase::Waiting(what) => html! {
+            <div class="splash"><div class="brand">{ "Peermail" }</div><p id="storage-waiting">{ what }</p></div>
+        },
         Phase::Broken(why) => html! {
             <div class="splash"><div class="brand">{ "Peermail" }</div><p class="error">{ why }</p></div>
         },

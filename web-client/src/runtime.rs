@@ -47,6 +47,8 @@ pub enum Phase {
     Running,
     /// Storage could not be opened; the text says why.
     Broken(String),
+    /// Opening storage waits for something the person can do; the text says what.
+    Waiting(String),
 }
 
 /// What the storage-node panel shows about pairing.
@@ -241,8 +243,37 @@ impl Runtime {
 
     /// Opens storage, loads the account if there is one, and connects to the relay.
     pub async fn start(self: Rc<Self>) {
-        let store = match IdbStore::open(DB_NAME).await {
-            Ok(s) => Rc::new(s),
+        let waiting = Rc::downgrade(&self);
+        let opened = IdbStore::open_or_wait(DB_NAME, move || {
+            if let Some(rt) = waiting.upgrade() {
+                *rt.phase.borrow_mut() = Phase::Waiting(
+                    "Peermail is open in another tab with an older version. Close or reload \
+                     that tab to finish updating."
+                        .into(),
+                );
+                rt.changed();
+            }
+        })
+        .await;
+        let store = match opened {
+            Ok(s) => {
+                let rt = Rc::downgrade(&self);
+                let watched = s.close_on_upgrade(DB_NAME, move || {
+                    if let Some(rt) = rt.upgrade() {
+                        *rt.phase.borrow_mut() = Phase::Broken(
+                            "Peermail was updated in another tab. Reload this page to go on."
+                                .into(),
+                        );
+                        rt.changed();
+                    }
+                });
+                if let Err(e) = watched {
+                    log(&format!(
+                        "storage: newer versions in other tabs are not watched ({e})"
+                    ));
+                }
+                Rc::new(s)
+            }
             Err(e) => {
                 *self.phase.borrow_mut() =
                     Phase::Broken(format!("This browser's storage is not available: {e}"));

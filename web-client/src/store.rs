@@ -108,12 +108,72 @@ impl IdbStore {
 
     /// Opens (creating or upgrading as needed) the database `db_name`.
     pub async fn open(db_name: &str) -> Result<IdbStore, StoreError> {
+        Self::open_or_wait(db_name, || ()).await
+    }
+
+    /// [`open`](Self::open), calling `on_blocked` if the upgrade has to wait for another
+    /// connection to close (a tab still running an older version of the app); the open
+    /// then completes once that connection is gone.
+    pub async fn open_or_wait(
+        db_name: &str,
+        on_blocked: impl FnOnce() + 'static,
+    ) -> Result<IdbStore, StoreError> {
         let db = Database::open(db_name)
             .with_version(SCHEMA_VERSION)
+            .with_on_blocked(move |_| {
+                on_blocked();
+                Ok(())
+            })
             .with_on_upgrade_needed(|event, db| upgrade(&event, &db))
             .await
             .map_err(err)?;
         Ok(IdbStore { db })
+    }
+
+    /// Gives way to a newer version of the app: when another tab opens `db_name` with a
+    /// newer schema, this store's connection is closed (so that the upgrade is not held up)
+    /// and `on_upgrade` is called once. Works through a second connection of its own, which
+    /// only listens for `versionchange`.
+    pub fn close_on_upgrade(
+        &self,
+        db_name: &str,
+        on_upgrade: impl FnOnce() + 'static,
+    ) -> Result<(), StoreError> {
+        use wasm_bindgen::closure::Closure;
+        use wasm_bindgen::JsCast;
+        let factory = web_sys::window()
+            .ok_or_else(|| StoreError("no window".into()))?
+            .indexed_db()
+            .map_err(|e| StoreError(format!("{e:?}")))?
+            .ok_or_else(|| StoreError("IndexedDB is not available".into()))?;
+        let request = factory
+            .open(db_name)
+            .map_err(|e| StoreError(format!("{e:?}")))?;
+        let db = self.db.clone();
+        let mut on_upgrade = Some(on_upgrade);
+        let req = request.clone();
+        let on_open = Closure::once(move || {
+            let Ok(watcher) = req
+                .result()
+                .and_then(|r| r.dyn_into::<web_sys::IdbDatabase>())
+            else {
+                return;
+            };
+            let w = watcher.clone();
+            let on_change = Closure::<dyn FnMut()>::new(move || {
+                w.close();
+                db.clone().close();
+                if let Some(f) = on_upgrade.take() {
+                    f();
+                }
+            });
+            watcher.set_onversionchange(Some(on_change.as_ref().unchecked_ref()));
+            // Lives as long as the page: one per store.
+            on_change.forget();
+        });
+        request.set_onsuccess(Some(on_open.as_ref().unchecked_ref()));
+        on_open.forget();
+        Ok(())
     }
 
     /// Upserts one JSON value under `key` in `store`, committing before returning.

@@ -119,3 +119,52 @@ async fn a_version_4_database_is_upgraded_and_takes_groups() {
     assert_eq!(snap.contacts, vec![bob]);
     assert_eq!(snap.groups, vec![team]);
 }
+
+/// A tab still running an older version keeps its connection open: opening the store then
+/// waits (and says so through `on_blocked`) and completes once that connection is closed.
+/// A store that watches for upgrades closes its own connection when a newer version opens
+/// the database, instead of holding that tab up, and says so.
+#[wasm_bindgen_test]
+async fn upgrades_wait_for_older_tabs_and_newer_ones_close_this_one() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use indexed_db_futures::database::Database;
+    use peermail_core::store::{MailStore, StoreWrite};
+    let name = format!("peermail-test-tabs-{}", js_sys::Date::now() as u64);
+    let older_tab = common::old_database(&name, 5).await;
+    let blocked = Rc::new(Cell::new(false));
+    {
+        let blocked = blocked.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            // The older tab closes (is reloaded) a little after it held the upgrade up.
+            while !blocked.get() {
+                gloo_timers::future::TimeoutFuture::new(10).await;
+            }
+            older_tab.close();
+        });
+    }
+    let b = blocked.clone();
+    let store = IdbStore::open_or_wait(&name, move || b.set(true))
+        .await
+        .unwrap();
+    assert!(blocked.get(), "the upgrade waited for the older tab");
+    let bob: peermail_core::Address = "bob@h".parse().unwrap();
+    store
+        .apply(StoreWrite::PutContact(bob.clone()))
+        .await
+        .unwrap();
+
+    let told = Rc::new(Cell::new(false));
+    let t = told.clone();
+    store.close_on_upgrade(&name, move || t.set(true)).unwrap();
+    // Let the watching connection open before the newer tab comes.
+    gloo_timers::future::TimeoutFuture::new(50).await;
+    let newer_tab = Database::open(&name).with_version(99u32).await.unwrap();
+    assert!(told.get(), "this store was told of the newer version");
+    assert!(
+        store.apply(StoreWrite::PutContact(bob)).await.is_err(),
+        "its connection is closed"
+    );
+    newer_tab.close();
+}

@@ -1166,6 +1166,29 @@ fn test_file(w: &World, name: &str, bytes: &[u8]) -> Result<std::path::PathBuf> 
     Ok(path)
 }
 
+/// Bob closes his browser; Alice mails him the file at `path` and waits until the relay
+/// keeps both the mail and the file for him ("cached", "kept at the relay").
+async fn leave_file_at_relay(
+    w: &mut World,
+    bob_addr: &str,
+    subject: &str,
+    body: &str,
+    path: &std::path::Path,
+) -> Result<()> {
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    let alice = w.get("alice")?;
+    alice
+        .compose_with_files(bob_addr, subject, body, &[path])
+        .await?;
+    alice
+        .wait_recipient(&["outbox"], subject, bob_addr, "cached")
+        .await?;
+    alice
+        .wait_attachment_status(&format!("still needed by {bob_addr} (kept at the relay)"))
+        .await?;
+    Ok(())
+}
+
 fn same_file(what: &str, got: &[u8], want: &[u8]) -> Result<()> {
     let (g, h) = (
         peermail_core::attach::sha256(got),
@@ -1380,17 +1403,7 @@ async fn small_attachment_reaches_an_offline_recipient_through_the_relay(
         text.push_str(": the committee agreed on everything.\n");
     }
     let path = test_file(w, NAME, text.as_bytes())?;
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
-    let alice = w.get("alice")?;
-    alice
-        .compose_with_files(&bob_addr, SUBJECT, "The minutes are attached.", &[&path])
-        .await?;
-    alice
-        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
-        .await?;
-    alice
-        .wait_attachment_status(&format!("still needed by {bob_addr} (kept at the relay)"))
-        .await?;
+    leave_file_at_relay(w, &bob_addr, SUBJECT, "The minutes are attached.", &path).await?;
     relay_files_lack(w, &[MARKER])?;
     w.browsers
         .get_mut("alice")

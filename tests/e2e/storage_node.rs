@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use peermail_e2e::procs::StorageNodeProc;
 
-use super::{noise, same_file, test_file, World};
+use super::{leave_file_at_relay, noise, same_file, test_file, World};
 
 /// Bob starts `relay node`, which prints a pairing code. In his page's Storage node panel a
 /// wrong code is refused with the relay's reason; the right one pairs the node, which signs
@@ -193,17 +193,7 @@ pub(crate) async fn relay_hands_over_to_a_returning_storage_node(w: &mut World) 
     );
     let text = noise(600 * 1024 + 5, 77);
     let path = test_file(w, NAME, &text)?;
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
-    let alice = w.get("alice")?;
-    alice
-        .compose_with_files(&bob_addr, SUBJECT, "Please read.", &[&path])
-        .await?;
-    alice
-        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
-        .await?;
-    alice
-        .wait_attachment_status(&format!("still needed by {bob_addr} (kept at the relay)"))
-        .await?;
+    leave_file_at_relay(w, &bob_addr, SUBJECT, "Please read.", &path).await?;
     w.browsers
         .get_mut("alice")
         .context("alice")?

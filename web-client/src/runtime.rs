@@ -820,8 +820,9 @@ impl Runtime {
                 }
             }
             UploadRequest::Chunks { indices } => {
+                let mut segment = SegmentReader::default();
                 for index in indices {
-                    match store.read_chunk(attachment, index).await {
+                    match segment.chunk(&store, attachment, index).await {
                         Ok(Some(data)) => {
                             self.send_server(&ClientFrame::DepositChunk {
                                 to: to.clone(),

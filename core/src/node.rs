@@ -70,7 +70,7 @@ use chacha20::ChaCha20Rng;
 use hpke::rand_core::{Rng as _, SeedableRng};
 
 use crate::address::Address;
-use crate::attach::AttachmentId;
+use crate::attach::{AttachmentId, Hash};
 use crate::groups::{group_key, Group};
 use crate::identity::{auth_message, EncryptionKey, Identity, PublicKey};
 use crate::mail::{Draft, Mail, MessageId, Millis};
@@ -136,6 +136,18 @@ pub enum Input {
     Frame {
         peer: Address,
         bytes: Vec<u8>,
+    },
+    /// A [`PeerFrame::Chunk`] received from `peer` that the driver decoded itself, with
+    /// `sha256`, the SHA-256 of `data`, computed by the driver (a browser's native SHA-256,
+    /// off the page's thread, is several times faster than this crate's in WebAssembly).
+    /// Handled exactly as a `Frame` carrying the same chunk: checked against the chunk
+    /// list by that hash.
+    Chunk {
+        peer: Address,
+        attachment: AttachmentId,
+        index: u32,
+        data: Vec<u8>,
+        sha256: Hash,
     },
     /// Result of an `Output::Store`.
     Stored {
@@ -681,6 +693,13 @@ impl Node {
                 self.push_link_down(&peer);
             }
             Input::Frame { peer, bytes } => self.handle_frame(peer, &bytes),
+            Input::Chunk {
+                peer,
+                attachment,
+                index,
+                data,
+                sha256,
+            } => self.receive_chunk(Some(peer), attachment, index, data, Some(sha256)),
             Input::Stored { op, result } => self.handle_stored(op, result),
             Input::Tick => self.handle_tick(),
             Input::FileChecked { attachment, result } => self.file_checked(attachment, result),

@@ -164,7 +164,18 @@ fn lost_chunks_are_asked_for_again_after_a_timeout() {
 
 #[test]
 fn corrupted_chunks_and_chunk_lists_are_refused_and_fetched_again() {
+    corrupted_chunks_refused(false);
+}
+
+/// The same with Bob's driver hashing the chunks (`Input::Chunk`), as the web client does.
+#[test]
+fn chunks_hashed_by_the_driver_are_checked_the_same_way() {
+    corrupted_chunks_refused(true);
+}
+
+fn corrupted_chunks_refused(driver_hashes_chunks: bool) {
     let mut w = world_with(&["alice", "bob"]);
+    w.driver_hashes_chunks = driver_hashes_chunks;
     let (alice, bob) = (addr("alice"), addr("bob"));
     w.online(&alice);
     w.online(&bob);

@@ -7,6 +7,7 @@
 //! Modules:
 //! - [`store`]: [`IdbStore`](store::IdbStore), the `MailStore` contract on IndexedDB.
 //! - [`chunks`]: the attachment chunk store (Blobs in the same database) and sealing a file into it.
+//! - [`held`]: received chunks kept in memory until their segment is whole, then written once.
 //! - [`signaling`]: the self-reconnecting WebSocket to the relay's `/ws`.
 //! - [`rtc`]: RTCPeerConnection / RTCDataChannel negotiation and traffic.
 //! - [`runtime`]: sign-up, the node pump (one ordered output queue, one executing task),
@@ -22,6 +23,7 @@ pub mod app;
 pub mod attachments_view;
 pub mod chunks;
 pub mod compose_files;
+pub mod held;
 pub mod rtc;
 pub mod runtime;
 pub mod signaling;

@@ -22,6 +22,7 @@ use peermail_core::wire::signal::{ClientFrame, ErrorCode, ServerFrame};
 use peermail_core::{Address, Command, Config, Draft, Event, Input, MessageId, Node, Output};
 use wasm_bindgen_futures::spawn_local;
 
+use crate::held::{Flush, Held, HELD_MAX_CHUNKS, HELD_MS};
 use crate::rtc::{Hooks, Rtc};
 use crate::signaling::{Signaling, SocketEvent};
 use crate::store::IdbStore;
@@ -115,6 +116,23 @@ pub struct Runtime {
     queue: RefCell<VecDeque<Output>>,
     /// The executing task is running.
     pumping: Cell<bool>,
+    /// Received chunks waiting for the rest of their segment ([`crate::held`]).
+    held: RefCell<Held>,
+    /// The held-chunks timer fired: the executing task writes everything held.
+    flush_due: Cell<bool>,
+    /// When the held-chunks timer fires, if armed.
+    held_due: Cell<Option<u64>>,
+    held_timer: RefCell<Option<gloo_timers::callback::Timeout>>,
+    /// Inputs from data channels, in arrival order, with the pending SHA-256 of each chunk
+    /// (see `peer_input`).
+    incoming: RefCell<VecDeque<(Input, Option<wasm_bindgen_futures::JsFuture>)>>,
+    /// The task handing `incoming` to the node is running.
+    incoming_running: Cell<bool>,
+    /// The browser's native crypto (`crypto.subtle`), where the page has it (secure
+    /// contexts: https and localhost).
+    subtle: Option<web_sys::SubtleCrypto>,
+    /// Chunk counts of the attachments being received (see `chunk_count`).
+    chunk_counts: RefCell<HashMap<AttachmentId, u32>>,
     /// The single tick timer, re-armed after every input.
     timer: RefCell<Option<gloo_timers::callback::Timeout>>,
     /// The node deadline the timer is armed for.
@@ -178,6 +196,14 @@ impl Runtime {
             pairing: RefCell::new(Pairing::default()),
             queue: RefCell::new(VecDeque::new()),
             pumping: Cell::new(false),
+            held: RefCell::new(Held::default()),
+            flush_due: Cell::new(false),
+            held_due: Cell::new(None),
+            held_timer: RefCell::new(None),
+            chunk_counts: RefCell::new(HashMap::new()),
+            incoming: RefCell::new(VecDeque::new()),
+            incoming_running: Cell::new(false),
+            subtle: native_crypto(),
             timer: RefCell::new(None),
             timer_deadline: Cell::new(None),
             signaling: RefCell::new(None),
@@ -206,7 +232,7 @@ impl Runtime {
             }),
             input: Box::new(move |input| {
                 if let Some(rt) = w2.upgrade() {
-                    rt.input(input);
+                    rt.peer_input(input);
                 }
             }),
         });
@@ -594,6 +620,70 @@ impl Runtime {
         self.schedule(produced, tell_ui);
     }
 
+    /// An input from a data channel. A chunk frame is decoded here and its SHA-256 computed
+    /// by the browser (`crypto.subtle.digest`: native, off this thread, several times
+    /// faster than SHA-256 in WebAssembly); the node gets it as `Input::Chunk` with that
+    /// hash. Inputs reach the node in arrival order: those behind a chunk wait for its hash.
+    fn peer_input(&self, input: Input) {
+        let pending = match (&self.subtle, input) {
+            (Some(subtle), Input::Frame { peer, bytes }) => match PeerFrame::decode(&bytes) {
+                Ok(PeerFrame::Chunk {
+                    attachment,
+                    index,
+                    data,
+                }) => {
+                    let digest = subtle
+                        .digest_with_str_and_u8_array("SHA-256", &data)
+                        .ok()
+                        .map(wasm_bindgen_futures::JsFuture::from);
+                    let chunk = Input::Chunk {
+                        peer,
+                        attachment,
+                        index,
+                        data,
+                        sha256: [0; 32],
+                    };
+                    (chunk, digest)
+                }
+                _ => (Input::Frame { peer, bytes }, None),
+            },
+            (_, input) => (input, None),
+        };
+        if !self.incoming_running.get() && pending.1.is_none() {
+            return self.input(pending.0);
+        }
+        self.incoming.borrow_mut().push_back(pending);
+        if self.incoming_running.replace(true) {
+            return;
+        }
+        let rt = self.rc();
+        spawn_local(async move {
+            loop {
+                let next = rt.incoming.borrow_mut().pop_front();
+                let Some((mut input, digest)) = next else {
+                    break;
+                };
+                if let Input::Chunk { data, sha256, .. } = &mut input {
+                    let native = match digest {
+                        Some(d) => d.await.ok(),
+                        None => None,
+                    };
+                    *sha256 = match native {
+                        Some(buf) if js_sys::Uint8Array::new(&buf).length() == 32 => {
+                            let mut h = [0u8; 32];
+                            js_sys::Uint8Array::new(&buf).copy_to(&mut h);
+                            h
+                        }
+                        // The browser refused (it should not): hashed here instead.
+                        _ => peermail_core::attach::sha256(data),
+                    };
+                }
+                rt.input(input);
+            }
+            rt.incoming_running.set(false);
+        });
+    }
+
     /// Like [`input`](Self::input), returning a copy of the outputs it produced (for
     /// commands whose answer the caller reads).
     fn handle(&self, input: Input) -> Vec<Output> {
@@ -654,6 +744,10 @@ impl Runtime {
     }
 
     /// Starts the executing task unless it is already running.
+    ///
+    /// Received chunks (and the download records written with them) go to [`Held`] and are
+    /// written a whole segment at a time (see [`crate::held`]); everything else runs in
+    /// order, after held chunks are written if it may read or delete stored ones.
     fn kick(&self) {
         if self.pumping.replace(true) {
             return;
@@ -661,38 +755,167 @@ impl Runtime {
         let rt = self.rc();
         spawn_local(async move {
             loop {
+                let overdue = rt
+                    .held
+                    .borrow()
+                    .oldest()
+                    .is_some_and(|t| now() >= t + HELD_MS);
+                if rt.flush_due.replace(false) || overdue {
+                    let flush = rt.held.borrow_mut().take_all();
+                    rt.write_held(flush).await;
+                }
                 let next = rt.queue.borrow_mut().pop_front();
                 let Some(out) = next else { break };
-                if is_chunk_write(&out) {
-                    let mut batch = vec![out];
-                    let mut waited = 0;
-                    loop {
-                        let others_wait = {
-                            let mut q = rt.queue.borrow_mut();
-                            while q.front().is_some_and(is_chunk_write) && batch.len() < 64 {
-                                batch.push(q.pop_front().expect("front exists"));
-                            }
-                            !q.is_empty()
-                        };
-                        // A segment's worth of chunks is written at once while they
-                        // stream in (one Blob and one record per segment, not one per
-                        // few chunks), unless something else waits or time is up.
-                        let chunks = batch.iter().filter(|o| is_put_chunk(o)).count();
-                        if chunks >= crate::chunks::BATCH_CHUNKS
-                            || others_wait
-                            || waited >= BATCH_WAIT_MS
-                        {
-                            break;
+                match out {
+                    Output::Store {
+                        op,
+                        write:
+                            StoreWrite::PutChunk {
+                                attachment,
+                                index,
+                                data,
+                            },
+                    } => {
+                        let count = rt.chunk_count(attachment);
+                        let whole = rt.held.borrow_mut().put_chunk(
+                            now(),
+                            op,
+                            attachment,
+                            index,
+                            data,
+                            count,
+                        );
+                        if let Some(key) = whole {
+                            // The record the node wrote right after this chunk goes with it.
+                            rt.hold_next_records(attachment);
+                            let flush = rt.held.borrow_mut().take_segment(key);
+                            rt.write_held(flush).await;
+                        } else if rt.held.borrow().chunk_count() > HELD_MAX_CHUNKS {
+                            let flush = rt.held.borrow_mut().take_all();
+                            rt.write_held(flush).await;
                         }
-                        gloo_timers::future::TimeoutFuture::new(BATCH_POLL_MS).await;
-                        waited += BATCH_POLL_MS;
                     }
-                    rt.store_chunk_batch(batch).await;
-                    continue;
+                    Output::Store {
+                        op,
+                        write: StoreWrite::PutDownload(record),
+                    } if rt.held.borrow().holds(&record.attachment.id) => {
+                        rt.held.borrow_mut().put_record(op, record);
+                    }
+                    out if is_chunk_write(&out) => {
+                        // A download record of an attachment with nothing held, and those
+                        // right behind it: one transaction.
+                        let mut batch = vec![out];
+                        loop {
+                            let mut q = rt.queue.borrow_mut();
+                            let next_is_record = matches!(
+                                q.front(),
+                                Some(Output::Store { write: StoreWrite::PutDownload(r), .. })
+                                    if !rt.held.borrow().holds(&r.attachment.id)
+                            );
+                            if !next_is_record {
+                                break;
+                            }
+                            batch.push(q.pop_front().expect("front exists"));
+                        }
+                        rt.store_chunk_batch(batch).await;
+                    }
+                    out => {
+                        if reads_stored_chunks(&out) && !rt.held.borrow().is_empty() {
+                            let flush = rt.held.borrow_mut().take_all();
+                            rt.write_held(flush).await;
+                        }
+                        rt.execute(out).await;
+                    }
                 }
-                rt.execute(out).await;
             }
             rt.pumping.set(false);
+            rt.arm_held_timer();
+        });
+    }
+
+    /// How many chunks `attachment` has (remembered: it never changes), as far as this
+    /// node downloads it.
+    fn chunk_count(&self, attachment: AttachmentId) -> u32 {
+        if let Some(n) = self.chunk_counts.borrow().get(&attachment) {
+            return *n;
+        }
+        let Some(n) = self
+            .with_node(|n| n.download(&attachment).map(|d| d.attachment.chunk_count()))
+            .flatten()
+        else {
+            return u32::MAX;
+        };
+        self.chunk_counts.borrow_mut().insert(attachment, n);
+        n
+    }
+
+    /// Moves the download records of `attachment` at the front of the queue to [`Held`].
+    fn hold_next_records(&self, attachment: AttachmentId) {
+        let mut q = self.queue.borrow_mut();
+        while let Some(Output::Store {
+            write: StoreWrite::PutDownload(r),
+            ..
+        }) = q.front()
+        {
+            if r.attachment.id != attachment {
+                break;
+            }
+            if let Some(Output::Store {
+                op,
+                write: StoreWrite::PutDownload(r),
+            }) = q.pop_front()
+            {
+                self.held.borrow_mut().put_record(op, r);
+            }
+        }
+    }
+
+    /// Writes held chunks and records in one transaction and answers their ops.
+    async fn write_held(&self, flush: Flush) {
+        if flush.ops.is_empty() {
+            return;
+        }
+        let store = self.store.borrow().clone();
+        let result = match store {
+            Some(store) => {
+                let chunks: Vec<(AttachmentId, u32, &[u8])> = flush
+                    .chunks
+                    .iter()
+                    .map(|(a, i, d)| (*a, *i, &d[..]))
+                    .collect();
+                store
+                    .put_chunks_and_records(&chunks, &flush.records)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("storage is not open".to_string()),
+        };
+        for op in flush.ops {
+            self.input(Input::Stored {
+                op,
+                result: result.clone(),
+            });
+        }
+    }
+
+    /// Arms the timer that writes held chunks once the oldest has waited [`HELD_MS`]
+    /// (unless it is armed for that moment already).
+    fn arm_held_timer(&self) {
+        let due = self.held.borrow().oldest().map(|t| t + HELD_MS);
+        if due == self.held_due.get() {
+            return;
+        }
+        self.held_due.set(due);
+        *self.held_timer.borrow_mut() = due.map(|due| {
+            let me = self.me.clone();
+            let delay = due.saturating_sub(now()).min(HELD_MS) as u32;
+            gloo_timers::callback::Timeout::new(delay, move || {
+                if let Some(rt) = me.upgrade() {
+                    rt.held_due.set(None);
+                    rt.flush_due.set(true);
+                    rt.kick();
+                }
+            })
         });
     }
 
@@ -1239,21 +1462,26 @@ impl SegmentReader {
     }
 }
 
-/// How long, at most, received chunks wait for more of their segment before they are
-/// written (a transfer streams about one chunk every few milliseconds).
-const BATCH_WAIT_MS: u32 = 24;
-/// How often the waiting batch looks for more chunks.
-const BATCH_POLL_MS: u32 = 4;
+/// `crypto.subtle`, if this page has it (only secure contexts do).
+fn native_crypto() -> Option<web_sys::SubtleCrypto> {
+    let subtle = web_sys::window()?.crypto().ok()?.subtle();
+    (!wasm_bindgen::JsValue::from(subtle.clone()).is_undefined()).then_some(subtle)
+}
 
-/// A chunk write.
-fn is_put_chunk(out: &Output) -> bool {
-    matches!(
-        out,
-        Output::Store {
-            write: StoreWrite::PutChunk { .. },
-            ..
-        }
-    )
+/// An output that reads or deletes stored chunks, or must come after every chunk write
+/// before it: held chunks are written before it runs.
+fn reads_stored_chunks(out: &Output) -> bool {
+    match out {
+        Output::ToServer(_)
+        | Output::Connect(_)
+        | Output::ToPeer { .. }
+        | Output::StopServing { .. }
+        | Output::Event(_) => false,
+        Output::Store { .. }
+        | Output::Serve { .. }
+        | Output::Upload { .. }
+        | Output::CheckFile(_) => true,
+    }
 }
 
 /// A chunk write or a download record: the writes [`Runtime::store_chunk_batch`] batches.

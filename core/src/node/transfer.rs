@@ -687,7 +687,7 @@ impl Node {
                 attachment,
                 index,
                 data,
-            } => self.receive_chunk(Some(peer), attachment, index, data),
+            } => self.receive_chunk(Some(peer), attachment, index, data, None),
             PeerFrame::TransferRefused { attachment, reason } if peer.is_storage_node() => {
                 if self
                     .outgoing
@@ -858,12 +858,15 @@ impl Node {
     }
 
     /// A chunk from the sender's node (`peer`), or from the relay (`None`).
-    fn receive_chunk(
+    /// A chunk from `peer` (`None`: the relay); `sha256` is its hash if the driver computed
+    /// it (`Input::Chunk`).
+    pub(super) fn receive_chunk(
         &mut self,
         peer: Option<Address>,
         id: AttachmentId,
         index: u32,
         data: Vec<u8>,
+        sha256: Option<Hash>,
     ) {
         let now = self.now;
         let Some(d) = self.downloads.get(&id) else {
@@ -878,7 +881,11 @@ impl Node {
         let peer = peer.unwrap_or_else(|| d.record.from.clone());
         d.requested.remove(&index);
         d.active_at = now;
-        match d.record.progress.accept_chunk(index, &data) {
+        let accepted = match sha256 {
+            Some(h) => d.record.progress.accept_hashed_chunk(index, &data, || h),
+            None => d.record.progress.accept_chunk(index, &data),
+        };
+        match accepted {
             Ok(Accepted::New) => {
                 // Decrypt and hash it now if it is the next in order (saves reading the
                 // whole file back at the end).
@@ -1115,7 +1122,7 @@ impl Node {
                 index,
                 data,
             } => match BASE64.decode(data.as_bytes()) {
-                Ok(bytes) => self.receive_chunk(None, attachment, index, bytes),
+                Ok(bytes) => self.receive_chunk(None, attachment, index, bytes, None),
                 Err(_) => self.event(Event::ServerError {
                     code: ErrorCode::MalformedFrame,
                     message: format!("the relay sent chunk {index} of {attachment} unreadable"),

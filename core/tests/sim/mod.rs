@@ -128,6 +128,9 @@ pub struct World {
     pub chunks_served: u32,
     /// Every chunk write fails (storage full).
     pub fail_chunk_writes: bool,
+    /// People's drivers decode chunk frames and hash the chunks themselves
+    /// (`Input::Chunk`), as the web client does with the browser's SHA-256.
+    pub driver_hashes_chunks: bool,
     seed: u8,
     pub config: Config,
     /// Storage nodes, by their address (`name+node@…`).
@@ -161,6 +164,7 @@ impl World {
             relay_down: false,
             chunks_served: 0,
             fail_chunk_writes: false,
+            driver_hashes_chunks: false,
             seed: 0,
             config: Config::default(),
             storages: BTreeMap::new(),

@@ -120,7 +120,20 @@ impl World {
             let input = match link {
                 Link::Up(p) => Input::PeerConnected(p),
                 Link::Down(p) => Input::PeerDisconnected(p),
-                Link::Frame(peer, bytes) => Input::Frame { peer, bytes },
+                Link::Frame(peer, bytes) => match PeerFrame::decode(&bytes) {
+                    Ok(PeerFrame::Chunk {
+                        attachment,
+                        index,
+                        data,
+                    }) if self.driver_hashes_chunks => Input::Chunk {
+                        peer,
+                        attachment,
+                        index,
+                        sha256: peermail_core::attach::sha256(&data),
+                        data,
+                    },
+                    _ => Input::Frame { peer, bytes },
+                },
             };
             self.queue.push_back((to.clone(), input));
         }

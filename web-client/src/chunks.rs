@@ -137,7 +137,7 @@ impl Segment {
     /// bytes and of the stored Blob (whole, or one slice per run of stored chunks kept
     /// between new ones); no stored byte is read.
     fn merged(old: Option<&Segment>, chunks: &[(u32, &[u8])]) -> Result<Segment, String> {
-        let parts = Array::new();
+        let mut plan: Vec<Part<'_>> = Vec::new();
         let (mut indices, mut offsets) = (Vec::new(), vec![0u32]);
         let stored: &[u32] = old.map_or(&[], |o| o.indices.as_slice());
         let (mut a, mut b) = (0, 0);
@@ -155,7 +155,7 @@ impl Segment {
                 }
                 b += 1;
                 let len = u32::try_from(data.len()).map_err(err)?;
-                parts.push(&Uint8Array::from(data));
+                plan.push(Part::New(data));
                 indices.push(index);
                 offsets.push(at + len);
             } else {
@@ -164,27 +164,72 @@ impl Segment {
                 let next_new = chunks.get(b).map_or(u32::MAX, |c| c.0);
                 let run_end = a + stored[a..].iter().take_while(|&&i| i < next_new).count();
                 let (from, to) = (old.offsets[a], old.offsets[run_end]);
-                if from == 0 && run_end == stored.len() {
-                    parts.push(&old.blob);
+                plan.push(if from == 0 && run_end == stored.len() {
+                    Part::Stored(&old.blob)
                 } else {
-                    let part = old
-                        .blob
-                        .slice_with_f64_and_f64(f64::from(from), f64::from(to))
-                        .map_err(js_err)?;
-                    parts.push(&part);
-                }
+                    Part::Slice(&old.blob, f64::from(from), f64::from(to))
+                });
                 indices.extend_from_slice(&stored[a..run_end]);
                 offsets.extend(old.offsets[a + 1..=run_end].iter().map(|o| at + o - from));
                 a = run_end;
             }
         }
-        let blob = Blob::new_with_blob_sequence(&parts).map_err(js_err)?;
+        let size = f64::from(*offsets.last().expect("offsets start with 0"));
+        // The new bytes go to the Blob constructor (which copies them) as views of this
+        // module's memory, not as copies on the JS heap. Nothing is allocated between
+        // making the views and the Blob; if the memory grew anyway, the views would be
+        // empty and the Blob short: that is checked, and the Blob made again from copies.
+        let blob = blob_of(&plan, true)?;
+        let blob = if blob.size() == size {
+            blob
+        } else {
+            blob_of(&plan, false)?
+        };
         Ok(Segment {
             indices,
             offsets,
             blob,
         })
     }
+}
+
+/// A piece of a segment's new Blob.
+enum Part<'a> {
+    New(&'a [u8]),
+    Stored(&'a Blob),
+    Slice(&'a Blob, f64, f64),
+}
+
+/// A Blob of `plan`'s parts; new bytes as views of wasm memory (`views`) or as copies.
+fn blob_of(plan: &[Part<'_>], views: bool) -> Result<Blob, String> {
+    let memory = views.then(|| {
+        wasm_bindgen::memory()
+            .unchecked_into::<js_sys::WebAssembly::Memory>()
+            .buffer()
+    });
+    let parts = Array::new_with_length(plan.len() as u32);
+    for (k, part) in plan.iter().enumerate() {
+        let value: JsValue = match part {
+            // Read only by the Blob constructor below, which copies it; nothing is
+            // allocated in between (see `Segment::merged`).
+            Part::New(data) => match &memory {
+                Some(buffer) => Uint8Array::new_with_byte_offset_and_length(
+                    buffer,
+                    data.as_ptr() as u32,
+                    data.len() as u32,
+                )
+                .into(),
+                None => Uint8Array::from(*data).into(),
+            },
+            Part::Stored(blob) => JsValue::from(*blob),
+            Part::Slice(blob, from, to) => blob
+                .slice_with_f64_and_f64(*from, *to)
+                .map_err(js_err)?
+                .into(),
+        };
+        parts.set(k as u32, value);
+    }
+    Blob::new_with_blob_sequence(&parts).map_err(js_err)
 }
 
 /// A segment's key and the chunks to write into it.

@@ -518,24 +518,52 @@ async fn seal_into(
     progress: &mut impl FnMut(u64) -> bool,
 ) -> Result<AttachmentRef, String> {
     let size = file.size() as u64;
-    let mut batch: Vec<SealedChunk> = Vec::with_capacity(BATCH_CHUNKS);
-    while let Some(range) = sealer.next_range() {
-        let slice = file
-            .slice_with_f64_and_f64(range.start as f64, range.end as f64)
-            .map_err(js_err)?;
-        let plain = blob_bytes(&slice)
-            .await
-            .map_err(|e| format!("the file could not be read ({e})"))?;
-        batch.push(sealer.push(&plain).map_err(err)?);
-        if batch.len() == BATCH_CHUNKS || sealer.next_index().is_none() {
-            let refs: Vec<(u32, &[u8])> =
-                batch.iter().map(|c| (c.index, c.data.as_slice())).collect();
-            put_chunks(db, att, &refs).await?;
-            batch.clear();
-            if !progress(range.end) {
-                return Err("cancelled".into());
-            }
+    // The file is read a segment's worth (BATCH_CHUNKS chunks) at a time, the next read
+    // under way while this one is sealed and stored: one `slice` (a Blob the browser
+    // registers) and one read per segment, not per chunk.
+    const READ_BYTES: u64 = (peermail_core::attach::CHUNK_BYTES * BATCH_CHUNKS) as u64;
+    let read = |start: u64| -> Result<Option<JsFuture>, String> {
+        if start >= size {
+            return Ok(None);
         }
+        let end = (start + READ_BYTES).min(size);
+        let slice = file
+            .slice_with_f64_and_f64(start as f64, end as f64)
+            .map_err(js_err)?;
+        Ok(Some(JsFuture::from(slice.array_buffer())))
+    };
+    let mut next = read(0)?;
+    let mut start = 0u64;
+    let mut batch: Vec<SealedChunk> = Vec::with_capacity(BATCH_CHUNKS);
+    while let Some(reading) = next.take() {
+        let buf = reading
+            .await
+            .and_then(|b| b.dyn_into::<ArrayBuffer>())
+            .map_err(|e| format!("the file could not be read ({})", js_err(e)))?;
+        let plain = Uint8Array::new(&buf).to_vec();
+        if plain.is_empty() {
+            return Err("the file changed while it was read".into());
+        }
+        let end = start + plain.len() as u64;
+        next = read(end)?;
+        while let Some(range) = sealer.next_range().filter(|r| r.end <= end) {
+            let from = (range.start - start) as usize;
+            let to = (range.end - start) as usize;
+            batch.push(sealer.push(&plain[from..to]).map_err(err)?);
+        }
+        if sealer.next_range().is_some_and(|r| r.start < end) {
+            return Err("the file changed while it was read".into());
+        }
+        let refs: Vec<(u32, &[u8])> = batch.iter().map(|c| (c.index, c.data.as_slice())).collect();
+        put_chunks(db, att, &refs).await?;
+        batch.clear();
+        start = end;
+        if !progress(end) {
+            return Err("cancelled".into());
+        }
+    }
+    if sealer.next_index().is_some() {
+        return Err("the file changed while it was read".into());
     }
     let (r, hashes) = sealer.finish(size <= inline_limit).map_err(err)?;
     put_chunk_list(db, att, &hashes).await?;

@@ -636,12 +636,17 @@ impl Runtime {
                         .digest_with_str_and_u8_array("SHA-256", &data)
                         .ok()
                         .map(wasm_bindgen_futures::JsFuture::from);
+                    // Filled in when the browser's digest is in (the browser refused: now).
+                    let sha256 = match digest {
+                        Some(_) => [0; 32],
+                        None => peermail_core::attach::sha256(&data),
+                    };
                     let chunk = Input::Chunk {
                         peer,
                         attachment,
                         index,
                         data,
-                        sha256: [0; 32],
+                        sha256,
                     };
                     (chunk, digest)
                 }
@@ -663,18 +668,14 @@ impl Runtime {
                 let Some((mut input, digest)) = next else {
                     break;
                 };
-                if let Input::Chunk { data, sha256, .. } = &mut input {
-                    let native = match digest {
-                        Some(d) => d.await.ok(),
-                        None => None,
-                    };
-                    *sha256 = match native {
-                        Some(buf) if js_sys::Uint8Array::new(&buf).length() == 32 => {
+                if let (Input::Chunk { data, sha256, .. }, Some(digest)) = (&mut input, digest) {
+                    *sha256 = match digest.await {
+                        Ok(buf) if js_sys::Uint8Array::new(&buf).length() == 32 => {
                             let mut h = [0u8; 32];
                             js_sys::Uint8Array::new(&buf).copy_to(&mut h);
                             h
                         }
-                        // The browser refused (it should not): hashed here instead.
+                        // The browser failed (it should not): hashed here instead.
                         _ => peermail_core::attach::sha256(data),
                     };
                 }

@@ -276,22 +276,35 @@ pub async fn open_raw_channel(alice: &Browser, bob: &Browser) -> Result<()> {
 /// CPU time (seconds) used so far by the running Chromium processes, by process type
 /// (`browser`, `renderer`, `gpu-process`, `network`, other utilities by their sub-type),
 /// from `/proc` (clock ticks of 1/100 s, Linux's fixed `USER_HZ`). Both pages' renderers
-/// add up under `renderer`.
+/// add up under `renderer`. Also, under keys `thread:<page> <type> <thread>`, the same per
+/// thread: `<page>` is the last part of the browser's `--user-data-dir` (the profile, named
+/// after the person), `<thread>` the thread's name (`main` for a process's main thread).
 pub fn browser_cpu() -> std::collections::BTreeMap<String, f64> {
+    struct Proc {
+        ppid: u32,
+        kind: String,
+        profile: Option<String>,
+    }
     let mut out = std::collections::BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
     };
+    // Fields after the command name in parentheses: ppid is the 2nd, utime and stime the
+    // 12th and 13th.
+    let fields = |stat: &str| -> Option<Vec<String>> {
+        let (_, rest) = stat.rsplit_once(')')?;
+        Some(rest.split_whitespace().map(str::to_string).collect())
+    };
+    let ticks = |f: &[String]| -> f64 {
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    };
+    let mut procs: std::collections::BTreeMap<u32, Proc> = std::collections::BTreeMap::new();
     for e in dir.flatten() {
-        let path = e.path();
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
-        }
+        };
+        let path = e.path();
         let (Ok(cmd), Ok(stat)) = (
             std::fs::read(path.join("cmdline")),
             std::fs::read_to_string(path.join("stat")),
@@ -306,6 +319,7 @@ pub fn browser_cpu() -> std::collections::BTreeMap<String, f64> {
             continue;
         }
         let mut kind = "browser".to_string();
+        let mut profile = None;
         for a in args {
             if let Some(t) = a.strip_prefix("--type=") {
                 kind = t.to_string();
@@ -314,23 +328,64 @@ pub fn browser_cpu() -> std::collections::BTreeMap<String, f64> {
                     "NetworkService" => "network".to_string(),
                     other => other.to_string(),
                 };
+            } else if let Some(d) = a.strip_prefix("--user-data-dir=") {
+                profile = std::path::Path::new(d)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
             }
         }
-        // Fields after the command name in parentheses: utime and stime are the 12th
-        // and 13th.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
+        let Some(f) = fields(&stat) else { continue };
+        *out.entry(kind.clone()).or_insert(0.0) += ticks(&f);
+        let ppid = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        procs.insert(
+            pid,
+            Proc {
+                ppid,
+                kind,
+                profile,
+            },
+        );
+    }
+    for (&pid, p) in &procs {
+        // The page: the profile of the browser process this one descends from.
+        let mut at = pid;
+        let mut page = None;
+        for _ in 0..8 {
+            let Some(q) = procs.get(&at) else { break };
+            if q.profile.is_some() {
+                page = q.profile.clone();
+                break;
+            }
+            at = q.ppid;
+        }
+        let page = page.unwrap_or_else(|| "?".into());
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        *out.entry(kind).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+        for t in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            let name = match (stat.find('('), stat.rfind(')')) {
+                (Some(a), Some(b)) if a < b => &stat[a + 1..b],
+                _ => "?",
+            };
+            let name = if t.file_name().to_string_lossy() == pid.to_string() {
+                "main"
+            } else {
+                name
+            };
+            let Some(f) = fields(&stat) else { continue };
+            *out.entry(format!("thread:{page} {} {name}", p.kind))
+                .or_insert(0.0) += ticks(&f);
+        }
     }
     out
 }
 
-/// What the browsers' processes used between two [`browser_cpu`] readings `wall` seconds
-/// apart while `bytes` moved: cores busy (in all, and by process type) and CPU milliseconds
-/// per MB (10^6 bytes).
+/// The CPU used between two [`browser_cpu`] readings over `wall` seconds while `bytes`
+/// moved: cores in all and by process type, milliseconds of CPU per MB, and the threads
+/// that used at least 0.5 ms per MB (`ms_per_mb_by_thread`).
 pub fn cpu_used(
     before: &std::collections::BTreeMap<String, f64>,
     after: &std::collections::BTreeMap<String, f64>,
@@ -338,18 +393,33 @@ pub fn cpu_used(
     bytes: f64,
 ) -> Value {
     let mut by = serde_json::Map::new();
+    let mut threads: Vec<(String, f64)> = Vec::new();
     let mut total = 0.0;
+    let mb = bytes / 1e6;
     for (k, v) in after {
         let d = v - before.get(k).copied().unwrap_or(0.0);
-        if d > 0.0 {
+        if d <= 0.0 {
+            continue;
+        }
+        if let Some(thread) = k.strip_prefix("thread:") {
+            if d * 1000.0 / mb >= 0.5 {
+                threads.push((thread.to_string(), d * 1000.0 / mb));
+            }
+        } else {
             total += d;
             by.insert(k.clone(), json!(d / wall));
         }
     }
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let threads: serde_json::Map<String, Value> = threads
+        .into_iter()
+        .map(|(k, v)| (k, json!((v * 10.0).round() / 10.0)))
+        .collect();
     json!({
         "cores": total / wall,
         "cores_by_process": by,
-        "cpu_ms_per_mb": total * 1000.0 / (bytes / 1e6),
+        "cpu_ms_per_mb": total * 1000.0 / mb,
+        "ms_per_mb_by_thread": threads,
         "wall_s": wall,
     })
 }

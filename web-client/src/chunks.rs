@@ -20,10 +20,11 @@
 //!   this node has whole, sent or received (its SHA-256 hashes concatenated) as a `Uint8Array`.
 //!
 //! Writes go in batches, one readwrite transaction per batch, and return after the commit.
-//! [`seal_file`] reads a `File` one chunk at a time (never the whole file), encrypts each
-//! with [`FileSealer`], and writes [`BATCH_CHUNKS`] chunks (one segment) per transaction: its
-//! memory is one batch plus 32 bytes per chunk, whatever the file's size. A failed or
-//! cancelled sealing deletes what it wrote.
+//! [`seal_file`] reads a `File` a segment's worth ([`BATCH_CHUNKS`] chunks) at a time, the
+//! next read under way while one is encrypted with [`FileSealer`] (never the whole file),
+//! and writes one segment per transaction: its memory is two reads and one batch plus 32
+//! bytes per chunk, whatever the file's size. A failed or cancelled sealing deletes what it
+//! wrote.
 
 use indexed_db_futures::database::Database;
 use indexed_db_futures::object_store::ObjectStore;
@@ -74,8 +75,12 @@ fn chunk_range(att: AttachmentId) -> KeyRange<String> {
 
 /// The bytes of a Blob (or File, or a slice of one).
 pub async fn blob_bytes(blob: &Blob) -> Result<Vec<u8>, String> {
-    let buf = JsFuture::from(blob.array_buffer()).await.map_err(js_err)?;
-    let buf: ArrayBuffer = buf.dyn_into().map_err(js_err)?;
+    read_bytes(JsFuture::from(blob.array_buffer())).await
+}
+
+/// The bytes of a started `Blob.arrayBuffer()` read.
+async fn read_bytes(read: JsFuture) -> Result<Vec<u8>, String> {
+    let buf: ArrayBuffer = read.await.map_err(js_err)?.dyn_into().map_err(js_err)?;
     Ok(Uint8Array::new(&buf).to_vec())
 }
 
@@ -536,11 +541,9 @@ async fn seal_into(
     let mut start = 0u64;
     let mut batch: Vec<SealedChunk> = Vec::with_capacity(BATCH_CHUNKS);
     while let Some(reading) = next.take() {
-        let buf = reading
+        let plain = read_bytes(reading)
             .await
-            .and_then(|b| b.dyn_into::<ArrayBuffer>())
-            .map_err(|e| format!("the file could not be read ({})", js_err(e)))?;
-        let plain = Uint8Array::new(&buf).to_vec();
+            .map_err(|e| format!("the file could not be read ({e})"))?;
         if plain.is_empty() {
             return Err("the file changed while it was read".into());
         }

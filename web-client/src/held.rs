@@ -17,6 +17,7 @@
 //! the copy that is written). A page closed while chunks are held loses only those chunks,
 //! and its download resumes from what the stored record lists.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use peermail_core::attach::AttachmentId;
@@ -33,19 +34,21 @@ pub const HELD_MAX_CHUNKS: usize = 4 * SEGMENT_CHUNKS as usize;
 /// Chunks and download records waiting to be written (see the module docs).
 #[derive(Debug, Default)]
 pub struct Held {
-    /// `(attachment, first index of the segment)` → when its first held chunk came, and
-    /// the chunks with the ops that asked for them.
+    /// `(attachment, first index of the segment)` → the segment's held chunks.
     segments: BTreeMap<(AttachmentId, u32), Segment>,
     /// The latest download record of each attachment with held chunks, and the ops of the
     /// record writes not answered yet.
     records: HashMap<AttachmentId, (Vec<OpId>, Box<DownloadRecord>)>,
-    chunks: usize,
 }
 
 #[derive(Debug)]
 struct Segment {
+    /// When its first held chunk came.
     since: u64,
-    chunks: Vec<(OpId, u32, Vec<u8>)>,
+    /// The chunks by index (a chunk written again replaces the older copy).
+    chunks: BTreeMap<u32, Vec<u8>>,
+    /// The ops that asked for them, all answered by the segment's write.
+    ops: Vec<OpId>,
 }
 
 /// One write of held chunks: one IndexedDB transaction, then every op is answered with
@@ -57,6 +60,18 @@ pub struct Flush {
     pub ops: Vec<OpId>,
 }
 
+impl Flush {
+    /// Adds a download record write; only the latest record of an attachment is written.
+    pub fn push_record(&mut self, op: OpId, record: DownloadRecord) {
+        self.ops.push(op);
+        let id = record.attachment.id;
+        match self.records.iter_mut().find(|r| r.attachment.id == id) {
+            Some(r) => *r = record,
+            None => self.records.push(record),
+        }
+    }
+}
+
 impl Held {
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty() && self.records.is_empty()
@@ -64,17 +79,19 @@ impl Held {
 
     /// Number of chunks held.
     pub fn chunk_count(&self) -> usize {
-        self.chunks
+        self.segments.values().map(|s| s.chunks.len()).sum()
     }
 
     /// Something of `attachment` is held (so its record writes wait with its chunks).
     pub fn holds(&self, attachment: &AttachmentId) -> bool {
-        self.records.contains_key(attachment)
-            || self
-                .segments
-                .range((*attachment, 0)..=(*attachment, u32::MAX))
-                .next()
-                .is_some()
+        self.records.contains_key(attachment) || self.of(*attachment).next().is_some()
+    }
+
+    /// The held segments of `attachment`.
+    fn of(&self, attachment: AttachmentId) -> impl Iterator<Item = &Segment> {
+        self.segments
+            .range((attachment, 0)..=(attachment, u32::MAX))
+            .map(|(_, s)| s)
     }
 
     /// When the oldest held chunk came, if any is held.
@@ -98,33 +115,30 @@ impl Held {
         let key = (attachment, first);
         let seg = self.segments.entry(key).or_insert(Segment {
             since: now,
-            chunks: Vec::new(),
+            chunks: BTreeMap::new(),
+            ops: Vec::new(),
         });
-        // A chunk written again (fetched again after a failed write) replaces the older
-        // copy; both ops are answered by the segment's write.
-        if let Some(old) = seg.chunks.iter_mut().find(|(_, i, _)| *i == index) {
-            old.2 = data;
-            seg.chunks.push((op, index, Vec::new()));
-        } else {
-            seg.chunks.push((op, index, data));
-            self.chunks += 1;
-        }
+        seg.chunks.insert(index, data);
+        seg.ops.push(op);
         let want = chunk_count
             .min(first + SEGMENT_CHUNKS)
             .saturating_sub(first) as usize;
-        let have = seg.chunks.iter().filter(|(_, _, d)| !d.is_empty()).count();
-        (have >= want).then_some(key)
+        (seg.chunks.len() >= want).then_some(key)
     }
 
     /// Holds a download record write of an attachment that [`Held::holds`] something of:
     /// the latest record is written with the attachment's next segment.
     pub fn put_record(&mut self, op: OpId, record: Box<DownloadRecord>) {
-        let entry = self
-            .records
-            .entry(record.attachment.id)
-            .or_insert_with(|| (Vec::new(), record.clone()));
-        entry.0.push(op);
-        entry.1 = record;
+        match self.records.entry(record.attachment.id) {
+            Entry::Occupied(mut e) => {
+                let (ops, latest) = e.get_mut();
+                ops.push(op);
+                *latest = record;
+            }
+            Entry::Vacant(e) => {
+                e.insert((vec![op], record));
+            }
+        }
     }
 
     /// The write of one whole segment, with its attachment's latest record (less the chunks
@@ -132,7 +146,7 @@ impl Held {
     pub fn take_segment(&mut self, key: (AttachmentId, u32)) -> Flush {
         let mut flush = Flush::default();
         if let Some(seg) = self.segments.remove(&key) {
-            self.add(&mut flush, seg, key.0);
+            Self::add(&mut flush, seg, key.0);
         }
         self.add_record(&mut flush, key.0);
         flush
@@ -142,7 +156,7 @@ impl Held {
     pub fn take_all(&mut self) -> Flush {
         let mut flush = Flush::default();
         for ((attachment, _), seg) in std::mem::take(&mut self.segments) {
-            self.add(&mut flush, seg, attachment);
+            Self::add(&mut flush, seg, attachment);
         }
         let attachments: Vec<AttachmentId> = self.records.keys().copied().collect();
         for attachment in attachments {
@@ -151,23 +165,19 @@ impl Held {
         flush
     }
 
-    fn add(&mut self, flush: &mut Flush, seg: Segment, attachment: AttachmentId) {
-        for (op, index, data) in seg.chunks {
-            flush.ops.push(op);
-            if !data.is_empty() {
-                self.chunks -= 1;
-                flush.chunks.push((attachment, index, data));
-            }
-        }
+    fn add(flush: &mut Flush, seg: Segment, attachment: AttachmentId) {
+        flush.ops.extend(seg.ops);
+        flush
+            .chunks
+            .extend(seg.chunks.into_iter().map(|(i, d)| (attachment, i, d)));
     }
 
     /// Adds `attachment`'s record, if one waits, less the chunks still held; forgets it
     /// once none of the attachment's chunks are held.
     fn add_record(&mut self, flush: &mut Flush, attachment: AttachmentId) {
         let still_held: Vec<u32> = self
-            .segments
-            .range((attachment, 0)..=(attachment, u32::MAX))
-            .flat_map(|(_, s)| s.chunks.iter().map(|(_, i, _)| *i))
+            .of(attachment)
+            .flat_map(|s| s.chunks.keys().copied())
             .collect();
         let Some((ops, record)) = self.records.get_mut(&attachment) else {
             return;

@@ -15,8 +15,8 @@ use peermail_core::address::validate_name;
 use peermail_core::attach::{AttachmentId, AttachmentRef, FileCheck, RateMeter};
 use peermail_core::groups::Group;
 use peermail_core::identity::{register_message, Identity};
-use peermail_core::node::{FileCheckFailure, ServeRequest, UploadRequest};
-use peermail_core::store::{MailStore, StoreWrite};
+use peermail_core::node::{FileCheckFailure, OpId, ServeRequest, UploadRequest};
+use peermail_core::store::{DownloadRecord, MailStore, StoreWrite};
 use peermail_core::wire::peer::PeerFrame;
 use peermail_core::wire::signal::{ClientFrame, ErrorCode, ServerFrame};
 use peermail_core::{Address, Command, Config, Draft, Event, Input, MessageId, Node, Output};
@@ -131,8 +131,6 @@ pub struct Runtime {
     /// The browser's native crypto (`crypto.subtle`), where the page has it (secure
     /// contexts: https and localhost).
     subtle: Option<web_sys::SubtleCrypto>,
-    /// Chunk counts of the attachments being received (see `chunk_count`).
-    chunk_counts: RefCell<HashMap<AttachmentId, u32>>,
     /// The single tick timer, re-armed after every input.
     timer: RefCell<Option<gloo_timers::callback::Timeout>>,
     /// The node deadline the timer is armed for.
@@ -200,7 +198,6 @@ impl Runtime {
             flush_due: Cell::new(false),
             held_due: Cell::new(None),
             held_timer: RefCell::new(None),
-            chunk_counts: RefCell::new(HashMap::new()),
             incoming: RefCell::new(VecDeque::new()),
             incoming_running: Cell::new(false),
             subtle: native_crypto(),
@@ -777,7 +774,7 @@ impl Runtime {
                                 data,
                             },
                     } => {
-                        let count = rt.chunk_count(attachment);
+                        let count = rt.chunk_count(attachment).unwrap_or(u32::MAX);
                         let whole = rt.held.borrow_mut().put_chunk(
                             now(),
                             op,
@@ -788,7 +785,11 @@ impl Runtime {
                         );
                         if let Some(key) = whole {
                             // The record the node wrote right after this chunk goes with it.
-                            rt.hold_next_records(attachment);
+                            while let Some((op, r)) =
+                                rt.pop_record_if(|r| r.attachment.id == attachment)
+                            {
+                                rt.held.borrow_mut().put_record(op, r);
+                            }
                             let flush = rt.held.borrow_mut().take_segment(key);
                             rt.write_held(flush).await;
                         } else if rt.held.borrow().chunk_count() > HELD_MAX_CHUNKS {
@@ -799,26 +800,21 @@ impl Runtime {
                     Output::Store {
                         op,
                         write: StoreWrite::PutDownload(record),
-                    } if rt.held.borrow().holds(&record.attachment.id) => {
-                        rt.held.borrow_mut().put_record(op, record);
-                    }
-                    out if is_chunk_write(&out) => {
-                        // A download record of an attachment with nothing held, and those
-                        // right behind it: one transaction.
-                        let mut batch = vec![out];
-                        loop {
-                            let mut q = rt.queue.borrow_mut();
-                            let next_is_record = matches!(
-                                q.front(),
-                                Some(Output::Store { write: StoreWrite::PutDownload(r), .. })
-                                    if !rt.held.borrow().holds(&r.attachment.id)
-                            );
-                            if !next_is_record {
-                                break;
-                            }
-                            batch.push(q.pop_front().expect("front exists"));
+                    } => {
+                        if rt.held.borrow().holds(&record.attachment.id) {
+                            rt.held.borrow_mut().put_record(op, record);
+                            continue;
                         }
-                        rt.store_chunk_batch(batch).await;
+                        // A record of an attachment with nothing held, and the like records
+                        // right behind it: one transaction.
+                        let mut flush = Flush::default();
+                        flush.push_record(op, *record);
+                        while let Some((op, r)) =
+                            rt.pop_record_if(|r| !rt.held.borrow().holds(&r.attachment.id))
+                        {
+                            flush.push_record(op, *r);
+                        }
+                        rt.write_held(flush).await;
                     }
                     out => {
                         if reads_stored_chunks(&out) && !rt.held.borrow().is_empty() {
@@ -834,44 +830,34 @@ impl Runtime {
         });
     }
 
-    /// How many chunks `attachment` has (remembered: it never changes), as far as this
-    /// node downloads it.
-    fn chunk_count(&self, attachment: AttachmentId) -> u32 {
-        if let Some(n) = self.chunk_counts.borrow().get(&attachment) {
-            return *n;
-        }
-        let Some(n) = self
-            .with_node(|n| n.download(&attachment).map(|d| d.attachment.chunk_count()))
+    /// How many chunks `attachment` has, if this node downloads it.
+    fn chunk_count(&self, attachment: AttachmentId) -> Option<u32> {
+        self.with_node(|n| n.download_attachment(&attachment).map(|a| a.chunk_count()))
             .flatten()
-        else {
-            return u32::MAX;
-        };
-        self.chunk_counts.borrow_mut().insert(attachment, n);
-        n
     }
 
-    /// Moves the download records of `attachment` at the front of the queue to [`Held`].
-    fn hold_next_records(&self, attachment: AttachmentId) {
+    /// The download record write at the front of the queue, taken off it if `take` says so.
+    fn pop_record_if(
+        &self,
+        take: impl Fn(&DownloadRecord) -> bool,
+    ) -> Option<(OpId, Box<DownloadRecord>)> {
         let mut q = self.queue.borrow_mut();
-        while let Some(Output::Store {
-            write: StoreWrite::PutDownload(r),
-            ..
-        }) = q.front()
-        {
-            if r.attachment.id != attachment {
-                break;
-            }
-            if let Some(Output::Store {
-                op,
+        match q.front() {
+            Some(Output::Store {
                 write: StoreWrite::PutDownload(r),
-            }) = q.pop_front()
-            {
-                self.held.borrow_mut().put_record(op, r);
-            }
+                ..
+            }) if take(r) => match q.pop_front() {
+                Some(Output::Store {
+                    op,
+                    write: StoreWrite::PutDownload(r),
+                }) => Some((op, r)),
+                _ => unreachable!("the front was a record write"),
+            },
+            _ => None,
         }
     }
 
-    /// Writes held chunks and records in one transaction and answers their ops.
+    /// Writes chunks and download records in one transaction and answers their ops.
     async fn write_held(&self, flush: Flush) {
         if flush.ops.is_empty() {
             return;
@@ -972,50 +958,6 @@ impl Runtime {
         }
     }
 
-    /// Chunk writes (and the download records that follow them) that queued up while the
-    /// previous write committed: one IndexedDB transaction for all, each answered after it.
-    async fn store_chunk_batch(&self, batch: Vec<Output>) {
-        let store = self.store.borrow().clone();
-        let mut ops = Vec::new();
-        let mut chunks: Vec<(AttachmentId, u32, Vec<u8>)> = Vec::new();
-        let mut records = HashMap::new();
-        for out in batch {
-            if let Output::Store { op, write } = out {
-                ops.push(op);
-                match write {
-                    StoreWrite::PutChunk {
-                        attachment,
-                        index,
-                        data,
-                    } => chunks.push((attachment, index, data)),
-                    // Only the last record of an attachment matters.
-                    StoreWrite::PutDownload(d) => {
-                        records.insert(d.attachment.id, *d);
-                    }
-                    _ => unreachable!("only chunk writes are batched"),
-                }
-            }
-        }
-        let result = match store {
-            Some(store) => {
-                let chunks: Vec<(AttachmentId, u32, &[u8])> =
-                    chunks.iter().map(|(a, i, d)| (*a, *i, &d[..])).collect();
-                let records: Vec<_> = records.into_values().collect();
-                store
-                    .put_chunks_and_records(&chunks, &records)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            None => Err("storage is not open".to_string()),
-        };
-        for op in ops {
-            self.input(Input::Stored {
-                op,
-                result: result.clone(),
-            });
-        }
-    }
-
     /// Sends the relay what the node asked to copy there, read from IndexedDB: the file's
     /// announcement with its chunk list, or chunks. (The relay answers each chunk after its
     /// commit; the node keeps a few in flight.)
@@ -1069,7 +1011,7 @@ impl Runtime {
     /// order, one at a time, and the file's hash compared with the mail's.
     async fn check_file(&self, id: AttachmentId) -> Result<(), FileCheckFailure> {
         let att = self
-            .with_node(|n| n.download(&id).map(|d| d.attachment))
+            .with_node(|n| n.download_attachment(&id).cloned())
             .flatten()
             .ok_or(FileCheckFailure::ChunkMissing(0))?;
         self.decrypt_stored(&att, |_| {}).await
@@ -1483,15 +1425,4 @@ fn reads_stored_chunks(out: &Output) -> bool {
         | Output::Upload { .. }
         | Output::CheckFile(_) => true,
     }
-}
-
-/// A chunk write or a download record: the writes [`Runtime::store_chunk_batch`] batches.
-fn is_chunk_write(out: &Output) -> bool {
-    matches!(
-        out,
-        Output::Store {
-            write: StoreWrite::PutChunk { .. } | StoreWrite::PutDownload(_),
-            ..
-        }
-    )
 }

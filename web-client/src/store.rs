@@ -331,8 +331,8 @@ pub fn chunk_key(attachment: AttachmentId, index: u32) -> String {
 
 impl IdbStore {
     /// Stores encrypted chunks (into their segments, see [`crate::chunks`]) and download
-    /// records in ONE transaction (committed before this returns): the driver batches the
-    /// chunk writes that queue up while one commits.
+    /// records in ONE transaction (committed before this returns): the driver writes a
+    /// received segment with its download record ([`crate::held`]).
     pub async fn put_chunks_and_records(
         &self,
         chunks: &[(AttachmentId, u32, &[u8])],

@@ -8,7 +8,7 @@ use peermail_core::attach::{
 use peermail_core::store::{DownloadRecord, DownloadState};
 use peermail_core::{Address, MessageId};
 use peermail_web_client::chunks::SEGMENT_CHUNKS;
-use peermail_web_client::held::{Held, HELD_MAX_CHUNKS};
+use peermail_web_client::held::{Flush, Held, HELD_MAX_CHUNKS};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -139,6 +139,16 @@ fn chunks_out_of_order_again_and_of_two_files_are_all_written_by_take_all() {
         assert_eq!(r.progress.chunks_held(), want);
     }
     assert!(held.is_empty() && held.chunk_count() == 0);
+    // Records of attachments with nothing held go out in a batch of their own: the latest
+    // record of each attachment, every op answered.
+    let mut batch = Flush::default();
+    batch.push_record(201, DownloadRecord::clone(&a));
+    batch.push_record(202, DownloadRecord::clone(&b));
+    accept(&mut a, &a_chunks, 0);
+    batch.push_record(203, DownloadRecord::clone(&a));
+    assert_eq!(batch.ops, vec![201, 202, 203]);
+    assert_eq!(batch.records.len(), 2);
+    assert_eq!(batch.records[0].progress.chunks_held(), 4);
 }
 
 #[wasm_bindgen_test]

@@ -194,6 +194,11 @@ impl Node {
         self.downloads.get(id).map(|d| self.download_view(d))
     }
 
+    /// The attachment of a download (cheaper than [`Node::download`]'s whole view).
+    pub fn download_attachment(&self, id: &AttachmentId) -> Option<&AttachmentRef> {
+        self.downloads.get(id).map(|d| &d.record.attachment)
+    }
+
     fn download_view(&self, d: &Incoming) -> DownloadView {
         let r = &d.record;
         let done = r.progress.bytes_held();

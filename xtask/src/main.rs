@@ -253,14 +253,10 @@ fn serve(ws: &Workspace, relay_args: &[String]) -> Result<()> {
     setup(ws)?;
     trunk_build(ws)?;
     step("serve: building the relay (release)");
-    run(cargo(ws).args([
-        "build",
-        "--release",
-        "-p",
-        "peermail-relay",
-        "--bin",
-        "relay",
-    ]))?;
+    run(cargo(ws)
+        .args(["build", "--release"])
+        .args(NATIVE)
+        .args(["--bin", "relay"]))?;
     let bin = ws.target.join("release").join("relay");
     let mut cmd = Command::new(&bin);
     let given = |flag: &str| {
@@ -296,16 +292,9 @@ fn test(ws: &Workspace) -> Result<()> {
     stage("setup", &mut || setup(ws))?;
     stage("native tests", &mut || {
         step("test: native tests (cargo test --workspace)");
-        // The web client only builds for wasm and the e2e crate needs the built artefacts;
-        // both run in their own stages below.
-        run(cargo(ws).args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "peermail-web-client",
-            "--exclude",
-            "peermail-e2e",
-        ]))
+        // The e2e scenarios need the built artefacts and run in their own stage below
+        // (their target has `test = false`, so `--workspace` leaves them out).
+        run(cargo(ws).arg("test").args(NATIVE))
     })?;
     stage("wasm browser tests", &mut || wasm_tests(ws))?;
     stage("web build", &mut || trunk_build(ws))?;
@@ -350,7 +339,9 @@ fn wasm_tests(ws: &Workspace) -> Result<()> {
     } else {
         say("note: web-client/webdriver.json not found; the runner uses default Chromium flags");
     }
-    run(&mut cmd)
+    // chromedriver gives each session a profile under $TMPDIR and does not always remove it
+    // (tens of MB each, with the tests' IndexedDB data).
+    with_scratch_tmp(ws, "wasm-tests", |tmp| run(cmd.env("TMPDIR", tmp)))
 }
 
 fn trunk_build(ws: &Workspace) -> Result<()> {
@@ -369,8 +360,8 @@ fn trunk_build(ws: &Workspace) -> Result<()> {
 }
 
 fn build_relay(ws: &Workspace) -> Result<()> {
-    step("build: relay binary (cargo build -p peermail-relay --bin relay)");
-    run(cargo(ws).args(["build", "-p", "peermail-relay", "--bin", "relay"]))?;
+    step("build: relay binary (cargo build --bin relay)");
+    run(cargo(ws).arg("build").args(NATIVE).args(["--bin", "relay"]))?;
     if !ws.relay_bin().exists() {
         bail!("cargo finished but {} is missing", ws.relay_bin().display());
     }
@@ -399,15 +390,20 @@ fn e2e(ws: &Workspace, args: &[String], standalone: bool) -> Result<()> {
     step("test: end-to-end (real relay, headless Chromium, private network namespace)");
     let out = ws.target.join("e2e");
     std::fs::create_dir_all(&out)?;
-    run(cargo(ws)
-        // Only the scenario binary: its `N passed, M failed` is the run's last test line.
-        .args(["test", "-p", "peermail-e2e", "--test", "e2e", "--"])
-        .args(args)
-        .env("PEERMAIL_RELAY_BIN", ws.relay_bin())
-        .env("PEERMAIL_DIST", ws.dist())
-        .env("PEERMAIL_E2E_OUT", &out)
-        .env("CHROMEDRIVER", CHROMEDRIVER)
-        .env("CHROMIUM", CHROMIUM))
+    with_scratch_tmp(ws, "e2e", |tmp| {
+        run(cargo(ws)
+            .arg("test")
+            .args(NATIVE)
+            // Only the scenario binary: its `N passed, M failed` is the run's last test line.
+            .args(["--test", "e2e", "--"])
+            .args(args)
+            .env("PEERMAIL_RELAY_BIN", ws.relay_bin())
+            .env("PEERMAIL_DIST", ws.dist())
+            .env("PEERMAIL_E2E_OUT", &out)
+            .env("CHROMEDRIVER", CHROMEDRIVER)
+            .env("CHROMIUM", CHROMIUM)
+            .env("TMPDIR", tmp))
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -435,14 +431,10 @@ fn bench(ws: &Workspace, names: &[String]) -> Result<()> {
     setup(ws)?;
     trunk_build(ws)?;
     step("bench: building the relay (release)");
-    run(cargo(ws).args([
-        "build",
-        "--release",
-        "-p",
-        "peermail-relay",
-        "--bin",
-        "relay",
-    ]))?;
+    run(cargo(ws)
+        .args(["build", "--release"])
+        .args(NATIVE)
+        .args(["--bin", "relay"]))?;
     let relay = ws.target.join("release").join("relay");
     let out = ws.target.join("bench");
     std::fs::create_dir_all(&out)?;
@@ -450,13 +442,9 @@ fn bench(ws: &Workspace, names: &[String]) -> Result<()> {
     if wanted("signaling_memory") {
         step("bench: relay memory per idle authenticated WebSocket (5,000 connections)");
         run(cargo(ws)
-            .args([
-                "bench",
-                "-p",
-                "peermail-relay",
-                "--bench",
-                "signaling_memory",
-            ])
+            .arg("bench")
+            .args(NATIVE)
+            .args(["--bench", "signaling_memory"])
             .env("PEERMAIL_RELAY_BIN", &relay)
             .env("PEERMAIL_BENCH_OUT", &out))?;
     }
@@ -469,13 +457,9 @@ fn bench(ws: &Workspace, names: &[String]) -> Result<()> {
             run(sudo("apt-get").args(["install", "-y", "redis-server"]))?;
         }
         run(cargo(ws)
-            .args([
-                "bench",
-                "-p",
-                "peermail-relay",
-                "--bench",
-                "cache_throughput",
-            ])
+            .arg("bench")
+            .args(NATIVE)
+            .args(["--bench", "cache_throughput"])
             .env("PEERMAIL_RELAY_BIN", &relay)
             .env("PEERMAIL_BENCH_OUT", &out))?;
     }
@@ -484,14 +468,19 @@ fn bench(ws: &Workspace, names: &[String]) -> Result<()> {
     let e2e_out = ws.target.join("e2e-bench");
     std::fs::create_dir_all(&e2e_out)?;
     let browser_bench = |name: &str| {
-        run(cargo(ws)
-            .args(["bench", "-p", "peermail-e2e", "--bench", name])
-            .env("PEERMAIL_RELAY_BIN", &relay)
-            .env("PEERMAIL_DIST", ws.dist())
-            .env("PEERMAIL_E2E_OUT", &e2e_out)
-            .env("PEERMAIL_BENCH_OUT", &out)
-            .env("CHROMEDRIVER", CHROMEDRIVER)
-            .env("CHROMIUM", CHROMIUM))
+        with_scratch_tmp(ws, "bench", |tmp| {
+            run(cargo(ws)
+                .arg("bench")
+                .args(NATIVE)
+                .args(["--bench", name])
+                .env("PEERMAIL_RELAY_BIN", &relay)
+                .env("PEERMAIL_DIST", ws.dist())
+                .env("PEERMAIL_E2E_OUT", &e2e_out)
+                .env("PEERMAIL_BENCH_OUT", &out)
+                .env("CHROMEDRIVER", CHROMEDRIVER)
+                .env("CHROMIUM", CHROMIUM)
+                .env("TMPDIR", tmp))
+        })
     };
     if wanted("delivery_latency") {
         step("bench: Send-to-delivered latency between two browsers (private network namespace)");
@@ -518,6 +507,30 @@ fn bench(ws: &Workspace, names: &[String]) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------
 // helpers
+
+/// The package selection of every native cargo command (tests, relay build, e2e, benches).
+/// One selection means one feature resolution, so each stage reuses what the one before it
+/// built; `-p` per stage resolved features differently and rebuilt most dependencies (and
+/// kept three copies of them on disk). The web client builds only for wasm.
+const NATIVE: &[&str] = &["--workspace", "--exclude", "peermail-web-client"];
+
+/// Runs `f` with an empty scratch directory for `TMPDIR` (under the target directory) and
+/// removes it afterwards, passed or failed: browsers and chromedriver leave profiles and
+/// temporary files behind when a run is cut short, and on a shared disk they add up.
+fn with_scratch_tmp(ws: &Workspace, name: &str, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = ws.target.join("scratch").join(name);
+    let clear = || match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            say(&format!("note: could not remove {}: {e}", dir.display()));
+        }
+        _ => {}
+    };
+    clear();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = f(&dir);
+    clear();
+    result
+}
 
 fn cargo(ws: &Workspace) -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));

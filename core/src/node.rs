@@ -1298,6 +1298,12 @@ impl Node {
                 };
                 DeliveryState::Failed { at: now, reason }
             }
+            ReceiptOutcome::Refused => DeliveryState::Failed {
+                at: now,
+                reason: "refused by the recipient: the envelope failed verification \
+                         (altered on the way); send it again"
+                    .into(),
+            },
         };
         self.refusals.remove(&(message_id.clone(), to.clone()));
         match self.set_state_if(&message_id, &to, state, |_| true) {
@@ -1432,11 +1438,12 @@ impl Node {
         let bytes = match BASE64.decode(sealed.as_bytes()) {
             Ok(b) => b,
             Err(_) if !self.inbox.contains_key(&message_id) => {
-                return self.event(Event::Rejected {
+                return self.refuse(
                     from,
                     message_id,
-                    reason: "the cached envelope is not valid base64".into(),
-                })
+                    None,
+                    "the cached envelope is not valid base64".into(),
+                );
             }
             Err(_) => Vec::new(),
         };
@@ -1492,19 +1499,39 @@ impl Node {
         let Some(keys) = self.keys.get(&from).cloned() else {
             return;
         };
-        let reject = |reason: String| Event::Rejected {
-            from: from.clone(),
-            message_id: message_id.clone(),
-            reason,
-        };
         let mail = match seal::open(&bytes, &self.identity, &keys.signing_key) {
             Ok(m) => m,
-            Err(e) => return self.event(reject(e.to_string())),
+            Err(e) => return self.refuse(from, message_id, holder, e.to_string()),
         };
         if mail.from != from || mail.message_id != message_id {
-            return self.event(reject("the sealed mail does not match its envelope".into()));
+            let reason = "the sealed mail does not match its envelope".to_string();
+            return self.refuse(from, message_id, holder, reason);
         }
         self.store_received(mail, BTreeSet::new(), true, holder);
+    }
+
+    /// A sealed copy failed verification: the person is told, and a copy from the relay
+    /// cache is refused there ([`ClientFrame::Refuse`]), which deletes it and tells its
+    /// sender, so it is neither offered again at every sign-in nor left for the sender to
+    /// wait on until it expires. A copy from a co-recipient's node is only rejected: the
+    /// relay may keep a good copy under the same id, which a refusal would delete.
+    fn refuse(
+        &mut self,
+        from: Address,
+        message_id: MessageId,
+        holder: Option<Address>,
+        reason: String,
+    ) {
+        if holder.is_none() {
+            self.emit(Output::ToServer(ClientFrame::Refuse {
+                message_id: message_id.clone(),
+            }));
+        }
+        self.event(Event::Rejected {
+            from,
+            message_id,
+            reason,
+        });
     }
 
     /// Stores a newly received mail; once the store completes, `ack_to` peers are

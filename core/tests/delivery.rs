@@ -527,7 +527,7 @@ fn sender_online_sees_the_receipt_at_once() {
 }
 
 #[test]
-fn tampered_cached_envelope_is_rejected_not_stored_not_released() {
+fn tampered_cached_envelope_is_refused_not_stored_and_its_sender_told() {
     let mut w = World::new();
     w.cache_mode = CacheMode::Up;
     let (alice, bob) = (w.register("alice"), w.register("bob"));
@@ -541,12 +541,22 @@ fn tampered_cached_envelope_is_rejected_not_stored_not_released() {
     assert!(!w.inbox_has(&bob, &id));
     assert_eq!(w.received_count(&bob, &id), 0);
     assert!(rejected(&w, &bob), "{:?}", w.users[&bob].events);
-    assert_eq!(w.cache.len(), 1, "not released");
+    // Refused at the relay: deleted there, so it is not offered (and rejected) again.
+    assert!(w.cache.is_empty(), "refused envelopes leave the cache");
+    w.offline(&bob);
+    w.users.get_mut(&bob).unwrap().events.clear();
+    w.online(&bob);
+    assert!(!rejected(&w, &bob), "{:?}", w.users[&bob].events);
+    assert!(!w.inbox_has(&bob, &id));
+    // The sender learns it failed (and can send again) instead of waiting until it expires.
     w.online(&alice);
-    assert!(matches!(
-        state_of(&w, &alice, &id, &bob),
-        DeliveryState::CachedAtRelay { .. }
-    ));
+    match state_of(&w, &alice, &id, &bob) {
+        DeliveryState::Failed { reason, .. } => {
+            assert!(reason.contains("refused"), "{reason}")
+        }
+        s => panic!("{s:?}"),
+    }
+    assert!(w.receipts.values().all(|r| r.is_empty()), "receipt acknowledged");
 }
 
 #[test]

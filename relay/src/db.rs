@@ -205,6 +205,7 @@ enum Op {
     Release {
         recipient: Address,
         id: MessageId,
+        outcome: ReceiptOutcome,
         now: Millis,
         reply: Reply<Vec<Address>>,
     },
@@ -363,9 +364,10 @@ impl CacheWriter {
             Op::Release {
                 recipient,
                 id,
+                outcome,
                 now,
                 reply,
-            } => in_savepoint(conn, reply, || release(conn, &recipient, &id, now)),
+            } => in_savepoint(conn, reply, || release(conn, &recipient, &id, outcome, now)),
             Op::AckReceipt {
                 sender,
                 recipient,
@@ -474,6 +476,7 @@ fn outcome_text(outcome: ReceiptOutcome) -> &'static str {
     match outcome {
         ReceiptOutcome::Delivered => "delivered",
         ReceiptOutcome::Expired => "expired",
+        ReceiptOutcome::Refused => "refused",
     }
 }
 
@@ -481,6 +484,7 @@ fn outcome(text: &str) -> Result<ReceiptOutcome, peermail_signaling::Error> {
     match text {
         "delivered" => Ok(ReceiptOutcome::Delivered),
         "expired" => Ok(ReceiptOutcome::Expired),
+        "refused" => Ok(ReceiptOutcome::Refused),
         other => Err(peermail_signaling::Error::Cache(format!(
             "stored receipt outcome {other:?}"
         ))),
@@ -652,6 +656,7 @@ fn release(
     conn: &Connection,
     recipient: &Address,
     id: &MessageId,
+    outcome: ReceiptOutcome,
     now: Millis,
 ) -> Answer<Vec<Address>> {
     let recipient_text = recipient.to_string();
@@ -704,7 +709,7 @@ fn release(
                 who,
                 recipient_text,
                 id.as_str(),
-                outcome_text(ReceiptOutcome::Delivered),
+                outcome_text(outcome),
                 millis(now)
             ])
             .map_err(cache_error)?;
@@ -852,11 +857,18 @@ impl MailCache for Db {
         })
     }
 
-    fn release(&self, recipient: &Address, id: &MessageId, now: Millis) -> Answer<Vec<Address>> {
+    fn release(
+        &self,
+        recipient: &Address,
+        id: &MessageId,
+        outcome: ReceiptOutcome,
+        now: Millis,
+    ) -> Answer<Vec<Address>> {
         let (recipient, id) = (recipient.clone(), id.clone());
         self.call_blocking(|reply| Op::Release {
             recipient,
             id,
+            outcome,
             now,
             reply,
         })
@@ -923,11 +935,13 @@ impl MailCache for Db {
         self: Arc<Self>,
         recipient: Address,
         id: MessageId,
+        outcome: ReceiptOutcome,
         now: Millis,
     ) -> CacheFuture<Vec<Address>> {
         self.call(|reply| Op::Release {
             recipient,
             id,
+            outcome,
             now,
             reply,
         })
@@ -1163,7 +1177,7 @@ mod tests {
         assert_eq!(ids.len(), 20);
         let releases: Vec<_> = ids
             .iter()
-            .map(|id| db.clone().release_async(a("bob@h"), id.clone(), 5))
+            .map(|id| db.clone().release_async(a("bob@h"), id.clone(), ReceiptOutcome::Delivered, 5))
             .collect();
         for r in releases {
             assert_eq!(r.await.unwrap(), vec![a("alice@h")]);

@@ -294,6 +294,78 @@ async fn deposit_notice_fetch_release_and_delivered_receipt_to_an_online_sender(
     relay.stop().await;
 }
 
+#[tokio::test]
+async fn a_refused_envelope_is_deleted_and_its_sender_told_refused_until_it_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    Client::registered(relay.addr, &carol).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let (id, sealed) = (mid(7), sealed_bytes(7, 500));
+    a.deposit_ok(&bob.address, &id, &sealed).await;
+    a.close().await;
+
+    // Only the recipient may refuse it: for anyone else nothing by that id waits.
+    let mut c = Client::authenticated(relay.addr, &carol).await;
+    c.send(ClientFrame::Refuse {
+        message_id: id.clone(),
+    })
+    .await;
+    c.expect_error(ErrorCode::NotFound).await;
+    assert_eq!(cached_count(dir.path()), 1);
+
+    // Bob fetches it, cannot verify it and refuses it: deleted, answered like a release.
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await.len(), 1);
+    let _ = b.fetch(&id).await;
+    b.send(ClientFrame::Refuse {
+        message_id: id.clone(),
+    })
+    .await;
+    assert_eq!(
+        b.recv().await,
+        ServerFrame::Released {
+            message_id: id.clone()
+        }
+    );
+    assert_eq!(cached_count(dir.path()), 0);
+    // Not offered again at a later sign-in, and gone for fetch.
+    b.close().await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    b.send(ClientFrame::Fetch {
+        message_id: id.clone(),
+    })
+    .await;
+    b.expect_error(ErrorCode::NotFound).await;
+    b.expect_nothing_more(1).await;
+
+    // Alice, back, learns it was refused (not delivered), at every sign-in until she
+    // acknowledges it; the outcome survives a relay restart.
+    relay.stop().await;
+    let relay = TestRelay::start(dir.path()).await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.expect_receipt(&bob.address, &id, ReceiptOutcome::Refused)
+        .await;
+    a.close().await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.expect_receipt(&bob.address, &id, ReceiptOutcome::Refused)
+        .await;
+    a.send(ClientFrame::AckReceipt {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+    })
+    .await;
+    a.close().await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    a.expect_nothing_more(2).await;
+    relay.stop().await;
+}
+
 /// The signaling crate's clock, as the tests see it (ms since the Unix epoch).
 fn peermail_signaling_now() -> u64 {
     std::time::SystemTime::now()

@@ -101,13 +101,15 @@ pub trait MailCache: Send + Sync + 'static {
         message_id: &MessageId,
     ) -> Result<Option<CachedMail>, Error>;
     /// Deletes the envelope `message_id` waiting for `recipient`, and its listing at a
-    /// co-recipient's node, and in the same transaction records a delivered receipt for the
-    /// sender (and for the holder, which then deletes its copy). Returns who got a receipt;
-    /// empty if nothing by that id waits for `recipient`.
+    /// co-recipient's node, and in the same transaction records a receipt with `outcome`
+    /// (delivered, or refused by the recipient) for the sender (and for the holder, which
+    /// then deletes its copy). Returns who got a receipt; empty if nothing by that id waits
+    /// for `recipient`.
     fn release(
         &self,
         recipient: &Address,
         message_id: &MessageId,
+        outcome: ReceiptOutcome,
         now: Millis,
     ) -> Result<Vec<Address>, Error>;
     /// Lists a copy held by a co-recipient's node among `hold.recipient`'s waiting mail,
@@ -157,9 +159,10 @@ pub trait MailCache: Send + Sync + 'static {
         self: Arc<Self>,
         recipient: Address,
         message_id: MessageId,
+        outcome: ReceiptOutcome,
         now: Millis,
     ) -> CacheFuture<Vec<Address>> {
-        blocking(self, move |c| c.release(&recipient, &message_id, now))
+        blocking(self, move |c| c.release(&recipient, &message_id, outcome, now))
     }
     /// [`MailCache::has_deposit`], awaited.
     fn has_deposit_async(
@@ -325,6 +328,7 @@ impl MailCache for MemoryCache {
         &self,
         recipient: &Address,
         message_id: &MessageId,
+        outcome: ReceiptOutcome,
         _now: Millis,
     ) -> Result<Vec<Address>, Error> {
         let mut state = self.state();
@@ -342,7 +346,7 @@ impl MailCache for MemoryCache {
         for who in &told {
             state.receipts.insert(
                 (who.clone(), recipient.clone(), message_id.clone()),
-                ReceiptOutcome::Delivered,
+                outcome,
             );
         }
         Ok(told)
@@ -502,13 +506,13 @@ pub mod conformance {
         let has = |c: &dyn MailCache, s: &str| c.has_deposit(&a(s), &a("bob@h"), &id1).unwrap();
         assert!(has(c, "alice@h") && !has(c, "carol@h"));
         assert_eq!(c.fetch(&a("carol@h"), &id1).unwrap(), None);
-        assert!(c.release(&a("carol@h"), &id1, 30).unwrap().is_empty());
+        assert!(c.release(&a("carol@h"), &id1, ReceiptOutcome::Delivered, 30).unwrap().is_empty());
         assert_eq!(
             c.fetch(&a("bob@h"), &id1).unwrap().unwrap().sealed,
             vec![1; 6]
         );
         assert_eq!(
-            c.release(&a("bob@h"), &id1, 30).unwrap(),
+            c.release(&a("bob@h"), &id1, ReceiptOutcome::Delivered, 30).unwrap(),
             vec![a("alice@h")]
         );
         assert_eq!(c.fetch(&a("bob@h"), &id1).unwrap(), None);
@@ -565,9 +569,9 @@ pub mod conformance {
             None,
             "the bytes are not here"
         );
-        assert!(c.release(&a("carol@h"), &id, 20).unwrap().is_empty());
+        assert!(c.release(&a("carol@h"), &id, ReceiptOutcome::Delivered, 20).unwrap().is_empty());
         assert_eq!(
-            c.release(&a("bob@h"), &id, 20).unwrap(),
+            c.release(&a("bob@h"), &id, ReceiptOutcome::Delivered, 20).unwrap(),
             vec![a("alice@h"), a("carol@h")]
         );
         assert!(c.waiting(&a("bob@h")).unwrap().is_empty());

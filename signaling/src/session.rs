@@ -406,7 +406,12 @@ impl Session {
                 sealed,
             } => Box::pin(self.deposit(to, message_id, &sealed)).await,
             ClientFrame::Fetch { message_id } => Box::pin(self.fetch(message_id)).await,
-            ClientFrame::Release { message_id } => Box::pin(self.release(message_id)).await,
+            ClientFrame::Release { message_id } => {
+                Box::pin(self.release(message_id, ReceiptOutcome::Delivered)).await
+            }
+            ClientFrame::Refuse { message_id } => {
+                Box::pin(self.release(message_id, ReceiptOutcome::Refused)).await
+            }
             ClientFrame::Hold {
                 to,
                 message_id,
@@ -881,7 +886,9 @@ impl Session {
         .about_mail(&about_id)
     }
 
-    async fn release(&mut self, message_id: MessageId) -> ServerFrame {
+    /// `Release` (the recipient stored the mail: `Delivered`) or `Refuse` (it failed
+    /// verification: `Refused`): the envelope is deleted and its sender (and holder) told.
+    async fn release(&mut self, message_id: MessageId, outcome: ReceiptOutcome) -> ServerFrame {
         let about_id = message_id.clone();
         let Some(me) = self.address.clone() else {
             return not_authenticated();
@@ -889,16 +896,16 @@ impl Session {
         let now = now_millis();
         match self
             .cache()
-            .release_async(me.clone(), message_id.clone(), now)
+            .release_async(me.clone(), message_id.clone(), outcome, now)
             .await
         {
             Ok(told) if told.is_empty() => not_found(&message_id),
             Ok(told) => {
-                tracing::debug!(session = self.id, %message_id, "waiting mail released");
+                tracing::debug!(session = self.id, %message_id, ?outcome, "waiting mail released");
                 let receipt = ServerFrame::Receipt {
                     to: me,
                     message_id: message_id.clone(),
-                    outcome: ReceiptOutcome::Delivered,
+                    outcome,
                 };
                 for who in &told {
                     self.signaling.push(who, &receipt);

@@ -75,6 +75,12 @@ pub enum ClientFrame {
     /// This account stored the envelope: the relay deletes its copy, answers
     /// [`ServerFrame::Released`] and tells the sender it was delivered.
     Release { message_id: MessageId },
+    /// This account cannot accept the envelope: it fails verification (a forged or altered
+    /// envelope). The relay deletes it as for [`ClientFrame::Release`], answers
+    /// [`ServerFrame::Released`], and tells its sender (and a co-recipient holding a copy)
+    /// that it was refused, so that they stop waiting and can send again; the recipient is
+    /// not offered it again.
+    Refuse { message_id: MessageId },
     /// The sender saw the receipt for `(to, message_id)`; the relay forgets it.
     AckReceipt { to: Address, message_id: MessageId },
     /// Does the relay still keep this account's deposit for `to` (or its receipt)? Answered
@@ -341,13 +347,15 @@ pub enum MailLocation {
 }
 
 /// What became of a deposited envelope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptOutcome {
     /// The recipient fetched and stored it.
     Delivered,
     /// Nobody fetched it within the relay's retention time; the relay deleted it.
     Expired,
+    /// The recipient refused it: it failed verification (forged, or altered on the way).
+    Refused,
 }
 
 /// Whether an address has a live session at the relay.
@@ -445,6 +453,7 @@ const CLIENT_TYPES: &[&str] = &[
     "deposit",
     "fetch",
     "release",
+    "refuse",
     "ack_receipt",
     "hold",
     "check",
@@ -801,6 +810,11 @@ mod tests {
                 message_id: id(),
                 outcome: ReceiptOutcome::Expired,
             },
+            ServerFrame::Receipt {
+                to: "b@h".parse().unwrap(),
+                message_id: id(),
+                outcome: ReceiptOutcome::Refused,
+            },
             ServerFrame::Held {
                 to: "b@h".parse().unwrap(),
                 message_id: id(),
@@ -876,6 +890,7 @@ mod tests {
             },
             ClientFrame::Fetch { message_id: id() },
             ClientFrame::Release { message_id: id() },
+            ClientFrame::Refuse { message_id: id() },
             ClientFrame::AckReceipt {
                 to: bob.clone(),
                 message_id: id(),

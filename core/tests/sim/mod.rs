@@ -110,7 +110,7 @@ pub struct World {
     /// Chunks the relay model sent to recipients (for assertions).
     pub relay_chunks_served: u32,
     /// Receipts not yet acknowledged: sender → (recipient, id, outcome).
-    pub receipts: BTreeMap<Address, BTreeSet<(Address, MessageId, bool)>>,
+    pub receipts: BTreeMap<Address, BTreeSet<(Address, MessageId, ReceiptOutcome)>>,
     /// Deposits accepted (for assertions).
     pub deposits: u32,
     pub now: Millis,
@@ -933,7 +933,12 @@ impl World {
                 };
                 self.reply(from, frame);
             }
-            ClientFrame::Release { message_id } => {
+            ClientFrame::Release { ref message_id } | ClientFrame::Refuse { ref message_id } => {
+                let outcome = match frame {
+                    ClientFrame::Refuse { .. } => ReceiptOutcome::Refused,
+                    _ => ReceiptOutcome::Delivered,
+                };
+                let message_id = message_id.clone();
                 let about = ErrorAbout {
                     to: None,
                     message_id: Some(message_id.clone()),
@@ -944,8 +949,8 @@ impl World {
                     return self.reply(from, e);
                 }
                 let key = (from.clone(), message_id.clone());
-                // The sender learns it was delivered, and so does a holder (which then
-                // deletes its copy).
+                // The sender learns it was delivered (or refused), and so does a holder
+                // (which then deletes its copy).
                 let held = self.held.remove(&key);
                 let senders: BTreeSet<Address> = [
                     self.cache.remove(&key).map(|c| c.from),
@@ -963,7 +968,7 @@ impl World {
                     self.receipts.entry(sender.clone()).or_default().insert((
                         from.clone(),
                         message_id.clone(),
-                        true,
+                        outcome,
                     ));
                     if self.is_online(&sender) {
                         self.reply(
@@ -971,7 +976,7 @@ impl World {
                             ServerFrame::Receipt {
                                 to: from.clone(),
                                 message_id: message_id.clone(),
-                                outcome: ReceiptOutcome::Delivered,
+                                outcome,
                             },
                         );
                     }
@@ -1118,12 +1123,7 @@ impl World {
             .get(who)
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default();
-        for (to, message_id, delivered) in receipts {
-            let outcome = if delivered {
-                ReceiptOutcome::Delivered
-            } else {
-                ReceiptOutcome::Expired
-            };
+        for (to, message_id, outcome) in receipts {
             self.reply(
                 who,
                 ServerFrame::Receipt {
@@ -1155,7 +1155,7 @@ impl World {
             self.receipts.entry(c.from.clone()).or_default().insert((
                 to.clone(),
                 id.clone(),
-                false,
+                ReceiptOutcome::Expired,
             ));
         }
     }

@@ -556,7 +556,10 @@ fn tampered_cached_envelope_is_refused_not_stored_and_its_sender_told() {
         }
         s => panic!("{s:?}"),
     }
-    assert!(w.receipts.values().all(|r| r.is_empty()), "receipt acknowledged");
+    assert!(
+        w.receipts.values().all(|r| r.is_empty()),
+        "receipt acknowledged"
+    );
 }
 
 #[test]

@@ -1177,7 +1177,10 @@ mod tests {
         assert_eq!(ids.len(), 20);
         let releases: Vec<_> = ids
             .iter()
-            .map(|id| db.clone().release_async(a("bob@h"), id.clone(), ReceiptOutcome::Delivered, 5))
+            .map(|id| {
+                db.clone()
+                    .release_async(a("bob@h"), id.clone(), ReceiptOutcome::Delivered, 5)
+            })
             .collect();
         for r in releases {
             assert_eq!(r.await.unwrap(), vec![a("alice@h")]);

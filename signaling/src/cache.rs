@@ -162,7 +162,9 @@ pub trait MailCache: Send + Sync + 'static {
         outcome: ReceiptOutcome,
         now: Millis,
     ) -> CacheFuture<Vec<Address>> {
-        blocking(self, move |c| c.release(&recipient, &message_id, outcome, now))
+        blocking(self, move |c| {
+            c.release(&recipient, &message_id, outcome, now)
+        })
     }
     /// [`MailCache::has_deposit`], awaited.
     fn has_deposit_async(
@@ -506,13 +508,17 @@ pub mod conformance {
         let has = |c: &dyn MailCache, s: &str| c.has_deposit(&a(s), &a("bob@h"), &id1).unwrap();
         assert!(has(c, "alice@h") && !has(c, "carol@h"));
         assert_eq!(c.fetch(&a("carol@h"), &id1).unwrap(), None);
-        assert!(c.release(&a("carol@h"), &id1, ReceiptOutcome::Delivered, 30).unwrap().is_empty());
+        assert!(c
+            .release(&a("carol@h"), &id1, ReceiptOutcome::Delivered, 30)
+            .unwrap()
+            .is_empty());
         assert_eq!(
             c.fetch(&a("bob@h"), &id1).unwrap().unwrap().sealed,
             vec![1; 6]
         );
         assert_eq!(
-            c.release(&a("bob@h"), &id1, ReceiptOutcome::Delivered, 30).unwrap(),
+            c.release(&a("bob@h"), &id1, ReceiptOutcome::Delivered, 30)
+                .unwrap(),
             vec![a("alice@h")]
         );
         assert_eq!(c.fetch(&a("bob@h"), &id1).unwrap(), None);
@@ -569,9 +575,13 @@ pub mod conformance {
             None,
             "the bytes are not here"
         );
-        assert!(c.release(&a("carol@h"), &id, ReceiptOutcome::Delivered, 20).unwrap().is_empty());
+        assert!(c
+            .release(&a("carol@h"), &id, ReceiptOutcome::Delivered, 20)
+            .unwrap()
+            .is_empty());
         assert_eq!(
-            c.release(&a("bob@h"), &id, ReceiptOutcome::Delivered, 20).unwrap(),
+            c.release(&a("bob@h"), &id, ReceiptOutcome::Delivered, 20)
+                .unwrap(),
             vec![a("alice@h"), a("carol@h")]
         );
         assert!(c.waiting(&a("bob@h")).unwrap().is_empty());

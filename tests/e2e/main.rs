@@ -772,15 +772,18 @@ async fn tampered_envelope_rejected_visibly(w: &mut World) -> Result<()> {
             })
             .await?;
         let kept = relay
-            .wait_for(&format!("the relay's answer to `check` of {id}"), |f| match f {
-                ServerFrame::Deposited { message_id, .. } if message_id == id => Some(Ok(true)),
-                ServerFrame::Error {
-                    code: ErrorCode::NotFound,
-                    about: Some(about),
-                    ..
-                } if about.message_id.as_ref() == Some(id) => Some(Ok(false)),
-                _ => None,
-            })
+            .wait_for(
+                &format!("the relay's answer to `check` of {id}"),
+                |f| match f {
+                    ServerFrame::Deposited { message_id, .. } if message_id == id => Some(Ok(true)),
+                    ServerFrame::Error {
+                        code: ErrorCode::NotFound,
+                        about: Some(about),
+                        ..
+                    } if about.message_id.as_ref() == Some(id) => Some(Ok(false)),
+                    _ => None,
+                },
+            )
             .await?;
         ensure!(!kept, "the relay still keeps the refused {id}");
     }

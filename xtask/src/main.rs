@@ -64,7 +64,12 @@ fn main() -> ExitCode {
     };
     let result = match cmd.as_str() {
         "setup" => setup(&ws),
-        "serve" => serve(&ws, rest),
+        // `cargo xtask serve -- --listen …` is a common way to write it; `--` is not the
+        // relay's.
+        "serve" => serve(
+            &ws,
+            rest.strip_prefix(&["--".to_string()][..]).unwrap_or(rest),
+        ),
         "test" => test(&ws),
         "e2e" => e2e(&ws, rest, true),
         "bench" => bench(&ws, rest),

@@ -1,13 +1,18 @@
 //! Benchmark: the relay cache's store-and-forward throughput, beside Redis.
 //!
 //! `PEERMAIL_BENCH_CLIENTS` (default 50) authenticated clients, concurrently, each move
-//! `PEERMAIL_BENCH_ENVELOPES` (default 200) sealed-size envelopes of 1 KiB through the real
+//! `PEERMAIL_BENCH_ENVELOPES` (default 1,000) sealed-size envelopes of 1 KiB through the real
 //! relay's cache with its normal durability (SQLite WAL, acknowledged after commit):
 //! `deposit` → `deposited`, `fetch` → `cached`, `release` → `released` (and the sender's
 //! receipt acknowledged). One envelope = one full store-and-forward. Each client waits for
 //! every reply before its next request; the receipt acknowledgement, which has no reply,
 //! leaves in the same write as the next deposit. The clients share one current-thread
 //! runtime (a lean load generator, like redis-benchmark's single thread).
+//!
+//! Also in the same run, as a reference for where the relay's time goes: the same clients
+//! through the same relay with the storage taken out — three `ping` → `pong` round trips
+//! per envelope (its three answered requests), no payload, no database. That is the ceiling
+//! of the protocol's round trips over these WebSockets on this machine.
 //!
 //! Baseline in the same run: `redis-benchmark -c 50 -d 1024 -t lpush,rpop` against a local
 //! `redis-server --appendonly yes --appendfsync everysec`. Its envelope rate is one LPUSH
@@ -64,6 +69,18 @@ async fn until<T>(ws: &mut Ws, what: &str, mut want: impl FnMut(ServerFrame) -> 
             Some(Ok(_)) => {}
             other => panic!("{what}: connection ended: {other:?}"),
         }
+    }
+}
+
+/// One client of the storage-free reference: three ping round trips per envelope; `n` times.
+async fn pinger(mut ws: Ws, n: usize) {
+    for k in 0..n * 3 {
+        let nonce = k as u64;
+        send(&mut ws, ClientFrame::Ping { nonce }).await;
+        until(&mut ws, "pong", |f| {
+            matches!(f, ServerFrame::Pong { nonce: got } if got == nonce).then_some(())
+        })
+        .await;
     }
 }
 
@@ -172,7 +189,9 @@ async fn client_session(addr: &str, name: &str, key_seed: u64, domain: &str) -> 
     ws
 }
 
-async fn relay_rate(clients: usize, per_client: usize) -> (f64, f64) {
+/// Envelopes per second through the relay, and the seconds the run took; `ping_only`: the
+/// storage-free reference (see the module docs).
+async fn relay_rate(clients: usize, per_client: usize, ping_only: bool) -> (f64, f64) {
     let data = tempfile::tempdir().unwrap();
     let domain = "bench.test";
     let mut cmd = Command::new(common::relay_bin());
@@ -199,7 +218,13 @@ async fn relay_rate(clients: usize, per_client: usize) -> (f64, f64) {
     let tasks: Vec<_> = sessions
         .into_iter()
         .enumerate()
-        .map(|(i, (ws, me))| tokio::spawn(client(ws, me, i, per_client)))
+        .map(|(i, (ws, me))| {
+            if ping_only {
+                tokio::spawn(pinger(ws, per_client))
+            } else {
+                tokio::spawn(client(ws, me, i, per_client))
+            }
+        })
         .collect();
     for t in tasks {
         t.await.expect("client task");
@@ -279,8 +304,9 @@ fn redis_rates(clients: usize, requests: usize) -> (f64, f64) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let clients = env_or("PEERMAIL_BENCH_CLIENTS", 50);
-    let per_client = env_or("PEERMAIL_BENCH_ENVELOPES", 200);
-    let (relay, secs) = relay_rate(clients, per_client).await;
+    let per_client = env_or("PEERMAIL_BENCH_ENVELOPES", 1000);
+    let (relay, secs) = relay_rate(clients, per_client, false).await;
+    let (round_trips, _) = relay_rate(clients, per_client, true).await;
     let (lpush, rpop) = redis_rates(clients, clients * per_client);
     let redis = 1.0 / (1.0 / lpush + 1.0 / rpop);
     let ratio = relay / redis;
@@ -294,6 +320,11 @@ async fn main() {
         "baseline_redis": { "lpush_per_sec": lpush, "rpop_per_sec": rpop, "envelopes_per_sec": redis,
                             "durability": "appendonly yes, appendfsync everysec" },
         "ratio_relay_to_redis": ratio,
+        "reference_round_trips_only": {
+            "envelopes_per_sec": round_trips,
+            "ratio_to_redis": round_trips / redis,
+            "what": "the same clients and relay, 3 ping/pong round trips per envelope: no payload, no storage",
+        },
         "goal_ratio": GOAL_RATIO,
         "meets_goal": ratio >= GOAL_RATIO,
     });
@@ -304,6 +335,8 @@ async fn main() {
     .unwrap();
     println!(
         "cache throughput: relay {relay:.0} envelopes/s (deposit+fetch+release, {clients} clients), \
-         redis {redis:.0} envelopes/s (LPUSH {lpush:.0}/s + RPOP {rpop:.0}/s); ratio {ratio:.2} (goal ≥ {GOAL_RATIO})"
+         redis {redis:.0} envelopes/s (LPUSH {lpush:.0}/s + RPOP {rpop:.0}/s); ratio {ratio:.2} (goal ≥ {GOAL_RATIO}); \
+         reference: the relay's round trips alone (3 pings per envelope, no storage) {round_trips:.0}/s, {:.2} of redis",
+        round_trips / redis
     );
 }

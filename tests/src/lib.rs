@@ -47,6 +47,15 @@ pub struct Harness {
     pub scratch: tempfile::TempDir,
 }
 
+impl Drop for Harness {
+    /// A browser a failed scenario did not close would go on writing its profile while the
+    /// scratch directory is removed, which then stops half-way and leaves hundreds of MB
+    /// behind: every process still using the scratch directory is killed first.
+    fn drop(&mut self) {
+        procs::kill_users_of(self.scratch.path());
+    }
+}
+
 /// Settings for a run, from the environment.
 #[derive(Clone, Debug)]
 pub struct Config {

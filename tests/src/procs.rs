@@ -189,6 +189,46 @@ impl Drop for ChromeDriver {
     }
 }
 
+/// Kills (SIGKILL) every process whose command line names `dir` (browsers with their
+/// profile in it, a storage node with its data there) and waits up to 5 s for them to go.
+pub fn kill_users_of(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id().to_string();
+    let users: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle.as_str()))
+        })
+        .collect();
+    if users.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .args(&users)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && users.iter().any(|pid| {
+            // Gone, or a zombie its parent has not reaped yet (it holds no files).
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        })
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A port that was free a moment ago (chromedriver cannot be told to pick one itself).
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -337,5 +377,35 @@ impl StorageNodeProc {
 impl Drop for StorageNodeProc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn kill_users_of_kills_the_processes_naming_the_directory_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, "").unwrap();
+        let mut user = Command::new("tail").arg("-f").arg(&log).spawn().unwrap();
+        let mut bystander = Command::new("sleep").arg("30").spawn().unwrap();
+        kill_users_of(dir.path());
+        // kill_users_of returns once its victims are gone or zombies: reaped at once.
+        let status = user.try_wait().unwrap();
+        if status.is_none() {
+            let _ = user.kill();
+            let _ = user.wait();
+        }
+        assert_eq!(status.and_then(|s| s.signal()), Some(9), "{status:?}");
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "an unrelated process died"
+        );
+        let _ = bystander.kill();
+        let _ = bystander.wait();
     }
 }

@@ -1300,8 +1300,8 @@ impl Node {
             }
             ReceiptOutcome::Refused => DeliveryState::Failed {
                 at: now,
-                reason: "refused by the recipient: the envelope failed verification \
-                         (altered on the way); send it again"
+                reason: "refused by the recipient: the envelope failed verification or \
+                         could not be opened there; send it again"
                     .into(),
             },
         };

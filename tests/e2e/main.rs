@@ -684,16 +684,7 @@ async fn tampered_envelope_rejected_visibly(w: &mut World) -> Result<()> {
     contains("the control mail's .from", &pane.from, trudy_s.as_str())?;
 
     // The relay's receipts: the control mail was delivered (released after Bob stored it).
-    let delivered = relay
-        .wait_for("the receipt of the control mail", |f| match f {
-            ServerFrame::Receipt {
-                message_id,
-                outcome,
-                ..
-            } if *message_id == control_id => Some(Ok(*outcome)),
-            _ => None,
-        })
-        .await?;
+    let delivered = receipt_of(&mut relay, &control_id).await?;
     ensure!(
         delivered == ReceiptOutcome::Delivered,
         "control receipt {delivered:?}"

@@ -759,8 +759,7 @@ impl Runtime {
                     .oldest()
                     .is_some_and(|t| now() >= t + HELD_MS);
                 if rt.flush_due.replace(false) || overdue {
-                    let flush = rt.held.borrow_mut().take_all();
-                    rt.write_held(flush).await;
+                    rt.write_all_held().await;
                 }
                 let next = rt.queue.borrow_mut().pop_front();
                 let Some(out) = next else { break };
@@ -793,8 +792,7 @@ impl Runtime {
                             let flush = rt.held.borrow_mut().take_segment(key);
                             rt.write_held(flush).await;
                         } else if rt.held.borrow().chunk_count() > HELD_MAX_CHUNKS {
-                            let flush = rt.held.borrow_mut().take_all();
-                            rt.write_held(flush).await;
+                            rt.write_all_held().await;
                         }
                     }
                     Output::Store {
@@ -817,9 +815,8 @@ impl Runtime {
                         rt.write_held(flush).await;
                     }
                     out => {
-                        if reads_stored_chunks(&out) && !rt.held.borrow().is_empty() {
-                            let flush = rt.held.borrow_mut().take_all();
-                            rt.write_held(flush).await;
+                        if reads_stored_chunks(&out) {
+                            rt.write_all_held().await;
                         }
                         rt.execute(out).await;
                     }
@@ -855,6 +852,12 @@ impl Runtime {
             },
             _ => None,
         }
+    }
+
+    /// Writes everything held (nothing if nothing is).
+    async fn write_all_held(&self) {
+        let flush = self.held.borrow_mut().take_all();
+        self.write_held(flush).await;
     }
 
     /// Writes chunks and download records in one transaction and answers their ops.

@@ -862,9 +862,8 @@ impl Node {
         self.request_more(id);
     }
 
-    /// A chunk from the sender's node (`peer`), or from the relay (`None`).
-    /// A chunk from `peer` (`None`: the relay); `sha256` is its hash if the driver computed
-    /// it (`Input::Chunk`).
+    /// A chunk from the sender's node (`peer`), or from the relay (`None`); `sha256` is its
+    /// hash if the driver computed it (`Input::Chunk`).
     pub(super) fn receive_chunk(
         &mut self,
         peer: Option<Address>,

@@ -21,6 +21,7 @@
 
 pub mod address;
 pub mod attach;
+pub mod chacha4;
 pub mod groups;
 pub mod identity;
 pub mod mail;

@@ -69,7 +69,9 @@ pub struct Mail {
     pub attachments: Vec<AttachmentRef>,
 }
 
-/// A mail as encoded before attachments existed; envelopes sealed then still open.
+/// The fields of a mail before `attachments`: a whole mail as encoded before attachments
+/// existed (envelopes sealed then still open), and the start of one encoded before
+/// attachments had a `file_hash_alg`.
 #[derive(Deserialize)]
 struct MailWithoutAttachments {
     message_id: MessageId,
@@ -84,28 +86,64 @@ struct MailWithoutAttachments {
     priority: Priority,
 }
 
+/// An attachment as encoded before `file_hash_alg` existed: its `file_hash` is SHA-256.
+#[derive(Deserialize)]
+struct AttachmentRefWithoutAlg {
+    id: crate::attach::AttachmentId,
+    name: String,
+    mime: String,
+    size: u64,
+    key: [u8; 32],
+    chunks_root: crate::attach::Hash,
+    file_hash: crate::attach::Hash,
+    inline: bool,
+}
+
 impl Mail {
-    /// Reads a `postcard`-encoded mail, including one encoded before mails had attachments.
+    /// Reads a `postcard`-encoded mail, including one encoded before mails had attachments
+    /// and one encoded before attachments named their whole-file hash (SHA-256, then).
+    /// Every byte must belong to the mail.
     pub fn from_postcard(bytes: &[u8]) -> Result<Mail, postcard::Error> {
-        postcard::from_bytes::<Mail>(bytes).or_else(|e| {
-            let (old, rest) = postcard::take_from_bytes::<MailWithoutAttachments>(bytes)
-                .map_err(|_| e.clone())?;
-            if !rest.is_empty() {
-                return Err(e);
+        let err = match postcard::take_from_bytes::<Mail>(bytes) {
+            Ok((mail, [])) => return Ok(mail),
+            Ok(_) => postcard::Error::DeserializeBadEncoding,
+            Err(e) => e,
+        };
+        let (old, rest) =
+            postcard::take_from_bytes::<MailWithoutAttachments>(bytes).map_err(|_| err.clone())?;
+        let attachments = if rest.is_empty() {
+            Vec::new()
+        } else {
+            match postcard::take_from_bytes::<Vec<AttachmentRefWithoutAlg>>(rest) {
+                Ok((atts, [])) => atts
+                    .into_iter()
+                    .map(|a| AttachmentRef {
+                        id: a.id,
+                        name: a.name,
+                        mime: a.mime,
+                        size: a.size,
+                        key: a.key,
+                        chunks_root: a.chunks_root,
+                        file_hash: a.file_hash,
+                        inline: a.inline,
+                        file_hash_alg: crate::attach::FileHashAlg::Sha256,
+                    })
+                    .collect(),
+                _ => return Err(err),
             }
-            Ok(Mail {
-                message_id: old.message_id,
-                from: old.from,
-                to: old.to,
-                cc: old.cc,
-                subject: old.subject,
-                date: old.date,
-                body: old.body,
-                in_reply_to: old.in_reply_to,
-                references: old.references,
-                priority: old.priority,
-                attachments: Vec::new(),
-            })
+        };
+        Ok(Mail {
+            message_id: old.message_id,
+            from: old.from,
+            to: old.to,
+            cc: old.cc,
+            subject: old.subject,
+            date: old.date,
+            body: old.body,
+            in_reply_to: old.in_reply_to,
+            references: old.references,
+            priority: old.priority,
+            attachments,
         })
     }
 
@@ -193,9 +231,84 @@ mod tests {
             chunks_root: [5; 32],
             file_hash: [6; 32],
             inline: true,
+            file_hash_alg: crate::attach::FileHashAlg::Blake3,
         });
         let bytes = postcard::to_allocvec(&new).unwrap();
         assert_eq!(Mail::from_postcard(&bytes).unwrap(), new);
         assert!(Mail::from_postcard(&bytes[..bytes.len() - 3]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Mail::from_postcard(&longer).is_err(), "a trailing byte");
+    }
+
+    #[test]
+    fn mails_encoded_before_attachments_named_their_hash_read_it_as_sha256() {
+        use crate::attach::{AttachmentId, AttachmentRef, FileHashAlg, Hash};
+        // AttachmentRef as it was encoded then: no `file_hash_alg` after `inline`.
+        #[derive(Serialize)]
+        struct OldAttachment<'a>(
+            AttachmentId,
+            &'a str,
+            &'a str,
+            u64,
+            [u8; 32],
+            Hash,
+            Hash,
+            bool,
+        );
+        let att = |n: u8| AttachmentRef {
+            id: AttachmentId([n; 16]),
+            name: format!("f{n}.bin"),
+            mime: "application/octet-stream".into(),
+            size: u64::from(n) * 1000,
+            key: [n; 32],
+            chunks_root: [n + 1; 32],
+            file_hash: [n + 2; 32],
+            inline: n % 2 == 0,
+            file_hash_alg: FileHashAlg::Sha256,
+        };
+        let mail = Mail {
+            message_id: MessageId::new([1; 16], "h"),
+            from: "a@h".parse().unwrap(),
+            to: vec!["b@h".parse().unwrap()],
+            cc: vec![],
+            subject: "s".into(),
+            date: 5,
+            body: "body".into(),
+            in_reply_to: None,
+            references: vec![],
+            priority: Priority::Normal,
+            // Ids whose first byte is 0 or 1 would also read as a `file_hash_alg`.
+            attachments: vec![att(1), att(0), att(7)],
+        };
+        let mut without = mail.clone();
+        without.attachments.clear();
+        let mut bytes = postcard::to_allocvec(&without).unwrap();
+        bytes.pop(); // the empty attachment list
+        let old: Vec<OldAttachment<'_>> = mail
+            .attachments
+            .iter()
+            .map(|a| {
+                OldAttachment(
+                    a.id,
+                    &a.name,
+                    &a.mime,
+                    a.size,
+                    a.key,
+                    a.chunks_root,
+                    a.file_hash,
+                    a.inline,
+                )
+            })
+            .collect();
+        bytes.extend(postcard::to_allocvec(&old).unwrap());
+        assert_eq!(Mail::from_postcard(&bytes).unwrap(), mail);
+        assert!(Mail::from_postcard(&bytes[..bytes.len() - 1]).is_err());
+        // The same mail encoded now names its hash and reads back as it was.
+        let mut now = mail.clone();
+        now.attachments[1].file_hash_alg = FileHashAlg::Blake3;
+        let encoded = postcard::to_allocvec(&now).unwrap();
+        assert_ne!(encoded, bytes);
+        assert_eq!(Mail::from_postcard(&encoded).unwrap(), now);
     }
 }

@@ -622,6 +622,11 @@ pub mod conformance {
             chunks_root: [n + 1; 32],
             file_hash: [n + 2; 32],
             inline: n % 2 == 0,
+            file_hash_alg: if n % 2 == 0 {
+                crate::attach::FileHashAlg::Blake3
+            } else {
+                crate::attach::FileHashAlg::Sha256
+            },
         };
         let record = |n: u8| DownloadRecord {
             message_id: MessageId::new([n; 16], "h"),

@@ -9,7 +9,9 @@ mod common;
 
 use indexed_db_futures::database::Database;
 use js_sys::{Array, Uint8Array};
-use peermail_core::attach::{chunks_root, sha256, AttachmentId, FileCheck, CHUNK_BYTES};
+use peermail_core::attach::{
+    chunks_root, file_hash, sha256, AttachmentId, FileCheck, FileHashAlg, CHUNK_BYTES,
+};
 use peermail_web_client::chunks::{
     chunk_key, delete_chunks, get_chunk, get_chunk_list, get_segment, put_chunk_list, put_chunks,
     seal_file, seal_file_with_progress, BATCH_CHUNKS, SEGMENT_CHUNKS,
@@ -220,6 +222,78 @@ async fn chunks_stored_one_per_record_before_version_6_are_still_read() {
     }
 }
 
+/// The whole-file hash of new attachments, BLAKE3, runs on the Wasm SIMD code in the
+/// browser: it gives the official test vector's answer (as core's native test does).
+#[wasm_bindgen_test]
+fn blake3_in_the_browser_gives_the_official_answer() {
+    let vector: Vec<u8> = (0..102_400u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        hex::encode(file_hash(FileHashAlg::Blake3, &vector)),
+        "bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085"
+    );
+}
+
+/// The chunks' ChaCha20 runs on Wasm SIMD code in the browser (`peermail_core::chacha4`):
+/// it gives RFC 8439's answers and the `chacha20` crate's keystream at every position and
+/// length (as core's native tests check its portable code).
+#[wasm_bindgen_test]
+fn chunk_cipher_in_the_browser_is_standard_chacha20_poly1305() {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    use cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+    use peermail_core::chacha4::{ChaCha20Poly1305x4, ChaCha20x4};
+
+    // RFC 8439, section 2.8.2.
+    let key: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
+    let nonce = [7, 0, 0, 0, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
+    let aad = hex::decode("50515253c0c1c2c3c4c5c6c7").unwrap();
+    let plain = b"Ladies and Gentlemen of the class of '99: If I could offer you only one \
+tip for the future, sunscreen would be it.";
+    let sealed = ChaCha20Poly1305x4::new(&key.into())
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: plain,
+                aad: &aad,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        hex::encode(&sealed),
+        "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6\
+         3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36\
+         92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc\
+         3ff4def08e4b7a9de576d26586cec64b6116\
+         1ae10b594f09e26a7e902ecbd0600691"
+    );
+    let data: Vec<u8> = (0..1200u32).map(|i| (i * 31 % 251) as u8).collect();
+    for start in [0u64, 1, 64, 100, 256] {
+        for len in 0..=600 {
+            let mut a = data[..len].to_vec();
+            let mut b = a.clone();
+            let mut x = ChaCha20x4::new(&key.into(), &nonce.into());
+            let mut y = chacha20::ChaCha20::new(&key.into(), &nonce.into());
+            x.seek(start);
+            y.seek(start);
+            x.apply_keystream(&mut a);
+            y.apply_keystream(&mut b);
+            assert_eq!(a, b, "start {start}, length {len}");
+        }
+    }
+    // A whole chunk, sealed and opened.
+    let chunk: Vec<u8> = (0..CHUNK_BYTES as u32).map(|i| (i % 253) as u8).collect();
+    let payload = || Payload {
+        msg: &chunk,
+        aad: b"id",
+    };
+    let ours = ChaCha20Poly1305x4::new(&key.into())
+        .encrypt(&nonce.into(), payload())
+        .unwrap();
+    let theirs = chacha20poly1305::ChaCha20Poly1305::new(&key.into())
+        .encrypt(&nonce.into(), payload())
+        .unwrap();
+    assert_eq!(ours, theirs);
+}
+
 /// Seals `plain` as a File and checks what was stored against what was returned, as a
 /// receiver would: chunk hashes, root, decryption, whole-file hash.
 async fn seal_and_check(plain: &[u8], inline_limit: u64) -> peermail_core::attach::AttachmentRef {
@@ -231,7 +305,8 @@ async fn seal_and_check(plain: &[u8], inline_limit: u64) -> peermail_core::attac
     assert_eq!(r.size, plain.len() as u64);
     assert_eq!(r.name, "holiday photo.JPG");
     assert_eq!(r.mime, "image/jpeg");
-    assert_eq!(r.file_hash, sha256(plain));
+    assert_eq!(r.file_hash_alg, FileHashAlg::Blake3);
+    assert_eq!(r.file_hash, file_hash(FileHashAlg::Blake3, plain));
     assert_eq!(r.id, AttachmentId(std::array::from_fn(|i| 3 + i as u8)));
     assert_eq!(r.key, std::array::from_fn(|i| 19 + i as u8));
 

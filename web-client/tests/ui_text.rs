@@ -192,6 +192,7 @@ fn download_view(state: DownloadState, done: u64, connected: bool) -> DownloadVi
         chunks_root: [0; 32],
         file_hash: [0; 32],
         inline: false,
+        file_hash_alg: peermail_core::attach::FileHashAlg::Blake3,
     };
     DownloadView {
         message_id: MessageId::new([1; 16], "h"),

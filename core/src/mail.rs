@@ -173,6 +173,77 @@ pub struct Draft {
     pub attachments: Vec<AttachmentRef>,
 }
 
+/// A mail with three attachments whose whole-file hashes are SHA-256 (tests).
+#[cfg(test)]
+pub(crate) fn mail_with_sha256_attachments() -> Mail {
+    use crate::attach::{AttachmentId, AttachmentRef, FileHashAlg};
+    let att = |n: u8| AttachmentRef {
+        id: AttachmentId([n; 16]),
+        name: format!("f{n}.bin"),
+        mime: "application/octet-stream".into(),
+        size: u64::from(n) * 1000,
+        key: [n; 32],
+        chunks_root: [n + 1; 32],
+        file_hash: [n + 2; 32],
+        inline: n % 2 == 0,
+        file_hash_alg: FileHashAlg::Sha256,
+    };
+    Mail {
+        message_id: MessageId::new([1; 16], "h"),
+        from: "a@h".parse().unwrap(),
+        to: vec!["b@h".parse().unwrap()],
+        cc: vec![],
+        subject: "s".into(),
+        date: 5,
+        body: "body".into(),
+        in_reply_to: None,
+        references: vec![],
+        priority: Priority::Normal,
+        // Ids whose first byte is 0 or 1 would also read as a `file_hash_alg`.
+        attachments: vec![att(1), att(0), att(7)],
+    }
+}
+
+/// `mail` as builds from before attachments named their whole-file hash encoded it: no
+/// `file_hash_alg` after each attachment's `inline` (tests).
+#[cfg(test)]
+pub(crate) fn postcard_before_file_hash_alg(mail: &Mail) -> Vec<u8> {
+    use crate::attach::{AttachmentId, Hash};
+    #[derive(Serialize)]
+    struct OldAttachment<'a>(
+        AttachmentId,
+        &'a str,
+        &'a str,
+        u64,
+        [u8; 32],
+        Hash,
+        Hash,
+        bool,
+    );
+    let mut without = mail.clone();
+    without.attachments.clear();
+    let mut bytes = postcard::to_allocvec(&without).unwrap();
+    bytes.pop(); // the empty attachment list
+    let old: Vec<OldAttachment<'_>> = mail
+        .attachments
+        .iter()
+        .map(|a| {
+            OldAttachment(
+                a.id,
+                &a.name,
+                &a.mime,
+                a.size,
+                a.key,
+                a.chunks_root,
+                a.file_hash,
+                a.inline,
+            )
+        })
+        .collect();
+    bytes.extend(postcard::to_allocvec(&old).unwrap());
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,70 +314,13 @@ mod tests {
 
     #[test]
     fn mails_encoded_before_attachments_named_their_hash_read_it_as_sha256() {
-        use crate::attach::{AttachmentId, AttachmentRef, FileHashAlg, Hash};
-        // AttachmentRef as it was encoded then: no `file_hash_alg` after `inline`.
-        #[derive(Serialize)]
-        struct OldAttachment<'a>(
-            AttachmentId,
-            &'a str,
-            &'a str,
-            u64,
-            [u8; 32],
-            Hash,
-            Hash,
-            bool,
-        );
-        let att = |n: u8| AttachmentRef {
-            id: AttachmentId([n; 16]),
-            name: format!("f{n}.bin"),
-            mime: "application/octet-stream".into(),
-            size: u64::from(n) * 1000,
-            key: [n; 32],
-            chunks_root: [n + 1; 32],
-            file_hash: [n + 2; 32],
-            inline: n % 2 == 0,
-            file_hash_alg: FileHashAlg::Sha256,
-        };
-        let mail = Mail {
-            message_id: MessageId::new([1; 16], "h"),
-            from: "a@h".parse().unwrap(),
-            to: vec!["b@h".parse().unwrap()],
-            cc: vec![],
-            subject: "s".into(),
-            date: 5,
-            body: "body".into(),
-            in_reply_to: None,
-            references: vec![],
-            priority: Priority::Normal,
-            // Ids whose first byte is 0 or 1 would also read as a `file_hash_alg`.
-            attachments: vec![att(1), att(0), att(7)],
-        };
-        let mut without = mail.clone();
-        without.attachments.clear();
-        let mut bytes = postcard::to_allocvec(&without).unwrap();
-        bytes.pop(); // the empty attachment list
-        let old: Vec<OldAttachment<'_>> = mail
-            .attachments
-            .iter()
-            .map(|a| {
-                OldAttachment(
-                    a.id,
-                    &a.name,
-                    &a.mime,
-                    a.size,
-                    a.key,
-                    a.chunks_root,
-                    a.file_hash,
-                    a.inline,
-                )
-            })
-            .collect();
-        bytes.extend(postcard::to_allocvec(&old).unwrap());
+        let mail = mail_with_sha256_attachments();
+        let bytes = postcard_before_file_hash_alg(&mail);
         assert_eq!(Mail::from_postcard(&bytes).unwrap(), mail);
         assert!(Mail::from_postcard(&bytes[..bytes.len() - 1]).is_err());
         // The same mail encoded now names its hash and reads back as it was.
         let mut now = mail.clone();
-        now.attachments[1].file_hash_alg = FileHashAlg::Blake3;
+        now.attachments[1].file_hash_alg = crate::attach::FileHashAlg::Blake3;
         let encoded = postcard::to_allocvec(&now).unwrap();
         assert_ne!(encoded, bytes);
         assert_eq!(Mail::from_postcard(&encoded).unwrap(), now);

@@ -151,15 +151,19 @@ impl PeerFrame {
         if version != PEER_VERSION {
             return Err(PeerFrameError::UnsupportedVersion(version));
         }
-        let (frame, rest) = postcard::take_from_bytes::<PeerFrame>(body)
-            .map_err(|e| PeerFrameError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(PeerFrameError::Malformed(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
+        let error = match postcard::take_from_bytes::<PeerFrame>(body) {
+            Ok((frame, [])) => return Ok(frame),
+            Ok((_, rest)) => PeerFrameError::Malformed(format!("{} trailing bytes", rest.len())),
+            Err(e) => PeerFrameError::Malformed(e.to_string()),
+        };
+        // A mail from a peer running a build from before attachments named their
+        // whole-file hash (`Mail` is variant 0): read as `Mail::from_postcard` reads it.
+        match body.split_first() {
+            Some((0, mail)) => Mail::from_postcard(mail)
+                .map(PeerFrame::Mail)
+                .map_err(|_| error),
+            _ => Err(error),
         }
-        Ok(frame)
     }
 }
 
@@ -213,5 +217,21 @@ mod tests {
             PeerFrame::decode(&vec![1; MAX_PEER_FRAME + 1]),
             Err(PeerFrameError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn a_mail_from_a_build_before_attachments_named_their_hash_is_read() {
+        let mail = crate::mail::mail_with_sha256_attachments();
+        let mut old = vec![PEER_VERSION, 0]; // `Mail`: variant 0
+        old.extend(crate::mail::postcard_before_file_hash_alg(&mail));
+        assert_eq!(PeerFrame::decode(&old), Ok(PeerFrame::Mail(mail.clone())));
+        // Cut short, it is still malformed.
+        assert!(matches!(
+            PeerFrame::decode(&old[..old.len() - 1]),
+            Err(PeerFrameError::Malformed(_))
+        ));
+        // And as this build encodes it.
+        let now = PeerFrame::Mail(mail);
+        assert_eq!(PeerFrame::decode(&now.encode().unwrap()), Ok(now));
     }
 }

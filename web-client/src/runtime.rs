@@ -712,12 +712,13 @@ impl Runtime {
 
     fn rearm_timer(&self) {
         let deadline = self.node.borrow().as_ref().and_then(|n| n.poll_timeout());
-        // The same deadline as the armed timer: nothing to do (this runs on every input).
-        if deadline.is_some()
-            && deadline == self.timer_deadline.get()
-            && self.timer.borrow().is_some()
-        {
-            return;
+        // The armed timer fires at or before the deadline: nothing to do. This runs on every
+        // input, and a transfer moves its deadline with each chunk; a timer that fires early
+        // only makes the node look at its timeouts, and arms the next one.
+        if let (Some(new), Some(armed)) = (deadline, self.timer_deadline.get()) {
+            if armed <= new && self.timer.borrow().is_some() {
+                return;
+            }
         }
         self.timer_deadline.set(deadline);
         let mut timer = self.timer.borrow_mut();

@@ -335,7 +335,7 @@ async fn main() {
     .unwrap();
     println!(
         "cache throughput: relay {relay:.0} envelopes/s (deposit+fetch+release, {clients} clients), \
-         redis {redis:.0} envelopes/s (LPUSH {lpush:.0}/s + RPOP {rpop:.0}/s); ratio {ratio:.2} (goal ≥ {GOAL_RATIO}); \
+         redis {redis:.0} envelopes/s (LPUSH {lpush:.0}/s + RPOP {rpop:.0}/s); ratio {ratio:.3} (goal ≥ {GOAL_RATIO}); \
          reference: the relay's round trips alone (3 pings per envelope, no storage) {round_trips:.0}/s, {:.2} of redis",
         round_trips / redis
     );

@@ -425,7 +425,7 @@ fn main() -> ExitCode {
         let wasm = &report["bob_wasm_memory_bytes"];
         format!(
         "attachment transfer ({} MiB, median of {}): app {:.2} MB/s beside a raw data channel at {:.2} MB/s: \
-         ratio {:.2} (goal {GOAL}: {}); sealing at Send {:.1} s; receiver's peak JS heap {:.1} MiB \
+         ratio {:.3} (goal {GOAL}: {}); sealing at Send {:.1} s; receiver's peak JS heap {:.1} MiB \
          ({:.1} MiB at half size: {}), wasm memory {:.1} MiB ({:.1} MiB at half size: {})",
         g(&report["file_bytes"]) / MIB as f64,
         report["rounds"],

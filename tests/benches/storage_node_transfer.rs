@@ -582,7 +582,7 @@ fn main() -> ExitCode {
         let mem = &report["node_memory_mib"];
         format!(
         "storage node transfer ({} MiB, median of {}): browser -> storage node {:.2} MB/s beside \
-         browser -> browser {:.2} MB/s and a raw data channel at {:.2} MB/s: ratio {:.2} \
+         browser -> browser {:.2} MB/s and a raw data channel at {:.2} MB/s: ratio {:.3} \
          (goal {GOAL}: {}), node/raw {:.2}; sent -> done ratio {:.2}; the node's peak RSS \
          {:.1} MiB (idle {:.1} MiB), {:.2} cores",
         g(&report["file_bytes"]) / MIB as f64,

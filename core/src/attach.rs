@@ -34,7 +34,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::chacha4::ChaCha20Poly1305x4 as ChaCha20Poly1305;
+use crate::chacha4::ChaCha20Poly1305x4;
 use crate::mail::Millis;
 
 /// Plaintext bytes per chunk (60 KiB): with the 16-byte tag and the frame around it, a
@@ -177,6 +177,9 @@ impl FileHasher {
         }
     }
 }
+
+/// The whole-file hash that [`FileSealer`] gives files sealed now.
+pub const SEALING_FILE_HASH: FileHashAlg = FileHashAlg::Blake3;
 
 /// The whole-file hash of `bytes` with `alg` (as [`FileSealer`] computes it).
 pub fn file_hash(alg: FileHashAlg, bytes: &[u8]) -> Hash {
@@ -355,8 +358,8 @@ fn nonce(index: u32, last: bool) -> chacha20poly1305::Nonce {
 
 /// The chunks' AEAD: standard ChaCha20-Poly1305, with the ChaCha20 that makes four blocks at
 /// a time (see [`crate::chacha4`]).
-fn cipher(key: &[u8; 32]) -> ChaCha20Poly1305 {
-    ChaCha20Poly1305::new(&(*key).into())
+fn cipher(key: &[u8; 32]) -> ChaCha20Poly1305x4 {
+    ChaCha20Poly1305x4::new(&(*key).into())
 }
 
 /// One encrypted chunk, as sent and stored.
@@ -375,7 +378,7 @@ pub struct FileSealer {
     mime: String,
     size: u64,
     key: [u8; 32],
-    cipher: ChaCha20Poly1305,
+    cipher: ChaCha20Poly1305x4,
     file: FileHasher,
     hashes: Vec<Hash>,
 }
@@ -398,7 +401,7 @@ impl FileSealer {
             size,
             key,
             cipher: cipher(&key),
-            file: FileHasher::new(FileHashAlg::Blake3),
+            file: FileHasher::new(SEALING_FILE_HASH),
             hashes: Vec::with_capacity(chunk_count(size) as usize),
         })
     }
@@ -466,7 +469,7 @@ impl FileSealer {
             chunks_root: chunks_root(&self.hashes),
             file_hash: self.file.finalize(),
             inline,
-            file_hash_alg: FileHashAlg::Blake3,
+            file_hash_alg: SEALING_FILE_HASH,
         };
         Ok((att, self.hashes))
     }
@@ -740,7 +743,7 @@ impl Download {
 /// saved, a preview), so memory stays one chunk.
 pub struct FileCheck {
     att: AttachmentRef,
-    cipher: ChaCha20Poly1305,
+    cipher: ChaCha20Poly1305x4,
     next: u32,
     file: FileHasher,
 }
@@ -803,7 +806,7 @@ impl FileCheck {
 
 fn open_chunk(
     att: &AttachmentRef,
-    cipher: &ChaCha20Poly1305,
+    cipher: &ChaCha20Poly1305x4,
     index: u32,
     data: &[u8],
 ) -> Result<Vec<u8>, AttachError> {

@@ -424,21 +424,38 @@ async fn an_offline_sender_gets_the_receipt_at_sign_in_until_it_acknowledges() {
 }
 
 #[tokio::test]
-async fn an_online_recipient_is_told_of_new_mail_at_once() {
+async fn an_online_recipient_gets_new_mail_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let (alice, bob) = (identity("alice", 1), identity("bob", 2));
     let mut b = Client::registered(relay.addr, &bob).await;
     let mut a = Client::registered(relay.addr, &alice).await;
     a.deposit_ok(&bob.address, &mid(7), b"sealed").await;
+    // The envelope itself, pushed once it is committed: no notice, no fetch.
+    assert_eq!(
+        b.recv().await,
+        ServerFrame::Cached {
+            message_id: mid(7),
+            from: alice.address.clone(),
+            sealed: B64.encode(b"sealed"),
+        }
+    );
+    // Depositing it again is acknowledged the same, stores nothing new, tells nobody.
+    a.deposit_ok(&bob.address, &mid(7), b"sealed").await;
+    b.expect_nothing_more(1).await;
+    assert_eq!(cached_count(dir.path()), 1);
+    // Kept until released, as a fetched envelope: listed at Bob's next sign-in.
+    b.close().await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
     let items = b.expect_waiting().await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].message_id, mid(7));
     assert_eq!(items[0].from, alice.address);
     assert_eq!(items[0].size, 6);
-    // Depositing it again is acknowledged the same, stores nothing new, tells nobody.
-    a.deposit_ok(&bob.address, &mid(7), b"sealed").await;
-    b.expect_nothing_more(1).await;
+    b.release(&mid(7)).await;
+    a.expect_receipt(&bob.address, &mid(7), ReceiptOutcome::Delivered)
+        .await;
+    assert_eq!(cached_count(dir.path()), 0);
     relay.stop().await;
 }
 

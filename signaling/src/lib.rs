@@ -280,10 +280,15 @@ impl Signaling {
     /// outbox is full (it stopped reading); everything pushed this way is also sent again at
     /// the next sign-in.
     fn push(&self, to: &Address, frame: &ServerFrame) {
+        self.push_with(to, || frame.encode());
+    }
+
+    /// [`Signaling::push`] of the frame `encode` writes, called only if `to` is online.
+    fn push_with(&self, to: &Address, encode: impl FnOnce() -> String) {
         let Some(outbox) = self.hub().route(to) else {
             return;
         };
-        if outbox.try_send(Utf8Bytes::from(frame.encode())).is_err() {
+        if outbox.try_send(Utf8Bytes::from(encode())).is_err() {
             tracing::debug!(address = %to, "pushed frame dropped: outbox full or closed");
         }
     }

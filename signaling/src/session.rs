@@ -793,7 +793,8 @@ impl Session {
         if MessageId::parse(message_id.as_str()).is_none() {
             return bad_message_id(&message_id);
         }
-        let sealed = match decode_sealed(sealed) {
+        let sealed_b64 = sealed;
+        let sealed = match decode_sealed(sealed_b64) {
             Ok(bytes) => bytes,
             Err(message) => return ServerFrame::error(ErrorCode::MalformedFrame, message),
         };
@@ -815,7 +816,6 @@ impl Session {
         }
         let now = now_millis();
         let retention = u64::try_from(policy.retention.as_millis()).unwrap_or(u64::MAX);
-        let size = sealed.len() as u64;
         let mail = NewMail {
             recipient: to.clone(),
             message_id: message_id.clone(),
@@ -823,13 +823,6 @@ impl Session {
             sealed,
             deposited_at: now,
             expires_at: now.saturating_add(retention),
-        };
-        let waiting = WaitingMail {
-            message_id: message_id.clone(),
-            from,
-            size,
-            deposited_at: now,
-            location: MailLocation::Relay,
         };
         let quota = policy.quota_bytes;
         // Handed to the cache before an acknowledgement in flight is awaited: the relay's
@@ -841,12 +834,17 @@ impl Session {
         match stored.await {
             Ok(cache::Deposit::Stored) => {
                 tracing::debug!(session = self.id, %to, %message_id, "mail cached");
-                self.signaling.push(
-                    &to,
-                    &ServerFrame::Waiting {
-                        items: vec![waiting],
-                    },
-                );
+                // An online recipient gets the envelope itself, as a fetch would bring it:
+                // its node stores and releases it without asking. (Were the push lost, the
+                // envelope is listed at the recipient's next sign-in like any other.)
+                self.signaling.push_with(&to, || {
+                    ServerFrame::Cached {
+                        message_id: message_id.clone(),
+                        from,
+                        sealed: sealed_b64.to_owned(),
+                    }
+                    .encode()
+                });
                 ServerFrame::Deposited { to, message_id }
             }
             Ok(cache::Deposit::AlreadyStored) => ServerFrame::Deposited { to, message_id },

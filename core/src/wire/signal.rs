@@ -62,7 +62,8 @@ pub enum ClientFrame {
     /// `unknown_address` error.
     Lookup { address: Address },
     /// Leave a sealed envelope (standard base64, at most [`MAX_SEALED_BYTES`] decoded) in the
-    /// relay cache for `to`. Answered by [`ServerFrame::Deposited`] once it is durably stored;
+    /// relay cache for `to`. Answered by [`ServerFrame::Deposited`] once it is durably stored
+    /// (and, if `to` is online, the envelope is pushed to it as [`ServerFrame::Cached`]);
     /// depositing the same `(to, message_id)` again changes nothing and is answered the same.
     Deposit {
         to: Address,
@@ -214,12 +215,15 @@ pub enum ServerFrame {
         message_id: MessageId,
     },
     /// Mail waiting for this account. Sent after every sign-in when anything waits (split
-    /// over several frames if the list is long), and whenever new mail is deposited while
-    /// the account is online.
+    /// over several frames if the list is long), and whenever a co-recipient's node starts
+    /// holding a copy while the account is online (mail deposited in the relay cache while
+    /// it is online comes at once as [`ServerFrame::Cached`]).
     Waiting {
         items: Vec<WaitingMail>,
     },
-    /// A cached envelope (standard base64), answering [`ClientFrame::Fetch`].
+    /// A cached envelope (standard base64), answering [`ClientFrame::Fetch`], or pushed
+    /// when it is deposited while this account is online. Either way the recipient's node
+    /// stores it and releases it ([`ClientFrame::Release`]) or refuses it.
     Cached {
         message_id: MessageId,
         from: Address,

@@ -746,8 +746,15 @@ impl World {
                                 },
                             );
                             if self.is_online(&to) {
-                                let item = self.waiting_item(&to, &message_id);
-                                self.reply(&to, ServerFrame::Waiting { items: vec![item] });
+                                // As the relay does: the envelope itself to an online
+                                // recipient.
+                                let mail = &self.cache[&(to.clone(), message_id.clone())];
+                                let frame = ServerFrame::Cached {
+                                    message_id: message_id.clone(),
+                                    from: mail.from.clone(),
+                                    sealed: mail.sealed.clone(),
+                                };
+                                self.reply(&to, frame);
                             }
                         }
                         ServerFrame::Deposited { to, message_id }

@@ -5,10 +5,11 @@
 //! x86 and ARM only; in the browser (wasm32) its portable code makes one 64-byte block at a
 //! time, and that was a large share of a transfer's CPU time. This is the same cipher —
 //! RFC 8439's ChaCha20: 20 rounds, 32-bit block counter, 96-bit nonce — computing four
-//! consecutive blocks side by side, each in one 32-bit lane of four-lane words. Written as
-//! plain lane-wise Rust, it compiles to 128-bit vector instructions where the target has
-//! them (the web client builds with Wasm SIMD, see `.cargo/config.toml`), and to scalar code
-//! elsewhere.
+//! consecutive blocks side by side, each in one 32-bit lane of four-lane words. In the
+//! browser (the web client builds with Wasm SIMD, see `.cargo/config.toml`) each word is
+//! one 128-bit vector, written with the `wasm32` intrinsics: rotations by 16 and 8 bits are
+//! byte shuffles, and the blocks are written out by 4×4 transposes. Elsewhere the lanes are
+//! plain arrays (scalar code).
 //!
 //! It plugs into the `chacha20poly1305` crate's AEAD ([`ChaCha20Poly1305x4`]), which still
 //! does Poly1305 and the construction, so the ciphertext is byte for byte the standard
@@ -109,22 +110,39 @@ impl Lanes {
         Lanes(core::arch::wasm32::i32x4_add(self.0, o.0))
     }
 
+    /// `(self ^ o) <<< n`. Rotations by whole bytes (16, 8) are one byte shuffle each
+    /// instead of two shifts and an or (`n` is a constant once inlined).
     #[inline(always)]
     fn xor_rotl(self, o: Self, n: u32) -> Self {
-        use core::arch::wasm32::{u32x4_shl, u32x4_shr, v128_or, v128_xor};
+        use core::arch::wasm32::{i8x16_shuffle, u32x4_shl, u32x4_shr, v128_or, v128_xor};
         let x = v128_xor(self.0, o.0);
-        Lanes(v128_or(u32x4_shl(x, n), u32x4_shr(x, 32 - n)))
+        Lanes(match n {
+            16 => i8x16_shuffle::<2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13>(x, x),
+            8 => i8x16_shuffle::<3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14>(x, x),
+            _ => v128_or(u32x4_shl(x, n), u32x4_shr(x, 32 - n)),
+        })
     }
 
+    /// Words `4 g .. 4 g + 4` of each of the four blocks, from those words' lanes
+    /// (`w[i]` holds word `4 g + i` of blocks 0..4): a 4×4 transpose, written out as
+    /// little-endian bytes, block `k` into `out[k]`.
     #[inline(always)]
-    fn lanes(self) -> [u32; 4] {
-        use core::arch::wasm32::u32x4_extract_lane;
-        [
-            u32x4_extract_lane::<0>(self.0),
-            u32x4_extract_lane::<1>(self.0),
-            u32x4_extract_lane::<2>(self.0),
-            u32x4_extract_lane::<3>(self.0),
-        ]
+    fn write_transposed(w: [Self; 4], out: &mut [[u8; 16]; 4]) {
+        use core::arch::wasm32::{i32x4_shuffle, i64x2_shuffle, u64x2_extract_lane, v128};
+        let t0 = i32x4_shuffle::<0, 4, 1, 5>(w[0].0, w[1].0);
+        let t1 = i32x4_shuffle::<2, 6, 3, 7>(w[0].0, w[1].0);
+        let t2 = i32x4_shuffle::<0, 4, 1, 5>(w[2].0, w[3].0);
+        let t3 = i32x4_shuffle::<2, 6, 3, 7>(w[2].0, w[3].0);
+        let rows: [v128; 4] = [
+            i64x2_shuffle::<0, 2>(t0, t2),
+            i64x2_shuffle::<1, 3>(t0, t2),
+            i64x2_shuffle::<0, 2>(t1, t3),
+            i64x2_shuffle::<1, 3>(t1, t3),
+        ];
+        for (o, r) in out.iter_mut().zip(rows) {
+            o[..8].copy_from_slice(&u64x2_extract_lane::<0>(r).to_le_bytes());
+            o[8..].copy_from_slice(&u64x2_extract_lane::<1>(r).to_le_bytes());
+        }
     }
 }
 
@@ -155,9 +173,14 @@ impl Lanes {
         Lanes(std::array::from_fn(|i| (self.0[i] ^ o.0[i]).rotate_left(n)))
     }
 
+    /// As the Wasm SIMD version: block `k`'s words `4 g .. 4 g + 4` into `out[k]`.
     #[inline(always)]
-    fn lanes(self) -> [u32; 4] {
-        self.0
+    fn write_transposed(w: [Self; 4], out: &mut [[u8; 16]; 4]) {
+        for (k, o) in out.iter_mut().enumerate() {
+            for (i, word) in w.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&word.0[k].to_le_bytes());
+            }
+        }
     }
 }
 
@@ -202,10 +225,13 @@ fn blocks(state: &[u32; 16], out: &mut [Block<Backend<'_>>]) {
     for (i, w) in x.iter_mut().enumerate() {
         *w = w.add(input[i]);
     }
-    let words = x.map(Lanes::lanes);
-    for (lane, block) in out.iter_mut().enumerate() {
-        for (i, w) in words.iter().enumerate() {
-            block[4 * i..4 * i + 4].copy_from_slice(&w[lane].to_le_bytes());
+    let mut bytes = [[[0u8; 16]; 4]; 4];
+    for (g, group) in bytes.iter_mut().enumerate() {
+        Lanes::write_transposed([x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3]], group);
+    }
+    for (k, block) in out.iter_mut().enumerate() {
+        for (g, group) in bytes.iter().enumerate() {
+            block[16 * g..16 * g + 16].copy_from_slice(&group[k]);
         }
     }
 }

@@ -31,6 +31,12 @@
 //! Each run also reads the CPU time of all the browsers' processes from `/proc` (the
 //! transfer window only): the raw channel alone keeps most of the machine's two cores
 //! busy, so what the app adds per megabyte decides the ratio.
+//! - **Storage alone** (a reference for where the app's extra CPU goes): after the rounds,
+//!   as many times, Bob's page writes the file's size of random bytes to IndexedDB the way
+//!   the app stores received chunks and reads it back the way a sender reads them (no
+//!   network, no crypto, no app code); `reference_storage_only.ratio_ceiling` is the ratio
+//!   the app could reach if storage were all it added to the baseline's CPU per MB.
+//!
 //! When the goal is not met (or `PEERMAIL_BENCH_PROFILE=1`), one more app transfer runs
 //! with the CPU profiler on in both pages, and the report lists where their main threads
 //! spent the time.
@@ -45,8 +51,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use peermail_e2e::bench::{
-    app_run, baseline_run, free_bytes, mb_s, median, write_file, BROWSER_ARGS, MESSAGE_BYTES, MIB,
-    TRANSFER_LIMIT,
+    app_run, baseline_run, free_bytes, mb_s, median, storage_reference, write_file, BROWSER_ARGS,
+    MESSAGE_BYTES, MIB, TRANSFER_LIMIT,
 };
 use peermail_e2e::{Browser, Config, Harness};
 use serde_json::{json, Value};
@@ -239,6 +245,25 @@ async fn run(config: Config) -> Result<Value> {
         app_runs.push(a);
     }
 
+    // What storing and reading back the file costs the browser alone (no network, no
+    // crypto, no app code), as often as there were rounds.
+    let mut storage_runs = Vec::new();
+    for i in 0..rounds {
+        let s = storage_reference(&bob, size)
+            .await
+            .with_context(|| format!("storage reference {i}"))?;
+        eprintln!(
+            "bench: storage alone {i}: write {:.1}, read {:.1} ms of CPU per MB",
+            s["write"]["browser_cpu"]["cpu_ms_per_mb"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            s["read"]["browser_cpu"]["cpu_ms_per_mb"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        storage_runs.push(s);
+    }
+
     let col = |runs: &[Value], k: &str| -> Vec<f64> {
         runs.iter().filter_map(|r| r[k].as_f64()).collect()
     };
@@ -286,6 +311,15 @@ async fn run(config: Config) -> Result<Value> {
         Value::Array(rows.into_iter().map(|(k, v)| json!([k, v])).collect())
     };
     let ratio = ma / mb;
+    let storage_col = |phase: &str| -> Vec<f64> {
+        storage_runs
+            .iter()
+            .filter_map(|r| r[phase]["browser_cpu"]["cpu_ms_per_mb"].as_f64())
+            .collect()
+    };
+    let (store_write, store_read) = (storage_col("write"), storage_col("read"));
+    let base_cpu = median(&cpu_col(&base_runs, "cpu_ms_per_mb"));
+    let store_cpu = median(&store_write) + median(&store_read);
     let heap_full = heap_col(&app_runs);
     let after_gc = |runs: &[Value]| -> Vec<f64> {
         runs.iter()
@@ -380,6 +414,14 @@ async fn run(config: Config) -> Result<Value> {
             "baseline_ms_per_mb_by_thread": by_thread(&base_runs),
             "app_ms_per_mb_by_thread": by_thread(&app_runs),
         },
+        "reference_storage_only": {
+            "what": "in Bob's page, the file's size of random bytes written to IndexedDB as the app stores received chunks (one Blob of 16 chunk-sized parts, one record, one transaction per segment), then every segment read back as a sender reads them (Blob.arrayBuffer()); no network, crypto or app code; CPU of all Chromium processes per phase, once per round",
+            "write_cpu_ms_per_mb": { "median": median(&store_write), "samples": store_write },
+            "read_cpu_ms_per_mb": { "median": median(&store_read), "samples": store_read },
+            "ratio_ceiling_what": "the ratio the app could reach if moving the bytes over the channel cost what the baseline does and storage added only this: baseline CPU per MB / (baseline CPU per MB + storage write + read); on a machine whose cores both browsers keep busy (as here: see browser_cpu.*_cores_median), rate follows CPU per MB",
+            "ratio_ceiling": base_cpu / (base_cpu + store_cpu),
+            "runs": storage_runs,
+        },
         "sealing_ms": {
             "what": "Alice's page: click on Send until the Compose form is gone (encrypting and storing the file, then sending the mail)",
             "median": median(&seal),
@@ -426,7 +468,9 @@ fn main() -> ExitCode {
         format!(
         "attachment transfer ({} MiB, median of {}): app {:.2} MB/s beside a raw data channel at {:.2} MB/s: \
          ratio {:.3} (goal {GOAL}: {}); sealing at Send {:.1} s; receiver's peak JS heap {:.1} MiB \
-         ({:.1} MiB at half size: {}), wasm memory {:.1} MiB ({:.1} MiB at half size: {})",
+         ({:.1} MiB at half size: {}), wasm memory {:.1} MiB ({:.1} MiB at half size: {}); \
+         CPU per MB: app {:.1} ms, raw channel {:.1} ms, storing and reading the file back alone \
+         {:.1} + {:.1} ms (ratio ceiling with storage alone added: {:.3})",
         g(&report["file_bytes"]) / MIB as f64,
         report["rounds"],
         g(&report["app_mb_s"]["median"]),
@@ -440,6 +484,11 @@ fn main() -> ExitCode {
         mib(&wasm["full_size_median"]),
         mib(&wasm["half_size"]),
         if wasm["wasm_flat"] == true { "flat" } else { "not flat" },
+        g(&report["browser_cpu"]["app_cpu_ms_per_mb_median"]),
+        g(&report["browser_cpu"]["baseline_cpu_ms_per_mb_median"]),
+        g(&report["reference_storage_only"]["write_cpu_ms_per_mb"]["median"]),
+        g(&report["reference_storage_only"]["read_cpu_ms_per_mb"]["median"]),
+        g(&report["reference_storage_only"]["ratio_ceiling"]),
     )
     })
 }

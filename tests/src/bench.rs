@@ -711,3 +711,91 @@ where
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The storage reference
+
+/// Chunks per stored segment (web-client `chunks::SEGMENT_CHUNKS`): one Blob per segment.
+pub const SEGMENT_CHUNKS: u64 = 16;
+
+/// What storing a received file and reading it back costs the browser, alone: in Bob's page,
+/// `total` bytes of random data written to IndexedDB the way the app stores received chunks
+/// (one Blob of [`SEGMENT_CHUNKS`] chunk-sized parts per segment, one record and one
+/// transaction per segment, in a database of its own), then every segment read back the way
+/// a sender reads them (`Blob.arrayBuffer()`). No network, no crypto, no app code. CPU of
+/// all Chromium processes, per phase; the database is deleted afterwards.
+pub async fn storage_reference(bob: &Browser, total: u64) -> Result<Value> {
+    let _: bool = bob
+        .eval_async(
+            "const [segBytes, done] = [arguments[0], arguments[arguments.length - 1]]; \
+             const mem = new Uint8Array(segBytes); \
+             for (let i = 0; i < segBytes; i += 65536) \
+               crypto.getRandomValues(mem.subarray(i, Math.min(segBytes, i + 65536))); \
+             const q = indexedDB.open('bench-storage-reference', 1); \
+             q.onupgradeneeded = () => q.result.createObjectStore('segments'); \
+             q.onsuccess = () => { window.__storage = { db: q.result, mem }; done(true); }; \
+             q.onerror = () => done(false);",
+            vec![json!(SEGMENT_CHUNKS * MESSAGE_BYTES)],
+        )
+        .await?;
+    let segments = total.div_ceil(SEGMENT_CHUNKS * MESSAGE_BYTES);
+    let phase = |script: &'static str| async move {
+        let (cpu0, t0) = (browser_cpu(), Instant::now());
+        let r: Value = bob
+            .eval_async(
+                script,
+                vec![json!(segments), json!(SEGMENT_CHUNKS), json!(MESSAGE_BYTES)],
+            )
+            .await?;
+        if let Some(e) = r.as_str() {
+            bail!("the storage reference: {e}");
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let bytes = (segments * SEGMENT_CHUNKS * MESSAGE_BYTES) as f64;
+        Ok::<_, anyhow::Error>(json!({
+            "page_ms": r["ms"],
+            "browser_cpu": cpu_used(&cpu0, &browser_cpu(), wall, bytes),
+        }))
+    };
+    let write = phase(
+        "const [n, chunks, chunk, done] = arguments; const { db, mem } = window.__storage; \
+         const t0 = performance.now(); \
+         (async () => { \
+           for (let s = 0; s < n; s++) { \
+             mem[0] = s & 255; mem[1] = s >> 8; \
+             const parts = []; \
+             for (let c = 0; c < chunks; c++) parts.push(mem.subarray(c * chunk, (c + 1) * chunk)); \
+             const value = { b: new Blob(parts), o: new Uint32Array(chunks + 1) }; \
+             await new Promise((ok, fail) => { \
+               const tx = db.transaction('segments', 'readwrite'); \
+               tx.objectStore('segments').put(value, s); \
+               tx.oncomplete = ok; tx.onerror = () => fail(tx.error); tx.onabort = () => fail(tx.error); }); \
+           } \
+         })().then(() => done({ ms: performance.now() - t0 }), e => done('writing: ' + e));",
+    )
+    .await?;
+    let read = phase(
+        "const [n, chunks, chunk, done] = arguments; const { db } = window.__storage; \
+         const t0 = performance.now(); \
+         (async () => { \
+           for (let s = 0; s < n; s++) { \
+             const v = await new Promise((ok, fail) => { \
+               const r = db.transaction('segments').objectStore('segments').get(s); \
+               r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }); \
+             const bytes = await v.b.arrayBuffer(); \
+             if (bytes.byteLength !== chunks * chunk) throw new Error('segment ' + s + ' is short'); \
+           } \
+         })().then(() => done({ ms: performance.now() - t0 }), e => done('reading: ' + e));",
+    )
+    .await?;
+    let _: bool = bob
+        .eval_async(
+            "const done = arguments[arguments.length - 1]; \
+             window.__storage.db.close(); window.__storage = null; \
+             const q = indexedDB.deleteDatabase('bench-storage-reference'); \
+             q.onsuccess = () => done(true); q.onerror = () => done(false);",
+            vec![],
+        )
+        .await?;
+    Ok(json!({ "write": write, "read": read, "bytes": segments * SEGMENT_CHUNKS * MESSAGE_BYTES }))
+}

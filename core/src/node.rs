@@ -1522,11 +1522,11 @@ impl Node {
         holder: Option<Address>,
         reason: String,
     ) {
-        if holder.is_none() {
-            self.emit(Output::ToServer(ClientFrame::Refuse {
-                message_id: message_id.clone(),
-            }));
-        }
+        // A held copy: that listing alone (the relay may keep a good copy of its own).
+        self.emit(Output::ToServer(ClientFrame::Refuse {
+            message_id: message_id.clone(),
+            holder,
+        }));
         self.event(Event::Rejected {
             from,
             message_id,

@@ -837,7 +837,32 @@ fn altered_held_copy_is_rejected() {
     w.online(&bob);
     assert!(!w.inbox_has(&bob, &id));
     assert!(rejected(&w, &bob), "{:?}", w.users[&bob].events);
-    assert_eq!(w.held.len(), 1, "not released");
+    // That copy alone is refused: the relay drops its listing, Carol's node deletes the
+    // copy, and Alice — the relay keeps no copy of its own — learns it failed.
+    assert!(w.held.is_empty(), "the held copy's listing is dropped");
+    assert_eq!(holds(&w, &carol), 0, "Carol's node deleted its copy");
+    w.online(&alice);
+    assert!(
+        matches!(
+            state_of(&w, &alice, &id, &bob),
+            DeliveryState::Failed { ref reason, .. } if reason.contains("refused")
+        ),
+        "{:?}",
+        state_of(&w, &alice, &id, &bob)
+    );
+    // Bob is not offered it (nor warned) again at his next sign-in.
+    let warnings = |w: &World| {
+        w.users[&bob]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Rejected { .. }))
+            .count()
+    };
+    let before = warnings(&w);
+    w.offline(&bob);
+    w.online(&bob);
+    assert_eq!(warnings(&w), before);
+    assert!(!w.inbox_has(&bob, &id));
 }
 
 /// The relay loses its cache (data reset) while Alice's mail waits there for Bob: at her

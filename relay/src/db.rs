@@ -209,6 +209,13 @@ enum Op {
         now: Millis,
         reply: Reply<Vec<Address>>,
     },
+    RefuseHeld {
+        recipient: Address,
+        id: MessageId,
+        holder: Address,
+        now: Millis,
+        reply: Reply<Vec<Address>>,
+    },
     Hold {
         hold: NewHold,
         reply: Reply<bool>,
@@ -368,6 +375,15 @@ impl CacheWriter {
                 now,
                 reply,
             } => in_savepoint(conn, reply, || release(conn, &recipient, &id, outcome, now)),
+            Op::RefuseHeld {
+                recipient,
+                id,
+                holder,
+                now,
+                reply,
+            } => in_savepoint(conn, reply, || {
+                refuse_held(conn, &recipient, &id, &holder, now)
+            }),
             Op::AckReceipt {
                 sender,
                 recipient,
@@ -388,6 +404,7 @@ impl Op {
         match self {
             Op::Deposit { .. }
             | Op::Release { .. }
+            | Op::RefuseHeld { .. }
             | Op::Hold { .. }
             | Op::AckReceipt { .. }
             | Op::Expire { .. } => true,
@@ -447,6 +464,7 @@ fn fail(op: Op, e: CacheError) {
         Op::Waiting { reply, .. } => drop(reply.send(Err(e))),
         Op::Fetch { reply, .. } => drop(reply.send(Err(e))),
         Op::Release { reply, .. } => drop(reply.send(Err(e))),
+        Op::RefuseHeld { reply, .. } => drop(reply.send(Err(e))),
         Op::Receipts { reply, .. } => drop(reply.send(Err(e))),
         Op::AckReceipt { reply, .. } => drop(reply.send(Err(e))),
         Op::Expire { reply, .. } => drop(reply.send(Err(e))),
@@ -717,6 +735,61 @@ fn release(
     told.iter().map(|t| address(t)).collect()
 }
 
+fn refuse_held(
+    conn: &Connection,
+    recipient: &Address,
+    id: &MessageId,
+    holder: &Address,
+    now: Millis,
+) -> Answer<Vec<Address>> {
+    let (recipient_text, holder_text) = (recipient.to_string(), holder.to_string());
+    let found: Option<(String, bool)> = conn
+        .prepare_cached(
+            "SELECT sender, EXISTS (SELECT 1 FROM cached_mail
+                                    WHERE recipient = ?1 AND message_id = ?2)
+             FROM held_mail WHERE recipient = ?1 AND message_id = ?2 AND holder = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![recipient_text, id.as_str(), holder_text], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(cache_error)?;
+    let Some((sender, relay_keeps_a_copy)) = found else {
+        return Ok(Vec::new());
+    };
+    let mut told = vec![holder.clone()];
+    if !relay_keeps_a_copy {
+        told.push(address(&sender)?);
+    }
+    told.sort();
+    told.dedup();
+    conn.prepare_cached(
+        "DELETE FROM held_mail WHERE recipient = ?1 AND message_id = ?2 AND holder = ?3",
+    )
+    .and_then(|mut s| s.execute(params![recipient_text, id.as_str(), holder_text]))
+    .map_err(cache_error)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO receipts (sender, recipient, message_id, outcome, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(cache_error)?;
+    for who in &told {
+        insert
+            .execute(params![
+                who.to_string(),
+                recipient_text,
+                id.as_str(),
+                outcome_text(ReceiptOutcome::Refused),
+                millis(now)
+            ])
+            .map_err(cache_error)?;
+    }
+    Ok(told)
+}
+
 fn receipts(conn: &Connection, sender: &Address) -> Answer<Vec<Receipt>> {
     let mut stmt = conn
         .prepare_cached(
@@ -874,6 +947,23 @@ impl MailCache for Db {
         })
     }
 
+    fn refuse_held(
+        &self,
+        recipient: &Address,
+        id: &MessageId,
+        holder: &Address,
+        now: Millis,
+    ) -> Answer<Vec<Address>> {
+        let (recipient, id, holder) = (recipient.clone(), id.clone(), holder.clone());
+        self.call_blocking(|reply| Op::RefuseHeld {
+            recipient,
+            id,
+            holder,
+            now,
+            reply,
+        })
+    }
+
     fn hold(&self, hold: NewHold) -> Answer<bool> {
         self.call_blocking(|reply| Op::Hold { hold, reply })
     }
@@ -942,6 +1032,22 @@ impl MailCache for Db {
             recipient,
             id,
             outcome,
+            now,
+            reply,
+        })
+    }
+
+    fn refuse_held_async(
+        self: Arc<Self>,
+        recipient: Address,
+        id: MessageId,
+        holder: Address,
+        now: Millis,
+    ) -> CacheFuture<Vec<Address>> {
+        self.call(|reply| Op::RefuseHeld {
+            recipient,
+            id,
+            holder,
             now,
             reply,
         })
@@ -1147,6 +1253,12 @@ mod tests {
     fn held_copies_are_listed_released_and_expired() {
         let dir = tempfile::tempdir().unwrap();
         conformance::held_copies_are_listed_released_and_expired(&Db::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn held_copy_refused_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::held_copy_refused_alone(&Db::open(dir.path()).unwrap());
     }
 
     /// Deposits that land in one transaction still check the quota one after the other.

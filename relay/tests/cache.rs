@@ -314,6 +314,7 @@ async fn a_refused_envelope_is_deleted_and_its_sender_told_refused_until_it_ackn
     let mut c = Client::authenticated(relay.addr, &carol).await;
     c.send(ClientFrame::Refuse {
         message_id: id.clone(),
+        holder: None,
     })
     .await;
     c.expect_error(ErrorCode::NotFound).await;
@@ -325,6 +326,7 @@ async fn a_refused_envelope_is_deleted_and_its_sender_told_refused_until_it_ackn
     let _ = b.fetch(&id).await;
     b.send(ClientFrame::Refuse {
         message_id: id.clone(),
+        holder: None,
     })
     .await;
     assert_eq!(
@@ -1064,6 +1066,76 @@ async fn held_copies_are_listed_released_and_both_sender_and_holder_told() {
     assert!(matches!(c.recv().await, ServerFrame::Held { .. }));
     let items = b.expect_waiting().await;
     assert_eq!(items[0].message_id, id2);
+    relay.stop().await;
+}
+
+/// A held copy that fails verification at the recipient is refused alone: its listing is
+/// dropped and its holder told; the sender is told only when the relay keeps no copy of
+/// its own, which stays waiting. Nobody else can refuse it.
+#[tokio::test]
+async fn a_held_copy_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut c = Client::registered(relay.addr, &carol).await;
+    let hold = |id: &MessageId| ClientFrame::Hold {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+        from: alice.address.clone(),
+        size: 40,
+    };
+    let refuse_held = |id: &MessageId, holder: &Address| ClientFrame::Refuse {
+        message_id: id.clone(),
+        holder: Some(holder.clone()),
+    };
+    // `kept`: held by Carol and also in the relay cache; `only`: held by Carol alone.
+    let (kept, only) = (mid(1), mid(2));
+    a.deposit_ok(&bob.address, &kept, b"the relay's good copy")
+        .await;
+    for id in [&kept, &only] {
+        c.send(hold(id)).await;
+        assert!(matches!(c.recv().await, ServerFrame::Held { .. }));
+    }
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await.len(), 3);
+    // Nobody else can refuse Bob's copies; Bob cannot refuse a copy Alice does not hold.
+    c.send(refuse_held(&kept, &carol.address)).await;
+    c.expect_error(ErrorCode::NotFound).await;
+    b.send(refuse_held(&kept, &alice.address)).await;
+    b.expect_error(ErrorCode::NotFound).await;
+
+    b.send(refuse_held(&kept, &carol.address)).await;
+    assert_eq!(
+        b.recv().await,
+        ServerFrame::Released {
+            message_id: kept.clone()
+        }
+    );
+    c.expect_receipt(&bob.address, &kept, ReceiptOutcome::Refused)
+        .await;
+    a.expect_nothing_more(1).await;
+    // The relay's own copy still waits, and is delivered as usual.
+    assert_eq!(b.fetch(&kept).await.1, b"the relay's good copy");
+    b.release(&kept).await;
+    a.expect_receipt(&bob.address, &kept, ReceiptOutcome::Delivered)
+        .await;
+
+    b.send(refuse_held(&only, &carol.address)).await;
+    assert!(matches!(b.recv().await, ServerFrame::Released { .. }));
+    c.expect_receipt(&bob.address, &only, ReceiptOutcome::Refused)
+        .await;
+    a.expect_receipt(&bob.address, &only, ReceiptOutcome::Refused)
+        .await;
+    // Not listed again.
+    b.close().await;
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    b.expect_nothing_more(2).await;
     relay.stop().await;
 }
 

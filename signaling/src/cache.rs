@@ -112,6 +112,17 @@ pub trait MailCache: Send + Sync + 'static {
         outcome: ReceiptOutcome,
         now: Millis,
     ) -> Result<Vec<Address>, Error>;
+    /// Drops the listing of the copy of `message_id` that `holder`'s node holds for
+    /// `recipient` (it failed verification there), leaving the relay's own copy, if any,
+    /// waiting. Records a `refused` receipt for the holder, and for the sender if the relay
+    /// keeps no copy; returns whom to tell (empty: `holder` holds no such copy listed).
+    fn refuse_held(
+        &self,
+        recipient: &Address,
+        message_id: &MessageId,
+        holder: &Address,
+        now: Millis,
+    ) -> Result<Vec<Address>, Error>;
     /// Lists a copy held by a co-recipient's node among `hold.recipient`'s waiting mail,
     /// unless `(recipient, message_id)` is already listed as held (the first holder stays).
     /// Returns whether `hold.holder` is the listed holder (false: another node's copy is
@@ -164,6 +175,18 @@ pub trait MailCache: Send + Sync + 'static {
     ) -> CacheFuture<Vec<Address>> {
         blocking(self, move |c| {
             c.release(&recipient, &message_id, outcome, now)
+        })
+    }
+    /// [`MailCache::refuse_held`], awaited.
+    fn refuse_held_async(
+        self: Arc<Self>,
+        recipient: Address,
+        message_id: MessageId,
+        holder: Address,
+        now: Millis,
+    ) -> CacheFuture<Vec<Address>> {
+        blocking(self, move |c| {
+            c.refuse_held(&recipient, &message_id, &holder, now)
         })
     }
     /// [`MailCache::has_deposit`], awaited.
@@ -349,6 +372,36 @@ impl MailCache for MemoryCache {
             state.receipts.insert(
                 (who.clone(), recipient.clone(), message_id.clone()),
                 outcome,
+            );
+        }
+        Ok(told)
+    }
+
+    fn refuse_held(
+        &self,
+        recipient: &Address,
+        message_id: &MessageId,
+        holder: &Address,
+        _now: Millis,
+    ) -> Result<Vec<Address>, Error> {
+        let mut state = self.state();
+        let key = (recipient.clone(), message_id.clone());
+        if state.held.get(&key).is_none_or(|h| &h.holder != holder) {
+            return Ok(Vec::new());
+        }
+        let Some(h) = state.held.remove(&key) else {
+            return Ok(Vec::new());
+        };
+        let mut told = vec![h.holder];
+        if !state.mail.contains_key(&key) {
+            told.push(h.sender);
+        }
+        told.sort();
+        told.dedup();
+        for who in &told {
+            state.receipts.insert(
+                (who.clone(), recipient.clone(), message_id.clone()),
+                ReceiptOutcome::Refused,
             );
         }
         Ok(told)
@@ -594,6 +647,67 @@ pub mod conformance {
         assert!(expired.iter().all(|r| r.outcome == ReceiptOutcome::Expired));
         assert!(c.waiting(&a("bob@h")).unwrap().is_empty());
     }
+
+    /// A held copy refused by its recipient: only that listing goes; the holder is told, and
+    /// the sender only when the relay keeps no copy of its own (which stays waiting).
+    pub fn held_copy_refused_alone(c: &dyn MailCache) {
+        let hold = |n: u8| NewHold {
+            recipient: a("bob@h"),
+            message_id: MessageId::new([n; 16], "h"),
+            holder: a("carol@h"),
+            sender: a("alice@h"),
+            size: 700,
+            held_at: 10,
+            expires_at: 110,
+        };
+        let (kept, only) = (MessageId::new([1; 16], "h"), MessageId::new([2; 16], "h"));
+        assert_eq!(
+            c.deposit(mail("bob@h", 1, 30, 10), 1 << 20).unwrap(),
+            Deposit::Stored
+        );
+        assert!(c.hold(hold(1)).unwrap());
+        assert!(c.hold(hold(2)).unwrap());
+        assert_eq!(c.waiting(&a("bob@h")).unwrap().len(), 3);
+        // Not the recipient, or not that holder: nothing.
+        for (recipient, holder) in [("carol@h", "carol@h"), ("bob@h", "alice@h")] {
+            assert!(c
+                .refuse_held(&a(recipient), &kept, &a(holder), 20)
+                .unwrap()
+                .is_empty());
+        }
+        assert_eq!(
+            c.refuse_held(&a("bob@h"), &kept, &a("carol@h"), 20)
+                .unwrap(),
+            vec![a("carol@h")],
+            "the relay keeps its own copy: the sender is not told"
+        );
+        let waiting = c.waiting(&a("bob@h")).unwrap();
+        assert_eq!(waiting.len(), 2);
+        assert!(waiting
+            .iter()
+            .any(|w| w.message_id == kept && w.location == MailLocation::Relay));
+        assert!(c.fetch(&a("bob@h"), &kept).unwrap().is_some());
+        assert_eq!(
+            c.refuse_held(&a("bob@h"), &only, &a("carol@h"), 20)
+                .unwrap(),
+            vec![a("alice@h"), a("carol@h")]
+        );
+        assert_eq!(c.waiting(&a("bob@h")).unwrap().len(), 1);
+        let refused = |who: &str| {
+            c.receipts(&a(who))
+                .unwrap()
+                .iter()
+                .filter(|r| r.outcome == ReceiptOutcome::Refused)
+                .count()
+        };
+        assert_eq!((refused("carol@h"), refused("alice@h")), (2, 1));
+        assert!(
+            c.refuse_held(&a("bob@h"), &only, &a("carol@h"), 20)
+                .unwrap()
+                .is_empty(),
+            "already gone"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -608,5 +722,10 @@ mod tests {
     #[test]
     fn memory_cache_held_copies_are_listed_released_and_expired() {
         conformance::held_copies_are_listed_released_and_expired(&MemoryCache::new());
+    }
+
+    #[test]
+    fn memory_cache_held_copy_refused_alone() {
+        conformance::held_copy_refused_alone(&MemoryCache::new());
     }
 }

@@ -409,9 +409,14 @@ impl Session {
             ClientFrame::Release { message_id } => {
                 Box::pin(self.release(message_id, ReceiptOutcome::Delivered)).await
             }
-            ClientFrame::Refuse { message_id } => {
-                Box::pin(self.release(message_id, ReceiptOutcome::Refused)).await
-            }
+            ClientFrame::Refuse {
+                message_id,
+                holder: None,
+            } => Box::pin(self.release(message_id, ReceiptOutcome::Refused)).await,
+            ClientFrame::Refuse {
+                message_id,
+                holder: Some(holder),
+            } => Box::pin(self.refuse_held(message_id, holder)).await,
             ClientFrame::Hold {
                 to,
                 message_id,
@@ -904,6 +909,37 @@ impl Session {
                     to: me,
                     message_id: message_id.clone(),
                     outcome,
+                };
+                for who in &told {
+                    self.signaling.push(who, &receipt);
+                }
+                ServerFrame::Released { message_id }
+            }
+            Err(e) => internal(&e),
+        }
+        .about_mail(&about_id)
+    }
+
+    /// `Refuse` of the copy `holder`'s node holds: that listing is dropped and the holder
+    /// (and the sender, if the relay keeps no copy) told it was refused.
+    async fn refuse_held(&mut self, message_id: MessageId, holder: Address) -> ServerFrame {
+        let about_id = message_id.clone();
+        let Some(me) = self.address.clone() else {
+            return not_authenticated();
+        };
+        let now = now_millis();
+        match self
+            .cache()
+            .refuse_held_async(me.clone(), message_id.clone(), holder, now)
+            .await
+        {
+            Ok(told) if told.is_empty() => not_found(&message_id),
+            Ok(told) => {
+                tracing::debug!(session = self.id, %message_id, "held copy refused");
+                let receipt = ServerFrame::Receipt {
+                    to: me,
+                    message_id: message_id.clone(),
+                    outcome: ReceiptOutcome::Refused,
                 };
                 for who in &told {
                     self.signaling.push(who, &receipt);

@@ -81,7 +81,15 @@ pub enum ClientFrame {
     /// [`ServerFrame::Released`], and tells its sender (and a co-recipient holding a copy)
     /// that it was refused, so that they stop waiting and can send again; the recipient is
     /// not offered it again.
-    Refuse { message_id: MessageId },
+    ///
+    /// With `holder`: only the copy that co-recipient's node holds failed. The relay drops
+    /// that listing alone (its own copy, if any, still waits) and tells the holder, which
+    /// deletes its copy, and the sender only if the relay keeps no copy of its own.
+    Refuse {
+        message_id: MessageId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder: Option<Address>,
+    },
     /// The sender saw the receipt for `(to, message_id)`; the relay forgets it.
     AckReceipt { to: Address, message_id: MessageId },
     /// Does the relay still keep this account's deposit for `to` (or its receipt)? Answered
@@ -894,7 +902,14 @@ mod tests {
             },
             ClientFrame::Fetch { message_id: id() },
             ClientFrame::Release { message_id: id() },
-            ClientFrame::Refuse { message_id: id() },
+            ClientFrame::Refuse {
+                message_id: id(),
+                holder: None,
+            },
+            ClientFrame::Refuse {
+                message_id: id(),
+                holder: Some(bob.clone()),
+            },
             ClientFrame::AckReceipt {
                 to: bob.clone(),
                 message_id: id(),

@@ -940,7 +940,58 @@ impl World {
                 };
                 self.reply(from, frame);
             }
-            ClientFrame::Release { ref message_id } | ClientFrame::Refuse { ref message_id } => {
+            ClientFrame::Refuse {
+                ref message_id,
+                holder: Some(ref holder),
+            } => {
+                // As the relay does: that holder's listing alone; the holder told, and the
+                // sender if the relay keeps no copy of its own.
+                let message_id = message_id.clone();
+                let about = ErrorAbout {
+                    to: None,
+                    message_id: Some(message_id.clone()),
+                    attachment: None,
+                };
+                if self.cache_mode == CacheMode::Down {
+                    let e = ServerFrame::error_about(ErrorCode::Internal, "down", about);
+                    return self.reply(from, e);
+                }
+                let key = (from.clone(), message_id.clone());
+                if self.held.get(&key).is_none_or(|h| &h.holder != holder) {
+                    let e = ServerFrame::error_about(ErrorCode::NotFound, "gone", about);
+                    return self.reply(from, e);
+                }
+                let Some(h) = self.held.remove(&key) else {
+                    return;
+                };
+                let mut told = BTreeSet::from([h.holder]);
+                if !self.cache.contains_key(&key) {
+                    told.insert(h.from);
+                }
+                for who in told {
+                    self.receipts.entry(who.clone()).or_default().insert((
+                        from.clone(),
+                        message_id.clone(),
+                        ReceiptOutcome::Refused,
+                    ));
+                    if self.is_online(&who) {
+                        self.reply(
+                            &who,
+                            ServerFrame::Receipt {
+                                to: from.clone(),
+                                message_id: message_id.clone(),
+                                outcome: ReceiptOutcome::Refused,
+                            },
+                        );
+                    }
+                }
+                self.reply(from, ServerFrame::Released { message_id });
+            }
+            ClientFrame::Release { ref message_id }
+            | ClientFrame::Refuse {
+                ref message_id,
+                holder: None,
+            } => {
                 let outcome = match frame {
                     ClientFrame::Refuse { .. } => ReceiptOutcome::Refused,
                     _ => ReceiptOutcome::Delivered,

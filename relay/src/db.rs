@@ -713,6 +713,20 @@ fn release(
         told.push(sender);
         told.push(holder);
     }
+    let told: Vec<Address> = told.iter().map(|t| address(t)).collect::<Answer<_>>()?;
+    insert_receipts(conn, told, &recipient_text, id, outcome, now)
+}
+
+/// Records `outcome` receipts about `(recipient, id)` for each of `told` (once each);
+/// returns them, sorted.
+fn insert_receipts(
+    conn: &Connection,
+    mut told: Vec<Address>,
+    recipient: &str,
+    id: &MessageId,
+    outcome: ReceiptOutcome,
+    now: Millis,
+) -> Answer<Vec<Address>> {
     told.sort();
     told.dedup();
     let mut insert = conn
@@ -724,15 +738,15 @@ fn release(
     for who in &told {
         insert
             .execute(params![
-                who,
-                recipient_text,
+                who.to_string(),
+                recipient,
                 id.as_str(),
                 outcome_text(outcome),
                 millis(now)
             ])
             .map_err(cache_error)?;
     }
-    told.iter().map(|t| address(t)).collect()
+    Ok(told)
 }
 
 fn refuse_held(
@@ -763,31 +777,19 @@ fn refuse_held(
     if !relay_keeps_a_copy {
         told.push(address(&sender)?);
     }
-    told.sort();
-    told.dedup();
     conn.prepare_cached(
         "DELETE FROM held_mail WHERE recipient = ?1 AND message_id = ?2 AND holder = ?3",
     )
     .and_then(|mut s| s.execute(params![recipient_text, id.as_str(), holder_text]))
     .map_err(cache_error)?;
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT OR REPLACE INTO receipts (sender, recipient, message_id, outcome, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .map_err(cache_error)?;
-    for who in &told {
-        insert
-            .execute(params![
-                who.to_string(),
-                recipient_text,
-                id.as_str(),
-                outcome_text(ReceiptOutcome::Refused),
-                millis(now)
-            ])
-            .map_err(cache_error)?;
-    }
-    Ok(told)
+    insert_receipts(
+        conn,
+        told,
+        &recipient_text,
+        id,
+        ReceiptOutcome::Refused,
+        now,
+    )
 }
 
 fn receipts(conn: &Connection, sender: &Address) -> Answer<Vec<Receipt>> {

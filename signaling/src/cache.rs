@@ -269,6 +269,26 @@ impl MemoryCache {
     }
 }
 
+/// Records `outcome` receipts about `(recipient, message_id)` for each of `told` (once each);
+/// returns them, sorted.
+fn record_receipts(
+    state: &mut State,
+    mut told: Vec<Address>,
+    recipient: &Address,
+    message_id: &MessageId,
+    outcome: ReceiptOutcome,
+) -> Vec<Address> {
+    told.sort();
+    told.dedup();
+    for who in &told {
+        state.receipts.insert(
+            (who.clone(), recipient.clone(), message_id.clone()),
+            outcome,
+        );
+    }
+    told
+}
+
 impl MailCache for MemoryCache {
     fn deposit(&self, mail: NewMail, quota_bytes: u64) -> Result<Deposit, Error> {
         let mut state = self.state();
@@ -366,15 +386,9 @@ impl MailCache for MemoryCache {
             told.push(h.sender);
             told.push(h.holder);
         }
-        told.sort();
-        told.dedup();
-        for who in &told {
-            state.receipts.insert(
-                (who.clone(), recipient.clone(), message_id.clone()),
-                outcome,
-            );
-        }
-        Ok(told)
+        Ok(record_receipts(
+            &mut state, told, recipient, message_id, outcome,
+        ))
     }
 
     fn refuse_held(
@@ -396,15 +410,13 @@ impl MailCache for MemoryCache {
         if !state.mail.contains_key(&key) {
             told.push(h.sender);
         }
-        told.sort();
-        told.dedup();
-        for who in &told {
-            state.receipts.insert(
-                (who.clone(), recipient.clone(), message_id.clone()),
-                ReceiptOutcome::Refused,
-            );
-        }
-        Ok(told)
+        Ok(record_receipts(
+            &mut state,
+            told,
+            recipient,
+            message_id,
+            ReceiptOutcome::Refused,
+        ))
     }
 
     fn has_deposit(

@@ -407,16 +407,11 @@ impl Session {
             } => Box::pin(self.deposit(to, message_id, &sealed)).await,
             ClientFrame::Fetch { message_id } => Box::pin(self.fetch(message_id)).await,
             ClientFrame::Release { message_id } => {
-                Box::pin(self.release(message_id, ReceiptOutcome::Delivered)).await
+                Box::pin(self.release(message_id, ReceiptOutcome::Delivered, None)).await
             }
-            ClientFrame::Refuse {
-                message_id,
-                holder: None,
-            } => Box::pin(self.release(message_id, ReceiptOutcome::Refused)).await,
-            ClientFrame::Refuse {
-                message_id,
-                holder: Some(holder),
-            } => Box::pin(self.refuse_held(message_id, holder)).await,
+            ClientFrame::Refuse { message_id, holder } => {
+                Box::pin(self.release(message_id, ReceiptOutcome::Refused, holder)).await
+            }
             ClientFrame::Hold {
                 to,
                 message_id,
@@ -891,17 +886,25 @@ impl Session {
 
     /// `Release` (the recipient stored the mail: `Delivered`) or `Refuse` (it failed
     /// verification: `Refused`): the envelope is deleted and its sender (and holder) told.
-    async fn release(&mut self, message_id: MessageId, outcome: ReceiptOutcome) -> ServerFrame {
+    /// A `Refuse` naming `holder` drops only the listing of the copy that co-recipient's
+    /// node holds, and tells the holder (and the sender, if the relay keeps no copy).
+    async fn release(
+        &mut self,
+        message_id: MessageId,
+        outcome: ReceiptOutcome,
+        holder: Option<Address>,
+    ) -> ServerFrame {
         let about_id = message_id.clone();
         let Some(me) = self.address.clone() else {
             return not_authenticated();
         };
         let now = now_millis();
-        match self
-            .cache()
-            .release_async(me.clone(), message_id.clone(), outcome, now)
-            .await
-        {
+        let (cache, id) = (self.cache(), message_id.clone());
+        let told = match holder {
+            None => cache.release_async(me.clone(), id, outcome, now).await,
+            Some(h) => cache.refuse_held_async(me.clone(), id, h, now).await,
+        };
+        match told {
             Ok(told) if told.is_empty() => not_found(&message_id),
             Ok(told) => {
                 tracing::debug!(session = self.id, %message_id, ?outcome, "waiting mail released");
@@ -909,37 +912,6 @@ impl Session {
                     to: me,
                     message_id: message_id.clone(),
                     outcome,
-                };
-                for who in &told {
-                    self.signaling.push(who, &receipt);
-                }
-                ServerFrame::Released { message_id }
-            }
-            Err(e) => internal(&e),
-        }
-        .about_mail(&about_id)
-    }
-
-    /// `Refuse` of the copy `holder`'s node holds: that listing is dropped and the holder
-    /// (and the sender, if the relay keeps no copy) told it was refused.
-    async fn refuse_held(&mut self, message_id: MessageId, holder: Address) -> ServerFrame {
-        let about_id = message_id.clone();
-        let Some(me) = self.address.clone() else {
-            return not_authenticated();
-        };
-        let now = now_millis();
-        match self
-            .cache()
-            .refuse_held_async(me.clone(), message_id.clone(), holder, now)
-            .await
-        {
-            Ok(told) if told.is_empty() => not_found(&message_id),
-            Ok(told) => {
-                tracing::debug!(session = self.id, %message_id, "held copy refused");
-                let receipt = ServerFrame::Receipt {
-                    to: me,
-                    message_id: message_id.clone(),
-                    outcome: ReceiptOutcome::Refused,
                 };
                 for who in &told {
                     self.signaling.push(who, &receipt);

@@ -940,61 +940,13 @@ impl World {
                 };
                 self.reply(from, frame);
             }
-            ClientFrame::Refuse {
-                ref message_id,
-                holder: Some(ref holder),
-            } => {
-                // As the relay does: that holder's listing alone; the holder told, and the
-                // sender if the relay keeps no copy of its own.
-                let message_id = message_id.clone();
-                let about = ErrorAbout {
-                    to: None,
-                    message_id: Some(message_id.clone()),
-                    attachment: None,
-                };
-                if self.cache_mode == CacheMode::Down {
-                    let e = ServerFrame::error_about(ErrorCode::Internal, "down", about);
-                    return self.reply(from, e);
-                }
-                let key = (from.clone(), message_id.clone());
-                if self.held.get(&key).is_none_or(|h| &h.holder != holder) {
-                    let e = ServerFrame::error_about(ErrorCode::NotFound, "gone", about);
-                    return self.reply(from, e);
-                }
-                let Some(h) = self.held.remove(&key) else {
-                    return;
-                };
-                let mut told = BTreeSet::from([h.holder]);
-                if !self.cache.contains_key(&key) {
-                    told.insert(h.from);
-                }
-                for who in told {
-                    self.receipts.entry(who.clone()).or_default().insert((
-                        from.clone(),
-                        message_id.clone(),
-                        ReceiptOutcome::Refused,
-                    ));
-                    if self.is_online(&who) {
-                        self.reply(
-                            &who,
-                            ServerFrame::Receipt {
-                                to: from.clone(),
-                                message_id: message_id.clone(),
-                                outcome: ReceiptOutcome::Refused,
-                            },
-                        );
-                    }
-                }
-                self.reply(from, ServerFrame::Released { message_id });
-            }
             ClientFrame::Release { ref message_id }
-            | ClientFrame::Refuse {
-                ref message_id,
-                holder: None,
-            } => {
-                let outcome = match frame {
-                    ClientFrame::Refuse { .. } => ReceiptOutcome::Refused,
-                    _ => ReceiptOutcome::Delivered,
+            | ClientFrame::Refuse { ref message_id, .. } => {
+                let (outcome, holder) = match frame {
+                    ClientFrame::Refuse { ref holder, .. } => {
+                        (ReceiptOutcome::Refused, holder.clone())
+                    }
+                    _ => (ReceiptOutcome::Delivered, None),
                 };
                 let message_id = message_id.clone();
                 let about = ErrorAbout {
@@ -1007,17 +959,31 @@ impl World {
                     return self.reply(from, e);
                 }
                 let key = (from.clone(), message_id.clone());
-                // The sender learns it was delivered (or refused), and so does a holder
-                // (which then deletes its copy).
-                let held = self.held.remove(&key);
-                let senders: BTreeSet<Address> = [
-                    self.cache.remove(&key).map(|c| c.from),
-                    held.as_ref().map(|h| h.from.clone()),
-                    held.map(|h| h.holder),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
+                let senders: BTreeSet<Address> = match holder {
+                    // The sender learns it was delivered (or refused), and so does a holder
+                    // (which then deletes its copy).
+                    None => {
+                        let held = self.held.remove(&key);
+                        [
+                            self.cache.remove(&key).map(|c| c.from),
+                            held.as_ref().map(|h| h.from.clone()),
+                            held.map(|h| h.holder),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect()
+                    }
+                    // As the relay does: that holder's listing alone; the holder told, and
+                    // the sender if the relay keeps no copy of its own.
+                    Some(holder) => match self.held.get(&key) {
+                        Some(h) if h.holder == holder => {
+                            let h = self.held.remove(&key).expect("just found");
+                            let sender = (!self.cache.contains_key(&key)).then_some(h.from);
+                            [Some(h.holder), sender].into_iter().flatten().collect()
+                        }
+                        _ => BTreeSet::new(),
+                    },
+                };
                 if senders.is_empty() {
                     let e = ServerFrame::error_about(ErrorCode::NotFound, "gone", about);
                     return self.reply(from, e);

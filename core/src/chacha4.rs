@@ -201,10 +201,7 @@ fn quarter_round(x: &mut [Lanes; 16], a: usize, b: usize, c: usize, d: usize) {
 #[inline(always)]
 fn blocks(state: &[u32; 16], out: &mut [Block<Backend<'_>>]) {
     let ctr = state[12];
-    let mut input = [Lanes::splat(0); 16];
-    for (i, w) in input.iter_mut().enumerate() {
-        *w = Lanes::splat(state[i]);
-    }
+    let mut input: [Lanes; 16] = std::array::from_fn(|i| Lanes::splat(state[i]));
     input[12] = Lanes::new([
         ctr,
         ctr.wrapping_add(1),

@@ -1513,8 +1513,9 @@ impl Node {
     /// A sealed copy failed verification: the person is told, and a copy from the relay
     /// cache is refused there ([`ClientFrame::Refuse`]), which deletes it and tells its
     /// sender, so it is neither offered again at every sign-in nor left for the sender to
-    /// wait on until it expires. A copy from a co-recipient's node is only rejected: the
-    /// relay may keep a good copy under the same id, which a refusal would delete.
+    /// wait on until it expires. A copy from a co-recipient's node is refused naming its
+    /// holder: the relay drops that listing alone (it may keep a good copy under the same
+    /// id) and tells the holder, which deletes its copy.
     fn refuse(
         &mut self,
         from: Address,
@@ -1522,7 +1523,6 @@ impl Node {
         holder: Option<Address>,
         reason: String,
     ) {
-        // A held copy: that listing alone (the relay may keep a good copy of its own).
         self.emit(Output::ToServer(ClientFrame::Refuse {
             message_id: message_id.clone(),
             holder,

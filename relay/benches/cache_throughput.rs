@@ -13,8 +13,8 @@
 //! Also in the same run, as a reference for where the relay's time goes: the same clients
 //! through the same relay with the storage taken out — [`ROUND_TRIPS`] `ping` → `pong`
 //! round trips per envelope (its answered requests: deposit, release), no payload, no
-//! database. That is the ceiling
-//! of the protocol's round trips over these WebSockets on this machine.
+//! database. That is the ceiling of the protocol's round trips over these WebSockets on
+//! this machine.
 //!
 //! Baseline in the same run: `redis-benchmark -c 50 -d 1024 -t lpush,rpop` against a local
 //! `redis-server --appendonly yes --appendfsync everysec`. Its envelope rate is one LPUSH

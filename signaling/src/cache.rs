@@ -5,6 +5,7 @@
 //! inside. The relay implements [`MailCache`] over SQLite; [`MemoryCache`] keeps everything in
 //! memory.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -400,11 +401,9 @@ impl MailCache for MemoryCache {
     ) -> Result<Vec<Address>, Error> {
         let mut state = self.state();
         let key = (recipient.clone(), message_id.clone());
-        if state.held.get(&key).is_none_or(|h| &h.holder != holder) {
-            return Ok(Vec::new());
-        }
-        let Some(h) = state.held.remove(&key) else {
-            return Ok(Vec::new());
+        let h = match state.held.entry(key.clone()) {
+            Entry::Occupied(e) if &e.get().holder == holder => e.remove(),
+            _ => return Ok(Vec::new()),
         };
         let mut told = vec![h.holder];
         if !state.mail.contains_key(&key) {

@@ -788,12 +788,11 @@ impl Session {
         from: Address,
         to: Address,
         message_id: MessageId,
-        sealed: &str,
+        sealed_b64: &str,
     ) -> ServerFrame {
         if MessageId::parse(message_id.as_str()).is_none() {
             return bad_message_id(&message_id);
         }
-        let sealed_b64 = sealed;
         let sealed = match decode_sealed(sealed_b64) {
             Ok(bytes) => bytes,
             Err(message) => return ServerFrame::error(ErrorCode::MalformedFrame, message),

@@ -78,6 +78,20 @@ const MIGRATIONS: &[&str] = &[
         paired_at  INTEGER NOT NULL,      -- ms since the Unix epoch
         last_seen  INTEGER                -- ms since the Unix epoch; NULL until it signs in
     ) STRICT;",
+    // 6: receipts clustered on their key (WITHOUT ROWID): each receipt is written once and
+    // deleted once, and a rowid table kept a second b-tree (its primary-key index) for both.
+    "CREATE TABLE receipts_by_key (
+        sender      TEXT NOT NULL,
+        recipient   TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        outcome     TEXT NOT NULL,  -- 'delivered' | 'expired' | 'refused'
+        created_at  INTEGER NOT NULL,  -- ms since the Unix epoch
+        PRIMARY KEY (sender, recipient, message_id)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO receipts_by_key (sender, recipient, message_id, outcome, created_at)
+        SELECT sender, recipient, message_id, outcome, created_at FROM receipts;
+    DROP TABLE receipts;
+    ALTER TABLE receipts_by_key RENAME TO receipts;",
 ];
 
 /// The schema version this build of the relay writes.
@@ -85,6 +99,11 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// Brings the database up to [`SCHEMA_VERSION`], one transaction per migration.
 pub fn migrate(conn: &mut Connection) -> Result<(), crate::Error> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Applies the migrations the database lacks, up to version `target`.
+fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), crate::Error> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let current = usize::try_from(current).unwrap_or(usize::MAX);
     if current > SCHEMA_VERSION {
@@ -93,7 +112,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), crate::Error> {
             supported: SCHEMA_VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
@@ -121,5 +140,41 @@ mod tests {
             migrate(&mut conn),
             Err(crate::Error::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn receipts_survive_their_move_to_a_table_without_rowid() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO receipts VALUES ('alice@x', 'bob@x', '<1@x>', 'delivered', 7);
+             INSERT INTO receipts VALUES ('alice@x', 'carol@x', '<1@x>', 'expired', 8);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let rows: Vec<(String, String, String, String, i64)> = conn
+            .prepare("SELECT * FROM receipts ORDER BY recipient")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let row = |r: &str, o: &str, t| {
+            let s = |v: &str| v.to_string();
+            (s("alice@x"), s(r), s("<1@x>"), s(o), t)
+        };
+        assert_eq!(
+            rows,
+            [row("bob@x", "delivered", 7), row("carol@x", "expired", 8)]
+        );
+        // Keyed as before: a second receipt for the same key is refused.
+        assert!(conn
+            .execute(
+                "INSERT INTO receipts VALUES ('alice@x', 'bob@x', '<1@x>', 'expired', 9)",
+                []
+            )
+            .is_err());
     }
 }

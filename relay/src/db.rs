@@ -26,24 +26,33 @@
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=NORMAL`. A transaction is committed once
 //! its pages are written to the WAL file (in the OS's page cache); SQLite syncs the WAL to
-//! disk at checkpoints (every [`WAL_CHECKPOINT_PAGES`] pages of WAL), not at every commit. A
-//! committed transaction therefore survives the relay process dying in any way (SIGKILL,
-//! panic, OOM killer): the kernel still writes it out. Only a power loss or kernel crash can
-//! lose the last transactions not yet on disk: those since the last checkpoint that the
-//! kernel's own writeback (about 30 s on Linux by default) has not written either (the
-//! database stays consistent either way). The relay acknowledges a deposit after the
+//! disk at checkpoints, not at every commit. A committed transaction therefore survives the
+//! relay process dying in any way (SIGKILL, panic, OOM killer): the kernel still writes it
+//! out. Only a power loss or kernel crash can lose the last transactions not yet on disk:
+//! those since the last checkpoint that the kernel's own writeback has not written either
+//! (the database stays consistent either way). The relay acknowledges a deposit after the
 //! commit of the transaction that contains it, so an acknowledged envelope survives any
 //! crash of the relay itself; a release deletes the envelope and records its receipt in the
 //! same transaction. `FULL` would add an fsync per commit (per batch, with group commit) to
 //! protect against power loss too; a relay behind an unreliable power supply can be given it
 //! later as an option.
+//!
+//! Checkpoints: a thread of their own, the *checkpointer*, with a third connection, copies
+//! the WAL into the database file every [`CHECKPOINT_INTERVAL`] (a `PASSIVE` checkpoint:
+//! with an fsync of the WAL before and of the database file after; a no-op when nothing was
+//! written). The cache writer never waits for one: when a commit crossed SQLite's automatic
+//! threshold, the writer did the checkpoint itself, fsyncs included, and every cache
+//! operation waited meanwhile (a stall every few thousand envelopes under load). Committed
+//! transactions also reach the disk sooner: within about [`CHECKPOINT_INTERVAL`]. The
+//! connections still checkpoint on their own past [`WAL_BACKSTOP_PAGES`], should the
+//! checkpointer fall behind.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use peermail_core::address::Address;
 use peermail_core::identity::PublicKey;
@@ -59,13 +68,15 @@ use crate::{migrations, Error};
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "relay.sqlite3";
 
-/// The WAL is checkpointed into the database file (with an fsync of each) once it holds
-/// this many pages (4 KiB each, so about 40 MiB), by the connection whose commit crosses it:
-/// usually the cache writer, during which no cache write proceeds. SQLite's default, 1,000
-/// pages, made that pause frequent under a steady stream of deposits and releases, which
-/// rewrite the same few pages: a checkpoint copies each page once however often the WAL holds
-/// it, so checkpointing a tenth as often does about a tenth of the work.
-pub const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+/// How often the checkpointer copies the WAL into the database file (see the module
+/// documentation). A page is copied once per checkpoint however often the WAL holds it, and
+/// deposits and releases rewrite the same few pages, so a checkpoint's work grows far slower
+/// than the interval.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Pages of WAL (4 KiB each, so about 400 MiB) past which a committing connection
+/// checkpoints by itself: only if the checkpointer falls this far behind.
+pub const WAL_BACKSTOP_PAGES: i64 = 100_000;
 
 /// Most names [`Db`] remembers as existing accounts before it starts again.
 const KNOWN_ACCOUNTS: usize = 100_000;
@@ -85,6 +96,9 @@ pub struct Db {
     /// Operations for the cache writer; `None` only while dropping.
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
+    /// Dropped to stop the checkpointer.
+    stop_checkpoints: Option<mpsc::Sender<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, Error> {
@@ -92,7 +106,7 @@ fn open_connection(path: &Path) -> Result<Connection, Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // See the module documentation: survives any crash of the process.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
@@ -114,11 +128,18 @@ impl Db {
         let writer = std::thread::Builder::new()
             .name("cache-writer".into())
             .spawn(move || CacheWriter { conn: cache_conn }.run(&queue))?;
+        let checkpoint_conn = open_connection(&path)?;
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("wal-checkpointer".into())
+            .spawn(move || checkpoint_until_stopped(&checkpoint_conn, &stop))?;
         Ok(Db {
             conn: Mutex::new(conn),
             known_accounts: Mutex::new(HashSet::new()),
             ops: Some(ops),
             writer: Some(writer),
+            stop_checkpoints: Some(stop_checkpoints),
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -174,11 +195,30 @@ impl Db {
 }
 
 impl Drop for Db {
-    /// Stops the cache writer after it has answered what was queued, and waits for it.
+    /// Stops the cache writer after it has answered what was queued, and the checkpointer,
+    /// and waits for both.
     fn drop(&mut self) {
         self.ops.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        self.stop_checkpoints.take();
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
+        }
+    }
+}
+
+/// The checkpointer's loop: a `PASSIVE` checkpoint every [`CHECKPOINT_INTERVAL`] until `stop`
+/// is dropped. A checkpoint that fails is logged and tried again at the next interval.
+fn checkpoint_until_stopped(conn: &Connection, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match done {
+            Ok((frames, copied)) => tracing::trace!(frames, copied, "WAL checkpointed"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; trying again"),
         }
     }
 }
@@ -1355,6 +1395,34 @@ mod tests {
         assert_eq!(release(&first).unwrap(), vec![a("alice@h")]);
         assert_eq!(db.cached_count().unwrap(), 1);
         assert_eq!(db.receipts(&a("alice@h")).unwrap().len(), 1);
+    }
+
+    /// The checkpointer copies committed writes into the database file by itself, soon: a
+    /// copy of that file alone (without its WAL) holds them.
+    #[test]
+    fn committed_writes_reach_the_database_file_without_waiting_for_a_full_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(
+            db.deposit(mail("bob@h", 1, 10, 1), 1000).unwrap(),
+            Deposit::Stored
+        );
+        let copy = tempfile::tempdir().unwrap();
+        let deadline = std::time::Instant::now() + CHECKPOINT_INTERVAL * 20;
+        loop {
+            std::fs::copy(dir.path().join(DB_FILE), copy.path().join(DB_FILE)).unwrap();
+            let found: rusqlite::Result<i64> = Connection::open(copy.path().join(DB_FILE))
+                .and_then(|c| c.query_row("SELECT count(*) FROM cached_mail", [], |r| r.get(0)));
+            if found == Ok(1) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not in the database file: {found:?}"
+            );
+            std::thread::sleep(CHECKPOINT_INTERVAL / 2);
+        }
+        drop(db);
     }
 
     /// Deposits that land in one transaction still check the quota one after the other.

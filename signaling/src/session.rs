@@ -209,7 +209,15 @@ impl Session {
         if *shutdown.borrow_and_update() {
             return End::Shutdown;
         }
-        let replaced = self.replaced.clone();
+        // Made once, not at every turn of the loop: each of these futures takes a lock to
+        // register itself and another to leave when dropped. Both end the session.
+        let replaced_by = self.replaced.clone();
+        let replaced = replaced_by.notified();
+        tokio::pin!(replaced);
+        let shutdown_signal = shutdown.changed();
+        tokio::pin!(shutdown_signal);
+        // A shutdown sender gone (the relay is being dropped) is no shutdown notice.
+        let mut shutdown_gone = false;
 
         loop {
             tokio::select! {
@@ -260,7 +268,7 @@ impl Session {
                         }
                     }
                 }
-                () = replaced.notified() => return End::Replaced,
+                () = &mut replaced => return End::Replaced,
                 _ = ping.tick() => {
                     if send(socket, Message::Ping(Default::default()), write_timeout).await.is_err() {
                         return End::Gone;
@@ -295,7 +303,10 @@ impl Session {
                         .as_mut()
                         .reset(if signed_in { deadline } else { deadline.min(sign_in_by) });
                 }
-                Ok(()) = shutdown.changed() => return End::Shutdown,
+                changed = &mut shutdown_signal, if !shutdown_gone => match changed {
+                    Ok(()) => return End::Shutdown,
+                    Err(_) => shutdown_gone = true,
+                },
             }
         }
     }

@@ -68,8 +68,8 @@ fn validate_host(host: &str) -> Result<String, AddressError> {
 /// A Peermail address: `local@host`, always lower-case.
 ///
 /// Serialised as the plain string form.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Address {
     /// The chosen name, validated by [`validate_name`].
     local: String,
@@ -119,6 +119,16 @@ impl Address {
     pub fn local(&self) -> &str {
         &self.local
     }
+    /// `local@host`, as [`ToString::to_string`] writes it, in one allocation of the right
+    /// size: addresses become text in every frame and every relay query, and the
+    /// formatting machinery grew the string piece by piece.
+    pub fn to_text(&self) -> String {
+        let mut text = String::with_capacity(self.local.len() + 1 + self.host.len());
+        text.push_str(&self.local);
+        text.push('@');
+        text.push_str(&self.host);
+        text
+    }
     pub fn host(&self) -> &str {
         &self.host
     }
@@ -142,13 +152,22 @@ impl TryFrom<String> for Address {
 
 impl From<Address> for String {
     fn from(a: Address) -> String {
-        a.to_string()
+        a.to_text()
+    }
+}
+
+/// As the text `local@host` (written straight into the output, with no copy of the address).
+impl Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.local, self.host)
+        f.write_str(&self.local)?;
+        f.write_str("@")?;
+        f.write_str(&self.host)
     }
 }
 
@@ -171,6 +190,24 @@ pub fn parse_address_list(field: &str) -> Result<Vec<Address>, (String, AddressE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text, JSON and postcard forms are those of the string `local@host`, whichever way
+    /// the address is turned into text.
+    #[test]
+    fn an_address_is_written_as_its_text() {
+        for a in ["alice@relay.example", "bob+node@h", "x@localhost"] {
+            let address: Address = a.parse().unwrap();
+            assert_eq!(address.to_text(), a);
+            assert_eq!(address.to_string(), a);
+            assert_eq!(String::from(address.clone()), a);
+            assert_eq!(serde_json::to_string(&address).unwrap(), format!("\"{a}\""));
+            let bytes = postcard::to_allocvec(&address).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(a).unwrap());
+            assert_eq!(postcard::from_bytes::<Address>(&bytes).unwrap(), address);
+            let json: Address = serde_json::from_str(&format!("\"{a}\"")).unwrap();
+            assert_eq!(json, address);
+        }
+    }
 
     #[test]
     fn names() {

@@ -590,7 +590,7 @@ fn millis(v: Millis) -> i64 {
 // The operations, on the cache writer's connection. Writes run inside its transaction.
 
 fn deposit(conn: &Connection, mail: &NewMail, quota_bytes: u64) -> Answer<Deposit> {
-    let (recipient, id) = (mail.recipient.to_string(), mail.message_id.as_str());
+    let (recipient, id) = (mail.recipient.to_text(), mail.message_id.as_str());
     // One statement for both checks: is it already here, and how much is waiting.
     let (existing, used): (Option<String>, i64) = conn
         .prepare_cached(
@@ -600,7 +600,7 @@ fn deposit(conn: &Connection, mail: &NewMail, quota_bytes: u64) -> Answer<Deposi
         .and_then(|mut s| s.query_row(params![recipient, id], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(cache_error)?;
     if let Some(sender) = existing {
-        return Ok(if sender == mail.sender.to_string() {
+        return Ok(if sender == mail.sender.to_text() {
             Deposit::AlreadyStored
         } else {
             Deposit::Conflict
@@ -619,7 +619,7 @@ fn deposit(conn: &Connection, mail: &NewMail, quota_bytes: u64) -> Answer<Deposi
         s.execute(params![
             recipient,
             id,
-            mail.sender.to_string(),
+            mail.sender.to_text(),
             mail.sealed,
             size as i64,
             millis(mail.deposited_at),
@@ -643,7 +643,7 @@ fn waiting(conn: &Connection, recipient: &Address) -> Answer<Vec<WaitingMail>> {
         )
         .map_err(cache_error)?;
     let rows = stmt
-        .query_map([recipient.to_string()], |r| {
+        .query_map([recipient.to_text()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -686,7 +686,7 @@ fn has_deposit(
     )
     .and_then(|mut s| {
         s.query_row(
-            params![sender.to_string(), recipient.to_string(), id.as_str()],
+            params![sender.to_text(), recipient.to_text(), id.as_str()],
             |r| r.get(0),
         )
     })
@@ -701,10 +701,10 @@ fn hold_copy(conn: &Connection, hold: &NewHold) -> Answer<bool> {
     )
     .and_then(|mut s| {
         s.execute(params![
-            hold.recipient.to_string(),
+            hold.recipient.to_text(),
             hold.message_id.as_str(),
-            hold.holder.to_string(),
-            hold.sender.to_string(),
+            hold.holder.to_text(),
+            hold.sender.to_text(),
             i64::try_from(hold.size).unwrap_or(i64::MAX),
             millis(hold.held_at),
             millis(hold.expires_at)
@@ -715,12 +715,12 @@ fn hold_copy(conn: &Connection, hold: &NewHold) -> Answer<bool> {
         .prepare_cached("SELECT holder FROM held_mail WHERE recipient = ?1 AND message_id = ?2")
         .and_then(|mut s| {
             s.query_row(
-                params![hold.recipient.to_string(), hold.message_id.as_str()],
+                params![hold.recipient.to_text(), hold.message_id.as_str()],
                 |r| r.get(0),
             )
         })
         .map_err(cache_error)?;
-    Ok(listed == hold.holder.to_string())
+    Ok(listed == hold.holder.to_text())
 }
 
 fn fetch(conn: &Connection, recipient: &Address, id: &MessageId) -> Answer<Option<CachedMail>> {
@@ -729,7 +729,7 @@ fn fetch(conn: &Connection, recipient: &Address, id: &MessageId) -> Answer<Optio
             "SELECT sender, sealed FROM cached_mail WHERE recipient = ?1 AND message_id = ?2",
         )
         .and_then(|mut s| {
-            s.query_row(params![recipient.to_string(), id.as_str()], |r| {
+            s.query_row(params![recipient.to_text(), id.as_str()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
@@ -757,7 +757,7 @@ struct Listed {
 /// it finds (so a stored address that cannot be read fails the release before it changes
 /// anything).
 fn listed(conn: &Connection, recipient: &Address, id: &MessageId) -> Answer<Listed> {
-    let recipient = recipient.to_string();
+    let recipient = recipient.to_text();
     let (cached_by, held_sender, holder): (Option<String>, Option<String>, Option<String>) = conn
         .prepare_cached(
             "SELECT (SELECT sender FROM cached_mail WHERE recipient = ?1 AND message_id = ?2),
@@ -833,7 +833,7 @@ fn insert_receipts(
     for who in &told {
         insert
             .execute(params![
-                who.to_string(),
+                who.to_text(),
                 recipient,
                 id.as_str(),
                 outcome_text(outcome),
@@ -851,7 +851,7 @@ fn refuse_held(
     holder: &Address,
     now: Millis,
 ) -> Answer<Vec<Address>> {
-    let (recipient_text, holder_text) = (recipient.to_string(), holder.to_string());
+    let (recipient_text, holder_text) = (recipient.to_text(), holder.to_text());
     let found: Option<(String, bool)> = conn
         .prepare_cached(
             "SELECT sender, EXISTS (SELECT 1 FROM cached_mail
@@ -895,7 +895,7 @@ fn receipts(conn: &Connection, sender: &Address) -> Answer<Vec<Receipt>> {
         )
         .map_err(cache_error)?;
     let rows = stmt
-        .query_map([sender.to_string()], |r| {
+        .query_map([sender.to_text()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -925,13 +925,7 @@ fn ack_receipt(
     conn.prepare_cached(
         "DELETE FROM receipts WHERE sender = ?1 AND recipient = ?2 AND message_id = ?3",
     )
-    .and_then(|mut s| {
-        s.execute(params![
-            sender.to_string(),
-            recipient.to_string(),
-            id.as_str()
-        ])
-    })
+    .and_then(|mut s| s.execute(params![sender.to_text(), recipient.to_text(), id.as_str()]))
     .map_err(cache_error)?;
     Ok(())
 }

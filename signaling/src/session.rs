@@ -220,7 +220,17 @@ impl Session {
         let mut shutdown_gone = false;
 
         loop {
+            // In this order, not at random: what ends the session, then the client's next
+            // frame. A frame that is already there is handled before the receipt
+            // acknowledgement in flight is looked at, so that acknowledgement does not wake
+            // the session by itself when the next frame will settle it anyway (below).
             tokio::select! {
+                biased;
+                () = &mut replaced => return End::Replaced,
+                changed = &mut shutdown_signal, if !shutdown_gone => match changed {
+                    Ok(()) => return End::Shutdown,
+                    Err(_) => shutdown_gone = true,
+                },
                 incoming = socket.recv() => {
                     let message = match incoming {
                         None => return End::Gone,
@@ -268,7 +278,6 @@ impl Session {
                         }
                     }
                 }
-                () = &mut replaced => return End::Replaced,
                 _ = ping.tick() => {
                     if send(socket, Message::Ping(Default::default()), write_timeout).await.is_err() {
                         return End::Gone;
@@ -303,10 +312,6 @@ impl Session {
                         .as_mut()
                         .reset(if signed_in { deadline } else { deadline.min(sign_in_by) });
                 }
-                changed = &mut shutdown_signal, if !shutdown_gone => match changed {
-                    Ok(()) => return End::Shutdown,
-                    Err(_) => shutdown_gone = true,
-                },
             }
         }
     }
@@ -835,13 +840,15 @@ impl Session {
             expires_at: now.saturating_add(retention),
         };
         let quota = policy.quota_bytes;
-        // Handed to the cache before an acknowledgement in flight is awaited: the relay's
-        // cache writer then writes both in one turn, in the order they came.
-        let stored = self.cache().deposit_async(mail, quota);
+        // Handed to the cache before an acknowledgement in flight is settled: the relay's
+        // cache writer then writes both in one turn, in the order they came, and answers
+        // the acknowledgement first, so waiting for the deposit first wakes the session
+        // once for both.
+        let stored = self.cache().deposit_async(mail, quota).await;
         if let Some(error) = self.settle_ack().await {
             self.tell_self(&error);
         }
-        match stored.await {
+        match stored {
             Ok(cache::Deposit::Stored) => {
                 tracing::debug!(session = self.id, %to, %message_id, "mail cached");
                 // An online recipient gets the envelope itself, as a fetch would bring it:

@@ -28,8 +28,10 @@
 //! plus one RPOP: 1 / (1/lpush_rps + 1/rpop_rps). The relay's per-sender rate limit is a
 //! policy, not a cost, so it is lifted for the run. `PEERMAIL_BENCH_ROUNDS` (default 3)
 //! rounds of relay, reference and Redis, one after the other; the medians are reported and
-//! compared (single runs of either side varied by a tenth on this machine). Writes
-//! `target/bench/cache_throughput.json`.
+//! compared (single runs of either side varied by a tenth on this machine). Beside each
+//! rate, the CPU each server (the relay process, redis-server) and each load generator
+//! (these clients, redis-benchmark) used per envelope, from `/proc`: steadier than the
+//! rates from run to run. Writes `target/bench/cache_throughput.json`.
 //!
 //! `cargo bench -p peermail-relay --bench cache_throughput` (needs redis-server and
 //! redis-benchmark on PATH; `cargo xtask bench` installs them).
@@ -284,7 +286,7 @@ async fn client_session(addr: &str, name: &str, key_seed: u64, domain: &str) -> 
 
 /// Envelopes per second through the relay, and the seconds the run took; `ping_only`: the
 /// storage-free reference (see the module docs).
-async fn relay_rate(clients: usize, per_client: usize, ping_only: bool) -> (f64, f64) {
+async fn relay_rate(clients: usize, per_client: usize, ping_only: bool) -> (f64, f64, Cpu) {
     let data = tempfile::tempdir().unwrap();
     let domain = "bench.test";
     let mut cmd = Command::new(common::relay_bin());
@@ -307,7 +309,9 @@ async fn relay_rate(clients: usize, per_client: usize, ping_only: bool) -> (f64,
         let ws = client_session(&addr, &name, i as u64, domain).await;
         sessions.push((ws, Address::new(&name, domain).unwrap()));
     }
-    let started = Instant::now();
+    let relay_pid = relay.id().to_string();
+    let (started, relay_cpu, client_cpu) =
+        (Instant::now(), cpu_of(&relay_pid, false), process_cpu());
     let tasks: Vec<_> = sessions
         .into_iter()
         .enumerate()
@@ -323,12 +327,26 @@ async fn relay_rate(clients: usize, per_client: usize, ping_only: bool) -> (f64,
         t.await.expect("client task");
     }
     let secs = started.elapsed().as_secs_f64();
+    let envelopes = clients * per_client;
+    let cpu = Cpu {
+        server: (cpu_of(&relay_pid, false) - relay_cpu) / envelopes as u32,
+        client: (process_cpu() - client_cpu) / envelopes as u32,
+    };
     let _ = relay.kill();
     let _ = relay.wait();
-    ((clients * per_client) as f64 / secs, secs)
+    (envelopes as f64 / secs, secs, cpu)
 }
 
-fn redis_rates(clients: usize, requests: usize) -> (f64, f64) {
+/// CPU per envelope of the server (the relay, or Redis) and of its load generator.
+#[derive(Clone, Copy)]
+struct Cpu {
+    server: Duration,
+    client: Duration,
+}
+
+/// LPUSH and RPOP requests per second, and the CPU per LPUSH+RPOP pair of redis-server and
+/// redis-benchmark.
+fn redis_rates(clients: usize, requests: usize) -> (f64, f64, Cpu) {
     let dir = tempfile::tempdir().unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -361,6 +379,8 @@ fn redis_rates(clients: usize, requests: usize) -> (f64, f64) {
         assert!(Instant::now() < deadline, "redis-server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let server_pid = server.id().to_string();
+    let (server_cpu, client_cpu) = (cpu_of(&server_pid, false), cpu_of("self", true));
     let out = Command::new("redis-benchmark")
         .args([
             "-h",
@@ -381,6 +401,11 @@ fn redis_rates(clients: usize, requests: usize) -> (f64, f64) {
         ])
         .output()
         .expect("run redis-benchmark");
+    let cpu = Cpu {
+        server: (cpu_of(&server_pid, false) - server_cpu) / requests as u32,
+        // The waited-for children's CPU: only redis-benchmark ended in between.
+        client: (cpu_of("self", true) - client_cpu) / requests as u32,
+    };
     let _ = server.kill();
     let _ = server.wait();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -391,12 +416,13 @@ fn redis_rates(clients: usize, requests: usize) -> (f64, f64) {
             .and_then(|v| v.trim_matches('"').parse().ok())
             .unwrap_or_else(|| panic!("no {test} figure in redis-benchmark output:\n{text}"))
     };
-    (rate("LPUSH"), rate("RPOP"))
+    (rate("LPUSH"), rate("RPOP"), cpu)
 }
 
-/// CPU time this process has used (all its threads), from `/proc/self/stat`.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+/// CPU time process `pid` (`"self"`: this one) has used, all its threads, from
+/// `/proc/<pid>/stat`; with `children`, that of its children it has waited for instead.
+fn cpu_of(pid: &str, children: bool) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/*/stat");
     // The fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -405,9 +431,15 @@ fn process_cpu() -> Duration {
         .split_whitespace()
         .collect();
     let ticks = |i: usize| -> u64 { fields[i].parse().expect("a tick count") };
-    // utime and stime, fields 14 and 15 of the line: 12 and 13 after the name. Linux
-    // reports them in USER_HZ, 100 per second.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    // utime, stime, cutime, cstime: fields 14 to 17 of the line, 12 to 15 after the name.
+    // Linux reports them in USER_HZ, 100 per second.
+    let first = if children { 13 } else { 11 };
+    Duration::from_millis((ticks(first) + ticks(first + 1)) * 10)
+}
+
+/// CPU time this process has used.
+fn process_cpu() -> Duration {
+    cpu_of("self", false)
 }
 
 /// The relay's storage alone: its own [`Db`] (the same SQLite settings, cache writer and
@@ -492,15 +524,18 @@ async fn main() {
     let (mut relay, mut round_trips, mut redis) = (Vec::new(), Vec::new(), Vec::new());
     let (mut lpush, mut rpop, mut seconds) = (Vec::new(), Vec::new(), Vec::new());
     let (mut storage, mut storage_cpu_us) = (Vec::new(), Vec::new());
+    let (mut relay_cpu, mut redis_cpu) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let (rate, secs) = relay_rate(clients, per_client, false).await;
+        let (rate, secs, cpu) = relay_rate(clients, per_client, false).await;
         relay.push(rate);
         seconds.push(secs);
+        relay_cpu.push(cpu);
         round_trips.push(relay_rate(clients, per_client, true).await.0);
         let (rate, cpu) = storage_rate(clients, per_client).await;
         storage.push(rate);
         storage_cpu_us.push(cpu.as_secs_f64() * 1e6);
-        let (l, r) = redis_rates(clients, clients * per_client);
+        let (l, r, cpu) = redis_rates(clients, clients * per_client);
+        redis_cpu.push(cpu);
         lpush.push(l);
         rpop.push(r);
         redis.push(1.0 / (1.0 / l + 1.0 / r));
@@ -508,6 +543,17 @@ async fn main() {
     let (relay_m, round_trips_m, redis_m) = (median(&relay), median(&round_trips), median(&redis));
     let ratio = relay_m / redis_m;
     let (storage_m, storage_cpu_m) = (median(&storage), median(&storage_cpu_us));
+    let micros = |cpu: &[Cpu], of: fn(&Cpu) -> Duration| -> Vec<f64> {
+        cpu.iter().map(|c| of(c).as_secs_f64() * 1e6).collect()
+    };
+    let (relay_server_us, relay_client_us) = (
+        micros(&relay_cpu, |c| c.server),
+        micros(&relay_cpu, |c| c.client),
+    );
+    let (redis_server_us, redis_client_us) = (
+        micros(&redis_cpu, |c| c.server),
+        micros(&redis_cpu, |c| c.client),
+    );
     let report = serde_json::json!({
         "benchmark": "cache_throughput",
         "clients": clients,
@@ -516,9 +562,15 @@ async fn main() {
         "rounds": rounds,
         "relay": { "envelopes_per_sec": relay_m, "rounds_envelopes_per_sec": relay,
                    "rounds_seconds": seconds,
+                   "cpu_us_per_envelope": median(&relay_server_us),
+                   "rounds_cpu_us_per_envelope": relay_server_us,
+                   "bench_client_cpu_us_per_envelope": median(&relay_client_us),
                    "durability": "SQLite WAL, synchronous=NORMAL, deposit acknowledged after commit" },
         "baseline_redis": { "envelopes_per_sec": redis_m, "rounds_envelopes_per_sec": redis,
                             "rounds_lpush_per_sec": lpush, "rounds_rpop_per_sec": rpop,
+                            "cpu_us_per_envelope": median(&redis_server_us),
+                            "rounds_cpu_us_per_envelope": redis_server_us,
+                            "redis_benchmark_cpu_us_per_envelope": median(&redis_client_us),
                             "durability": "appendonly yes, appendfsync everysec" },
         "ratio_relay_to_redis": ratio,
         "rounds_ratio": relay.iter().zip(&redis).map(|(a, b)| a / b).collect::<Vec<_>>(),
@@ -555,9 +607,14 @@ async fn main() {
          redis {redis_m:.0} envelopes/s (LPUSH + RPOP; rounds {}); ratio {ratio:.3} (goal ≥ {GOAL_RATIO}); \
          reference: the relay's round trips alone ({ROUND_TRIPS} pings per envelope, no storage) \
          {round_trips_m:.0}/s, {:.2} of redis; the relay's storage alone (its database layer \
-         in-process, no network) {storage_m:.0}/s using {storage_cpu_m:.1} µs of CPU per envelope",
+         in-process, no network) {storage_m:.0}/s using {storage_cpu_m:.1} µs of CPU per envelope; \
+         CPU per envelope: relay {:.1} µs (its client {:.1}), redis-server {:.1} µs (redis-benchmark {:.1})",
         list(&relay),
         list(&redis),
-        round_trips_m / redis_m
+        round_trips_m / redis_m,
+        median(&relay_server_us),
+        median(&relay_client_us),
+        median(&redis_server_us),
+        median(&redis_client_us),
     );
 }

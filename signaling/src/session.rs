@@ -96,10 +96,11 @@ struct Session {
     wrong_codes_at: Option<Instant>,
     /// The receipt acknowledgement in flight, if any. `ack_receipt` has no reply, so the
     /// session does not wait for it before reading the next frame: it is settled (its
-    /// error, if any, sent as an `internal` error frame) before the next cache request is
-    /// awaited, after a deposit is handed to the cache (so both are written in one turn
-    /// of the relay's cache writer), when the session is idle, and when it ends. (In a
-    /// mutex only to keep `Session` `Sync`; it is always reached through `&mut`.)
+    /// error, if any, sent as an `internal` error frame) before any other cache request is
+    /// awaited, after a deposit's answer (the deposit is handed to the cache while the
+    /// acknowledgement is in flight, so both are written in one turn of the relay's cache
+    /// writer), when the session is idle, and when it ends. (In a mutex only to keep
+    /// `Session` `Sync`; it is always reached through `&mut`.)
     ack: std::sync::Mutex<Option<CacheFuture<()>>>,
 }
 
@@ -328,7 +329,7 @@ impl Session {
             }
         };
         // Requests see the effect of an earlier receipt acknowledgement: it is settled first
-        // (a deposit and a further acknowledgement settle it once they are handed over).
+        // (a deposit settles it once answered, a further acknowledgement once handed over).
         if self.ack_slot().is_some()
             && !matches!(
                 frame,

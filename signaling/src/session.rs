@@ -221,7 +221,8 @@ impl Session {
         let mut shutdown_gone = false;
 
         loop {
-            // In this order, not at random: what ends the session, then the client's next
+            // In this order, not at random: what ends the session (its deadlines too, so a
+            // client that never stops sending is still held to them), then the client's next
             // frame. A frame that is already there is handled before the receipt
             // acknowledgement in flight is looked at, so that acknowledgement does not wake
             // the session by itself when the next frame will settle it anyway (below).
@@ -232,6 +233,35 @@ impl Session {
                     Ok(()) => return End::Shutdown,
                     Err(_) => shutdown_gone = true,
                 },
+                () = &mut silence => {
+                    let now = Instant::now();
+                    let signed_in = self.address.is_some();
+                    // Idle anonymous sockets must not pile up; a storage node waiting to be
+                    // paired may wait as long as its code is valid.
+                    let sign_in_by = self
+                        .pairing_expires()
+                        .map_or(sign_in_deadline, |e| e.max(sign_in_deadline));
+                    if !signed_in && now >= sign_in_by {
+                        tracing::debug!(session = self.id, "no sign-in in time");
+                        return End::NoSignIn;
+                    }
+                    let mut deadline = last_heard + timeout;
+                    if now >= deadline {
+                        tracing::debug!(session = self.id, "heartbeat timeout");
+                        return End::Silent;
+                    }
+                    if let Some(heard) = self.node_heard {
+                        if now >= heard + node_timeout {
+                            tracing::info!(session = self.id, address = ?self.address,
+                                "storage node missed its heartbeat");
+                            return End::NodeSilent;
+                        }
+                        deadline = deadline.min(heard + node_timeout);
+                    }
+                    silence
+                        .as_mut()
+                        .reset(if signed_in { deadline } else { deadline.min(sign_in_by) });
+                }
                 incoming = socket.recv() => {
                     let message = match incoming {
                         None => return End::Gone,
@@ -283,35 +313,6 @@ impl Session {
                     if send(socket, Message::Ping(Default::default()), write_timeout).await.is_err() {
                         return End::Gone;
                     }
-                }
-                () = &mut silence => {
-                    let now = Instant::now();
-                    let signed_in = self.address.is_some();
-                    // Idle anonymous sockets must not pile up; a storage node waiting to be
-                    // paired may wait as long as its code is valid.
-                    let sign_in_by = self
-                        .pairing_expires()
-                        .map_or(sign_in_deadline, |e| e.max(sign_in_deadline));
-                    if !signed_in && now >= sign_in_by {
-                        tracing::debug!(session = self.id, "no sign-in in time");
-                        return End::NoSignIn;
-                    }
-                    let mut deadline = last_heard + timeout;
-                    if now >= deadline {
-                        tracing::debug!(session = self.id, "heartbeat timeout");
-                        return End::Silent;
-                    }
-                    if let Some(heard) = self.node_heard {
-                        if now >= heard + node_timeout {
-                            tracing::info!(session = self.id, address = ?self.address,
-                                "storage node missed its heartbeat");
-                            return End::NodeSilent;
-                        }
-                        deadline = deadline.min(heard + node_timeout);
-                    }
-                    silence
-                        .as_mut()
-                        .reset(if signed_in { deadline } else { deadline.min(sign_in_by) });
                 }
             }
         }

@@ -113,21 +113,25 @@ struct Reply<'a> {
     sealed: Option<&'a str>,
 }
 
-/// Reads frames until one of kind `kind` about `message_id` comes; returns its `sealed`
-/// length. Other frames pass by; an error frame or an unreadable one ends the run.
-async fn until_reply(ws: &mut Ws, kind: &str, message_id: &str) -> Option<usize> {
+/// Reads frames, each in place as a [`Reply`], until `want` accepts one; other frames pass
+/// by. An error frame or an unreadable one ends the run.
+async fn until_reply<T>(
+    ws: &mut Ws,
+    what: &str,
+    mut want: impl FnMut(Reply<'_>) -> Option<T>,
+) -> T {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
                 let reply: Reply<'_> = serde_json::from_str(&t)
-                    .unwrap_or_else(|e| panic!("{kind}: unreadable frame {e}: {}", t.as_str()));
-                assert!(reply.kind != "error", "{kind}: relay error: {}", t.as_str());
-                if reply.kind == kind && reply.message_id == Some(message_id) {
-                    return reply.sealed.map(str::len);
+                    .unwrap_or_else(|e| panic!("{what}: unreadable frame {e}: {}", t.as_str()));
+                assert!(reply.kind != "error", "{what}: relay error: {}", t.as_str());
+                if let Some(v) = want(reply) {
+                    return v;
                 }
             }
             Some(Ok(_)) => {}
-            other => panic!("{kind}: connection ended: {other:?}"),
+            other => panic!("{what}: connection ended: {other:?}"),
         }
     }
 }
@@ -205,26 +209,16 @@ async fn client(mut ws: Ws, me: Address, i: usize, n: usize) {
         // The acknowledgement and the pushed envelope, in the order they come.
         let (mut deposited, mut got) = (false, None);
         while !deposited || got.is_none() {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let reply: Reply<'_> = serde_json::from_str(&t).unwrap_or_else(|e| {
-                        panic!("deposit: unreadable frame {e}: {}", t.as_str())
-                    });
-                    assert!(
-                        reply.kind != "error",
-                        "deposit: relay error: {}",
-                        t.as_str()
-                    );
-                    if reply.message_id == Some(id.as_str()) {
-                        match reply.kind {
-                            "deposited" => deposited = true,
-                            "cached" => got = reply.sealed.map(str::len),
-                            _ => {}
-                        }
-                    }
-                }
-                Some(Ok(_)) => {}
-                other => panic!("deposit: connection ended: {other:?}"),
+            let about_it = |r: &Reply<'_>| r.message_id == Some(id.as_str());
+            match until_reply(&mut ws, "deposit", |r| match r.kind {
+                "deposited" if about_it(&r) => Some(None),
+                "cached" if about_it(&r) => Some(Some(r.sealed.map_or(0, str::len))),
+                _ => None,
+            })
+            .await
+            {
+                None => deposited = true,
+                Some(len) => got = Some(len),
             }
         }
         assert_eq!(
@@ -235,7 +229,10 @@ async fn client(mut ws: Ws, me: Address, i: usize, n: usize) {
         ws.send(Message::text(release.with(&id)))
             .await
             .expect("send release");
-        until_reply(&mut ws, "released", &id).await;
+        until_reply(&mut ws, "release", |r| {
+            (r.kind == "released" && r.message_id == Some(id.as_str())).then_some(())
+        })
+        .await;
         // The receipt is acknowledged without waiting for anything: queued here, it leaves
         // with the next deposit in one write (as a client with both frames ready would send
         // them), and with the final flush after the last one.

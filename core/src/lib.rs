@@ -9,7 +9,7 @@
 //! - [`groups`]: address-book groups and the expansion of group names in To/Cc.
 //! - [`attach`]: attachments — per-file encryption in chunks, the manifest a mail carries,
 //!   and the receiving side's verified, resumable bookkeeping.
-//! - [`mail`]: [`Mail`](mail::Mail), [`MessageId`](mail::MessageId), [`Draft`](mail::Draft).
+//! - [`mail`]: [`Mail`], [`MessageId`], [`Draft`].
 //! - [`identity`]: account keys (Ed25519 signing, X25519 encryption, one seed) and the
 //!   signed-challenge session authentication.
 //! - [`seal`]: sealed envelopes — a mail encrypted per recipient (HPKE, RFC 9180) and signed
@@ -17,7 +17,7 @@
 //! - [`wire`]: signaling frames (JSON) and peer frames (postcard); the only wire formats.
 //! - [`store`]: persisted records, the [`MailStore`](store::MailStore) contract, the
 //!   in-memory store and the conformance tests every store runs.
-//! - [`node`]: the per-user delivery state machine ([`Node`](node::Node)).
+//! - [`node`]: the per-user delivery state machine ([`Node`]).
 
 pub mod address;
 pub mod attach;

@@ -52,7 +52,7 @@ use crate::native::signal::{SignalClient, SignalEvent, SignalSender};
         itself at every start."
 )]
 pub struct NodeConfig {
-    /// The relay the owner's account is at, e.g. http://relay.example:8080.
+    /// The relay the owner's account is at, e.g. `http://relay.example:8080`.
     #[arg(long, env = "PEERMAIL_RELAY_URL")]
     pub relay_url: String,
 

@@ -10,7 +10,7 @@
 //!   `web-client/src/rtc.rs` (same `Signal` payloads, `conn` ids, channel, reports).
 //! - [`driver`]: [`NativeNode`]: the node on its own thread, its outputs executed in order,
 //!   its store, events on a broadcast channel.
-//! - [`store`]: the node's store — core's `MemoryStore`, or [`FileStore`](store::FileStore),
+//! - [`store`]: the node's store — core's `MemoryStore`, or [`FileStore`],
 //!   a simple durable directory store.
 
 pub mod driver;

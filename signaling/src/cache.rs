@@ -605,6 +605,35 @@ pub mod conformance {
         assert_eq!(c.waiting(&a("carol@h")).unwrap().len(), 1);
     }
 
+    /// The quota counts what still waits for the recipient: its releases and expiry free
+    /// room, a refused deposit or one made again takes none, and each recipient has a quota
+    /// of its own.
+    pub fn quota_counts_what_still_waits(c: &dyn MailCache) {
+        let deposit = |m: NewMail| c.deposit(m, 10).unwrap();
+        assert_eq!(deposit(mail("bob@h", 1, 6, 10)), Deposit::Stored);
+        assert_eq!(deposit(mail("bob@h", 2, 5, 10)), Deposit::QuotaExceeded);
+        assert_eq!(deposit(mail("bob@h", 3, 4, 10)), Deposit::Stored);
+        assert_eq!(deposit(mail("bob@h", 4, 1, 10)), Deposit::QuotaExceeded);
+        assert_eq!(deposit(mail("carol@h", 5, 10, 10)), Deposit::Stored);
+        let id = |n: u8| MessageId::new([n; 16], "h");
+        c.release(&a("bob@h"), &id(1), ReceiptOutcome::Delivered, 20)
+            .unwrap();
+        // With room left, a deposit made again is still answered as such, and takes none.
+        assert_eq!(deposit(mail("bob@h", 3, 4, 10)), Deposit::AlreadyStored);
+        let other = NewMail {
+            sender: a("carol@h"),
+            ..mail("bob@h", 3, 4, 10)
+        };
+        assert_eq!(deposit(other), Deposit::Conflict);
+        assert_eq!(deposit(mail("bob@h", 2, 5, 30)), Deposit::Stored);
+        assert_eq!(deposit(mail("bob@h", 6, 2, 30)), Deposit::QuotaExceeded);
+        // Bob's mail 3 expires at 110, carol's at 110, bob's mail 2 at 130.
+        assert_eq!(c.expire(110).unwrap().len(), 2);
+        assert_eq!(deposit(mail("bob@h", 6, 5, 120)), Deposit::Stored);
+        assert_eq!(deposit(mail("bob@h", 7, 1, 120)), Deposit::QuotaExceeded);
+        assert_eq!(deposit(mail("carol@h", 8, 10, 120)), Deposit::Stored);
+    }
+
     /// Held-copy listings: the first holder stays, only the recipient releases (sender and
     /// holder get receipts), the bytes are not in the cache, expiry tells both.
     pub fn held_copies_are_listed_released_and_expired(c: &dyn MailCache) {
@@ -728,6 +757,11 @@ mod tests {
     #[test]
     fn memory_cache_deposit_quota_release_and_expiry() {
         conformance::deposit_quota_release_receipts_and_expiry(&MemoryCache::new());
+    }
+
+    #[test]
+    fn memory_cache_quota_counts_what_still_waits() {
+        conformance::quota_counts_what_still_waits(&MemoryCache::new());
     }
 
     #[test]

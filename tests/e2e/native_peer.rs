@@ -214,7 +214,17 @@ pub(crate) async fn native_peer_exchanges_mail_with_a_browser(w: &mut World) -> 
         pane.body
     );
     for (name, bytes) in [("dave-report.bin", &report), ("dave-photos.bin", &photos)] {
-        let done = alice.wait_attachment(name, &["complete"]).await?;
+        // On failure, what dave's node sent and how often it waited for its channel to drain
+        // tell a stalled data channel from a node that stopped serving.
+        let done = alice
+            .wait_attachment(name, &["complete"])
+            .await
+            .with_context(|| {
+                format!(
+                    "dave's node over data channels to Alice: {:?}",
+                    dave.traffic(&alice_address)
+                )
+            })?;
         ensure!(
             done.size == Some(bytes.len() as u64) && done.done == Some(bytes.len() as u64),
             "{name} complete in Alice's page with the wrong size: {done:?}"

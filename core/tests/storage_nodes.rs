@@ -326,7 +326,9 @@ fn an_unreachable_node_is_retried_with_backoff_until_the_deadline() {
 /// Bob's node is down when Alice sends a small (inline) file to Bob, who is offline: the
 /// relay keeps it. When the node comes up (Alice gone), the relay hands it over — the node
 /// fetches it from the relay, checks it, keeps it and releases the relay's copy. Bob then
-/// reads it from his node; the relay has nothing left to serve.
+/// reads it from his node; the relay has nothing left to serve. When Alice is back, the
+/// node tells her it keeps the file: her copy of the mail no longer says the relay keeps
+/// it for Bob.
 #[test]
 fn the_relay_hands_over_what_it_kept_when_the_node_comes_back() {
     let mut w = world(&["alice", "bob"]);
@@ -360,6 +362,16 @@ fn the_relay_hands_over_what_it_kept_when_the_node_comes_back() {
     assert_eq!(
         w.relay_chunks_served, from_relay,
         "nothing more from the relay"
+    );
+
+    assert!(!w.storages[&node].records[&att.id].sender_knows);
+    w.online(&alice);
+    let o = w.outgoing(&alice, &id);
+    assert_eq!(o.kept_on_nodes(att.id), vec![&node], "{:?}", o.fetched);
+    assert!(o.still_needed_by(att.id).is_empty());
+    assert!(
+        w.storages[&node].records[&att.id].sender_knows,
+        "Alice acknowledged"
     );
 }
 
@@ -400,4 +412,32 @@ fn a_second_mail_in_the_same_session_goes_to_the_node_too() {
         w.storage_has(&node, second.id),
         "handed over without a new session"
     );
+}
+
+/// The relay hands a file over to Bob's node while Alice's page stays open: the node tells
+/// Alice at once that it keeps the file, so her copy of the mail stops saying the relay
+/// keeps it for Bob.
+#[test]
+fn the_sender_online_hears_of_a_relay_hand_over() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    let bytes = file(2 * CHUNK_BYTES + 7, 13);
+    let att = w.attach_file(&alice, "minutes.txt", &bytes, 13);
+    assert!(att.inline);
+    let id = w.send_with(&alice, &[&bob], "minutes", vec![att.clone()]);
+    assert!(
+        w.files.contains_key(&(bob.clone(), att.id)),
+        "the relay keeps it"
+    );
+    assert_eq!(w.outgoing(&alice, &id).still_needed_by(att.id), vec![&bob]);
+
+    w.storage_online(&node);
+    assert!(w.storage_has(&node, att.id), "handed over by the relay");
+    assert!(w.storages[&node].records[&att.id].via_relay);
+    let o = w.outgoing(&alice, &id);
+    assert_eq!(o.kept_on_nodes(att.id), vec![&node], "{:?}", o.fetched);
+    assert!(o.still_needed_by(att.id).is_empty());
+    assert!(w.storages[&node].records[&att.id].sender_knows);
 }

@@ -175,7 +175,8 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
 /// Alice) and the relay deletes its copy (its database lists nothing for Bob). The node
 /// stops; Bob opens his page: the mail comes from the relay cache and the file waits (its
 /// only copy is on the node). The node starts again: Bob's page gets the file from it —
-/// byte for byte the original.
+/// byte for byte the original. Alice opens her page: her copy of the mail says Bob's node
+/// keeps the file (no longer "kept at the relay").
 pub(crate) async fn relay_hands_over_to_a_returning_storage_node(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Contract draft";
     const NAME: &str = "contract.txt";
@@ -249,6 +250,18 @@ pub(crate) async fn relay_hands_over_to_a_returning_storage_node(w: &mut World) 
     .await?;
     let saved = bob.wait_saved(NAME).await?;
     same_file(NAME, &saved, &text)?;
+
+    // Alice is back: her copy of the mail says Bob's node keeps the file, not the relay.
+    let alice = w.person("alice").await?;
+    alice
+        .wait_recipient(&["sent"], SUBJECT, &bob_addr, "delivered")
+        .await?;
+    alice.open_mail("sent", SUBJECT).await?;
+    alice
+        .wait_attachment_status(&format!(
+            "fetched by every recipient; kept on the storage node of {bob_addr}"
+        ))
+        .await?;
     node.kill();
     Ok(())
 }

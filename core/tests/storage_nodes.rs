@@ -5,7 +5,8 @@
 
 mod sim;
 
-use peermail_core::attach::CHUNK_BYTES;
+use peermail_core::attach::{AttachmentRef, CHUNK_BYTES};
+use peermail_core::mail::MessageId;
 use peermail_core::node::{Event, FetchingFrom};
 use peermail_core::storage::StorageEvent;
 use peermail_core::store::DownloadState;
@@ -31,6 +32,28 @@ fn world(names: &[&str]) -> World {
 }
 
 const GIB: u64 = 1 << 30;
+
+/// Alice (online) mails Bob (offline, his storage node down) a small file of `len` bytes:
+/// it is inline, and the relay keeps it for Bob. Returns the file, its reference and the
+/// mail's id.
+fn inline_file_kept_by_relay(
+    w: &mut World,
+    name: &str,
+    len: usize,
+    salt: u8,
+) -> (Vec<u8>, AttachmentRef, MessageId) {
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    let bytes = file(len, salt);
+    let att = w.attach_file(&alice, name, &bytes, salt);
+    assert!(att.inline);
+    let id = w.send_with(&alice, &[&bob], name, vec![att.clone()]);
+    assert!(
+        w.files.contains_key(&(bob.clone(), att.id)),
+        "the relay keeps it"
+    );
+    (bytes, att, id)
+}
 
 /// Bob is offline, his storage node is up: Alice's node tells it to keep the (large) file,
 /// the node pulls it from her; Alice sees it kept on Bob's node and leaves; Bob comes online
@@ -334,15 +357,7 @@ fn the_relay_hands_over_what_it_kept_when_the_node_comes_back() {
     let mut w = world(&["alice", "bob"]);
     let (alice, bob) = (addr("alice"), addr("bob"));
     let node = w.add_storage(&bob, GIB);
-    w.online(&alice);
-    let bytes = file(3 * CHUNK_BYTES + 99, 9);
-    let att = w.attach_file(&alice, "notes.txt", &bytes, 9);
-    assert!(att.inline);
-    let id = w.send_with(&alice, &[&bob], "notes", vec![att.clone()]);
-    assert!(
-        w.files.contains_key(&(bob.clone(), att.id)),
-        "the relay keeps it"
-    );
+    let (bytes, att, id) = inline_file_kept_by_relay(&mut w, "notes.txt", 3 * CHUNK_BYTES + 99, 9);
     w.offline(&alice);
 
     w.storage_online(&node);
@@ -422,15 +437,7 @@ fn the_sender_online_hears_of_a_relay_hand_over() {
     let mut w = world(&["alice", "bob"]);
     let (alice, bob) = (addr("alice"), addr("bob"));
     let node = w.add_storage(&bob, GIB);
-    w.online(&alice);
-    let bytes = file(2 * CHUNK_BYTES + 7, 13);
-    let att = w.attach_file(&alice, "minutes.txt", &bytes, 13);
-    assert!(att.inline);
-    let id = w.send_with(&alice, &[&bob], "minutes", vec![att.clone()]);
-    assert!(
-        w.files.contains_key(&(bob.clone(), att.id)),
-        "the relay keeps it"
-    );
+    let (_, att, id) = inline_file_kept_by_relay(&mut w, "minutes.txt", 2 * CHUNK_BYTES + 7, 13);
     assert_eq!(w.outgoing(&alice, &id).still_needed_by(att.id), vec![&bob]);
 
     w.storage_online(&node);

@@ -191,6 +191,9 @@ pub enum Command {
     /// Link the storage node showing this pairing code to this account
     /// (answered by `Event::NodePaired`, or `Event::ServerError`).
     PairNode(String),
+    /// Unlink this account's storage node (answered by `Event::NodeUnpaired`, or
+    /// `Event::UnpairFailed` when the relay cannot be asked now).
+    UnpairNode,
     /// Ask the relay about `address`'s storage node (answered by `Event::NodeLocated`).
     LocateNode(Address),
 }
@@ -292,6 +295,15 @@ pub enum Event {
     /// This account's storage node is now `node` (after `Command::PairNode`).
     NodePaired {
         node: Address,
+    },
+    /// This account has no storage node now (after `Command::UnpairNode`); `node` was its
+    /// address.
+    NodeUnpaired {
+        node: Address,
+    },
+    /// `Command::UnpairNode` could not be sent; `reason` is for people.
+    UnpairFailed {
+        reason: String,
     },
     /// What the relay's location registry says about `address`'s storage node.
     NodeLocated {
@@ -802,6 +814,15 @@ impl Node {
                 self.pairing_requests += 1;
                 self.emit(Output::ToServer(ClientFrame::PairNode { code }));
             }
+            Command::UnpairNode => {
+                if self.authenticated {
+                    self.emit(Output::ToServer(ClientFrame::UnpairNode));
+                } else {
+                    self.event(Event::UnpairFailed {
+                        reason: "not connected to the relay; try again once connected".into(),
+                    });
+                }
+            }
             Command::LocateNode(address) => {
                 self.emit(Output::ToServer(ClientFrame::LocateNode { address }));
             }
@@ -1059,6 +1080,10 @@ impl Node {
                 self.pairing_requests = self.pairing_requests.saturating_sub(1);
                 self.set_own_node(Some(node.clone()));
                 self.event(Event::NodePaired { node });
+            }
+            ServerFrame::NodeUnpaired { node, .. } => {
+                self.set_own_node(None);
+                self.event(Event::NodeUnpaired { node });
             }
             ServerFrame::NodeLocation {
                 address,

@@ -7,10 +7,11 @@ mod sim;
 
 use peermail_core::attach::{AttachmentRef, CHUNK_BYTES};
 use peermail_core::mail::MessageId;
-use peermail_core::node::{Event, FetchingFrom};
+use peermail_core::node::{Command, Event, FetchingFrom};
 use peermail_core::storage::StorageEvent;
 use peermail_core::store::DownloadState;
 use peermail_core::wire::peer::PeerFrame;
+use peermail_core::wire::signal::PresenceStatus;
 use sim::{addr, CacheMode, World};
 
 fn file(len: usize, salt: u8) -> Vec<u8> {
@@ -447,4 +448,56 @@ fn the_sender_online_hears_of_a_relay_hand_over() {
     assert_eq!(o.kept_on_nodes(att.id), vec![&node], "{:?}", o.fetched);
     assert!(o.still_needed_by(att.id).is_empty());
     assert!(w.storages[&node].records[&att.id].sender_knows);
+}
+
+/// Bob unpairs his storage node: his page has no node any more (and sees it go offline), and a sender who signs in afterwards no longer hands Bob's files to it: a large
+/// file waits with its sender, and reaches Bob directly. Asked while the relay is
+/// unreachable, the page says it cannot unpair now.
+#[test]
+fn an_unpaired_node_is_no_longer_used() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.storage_online(&node);
+    w.online(&bob);
+    let bob_node = |w: &World| w.users[&bob].node.as_ref().unwrap().own_node().cloned();
+    assert_eq!(bob_node(&w), Some(node.clone()), "located at sign-in");
+    assert!(w.users[&bob].subscriptions.contains(&node));
+
+    // With the relay unreachable, the page says it cannot unpair now; nothing changes.
+    w.relay_outage(true);
+    w.command(&bob, Command::UnpairNode);
+    assert!(w.users[&bob]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::UnpairFailed { reason } if reason.contains("not connected"))));
+    w.relay_outage(false);
+    assert_eq!(bob_node(&w), Some(node.clone()));
+    assert!(w.storages.contains_key(&node));
+
+    w.command(&bob, Command::UnpairNode);
+    assert!(w.users[&bob]
+        .events
+        .contains(&Event::NodeUnpaired { node: node.clone() }));
+    assert_eq!(bob_node(&w), None);
+    assert!(!w.storages.contains_key(&node), "the node stopped");
+    assert_eq!(
+        w.users[&bob].node.as_ref().unwrap().presence(&node),
+        Some(PresenceStatus::Offline)
+    );
+
+    w.offline(&bob);
+    w.online(&alice);
+    let bytes = file(20 * CHUNK_BYTES + 3, 9);
+    let att = w.attach_file_with(&alice, "plans.pdf", &bytes, 9, false);
+    let id = w.send_with(&alice, &[&bob], "plans", vec![att.clone()]);
+    let o = w.outgoing(&alice, &id);
+    assert!(o.kept_on_nodes(att.id).is_empty());
+    assert_eq!(o.still_needed_by(att.id), vec![&bob], "waits with Alice");
+    assert_eq!(
+        w.users[&alice].node.as_ref().unwrap().storage_node_of(&bob),
+        None
+    );
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
 }

@@ -1484,6 +1484,13 @@ impl Directory for Db {
             .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))
     }
 
+    fn unpair_storage_node(&self, name: &str) -> Result<bool, peermail_signaling::Error> {
+        self.conn()
+            .execute("DELETE FROM storage_nodes WHERE owner = ?1", [name])
+            .map(|deleted| deleted > 0)
+            .map_err(|e| peermail_signaling::Error::Directory(e.to_string()))
+    }
+
     fn storage_node(&self, name: &str) -> Result<Option<StorageNode>, peermail_signaling::Error> {
         let row: Option<(String, i64, Option<i64>)> = self
             .conn()

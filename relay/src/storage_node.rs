@@ -155,8 +155,9 @@ async fn sign_in(
             Ok(Some(SignalEvent::Frame(ServerFrame::Error { code, message, .. }))) => {
                 return Err(Fatal(format!(
                     "the relay did not let this node sign in as {node} ({code:?}: \
-                     {message}); was another node paired since? Start it with a new data \
-                     directory to pair it again"
+                     {message}); was it unpaired, or another node paired since? To pair it \
+                     again, delete {} and start it again (its files are kept)",
+                    owner_file.display()
                 ))
                 .into())
             }
@@ -168,6 +169,16 @@ async fn sign_in(
     println!("storage node {node} online");
     std::io::stdout().flush()?;
     Ok((owner, (sender, events)))
+}
+
+/// What the node says as it stops because its owner unpaired it.
+fn unpaired_message(owner: &Address, node: &Address, data_dir: &std::path::Path) -> String {
+    format!(
+        "{owner} unpaired this storage node ({node}); it stops. Its files stay in {}. To pair \
+         it again, delete {} and start it again",
+        data_dir.display(),
+        data_dir.join("owner").display()
+    )
 }
 
 /// Asks for a pairing code, prints it and waits until a person enters it.
@@ -301,6 +312,12 @@ async fn run_node(
             event = next_event(&mut signal) => match event {
                 SignalEvent::Frame(ServerFrame::Signal { from, conn, payload }) => {
                     rtc.on_signal(from, conn, payload);
+                }
+                SignalEvent::Frame(ServerFrame::NodeUnpaired { owner, node }) => {
+                    let message = unpaired_message(&owner, &node, &config.data_dir);
+                    println!("unpaired: {message}");
+                    std::io::stdout().flush()?;
+                    break Err(Fatal(message).into());
                 }
                 SignalEvent::Frame(frame) => {
                     if let ServerFrame::Error { code, message, .. } = &frame {

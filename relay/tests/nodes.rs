@@ -1,7 +1,8 @@
 //! Storage nodes and the location registry, through the real relay router on 127.0.0.1:0
 //! with tokio-tungstenite clients: pairing codes (right, wrong, too many wrong, expired with
 //! their session), a paired node signing in with its own key, heartbeats and availability,
-//! what a node's session may do, re-pairing, and the registry surviving a restart.
+//! what a node's session may do, re-pairing, unpairing, and the registry surviving a
+//! restart.
 
 use std::time::Duration;
 
@@ -361,6 +362,99 @@ async fn pairing_survives_a_restart_a_new_node_replaces_the_old_and_wrong_codes_
     late.send(late.node_auth_frame(&old_keys, &node_address))
         .await;
     late.expect_error(ErrorCode::BadSignature).await;
+    relay.stop().await;
+}
+
+/// The owner unpairs the node: the node's live session is told and closed, watchers see it
+/// go offline, the registry lists no node (also after a restart), the node's key no longer
+/// signs in, and unpairing again is answered the same. The node's own session may not
+/// unpair; pairing the same node again works.
+#[tokio::test]
+async fn the_owner_unpairs_the_node_its_session_ends_and_its_key_no_longer_signs_in() {
+    use futures_util::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    let keys = node_keys(9);
+    let node_address = alice.address.storage_node();
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut n = Client::connect(relay.addr).await;
+    let code = n.request_pairing(&keys).await;
+    assert!(matches!(
+        a.pair(&code).await,
+        ServerFrame::NodePaired { .. }
+    ));
+    n.recv().await;
+    n.node_auth(&keys, &node_address).await;
+    let mut b = Client::registered(relay.addr, &bob).await;
+    b.send(ClientFrame::Subscribe {
+        addresses: vec![node_address.clone()],
+    })
+    .await;
+    assert!(matches!(
+        b.recv().await,
+        ServerFrame::Presence {
+            status: PresenceStatus::Online,
+            ..
+        }
+    ));
+
+    // The node cannot unpair itself.
+    n.send(ClientFrame::UnpairNode).await;
+    n.expect_error(ErrorCode::NotAuthenticated).await;
+
+    let unpaired = ServerFrame::NodeUnpaired {
+        owner: alice.address.clone(),
+        node: node_address.clone(),
+    };
+    a.send(ClientFrame::UnpairNode).await;
+    assert_eq!(a.recv().await, unpaired);
+    // The node hears it, then its session is closed with the reason.
+    assert_eq!(n.recv().await, unpaired);
+    let closed = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match n.ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                    return f.reason.to_string()
+                }
+                Some(Ok(_)) => continue,
+                _ => return String::new(),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed.contains("unpaired"), "{closed}");
+    assert_eq!(
+        b.recv().await,
+        ServerFrame::Presence {
+            address: node_address.clone(),
+            status: PresenceStatus::Offline
+        }
+    );
+    assert_eq!(b.locate(&alice.address).await, (None, false, None));
+    // Its key no longer signs in as the node.
+    let mut late = Client::connect(relay.addr).await;
+    late.send(late.node_auth_frame(&keys, &node_address)).await;
+    late.expect_error(ErrorCode::UnknownAddress).await;
+    // Unpairing again is answered the same.
+    a.send(ClientFrame::UnpairNode).await;
+    assert_eq!(a.recv().await, unpaired);
+    relay.stop().await;
+
+    // Still unpaired after a restart; the same node can be paired again.
+    let relay = TestRelay::start(dir.path()).await;
+    let mut a = Client::authenticated(relay.addr, &alice).await;
+    assert_eq!(a.locate(&alice.address).await, (None, false, None));
+    let mut n = Client::connect(relay.addr).await;
+    let code = n.request_pairing(&keys).await;
+    assert!(matches!(
+        a.pair(&code).await,
+        ServerFrame::NodePaired { .. }
+    ));
+    n.recv().await;
+    n.node_auth(&keys, &node_address).await;
+    assert_eq!(a.locate(&alice.address).await.0, Some(node_address));
     relay.stop().await;
 }
 

@@ -42,6 +42,8 @@ pub trait Directory: Send + Sync + 'static {
     /// any earlier one; a key is the node of one account at most (another account's pairing
     /// with the same key is removed).
     fn pair_storage_node(&self, name: &str, key: &PublicKey, now: Millis) -> Result<(), Error>;
+    /// Account `name` has no storage node any more; whether it had one.
+    fn unpair_storage_node(&self, name: &str) -> Result<bool, Error>;
     /// The storage node of account `name`, if it has one.
     fn storage_node(&self, name: &str) -> Result<Option<StorageNode>, Error>;
     /// Account `name`'s storage node was heard from at `now`.
@@ -113,6 +115,15 @@ impl Directory for MemoryDirectory {
             },
         );
         Ok(())
+    }
+
+    fn unpair_storage_node(&self, name: &str) -> Result<bool, Error> {
+        Ok(self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some())
     }
 
     fn storage_node(&self, name: &str) -> Result<Option<StorageNode>, Error> {

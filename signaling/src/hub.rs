@@ -2,6 +2,7 @@
 //! every method is short and none awaits.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -12,14 +13,35 @@ use tokio::sync::{mpsc, Notify};
 /// A session's queue of encoded frames waiting to be written to its socket.
 pub(crate) type Outbox = mpsc::Sender<Utf8Bytes>;
 
+/// Wakes a live session that must end: a newer session of its address replaced it, or
+/// (a storage node's session) its owner unpaired it.
+#[derive(Debug, Default)]
+pub(crate) struct Ending {
+    notify: Notify,
+    unpaired: AtomicBool,
+}
+
+impl Ending {
+    /// Resolves once the session must end (also if that was decided before the call).
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Whether the session ends because its storage node was unpaired (else: replaced).
+    pub(crate) fn unpaired(&self) -> bool {
+        self.unpaired.load(Ordering::Acquire)
+    }
+}
+
 /// The live (authenticated) session of an address.
 struct Live {
     /// Tells this session apart from an older or newer one of the same address.
     id: u64,
     /// Where frames for this address go.
     outbox: Outbox,
-    /// Woken when a newer session of the same address replaces this one.
-    replaced: Arc<Notify>,
+    /// Woken when a newer session of the same address replaces this one, or when its
+    /// storage node is unpaired.
+    ending: Arc<Ending>,
 }
 
 #[derive(Default)]
@@ -46,15 +68,11 @@ impl Hub {
         address: &Address,
         id: u64,
         outbox: Outbox,
-        replaced: Arc<Notify>,
+        ending: Arc<Ending>,
     ) {
-        let live = Live {
-            id,
-            outbox,
-            replaced,
-        };
+        let live = Live { id, outbox, ending };
         match self.online.insert(address.clone(), live) {
-            Some(old) => old.replaced.notify_one(),
+            Some(old) => old.ending.notify.notify_one(),
             None => self.tell_watchers(address, PresenceStatus::Online),
         }
     }
@@ -65,6 +83,15 @@ impl Hub {
         if self.online.get(address).is_some_and(|live| live.id == id) {
             self.online.remove(address);
             self.tell_watchers(address, PresenceStatus::Offline);
+        }
+    }
+
+    /// The storage node `address` was unpaired: its live session, if any, is told to end
+    /// (it leaves the hub, and its watchers learn it is offline, as it ends).
+    pub(crate) fn unpaired(&mut self, address: &Address) {
+        if let Some(live) = self.online.get(address) {
+            live.ending.unpaired.store(true, Ordering::Release);
+            live.ending.notify.notify_one();
         }
     }
 

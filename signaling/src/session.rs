@@ -22,12 +22,12 @@ use peermail_core::wire::signal::{
     ReceiptOutcome, ServerFrame, SignalPayload, WaitingMail, ENCRYPTION_KEY_BYTES,
     MAX_SEALED_BYTES, MAX_SIGNAL_FRAME,
 };
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::cache::{self, CacheFuture, MailCache, NewHold, NewMail};
 use crate::files::{ChunkDeposit, FileCache, FileDeposit, NewFile};
-use crate::hub::Outbox;
+use crate::hub::{Ending, Outbox};
 use crate::{now_millis, Error, Signaling};
 
 mod nodes;
@@ -66,6 +66,8 @@ enum End {
     NoSignIn,
     /// A newer session authenticated as the same address.
     Replaced,
+    /// This storage node's owner unpaired it.
+    Unpaired,
     /// A signed-in storage node sent no heartbeat within the node timeout.
     NodeSilent,
     /// The relay is stopping.
@@ -85,8 +87,9 @@ struct Session {
     watched: HashSet<Address>,
     /// This session's own outbox, handed to the hub for presence and forwarded frames.
     outbox: Outbox,
-    /// Woken by the hub when a newer session of the same address takes over.
-    replaced: Arc<Notify>,
+    /// Woken by the hub when a newer session of the same address takes over, or when this
+    /// storage node is unpaired.
+    ending: Arc<Ending>,
     /// The pairing code this (not yet paired) storage node's session shows, and its expiry.
     pairing: Option<(String, Instant)>,
     /// For a signed-in storage node: when its last heartbeat arrived.
@@ -120,7 +123,7 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
         address: None,
         watched: HashSet::new(),
         outbox,
-        replaced: Arc::new(Notify::new()),
+        ending: Arc::new(Ending::default()),
         pairing: None,
         node_heard: None,
         wrong_codes: 0,
@@ -174,6 +177,19 @@ pub(crate) async fn run(signaling: Arc<Signaling>, mut socket: WebSocket) {
             let _ = send_frame(&mut socket, &frame, CLOSE_GRACE).await;
             Some((CLOSE_NORMAL, "session replaced".to_string()))
         }
+        End::Unpaired => {
+            if let Some(node) = session.address.clone() {
+                let frame = ServerFrame::NodeUnpaired {
+                    owner: node.owner(),
+                    node,
+                };
+                let _ = send_frame(&mut socket, &frame, CLOSE_GRACE).await;
+            }
+            Some((
+                CLOSE_NORMAL,
+                "this storage node was unpaired by its owner".to_string(),
+            ))
+        }
         End::Shutdown => Some((CLOSE_GOING_AWAY, "the relay is shutting down".to_string())),
         End::NodeSilent => Some((
             CLOSE_POLICY,
@@ -212,9 +228,9 @@ impl Session {
         }
         // Made once, not at every turn of the loop: each of these futures takes a lock to
         // register itself and another to leave when dropped. Both end the session.
-        let replaced_by = self.replaced.clone();
-        let replaced = replaced_by.notified();
-        tokio::pin!(replaced);
+        let ending = self.ending.clone();
+        let ended = ending.notified();
+        tokio::pin!(ended);
         let shutdown_signal = shutdown.changed();
         tokio::pin!(shutdown_signal);
         // A shutdown sender gone (the relay is being dropped) is no shutdown notice.
@@ -228,7 +244,9 @@ impl Session {
             // the session by itself when the next frame will settle it anyway (below).
             tokio::select! {
                 biased;
-                () = &mut replaced => return End::Replaced,
+                () = &mut ended => {
+                    return if ending.unpaired() { End::Unpaired } else { End::Replaced };
+                }
                 changed = &mut shutdown_signal, if !shutdown_gone => match changed {
                     Ok(()) => return End::Shutdown,
                     Err(_) => shutdown_gone = true,
@@ -406,6 +424,7 @@ impl Session {
                 )
             }
             ClientFrame::PairNode { code } => self.pair_node(&code),
+            ClientFrame::UnpairNode => self.unpair_node(),
             ClientFrame::ListFiles => Box::pin(self.list_files()).await,
             ClientFrame::Subscribe { addresses } => return self.subscribe(addresses),
             ClientFrame::Unsubscribe { addresses } => {
@@ -1154,12 +1173,9 @@ impl Session {
     }
 
     fn sign_in(&mut self, address: Address) {
-        self.signaling.hub().attach(
-            &address,
-            self.id,
-            self.outbox.clone(),
-            self.replaced.clone(),
-        );
+        self.signaling
+            .hub()
+            .attach(&address, self.id, self.outbox.clone(), self.ending.clone());
         tracing::debug!(session = self.id, %address, "signed in");
         self.address = Some(address);
     }

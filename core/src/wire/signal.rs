@@ -153,6 +153,11 @@ pub enum ClientFrame {
     /// Answered by [`ServerFrame::NodePaired`], or a `not_found` error for a wrong or expired
     /// code (a few wrong codes in a row are `rate_limited`).
     PairNode { code: String },
+    /// This account no longer has a storage node: the registry forgets it, its session (if
+    /// signed in) is closed and its key no longer signs in. Answered by
+    /// [`ServerFrame::NodeUnpaired`], also when no node was paired. The node's files stay
+    /// on its machine.
+    UnpairNode,
     /// A signed-in storage node is alive. Sent every [`NODE_HEARTBEAT_MS`]; a node not heard
     /// from for three intervals is unavailable and its session is closed. Not answered.
     NodeHeartbeat,
@@ -292,6 +297,13 @@ pub enum ServerFrame {
     /// The storage node `node` now belongs to `owner`. Sent to the person who entered the
     /// code and to the node's session (which then signs in as `node`).
     NodePaired {
+        owner: Address,
+        node: Address,
+    },
+    /// `owner` has no storage node now (after [`ClientFrame::UnpairNode`]); `node` is the
+    /// address its node had. Sent to the person, and to the node's session before the
+    /// relay closes it.
+    NodeUnpaired {
         owner: Address,
         node: Address,
     },
@@ -476,6 +488,7 @@ const CLIENT_TYPES: &[&str] = &[
     "release_file",
     "request_pairing",
     "pair_node",
+    "unpair_node",
     "node_heartbeat",
     "locate_node",
     "list_files",
@@ -503,6 +516,7 @@ const SERVER_TYPES: &[&str] = &[
     "file_released",
     "pairing_code",
     "node_paired",
+    "node_unpaired",
     "node_location",
     "files_kept",
 ];
@@ -758,6 +772,14 @@ mod tests {
             }),
         );
         check_client(
+            r#"{"v":1,"type":"unpair_node"}"#,
+            Ok(ClientFrame::UnpairNode),
+        );
+        assert_eq!(
+            ClientFrame::UnpairNode.encode(),
+            r#"{"v":1,"type":"unpair_node"}"#
+        );
+        check_client(
             r#"{"v":1,"type":"locate_node","address":"alice+node@h"}"#,
             Ok(ClientFrame::LocateNode {
                 address: "alice@h".parse::<Address>().unwrap().storage_node(),
@@ -868,6 +890,10 @@ mod tests {
                 sealed: "AAEC".into(),
             },
             ServerFrame::Released { message_id: id() },
+            ServerFrame::NodeUnpaired {
+                owner: "a@h".parse().unwrap(),
+                node: "a@h".parse::<Address>().unwrap().storage_node(),
+            },
             ServerFrame::Receipt {
                 to: "b@h".parse().unwrap(),
                 message_id: id(),

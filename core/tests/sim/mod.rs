@@ -214,10 +214,14 @@ impl World {
     }
 
     fn notify_presence(&mut self, who: &Address) {
+        let status = self.status_of(who);
+        self.notify_presence_as(who, status);
+    }
+
+    fn notify_presence_as(&mut self, who: &Address, status: PresenceStatus) {
         if self.relay_down {
             return;
         }
-        let status = self.status_of(who);
         let watchers: Vec<Address> = self
             .users
             .iter()
@@ -1087,6 +1091,27 @@ impl World {
                         node: known.then_some(node),
                         available,
                         last_seen: None,
+                    },
+                );
+            }
+            ClientFrame::UnpairNode => {
+                let node = from.storage_node();
+                if let Some(mut s) = self.storages.remove(&node) {
+                    // The relay closes the node's session and the node stops; its links go.
+                    self.squeue.retain(|(to, _)| to != &node);
+                    for p in std::mem::take(&mut s.links) {
+                        self.links_of(&p).remove(&node);
+                        self.link_event(&p, Link::Down(node.clone()));
+                    }
+                    if s.node.is_some() {
+                        self.notify_presence_as(&node, PresenceStatus::Offline);
+                    }
+                }
+                self.reply(
+                    from,
+                    ServerFrame::NodeUnpaired {
+                        owner: from.clone(),
+                        node,
                     },
                 );
             }

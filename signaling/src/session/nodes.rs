@@ -236,6 +236,25 @@ impl Session {
         paired
     }
 
+    /// `UnpairNode`: the registry forgets this account's storage node, and the node's live
+    /// session is told and closed (its key no longer signs in). Answered the same whether
+    /// or not a node was paired.
+    pub(super) fn unpair_node(&mut self) -> ServerFrame {
+        let Some(owner) = self.address.clone() else {
+            return super::not_authenticated();
+        };
+        let had_one = match self.signaling.directory.unpair_storage_node(owner.local()) {
+            Ok(had_one) => had_one,
+            Err(e) => return internal(&e),
+        };
+        let node = owner.storage_node();
+        if had_one {
+            self.signaling.hub().unpaired(&node);
+            tracing::info!(%owner, "storage node unpaired");
+        }
+        ServerFrame::NodeUnpaired { owner, node }
+    }
+
     pub(super) fn node_heartbeat(&mut self) -> Option<ServerFrame> {
         if !self.is_node() {
             return Some(ServerFrame::error(

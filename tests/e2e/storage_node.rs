@@ -176,7 +176,8 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
 /// stops; Bob opens his page: the mail comes from the relay cache and the file waits (its
 /// only copy is on the node). The node starts again: Bob's page gets the file from it —
 /// byte for byte the original. Alice opens her page: her copy of the mail says Bob's node
-/// keeps the file (no longer "kept at the relay").
+/// keeps the file (no longer "kept at the relay"). Then Bob unpairs his node from his page:
+/// the node stops, and is refused when started again.
 pub(crate) async fn relay_hands_over_to_a_returning_storage_node(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Contract draft";
     const NAME: &str = "contract.txt";
@@ -262,6 +263,36 @@ pub(crate) async fn relay_hands_over_to_a_returning_storage_node(w: &mut World) 
             "fetched by every recipient; kept on the storage node of {bob_addr}"
         ))
         .await?;
-    node.kill();
+
+    // Bob unpairs the node (after confirming): it hears it, says so and stops; his panel
+    // says he has no node; started again, it is refused and stops.
+    let node_addr = bob_addr.replacen('@', "+node@", 1);
+    let bob = w.get("bob")?;
+    bob.click("#unpair-node").await?;
+    bob.wait_for_text("#unpair-confirm", &format!("Unpair {node_addr}?"))
+        .await?;
+    bob.click("#unpair-yes").await?;
+    bob.wait_for_text(
+        "#unpair-done",
+        &format!("Unpaired: {node_addr} is no longer your storage node"),
+    )
+    .await?;
+    bob.wait_for("#storage-node #node-status[data-status=\"none\"]")
+        .await
+        .context("unpaired, Bob's panel says he has no storage node")?;
+    let said = node.wait_line("unpaired:", wait)?;
+    ensure!(
+        said.starts_with(&format!("{bob_addr} unpaired this storage node")),
+        "the node printed `unpaired: {said}`"
+    );
+    let status = node.wait_exit(wait)?;
+    ensure!(!status.success(), "the unpaired node stopped with {status}");
+    let mut node = StorageNodeProc::start(&w.h.config, &w.h.relay.url, &data_dir)?;
+    let status = node.wait_exit(wait)?;
+    let log = std::fs::read_to_string(&node.log)?;
+    ensure!(
+        !status.success() && log.contains("was it unpaired"),
+        "started again, the unpaired node stopped with {status}; its log:\n{log}"
+    );
     Ok(())
 }

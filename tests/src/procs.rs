@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::Config;
 
@@ -364,6 +364,22 @@ impl StorageNodeProc {
                     tail(&self.log, 40)
                 ),
             }
+        }
+    }
+
+    /// Waits (up to `wait`) for the process to end by itself; its exit status.
+    pub fn wait_exit(&mut self, wait: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the storage node still runs after {wait:?}; its output:\n{}",
+                tail(&self.log, 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

@@ -382,6 +382,20 @@ fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
         pair()
     });
     let pairing = rt.pairing();
+    let unpair = |ask: bool| {
+        let rt = rt.clone();
+        Callback::from(move |e: MouseEvent| {
+            e.prevent_default();
+            rt.ask_unpair_node(ask)
+        })
+    };
+    let confirm_unpair = {
+        let rt = rt.clone();
+        Callback::from(move |e: MouseEvent| {
+            e.prevent_default();
+            rt.unpair_node()
+        })
+    };
     let status = node.own_node().map(|n| {
         let available = node.presence(n) == Some(PresenceStatus::Online);
         let link = if node.is_linked(n) { "open" } else { "closed" };
@@ -398,6 +412,18 @@ fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
             </div>
         }
     });
+    let unpair_button = node.own_node().filter(|_| !pairing.confirm_unpair).map(|_| html! {
+        <button id="unpair-node" type="button" onclick={unpair(true)} disabled={pairing.busy}>{ "Unpair" }</button>
+    });
+    let confirm = node.own_node().filter(|_| pairing.confirm_unpair).map(|n| html! {
+        <div id="unpair-confirm" class="small">
+            { format!("Unpair {n}? The node stops and can no longer sign in as your storage node. \
+                       Files kept only on it cannot be opened from here until you pair it again \
+                       (they stay on its disk). ") }
+            <button id="unpair-yes" type="button" onclick={confirm_unpair}>{ "Unpair" }</button>
+            <button id="unpair-no" type="button" onclick={unpair(false)}>{ "Cancel" }</button>
+        </div>
+    });
     html! {
         <section class="storage-node" id="storage-node">
             <h2>{ "Storage node" }</h2>
@@ -406,12 +432,15 @@ fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
                     { "No storage node. Run “relay node --relay-url <this relay>” on an always-on machine and enter the code it prints." }
                 </p>
             }) }
+            { for unpair_button }
+            { for confirm }
             <form class="contact-add" {onsubmit}>
                 <input id="pair-code" ref={input_ref} type="text" placeholder="pairing code" autocomplete="off" inputmode="numeric" />
                 <button id="pair-node" type="button" {onclick} disabled={pairing.busy}>{ "Pair" }</button>
             </form>
             { for pairing.error.map(|e| html! { <div id="pair-error" class="error small">{ e }</div> }) }
             { for pairing.paired.map(|n| html! { <div id="pair-done" class="small">{ format!("Paired: {n} is your storage node.") }</div> }) }
+            { for pairing.unpaired.map(|n| html! { <div id="unpair-done" class="small">{ format!("Unpaired: {n} is no longer your storage node.") }</div> }) }
         </section>
     }
 }

@@ -61,6 +61,10 @@ pub struct Pairing {
     pub error: Option<String>,
     /// The node that was just paired.
     pub paired: Option<Address>,
+    /// The person asked to unpair the node and is asked to confirm.
+    pub confirm_unpair: bool,
+    /// The node that was just unpaired.
+    pub unpaired: Option<Address>,
 }
 
 /// The signaling connection as shown to the person (`#connection-status`).
@@ -592,6 +596,20 @@ impl Runtime {
             ..Pairing::default()
         };
         self.input(Input::Command(Command::PairNode(code)));
+        self.changed();
+    }
+    /// Asks to unpair this account's storage node (the panel then asks to confirm).
+    pub fn ask_unpair_node(&self, ask: bool) {
+        self.pairing.borrow_mut().confirm_unpair = ask;
+        self.changed();
+    }
+    /// Unlinks this account's storage node.
+    pub fn unpair_node(&self) {
+        *self.pairing.borrow_mut() = Pairing {
+            busy: true,
+            ..Pairing::default()
+        };
+        self.input(Input::Command(Command::UnpairNode));
         self.changed();
     }
     pub fn pairing(&self) -> Pairing {
@@ -1175,6 +1193,18 @@ impl Runtime {
                     ..Pairing::default()
                 };
             }
+            Event::UnpairFailed { reason } => {
+                *self.pairing.borrow_mut() = Pairing {
+                    error: Some(reason),
+                    ..Pairing::default()
+                };
+            }
+            Event::NodeUnpaired { node } => {
+                *self.pairing.borrow_mut() = Pairing {
+                    unpaired: Some(node),
+                    ..Pairing::default()
+                };
+            }
             Event::NodePaired { node } => {
                 *self.pairing.borrow_mut() = Pairing {
                     paired: Some(node),
@@ -1304,6 +1334,7 @@ impl Runtime {
             | ServerFrame::PairingCode { .. }
             | ServerFrame::FilesKept { .. }
             | ServerFrame::NodePaired { .. }
+            | ServerFrame::NodeUnpaired { .. }
             | ServerFrame::NodeLocation { .. }
             | ServerFrame::FileAccepted { .. }
             | ServerFrame::ChunkDeposited { .. }

@@ -65,6 +65,24 @@ impl Client {
         self.recv().await
     }
 
+    /// Reads until the relay closes the connection; the close frame's reason.
+    async fn close_reason(&mut self) -> String {
+        use futures_util::StreamExt as _;
+        tokio::time::timeout(common::WAIT, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                        return f.reason.to_string()
+                    }
+                    Some(Ok(_)) => continue,
+                    _ => return String::new(),
+                }
+            }
+        })
+        .await
+        .expect("the relay closes the connection")
+    }
+
     async fn locate(&mut self, address: &Address) -> (Option<Address>, bool, Option<u64>) {
         self.send(ClientFrame::LocateNode {
             address: address.clone(),
@@ -83,6 +101,38 @@ impl Client {
             other => panic!("expected a node location, got {other:?}"),
         }
     }
+}
+
+/// `owner` (signed in as `a`) pairs a node with `keys`, which signs in; `bob` (registered
+/// here) watches its presence and sees it online. The node's session and Bob's.
+async fn paired_node_watched_by_bob(
+    relay: &TestRelay,
+    (owner, a): (&Identity, &mut Client),
+    keys: &Identity,
+    bob: &Identity,
+) -> (Client, Client) {
+    let node_address = owner.address.storage_node();
+    let mut n = Client::connect(relay.addr).await;
+    let code = n.request_pairing(keys).await;
+    assert!(matches!(
+        a.pair(&code).await,
+        ServerFrame::NodePaired { .. }
+    ));
+    n.recv().await;
+    n.node_auth(keys, &node_address).await;
+    let mut b = Client::registered(relay.addr, bob).await;
+    b.send(ClientFrame::Subscribe {
+        addresses: vec![node_address],
+    })
+    .await;
+    assert!(matches!(
+        b.recv().await,
+        ServerFrame::Presence {
+            status: PresenceStatus::Online,
+            ..
+        }
+    ));
+    (n, b)
 }
 
 /// A code that is not `code` (same shape).
@@ -242,23 +292,7 @@ async fn a_silent_node_becomes_unavailable_and_its_session_is_closed() {
     let keys = node_keys(9);
     let node_address = alice.address.storage_node();
     let mut a = Client::registered(relay.addr, &alice).await;
-    let mut n = Client::connect(relay.addr).await;
-    let code = n.request_pairing(&keys).await;
-    a.pair(&code).await;
-    n.recv().await;
-    n.node_auth(&keys, &node_address).await;
-    let mut b = Client::registered(relay.addr, &bob).await;
-    b.send(ClientFrame::Subscribe {
-        addresses: vec![node_address.clone()],
-    })
-    .await;
-    assert!(matches!(
-        b.recv().await,
-        ServerFrame::Presence {
-            status: PresenceStatus::Online,
-            ..
-        }
-    ));
+    let (mut n, mut b) = paired_node_watched_by_bob(&relay, (&alice, &mut a), &keys, &bob).await;
 
     // Heartbeats (every fifth of the timeout) keep it available well past the timeout.
     for _ in 0..8 {
@@ -280,20 +314,7 @@ async fn a_silent_node_becomes_unavailable_and_its_session_is_closed() {
     let (node, available, last_seen) = b.locate(&alice.address).await;
     assert_eq!(node, Some(node_address.clone()));
     assert!(!available && last_seen.is_some());
-    let closed = tokio::time::timeout(common::WAIT, async {
-        use futures_util::StreamExt as _;
-        loop {
-            match n.ws.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
-                    return f.reason.to_string()
-                }
-                Some(Ok(_)) => continue,
-                _ => return String::new(),
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let closed = n.close_reason().await;
     assert!(closed.contains("heartbeat"), "{closed}");
     relay.stop().await;
 }
@@ -371,33 +392,13 @@ async fn pairing_survives_a_restart_a_new_node_replaces_the_old_and_wrong_codes_
 /// unpair; pairing the same node again works.
 #[tokio::test]
 async fn the_owner_unpairs_the_node_its_session_ends_and_its_key_no_longer_signs_in() {
-    use futures_util::StreamExt as _;
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path()).await;
     let (alice, bob) = (identity("alice", 1), identity("bob", 2));
     let keys = node_keys(9);
     let node_address = alice.address.storage_node();
     let mut a = Client::registered(relay.addr, &alice).await;
-    let mut n = Client::connect(relay.addr).await;
-    let code = n.request_pairing(&keys).await;
-    assert!(matches!(
-        a.pair(&code).await,
-        ServerFrame::NodePaired { .. }
-    ));
-    n.recv().await;
-    n.node_auth(&keys, &node_address).await;
-    let mut b = Client::registered(relay.addr, &bob).await;
-    b.send(ClientFrame::Subscribe {
-        addresses: vec![node_address.clone()],
-    })
-    .await;
-    assert!(matches!(
-        b.recv().await,
-        ServerFrame::Presence {
-            status: PresenceStatus::Online,
-            ..
-        }
-    ));
+    let (mut n, mut b) = paired_node_watched_by_bob(&relay, (&alice, &mut a), &keys, &bob).await;
 
     // The node cannot unpair itself.
     n.send(ClientFrame::UnpairNode).await;
@@ -411,19 +412,7 @@ async fn the_owner_unpairs_the_node_its_session_ends_and_its_key_no_longer_signs
     assert_eq!(a.recv().await, unpaired);
     // The node hears it, then its session is closed with the reason.
     assert_eq!(n.recv().await, unpaired);
-    let closed = tokio::time::timeout(common::WAIT, async {
-        loop {
-            match n.ws.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
-                    return f.reason.to_string()
-                }
-                Some(Ok(_)) => continue,
-                _ => return String::new(),
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let closed = n.close_reason().await;
     assert!(closed.contains("unpaired"), "{closed}");
     assert_eq!(
         b.recv().await,

@@ -87,6 +87,9 @@ use crate::wire::signal::{
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Why a request for the relay was not sent.
+const NOT_CONNECTED: &str = "not connected to the relay; try again once connected";
+
 /// Timing policy. All durations in milliseconds.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -188,11 +191,13 @@ pub enum Command {
     PutGroup(Group),
     /// Remove the address-book group with this name (any case).
     RemoveGroup(String),
-    /// Link the storage node showing this pairing code to this account
-    /// (answered by `Event::NodePaired`, or `Event::ServerError`).
+    /// Link the storage node showing this pairing code to this account (answered by
+    /// `Event::NodePaired`, or `Event::PairingFailed`: a code refused, or no answer because
+    /// the relay is not connected or the connection dropped).
     PairNode(String),
     /// Unlink this account's storage node (answered by `Event::NodeUnpaired`, or
-    /// `Event::UnpairFailed` when the relay cannot be asked now).
+    /// `Event::UnpairFailed` when the relay is not connected or the connection dropped
+    /// before it answered).
     UnpairNode,
     /// Ask the relay about `address`'s storage node (answered by `Event::NodeLocated`).
     LocateNode(Address),
@@ -288,7 +293,8 @@ pub enum Event {
         attachment: AttachmentId,
         reason: String,
     },
-    /// The relay did not accept a pairing code; `reason` is for people.
+    /// A pairing code was not accepted (refused by the relay, or not answered: no
+    /// connection); `reason` is for people.
     PairingFailed {
         reason: String,
     },
@@ -301,7 +307,8 @@ pub enum Event {
     NodeUnpaired {
         node: Address,
     },
-    /// `Command::UnpairNode` could not be sent; `reason` is for people.
+    /// `Command::UnpairNode` was not answered (no connection, or it dropped); `reason` is
+    /// for people.
     UnpairFailed {
         reason: String,
     },
@@ -386,6 +393,8 @@ pub struct Node {
     own_node: Option<Address>,
     /// `PairNode` requests not answered yet.
     pairing_requests: u32,
+    /// `UnpairNode` requests not answered yet.
+    unpair_requests: u32,
     links: HashMap<Address, PeerLink>,
     pending_inbox: HashMap<OpId, PendingInbox>,
     next_op: OpId,
@@ -489,6 +498,7 @@ impl Node {
             authenticated: false,
             own_node: None,
             pairing_requests: 0,
+            unpair_requests: 0,
             links: HashMap::new(),
             pending_inbox: HashMap::new(),
             next_op: 1,
@@ -721,6 +731,22 @@ impl Node {
     /// A new signaling session: requests of the old one are unanswered and redone.
     fn signaling_reset(&mut self, clear_presence: bool) {
         self.authenticated = false;
+        // Requests the relay may or may not have carried out: the person is told, and the
+        // panel shows the registry's word at the next sign-in.
+        if std::mem::take(&mut self.pairing_requests) > 0 {
+            self.event(Event::PairingFailed {
+                reason: "the connection to the relay dropped before it answered; if the node \
+                         does not show as yours once connected again, enter a new code"
+                    .into(),
+            });
+        }
+        if std::mem::take(&mut self.unpair_requests) > 0 {
+            self.event(Event::UnpairFailed {
+                reason: "the connection to the relay dropped before it answered; if the node \
+                         still shows once connected again, unpair it again"
+                    .into(),
+            });
+        }
         self.files_signaling_reset();
         self.relay_down_since.get_or_insert(self.now);
         // Listed again at the next sign-in.
@@ -811,15 +837,22 @@ impl Node {
                 }
             }
             Command::PairNode(code) => {
-                self.pairing_requests += 1;
-                self.emit(Output::ToServer(ClientFrame::PairNode { code }));
+                if self.authenticated {
+                    self.pairing_requests += 1;
+                    self.emit(Output::ToServer(ClientFrame::PairNode { code }));
+                } else {
+                    self.event(Event::PairingFailed {
+                        reason: NOT_CONNECTED.into(),
+                    });
+                }
             }
             Command::UnpairNode => {
                 if self.authenticated {
+                    self.unpair_requests += 1;
                     self.emit(Output::ToServer(ClientFrame::UnpairNode));
                 } else {
                     self.event(Event::UnpairFailed {
-                        reason: "not connected to the relay; try again once connected".into(),
+                        reason: NOT_CONNECTED.into(),
                     });
                 }
             }
@@ -1082,6 +1115,7 @@ impl Node {
                 self.event(Event::NodePaired { node });
             }
             ServerFrame::NodeUnpaired { node, .. } => {
+                self.unpair_requests = self.unpair_requests.saturating_sub(1);
                 self.set_own_node(None);
                 self.event(Event::NodeUnpaired { node });
             }

@@ -1168,6 +1168,13 @@ impl Session {
         self.sign_in(address.clone());
         if address.is_storage_node() {
             self.node_signed_in();
+            // Unpaired (or another node paired) between the key check and the sign-in?
+            // `unpair_node` changes the registry first and then ends the node's live
+            // session, so a node that reads the registry again after signing in either
+            // sees the change or was already live when the session was ended.
+            if !matches!(self.signing_key(&address), Ok(Some(k)) if k == key) {
+                self.signaling.hub().unpaired(&address);
+            }
         }
         ServerFrame::Authenticated { address }
     }

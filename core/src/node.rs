@@ -1072,6 +1072,17 @@ impl Node {
                 self.pairing_requests -= 1;
                 self.event(Event::PairingFailed { reason: message });
             }
+            // A relay from before unpairing: it does not know the request.
+            ServerFrame::Error {
+                code: ErrorCode::UnknownType,
+                message,
+                about: None,
+            } if self.unpair_requests > 0 && message.contains("unpair_node") => {
+                self.unpair_requests -= 1;
+                self.event(Event::UnpairFailed {
+                    reason: format!("this relay cannot unpair storage nodes ({message})"),
+                });
+            }
             ServerFrame::Error {
                 code,
                 message,

@@ -1,6 +1,7 @@
 //! Pairing and unpairing a storage node from the person's node: the frames sent, the
 //! answers applied, and a clear failure (never a request left hanging) when the relay is
-//! not connected or the connection drops before it answers.
+//! not connected, the connection drops before it answers, or the relay does not know
+//! unpairing.
 
 use peermail_core::identity::auth_message;
 use peermail_core::node::{Command, Config, Event, Input, Node, Output};
@@ -141,4 +142,25 @@ fn requests_fail_clearly_without_a_connection_or_when_it_drops_before_the_answer
             vec!["not connected to the relay; try again once connected"]
         );
     }
+}
+
+/// A relay from before unpairing does not know the request: the page says so, and the
+/// request is not left open.
+#[test]
+fn a_relay_that_cannot_unpair_says_so() {
+    let mut n = signed_in();
+    let (frames, _) = feed(&mut n, Input::Command(Command::UnpairNode));
+    let text = format!(
+        r#"{{"v":1,"type":"error","code":"unknown_type","message":"unknown frame type \"{}\""}}"#,
+        "unpair_node"
+    );
+    assert_eq!(frames, vec![ClientFrame::UnpairNode]);
+    let error = peermail_core::wire::signal::parse_server_frame(&text).unwrap();
+    let (_, events) = feed(&mut n, Input::Server(error));
+    assert_eq!(
+        failures(&events),
+        vec![r#"this relay cannot unpair storage nodes (unknown frame type "unpair_node")"#]
+    );
+    let (_, events) = feed(&mut n, Input::SignalingDisconnected);
+    assert!(failures(&events).is_empty(), "{events:?}");
 }

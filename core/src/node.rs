@@ -58,8 +58,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+mod delete;
 mod pushes;
 mod transfer;
+pub use delete::SENDER_DELETED;
 pub use transfer::{
     DownloadView, FetchingFrom, FileCheckFailure, ServeRequest, UploadRequest, PERSIST_EVERY,
     WINDOW,
@@ -76,8 +78,8 @@ use crate::identity::{auth_message, EncryptionKey, Identity, PublicKey};
 use crate::mail::{Draft, Mail, MessageId, Millis};
 use crate::seal;
 use crate::store::{
-    DeliveryState, HeldMail, InboxRecord, KnownKeys, OutgoingMail, RecipientStatus, Snapshot,
-    StoreWrite,
+    DeletedMail, DeliveryState, HeldMail, InboxRecord, KnownKeys, OutgoingMail, RecipientStatus,
+    Snapshot, StoreWrite,
 };
 use crate::wire::peer::{PeerFrame, MAX_PEER_FRAME};
 use crate::wire::signal::{
@@ -175,6 +177,11 @@ pub enum Command {
         random: [u8; 16],
     },
     MarkRead(MessageId),
+    /// Delete a received mail for good, with its files (answered by `Event::Deleted`).
+    DeleteReceived(MessageId),
+    /// Delete a sent mail for good (answered by `Event::Deleted`, or `Event::DeleteRefused`
+    /// while some recipient still waits for it: see [`Node::may_delete_sent`]).
+    DeleteSent(MessageId),
     /// Stop fetching a received attachment (the chunks held are kept).
     CancelDownload(AttachmentId),
     /// Fetch a cancelled or failed attachment again.
@@ -263,6 +270,13 @@ pub enum Event {
     InboxChanged,
     /// An outgoing mail's recipient states changed.
     OutgoingChanged(MessageId),
+    /// The mail was deleted (from the Inbox or from Sent, as the command said).
+    Deleted(MessageId),
+    /// `Command::DeleteSent` was refused; `reason` is for people.
+    DeleteRefused {
+        message_id: MessageId,
+        reason: String,
+    },
     ContactsChanged,
     /// An address-book group was saved or removed.
     GroupsChanged,
@@ -454,6 +468,8 @@ pub struct Node {
     files_to_release: BTreeSet<AttachmentId>,
     /// Attachments the person stopped sending to a recipient (this session).
     sending_stopped: BTreeSet<(AttachmentId, Address)>,
+    /// Mail the person deleted, by Message-ID.
+    deleted: BTreeMap<MessageId, DeletedMail>,
 }
 
 impl Node {
@@ -481,7 +497,7 @@ impl Node {
             }
             outgoing.insert(o.mail.message_id.clone(), o);
         }
-        Node {
+        let mut node = Node {
             identity,
             config,
             now,
@@ -541,7 +557,14 @@ impl Node {
             uploads: HashMap::new(),
             files_to_release: BTreeSet::new(),
             sending_stopped: BTreeSet::new(),
-        }
+            deleted: snapshot
+                .deleted
+                .into_iter()
+                .map(|d| (d.message_id.clone(), d))
+                .collect(),
+        };
+        node.drop_orphaned_downloads();
+        node
     }
 
     pub fn address(&self) -> &Address {
@@ -800,6 +823,8 @@ impl Node {
             Command::CancelDownload(id) => self.cancel_download(id),
             Command::RetryDownload(id) => self.retry_download(id),
             Command::StopSending { attachment, to } => self.stop_sending(attachment, to),
+            Command::DeleteReceived(id) => self.delete_received(id),
+            Command::DeleteSent(id) => self.delete_sent(id),
             Command::MarkRead(id) => {
                 if let Some(r) = self.inbox.get_mut(&id) {
                     if !r.read {
@@ -1393,7 +1418,7 @@ impl Node {
                 MailLocation::Peer { holder } if holder != self.identity.address => Some(holder),
                 MailLocation::Peer { .. } => continue,
             };
-            if self.inbox.contains_key(&id) {
+            if self.has_received(&id) {
                 self.emit(Output::ToServer(ClientFrame::Release {
                     message_id: id.clone(),
                 }));
@@ -1507,7 +1532,7 @@ impl Node {
         self.fetching.remove(&message_id);
         let bytes = match BASE64.decode(sealed.as_bytes()) {
             Ok(b) => b,
-            Err(_) if !self.inbox.contains_key(&message_id) => {
+            Err(_) if !self.has_received(&message_id) => {
                 return self.refuse(
                     from,
                     message_id,
@@ -1529,7 +1554,7 @@ impl Node {
         bytes: Vec<u8>,
         holder: Option<Address>,
     ) {
-        if self.inbox.contains_key(&message_id) {
+        if self.has_received(&message_id) {
             self.emit(Output::ToServer(ClientFrame::Release {
                 message_id: message_id.clone(),
             }));
@@ -2013,7 +2038,7 @@ impl Node {
                 .collect();
             for id in due {
                 self.cache_retry.remove(&id);
-                let frame = if self.inbox.contains_key(&id) {
+                let frame = if self.has_received(&id) {
                     ClientFrame::Release { message_id: id }
                 } else {
                     self.fetching.insert(id.clone());
@@ -2238,7 +2263,7 @@ impl Node {
                 format!("{} is not a recipient", self.identity.address),
             );
         }
-        if self.inbox.contains_key(&id) {
+        if self.has_received(&id) {
             return self.ack(peer, id);
         }
         if let Some(p) = self

@@ -162,6 +162,19 @@ pub struct DownloadRecord {
     pub sender_knows: bool,
 }
 
+/// A mail the person deleted, kept (by Message-ID) so that a copy delivered again, by the
+/// relay, a co-recipient's node or the sender retrying, is acknowledged and not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedMail {
+    pub message_id: MessageId,
+    /// Deleted from the Inbox (a received mail).
+    pub received: bool,
+    /// Deleted from Sent (a mail this account sent).
+    pub sent: bool,
+    /// When (this node's clock).
+    pub at: Millis,
+}
+
 /// One change to persist. Every write is an upsert keyed by Message-ID, address or group
 /// name, so applying a write twice leaves the same state as applying it once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +211,14 @@ pub enum StoreWrite {
         attachment: AttachmentId,
         hashes: Vec<Hash>,
     },
+    /// Deletes a mail, in one transaction: the Inbox record if `deleted.received`, the
+    /// Outgoing record if `deleted.sent`, the download records, chunks and chunk lists of
+    /// `attachments` (the node lists only files no other mail it keeps refers to), and
+    /// upserts `deleted` by Message-ID.
+    DeleteMail {
+        deleted: DeletedMail,
+        attachments: Vec<AttachmentId>,
+    },
 }
 
 /// Everything a node needs at start.
@@ -211,6 +232,8 @@ pub struct Snapshot {
     pub downloads: Vec<DownloadRecord>,
     /// Address-book groups.
     pub groups: Vec<Group>,
+    /// Mail the person deleted.
+    pub deleted: Vec<DeletedMail>,
 }
 
 /// A store failure, as text from the underlying engine.
@@ -256,6 +279,7 @@ struct MemoryInner {
     chunks: BTreeMap<(AttachmentId, u32), Vec<u8>>,
     chunk_lists: BTreeMap<AttachmentId, Vec<Hash>>,
     groups: BTreeMap<String, Group>,
+    deleted: BTreeMap<MessageId, DeletedMail>,
 }
 
 impl MemoryStore {
@@ -306,6 +330,23 @@ impl MemoryStore {
             StoreWrite::PutChunkList { attachment, hashes } => {
                 s.chunk_lists.insert(attachment, hashes);
             }
+            StoreWrite::DeleteMail {
+                deleted,
+                attachments,
+            } => {
+                if deleted.received {
+                    s.inbox.remove(&deleted.message_id);
+                }
+                if deleted.sent {
+                    s.outgoing.remove(&deleted.message_id);
+                }
+                for id in attachments {
+                    s.downloads.remove(&id);
+                    s.chunk_lists.remove(&id);
+                    s.chunks.retain(|(a, _), _| *a != id);
+                }
+                s.deleted.insert(deleted.message_id.clone(), deleted);
+            }
         }
     }
     /// A stored chunk, synchronously.
@@ -343,6 +384,7 @@ impl MemoryStore {
             held: s.held.values().cloned().collect(),
             downloads: s.downloads.values().cloned().collect(),
             groups: s.groups.values().cloned().collect(),
+            deleted: s.deleted.values().cloned().collect(),
         }
     }
 }
@@ -690,6 +732,133 @@ pub mod conformance {
         // Chunks are not part of the snapshot.
         assert_eq!(store.load().await.unwrap(), Snapshot::default());
     }
+
+    pub async fn deleting_a_mail_removes_it_and_its_files(store: impl MailStore) {
+        let (a, b) = (AttachmentId([1; 16]), AttachmentId([2; 16]));
+        let att = |id: AttachmentId| AttachmentRef {
+            id,
+            name: "f.bin".into(),
+            mime: "application/octet-stream".into(),
+            size: 40 * crate::attach::CHUNK_BYTES as u64,
+            key: [3; 32],
+            chunks_root: [4; 32],
+            file_hash: [5; 32],
+            inline: false,
+            file_hash_alg: crate::attach::FileHashAlg::Sha256,
+        };
+        let (one, two) = (mail(1), mail(2));
+        let download = |m: &Mail, id| DownloadRecord {
+            message_id: m.message_id.clone(),
+            from: addr("alice@h"),
+            attachment: att(id),
+            progress: Download::new(&att(id)),
+            state: DownloadState::Fetching,
+            sender_knows: false,
+        };
+        let sent = OutgoingMail {
+            mail: mail(3),
+            recipients: vec![],
+            fetched: vec![],
+            relay_has: vec![],
+        };
+        let mut writes = vec![
+            StoreWrite::PutInbox(InboxRecord {
+                mail: one.clone(),
+                received_at: 5,
+                read: false,
+            }),
+            StoreWrite::PutInbox(InboxRecord {
+                mail: two.clone(),
+                received_at: 6,
+                read: true,
+            }),
+            StoreWrite::PutOutgoing(sent.clone()),
+            StoreWrite::PutDownload(Box::new(download(&one, a))),
+            StoreWrite::PutDownload(Box::new(download(&two, b))),
+            StoreWrite::PutChunkList {
+                attachment: a,
+                hashes: vec![[1; 32]],
+            },
+            StoreWrite::PutChunkList {
+                attachment: b,
+                hashes: vec![[2; 32]],
+            },
+        ];
+        // Chunks in more than one of a store's groups of chunks (see the web client's
+        // segments), and the other file's.
+        for index in [0u32, 1, 16, 33] {
+            writes.push(StoreWrite::PutChunk {
+                attachment: a,
+                index,
+                data: vec![9; 10],
+            });
+        }
+        writes.push(StoreWrite::PutChunk {
+            attachment: b,
+            index: 0,
+            data: vec![8; 10],
+        });
+        for w in writes {
+            store.apply(w).await.unwrap();
+        }
+        let received = DeletedMail {
+            message_id: one.message_id.clone(),
+            received: true,
+            sent: false,
+            at: 7,
+        };
+        for _ in 0..2 {
+            // Deleting twice leaves the same state as once.
+            store
+                .apply(StoreWrite::DeleteMail {
+                    deleted: received.clone(),
+                    attachments: vec![a],
+                })
+                .await
+                .unwrap();
+            let snap = store.load().await.unwrap();
+            let inbox: Vec<_> = snap.inbox.iter().map(|r| &r.mail.message_id).collect();
+            assert_eq!(inbox, vec![&two.message_id]);
+            assert_eq!(snap.outgoing, vec![sent.clone()]);
+            assert_eq!(snap.downloads, vec![download(&two, b)]);
+            assert_eq!(snap.deleted, vec![received.clone()]);
+            for index in [0u32, 1, 16, 33] {
+                assert_eq!(store.read_chunk(a, index).await.unwrap(), None);
+            }
+            assert_eq!(store.read_chunk_list(a).await.unwrap(), None);
+            assert_eq!(store.read_chunk(b, 0).await.unwrap(), Some(vec![8; 10]));
+            assert_eq!(store.read_chunk_list(b).await.unwrap(), Some(vec![[2; 32]]));
+        }
+        // A sent mail; and the same Message-ID deleted from both folders replaces its record.
+        let gone = DeletedMail {
+            message_id: sent.mail.message_id.clone(),
+            received: false,
+            sent: true,
+            at: 8,
+        };
+        let both = DeletedMail {
+            sent: true,
+            at: 9,
+            ..received.clone()
+        };
+        for deleted in [gone.clone(), both.clone()] {
+            store
+                .apply(StoreWrite::DeleteMail {
+                    deleted,
+                    attachments: vec![],
+                })
+                .await
+                .unwrap();
+        }
+        let mut snap = store.load().await.unwrap();
+        assert!(snap.outgoing.is_empty());
+        assert_eq!(snap.inbox.len(), 1);
+        snap.deleted.sort_by(|x, y| x.message_id.cmp(&y.message_id));
+        let mut want = vec![both, gone];
+        want.sort_by(|x, y| x.message_id.cmp(&y.message_id));
+        assert_eq!(snap.deleted, want);
+        assert_eq!(store.read_chunk(b, 0).await.unwrap(), Some(vec![8; 10]));
+    }
 }
 
 /// Generates one test per conformance check.
@@ -738,6 +907,10 @@ macro_rules! store_conformance_tests {
         #[$attr]
         async fn conformance_chunks_and_chunk_lists_round_trip() {
             $crate::store::conformance::chunks_and_chunk_lists_round_trip($make.await).await
+        }
+        #[$attr]
+        async fn conformance_deleting_a_mail_removes_it_and_its_files() {
+            $crate::store::conformance::deleting_a_mail_removes_it_and_its_files($make.await).await
         }
     };
 }

@@ -622,7 +622,7 @@ impl Node {
                         request: ServeRequest::ChunkList { start },
                     });
                 } else {
-                    self.refuse_transfer(&peer, attachment);
+                    self.refuse_transfer(&peer, &message_id, attachment);
                 }
             }
             PeerFrame::GetChunks {
@@ -638,7 +638,7 @@ impl Node {
                 if self.sending_stopped.contains(&(attachment, peer.clone())) {
                     self.refuse_stopped(&peer, attachment);
                 } else if !self.may_fetch(&peer, &message_id, attachment) {
-                    self.refuse_transfer(&peer, attachment);
+                    self.refuse_transfer(&peer, &message_id, attachment);
                 } else if !sane {
                     self.event(Event::PeerProtocolError {
                         peer,
@@ -661,7 +661,7 @@ impl Node {
                 attachment,
             } => {
                 if !self.may_fetch(&peer, &message_id, attachment) {
-                    return self.refuse_transfer(&peer, attachment);
+                    return self.refuse_transfer(&peer, &message_id, attachment);
                 }
                 let o = self
                     .outgoing
@@ -826,12 +826,24 @@ impl Node {
         );
     }
 
-    fn refuse_transfer(&mut self, peer: &Address, attachment: AttachmentId) {
+    fn refuse_transfer(
+        &mut self,
+        peer: &Address,
+        message_id: &MessageId,
+        attachment: AttachmentId,
+    ) {
+        let deleted = !self.outgoing.contains_key(message_id)
+            && self.was_deleted(message_id).is_some_and(|d| d.sent);
+        let reason = if deleted {
+            super::SENDER_DELETED
+        } else {
+            "no such attachment for you here"
+        };
         self.send_peer(
             peer,
             PeerFrame::TransferRefused {
                 attachment,
-                reason: "no such attachment for you here".into(),
+                reason: reason.into(),
             },
         );
     }
@@ -1228,7 +1240,7 @@ impl Node {
     }
 
     /// Tells the relay to drop its copies of files this node now has whole.
-    fn release_files(&mut self) {
+    pub(super) fn release_files(&mut self) {
         if !self.authenticated {
             return;
         }

@@ -5,7 +5,8 @@
 //!
 //! - `identity.json`: the account's keys;
 //! - `mailbox.json`: every record of the snapshot (inbox, outgoing, contacts, keys, held
-//!   copies, download records), rewritten whole after each change;
+//!   copies, download records, address-book groups, deleted mail's Message-IDs), rewritten
+//!   whole after each change;
 //! - `chunks/<attachment id>/<index>`: one file per encrypted attachment chunk, and
 //!   `chunks/<attachment id>/list` its chunk list (32-byte hashes, concatenated). Chunks are
 //!   read from disk when served, never kept in memory.
@@ -23,10 +24,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use peermail_core::attach::{AttachmentId, Hash};
+use peermail_core::groups::Group;
 use peermail_core::identity::Identity;
 use peermail_core::store::{
-    DownloadRecord, HeldMail, InboxRecord, KnownKeys, MailStore, MemoryStore, OutgoingMail,
-    Snapshot, StoreError, StoreWrite,
+    DeletedMail, DownloadRecord, HeldMail, InboxRecord, KnownKeys, MailStore, MemoryStore,
+    OutgoingMail, Snapshot, StoreError, StoreWrite,
 };
 use peermail_core::Address;
 use serde::{Deserialize, Serialize};
@@ -113,6 +115,10 @@ struct Mailbox {
     keys: Vec<KnownKeys>,
     held: Vec<HeldMail>,
     downloads: Vec<DownloadRecord>,
+    #[serde(default)]
+    groups: Vec<Group>,
+    #[serde(default)]
+    deleted: Vec<DeletedMail>,
 }
 
 /// A directory-backed store (see the module docs).
@@ -139,10 +145,14 @@ impl FileStore {
             Ok(bytes) => {
                 let m: Mailbox =
                     serde_json::from_slice(&bytes).map_err(|e| err("reading", &path, e))?;
-                let writes = m
-                    .inbox
-                    .into_iter()
-                    .map(StoreWrite::PutInbox)
+                // A deletion record alone: nothing else in the file has its Message-ID in
+                // the folders it names.
+                let deleted = m.deleted.into_iter().map(|deleted| StoreWrite::DeleteMail {
+                    deleted,
+                    attachments: Vec::new(),
+                });
+                let writes = deleted
+                    .chain(m.inbox.into_iter().map(StoreWrite::PutInbox))
                     .chain(m.outgoing.into_iter().map(StoreWrite::PutOutgoing))
                     .chain(m.contacts.into_iter().map(StoreWrite::PutContact))
                     .chain(m.keys.into_iter().map(StoreWrite::PutKeys))
@@ -151,7 +161,8 @@ impl FileStore {
                         m.downloads
                             .into_iter()
                             .map(|d| StoreWrite::PutDownload(Box::new(d))),
-                    );
+                    )
+                    .chain(m.groups.into_iter().map(StoreWrite::PutGroup));
                 for w in writes {
                     records.apply_now(w);
                 }
@@ -199,6 +210,28 @@ impl FileStore {
                 fs::create_dir_all(&dir).map_err(|e| err("creating", &dir, e))?;
                 write_durably(&dir.join("list"), &hashes.concat())
             }
+            StoreWrite::DeleteMail {
+                deleted,
+                attachments,
+            } => {
+                // The records first: a crash before the files are gone leaves files
+                // nothing refers to, never a record whose files are missing.
+                self.records.apply_now(StoreWrite::DeleteMail {
+                    deleted,
+                    attachments: attachments.clone(),
+                });
+                self.save_mailbox()?;
+                for a in attachments {
+                    let dir = self.chunk_dir(a);
+                    match fs::remove_dir_all(&dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(err("deleting", &dir, e))
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
             other => {
                 self.records.apply_now(other);
                 self.save_mailbox()
@@ -215,6 +248,8 @@ impl FileStore {
             keys: s.keys,
             held: s.held,
             downloads: s.downloads,
+            groups: s.groups,
+            deleted: s.deleted,
         };
         let path = self.dir.join("mailbox.json");
         let json = serde_json::to_vec(&m).map_err(|e| err("encoding", &path, e))?;
@@ -324,6 +359,14 @@ mod tests {
         let alice: Address = "alice@h".parse().unwrap();
         let id = Identity::from_seed(alice.clone(), [7; 32]);
         let att = AttachmentId([9; 16]);
+        let gone = AttachmentId([8; 16]);
+        let group = Group::new("Team", vec![alice.clone()]).unwrap();
+        let deleted = DeletedMail {
+            message_id: peermail_core::MessageId::new([3; 16], "h"),
+            received: true,
+            sent: false,
+            at: 5,
+        };
         {
             let s = FileStore::open(dir.path()).unwrap();
             s.save_identity(&id).await.unwrap();
@@ -343,6 +386,20 @@ mod tests {
             })
             .await
             .unwrap();
+            s.apply(StoreWrite::PutGroup(group.clone())).await.unwrap();
+            s.apply(StoreWrite::PutChunk {
+                attachment: gone,
+                index: 0,
+                data: vec![4],
+            })
+            .await
+            .unwrap();
+            s.apply(StoreWrite::DeleteMail {
+                deleted: deleted.clone(),
+                attachments: vec![gone],
+            })
+            .await
+            .unwrap();
         }
         let s = FileStore::open(dir.path()).unwrap();
         let back = s.load_identity().await.unwrap().expect("identity kept");
@@ -351,5 +408,10 @@ mod tests {
         assert_eq!(s.chunk(att, 3), Some(vec![1, 2, 3]));
         assert_eq!(s.chunk(att, 4), None);
         assert_eq!(s.chunk_list(att), Some(vec![[5; 32], [6; 32]]));
+        let snap = s.load().await.unwrap();
+        assert_eq!(snap.groups, vec![group]);
+        assert_eq!(snap.deleted, vec![deleted]);
+        assert_eq!(s.chunk(gone, 0), None);
+        assert!(!dir.path().join("chunks").join(gone.to_hex()).exists());
     }
 }

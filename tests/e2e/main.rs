@@ -18,9 +18,11 @@ use peermail_e2e::native::{random_bytes, NativeClient};
 use peermail_e2e::runner::Runner;
 use peermail_e2e::{netns, procs, Browser, Config, Harness};
 
+mod deletion;
 mod groups;
 mod native_peer;
 mod storage_node;
+use deletion::people_delete_mail_for_good;
 use groups::groups_expand_to_their_members;
 use native_peer::native_peer_exchanges_mail_with_a_browser;
 use storage_node::{
@@ -48,6 +50,7 @@ const SCENARIOS: &[&str] = &[
     "storage_node_pairs_keeps_and_serves_attachments",
     "relay_hands_over_to_a_returning_storage_node",
     "groups_expand_to_their_members",
+    "people_delete_mail_for_good",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -140,6 +143,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(storage_node_pairs_keeps_and_serves_attachments);
     scenario!(relay_hands_over_to_a_returning_storage_node);
     scenario!(groups_expand_to_their_members);
+    scenario!(people_delete_mail_for_good);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {
@@ -807,7 +811,7 @@ async fn receipt_of(relay: &mut NativeClient, id: &MessageId) -> Result<ReceiptO
 }
 
 /// Fails if `folder` lists a row whose subject contains any of `subjects`.
-async fn no_row_with(b: &Browser, folder: &str, subjects: &[&str]) -> Result<()> {
+pub(crate) async fn no_row_with(b: &Browser, folder: &str, subjects: &[&str]) -> Result<()> {
     b.open_folder(folder).await?;
     let rows = b.rows().await?;
     for s in subjects {
@@ -1108,7 +1112,7 @@ async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()
 // ----- issue 4: attachments -----
 
 /// Deterministic, incompressible-looking bytes (xorshift), so a test file is reproducible.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -1178,7 +1182,7 @@ fn png(w: u32, h: u32) -> Vec<u8> {
 }
 
 /// Writes a test file for attaching and returns its path.
-fn test_file(w: &World, name: &str, bytes: &[u8]) -> Result<std::path::PathBuf> {
+pub(crate) fn test_file(w: &World, name: &str, bytes: &[u8]) -> Result<std::path::PathBuf> {
     let dir = w.h.config.out_dir.join("files");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(name);

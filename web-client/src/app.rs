@@ -591,22 +591,95 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         },
         _ => html! {},
     };
-    let actions = inbox.is_some().then(|| {
+    // Delete acts on the folder shown: a mail sent to oneself is in both.
+    let received = state.folder == Folder::Inbox && inbox.is_some();
+    let delete_blocked = if received {
+        None
+    } else {
+        node.may_delete_sent(id).err()
+    };
+    let ask_delete = |ask: bool| {
+        let state = state.clone();
+        Callback::from(move |_: MouseEvent| state.dispatch(Action::AskDelete(ask)))
+    };
+    let delete_button = html! {
+        <button id="delete-mail" class="delete" type="button" onclick={ask_delete(true)}
+            disabled={delete_blocked.is_some() || state.confirm_delete}
+            title={delete_blocked.as_ref().map(|r| format!("Cannot be deleted yet: {r}"))}>{ "🗑 Delete" }</button>
+    };
+    let reply_buttons = inbox.is_some().then(|| {
         let reply = |all: bool| {
             let state = state.clone();
             let p = reply_prefill(&mail, node.address(), all);
             Callback::from(move |_: MouseEvent| state.dispatch(Action::ComposeWith(p.clone())))
         };
         html! {
-            <div class="mail-actions">
+            <>
                 <button class="reply" onclick={reply(false)}>{ "↩ Reply" }</button>
                 <button class="reply-all" onclick={reply(true)}>{ "Reply all" }</button>
+            </>
+        }
+    });
+    let actions = html! {
+        <div class="mail-actions">
+            { for reply_buttons }
+            { delete_button }
+        </div>
+    };
+    let confirm = (state.confirm_delete && delete_blocked.is_none()).then(|| {
+        let text = if received {
+            let kept = node
+                .own_node()
+                .filter(|_| !mail.attachments.is_empty())
+                .map(|n| format!(" Copies of its files on your storage node ({n}) stay there."))
+                .unwrap_or_default();
+            format!("Delete this mail and its files from this browser for good?{kept}")
+        } else {
+            let waiting: Vec<String> = outgoing
+                .iter()
+                .flat_map(|o| {
+                    mail.attachments.iter().filter_map(move |a| {
+                        let who = o.still_needed_by(a.id);
+                        (!who.is_empty()).then(|| {
+                            let who: Vec<Address> = who.into_iter().cloned().collect();
+                            format!("{} has not fetched {} yet", join(&who), a.name)
+                        })
+                    })
+                })
+                .collect();
+            let warning = if waiting.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " {}; once the mail is deleted, this browser no longer sends it.",
+                    waiting.join("; ")
+                )
+            };
+            format!("Delete this mail from Sent for good?{warning}")
+        };
+        let confirm_delete = {
+            let (rt, state, id) = (rt.clone(), state.clone(), id.clone());
+            Callback::from(move |_: MouseEvent| {
+                if received {
+                    rt.delete_received(id.clone());
+                } else {
+                    rt.delete_sent(id.clone());
+                }
+                state.dispatch(Action::Deleted);
+            })
+        };
+        html! {
+            <div id="delete-confirm" class="delete-confirm small">
+                <span class="text">{ text }</span>
+                <button id="delete-yes" class="danger" type="button" onclick={confirm_delete}>{ "Delete" }</button>
+                <button id="delete-no" type="button" onclick={ask_delete(false)}>{ "Cancel" }</button>
             </div>
         }
     });
     html! {
         <section id="reading-pane" class="reading-pane">
-            { for actions }
+            { actions }
+            { for confirm }
             <h1 class="subject">{ subject_or_placeholder(&mail.subject) }</h1>
             <div class="headers">
                 { field("From", "from", mail.from.to_string()) }

@@ -68,7 +68,7 @@ fn js_err(e: JsValue) -> String {
 
 /// Every key of `att`'s chunks: from `"<hex>/"` up to, not including, `"<hex>0"` (`'0'`
 /// follows `'/'`).
-fn chunk_range(att: AttachmentId) -> KeyRange<String> {
+pub(crate) fn chunk_range(att: AttachmentId) -> KeyRange<String> {
     let hex = att.to_hex();
     (format!("{hex}/")..format!("{hex}0")).into()
 }

@@ -576,6 +576,14 @@ impl Runtime {
     pub fn mark_read(&self, id: MessageId) {
         self.input(Input::Command(Command::MarkRead(id)));
     }
+    /// Deletes a received mail for good, with its files.
+    pub fn delete_received(&self, id: MessageId) {
+        self.input(Input::Command(Command::DeleteReceived(id)));
+    }
+    /// Deletes a sent mail for good (refused while a recipient still waits for it).
+    pub fn delete_sent(&self, id: MessageId) {
+        self.input(Input::Command(Command::DeleteSent(id)));
+    }
     pub fn add_contact(&self, address: Address) {
         self.input(Input::Command(Command::AddContact(address)));
     }
@@ -1211,6 +1219,10 @@ impl Runtime {
                     ..Pairing::default()
                 };
             }
+            Event::DeleteRefused { reason, .. } => {
+                self.set_notice(format!("The mail was not deleted: {reason}"))
+            }
+            Event::Deleted(id) => log(&format!("deleted {id}")),
             Event::NodeLocated { .. }
             | Event::SendRejected { .. }
             | Event::DownloadChanged(_)

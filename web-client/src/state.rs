@@ -60,6 +60,8 @@ pub struct State {
     pub contact_error: Option<String>,
     /// Why the last group could not be saved (`#group-error`).
     pub group_error: Option<String>,
+    /// The reading pane asks whether to delete its mail (`#delete-confirm`).
+    pub confirm_delete: bool,
 }
 
 impl Default for State {
@@ -73,6 +75,7 @@ impl Default for State {
             compose_error: None,
             contact_error: None,
             group_error: None,
+            confirm_delete: false,
         }
     }
 }
@@ -95,6 +98,10 @@ pub enum Action {
     },
     ContactFailed(Option<String>),
     GroupFailed(Option<String>),
+    /// Ask (or stop asking) whether to delete the mail in the reading pane.
+    AskDelete(bool),
+    /// The mail in the reading pane was deleted.
+    Deleted,
 }
 
 impl Reducible for State {
@@ -108,10 +115,12 @@ impl Reducible for State {
                 s.folder = f;
                 s.selected = None;
                 s.composing = false;
+                s.confirm_delete = false;
             }
             Action::Select(id) => {
                 s.selected = Some(id);
                 s.composing = false;
+                s.confirm_delete = false;
             }
             Action::Compose => {
                 s.composing = true;
@@ -133,6 +142,11 @@ impl Reducible for State {
                 s.compose_error = None;
                 s.folder = folder;
                 s.selected = Some(id);
+            }
+            Action::AskDelete(ask) => s.confirm_delete = ask,
+            Action::Deleted => {
+                s.selected = None;
+                s.confirm_delete = false;
             }
             Action::ContactFailed(e) => s.contact_error = e,
             Action::GroupFailed(e) => s.group_error = e,

@@ -15,6 +15,7 @@
 //! | `segments` | `"<attachment id hex>/<first index, 10 digits>"` | the encrypted chunks of 16 consecutive indices that are stored, as one Blob with their indices and offsets (since version 6; see [`crate::chunks`]) |
 //! | `chunk_lists` | attachment id (hex) | the chunk list of an attachment this node has whole (sent, or received and verified): the SHA-256 hashes concatenated, as a `Uint8Array` (since version 4) |
 //! | `groups` | the group's key (its name, lower-case) | an address-book [`Group`] as JSON (since version 5) |
+//! | `deleted` | Message-ID | a [`DeletedMail`]: a mail the person deleted, as JSON (since version 7) |
 //!
 //! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
 //! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
@@ -27,15 +28,15 @@ use peermail_core::attach::{AttachmentId, Hash};
 use peermail_core::groups::{group_key, Group};
 use peermail_core::identity::Identity;
 use peermail_core::store::{
-    DownloadRecord, HeldMail, InboxRecord, KnownKeys, MailStore, OutgoingMail, Snapshot,
-    StoreError, StoreWrite,
+    DeletedMail, DownloadRecord, HeldMail, InboxRecord, KnownKeys, MailStore, OutgoingMail,
+    Snapshot, StoreError, StoreWrite,
 };
 use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Current schema version (see [`upgrade`]).
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 const IDENTITY: &str = "identity";
 const INBOX: &str = "inbox";
@@ -45,6 +46,7 @@ const KEYS: &str = "keys";
 const HELD: &str = "held";
 const DOWNLOADS: &str = "downloads";
 const GROUPS: &str = "groups";
+const DELETED: &str = "deleted";
 /// Encrypted attachment chunks, one per record (schema 4 and 5; read, no longer written).
 pub const CHUNKS: &str = "chunks";
 /// Encrypted attachment chunks, 16 consecutive indices per record; see [`crate::chunks`].
@@ -96,6 +98,9 @@ fn upgrade(event: &VersionChangeEvent, db: &Database) -> indexed_db_futures::Res
     }
     if old < 6 {
         db.create_object_store(SEGMENTS).build()?;
+    }
+    if old < 7 {
+        db.create_object_store(DELETED).build()?;
     }
     Ok(())
 }
@@ -233,7 +238,9 @@ impl MailStore for IdbStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let tx = self
             .db
-            .transaction([INBOX, OUTGOING, CONTACTS, KEYS, HELD, DOWNLOADS, GROUPS])
+            .transaction([
+                INBOX, OUTGOING, CONTACTS, KEYS, HELD, DOWNLOADS, GROUPS, DELETED,
+            ])
             .build()
             .map_err(err)?;
         let mut snap = Snapshot::default();
@@ -257,6 +264,9 @@ impl MailStore for IdbStore {
         }
         for s in all_values(&tx.object_store(GROUPS).map_err(err)?).await? {
             snap.groups.push(from_json::<Group>(&s)?);
+        }
+        for s in all_values(&tx.object_store(DELETED).map_err(err)?).await? {
+            snap.deleted.push(from_json::<DeletedMail>(&s)?);
         }
         Ok(snap)
     }
@@ -300,6 +310,10 @@ impl MailStore for IdbStore {
                     .await
                     .map_err(StoreError)
             }
+            StoreWrite::DeleteMail {
+                deleted,
+                attachments,
+            } => self.delete_mail(&deleted, &attachments).await,
         }
     }
 
@@ -371,6 +385,88 @@ impl IdbStore {
         crate::chunks::get_segment(&self.db, attachment, index)
             .await
             .map_err(StoreError)
+    }
+}
+
+impl IdbStore {
+    /// [`StoreWrite::DeleteMail`] in one transaction.
+    async fn delete_mail(
+        &self,
+        deleted: &DeletedMail,
+        attachments: &[AttachmentId],
+    ) -> Result<(), StoreError> {
+        use crate::chunks::chunk_range;
+        let id = deleted.message_id.as_str().to_string();
+        let json = to_json(deleted)?;
+        let tx = self
+            .db
+            .transaction([
+                INBOX,
+                OUTGOING,
+                DOWNLOADS,
+                SEGMENTS,
+                CHUNKS,
+                CHUNK_LISTS,
+                DELETED,
+            ])
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(err)?;
+        if deleted.received {
+            let os = tx.object_store(INBOX).map_err(err)?;
+            os.delete(id.clone())
+                .primitive()
+                .map_err(err)?
+                .await
+                .map_err(err)?;
+        }
+        if deleted.sent {
+            let os = tx.object_store(OUTGOING).map_err(err)?;
+            os.delete(id.clone())
+                .primitive()
+                .map_err(err)?
+                .await
+                .map_err(err)?;
+        }
+        let downloads = tx.object_store(DOWNLOADS).map_err(err)?;
+        let segments = tx.object_store(SEGMENTS).map_err(err)?;
+        let chunks = tx.object_store(CHUNKS).map_err(err)?;
+        let lists = tx.object_store(CHUNK_LISTS).map_err(err)?;
+        for a in attachments {
+            downloads
+                .delete(a.to_hex())
+                .primitive()
+                .map_err(err)?
+                .await
+                .map_err(err)?;
+            segments
+                .delete::<String, _>(chunk_range(*a))
+                .primitive()
+                .map_err(err)?
+                .await
+                .map_err(err)?;
+            chunks
+                .delete::<String, _>(chunk_range(*a))
+                .primitive()
+                .map_err(err)?
+                .await
+                .map_err(err)?;
+            lists
+                .delete(a.to_hex())
+                .primitive()
+                .map_err(err)?
+                .await
+                .map_err(err)?;
+        }
+        let os = tx.object_store(DELETED).map_err(err)?;
+        os.put(json)
+            .with_key(id)
+            .primitive()
+            .map_err(err)?
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(())
     }
 }
 

@@ -120,6 +120,73 @@ async fn a_version_4_database_is_upgraded_and_takes_groups() {
     assert_eq!(snap.groups, vec![team]);
 }
 
+/// A database made by schema version 6 (before the `deleted` store), holding a received
+/// mail, opens upgraded with it; deleting it then leaves a record that survives a reopen.
+#[wasm_bindgen_test]
+async fn a_version_6_database_is_upgraded_and_remembers_deleted_mail() {
+    use indexed_db_futures::prelude::*;
+    use indexed_db_futures::transaction::TransactionMode;
+    use peermail_core::mail::{Mail, MessageId, Priority};
+    use peermail_core::store::{DeletedMail, InboxRecord, MailStore, StoreWrite};
+    let name = format!("peermail-test-v6-{}", js_sys::Date::now() as u64);
+    let id = MessageId::new([6; 16], "h");
+    let record = InboxRecord {
+        mail: Mail {
+            message_id: id.clone(),
+            from: "alice@h".parse().unwrap(),
+            to: vec!["bob@h".parse().unwrap()],
+            cc: vec![],
+            subject: "old".into(),
+            date: 1,
+            body: "kept from version 6".into(),
+            in_reply_to: None,
+            references: vec![],
+            priority: Priority::Normal,
+            attachments: vec![],
+        },
+        received_at: 2,
+        read: false,
+    };
+    {
+        let db = common::old_database(&name, 6).await;
+        let tx = db
+            .transaction("inbox")
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .unwrap();
+        tx.object_store("inbox")
+            .unwrap()
+            .put(serde_json::to_string(&record).unwrap())
+            .with_key(id.to_string())
+            .primitive()
+            .unwrap()
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        db.close();
+    }
+    let deleted = DeletedMail {
+        message_id: id.clone(),
+        received: true,
+        sent: false,
+        at: 3,
+    };
+    {
+        let s = IdbStore::open(&name).await.unwrap();
+        assert_eq!(s.load().await.unwrap().inbox, vec![record]);
+        s.apply(StoreWrite::DeleteMail {
+            deleted: deleted.clone(),
+            attachments: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    let s = IdbStore::open(&name).await.unwrap();
+    let snap = s.load().await.unwrap();
+    assert!(snap.inbox.is_empty());
+    assert_eq!(snap.deleted, vec![deleted]);
+}
+
 /// A tab still running an older version keeps its connection open: opening the store then
 /// waits (and says so through `on_blocked`) and completes once that connection is closed.
 /// A store that watches for upgrades closes its own connection when a newer version opens

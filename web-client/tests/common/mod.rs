@@ -3,14 +3,15 @@
 use indexed_db_futures::database::Database;
 use indexed_db_futures::prelude::*;
 
-/// The object stores of schema `version` (1 to 5), as that version created them.
+/// The object stores of schema `version` (1 to 6), as that version created them.
 fn stores_of(version: u32) -> Vec<&'static str> {
-    let steps: [&[&'static str]; 5] = [
+    let steps: [&[&'static str]; 6] = [
         &["identity", "inbox", "outgoing", "contacts"],
         &["keys"],
         &["held"],
         &["downloads", "chunks", "chunk_lists"],
         &["groups"],
+        &["segments"],
     ];
     steps[..version as usize].concat()
 }

@@ -1,0 +1,109 @@
+//! Deleting mail: a received mail goes with its files, a sent one from Sent; both stay
+//! deleted after a reload.
+
+use anyhow::{ensure, Context, Result};
+
+use peermail_e2e::Browser;
+
+use super::{no_row_with, noise, test_file, World};
+
+/// The page's IndexedDB database.
+const DB: &str = "peermail";
+
+/// Waits until `folder` of `b` lists no mail with `subject` (the list is re-rendered after
+/// the deletion, not at once).
+async fn wait_no_row(b: &Browser, folder: &str, subject: &str) -> Result<()> {
+    b.open_folder(folder).await?;
+    b.wait_until(&format!("{subject:?} to leave {folder}"), || async move {
+        let rows = b.rows().await?;
+        Ok(
+            match rows
+                .iter()
+                .find(|r| r.subject.as_deref().is_some_and(|t| t.contains(subject)))
+            {
+                Some(r) => Err(format!("still listed: {r:?}")),
+                None => Ok(()),
+            },
+        )
+    })
+    .await
+}
+
+/// Alice mails Bob twice, the second time a file; once he has it, Bob deletes that mail. The page asks first (and
+/// Cancel keeps it); confirmed, the mail leaves his Inbox and his browser drops the file's
+/// download record and stored chunks. A reload does not bring it back. Alice then deletes
+/// her copy from Sent: it is gone, also after a reload, and Bob's deletion did not touch it
+/// before that.
+pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Old minutes to throw away";
+    const KEEP: &str = "Minutes to keep";
+    w.person("alice").await?;
+    w.person("bob").await?;
+    let data = noise(1_500_000, 21);
+    let path = test_file(w, "minutes.bin", &data)?;
+    let bob_addr = w.addr("bob");
+    w.get("alice")?
+        .compose(&bob_addr, "", KEEP, "Keep this one.")
+        .await?;
+    w.get("alice")?
+        .compose_with_files(&bob_addr, SUBJECT, "Please delete.", &[&path])
+        .await?;
+    let (alice, bob) = (w.get("alice")?, w.get("bob")?);
+    bob.open_mail("inbox", SUBJECT).await?;
+    bob.wait_attachment("minutes.bin", &["complete"]).await?;
+    let downloads = bob.idb_count(DB, "downloads").await?;
+    let segments = bob.idb_count(DB, "segments").await?;
+
+    // Cancel keeps it.
+    bob.click("#delete-mail").await?;
+    bob.wait_for_text("#delete-confirm", "for good").await?;
+    bob.click("#delete-no").await?;
+    bob.wait_gone("#delete-confirm").await?;
+    bob.wait_row("inbox", SUBJECT).await?;
+
+    bob.open_mail("inbox", SUBJECT).await?;
+    bob.click("#delete-mail").await?;
+    bob.wait_for("#delete-yes").await?;
+    bob.click("#delete-yes").await?;
+    bob.wait_for_text("#reading-pane", "Select a mail").await?;
+    wait_no_row(bob, "inbox", SUBJECT).await?;
+    bob.wait_until("Bob's browser to drop the file", || async move {
+        let d = bob.idb_count(DB, "downloads").await?;
+        let s = bob.idb_count(DB, "segments").await?;
+        Ok(if d + 1 == downloads && s + 2 == segments {
+            Ok(())
+        } else {
+            Err(format!(
+                "downloads {downloads} → {d}, segments {segments} → {s} (want one and two fewer)"
+            ))
+        })
+    })
+    .await?;
+    bob.reload().await?;
+    bob.wait_online().await?;
+    bob.wait_row("inbox", KEEP).await?;
+    no_row_with(bob, "inbox", &[SUBJECT])
+        .await
+        .context("after a reload")?;
+
+    // Alice's copy is hers to delete.
+    alice.open_mail("sent", SUBJECT).await?;
+    alice.click("#delete-mail").await?;
+    let text = alice.wait_for_text("#delete-confirm", "from Sent").await?;
+    ensure!(
+        !text.contains("has not fetched"),
+        "Bob has the file, yet the confirmation warns: {text}"
+    );
+    alice.click("#delete-yes").await?;
+    alice
+        .wait_for_text("#reading-pane", "Select a mail")
+        .await?;
+    wait_no_row(alice, "sent", SUBJECT).await?;
+    alice.reload().await?;
+    alice.wait_online().await?;
+    alice.wait_row("sent", KEEP).await?;
+    no_row_with(alice, "sent", &[SUBJECT])
+        .await
+        .context("after a reload")?;
+    Ok(())
+}

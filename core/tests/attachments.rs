@@ -8,21 +8,7 @@ use peermail_core::attach::{AttachmentId, CHUNK_BYTES};
 use peermail_core::node::{Command, Event};
 use peermail_core::store::DownloadState;
 use peermail_core::wire::peer::PeerFrame;
-use sim::{addr, CacheMode, World};
-
-fn file(len: usize, salt: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ salt)
-        .collect()
-}
-
-fn world_with(names: &[&str]) -> World {
-    let mut w = World::new();
-    for n in names {
-        w.register(n);
-    }
-    w
-}
+use sim::{addr, file, world_with, CacheMode, World};
 
 fn state(w: &World, who: &peermail_core::Address, id: AttachmentId) -> DownloadState {
     w.download(who, id).expect("a download record").state

@@ -9,19 +9,7 @@ use peermail_core::node::{Command, Event, SENDER_DELETED};
 use peermail_core::store::{DownloadState, StoreWrite};
 use peermail_core::wire::peer::PeerFrame;
 use peermail_core::{Address, MessageId};
-use sim::{addr, CacheMode, World};
-
-fn file(len: usize, salt: u8) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 ^ salt).collect()
-}
-
-fn world_with(names: &[&str]) -> World {
-    let mut w = World::new();
-    for n in names {
-        w.register(n);
-    }
-    w
-}
+use sim::{addr, file, world_with, CacheMode, World};
 
 fn events(w: &World, who: &Address) -> Vec<Event> {
     w.users[who].events.clone()

@@ -433,30 +433,20 @@ impl IdbStore {
         let chunks = tx.object_store(CHUNKS).map_err(err)?;
         let lists = tx.object_store(CHUNK_LISTS).map_err(err)?;
         for a in attachments {
-            downloads
-                .delete(a.to_hex())
-                .primitive()
-                .map_err(err)?
-                .await
-                .map_err(err)?;
-            segments
-                .delete::<String, _>(chunk_range(*a))
-                .primitive()
-                .map_err(err)?
-                .await
-                .map_err(err)?;
-            chunks
-                .delete::<String, _>(chunk_range(*a))
-                .primitive()
-                .map_err(err)?
-                .await
-                .map_err(err)?;
-            lists
-                .delete(a.to_hex())
-                .primitive()
-                .map_err(err)?
-                .await
-                .map_err(err)?;
+            for os in [&downloads, &lists] {
+                os.delete(a.to_hex())
+                    .primitive()
+                    .map_err(err)?
+                    .await
+                    .map_err(err)?;
+            }
+            for os in [&segments, &chunks] {
+                os.delete::<String, _>(chunk_range(*a))
+                    .primitive()
+                    .map_err(err)?
+                    .await
+                    .map_err(err)?;
+            }
         }
         let os = tx.object_store(DELETED).map_err(err)?;
         os.put(json)

@@ -84,30 +84,18 @@ async fn a_version_1_database_is_upgraded() {
 /// opens upgraded with its data, and takes groups that survive a reopen.
 #[wasm_bindgen_test]
 async fn a_version_4_database_is_upgraded_and_takes_groups() {
-    use indexed_db_futures::prelude::*;
-    use indexed_db_futures::transaction::TransactionMode;
     use peermail_core::groups::Group;
     use peermail_core::store::{MailStore, StoreWrite};
     let name = format!("peermail-test-v4-{}", js_sys::Date::now() as u64);
     let bob: peermail_core::Address = "bob@h".parse().unwrap();
-    {
-        let db = common::old_database(&name, 4).await;
-        let tx = db
-            .transaction("contacts")
-            .with_mode(TransactionMode::Readwrite)
-            .build()
-            .unwrap();
-        tx.object_store("contacts")
-            .unwrap()
-            .put(serde_json::to_string(&bob).unwrap())
-            .with_key(bob.to_string())
-            .primitive()
-            .unwrap()
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        db.close();
-    }
+    common::old_database_with(
+        &name,
+        4,
+        "contacts",
+        &bob.to_string(),
+        serde_json::to_string(&bob).unwrap(),
+    )
+    .await;
     let team = Group::parse("Team", "bob@h, carol@h").unwrap();
     {
         let s = IdbStore::open(&name).await.unwrap();
@@ -124,8 +112,6 @@ async fn a_version_4_database_is_upgraded_and_takes_groups() {
 /// mail, opens upgraded with it; deleting it then leaves a record that survives a reopen.
 #[wasm_bindgen_test]
 async fn a_version_6_database_is_upgraded_and_remembers_deleted_mail() {
-    use indexed_db_futures::prelude::*;
-    use indexed_db_futures::transaction::TransactionMode;
     use peermail_core::mail::{Mail, MessageId, Priority};
     use peermail_core::store::{DeletedMail, InboxRecord, MailStore, StoreWrite};
     let name = format!("peermail-test-v6-{}", js_sys::Date::now() as u64);
@@ -147,24 +133,14 @@ async fn a_version_6_database_is_upgraded_and_remembers_deleted_mail() {
         received_at: 2,
         read: false,
     };
-    {
-        let db = common::old_database(&name, 6).await;
-        let tx = db
-            .transaction("inbox")
-            .with_mode(TransactionMode::Readwrite)
-            .build()
-            .unwrap();
-        tx.object_store("inbox")
-            .unwrap()
-            .put(serde_json::to_string(&record).unwrap())
-            .with_key(id.to_string())
-            .primitive()
-            .unwrap()
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        db.close();
-    }
+    common::old_database_with(
+        &name,
+        6,
+        "inbox",
+        id.as_str(),
+        serde_json::to_string(&record).unwrap(),
+    )
+    .await;
     let deleted = DeletedMail {
         message_id: id.clone(),
         received: true,

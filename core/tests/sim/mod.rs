@@ -32,6 +32,22 @@ pub use storage::SimStorage;
 
 pub const DOMAIN: &str = "relay.test";
 
+/// A world with these accounts registered (all offline).
+pub fn world_with(names: &[&str]) -> World {
+    let mut w = World::new();
+    for n in names {
+        w.register(n);
+    }
+    w
+}
+
+/// `len` bytes of file content, different for each `salt`.
+pub fn file(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ salt)
+        .collect()
+}
+
 pub fn addr(name: &str) -> Address {
     Address::new(name, DOMAIN).unwrap()
 }

@@ -30,3 +30,26 @@ pub async fn old_database(name: &str, version: u32) -> Database {
         .await
         .expect("create an old-schema database")
 }
+
+/// Creates the database `name` as schema `version` made it, with one JSON string `json`
+/// under `key` in `store`, and closes it.
+#[allow(dead_code)] // not every test file that shares this module uses it
+pub async fn old_database_with(name: &str, version: u32, store: &str, key: &str, json: String) {
+    use indexed_db_futures::transaction::TransactionMode;
+    let db = old_database(name, version).await;
+    let tx = db
+        .transaction(store)
+        .with_mode(TransactionMode::Readwrite)
+        .build()
+        .unwrap();
+    tx.object_store(store)
+        .unwrap()
+        .put(json)
+        .with_key(key.to_string())
+        .primitive()
+        .unwrap()
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    db.close();
+}

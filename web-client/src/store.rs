@@ -412,21 +412,15 @@ impl IdbStore {
             .with_mode(TransactionMode::Readwrite)
             .build()
             .map_err(err)?;
-        if deleted.received {
-            let os = tx.object_store(INBOX).map_err(err)?;
-            os.delete(id.clone())
-                .primitive()
-                .map_err(err)?
-                .await
-                .map_err(err)?;
-        }
-        if deleted.sent {
-            let os = tx.object_store(OUTGOING).map_err(err)?;
-            os.delete(id.clone())
-                .primitive()
-                .map_err(err)?
-                .await
-                .map_err(err)?;
+        for (folder, from) in [(INBOX, deleted.received), (OUTGOING, deleted.sent)] {
+            if from {
+                let os = tx.object_store(folder).map_err(err)?;
+                os.delete(id.clone())
+                    .primitive()
+                    .map_err(err)?
+                    .await
+                    .map_err(err)?;
+            }
         }
         let downloads = tx.object_store(DOWNLOADS).map_err(err)?;
         let segments = tx.object_store(SEGMENTS).map_err(err)?;

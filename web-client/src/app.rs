@@ -605,7 +605,7 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     let delete_button = html! {
         <button id="delete-mail" class="delete" type="button" onclick={ask_delete(true)}
             disabled={delete_blocked.is_some() || state.confirm_delete}
-            title={delete_blocked.as_ref().map(|r| format!("Cannot be deleted yet: {r}"))}>{ "🗑 Delete" }</button>
+            title={delete_blocked.as_ref().map(|r| format!("Cannot be deleted yet: {r}"))}>{ "Delete" }</button>
     };
     let reply_buttons = inbox.is_some().then(|| {
         let reply = |all: bool| {

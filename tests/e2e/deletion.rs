@@ -29,11 +29,12 @@ async fn wait_no_row(b: &Browser, folder: &str, subject: &str) -> Result<()> {
     .await
 }
 
-/// Alice mails Bob twice, the second time a file; once he has it, Bob deletes that mail. The page asks first (and
-/// Cancel keeps it); confirmed, the mail leaves his Inbox and his browser drops the file's
-/// download record and stored chunks. A reload does not bring it back. Alice then deletes
-/// her copy from Sent: it is gone, also after a reload, and Bob's deletion did not touch it
-/// before that.
+/// Alice mails Bob twice, the second time a file; once he has it, Bob deletes that mail.
+/// The page asks first (and Cancel keeps it); confirmed, the mail leaves his Inbox (the
+/// next one opens in its place, marked read) and his browser drops the file's download
+/// record and stored chunks. A reload does not bring it back. Alice then deletes her copy
+/// from Sent: it is gone, also after a reload, and Bob's deletion did not touch it before
+/// that.
 pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Old minutes to throw away";
     const KEEP: &str = "Minutes to keep";
@@ -65,8 +66,22 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     bob.click("#delete-mail").await?;
     bob.wait_for("#delete-yes").await?;
     bob.click("#delete-yes").await?;
-    bob.wait_for_text("#reading-pane", "Select a mail").await?;
+    // The next mail of the list opens in its place, read.
+    bob.wait_for_text("#reading-pane .subject", KEEP).await?;
     wait_no_row(bob, "inbox", SUBJECT).await?;
+    bob.wait_until(
+        "the mail opened in its place to show as read",
+        || async move {
+            let rows = bob.rows().await?;
+            Ok(
+                match rows.iter().find(|r| r.subject.as_deref() == Some(KEEP)) {
+                    Some(r) if !r.unread => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            )
+        },
+    )
+    .await?;
     bob.wait_until("Bob's browser to drop the file", || async move {
         let d = bob.idb_count(DB, "downloads").await?;
         let s = bob.idb_count(DB, "segments").await?;
@@ -95,9 +110,7 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
         "Bob has the file, yet the confirmation warns: {text}"
     );
     alice.click("#delete-yes").await?;
-    alice
-        .wait_for_text("#reading-pane", "Select a mail")
-        .await?;
+    alice.wait_for_text("#reading-pane .subject", KEEP).await?;
     wait_no_row(alice, "sent", SUBJECT).await?;
     alice.reload().await?;
     alice.wait_online().await?;

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use peermail_core::groups::{expand_recipients, Group};
-use peermail_core::store::{DeliveryState, InboxRecord};
+use peermail_core::store::{DeliveryState, InboxRecord, OutgoingMail};
 use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::{Address, Draft, MessageId, Node};
 use web_sys::{HtmlInputElement, HtmlTextAreaElement};
@@ -445,6 +445,28 @@ fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
     }
 }
 
+/// Whether the outgoing mail `o` shows in `folder` (Outbox while pending, Sent after).
+fn in_folder(o: &OutgoingMail, folder: Folder) -> bool {
+    folder != Folder::Inbox && o.is_pending() == (folder == Folder::Outbox)
+}
+
+/// The Message-IDs `folder` lists, in the list's order.
+fn folder_ids(node: &Node, folder: Folder) -> Vec<MessageId> {
+    match folder {
+        Folder::Inbox => node
+            .inbox()
+            .iter()
+            .map(|r| r.mail.message_id.clone())
+            .collect(),
+        _ => node
+            .outgoing()
+            .iter()
+            .filter(|o| in_folder(o, folder))
+            .map(|o| o.mail.message_id.clone())
+            .collect(),
+    }
+}
+
 fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
     let select = |id: &MessageId, mark_read: bool| {
         let state = state.clone();
@@ -478,7 +500,7 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         folder => node
             .outgoing()
             .into_iter()
-            .filter(|o| o.is_pending() == (folder == Folder::Outbox))
+            .filter(|o| in_folder(o, folder))
             .map(|o| {
                 let id = &o.mail.message_id;
                 let st = summary(o);
@@ -657,6 +679,17 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             };
             format!("Delete this mail from Sent for good?{warning}")
         };
+        // As in other three-pane mail clients, the next mail of the list (or the one before,
+        // at the end) opens in its place.
+        let next = {
+            let ids = folder_ids(node, state.folder);
+            let at = ids.iter().position(|m| m == id);
+            at.and_then(|i| ids.get(i + 1).or_else(|| i.checked_sub(1).and_then(|j| ids.get(j))))
+                .cloned()
+        };
+        let next_unread = next
+            .as_ref()
+            .is_some_and(|n| received && node.inbox().iter().any(|r| &r.mail.message_id == n && !r.read));
         let confirm_delete = {
             let (rt, state, id) = (rt.clone(), state.clone(), id.clone());
             Callback::from(move |_: MouseEvent| {
@@ -666,6 +699,12 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                     rt.delete_sent(id.clone());
                 }
                 state.dispatch(Action::Deleted);
+                if let Some(n) = next.clone() {
+                    if next_unread {
+                        rt.mark_read(n.clone());
+                    }
+                    state.dispatch(Action::Select(n));
+                }
             })
         };
         html! {

@@ -661,11 +661,15 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                 .iter()
                 .flat_map(|o| {
                     mail.attachments.iter().filter_map(move |a| {
-                        let who = o.still_needed_by(a.id);
-                        (!who.is_empty()).then(|| {
-                            let who: Vec<Address> = who.into_iter().cloned().collect();
-                            format!("{} has not fetched {} yet", join(&who), a.name)
-                        })
+                        // Those the relay keeps the file for still get it from there.
+                        let who: Vec<Address> = o
+                            .still_needed_by(a.id)
+                            .into_iter()
+                            .filter(|r| !o.relay_has.contains(&(a.id, (*r).clone())))
+                            .cloned()
+                            .collect();
+                        (!who.is_empty())
+                            .then(|| format!("{} has not fetched {} yet", join(&who), a.name))
                     })
                 })
                 .collect();
@@ -687,9 +691,6 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             at.and_then(|i| ids.get(i + 1).or_else(|| i.checked_sub(1).and_then(|j| ids.get(j))))
                 .cloned()
         };
-        let next_unread = next
-            .as_ref()
-            .is_some_and(|n| received && node.inbox().iter().any(|r| &r.mail.message_id == n && !r.read));
         let confirm_delete = {
             let (rt, state, id) = (rt.clone(), state.clone(), id.clone());
             Callback::from(move |_: MouseEvent| {
@@ -698,13 +699,11 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                 } else {
                     rt.delete_sent(id.clone());
                 }
-                state.dispatch(Action::Deleted);
-                if let Some(n) = next.clone() {
-                    if next_unread {
-                        rt.mark_read(n.clone());
-                    }
-                    state.dispatch(Action::Select(n));
+                if let (Some(n), true) = (&next, received) {
+                    // Opened, so read (a no-op for a mail read already).
+                    rt.mark_read(n.clone());
                 }
+                state.dispatch(Action::Deleted { next: next.clone() });
             })
         };
         html! {

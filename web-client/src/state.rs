@@ -100,8 +100,10 @@ pub enum Action {
     GroupFailed(Option<String>),
     /// Ask (or stop asking) whether to delete the mail in the reading pane.
     AskDelete(bool),
-    /// The mail in the reading pane was deleted.
-    Deleted,
+    /// The mail in the reading pane was deleted; `next` opens in its place.
+    Deleted {
+        next: Option<MessageId>,
+    },
 }
 
 impl Reducible for State {
@@ -144,8 +146,8 @@ impl Reducible for State {
                 s.selected = Some(id);
             }
             Action::AskDelete(ask) => s.confirm_delete = ask,
-            Action::Deleted => {
-                s.selected = None;
+            Action::Deleted { next } => {
+                s.selected = next;
                 s.confirm_delete = false;
             }
             Action::ContactFailed(e) => s.contact_error = e,

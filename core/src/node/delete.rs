@@ -37,28 +37,22 @@ impl Node {
         }
     }
 
-    /// The mail `id` was deleted from the Inbox (`received`) or from Sent.
-    pub fn was_deleted(&self, id: &MessageId) -> Option<&DeletedMail> {
-        self.deleted.get(id)
+    /// True if a mail this node keeps (received or sent) carries the file `a`.
+    fn is_referenced(&self, a: AttachmentId) -> bool {
+        self.inbox
+            .values()
+            .map(|r| &r.mail)
+            .chain(self.outgoing.values().map(|o| &o.mail))
+            .any(|m| m.attachments.iter().any(|x| x.id == a))
     }
 
-    /// Files of the mail `mail` that no other mail this node keeps refers to.
-    fn files_only_in(&self, mail: &Mail, keep_inbox: bool, keep_sent: bool) -> Vec<AttachmentId> {
-        let id = &mail.message_id;
-        let used_elsewhere = |a: AttachmentId| {
-            let refers = |m: &Mail| m.attachments.iter().any(|x| x.id == a);
-            self.inbox
-                .iter()
-                .any(|(k, r)| (k != id || keep_inbox) && refers(&r.mail))
-                || self
-                    .outgoing
-                    .iter()
-                    .any(|(k, o)| (k != id || keep_sent) && refers(&o.mail))
-        };
+    /// The files of `mail`, just taken out of its folder, that no mail this node keeps
+    /// still carries (a mail sent to oneself is in both folders).
+    fn files_only_in(&self, mail: &Mail) -> Vec<AttachmentId> {
         mail.attachments
             .iter()
             .map(|a| a.id)
-            .filter(|a| !used_elsewhere(*a))
+            .filter(|a| !self.is_referenced(*a))
             .collect()
     }
 
@@ -77,12 +71,10 @@ impl Node {
 
     /// Deletes the received mail `id` (not there: nothing happens).
     pub(super) fn delete_received(&mut self, id: MessageId) {
-        let Some(record) = self.inbox.get(&id) else {
+        let Some(record) = self.inbox.remove(&id) else {
             return;
         };
-        let mail = record.mail.clone();
-        let files = self.files_only_in(&mail, false, true);
-        self.inbox.remove(&id);
+        let files = self.files_only_in(&record.mail);
         for a in &files {
             if let Some(d) = self.downloads.remove(a) {
                 if d.record.state == DownloadState::Fetching {
@@ -111,9 +103,11 @@ impl Node {
                 reason,
             });
         }
-        let o = self.outgoing[&id].clone();
-        let files = self.files_only_in(&o.mail, true, false);
-        self.outgoing.remove(&id);
+        let o = self
+            .outgoing
+            .remove(&id)
+            .expect("checked by may_delete_sent");
+        let files = self.files_only_in(&o.mail);
         for a in o.mail.attachments.iter().map(|a| a.id) {
             self.uploads.retain(|(u, _), _| *u != a);
             for r in o.mail.recipients() {
@@ -145,13 +139,7 @@ impl Node {
             .collect();
         for (message_id, a) in orphans {
             self.downloads.remove(&a);
-            let shared = self
-                .inbox
-                .values()
-                .map(|r| &r.mail)
-                .chain(self.outgoing.values().map(|o| &o.mail))
-                .any(|m| m.attachments.iter().any(|x| x.id == a));
-            if !shared {
+            if !self.is_referenced(a) {
                 let deleted = self.deleted[&message_id].clone();
                 self.store(StoreWrite::DeleteMail {
                     deleted,

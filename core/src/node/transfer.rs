@@ -833,7 +833,7 @@ impl Node {
         attachment: AttachmentId,
     ) {
         let deleted = !self.outgoing.contains_key(message_id)
-            && self.was_deleted(message_id).is_some_and(|d| d.sent);
+            && self.deleted.get(message_id).is_some_and(|d| d.sent);
         let reason = if deleted {
             super::SENDER_DELETED
         } else {

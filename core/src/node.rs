@@ -61,7 +61,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 mod delete;
 mod pushes;
 mod transfer;
-pub use delete::SENDER_DELETED;
+pub use delete::{RECIPIENT_DELETED, SENDER_DELETED};
 pub use transfer::{
     DownloadView, FetchingFrom, FileCheckFailure, ServeRequest, UploadRequest, PERSIST_EVERY,
     WINDOW,
@@ -812,7 +812,7 @@ impl Node {
     }
     fn persist_outgoing(&mut self, id: &MessageId) {
         if let Some(o) = self.outgoing.get(id).cloned() {
-            self.store(StoreWrite::PutOutgoing(o));
+            self.store(StoreWrite::PutOutgoing(Box::new(o)));
             self.event(Event::OutgoingChanged(id.clone()));
         }
     }
@@ -940,6 +940,7 @@ impl Node {
                 .collect(),
             fetched: Vec::new(),
             relay_has: Vec::new(),
+            declined: Vec::new(),
         };
         // A copy to oneself is delivered on the spot.
         if let Some(r) = o.recipients.iter_mut().find(|r| r.address == me) {
@@ -991,6 +992,11 @@ impl Node {
         }
         s.extend(self.held_fetch.values().map(|f| f.holder.clone()));
         s.extend(self.held_acks_due.values().cloned());
+        s.extend(
+            self.deleted
+                .values()
+                .filter_map(|d| Some(d.untold.as_ref()?.sender.clone())),
+        );
         s.extend(
             self.downloads
                 .values()
@@ -1197,7 +1203,7 @@ impl Node {
         }
         r.state = state;
         let o = o.clone();
-        let op = self.store(StoreWrite::PutOutgoing(o));
+        let op = self.store(StoreWrite::PutOutgoing(Box::new(o)));
         self.event(Event::OutgoingChanged(id.clone()));
         Some(op)
     }
@@ -2120,6 +2126,12 @@ impl Node {
             | PeerFrame::CancelTransfer { .. }
             | PeerFrame::FileReceived { .. }
             | PeerFrame::FileReceivedAck { .. } => self.handle_transfer_frame(peer, frame),
+            PeerFrame::MailDeleted {
+                message_id,
+                fetched,
+                not_fetched,
+            } => self.recipient_deleted(peer, message_id, fetched, not_fetched),
+            PeerFrame::MailDeletedAck { message_id } => self.sender_heard(&peer, &message_id),
             // Only storage nodes keep files for others.
             PeerFrame::StoreFile { attachment, .. } => self.send_peer(
                 &peer,

@@ -76,11 +76,15 @@ pub struct OutgoingMail {
     /// Which attachment the relay keeps whole for which (offline) recipient.
     #[serde(default)]
     pub relay_has: Vec<(AttachmentId, Address)>,
+    /// Which recipient deleted the mail before fetching which attachment, as it told this
+    /// node (`PeerFrame::MailDeleted`): that file is no longer needed by, or sent to, it.
+    #[serde(default)]
+    pub declined: Vec<(AttachmentId, Address)>,
 }
 
 impl OutgoingMail {
     /// Recipients (not failed) that have not yet fetched attachment `id`, themselves or
-    /// through their storage node.
+    /// through their storage node, and still want it (did not delete the mail).
     pub fn still_needed_by(&self, id: AttachmentId) -> Vec<&Address> {
         self.recipients
             .iter()
@@ -92,7 +96,13 @@ impl OutgoingMail {
                     .iter()
                     .any(|(f, b)| *f == id && (b == *a || *b == a.storage_node()))
             })
+            .filter(|a| !self.declined_by(id, a))
             .collect()
+    }
+
+    /// True if recipient `who` deleted the mail before fetching attachment `id`.
+    pub fn declined_by(&self, id: AttachmentId, who: &Address) -> bool {
+        self.declined.iter().any(|(f, b)| *f == id && b == who)
     }
 
     /// Recipients' storage nodes that keep attachment `id` for them.
@@ -173,6 +183,19 @@ pub struct DeletedMail {
     pub sent: bool,
     /// When (this node's clock).
     pub at: Millis,
+    /// A received mail's files whose fate its sender has not heard yet, told it
+    /// (`PeerFrame::MailDeleted`) when next connected; `None` once it acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untold: Option<Box<UntoldFiles>>,
+}
+
+/// What the recipient that deleted a mail still has to tell its sender: files it had
+/// fetched whole without the sender knowing, and files it deleted before fetching them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UntoldFiles {
+    pub sender: Address,
+    pub fetched: Vec<AttachmentId>,
+    pub not_fetched: Vec<AttachmentId>,
 }
 
 /// One change to persist. Every write is an upsert keyed by Message-ID, address or group
@@ -180,7 +203,7 @@ pub struct DeletedMail {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreWrite {
     PutInbox(InboxRecord),
-    PutOutgoing(OutgoingMail),
+    PutOutgoing(Box<OutgoingMail>),
     PutContact(Address),
     RemoveContact(Address),
     /// Upsert by the group's [`key`](Group::key) (its name, case-insensitively).
@@ -294,7 +317,7 @@ impl MemoryStore {
                 s.inbox.insert(r.mail.message_id.clone(), r);
             }
             StoreWrite::PutOutgoing(o) => {
-                s.outgoing.insert(o.mail.message_id.clone(), o);
+                s.outgoing.insert(o.mail.message_id.clone(), *o);
             }
             StoreWrite::PutContact(a) => {
                 s.contacts.insert(a, ());
@@ -527,9 +550,10 @@ pub mod conformance {
             ],
             fetched: vec![(crate::attach::AttachmentId([1; 16]), addr("bob@h"))],
             relay_has: vec![],
+            declined: vec![],
         };
         store
-            .apply(StoreWrite::PutOutgoing(o.clone()))
+            .apply(StoreWrite::PutOutgoing(Box::new(o.clone())))
             .await
             .unwrap();
         o.recipients[0].state = DeliveryState::Delivered { at: 10 };
@@ -538,7 +562,7 @@ pub mod conformance {
             reason: "no such address".into(),
         };
         store
-            .apply(StoreWrite::PutOutgoing(o.clone()))
+            .apply(StoreWrite::PutOutgoing(Box::new(o.clone())))
             .await
             .unwrap();
         let snap = store.load().await.unwrap();
@@ -760,6 +784,7 @@ pub mod conformance {
             recipients: vec![],
             fetched: vec![],
             relay_has: vec![],
+            declined: vec![],
         };
         let mut writes = vec![
             StoreWrite::PutInbox(InboxRecord {
@@ -772,7 +797,7 @@ pub mod conformance {
                 received_at: 6,
                 read: true,
             }),
-            StoreWrite::PutOutgoing(sent.clone()),
+            StoreWrite::PutOutgoing(Box::new(sent.clone())),
             StoreWrite::PutDownload(Box::new(download(&one, a))),
             StoreWrite::PutDownload(Box::new(download(&two, b))),
             StoreWrite::PutChunkList {
@@ -806,6 +831,11 @@ pub mod conformance {
             received: true,
             sent: false,
             at: 7,
+            untold: Some(Box::new(UntoldFiles {
+                sender: sent.mail.from.clone(),
+                fetched: vec![b],
+                not_fetched: vec![a],
+            })),
         };
         for _ in 0..2 {
             // Deleting twice leaves the same state as once.
@@ -835,13 +865,19 @@ pub mod conformance {
             received: false,
             sent: true,
             at: 8,
+            untold: None,
         };
         let both = DeletedMail {
             sent: true,
             at: 9,
             ..received.clone()
         };
-        for deleted in [gone.clone(), both.clone()] {
+        // The sender heard what became of the files: the record is written again without.
+        let told = DeletedMail {
+            untold: None,
+            ..both.clone()
+        };
+        for deleted in [gone.clone(), both, told.clone()] {
             store
                 .apply(StoreWrite::DeleteMail {
                     deleted,
@@ -854,7 +890,7 @@ pub mod conformance {
         assert!(snap.outgoing.is_empty());
         assert_eq!(snap.inbox.len(), 1);
         snap.deleted.sort_by(|x, y| x.message_id.cmp(&y.message_id));
-        let mut want = vec![both, gone];
+        let mut want = vec![told, gone];
         want.sort_by(|x, y| x.message_id.cmp(&y.message_id));
         assert_eq!(snap.deleted, want);
         assert_eq!(store.read_chunk(b, 0).await.unwrap(), Some(vec![8; 10]));

@@ -5,8 +5,8 @@
 mod sim;
 
 use peermail_core::attach::CHUNK_BYTES;
-use peermail_core::node::{Command, Event, SENDER_DELETED};
-use peermail_core::store::{DownloadState, StoreWrite};
+use peermail_core::node::{Command, Event, RECIPIENT_DELETED, SENDER_DELETED};
+use peermail_core::store::{DownloadState, StoreWrite, UntoldFiles};
 use peermail_core::wire::peer::PeerFrame;
 use peermail_core::{Address, MessageId};
 use sim::{addr, file, world_with, CacheMode, World};
@@ -242,4 +242,128 @@ fn a_mail_to_oneself_deleted_from_one_folder_keeps_its_file_for_the_other() {
         .deleted
         .iter()
         .any(|d| d.message_id == id && d.received && d.sent));
+}
+
+/// Bob deletes a mail whose file he has not fetched while Alice, its sender, is away; his
+/// page is reopened meanwhile. When Alice is back, Bob's node tells hers, once: she no
+/// longer counts Bob among those who still need the file.
+#[test]
+fn a_recipient_that_deletes_a_mail_before_fetching_its_file_tells_the_sender() {
+    let mut w = world_with(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    w.drop_rule = Some(Box::new(|_, _, f| matches!(f, PeerFrame::Chunk { .. })));
+    let att = w.attach_file_with(&alice, "big.bin", &file(3 * CHUNK_BYTES, 3), 3, false);
+    let id = w.send_with(&alice, &[&bob], "big", vec![att.clone()]);
+    assert_eq!(w.outgoing(&alice, &id).still_needed_by(att.id), vec![&bob]);
+    w.offline(&alice);
+    w.drop_rule = None;
+
+    w.command(&bob, Command::DeleteReceived(id.clone()));
+    let untold = |w: &World| {
+        w.users[&bob]
+            .store
+            .snapshot()
+            .deleted
+            .into_iter()
+            .find(|d| d.message_id == id)
+            .expect("deletion record")
+            .untold
+    };
+    assert_eq!(
+        untold(&w),
+        Some(Box::new(UntoldFiles {
+            sender: alice.clone(),
+            fetched: vec![],
+            not_fetched: vec![att.id],
+        }))
+    );
+    w.offline(&bob);
+    w.online(&bob);
+
+    w.frame_log.clear();
+    w.online(&alice);
+    let told = |w: &World| {
+        w.frame_log
+            .iter()
+            .filter(|(f, t, fr)| {
+                f == &bob && t == &alice && matches!(fr, PeerFrame::MailDeleted { .. })
+            })
+            .count()
+    };
+    assert_eq!(told(&w), 1);
+    let o = w.outgoing(&alice, &id);
+    assert!(o.declined_by(att.id, &bob));
+    assert!(o.still_needed_by(att.id).is_empty(), "nobody needs it now");
+    assert_eq!(untold(&w), None, "the acknowledgement is recorded");
+
+    // Told once: later connections say nothing more.
+    w.frame_log.clear();
+    w.offline(&bob);
+    w.online(&bob);
+    w.advance(60_000);
+    assert_eq!(told(&w), 0);
+}
+
+/// Bob fetched the file, but its `FileReceived` was lost; then he deletes the mail (Alice
+/// online): Alice hears he had it. Carol deletes hers unfetched: Alice stops offering the
+/// file to Carol's storage node, and refuses it the file if it asks.
+#[test]
+fn a_sender_hears_which_files_a_deleting_recipient_had_and_stops_offering_the_rest() {
+    let mut w = world_with(&["alice", "bob", "carol"]);
+    let (alice, bob, carol) = (addr("alice"), addr("bob"), addr("carol"));
+    let node = w.add_storage(&carol, 1 << 30);
+    w.online(&alice);
+    w.online(&bob);
+    w.online(&carol);
+    let bytes = file(3 * CHUNK_BYTES, 4);
+    let att = w.attach_file_with(&alice, "big.bin", &bytes, 4, false);
+    // Bob's report of the whole file is lost, and Carol's chunks.
+    w.drop_rule = Some(Box::new(|_, to, f| {
+        matches!(f, PeerFrame::FileReceived { .. })
+            || (matches!(f, PeerFrame::Chunk { .. }) && to.local() == "carol")
+    }));
+    let id = w.send_with(&alice, &[&bob, &carol], "big", vec![att.clone()]);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+    let o = w.outgoing(&alice, &id);
+    assert_eq!(o.still_needed_by(att.id), vec![&bob, &carol]);
+    w.drop_rule = None;
+
+    w.command(&bob, Command::DeleteReceived(id.clone()));
+    w.command(&carol, Command::DeleteReceived(id.clone()));
+    let o = w.outgoing(&alice, &id);
+    assert!(o.fetched.contains(&(att.id, bob.clone())), "Bob had it");
+    assert!(!o.declined_by(att.id, &bob));
+    assert!(o.declined_by(att.id, &carol));
+    assert!(o.still_needed_by(att.id).is_empty());
+
+    // Carol's storage node comes online: it is not asked to keep the file, and it is
+    // refused the file if it asks anyway.
+    w.frame_log.clear();
+    w.storage_online(&node);
+    w.advance(60_000);
+    assert!(!w
+        .frame_log
+        .iter()
+        .any(|(_, t, fr)| t == &node && matches!(fr, PeerFrame::StoreFile { .. })));
+    assert!(!w.storage_has(&node, att.id));
+    w.connect(&node, &alice);
+    w.frame_log.clear();
+    w.inject(
+        &node,
+        &alice,
+        PeerFrame::GetChunkList {
+            message_id: id.clone(),
+            attachment: att.id,
+            start: 0,
+        },
+    );
+    assert!(w.frame_log.iter().any(|(f, t, fr)| f == &alice
+        && t == &node
+        && *fr
+            == PeerFrame::TransferRefused {
+                attachment: att.id,
+                reason: RECIPIENT_DELETED.into(),
+            }));
 }

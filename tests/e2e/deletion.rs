@@ -1,5 +1,5 @@
 //! Deleting mail: a received mail goes with its files, a sent one from Sent; both stay
-//! deleted after a reload.
+//! deleted after a reload; the sender of a mail deleted before its file was fetched hears it.
 
 use anyhow::{ensure, Context, Result};
 
@@ -118,5 +118,57 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     no_row_with(alice, "sent", &[SUBJECT])
         .await
         .context("after a reload")?;
+    deleted_before_fetching(w).await
+}
+
+/// Alice mails Bob (offline) a file too large for the relay to keep, and leaves; Bob comes
+/// back, gets the mail from the relay, and deletes it without the file (Alice is away, so
+/// nothing can fetch it): the page says Alice will be told. When Alice is back, her Sent
+/// line for the file says Bob deleted the mail without fetching it (no longer "still
+/// needed by" him).
+async fn deleted_before_fetching(w: &mut World) -> Result<()> {
+    const SUBJECT: &str = "Slides you may not want";
+    let bob_addr = w.addr("bob");
+    // Above the relay's default inline limit (8 MiB): the file stays in Alice's browser.
+    let data = noise(8_500_000, 22);
+    let path = test_file(w, "slides.bin", &data)?;
+    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    let alice = w.get("alice")?;
+    alice
+        .compose_with_files(&bob_addr, SUBJECT, "Only if you want them.", &[&path])
+        .await?;
+    alice
+        .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
+        .await?;
+    w.browsers
+        .get_mut("alice")
+        .context("alice")?
+        .close()
+        .await?;
+
+    let bob = w.person("bob").await?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    bob.click("#delete-mail").await?;
+    let text = bob
+        .wait_for_text("#delete-confirm", "no longer need slides.bin")
+        .await?;
+    ensure!(
+        text.contains(&w.addr("alice")),
+        "the confirmation does not name the sender: {text}"
+    );
+    let bob = w.get("bob")?;
+    bob.click("#delete-yes").await?;
+    wait_no_row(bob, "inbox", SUBJECT).await?;
+
+    let alice = w.person("alice").await?;
+    alice.open_mail("sent", SUBJECT).await?;
+    let a = alice
+        .wait_attachment_status("deleted the mail without fetching it")
+        .await?;
+    ensure!(
+        a.status.contains(&bob_addr) && !a.status.contains("still needed"),
+        "Alice's line for the file reads {:?}",
+        a.status
+    );
     Ok(())
 }

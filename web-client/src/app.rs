@@ -655,7 +655,27 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                 .filter(|_| !mail.attachments.is_empty())
                 .map(|n| format!(" Copies of its files on your storage node ({n}) stay there."))
                 .unwrap_or_default();
-            format!("Delete this mail and its files from this browser for good?{kept}")
+            // Its sender is told, so that its browser stops keeping them for this person.
+            let missing: Vec<&str> = mail
+                .attachments
+                .iter()
+                .filter(|a| {
+                    !node.download(&a.id).is_some_and(|d| {
+                        matches!(d.state, peermail_core::store::DownloadState::Complete { .. })
+                    })
+                })
+                .map(|a| a.name.as_str())
+                .collect();
+            let told = if !missing.is_empty() && mail.from != *node.address() {
+                format!(
+                    " {} is told that you no longer need {}.",
+                    mail.from,
+                    missing.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            format!("Delete this mail and its files from this browser for good?{kept}{told}")
         } else {
             let waiting: Vec<String> = outgoing
                 .iter()

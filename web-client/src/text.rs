@@ -211,8 +211,8 @@ pub fn attachment_source(v: &peermail_core::node::DownloadView) -> Option<String
     })
 }
 
-/// What the sender's copy of an attachment says: who still has to fetch it, and which
-/// recipients' storage nodes keep it for them.
+/// What the sender's copy of an attachment says: who still has to fetch it, which
+/// recipients' storage nodes keep it for them, and who deleted the mail without fetching it.
 pub fn sent_attachment_status(o: &OutgoingMail, id: peermail_core::attach::AttachmentId) -> String {
     let needed = o.still_needed_by(id);
     let nodes = o.kept_on_nodes(id);
@@ -220,12 +220,23 @@ pub fn sent_attachment_status(o: &OutgoingMail, id: peermail_core::attach::Attac
         let owners: Vec<String> = nodes.iter().map(|n| n.owner().to_string()).collect();
         format!("kept on the storage node of {}", owners.join(", "))
     });
-    if needed.is_empty() {
-        match kept {
-            Some(kept) => format!("fetched by every recipient; {kept}"),
-            None => "fetched by every recipient".into(),
-        }
-    } else {
+    let fetched_by = |a: &Address| {
+        o.fetched
+            .iter()
+            .any(|(f, b)| *f == id && (b == a || *b == a.storage_node()))
+    };
+    let live: Vec<&Address> = o
+        .recipients
+        .iter()
+        .filter(|r| !matches!(r.state, DeliveryState::Failed { .. }))
+        .map(|r| &r.address)
+        .collect();
+    let declined: Vec<String> = live
+        .iter()
+        .filter(|a| o.declined_by(id, a) && !fetched_by(a))
+        .map(|a| a.to_string())
+        .collect();
+    let mut line = if !needed.is_empty() {
         let names: Vec<String> = needed
             .iter()
             .map(|a| {
@@ -236,12 +247,24 @@ pub fn sent_attachment_status(o: &OutgoingMail, id: peermail_core::attach::Attac
                 }
             })
             .collect();
-        let mut line = format!("still needed by {}", names.join(", "));
-        if let Some(kept) = kept {
-            line.push_str(&format!("; {kept}"));
-        }
-        line
+        format!("still needed by {}", names.join(", "))
+    } else if declined.is_empty() {
+        "fetched by every recipient".to_string()
+    } else if declined.len() == live.len() {
+        "not needed any more".to_string()
+    } else {
+        "fetched by the other recipients".to_string()
+    };
+    if let Some(kept) = kept {
+        line.push_str(&format!("; {kept}"));
     }
+    if !declined.is_empty() {
+        line.push_str(&format!(
+            "; {} deleted the mail without fetching it",
+            declined.join(", ")
+        ));
+    }
+    line
 }
 
 /// The sender's line for one recipient of an attachment this page is sending: `to

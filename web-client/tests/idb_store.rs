@@ -146,6 +146,7 @@ async fn a_version_6_database_is_upgraded_and_remembers_deleted_mail() {
         received: true,
         sent: false,
         at: 3,
+        untold: None,
     };
     {
         let s = IdbStore::open(&name).await.unwrap();

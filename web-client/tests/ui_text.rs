@@ -116,6 +116,7 @@ fn outgoing(states: &[DeliveryState]) -> OutgoingMail {
         recipients,
         fetched: vec![],
         relay_has: vec![],
+        declined: vec![],
     }
 }
 
@@ -319,6 +320,25 @@ fn sent_attachment_lines() {
     assert_eq!(
         sent_attachment_status(&o, id),
         "fetched by every recipient; kept on the storage node of carol@h"
+    );
+    // Recipients that deleted the mail before fetching the file.
+    o.fetched.clear();
+    o.relay_has.clear();
+    o.fetched.push((id, addr("bob@h")));
+    o.declined.push((id, addr("carol@h")));
+    assert_eq!(
+        sent_attachment_status(&o, id),
+        "fetched by the other recipients; carol@h deleted the mail without fetching it"
+    );
+    o.fetched.clear();
+    assert_eq!(
+        sent_attachment_status(&o, id),
+        "still needed by bob@h; carol@h deleted the mail without fetching it"
+    );
+    o.declined.push((id, addr("bob@h")));
+    assert_eq!(
+        sent_attachment_status(&o, id),
+        "not needed any more; bob@h, carol@h deleted the mail without fetching it"
     );
 }
 

@@ -11,12 +11,22 @@
 //! once no recipient waits for it (the Outbox has no delete); recipients that have not
 //! fetched its files yet are refused them from then on, with the reason. A storage node's
 //! copies of files are not deleted (a known limit: its owner cannot delete its files).
+//!
+//! A recipient that deletes a mail tells its sender what became of the files the sender
+//! has not heard about (`PeerFrame::MailDeleted`: fetched whole, or deleted unfetched),
+//! from the deletion record ([`UntoldFiles`]) until the sender acknowledges it, over a
+//! channel opened while the sender is online. The sender records them: files deleted
+//! unfetched are no longer needed by that recipient, nor offered to its storage node.
 
 use super::*;
-use crate::store::DownloadState;
+use crate::store::{DownloadState, UntoldFiles};
 
 /// The reason a recipient is given for a file of a mail its sender deleted.
 pub const SENDER_DELETED: &str = "the sender deleted this mail; its files are no longer sent";
+/// The reason a recipient's storage node is given for a file of a mail the recipient
+/// deleted before fetching the file.
+pub const RECIPIENT_DELETED: &str =
+    "its recipient deleted this mail before fetching the file; it is no longer sent";
 
 impl Node {
     /// True if the mail `id` is in the Inbox or was deleted from it: a copy delivered again
@@ -62,6 +72,7 @@ impl Node {
             received: false,
             sent: false,
             at: self.now,
+            untold: None,
         });
         d.received |= received;
         d.sent |= sent;
@@ -74,6 +85,7 @@ impl Node {
         let Some(record) = self.inbox.remove(&id) else {
             return;
         };
+        let untold = self.untold_files(&record.mail);
         let files = self.files_only_in(&record.mail);
         for a in &files {
             if let Some(d) = self.downloads.remove(a) {
@@ -85,7 +97,10 @@ impl Node {
             // A copy the relay keeps for this account is of no use any more.
             self.files_to_release.insert(*a);
         }
-        let deleted = self.tombstone(&id, true, false);
+        self.tombstone(&id, true, false);
+        let d = self.deleted.get_mut(&id).expect("just written");
+        d.untold = untold.map(Box::new).or(d.untold.take());
+        let deleted = d.clone();
         self.store(StoreWrite::DeleteMail {
             deleted,
             attachments: files,
@@ -93,6 +108,117 @@ impl Node {
         self.release_files();
         self.event(Event::InboxChanged);
         self.event(Event::Deleted(id));
+        let sender = record.mail.from;
+        if self.owes_sender(&sender) {
+            self.subscribe([sender.clone()]);
+            self.tell_sender(&sender);
+        }
+    }
+
+    /// What the sender of the received `mail`, about to be deleted, has not heard of its
+    /// files: those fetched whole without telling it yet, and those not fetched (it stops
+    /// offering them). `None` when there is nothing to tell (or the mail is from oneself).
+    fn untold_files(&self, mail: &Mail) -> Option<UntoldFiles> {
+        if mail.from == self.identity.address {
+            return None;
+        }
+        let (mut fetched, mut not_fetched) = (Vec::new(), Vec::new());
+        for a in mail.attachments.iter().map(|a| a.id) {
+            match self
+                .downloads
+                .get(&a)
+                .map(|d| (&d.record.state, d.record.sender_knows))
+            {
+                Some((DownloadState::Complete { .. }, true)) => {}
+                Some((DownloadState::Complete { .. }, false)) => fetched.push(a),
+                _ => not_fetched.push(a),
+            }
+        }
+        (!fetched.is_empty() || !not_fetched.is_empty()).then(|| UntoldFiles {
+            sender: mail.from.clone(),
+            fetched,
+            not_fetched,
+        })
+    }
+
+    /// Deleted mail from `peer` whose files' fate `peer` has not heard yet.
+    pub(super) fn untold_sender<'a>(
+        &'a self,
+        peer: &'a Address,
+    ) -> impl Iterator<Item = (&'a MessageId, &'a UntoldFiles)> + 'a {
+        self.deleted.iter().filter_map(move |(id, d)| {
+            d.untold
+                .as_deref()
+                .filter(|u| &u.sender == peer)
+                .map(|u| (id, u))
+        })
+    }
+
+    /// The sender `peer` recorded what this node told it of deleted mail `id`
+    /// (`MailDeletedAck`): the deletion record is written again without it.
+    pub(super) fn sender_heard(&mut self, peer: &Address, id: &MessageId) {
+        let Some(d) = self.deleted.get_mut(id) else {
+            return;
+        };
+        if d.untold.as_ref().is_some_and(|u| &u.sender == peer) {
+            d.untold = None;
+            let deleted = d.clone();
+            self.store(StoreWrite::DeleteMail {
+                deleted,
+                attachments: Vec::new(),
+            });
+        }
+    }
+
+    /// A recipient, `peer`, deleted this node's sent mail `id` (`MailDeleted`): the files
+    /// it had fetched are recorded as such, those it had not are no longer offered to it or
+    /// its storage node (their requests are refused from then on). Acknowledged whatever
+    /// this node still keeps of the mail, so that `peer` stops telling it.
+    pub(super) fn recipient_deleted(
+        &mut self,
+        peer: Address,
+        id: MessageId,
+        fetched: Vec<AttachmentId>,
+        not_fetched: Vec<AttachmentId>,
+    ) {
+        let mut stop = Vec::new();
+        if let Some(o) = self.outgoing.get_mut(&id) {
+            let carries = |a: &AttachmentId| o.mail.attachments.iter().any(|x| x.id == *a);
+            if !peer.is_storage_node() && o.mail.recipients().contains(&peer) {
+                let mut changed = false;
+                for a in fetched.into_iter().filter(carries) {
+                    let entry = (a, peer.clone());
+                    if !o.fetched.contains(&entry) {
+                        o.fetched.push(entry);
+                        changed = true;
+                    }
+                }
+                for a in not_fetched.into_iter().filter(carries) {
+                    let entry = (a, peer.clone());
+                    if !o.declined.contains(&entry) && !o.fetched.contains(&entry) {
+                        o.declined.push(entry);
+                        stop.push(a);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    self.persist_outgoing(&id);
+                    self.event(Event::OutgoingChanged(id.clone()));
+                }
+            }
+        }
+        let node = peer.storage_node();
+        for a in stop {
+            self.uploads
+                .retain(|(u, to), _| !(*u == a && (*to == peer || *to == node)));
+            for to in [peer.clone(), node.clone()] {
+                self.emit(Output::StopServing {
+                    peer: to,
+                    attachment: Some(a),
+                });
+            }
+        }
+        self.send_peer(&peer, PeerFrame::MailDeletedAck { message_id: id });
     }
 
     /// Deletes the sent mail `id`, if [`may_delete_sent`](Self::may_delete_sent) allows it.

@@ -52,7 +52,11 @@ impl Node {
             }
             for att in &o.mail.attachments {
                 let has = |who: &Address| o.fetched.iter().any(|(f, b)| *f == att.id && b == who);
-                if has(&owner) || has(node) || self.push_refused.contains(&(att.id, node.clone())) {
+                if has(&owner)
+                    || has(node)
+                    || o.declined_by(att.id, &owner)
+                    || self.push_refused.contains(&(att.id, node.clone()))
+                {
                     continue;
                 }
                 if self.sending_stopped(att.id, &owner) {

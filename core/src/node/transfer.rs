@@ -309,13 +309,14 @@ impl Node {
             || self.co_recipients(d).contains(peer)
     }
 
-    /// This node has whole files of `peer`'s mail that `peer` does not know of yet.
+    /// This node has whole files of `peer`'s mail that `peer` does not know of yet, or
+    /// deleted mail of `peer`'s whose files `peer` has not heard the fate of.
     pub(super) fn owes_sender(&self, peer: &Address) -> bool {
         self.downloads.values().any(|d| {
             &d.record.from == peer
                 && !d.record.sender_knows
                 && matches!(d.record.state, DownloadState::Complete { .. })
-        })
+        }) || self.untold_sender(peer).next().is_some()
     }
 
     /// Tells `peer` (over an open channel, asked for while `peer` is online) of every file
@@ -342,6 +343,17 @@ impl Node {
                     attachment,
                 },
             );
+        }
+        let deleted: Vec<PeerFrame> = self
+            .untold_sender(peer)
+            .map(|(message_id, u)| PeerFrame::MailDeleted {
+                message_id: message_id.clone(),
+                fetched: u.fetched.clone(),
+                not_fetched: u.not_fetched.clone(),
+            })
+            .collect();
+        for frame in deleted {
+            self.send_peer(peer, frame);
         }
     }
 
@@ -767,12 +779,12 @@ impl Node {
     fn may_fetch(&self, peer: &Address, message_id: &MessageId, id: AttachmentId) -> bool {
         if self.sent_attachment(message_id, id).is_some() {
             // A recipient, or a recipient's storage node (only its paired key signs in as
-            // `name+node`).
-            return self.outgoing[message_id]
-                .mail
-                .recipients()
-                .iter()
-                .any(|r| r == peer || (peer.is_storage_node() && r.storage_node() == *peer));
+            // `name+node`), unless the recipient deleted the mail before fetching the file.
+            let o = &self.outgoing[message_id];
+            return o.mail.recipients().iter().any(|r| {
+                (r == peer || (peer.is_storage_node() && r.storage_node() == *peer))
+                    && !o.declined_by(id, r)
+            });
         }
         let whole = self.downloads.get(&id).is_some_and(|d| {
             &d.record.message_id == message_id
@@ -834,8 +846,14 @@ impl Node {
     ) {
         let deleted = !self.outgoing.contains_key(message_id)
             && self.deleted.get(message_id).is_some_and(|d| d.sent);
+        let declined = self
+            .outgoing
+            .get(message_id)
+            .is_some_and(|o| o.declined_by(attachment, &peer.owner()));
         let reason = if deleted {
             super::SENDER_DELETED
+        } else if declined {
+            super::RECIPIENT_DELETED
         } else {
             "no such attachment for you here"
         };

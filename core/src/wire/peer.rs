@@ -115,6 +115,17 @@ pub enum PeerFrame {
         size: u64,
         chunks_root: Hash,
     },
+    /// From a recipient that deleted mail `message_id` to its sender: of its attachments,
+    /// it had fetched `fetched` whole (the sender had not heard it yet) and deleted
+    /// `not_fetched` before fetching them: the sender stops offering those to it (and to its
+    /// storage node). Answered by `MailDeletedAck`.
+    MailDeleted {
+        message_id: MessageId,
+        fetched: Vec<AttachmentId>,
+        not_fetched: Vec<AttachmentId>,
+    },
+    /// The sender recorded the `MailDeleted`.
+    MailDeletedAck { message_id: MessageId },
 }
 
 /// Why bytes from a peer could not be read.

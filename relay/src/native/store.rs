@@ -153,7 +153,11 @@ impl FileStore {
                 });
                 let writes = deleted
                     .chain(m.inbox.into_iter().map(StoreWrite::PutInbox))
-                    .chain(m.outgoing.into_iter().map(StoreWrite::PutOutgoing))
+                    .chain(
+                        m.outgoing
+                            .into_iter()
+                            .map(|o| StoreWrite::PutOutgoing(Box::new(o))),
+                    )
                     .chain(m.contacts.into_iter().map(StoreWrite::PutContact))
                     .chain(m.keys.into_iter().map(StoreWrite::PutKeys))
                     .chain(m.held.into_iter().map(StoreWrite::PutHeld))
@@ -366,6 +370,7 @@ mod tests {
             received: true,
             sent: false,
             at: 5,
+            untold: None,
         };
         {
             let s = FileStore::open(dir.path()).unwrap();

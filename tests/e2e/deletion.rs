@@ -132,7 +132,7 @@ async fn deleted_before_fetching(w: &mut World) -> Result<()> {
     // Above the relay's default inline limit (8 MiB): the file stays in Alice's browser.
     let data = noise(8_500_000, 22);
     let path = test_file(w, "slides.bin", &data)?;
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     let alice = w.get("alice")?;
     alice
         .compose_with_files(&bob_addr, SUBJECT, "Only if you want them.", &[&path])
@@ -140,11 +140,7 @@ async fn deleted_before_fetching(w: &mut World) -> Result<()> {
     alice
         .wait_recipient(&["outbox"], SUBJECT, &bob_addr, "cached")
         .await?;
-    w.browsers
-        .get_mut("alice")
-        .context("alice")?
-        .close()
-        .await?;
+    w.close("alice").await?;
 
     let bob = w.person("bob").await?;
     bob.open_mail("inbox", SUBJECT).await?;

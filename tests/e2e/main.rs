@@ -214,6 +214,15 @@ impl World {
         Ok(b)
     }
 
+    /// Closes `name`'s browser (the person leaves; their profile stays for [`World::person`]).
+    async fn close(&mut self, name: &str) -> Result<()> {
+        self.browsers
+            .get_mut(name)
+            .context(name.to_string())?
+            .close()
+            .await
+    }
+
     fn get(&self, name: &str) -> Result<&Browser> {
         self.browsers
             .get(name)
@@ -318,7 +327,7 @@ async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
     w.person("bob").await?;
     let bob_addr = w.addr("bob");
 
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
 
     let alice = w.get("alice")?;
     alice.compose(&bob_addr, "", SUBJECT, BODY).await?;
@@ -462,11 +471,7 @@ async fn signup_rejects_taken_and_invalid_names(w: &mut World) -> Result<()> {
     m.sign_up("mallory")
         .await
         .context("a good name after two refusals")?;
-    w.browsers
-        .get_mut("mallory")
-        .context("mallory")?
-        .close()
-        .await?;
+    w.close("mallory").await?;
     Ok(())
 }
 
@@ -480,7 +485,7 @@ async fn contacts_show_live_presence(w: &mut World) -> Result<()> {
     alice.add_contact(&bob_addr).await?;
     alice.wait_presence(&bob_addr, "online").await?;
 
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     w.get("alice")?
         .wait_presence(&bob_addr, "offline")
         .await
@@ -505,7 +510,7 @@ async fn offline_recipient_via_relay_cache(w: &mut World) -> Result<()> {
     w.person("bob").await?;
     w.person("carol").await?;
     let (bob_addr, carol_addr) = (w.addr("bob"), w.addr("carol"));
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
 
     let alice = w.get("alice")?;
     alice.compose(&bob_addr, &carol_addr, SUBJECT, BODY).await?;
@@ -523,11 +528,7 @@ async fn offline_recipient_via_relay_cache(w: &mut World) -> Result<()> {
         .wait_recipient(&["outbox"], SUBJECT, &carol_addr, "delivered")
         .await?;
 
-    w.browsers
-        .get_mut("alice")
-        .context("alice")?
-        .close()
-        .await?;
+    w.close("alice").await?;
     let bob = w.person("bob").await?;
     let pane = bob
         .open_mail("inbox", SUBJECT)
@@ -551,7 +552,7 @@ async fn relay_stores_ciphertext_only(w: &mut World) -> Result<()> {
     w.person("alice").await?;
     w.person("bob").await?;
     let bob_addr = w.addr("bob");
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     let alice = w.get("alice")?;
     alice.compose(&bob_addr, "", SUBJECT, BODY).await?;
     // "cached" means the relay answered `deposited`: the envelope is committed.
@@ -596,7 +597,7 @@ async fn tampered_envelope_rejected_visibly(w: &mut World) -> Result<()> {
     let address = |name: &str| Address::new(name, &domain).context("an address");
     let (alice, bob, trudy_addr) = (address("alice")?, address("bob")?, address("trudy")?);
     let (alice_s, trudy_s) = (alice.to_string(), trudy_addr.to_string());
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
 
     // Trudy: a native account. She reads the directory like any sender would.
     let trudy_seed = random_bytes::<32>()?;
@@ -702,7 +703,7 @@ async fn tampered_envelope_rejected_visibly(w: &mut World) -> Result<()> {
 
     // (2) Bob leaves again; a genuine envelope of Trudy's is altered in transit: one byte of
     // the ciphertext (which ends right before the signature's length byte and 64 bytes).
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     let flipped_id = message_id(0xe0)?;
     let mut flipped = seal::seal(
         &mail(&flipped_id, &trudy_addr, FLIPPED),
@@ -782,7 +783,7 @@ async fn tampered_envelope_rejected_visibly(w: &mut World) -> Result<()> {
             .await?;
         ensure!(!kept, "the relay still keeps the refused {id}");
     }
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     let b = w.person("bob").await?;
     b.wait_row("inbox", CONTROL).await?;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -911,7 +912,7 @@ async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     let dan_key = dan_key.context("Dan's browser published no encryption key within 10 s")?;
-    w.browsers.get_mut("dan").context("dan")?.close().await?;
+    w.close("dan").await?;
 
     // The filler fills Dan's share of the relay cache with genuine mails for him.
     let now_ms = || {
@@ -1045,11 +1046,7 @@ async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()
     relay_files_lack(w, &[SUBJECT, BODY])?;
 
     // Alice leaves; Dan comes back and fetches the copy from Carol's node.
-    w.browsers
-        .get_mut("alice")
-        .context("alice")?
-        .close()
-        .await?;
+    w.close("alice").await?;
     let d = w.person("dan").await?;
     let pane = d
         .open_mail("inbox", SUBJECT)
@@ -1199,7 +1196,7 @@ async fn leave_file_at_relay(
     body: &str,
     path: &std::path::Path,
 ) -> Result<()> {
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     let alice = w.get("alice")?;
     alice
         .compose_with_files(bob_addr, subject, body, &[path])
@@ -1336,7 +1333,7 @@ async fn large_attachment_waits_for_its_sender_and_resumes(w: &mut World) -> Res
     let (alice_addr, bob_addr) = (w.addr("alice"), w.addr("bob"));
     let film = noise(48 * MIB as usize + 777, 12);
     let path = test_file(w, NAME, &film)?;
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     let alice = w.get("alice")?;
     alice
         .compose_with_files(&bob_addr, SUBJECT, "Enjoy.", &[&path])
@@ -1349,11 +1346,7 @@ async fn large_attachment_waits_for_its_sender_and_resumes(w: &mut World) -> Res
         listed.len() == 1 && listed[0].status == format!("still needed by {bob_addr}"),
         "Alice's Outbox mail lists {listed:?}"
     );
-    w.browsers
-        .get_mut("alice")
-        .context("alice")?
-        .close()
-        .await?;
+    w.close("alice").await?;
 
     let bob = w.person("bob").await?;
     bob.open_mail("inbox", SUBJECT).await?;
@@ -1383,7 +1376,7 @@ async fn large_attachment_waits_for_its_sender_and_resumes(w: &mut World) -> Res
         "the film arrived too fast to interrupt: {part:?}"
     );
     // Bob closes his browser in the middle of the transfer.
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     let before = part.done.unwrap_or(0);
 
     let bob = w.person("bob").await?;
@@ -1429,11 +1422,7 @@ async fn small_attachment_reaches_an_offline_recipient_through_the_relay(
     let path = test_file(w, NAME, text.as_bytes())?;
     leave_file_at_relay(w, &bob_addr, SUBJECT, "The minutes are attached.", &path).await?;
     relay_files_lack(w, &[MARKER])?;
-    w.browsers
-        .get_mut("alice")
-        .context("alice")?
-        .close()
-        .await?;
+    w.close("alice").await?;
 
     let bob = w.person("bob").await?;
     bob.open_mail("inbox", SUBJECT).await?;
@@ -1467,11 +1456,7 @@ async fn attachment_passed_on_by_a_co_recipient(w: &mut World) -> Result<()> {
     let (bob_addr, carol_addr) = (w.addr("bob"), w.addr("carol"));
     let photos = noise(9 * 1024 * 1024 + 3, 13);
     let path = test_file(w, NAME, &photos)?;
-    w.browsers
-        .get_mut("carol")
-        .context("carol")?
-        .close()
-        .await?;
+    w.close("carol").await?;
     w.get("alice")?
         .compose_with_files(
             &format!("{bob_addr}, {carol_addr}"),
@@ -1486,11 +1471,7 @@ async fn attachment_passed_on_by_a_co_recipient(w: &mut World) -> Result<()> {
     w.get("alice")?
         .wait_recipient(&["outbox"], SUBJECT, &carol_addr, "cached")
         .await?;
-    w.browsers
-        .get_mut("alice")
-        .context("alice")?
-        .close()
-        .await?;
+    w.close("alice").await?;
 
     let carol = w.person("carol").await?;
     carol.open_mail("inbox", SUBJECT).await?;

@@ -67,7 +67,7 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
         .context("once signed in, Bob's node shows as available")?;
 
     // Alice mails Bob (away) a large file; her browser hands it to Bob's node.
-    w.browsers.get_mut("bob").context("bob")?.close().await?;
+    w.close("bob").await?;
     let footage = noise(50 * MIB + 321, 31);
     let path = test_file(w, NAME, &footage)?;
     let alice = w.get("alice")?;
@@ -86,11 +86,7 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
     alice
         .wait_attachment_status(&format!("kept on the storage node of {bob_addr}"))
         .await?;
-    w.browsers
-        .get_mut("alice")
-        .context("alice")?
-        .close()
-        .await?;
+    w.close("alice").await?;
 
     // Bob, with Alice away, gets the file from his node. Once it comes from there, the relay
     // stops: the transfer goes on over the open data channel.
@@ -196,11 +192,7 @@ pub(crate) async fn relay_hands_over_to_a_returning_storage_node(w: &mut World) 
     let text = noise(600 * 1024 + 5, 77);
     let path = test_file(w, NAME, &text)?;
     leave_file_at_relay(w, &bob_addr, SUBJECT, "Please read.", &path).await?;
-    w.browsers
-        .get_mut("alice")
-        .context("alice")?
-        .close()
-        .await?;
+    w.close("alice").await?;
 
     // The node comes back: the relay hands the file over and deletes its copy.
     let mut node = StorageNodeProc::start(&w.h.config, &w.h.relay.url, &data_dir)?;

@@ -203,7 +203,6 @@ impl Node {
                 }
                 if changed {
                     self.persist_outgoing(&id);
-                    self.event(Event::OutgoingChanged(id.clone()));
                 }
             }
         }

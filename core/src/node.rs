@@ -713,6 +713,7 @@ impl Node {
                 self.flush(&peer);
                 self.pull_held(&peer);
                 self.tell_sender(&peer);
+                self.tell_own_node(&peer);
                 self.downloads_link_changed(&peer);
                 self.pump_downloads(&peer);
                 self.push_to_node(&peer);
@@ -1092,6 +1093,7 @@ impl Node {
                 self.pull_held(&address);
                 self.pump_downloads(&address);
                 self.tell_sender(&address);
+                self.tell_own_node(&address);
                 self.push_to_node(&address);
             }
             // A pairing code the relay did not accept (wrong, expired, too many tries).
@@ -1809,6 +1811,7 @@ impl Node {
             || self.held_acks_due.values().any(|h| h == peer)
             || self.has_downloads_from(peer)
             || self.owes_sender(peer)
+            || (self.own_node.as_ref() == Some(peer) && self.drops_pending())
     }
 
     /// Hands sealed copies for the offline `to` to another recipient of the same mail,
@@ -2104,6 +2107,20 @@ impl Node {
         for p in peers {
             self.try_deliver(&p);
         }
+        // What deleted mail leaves to tell its senders and this person's storage node, once
+        // a channel may be tried again (over an open one it was told when it opened).
+        let mut owed: BTreeSet<Address> = self
+            .deleted
+            .values()
+            .filter_map(|d| Some(d.untold.as_ref()?.sender.clone()))
+            .collect();
+        owed.extend(self.own_node.clone().filter(|_| self.drops_pending()));
+        for p in owed {
+            if !self.links.get(&p).is_some_and(|l| l.connected) {
+                self.tell_sender(&p);
+                self.tell_own_node(&p);
+            }
+        }
         self.downloads_tick();
     }
 
@@ -2132,6 +2149,11 @@ impl Node {
                 not_fetched,
             } => self.recipient_deleted(peer, message_id, fetched, not_fetched),
             PeerFrame::MailDeletedAck { message_id } => self.sender_heard(&peer, &message_id),
+            PeerFrame::FilesDropped { attachments } => self.node_dropped(&peer, &attachments),
+            PeerFrame::DropFiles { .. } => self.event(Event::PeerProtocolError {
+                peer,
+                reason: "only a storage node deletes files it keeps for someone".into(),
+            }),
             // Only storage nodes keep files for others.
             PeerFrame::StoreFile { attachment, .. } => self.send_peer(
                 &peer,

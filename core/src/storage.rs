@@ -24,6 +24,11 @@
 //! them ([`StorageOutput::Serve`]). Anyone else, or a file not (yet) whole here, gets
 //! `TransferRefused`, and the owner's browser asks the next source.
 //!
+//! Deleting from it: the owner's browser, when the person deletes a received mail, tells
+//! the node to delete that mail's files (`PeerFrame::DropFiles`); the node deletes each
+//! ([`StorageOutput::DeleteFile`]) and answers `FilesDropped` once it is gone, so the
+//! owner stops asking. Only the owner may.
+//!
 //! Driving it: feed [`StorageInput`]s with the current time, execute the
 //! [`StorageOutput`]s in order (a chunk's `PutChunk` comes before the `PutFile` that counts
 //! it; answer each with `StorageInput::Stored`), call `Tick` at [`StorageNode::poll_timeout`].
@@ -83,6 +88,8 @@ pub enum StorageEvent {
     FileStarted(AttachmentId),
     /// Every chunk of the file is stored.
     FileComplete(AttachmentId),
+    /// The owner had the file deleted (it is gone from the store).
+    FileDropped(AttachmentId),
     /// A peer's request was refused; `reason` is what it was told.
     Refused { peer: Address, reason: String },
     /// A peer sent something unreadable or wrong.
@@ -113,6 +120,11 @@ pub enum StorageInput {
     Stored {
         attachment: AttachmentId,
         chunk: Option<u32>,
+        result: Result<(), String>,
+    },
+    /// A `DeleteFile` finished.
+    Deleted {
+        attachment: AttachmentId,
         result: Result<(), String>,
     },
     Tick,
@@ -151,6 +163,9 @@ pub enum StorageOutput {
         peer: Address,
         attachment: AttachmentId,
     },
+    /// Delete the file: its record, chunk list and chunks (the record first). Answered by
+    /// `StorageInput::Deleted`.
+    DeleteFile(AttachmentId),
     Event(StorageEvent),
 }
 
@@ -186,6 +201,10 @@ pub struct StorageNode {
     signed_in: bool,
     now: Millis,
     out: VecDeque<StorageOutput>,
+    /// Files being deleted, and who asked (answered `FilesDropped` once gone).
+    dropping: BTreeMap<AttachmentId, Address>,
+    /// Files whose deletion failed: deleted again when the owner asks again.
+    undeleted: BTreeSet<AttachmentId>,
 }
 
 impl StorageNode {
@@ -202,6 +221,8 @@ impl StorageNode {
             signed_in: false,
             now: 0,
             out: VecDeque::new(),
+            dropping: BTreeMap::new(),
+            undeleted: BTreeSet::new(),
         };
         for (mut file, hashes) in kept {
             if let Some(hashes) = hashes {
@@ -323,6 +344,7 @@ impl StorageNode {
                 chunk,
                 result,
             } => self.stored(attachment, chunk, result),
+            StorageInput::Deleted { attachment, result } => self.deleted(attachment, result),
             StorageInput::Tick => {
                 let now = self.now;
                 let mut senders = BTreeSet::new();
@@ -381,6 +403,7 @@ impl StorageNode {
                     }
                 }
             }
+            PeerFrame::DropFiles { attachments } => self.drop_files(peer, attachments),
             PeerFrame::FileReceivedAck { attachment } => {
                 if let Some(k) = self.files.get_mut(&attachment) {
                     if k.file.from == peer && !k.file.sender_knows {
@@ -446,6 +469,61 @@ impl StorageNode {
                 peer,
                 reason: format!("a storage node does not take {}", frame_name(&other)),
             }),
+        }
+    }
+
+    /// The owner deletes `attachments` (files of mail they deleted). Files this node does
+    /// not have are answered at once; the others once deleted.
+    fn drop_files(&mut self, peer: Address, attachments: Vec<AttachmentId>) {
+        if peer != self.owner {
+            return self.event(StorageEvent::Refused {
+                peer,
+                reason: "only the owner deletes files from a storage node".into(),
+            });
+        }
+        let mut absent = Vec::new();
+        for id in attachments {
+            if self.files.remove(&id).is_some() || self.undeleted.remove(&id) {
+                self.emit(StorageOutput::StopServing {
+                    peer: peer.clone(),
+                    attachment: id,
+                });
+                self.dropping.insert(id, peer.clone());
+                self.emit(StorageOutput::DeleteFile(id));
+            } else if !self.dropping.contains_key(&id) {
+                absent.push(id);
+            }
+        }
+        if !absent.is_empty() {
+            self.send(
+                &peer,
+                &PeerFrame::FilesDropped {
+                    attachments: absent,
+                },
+            );
+        }
+    }
+
+    fn deleted(&mut self, id: AttachmentId, result: Result<(), String>) {
+        let Some(peer) = self.dropping.remove(&id) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.event(StorageEvent::FileDropped(id));
+                let frame = PeerFrame::FilesDropped {
+                    attachments: vec![id],
+                };
+                self.send(&peer, &frame);
+            }
+            // Not answered: the owner asks again at its next connection.
+            Err(reason) => {
+                self.undeleted.insert(id);
+                self.event(StorageEvent::StoreFailed {
+                    attachment: id,
+                    reason,
+                })
+            }
         }
     }
 

@@ -187,6 +187,10 @@ pub struct DeletedMail {
     /// (`PeerFrame::MailDeleted`) when next connected; `None` once it acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untold: Option<Box<UntoldFiles>>,
+    /// Files of the mail on this person's storage node, to be deleted there: asked of the
+    /// node (`PeerFrame::DropFiles`) until it answers that they are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_node: Vec<AttachmentId>,
 }
 
 /// What the recipient that deleted a mail still has to tell its sender: files it had
@@ -836,6 +840,7 @@ pub mod conformance {
                 fetched: vec![b],
                 not_fetched: vec![a],
             })),
+            on_node: vec![a],
         };
         for _ in 0..2 {
             // Deleting twice leaves the same state as once.
@@ -866,6 +871,7 @@ pub mod conformance {
             sent: true,
             at: 8,
             untold: None,
+            on_node: vec![],
         };
         let both = DeletedMail {
             sent: true,
@@ -875,6 +881,7 @@ pub mod conformance {
         // The sender heard what became of the files: the record is written again without.
         let told = DeletedMail {
             untold: None,
+            on_node: vec![],
             ..both.clone()
         };
         for deleted in [gone.clone(), both, told.clone()] {

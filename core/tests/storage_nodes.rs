@@ -501,3 +501,100 @@ fn an_unpaired_node_is_no_longer_used() {
     w.online(&bob);
     assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
 }
+
+/// Bob deletes a mail whose file his storage node keeps, while the node is down; his page is
+/// reopened meanwhile. When the node is back, Bob's page has it delete the file (record,
+/// chunk list, chunks), and stops asking once it answers. Nobody else can have the node
+/// delete a file.
+#[test]
+fn a_deleted_mail_goes_from_the_storage_node_too() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.storage_online(&node);
+    let bytes = file(70 * CHUNK_BYTES + 17, 5);
+    let att = w.attach_file_with(&alice, "film.mp4", &bytes, 5, false);
+    let id = w.send_with(&alice, &[&bob], "the film", vec![att.clone()]);
+    assert!(w.storage_has(&node, att.id));
+
+    // Alice (connected to the node, which pulled the file from her) cannot delete it.
+    w.inject(
+        &alice,
+        &node,
+        PeerFrame::DropFiles {
+            attachments: vec![att.id],
+        },
+    );
+    assert!(w.storage_has(&node, att.id), "only the owner deletes");
+    assert!(w.storages[&node]
+        .events
+        .iter()
+        .any(|e| matches!(e, StorageEvent::Refused { peer, .. } if *peer == alice)));
+
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+    w.storage_offline(&node);
+    w.command(&bob, Command::DeleteReceived(id.clone()));
+    let on_node = |w: &World| {
+        w.users[&bob]
+            .store
+            .snapshot()
+            .deleted
+            .into_iter()
+            .find(|d| d.message_id == id)
+            .expect("deletion record")
+            .on_node
+    };
+    assert_eq!(on_node(&w), vec![att.id]);
+    w.offline(&bob);
+    w.online(&bob);
+
+    w.storage_online(&node);
+    let s = &w.storages[&node];
+    assert!(!s.records.contains_key(&att.id), "the record is gone");
+    assert!(!s.lists.contains_key(&att.id), "the chunk list too");
+    assert!(
+        !s.chunks.keys().any(|(a, _)| *a == att.id),
+        "and the chunks"
+    );
+    assert!(s.events.contains(&StorageEvent::FileDropped(att.id)));
+    assert!(on_node(&w).is_empty(), "the node's answer is recorded");
+
+    // Asked once: later connections ask nothing more.
+    w.frame_log.clear();
+    w.offline(&bob);
+    w.online(&bob);
+    w.advance(60_000);
+    assert!(!w
+        .frame_log
+        .iter()
+        .any(|(_, _, f)| matches!(f, PeerFrame::DropFiles { .. })));
+}
+
+/// The storage node restarts just after Bob's page read from it (the page waits a moment
+/// before it connects again); Bob deletes the mail meanwhile: once the page may connect
+/// again, it has the node delete the file.
+#[test]
+fn a_deletion_reaches_a_storage_node_that_just_came_back() {
+    let mut w = world(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    let node = w.add_storage(&bob, GIB);
+    w.online(&alice);
+    w.storage_online(&node);
+    let bytes = file(20 * CHUNK_BYTES + 3, 6);
+    let att = w.attach_file_with(&alice, "clip.mp4", &bytes, 6, false);
+    let id = w.send_with(&alice, &[&bob], "the clip", vec![att.clone()]);
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_file(&bob, &att).unwrap(), bytes);
+    w.storage_offline(&node);
+    w.storage_online(&node);
+    w.command(&bob, Command::DeleteReceived(id));
+    assert!(
+        w.storage_has(&node, att.id),
+        "not at once: the page waits to reconnect"
+    );
+    w.advance(10_000);
+    assert!(!w.storages[&node].records.contains_key(&att.id));
+}

@@ -590,6 +590,19 @@ async fn execute(out: StorageOutput, cx: &mut Ctx<'_>) {
         StorageOutput::StopServing { peer, .. } => {
             *lock(cx.generations).entry(peer).or_default() += 1;
         }
+        StorageOutput::DeleteFile(attachment) => {
+            // Progress not saved yet must not bring the record back.
+            cx.records.pending.remove(&attachment);
+            let result = cx.disk.delete(attachment);
+            cx.node_inputs.push_back(StorageInput::Deleted {
+                attachment,
+                result: result.map_err(|e| format!("{e:#}")),
+            });
+        }
+        StorageOutput::Event(StorageEvent::FileDropped(id)) => {
+            println!("dropped {} (its owner deleted the mail)", id.to_hex());
+            let _ = std::io::stdout().flush();
+        }
         StorageOutput::Event(StorageEvent::FileComplete(id)) => {
             cx.stats.force = true;
             if let Some(f) = cx.files.files().find(|f| f.id() == id) {

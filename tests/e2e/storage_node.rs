@@ -17,7 +17,8 @@ use super::{leave_file_at_relay, noise, same_file, test_file, World};
 /// Bob's storage node. Alice closes her browser; Bob opens his and his page fetches the file
 /// from his node; the relay is stopped in the middle of the transfer, which goes on over the
 /// open channel to the end — byte for byte the original. The relay starts again. The node stopped, Bob's panel shows it unavailable;
-/// started again from its data directory, it signs in without pairing.
+/// started again from its data directory, it signs in without pairing. Bob deletes the mail:
+/// the node deletes its copy of the file (it prints so, and its files are gone).
 pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "The raw footage";
     const NAME: &str = "footage.raw";
@@ -162,6 +163,27 @@ pub(crate) async fn storage_node_pairs_keeps_and_serves_attachments(w: &mut Worl
     bob.wait_for("#node-status[data-status=\"available\"]")
         .await
         .context("restarted, Bob's node shows as available again")?;
+
+    // Bob deletes the mail: his node deletes its copy of the file too.
+    let hex = kept
+        .split_whitespace()
+        .next()
+        .context("the kept line's id")?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    bob.click("#delete-mail").await?;
+    bob.wait_for_text("#delete-confirm", "are deleted there too")
+        .await?;
+    bob.click("#delete-yes").await?;
+    let dropped = node.wait_line("dropped", wait)?;
+    ensure!(
+        dropped.starts_with(hex),
+        "the node printed `dropped {dropped}`"
+    );
+    let left: Vec<String> = std::fs::read_dir(data_dir.join("files"))?
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(hex))
+        .collect();
+    ensure!(left.is_empty(), "the node still has {left:?}");
     Ok(())
 }
 

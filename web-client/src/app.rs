@@ -653,7 +653,7 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             let kept = node
                 .own_node()
                 .filter(|_| !mail.attachments.is_empty())
-                .map(|n| format!(" Copies of its files on your storage node ({n}) stay there."))
+                .map(|n| format!(" Copies of its files on your storage node ({n}) are deleted there too."))
                 .unwrap_or_default();
             // Its sender is told, so that its browser stops keeping them for this person.
             let missing: Vec<&str> = mail

@@ -147,6 +147,7 @@ async fn a_version_6_database_is_upgraded_and_remembers_deleted_mail() {
         sent: false,
         at: 3,
         untold: None,
+        on_node: vec![],
     };
     {
         let s = IdbStore::open(&name).await.unwrap();

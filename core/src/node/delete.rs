@@ -7,10 +7,11 @@
 //! stays behind so that a copy delivered again (the relay's listing, a co-recipient's held
 //! copy, the sender retrying after a lost acknowledgement) is acknowledged, released and
 //! not stored. A received mail's files still being fetched stop (the source is told), and
-//! the relay is told to drop a copy it keeps for this account. A sent mail is deleted only
-//! once no recipient waits for it (the Outbox has no delete); recipients that have not
-//! fetched its files yet are refused them from then on, with the reason. A storage node's
-//! copies of files are not deleted (a known limit: its owner cannot delete its files).
+//! the relay is told to drop a copy it keeps for this account, and this person's storage
+//! node to delete its copies (`PeerFrame::DropFiles`, asked from the deletion record,
+//! `DeletedMail::on_node`, until the node answers `FilesDropped`). A sent mail is deleted
+//! only once no recipient waits for it (the Outbox has no delete); recipients that have not
+//! fetched its files yet are refused them from then on, with the reason.
 //!
 //! A recipient that deletes a mail tells its sender what became of the files the sender
 //! has not heard about (`PeerFrame::MailDeleted`: fetched whole, or deleted unfetched),
@@ -73,6 +74,7 @@ impl Node {
             sent: false,
             at: self.now,
             untold: None,
+            on_node: Vec::new(),
         });
         d.received |= received;
         d.sent |= sent;
@@ -100,6 +102,14 @@ impl Node {
         self.tombstone(&id, true, false);
         let d = self.deleted.get_mut(&id).expect("just written");
         d.untold = untold.map(Box::new).or(d.untold.take());
+        if self.own_node.is_some() {
+            // The storage node may keep copies of the files: they go too.
+            for a in &files {
+                if !d.on_node.contains(a) {
+                    d.on_node.push(*a);
+                }
+            }
+        }
         let deleted = d.clone();
         self.store(StoreWrite::DeleteMail {
             deleted,
@@ -112,6 +122,59 @@ impl Node {
         if self.owes_sender(&sender) {
             self.subscribe([sender.clone()]);
             self.tell_sender(&sender);
+        }
+        if let Some(node) = self.own_node.clone() {
+            self.tell_own_node(&node);
+        }
+    }
+
+    /// Files of deleted mail this person's storage node is still to delete.
+    pub(super) fn drops_pending(&self) -> bool {
+        self.own_node.is_some() && self.deleted.values().any(|d| !d.on_node.is_empty())
+    }
+
+    /// Asks `peer`, if it is this person's storage node, to delete the files of deleted
+    /// mail it may keep (over a channel opened for it while the node is online).
+    pub(super) fn tell_own_node(&mut self, peer: &Address) {
+        if self.own_node.as_ref() != Some(peer) || !self.drops_pending() || !self.ensure_link(peer)
+        {
+            return;
+        }
+        let ids: Vec<AttachmentId> = self
+            .deleted
+            .values()
+            .flat_map(|d| d.on_node.iter().copied())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Well within a frame: 17 bytes an id.
+        for page in ids.chunks(1_000) {
+            let frame = PeerFrame::DropFiles {
+                attachments: page.to_vec(),
+            };
+            self.send_peer(peer, frame);
+        }
+    }
+
+    /// This person's storage node deleted `attachments` (`FilesDropped`): the deletion
+    /// records asking for them are written again without them.
+    pub(super) fn node_dropped(&mut self, peer: &Address, attachments: &[AttachmentId]) {
+        if self.own_node.as_ref() != Some(peer) {
+            return;
+        }
+        let mut changed = Vec::new();
+        for d in self.deleted.values_mut() {
+            let before = d.on_node.len();
+            d.on_node.retain(|a| !attachments.contains(a));
+            if d.on_node.len() != before {
+                changed.push(d.clone());
+            }
+        }
+        for deleted in changed {
+            self.store(StoreWrite::DeleteMail {
+                deleted,
+                attachments: Vec::new(),
+            });
         }
     }
 

@@ -126,6 +126,11 @@ pub enum PeerFrame {
     },
     /// The sender recorded the `MailDeleted`.
     MailDeletedAck { message_id: MessageId },
+    /// From a person to their own storage node: delete these files (of mail the person
+    /// deleted). Answered by `FilesDropped` once they are gone (or were not there).
+    DropFiles { attachments: Vec<AttachmentId> },
+    /// The storage node deleted these files (or never had them).
+    FilesDropped { attachments: Vec<AttachmentId> },
 }
 
 /// Why bytes from a peer could not be read.

@@ -303,6 +303,19 @@ impl World {
                 }
             }
             StorageOutput::StopServing { .. } => {}
+            StorageOutput::DeleteFile(attachment) => {
+                let s = self.storages.get_mut(from).unwrap();
+                s.records.remove(&attachment);
+                s.lists.remove(&attachment);
+                s.chunks.retain(|(a, _), _| *a != attachment);
+                self.squeue.push_back((
+                    from.clone(),
+                    StorageInput::Deleted {
+                        attachment,
+                        result: Ok(()),
+                    },
+                ));
+            }
             StorageOutput::Event(e) => self.storages.get_mut(from).unwrap().events.push(e),
         }
     }

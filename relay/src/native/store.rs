@@ -371,6 +371,7 @@ mod tests {
             sent: false,
             at: 5,
             untold: None,
+            on_node: vec![],
         };
         {
             let s = FileStore::open(dir.path()).unwrap();

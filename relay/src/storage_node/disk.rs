@@ -103,6 +103,22 @@ impl Disk {
         }
     }
 
+    /// Deletes a file: its record first (so that a crash midway leaves no record that
+    /// claims chunks), then its chunk list and chunks. A part already gone is no error.
+    pub fn delete(&self, id: AttachmentId) -> Result<()> {
+        for ext in ["json", "list", "chunks"] {
+            let path = self.path(id, ext);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot delete {}", path.display()))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Opens a file's chunks for reading.
     pub fn chunks(&self, id: AttachmentId) -> Result<Chunks> {
         let path = self.path(id, "chunks");
@@ -189,5 +205,17 @@ mod tests {
         }
         assert!(reader.read(bytes.len() as u64, 3).is_err());
         assert_eq!(disk.list(AttachmentId([9; 16])).unwrap(), None);
+
+        // Deleted, it is gone whole (and deleting again, or what was never there, is fine).
+        disk.delete(id).unwrap();
+        disk.delete(id).unwrap();
+        disk.delete(AttachmentId([9; 16])).unwrap();
+        assert!(disk.load().unwrap().is_empty());
+        assert_eq!(disk.list(id).unwrap(), None);
+        assert!(disk.chunks(id).is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("files")).unwrap().count(),
+            0
+        );
     }
 }

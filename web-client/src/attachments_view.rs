@@ -127,10 +127,11 @@ fn attachment_item(props: &ItemProps) -> Html {
     };
     let buttons = if complete {
         html! {
-            <>
+            // Kept together when a long status line wraps the row.
+            <span class="attachment-actions">
                 <button class="save-attachment" onclick={open(true)}>{ "Save" }</button>
                 <button class="open-attachment" onclick={open(false)}>{ "Open" }</button>
-            </>
+            </span>
         }
     } else if let Some(v) = &view {
         let id = att.id;

@@ -177,6 +177,8 @@ pub enum Command {
         random: [u8; 16],
     },
     MarkRead(MessageId),
+    /// Show a received mail as unread again.
+    MarkUnread(MessageId),
     /// Delete a received mail for good, with its files (answered by `Event::Deleted`).
     DeleteReceived(MessageId),
     /// Delete a sent mail for good (answered by `Event::Deleted`, or `Event::DeleteRefused`
@@ -818,6 +820,18 @@ impl Node {
         }
     }
 
+    /// Marks the received mail `id` read or unread (not there, or already so: nothing).
+    fn set_read(&mut self, id: &MessageId, read: bool) {
+        if let Some(r) = self.inbox.get_mut(id) {
+            if r.read != read {
+                r.read = read;
+                let r = r.clone();
+                self.store(StoreWrite::PutInbox(r));
+                self.event(Event::InboxChanged);
+            }
+        }
+    }
+
     fn handle_command(&mut self, c: Command) {
         match c {
             Command::Send { draft, random } => self.send(draft, random),
@@ -826,16 +840,8 @@ impl Node {
             Command::StopSending { attachment, to } => self.stop_sending(attachment, to),
             Command::DeleteReceived(id) => self.delete_received(id),
             Command::DeleteSent(id) => self.delete_sent(id),
-            Command::MarkRead(id) => {
-                if let Some(r) = self.inbox.get_mut(&id) {
-                    if !r.read {
-                        r.read = true;
-                        let r = r.clone();
-                        self.store(StoreWrite::PutInbox(r));
-                        self.event(Event::InboxChanged);
-                    }
-                }
-            }
+            Command::MarkRead(id) => self.set_read(&id, true),
+            Command::MarkUnread(id) => self.set_read(&id, false),
             Command::AddContact(a) => {
                 if self.contacts.insert(a.clone()) {
                     self.store(StoreWrite::PutContact(a.clone()));

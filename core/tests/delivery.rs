@@ -974,3 +974,36 @@ fn mail_on_a_channel_that_dies_after_presence_went_offline_is_deposited() {
         .iter()
         .any(|o| matches!(o, Output::ToServer(ClientFrame::Deposit { .. }))));
 }
+
+/// A received mail arrives unread; read, and marked unread again, it stays so after the
+/// page is opened again.
+#[test]
+fn a_received_mail_is_marked_read_and_unread_again() {
+    let mut w = sim::world_with(&["alice", "bob"]);
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let id = w.send(&alice, &[&bob], &[], "hello");
+    let read = |w: &World| {
+        w.users[&bob]
+            .store
+            .snapshot()
+            .inbox
+            .into_iter()
+            .find(|r| r.mail.message_id == id)
+            .expect("received")
+            .read
+    };
+    assert!(!read(&w));
+    w.command(&bob, peermail_core::node::Command::MarkRead(id.clone()));
+    assert!(read(&w));
+    w.command(&bob, peermail_core::node::Command::MarkUnread(id.clone()));
+    assert!(!read(&w));
+    w.offline(&bob);
+    w.online(&bob);
+    let node = w.users[&bob].node.as_ref().expect("online");
+    assert!(node
+        .inbox()
+        .iter()
+        .any(|r| r.mail.message_id == id && !r.read));
+}

@@ -32,7 +32,8 @@ async fn wait_no_row(b: &Browser, folder: &str, subject: &str) -> Result<()> {
 /// Alice mails Bob twice, the second time a file; once he has it, Bob deletes that mail.
 /// The page asks first (and Cancel keeps it); confirmed, the mail leaves his Inbox (the
 /// next one opens in its place, marked read) and his browser drops the file's download
-/// record and stored chunks. A reload does not bring it back. Alice then deletes her copy
+/// record and stored chunks. A reload does not bring it back. He marks the other mail
+/// unread again: so it shows, also after a reload. Alice then deletes her copy
 /// from Sent: it is gone, also after a reload, and Bob's deletion did not touch it before
 /// that.
 pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
@@ -100,6 +101,31 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     no_row_with(bob, "inbox", &[SUBJECT])
         .await
         .context("after a reload")?;
+
+    // Marked unread, the mail shows so in the list (the pane goes back to it), also after
+    // a reload.
+    bob.open_mail("inbox", KEEP).await?;
+    bob.click("#mark-unread").await?;
+    bob.wait_gone("#reading-pane .subject").await?;
+    for when in ["at once", "after a reload"] {
+        if when != "at once" {
+            bob.reload().await?;
+            bob.wait_online().await?;
+        }
+        bob.wait_until(
+            &format!("{KEEP:?} to show as unread {when}"),
+            || async move {
+                let rows = bob.rows().await?;
+                Ok(
+                    match rows.iter().find(|r| r.subject.as_deref() == Some(KEEP)) {
+                        Some(r) if r.unread => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    },
+                )
+            },
+        )
+        .await?;
+    }
 
     // Alice's copy is hers to delete.
     alice.open_mail("sent", SUBJECT).await?;

@@ -635,10 +635,19 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             let p = reply_prefill(&mail, node.address(), all);
             Callback::from(move |_: MouseEvent| state.dispatch(Action::ComposeWith(p.clone())))
         };
+        let mark_unread = {
+            let (rt, state, id) = (rt.clone(), state.clone(), id.clone());
+            Callback::from(move |_: MouseEvent| {
+                rt.mark_unread(id.clone());
+                // Back to the list: the open mail would be read again.
+                state.dispatch(Action::CloseMail);
+            })
+        };
         html! {
             <>
                 <button class="reply" onclick={reply(false)}>{ "↩ Reply" }</button>
                 <button class="reply-all" onclick={reply(true)}>{ "Reply all" }</button>
+                <button id="mark-unread" type="button" onclick={mark_unread}>{ "Mark unread" }</button>
             </>
         }
     });

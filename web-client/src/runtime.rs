@@ -576,6 +576,9 @@ impl Runtime {
     pub fn mark_read(&self, id: MessageId) {
         self.input(Input::Command(Command::MarkRead(id)));
     }
+    pub fn mark_unread(&self, id: MessageId) {
+        self.input(Input::Command(Command::MarkUnread(id)));
+    }
     /// Deletes a received mail for good, with its files.
     pub fn delete_received(&self, id: MessageId) {
         self.input(Input::Command(Command::DeleteReceived(id)));

@@ -104,6 +104,8 @@ pub enum Action {
     Deleted {
         next: Option<MessageId>,
     },
+    /// Close the mail in the reading pane (it was marked unread: back to the list).
+    CloseMail,
 }
 
 impl Reducible for State {
@@ -148,6 +150,10 @@ impl Reducible for State {
             Action::AskDelete(ask) => s.confirm_delete = ask,
             Action::Deleted { next } => {
                 s.selected = next;
+                s.confirm_delete = false;
+            }
+            Action::CloseMail => {
+                s.selected = None;
                 s.confirm_delete = false;
             }
             Action::ContactFailed(e) => s.contact_error = e,

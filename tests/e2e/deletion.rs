@@ -33,17 +33,21 @@ async fn wait_no_row(b: &Browser, folder: &str, subject: &str) -> Result<()> {
 /// The page asks first (and Cancel keeps it); confirmed, the mail leaves his Inbox (the
 /// next one opens in its place, marked read) and his browser drops the file's download
 /// record and stored chunks. A reload does not bring it back. He marks the other mail
-/// unread again: so it shows, also after a reload. Alice then deletes her copy
+/// unread again: so it shows, also after a reload; a search of the list finds it. Alice then deletes her copy
 /// from Sent: it is gone, also after a reload, and Bob's deletion did not touch it before
 /// that.
 pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Old minutes to throw away";
     const KEEP: &str = "Minutes to keep";
+    const OTHER: &str = "Lunch on Friday";
     w.person("alice").await?;
     w.person("bob").await?;
     let data = noise(1_500_000, 21);
     let path = test_file(w, "minutes.bin", &data)?;
     let bob_addr = w.addr("bob");
+    w.get("alice")?
+        .compose(&bob_addr, "", OTHER, "At noon?")
+        .await?;
     w.get("alice")?
         .compose(&bob_addr, "", KEEP, "Keep this one.")
         .await?;
@@ -126,6 +130,28 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
         )
         .await?;
     }
+
+    // The search above the list narrows it to matching mail (every word, any case).
+    bob.wait_row("inbox", OTHER).await?;
+    bob.type_into("#search", "keep THIS").await?;
+    bob.wait_until("the search to narrow the list", || async move {
+        let rows = bob.rows().await?;
+        Ok(
+            if !rows.is_empty() && rows.iter().all(|r| r.subject.as_deref() == Some(KEEP)) {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            },
+        )
+    })
+    .await?;
+    bob.clear_input("#search").await?;
+    bob.type_into("#search", "words no mail has").await?;
+    bob.wait_for_text(".list-pane .empty", "No mail here matches")
+        .await?;
+    bob.clear_input("#search").await?;
+    bob.wait_row("inbox", KEEP).await?;
+    bob.wait_row("inbox", OTHER).await?;
 
     // Alice's copy is hers to delete.
     alice.open_mail("sent", SUBJECT).await?;

@@ -463,6 +463,17 @@ impl Browser {
             .with_context(|| format!("{} typing into `{css}`", self.name))
     }
 
+    /// Empties the input matching `css` as a person would (select all, delete), so that
+    /// the page hears it as input.
+    pub async fn clear_input(&self, css: &str) -> Result<()> {
+        self.wait_for(css).await?;
+        let el = self.client()?.find(Locator::Css(css)).await?;
+        // Control+A, the modifiers released (NULL), Backspace.
+        el.send_keys("\u{E009}a\u{E000}\u{E003}")
+            .await
+            .with_context(|| format!("{} clearing `{css}`", self.name))
+    }
+
     /// Writes a screenshot (PNG) and the page's HTML into `dir` as `<prefix>-<name>.*`.
     pub async fn capture(&self, dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
         let c = self.client()?;

@@ -15,7 +15,8 @@ use crate::compose_files::{seal_all, use_file_drop, ComposeFiles, PickedFiles};
 use crate::runtime::{ConnStatus, Phase, Runtime};
 use crate::state::{Action, Folder, Prefill, State};
 use crate::text::{
-    join, presence_str, recipient_line, sent_attachment_status, subject_or_placeholder, summary,
+    join, mail_matches, presence_str, recipient_line, sent_attachment_status,
+    subject_or_placeholder, summary,
 };
 use crate::util::{full_date, page_hostname, short_date};
 
@@ -451,17 +452,19 @@ fn in_folder(o: &OutgoingMail, folder: Folder) -> bool {
 }
 
 /// The Message-IDs `folder` lists, in the list's order.
-fn folder_ids(node: &Node, folder: Folder) -> Vec<MessageId> {
+/// The mail the list shows: of `folder`, matching `search`, in the list's order.
+fn folder_ids(node: &Node, folder: Folder, search: &str) -> Vec<MessageId> {
     match folder {
         Folder::Inbox => node
             .inbox()
             .iter()
+            .filter(|r| mail_matches(&r.mail, search))
             .map(|r| r.mail.message_id.clone())
             .collect(),
         _ => node
             .outgoing()
             .iter()
-            .filter(|o| in_folder(o, folder))
+            .filter(|o| in_folder(o, folder) && mail_matches(&o.mail, search))
             .map(|o| o.mail.message_id.clone())
             .collect(),
     }
@@ -484,6 +487,7 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         Folder::Inbox => node
             .inbox()
             .into_iter()
+            .filter(|r| mail_matches(&r.mail, &state.search))
             .map(|r: &InboxRecord| {
                 let id = &r.mail.message_id;
                 html! {
@@ -500,7 +504,7 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         folder => node
             .outgoing()
             .into_iter()
-            .filter(|o| in_folder(o, folder))
+            .filter(|o| in_folder(o, folder) && mail_matches(&o.mail, &state.search))
             .map(|o| {
                 let id = &o.mail.message_id;
                 let st = summary(o);
@@ -524,15 +528,27 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     };
     let empty = rows.is_empty().then(|| {
         let text = match state.folder {
-            Folder::Inbox => "No mail yet.",
-            Folder::Outbox => "Nothing waiting to go out.",
-            Folder::Sent => "Nothing sent yet.",
+            _ if !state.search.trim().is_empty() => {
+                format!("No mail here matches “{}”.", state.search.trim())
+            }
+            Folder::Inbox => "No mail yet.".into(),
+            Folder::Outbox => "Nothing waiting to go out.".into(),
+            Folder::Sent => "Nothing sent yet.".into(),
         };
         html! { <div class="empty">{ text }</div> }
     });
+    let on_search = {
+        let state = state.clone();
+        Callback::from(move |e: InputEvent| {
+            let input: web_sys::HtmlInputElement = e.target_unchecked_into();
+            state.dispatch(Action::Search(input.value()));
+        })
+    };
     html! {
         <section class="list-pane">
             <h2 class="pane-title">{ state.folder.title() }</h2>
+            <input id="search" type="search" placeholder="Search mail" aria-label="Search mail"
+                value={state.search.clone()} oninput={on_search} />
             <div id="message-list">{ for rows }</div>
             { for empty }
         </section>
@@ -715,7 +731,7 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         // As in other three-pane mail clients, the next mail of the list (or the one before,
         // at the end) opens in its place.
         let next = {
-            let ids = folder_ids(node, state.folder);
+            let ids = folder_ids(node, state.folder, &state.search);
             let at = ids.iter().position(|m| m == id);
             at.and_then(|i| ids.get(i + 1).or_else(|| i.checked_sub(1).and_then(|j| ids.get(j))))
                 .cloned()

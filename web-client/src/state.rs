@@ -62,6 +62,8 @@ pub struct State {
     pub group_error: Option<String>,
     /// The reading pane asks whether to delete its mail (`#delete-confirm`).
     pub confirm_delete: bool,
+    /// What the mail list is narrowed to (`#search`; empty: every mail of the folder).
+    pub search: String,
 }
 
 impl Default for State {
@@ -76,6 +78,7 @@ impl Default for State {
             contact_error: None,
             group_error: None,
             confirm_delete: false,
+            search: String::new(),
         }
     }
 }
@@ -106,6 +109,8 @@ pub enum Action {
     },
     /// Close the mail in the reading pane (it was marked unread: back to the list).
     CloseMail,
+    /// Narrow the mail list to mail matching this search.
+    Search(String),
 }
 
 impl Reducible for State {
@@ -156,6 +161,7 @@ impl Reducible for State {
                 s.selected = None;
                 s.confirm_delete = false;
             }
+            Action::Search(q) => s.search = q,
             Action::ContactFailed(e) => s.contact_error = e,
             Action::GroupFailed(e) => s.group_error = e,
         }

@@ -305,3 +305,24 @@ pub fn duration_words(ms: u64) -> String {
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
 }
+
+/// Whether `mail` matches a search of the mail list: every word of `query` (any case)
+/// appears in its subject, body, sender, recipients or attachment names. An empty query
+/// matches every mail.
+pub fn mail_matches(mail: &peermail_core::Mail, query: &str) -> bool {
+    let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+    if words.is_empty() {
+        return true;
+    }
+    let mut text = format!("{}\n{}\n{}", mail.subject, mail.body, mail.from);
+    for a in mail.recipients() {
+        text.push('\n');
+        text.push_str(&a.to_string());
+    }
+    for a in &mail.attachments {
+        text.push('\n');
+        text.push_str(&a.name);
+    }
+    let text = text.to_lowercase();
+    words.iter().all(|w| text.contains(w.as_str()))
+}

@@ -371,3 +371,35 @@ fn sending_lines() {
         "stopped sending to bob@h"
     );
 }
+
+#[wasm_bindgen_test]
+fn searching_mail() {
+    use peermail_web_client::text::mail_matches;
+    let mail = Mail {
+        message_id: MessageId::new([1; 16], "h"),
+        from: addr("alice@h"),
+        to: vec![addr("bob@h")],
+        cc: vec![addr("carol@h")],
+        subject: "Quarterly Report".into(),
+        date: 1,
+        body: "Numbers attached.\nSee page 3.".into(),
+        in_reply_to: None,
+        references: vec![],
+        priority: Priority::default(),
+        attachments: vec![],
+    };
+    assert!(mail_matches(&mail, ""));
+    assert!(mail_matches(&mail, "   "));
+    assert!(mail_matches(&mail, "quarterly"));
+    assert!(
+        mail_matches(&mail, "REPORT page"),
+        "every word, anywhere, any case"
+    );
+    assert!(mail_matches(&mail, "carol@h"), "recipients");
+    assert!(mail_matches(&mail, "alice"), "the sender");
+    assert!(
+        !mail_matches(&mail, "report budget"),
+        "every word must match"
+    );
+    assert!(!mail_matches(&mail, "dave"));
+}

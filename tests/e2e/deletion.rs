@@ -39,14 +39,14 @@ async fn wait_no_row(b: &Browser, folder: &str, subject: &str) -> Result<()> {
 pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Old minutes to throw away";
     const KEEP: &str = "Minutes to keep";
-    const OTHER: &str = "Lunch on Friday";
+    const OTHER: &str = "Tickets for Saturday";
     w.person("alice").await?;
     w.person("bob").await?;
     let data = noise(1_500_000, 21);
     let path = test_file(w, "minutes.bin", &data)?;
     let bob_addr = w.addr("bob");
     w.get("alice")?
-        .compose(&bob_addr, "", OTHER, "At noon?")
+        .compose(&bob_addr, "", OTHER, "Two seats?")
         .await?;
     w.get("alice")?
         .compose(&bob_addr, "", KEEP, "Keep this one.")

@@ -19,10 +19,12 @@ use peermail_e2e::runner::Runner;
 use peermail_e2e::{netns, procs, Browser, Config, Harness};
 
 mod deletion;
+mod drafts;
 mod groups;
 mod native_peer;
 mod storage_node;
 use deletion::people_delete_mail_for_good;
+use drafts::a_draft_survives_a_reload;
 use groups::groups_expand_to_their_members;
 use native_peer::native_peer_exchanges_mail_with_a_browser;
 use storage_node::{
@@ -51,6 +53,7 @@ const SCENARIOS: &[&str] = &[
     "relay_hands_over_to_a_returning_storage_node",
     "groups_expand_to_their_members",
     "people_delete_mail_for_good",
+    "a_draft_survives_a_reload",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -144,6 +147,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(relay_hands_over_to_a_returning_storage_node);
     scenario!(groups_expand_to_their_members);
     scenario!(people_delete_mail_for_good);
+    scenario!(a_draft_survives_a_reload);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {

@@ -24,7 +24,15 @@ use crate::util::{full_date, page_hostname, short_date};
 #[function_component(App)]
 pub fn app() -> Html {
     let rt: Rc<Rc<Runtime>> = use_memo((), |_| Runtime::new());
-    let state = use_reducer(State::default);
+    // A draft kept over a reload opens again in the Compose form.
+    let state = use_reducer(|| match crate::draft::load() {
+        Some(prefill) => State {
+            composing: true,
+            prefill,
+            ..State::default()
+        },
+        None => State::default(),
+    });
     {
         let rt = (*rt).clone();
         let dispatcher = state.dispatcher();
@@ -201,7 +209,10 @@ fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Ht
     ];
     let compose = {
         let state = state.clone();
-        Callback::from(move |_: MouseEvent| state.dispatch(Action::Compose))
+        Callback::from(move |_: MouseEvent| match crate::draft::load() {
+            Some(p) => state.dispatch(Action::ComposeWith(p)),
+            None => state.dispatch(Action::Compose),
+        })
     };
     html! {
         <aside class="sidebar">
@@ -802,6 +813,7 @@ pub struct ComposeProps {
 fn send_draft(rt: &Rc<Runtime>, dispatch: &UseReducerDispatcher<State>, draft: Draft) -> bool {
     match rt.send(draft) {
         Ok(id) => {
+            crate::draft::clear();
             let pending = rt
                 .with_node(|n| {
                     n.outgoing()
@@ -964,7 +976,39 @@ fn compose_form(props: &ComposeProps) -> Html {
     };
     let cancel = {
         let dispatch = props.dispatcher.0.clone();
-        Callback::from(move |_: MouseEvent| dispatch.dispatch(Action::CancelCompose))
+        Callback::from(move |_: MouseEvent| {
+            crate::draft::clear();
+            dispatch.dispatch(Action::CancelCompose)
+        })
+    };
+    // Every change is kept as the draft (see `crate::draft`).
+    let oninput = {
+        let refs = (
+            to_ref.clone(),
+            cc_ref.clone(),
+            subject_ref.clone(),
+            body_ref.clone(),
+        );
+        let in_reply_to = props.prefill.in_reply_to.clone();
+        Callback::from(move |_: InputEvent| {
+            let input = |r: &NodeRef| {
+                r.cast::<HtmlInputElement>()
+                    .map(|i| i.value())
+                    .unwrap_or_default()
+            };
+            let body = refs
+                .3
+                .cast::<HtmlTextAreaElement>()
+                .map(|t| t.value())
+                .unwrap_or_default();
+            crate::draft::save(&Prefill {
+                to: input(&refs.0),
+                cc: input(&refs.1),
+                subject: input(&refs.2),
+                body,
+                in_reply_to: in_reply_to.clone(),
+            });
+        })
     };
     let p = &props.prefill;
     let title = if p.in_reply_to.is_some() {
@@ -975,7 +1019,7 @@ fn compose_form(props: &ComposeProps) -> Html {
     let busy = sealing.is_some();
     html! {
         <section class="reading-pane compose-pane">
-            <form class={classes!("compose", drop.dragging.then_some("dragging"))} {onsubmit}
+            <form class={classes!("compose", drop.dragging.then_some("dragging"))} {onsubmit} {oninput}
                 ondragover={drop.ondragover} ondragleave={drop.ondragleave} ondrop={drop.ondrop}>
                 <h1>{ title }</h1>
                 <label class="row"><span class="label">{ "To" }</span>

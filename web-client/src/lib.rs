@@ -23,6 +23,7 @@ pub mod app;
 pub mod attachments_view;
 pub mod chunks;
 pub mod compose_files;
+pub mod draft;
 pub mod held;
 pub mod rtc;
 pub mod runtime;

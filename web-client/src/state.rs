@@ -6,8 +6,9 @@ use std::rc::Rc;
 
 use peermail_core::MessageId;
 
-/// What a new Compose form starts with (a reply fills it in).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a new Compose form starts with (a reply fills it in; a kept draft, see
+/// [`crate::draft`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Prefill {
     pub to: String,
     pub cc: String,

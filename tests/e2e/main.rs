@@ -1237,7 +1237,9 @@ fn hex(b: &[u8]) -> String {
 /// Issue 4: Alice attaches a photo and a 3 MiB file with the file picker and mails Bob, who
 /// is online. Bob's node pulls both from Alice's over the data channel, verifying every
 /// chunk and the whole file; his reading pane shows them complete, previews the photo, and
-/// the file he saves is byte for byte the original. Alice's Sent mail lists them too.
+/// the file he saves is byte for byte the original. Alice's Sent mail lists them too. Then
+/// Bob forwards the mail to Carol: its text and both files go with it, and the file Carol
+/// saves is the original too.
 async fn attachments_pulled_from_the_online_sender(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Photos from the weekend";
     w.person("alice").await?;
@@ -1320,6 +1322,77 @@ async fn attachments_pulled_from_the_online_sender(w: &mut World) -> Result<()> 
             },
         )
         .await?;
+
+    // Bob forwards the mail to Carol: the forward starts with Alice's text and both files
+    // (read back out of Bob's store), and Carol gets them from Bob's page.
+    w.person("carol").await?;
+    let carol_addr = w.addr("carol");
+    let forwarded = format!("Fwd: {SUBJECT}");
+    let bob = w.get("bob")?;
+    bob.open_mail("inbox", SUBJECT).await?;
+    bob.click("#reading-pane .forward").await?;
+    bob.wait_until("the forward to list both files", || async move {
+        let names = bob
+            .texts("#compose-attachments .compose-attachment")
+            .await?;
+        let both = names.len() == 2
+            && names.iter().any(|n| n.contains("weekend.png"))
+            && names.iter().any(|n| n.contains("notes.bin"));
+        Ok(if both {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        })
+    })
+    .await?;
+    let (subject, body): (String, String) = bob
+        .eval(
+            "return [document.querySelector('#compose-subject').value, \
+                     document.querySelector('#compose-body').value];",
+            vec![],
+        )
+        .await?;
+    ensure!(
+        subject == forwarded,
+        "the forward's subject is {subject:?}, not {forwarded:?}"
+    );
+    let alice_addr = w.addr("alice");
+    ensure!(
+        body.contains("---------- Forwarded message ----------")
+            && body.contains(&format!("From: {alice_addr}"))
+            && body.ends_with("Two files for you."),
+        "the forward's body: {body:?}"
+    );
+    ensure!(
+        bob.texts("#compose-note").await?.is_empty(),
+        "Bob's page holds both files, yet Compose says some are not attached"
+    );
+    bob.type_into("#compose-to", &carol_addr).await?;
+    bob.click("#compose-send").await?;
+    bob.wait_gone("#compose-to").await?;
+
+    let carol = w.get("carol")?;
+    carol.open_mail("inbox", &forwarded).await?;
+    let pane = carol.pane().await?.context("Carol's reading pane")?;
+    ensure!(
+        pane.from.as_deref() == Some(bob_addr.as_str())
+            && pane
+                .body
+                .as_deref()
+                .is_some_and(|b| b.contains("Two files for you.") && b.contains(&alice_addr)),
+        "Carol's forward: {pane:?}"
+    );
+    let done = carol.wait_attachment("notes.bin", &["complete"]).await?;
+    ensure!(
+        done.size == Some(data.len() as u64),
+        "the forwarded notes.bin has the wrong size: {done:?}"
+    );
+    carol.wait_attachment("weekend.png", &["complete"]).await?;
+    carol
+        .click("li.attachment[data-name=\"notes.bin\"] .save-attachment")
+        .await?;
+    let saved = carol.wait_saved("notes.bin").await?;
+    same_file("forwarded notes.bin", &saved, &data)?;
     Ok(())
 }
 

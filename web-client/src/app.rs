@@ -11,14 +11,14 @@ use peermail_core::{Address, Draft, MessageId, Node};
 use web_sys::{HtmlInputElement, HtmlTextAreaElement};
 use yew::prelude::*;
 
-use crate::compose_files::{seal_all, use_file_drop, ComposeFiles, PickedFiles};
+use crate::compose_files::{seal_all, use_file_drop, ComposeFiles, FilesAction, PickedFiles};
 use crate::runtime::{ConnStatus, Phase, Runtime};
-use crate::state::{Action, Folder, Prefill, State};
+use crate::state::{Action, Folder, Forwarded, Prefill, State};
 use crate::text::{
-    join, mail_matches, presence_str, recipient_line, sent_attachment_status,
-    subject_or_placeholder, summary,
+    forward_body, forward_subject, join, mail_matches, not_forwarded, presence_str, recipient_line,
+    sent_attachment_status, subject_or_placeholder, summary,
 };
-use crate::util::{full_date, page_hostname, short_date};
+use crate::util::{full_date, log, page_hostname, short_date};
 
 /// The whole page.
 #[function_component(App)]
@@ -592,7 +592,67 @@ fn reply_prefill(mail: &peermail_core::Mail, me: &Address, all: bool) -> Prefill
             mail.from
         ),
         in_reply_to: Some(mail.message_id.clone()),
+        ..Prefill::default()
     }
+}
+
+/// Opens a forward of `mail`: its text below the person's, and those of its files this
+/// browser holds whole, read back out of the chunk store, attached again (for a received
+/// mail, the ones fetched completely; the sender holds all of its own).
+fn forward(rt: &Rc<Runtime>, state: &UseReducerHandle<State>, mail: &peermail_core::Mail) {
+    let holds: Vec<bool> = rt
+        .with_node(|n| {
+            let received = n
+                .inbox()
+                .iter()
+                .any(|r| r.mail.message_id == mail.message_id);
+            mail.attachments
+                .iter()
+                .map(|a| {
+                    !received
+                        || n.download(&a.id).is_some_and(|d| {
+                            matches!(
+                                d.state,
+                                peermail_core::store::DownloadState::Complete { .. }
+                            )
+                        })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let (rt, state, mail) = (rt.clone(), state.clone(), mail.clone());
+    wasm_bindgen_futures::spawn_local(async move {
+        let mut forwarded = Forwarded {
+            of: Some(mail.message_id.clone()),
+            ..Forwarded::default()
+        };
+        for (att, held) in mail.attachments.iter().zip(holds) {
+            let file = if held {
+                rt.attachment_blob(att).await.and_then(|blob| {
+                    let parts = js_sys::Array::of1(&blob);
+                    let opts = web_sys::FilePropertyBag::new();
+                    opts.set_type(&att.mime);
+                    web_sys::File::new_with_blob_sequence_and_options(&parts, &att.name, &opts)
+                        .map_err(|e| format!("{e:?}"))
+                })
+            } else {
+                Err("not here".to_string())
+            };
+            match file {
+                Ok(file) => forwarded.files.push(file),
+                Err(e) => {
+                    log(&format!("forwarding {}: {e}", att.name));
+                    forwarded.missing.push(att.name.clone());
+                }
+            }
+        }
+        state.dispatch(Action::ComposeWith(Prefill {
+            subject: forward_subject(&mail.subject),
+            body: forward_body(&mail, &full_date(mail.date)),
+            forwarded,
+            ..Prefill::default()
+        }));
+    });
 }
 
 fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
@@ -678,9 +738,15 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             </>
         }
     });
+    let forward_button = {
+        let (rt, state, mail) = (rt.clone(), state.clone(), mail.clone());
+        let onclick = Callback::from(move |_: MouseEvent| forward(&rt, &state, &mail));
+        html! { <button class="forward" type="button" {onclick}>{ "Forward" }</button> }
+    };
     let actions = html! {
         <div class="mail-actions">
             { for reply_buttons }
+            { forward_button }
             { delete_button }
         </div>
     };
@@ -845,6 +911,15 @@ fn compose_form(props: &ComposeProps) -> Html {
     let body_ref = use_node_ref();
     let files = use_reducer(PickedFiles::default);
     let drop = use_file_drop(files.dispatcher());
+    // A forward's files are attached as if picked.
+    {
+        let add = files.dispatcher();
+        use_effect_with(props.prefill.forwarded.clone(), move |f| {
+            if !f.files.is_empty() {
+                add.dispatch(FilesAction::Add(f.files.clone()));
+            }
+        });
+    }
     // The fields start from the prefill once; after that they are the person's. (A `value`
     // attribute would put the prefill back each time the form re-renders, e.g. when a file
     // is added.)
@@ -1007,15 +1082,19 @@ fn compose_form(props: &ComposeProps) -> Html {
                 subject: input(&refs.2),
                 body,
                 in_reply_to: in_reply_to.clone(),
+                ..Prefill::default()
             });
         })
     };
     let p = &props.prefill;
     let title = if p.in_reply_to.is_some() {
         "Reply"
+    } else if p.forwarded.of.is_some() {
+        "Forward"
     } else {
         "New message"
     };
+    let note = not_forwarded(&p.forwarded.missing);
     let busy = sealing.is_some();
     html! {
         <section class="reading-pane compose-pane">
@@ -1030,6 +1109,7 @@ fn compose_form(props: &ComposeProps) -> Html {
                     <input id="compose-subject" ref={subject_ref} type="text" /></label>
                 <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…"></textarea>
                 <ComposeFiles files={files.clone()} disabled={busy} />
+                { for note.map(|n| html! { <div id="compose-note" class="note">{ n }</div> }) }
                 <div id="compose-error" class="error">{ props.error.clone().unwrap_or_default() }</div>
                 <div class="actions">
                     <button id="compose-send" class="primary" type="submit" disabled={busy}>

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use peermail_core::MessageId;
 
-/// What a new Compose form starts with (a reply fills it in; a kept draft, see
+/// What a new Compose form starts with (a reply or a forward fills it in; a kept draft, see
 /// [`crate::draft`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Prefill {
@@ -15,7 +15,24 @@ pub struct Prefill {
     pub subject: String,
     pub body: String,
     pub in_reply_to: Option<MessageId>,
+    /// A forward's files. Not kept in a draft (a draft holds text only).
+    #[serde(skip)]
+    pub forwarded: Forwarded,
 }
+
+/// The files a forward starts with: the forwarded mail's files that this browser holds
+/// whole, as `File`s the Compose form seals again like picked ones; and the names of
+/// those it does not hold (yet), which are not attached.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Forwarded {
+    /// The forwarded mail; `None` when the form is no forward.
+    pub of: Option<MessageId>,
+    pub files: Vec<web_sys::File>,
+    pub missing: Vec<String>,
+}
+
+// `File`s compare by identity (`===`), which is an equivalence.
+impl Eq for Forwarded {}
 use yew::Reducible;
 
 /// The three folders of the sidebar.

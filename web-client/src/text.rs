@@ -326,3 +326,45 @@ pub fn mail_matches(mail: &peermail_core::Mail, query: &str) -> bool {
     let text = text.to_lowercase();
     words.iter().all(|w| text.contains(w.as_str()))
 }
+
+/// The subject of a forward: `Fwd: ` before the original's, unless it starts so already.
+pub fn forward_subject(subject: &str) -> String {
+    if subject.to_ascii_lowercase().starts_with("fwd:") {
+        subject.to_string()
+    } else {
+        format!("Fwd: {subject}")
+    }
+}
+
+/// The body a forward starts with, below room for the person's own words: the forwarded
+/// mail's header lines (`date` as the page shows dates) and its text, as mail clients
+/// forward inline.
+pub fn forward_body(mail: &peermail_core::Mail, date: &str) -> String {
+    let mut body = format!(
+        "\n\n---------- Forwarded message ----------\nFrom: {}\nDate: {date}\nSubject: {}\nTo: {}\n",
+        mail.from,
+        mail.subject,
+        join(&mail.to)
+    );
+    if !mail.cc.is_empty() {
+        body.push_str(&format!("Cc: {}\n", join(&mail.cc)));
+    }
+    body.push('\n');
+    body.push_str(&mail.body);
+    body
+}
+
+/// Why some files of a forwarded mail are not attached to the forward (`#compose-note`):
+/// this browser does not hold them whole. `None` when every file is attached.
+pub fn not_forwarded(names: &[String]) -> Option<String> {
+    match names {
+        [] => None,
+        [one] => Some(format!(
+            "{one} is not in this browser yet, so it is not attached."
+        )),
+        [init @ .., last] => Some(format!(
+            "{} and {last} are not in this browser yet, so they are not attached.",
+            init.join(", ")
+        )),
+    }
+}

@@ -403,3 +403,43 @@ fn searching_mail() {
     );
     assert!(!mail_matches(&mail, "dave"));
 }
+
+#[wasm_bindgen_test]
+fn forwarding_mail() {
+    use peermail_web_client::text::{forward_body, forward_subject, not_forwarded};
+    assert_eq!(forward_subject("Minutes"), "Fwd: Minutes");
+    assert_eq!(forward_subject("FWD: Minutes"), "FWD: Minutes");
+    assert_eq!(forward_subject("Re: Minutes"), "Fwd: Re: Minutes");
+    let mut mail = Mail {
+        message_id: MessageId::new([2; 16], "h"),
+        from: addr("alice@h"),
+        to: vec![addr("bob@h"), addr("dave@h")],
+        cc: vec![],
+        subject: "Minutes".into(),
+        date: 1,
+        body: "Attached.\nAlice".into(),
+        in_reply_to: None,
+        references: vec![],
+        priority: Priority::default(),
+        attachments: vec![],
+    };
+    assert_eq!(
+        forward_body(&mail, "Mon 2 Mar 12:00"),
+        "\n\n---------- Forwarded message ----------\nFrom: alice@h\nDate: Mon 2 Mar 12:00\n\
+         Subject: Minutes\nTo: bob@h, dave@h\n\nAttached.\nAlice"
+    );
+    mail.cc = vec![addr("carol@h")];
+    assert!(
+        forward_body(&mail, "d").contains("To: bob@h, dave@h\nCc: carol@h\n\nAttached."),
+        "Cc after To"
+    );
+    assert_eq!(not_forwarded(&[]), None);
+    assert_eq!(
+        not_forwarded(&["a.pdf".into()]).as_deref(),
+        Some("a.pdf is not in this browser yet, so it is not attached.")
+    );
+    assert_eq!(
+        not_forwarded(&["a.pdf".into(), "b.bin".into(), "c.png".into()]).as_deref(),
+        Some("a.pdf, b.bin and c.png are not in this browser yet, so they are not attached.")
+    );
+}

@@ -389,6 +389,7 @@ async fn bob_offline_then_returns(w: &mut World) -> Result<()> {
 }
 
 /// (d) One mail To Bob, Cc Carol: both receive it; Alice's Sent shows both delivered.
+/// Carol answers with Reply all, which addresses Alice and Bob; both receive her answer.
 async fn mail_to_bob_and_carol(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Plans for the weekend";
     const BODY: &str = "Bob and Carol: hiking on Saturday?";
@@ -414,6 +415,38 @@ async fn mail_to_bob_and_carol(w: &mut World) -> Result<()> {
         alice
             .wait_recipient(&["sent"], SUBJECT, addr, "delivered")
             .await?;
+    }
+
+    // Carol answers everyone: Reply all fills in Alice as To, Bob as Cc (not herself), the
+    // subject and the quoted mail; both get her answer.
+    let answer = format!("Re: {SUBJECT}");
+    carol.open_mail("inbox", SUBJECT).await?;
+    carol.click("#reading-pane .reply-all").await?;
+    carol.wait_for("#compose-to").await?;
+    let fields: Vec<String> = carol
+        .eval(
+            "return ['#compose-to', '#compose-cc', '#compose-subject', '#compose-body'] \
+                     .map(s => document.querySelector(s).value);",
+            vec![],
+        )
+        .await?;
+    ensure!(
+        fields.len() == 4
+            && fields[0] == alice_addr
+            && fields[1] == bob_addr
+            && fields[2] == answer
+            && fields[3].contains(&format!("{alice_addr} wrote:\n> {BODY}")),
+        "Reply all starts as {fields:?}"
+    );
+    carol.click("#compose-send").await?;
+    carol.wait_gone("#compose-to").await?;
+    for (who, b) in [("Alice", alice), ("Bob", bob)] {
+        let pane = b
+            .open_mail("inbox", &answer)
+            .await
+            .with_context(|| format!("{who} receiving Carol's answer"))?;
+        contains("the answer's .from", &pane.from, &carol_addr)?;
+        contains("the answer's .body", &pane.body, &format!("> {BODY}"))?;
     }
     Ok(())
 }

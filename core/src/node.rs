@@ -853,6 +853,7 @@ impl Node {
                 if self.contacts.remove(&a) {
                     self.store(StoreWrite::RemoveContact(a));
                     self.event(Event::ContactsChanged);
+                    self.unsubscribe_unneeded();
                 }
             }
             Command::PutGroup(g) => {
@@ -987,6 +988,33 @@ impl Node {
         }
     }
 
+    /// Stops watching the presence of addresses subscribed in this session that nothing
+    /// needs any more (a removed contact, a storage node unpaired), so a long session's
+    /// subscriptions do not pile up at the relay (which limits them). Not called on every
+    /// delivery: those recipients go at the next sign-in.
+    fn unsubscribe_unneeded(&mut self) {
+        if !self.authenticated {
+            return;
+        }
+        let needed = self.interesting();
+        let gone: Vec<Address> = self
+            .subscribed
+            .iter()
+            .filter(|a| !needed.contains(*a))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for a in &gone {
+            self.subscribed.remove(a);
+            self.presence.remove(a);
+        }
+        self.emit(Output::ToServer(ClientFrame::Unsubscribe {
+            addresses: gone,
+        }));
+    }
+
     /// Every address this node needs presence for: contacts and pending recipients.
     fn interesting(&self) -> BTreeSet<Address> {
         let mut s: BTreeSet<Address> = self.contacts.clone();
@@ -1037,6 +1065,7 @@ impl Node {
             self.own_node = node;
             let all = self.interesting();
             self.subscribe(all);
+            self.unsubscribe_unneeded();
         }
     }
 

@@ -1007,3 +1007,59 @@ fn a_received_mail_is_marked_read_and_unread_again() {
         .iter()
         .any(|r| r.mail.message_id == id && !r.read));
 }
+
+/// A contact removed in a session is no longer watched (the relay stops sending its
+/// presence), unless mail still waits for that person; contacts kept stay watched.
+#[test]
+fn a_removed_contact_is_no_longer_watched_unless_mail_waits_for_them() {
+    use peermail_core::node::Command;
+    let mut w = World::new();
+    let (alice, bob, carol, dave) = (
+        w.register("alice"),
+        w.register("bob"),
+        w.register("carol"),
+        w.register("dave"),
+    );
+    w.online(&alice);
+    for c in [&bob, &carol, &dave] {
+        w.command(&alice, Command::AddContact(c.clone()));
+    }
+    w.settle();
+    let watched = |w: &World| w.users[&alice].subscriptions.clone();
+    assert!(
+        [&bob, &carol, &dave]
+            .iter()
+            .all(|c| watched(&w).contains(*c)),
+        "{:?}",
+        watched(&w)
+    );
+    // Carol is offline: the mail waits for her.
+    let id = w.send(&alice, &[&carol], &[], "for Carol");
+    w.settle();
+    assert!(!state_of(&w, &alice, &id, &carol).is_final());
+    w.command(&alice, Command::RemoveContact(bob.clone()));
+    w.command(&alice, Command::RemoveContact(carol.clone()));
+    w.settle();
+    assert!(!watched(&w).contains(&bob), "{:?}", watched(&w));
+    assert!(
+        watched(&w).contains(&carol),
+        "mail waits for Carol: still watched"
+    );
+    assert!(watched(&w).contains(&dave), "a contact kept stays watched");
+    w.online(&bob);
+    w.settle();
+    let presence = |w: &World, of: &peermail_core::Address| {
+        w.users[&alice].node.as_ref().expect("online").presence(of)
+    };
+    assert_eq!(
+        presence(&w, &bob),
+        None,
+        "Bob's presence still reaches Alice"
+    );
+    w.online(&dave);
+    w.settle();
+    assert_eq!(
+        presence(&w, &dave),
+        Some(peermail_core::wire::signal::PresenceStatus::Online)
+    );
+}

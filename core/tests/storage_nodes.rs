@@ -11,7 +11,6 @@ use peermail_core::node::{Command, Event, FetchingFrom};
 use peermail_core::storage::StorageEvent;
 use peermail_core::store::DownloadState;
 use peermail_core::wire::peer::PeerFrame;
-use peermail_core::wire::signal::PresenceStatus;
 use sim::{addr, CacheMode, World};
 
 fn file(len: usize, salt: u8) -> Vec<u8> {
@@ -481,10 +480,9 @@ fn an_unpaired_node_is_no_longer_used() {
         .contains(&Event::NodeUnpaired { node: node.clone() }));
     assert_eq!(bob_node(&w), None);
     assert!(!w.storages.contains_key(&node), "the node stopped");
-    assert_eq!(
-        w.users[&bob].node.as_ref().unwrap().presence(&node),
-        Some(PresenceStatus::Offline)
-    );
+    // Its presence is no longer watched.
+    assert!(!w.users[&bob].subscriptions.contains(&node));
+    assert_eq!(w.users[&bob].node.as_ref().unwrap().presence(&node), None);
 
     w.offline(&bob);
     w.online(&alice);

@@ -702,6 +702,12 @@ impl World {
                     ));
                 }
             }
+            ClientFrame::Unsubscribe { addresses } => {
+                let u = self.users.get_mut(from).unwrap();
+                for a in &addresses {
+                    u.subscriptions.remove(a);
+                }
+            }
             ClientFrame::PublishKey { encryption_key } => {
                 self.directory.insert(from.clone(), encryption_key);
                 self.reply(from, ServerFrame::KeyPublished);

@@ -55,6 +55,15 @@
 //!   receipt) and acknowledged to the holder (`HeldAck`), which deletes its copy on either.
 //!   An envelope that fails verification is neither stored nor released
 //!   ([`Event::Rejected`]).
+//! - Cancel sending ([`Command::CancelSending`], a mail still in the Outbox): recipients not
+//!   reached yet (`Waiting`, or offered over a data channel) fail with [`CANCELLED`]; a
+//!   `CachedAtRelay` copy is called back (`Withdraw` → `Withdrawn` → failed with
+//!   [`CANCELLED`]; at the next sign-in if the relay is unreachable now); one being
+//!   deposited is called back once deposited (or, its answer lost, like a cached one). The
+//!   mail is never sent again to anyone. A copy a co-recipient's node holds cannot be
+//!   called back. A recipient whose acknowledgement or delivered receipt comes anyway
+//!   shows as delivered; a call-back the relay answers `not_found` (fetched meanwhile, or
+//!   lost) fails the recipient unless that receipt follows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -210,6 +219,26 @@ pub enum Command {
     UnpairNode,
     /// Ask the relay about `address`'s storage node (answered by `Event::NodeLocated`).
     LocateNode(Address),
+    /// Stop sending a mail still in the Outbox: recipients not reached yet fail with
+    /// [`CANCELLED`]; a copy the relay keeps is called back (`Withdraw`; the recipient
+    /// fails once the relay confirms); one being handed over is called back once the relay
+    /// has it. A copy a co-recipient's node holds cannot be called back, nor one the
+    /// recipient already took: whoever turns out to have the mail shows as delivered.
+    CancelSending(MessageId),
+}
+
+/// Why a recipient failed after [`Command::CancelSending`].
+pub const CANCELLED: &str = "you cancelled sending";
+
+/// The state of a deposit whose answer will not come (the connection dropped, the node
+/// restarted, the answer is overdue): deposited again later (`Waiting`); of a cancelled
+/// mail, possibly kept by the relay, so called back (`Withdraw`) like a copy it keeps.
+fn unsettled_deposit(cancelled: bool, now: Millis) -> DeliveryState {
+    if cancelled {
+        DeliveryState::CachedAtRelay { at: now }
+    } else {
+        DeliveryState::Waiting
+    }
 }
 
 /// What the node asks its driver to do, or tells it.
@@ -494,7 +523,7 @@ impl Node {
                     r.state,
                     DeliveryState::Sending { .. } | DeliveryState::Depositing { .. }
                 ) {
-                    r.state = DeliveryState::Waiting;
+                    r.state = unsettled_deposit(o.cancelled, now);
                 }
             }
             outgoing.insert(o.mail.message_id.clone(), o);
@@ -787,10 +816,11 @@ impl Node {
         self.fetching.clear();
         self.unopened.clear();
         let mut changed = Vec::new();
+        let now = self.now;
         for o in self.outgoing.values_mut() {
             for r in &mut o.recipients {
                 if matches!(r.state, DeliveryState::Depositing { .. }) {
-                    r.state = DeliveryState::Waiting;
+                    r.state = unsettled_deposit(o.cancelled, now);
                     changed.push(o.mail.message_id.clone());
                 }
             }
@@ -842,6 +872,7 @@ impl Node {
             Command::DeleteSent(id) => self.delete_sent(id),
             Command::MarkRead(id) => self.set_read(&id, true),
             Command::MarkUnread(id) => self.set_read(&id, false),
+            Command::CancelSending(id) => self.cancel_sending(&id),
             Command::AddContact(a) => {
                 if self.contacts.insert(a.clone()) {
                     self.store(StoreWrite::PutContact(a.clone()));
@@ -949,6 +980,7 @@ impl Node {
             fetched: Vec::new(),
             relay_has: Vec::new(),
             declined: Vec::new(),
+            cancelled: false,
         };
         // A copy to oneself is delivered on the spot.
         if let Some(r) = o.recipients.iter_mut().find(|r| r.address == me) {
@@ -985,6 +1017,59 @@ impl Node {
             .collect();
         if !new.is_empty() {
             self.emit(Output::ToServer(ClientFrame::Subscribe { addresses: new }));
+        }
+    }
+
+    /// True if the sender cancelled sending mail `id`.
+    fn is_cancelled(&self, id: &MessageId) -> bool {
+        self.outgoing.get(id).is_some_and(|o| o.cancelled)
+    }
+
+    /// [`Command::CancelSending`].
+    fn cancel_sending(&mut self, id: &MessageId) {
+        let Some(o) = self.outgoing.get_mut(id) else {
+            return;
+        };
+        if o.cancelled || !o.is_pending() {
+            return;
+        }
+        o.cancelled = true;
+        let now = self.now;
+        let mut withdraw = Vec::new();
+        for r in &mut o.recipients {
+            match r.state {
+                // Not handed to anyone yet, or offered over a data channel (should the
+                // recipient's acknowledgement still come, it shows as delivered).
+                DeliveryState::Waiting | DeliveryState::Sending { .. } => {
+                    r.state = DeliveryState::Failed {
+                        at: now,
+                        reason: CANCELLED.into(),
+                    };
+                }
+                DeliveryState::CachedAtRelay { .. } => withdraw.push(r.address.clone()),
+                // Being deposited (called back once the relay has it), held by a
+                // co-recipient's node (it cannot be), or final.
+                _ => {}
+            }
+        }
+        let keys: Vec<(MessageId, Address)> = o
+            .recipients
+            .iter()
+            .map(|r| (id.clone(), r.address.clone()))
+            .collect();
+        for key in &keys {
+            self.refusals.remove(key);
+            self.hold_attempts.remove(key);
+        }
+        self.persist_outgoing(id);
+        self.event(Event::OutgoingChanged(id.clone()));
+        if self.authenticated {
+            for to in withdraw {
+                self.emit(Output::ToServer(ClientFrame::Withdraw {
+                    to,
+                    message_id: id.clone(),
+                }));
+            }
         }
     }
 
@@ -1106,7 +1191,12 @@ impl Node {
                     })
                     .collect();
                 for (to, message_id) in cached {
-                    self.emit(Output::ToServer(ClientFrame::Check { to, message_id }));
+                    let frame = if self.is_cancelled(&message_id) {
+                        ClientFrame::Withdraw { to, message_id }
+                    } else {
+                        ClientFrame::Check { to, message_id }
+                    };
+                    self.emit(Output::ToServer(frame));
                 }
                 self.downloads_signed_in();
                 // (Re-)register every held copy: registration is idempotent, and one made
@@ -1165,8 +1255,22 @@ impl Node {
                 let at = self.now;
                 self.start_uploads(&to, &message_id);
                 self.refusals.remove(&(message_id.clone(), to.clone()));
-                self.set_state_if(&message_id, &to, DeliveryState::CachedAtRelay { at }, |s| {
-                    matches!(s, DeliveryState::Waiting | DeliveryState::Depositing { .. })
+                let cached =
+                    self.set_state_if(&message_id, &to, DeliveryState::CachedAtRelay { at }, |s| {
+                        matches!(s, DeliveryState::Waiting | DeliveryState::Depositing { .. })
+                    });
+                // Cancelled while it was being handed over: call it back.
+                if cached.is_some() && self.is_cancelled(&message_id) && self.authenticated {
+                    self.emit(Output::ToServer(ClientFrame::Withdraw { to, message_id }));
+                }
+            }
+            ServerFrame::Withdrawn { to, message_id } => {
+                let state = DeliveryState::Failed {
+                    at: self.now,
+                    reason: CANCELLED.into(),
+                };
+                self.set_state_if(&message_id, &to, state, |s| {
+                    matches!(s, DeliveryState::CachedAtRelay { .. })
                 });
             }
             ServerFrame::Receipt {
@@ -1234,10 +1338,23 @@ impl Node {
         cond: impl Fn(&DeliveryState) -> bool,
     ) -> Option<OpId> {
         let o = self.outgoing.get_mut(id)?;
+        let cancelled = o.cancelled;
         let r = o.recipients.iter_mut().find(|r| &r.address == to)?;
-        if r.state.is_final() || !cond(&r.state) {
+        // Of a cancelled mail, whoever turns out to have it shows as delivered.
+        let delivered_after_all = cancelled
+            && matches!(state, DeliveryState::Delivered { .. })
+            && matches!(r.state, DeliveryState::Failed { .. });
+        if (r.state.is_final() && !delivered_after_all) || !cond(&r.state) {
             return None;
         }
+        // A cancelled mail is not sent again to anyone.
+        let state = match state {
+            DeliveryState::Waiting if cancelled => DeliveryState::Failed {
+                at: self.now,
+                reason: CANCELLED.into(),
+            },
+            s => s,
+        };
         r.state = state;
         let o = o.clone();
         let op = self.store(StoreWrite::PutOutgoing(Box::new(o)));
@@ -1266,6 +1383,19 @@ impl Node {
                     self.hold_register_retry
                         .insert(key, self.now + self.config.deposit_retry);
                 }
+            }
+            // A withdrawal the relay could not make: the recipient took the copy already (its
+            // receipt follows and shows it delivered), or the relay lost it.
+            (Some(to), Some(id)) if code == ErrorCode::NotFound && self.is_cancelled(&id) => {
+                let state = DeliveryState::Failed {
+                    at: self.now,
+                    reason: format!(
+                        "{CANCELLED}; the relay no longer had it (it may have been fetched)"
+                    ),
+                };
+                self.set_state_if(&id, &to, state, |s| {
+                    matches!(s, DeliveryState::CachedAtRelay { .. })
+                });
             }
             // A deposit of `id` for `to` the relay no longer has (a `Check`): deposit again.
             (Some(to), Some(id)) if code == ErrorCode::NotFound => {
@@ -2059,14 +2189,21 @@ impl Node {
             // Deposit again (the relay keeps one copy per sender and Message-ID).
             let timeout = self.config.ack_timeout;
             let mut overdue = Vec::new();
+            let mut withdraw = Vec::new();
             for o in self.outgoing.values_mut() {
                 for r in &mut o.recipients {
                     if matches!(r.state, DeliveryState::Depositing { since } if since + timeout <= now)
                     {
-                        r.state = DeliveryState::Waiting;
+                        r.state = unsettled_deposit(o.cancelled, now);
                         overdue.push(o.mail.message_id.clone());
+                        if o.cancelled {
+                            withdraw.push((r.address.clone(), o.mail.message_id.clone()));
+                        }
                     }
                 }
+            }
+            for (to, message_id) in withdraw {
+                self.emit(Output::ToServer(ClientFrame::Withdraw { to, message_id }));
             }
             overdue.dedup();
             for id in overdue {
@@ -2409,10 +2546,15 @@ impl Node {
         let Some(o) = self.outgoing.get_mut(id) else {
             return;
         };
+        let cancelled = o.cancelled;
         let Some(r) = o.recipients.iter_mut().find(|r| &r.address == peer) else {
             return;
         };
-        if r.state.is_final() {
+        // Of a cancelled mail, whoever turns out to have it shows as delivered.
+        let delivered_after_all = cancelled
+            && matches!(state, DeliveryState::Delivered { .. })
+            && matches!(r.state, DeliveryState::Failed { .. });
+        if r.state.is_final() && !delivered_after_all {
             return;
         }
         let delivered = matches!(state, DeliveryState::Delivered { .. });

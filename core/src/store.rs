@@ -80,6 +80,10 @@ pub struct OutgoingMail {
     /// node (`PeerFrame::MailDeleted`): that file is no longer needed by, or sent to, it.
     #[serde(default)]
     pub declined: Vec<(AttachmentId, Address)>,
+    /// The sender cancelled sending (`Command::CancelSending`): recipients not reached yet
+    /// are not sent it any more, and the relay is asked to give back a deposited copy.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 impl OutgoingMail {
@@ -555,6 +559,7 @@ pub mod conformance {
             fetched: vec![(crate::attach::AttachmentId([1; 16]), addr("bob@h"))],
             relay_has: vec![],
             declined: vec![],
+            cancelled: false,
         };
         store
             .apply(StoreWrite::PutOutgoing(Box::new(o.clone())))
@@ -789,6 +794,7 @@ pub mod conformance {
             fetched: vec![],
             relay_has: vec![],
             declined: vec![],
+            cancelled: false,
         };
         let mut writes = vec![
             StoreWrite::PutInbox(InboxRecord {

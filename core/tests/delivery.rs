@@ -1063,3 +1063,125 @@ fn a_removed_contact_is_no_longer_watched_unless_mail_waits_for_them() {
         Some(peermail_core::wire::signal::PresenceStatus::Online)
     );
 }
+
+/// Cancel sending: a recipient not reached yet fails at once and never gets the mail; the
+/// copy the relay keeps for an offline one is called back (gone from the relay; that
+/// recipient fails once the relay confirms); one already delivered stays delivered; the
+/// mail leaves the Outbox, and nothing is sent again after a restart.
+#[test]
+fn a_cancelled_mail_is_called_back_and_reaches_nobody_else() {
+    use peermail_core::node::{Command, CANCELLED};
+    let (mut w, alice, bob, carol) = bob_away(CacheMode::Up);
+    let dave = w.register("dave");
+    let id = w.send(&alice, &[&bob, &carol, &dave], &[], "sent too soon");
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::CachedAtRelay { .. }
+    ));
+    assert_eq!(state_of(&w, &alice, &id, &dave), DeliveryState::Waiting);
+    assert_eq!(w.cache.len(), 1);
+    w.command(&alice, Command::CancelSending(id.clone()));
+    w.settle();
+    for who in [&bob, &dave] {
+        assert!(
+            matches!(state_of(&w, &alice, &id, who), DeliveryState::Failed { ref reason, .. } if reason == CANCELLED),
+            "{who}: {:?}",
+            state_of(&w, &alice, &id, who)
+        );
+    }
+    assert!(matches!(
+        state_of(&w, &alice, &id, &carol),
+        DeliveryState::Delivered { .. }
+    ));
+    assert!(!w.outgoing(&alice, &id).is_pending(), "out of the Outbox");
+    assert!(w.cache.is_empty(), "called back from the relay");
+    w.online(&bob);
+    w.online(&dave);
+    w.advance(600_000);
+    w.offline(&alice);
+    w.online(&alice);
+    w.advance(600_000);
+    assert_eq!(w.received_count(&bob, &id), 0);
+    assert_eq!(w.received_count(&dave, &id), 0);
+    assert_eq!(w.deposits, 1, "not deposited again");
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Failed { .. }
+    ));
+}
+
+/// Cancelled too late: the recipient took the relay's copy while the sender was cut off
+/// from the relay. At the sender's next sign-in the call-back finds nothing, and the
+/// recipient shows as delivered, as the relay's receipt says.
+#[test]
+fn a_mail_cancelled_after_it_was_fetched_shows_delivered() {
+    use peermail_core::node::Command;
+    let (mut w, alice, bob, _carol) = bob_away(CacheMode::Up);
+    let id = w.send(&alice, &[&bob], &[], "already read");
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::CachedAtRelay { .. }
+    ));
+    w.offline(&alice);
+    w.online(&bob);
+    assert_eq!(w.received_count(&bob, &id), 1);
+    w.offline(&bob);
+    // Alice's page opens while the relay is unreachable, and she cancels.
+    w.relay_outage(true);
+    w.online(&alice);
+    w.command(&alice, Command::CancelSending(id.clone()));
+    w.settle();
+    assert!(
+        matches!(
+            state_of(&w, &alice, &id, &bob),
+            DeliveryState::CachedAtRelay { .. }
+        ),
+        "called back once the relay is reachable"
+    );
+    w.relay_outage(false);
+    w.advance(120_000);
+    assert!(
+        matches!(
+            state_of(&w, &alice, &id, &bob),
+            DeliveryState::Delivered { .. }
+        ),
+        "{:?}",
+        state_of(&w, &alice, &id, &bob)
+    );
+    assert_eq!(w.received_count(&bob, &id), 1);
+}
+
+/// Cancelled while its acknowledgement was on the way: the recipient shows as cancelled,
+/// then as delivered when the acknowledgement arrives.
+#[test]
+fn a_direct_mail_acknowledged_after_the_cancel_shows_delivered() {
+    use peermail_core::node::Command;
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    w.drop_rule = Some(Box::new(|_, _, f| matches!(f, PeerFrame::Ack { .. })));
+    let id = w.send(&alice, &[&bob], &[], "ack on its way");
+    assert!(w.inbox_has(&bob, &id));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Sending { .. }
+    ));
+    w.command(&alice, Command::CancelSending(id.clone()));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Failed { .. }
+    ));
+    w.drop_rule = None;
+    w.inject(
+        &bob,
+        &alice,
+        PeerFrame::Ack {
+            message_id: id.clone(),
+        },
+    );
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Delivered { .. }
+    ));
+}

@@ -369,6 +369,12 @@ enum Op {
         now: Millis,
         reply: Reply<Vec<Receipt>>,
     },
+    Withdraw {
+        sender: Address,
+        recipient: Address,
+        id: MessageId,
+        reply: Reply<bool>,
+    },
 }
 
 /// Sends a write's answer once its transaction's fate is known: the commit's error if it
@@ -588,6 +594,14 @@ impl CacheWriter {
                 reply,
             } => alone(conn, reply, || ack_receipt(conn, &sender, &recipient, &id)),
             Op::Hold { hold, reply } => alone(conn, reply, || hold_copy(conn, &hold)),
+            Op::Withdraw {
+                sender,
+                recipient,
+                id,
+                reply,
+            } => alone(conn, reply, || {
+                withdraw(conn, usage, &sender, &recipient, &id)
+            }),
             Op::Expire { now, reply } => {
                 usage.forget_all();
                 in_savepoint(conn, reply, || expire(conn, now))
@@ -607,6 +621,7 @@ impl Op {
             | Op::RefuseHeld { .. }
             | Op::Hold { .. }
             | Op::AckReceipt { .. }
+            | Op::Withdraw { .. }
             | Op::Expire { .. } => true,
             Op::Waiting { .. } | Op::Fetch { .. } | Op::Receipts { .. } | Op::HasDeposit { .. } => {
                 false
@@ -691,6 +706,7 @@ fn fail(op: Op, e: CacheError) {
         Op::Receipts { reply, .. } => drop(reply.send(Err(e))),
         Op::AckReceipt { reply, .. } => drop(reply.send(Err(e))),
         Op::Expire { reply, .. } => drop(reply.send(Err(e))),
+        Op::Withdraw { reply, .. } => drop(reply.send(Err(e))),
     }
 }
 
@@ -1107,6 +1123,37 @@ fn receipts(conn: &Connection, sender: &Address) -> Answer<Vec<Receipt>> {
     Ok(receipts)
 }
 
+/// Deletes `sender`'s envelope `id` for `recipient` if it is still cached (one statement:
+/// undone by the statement rollback should it fail).
+fn withdraw(
+    conn: &Connection,
+    usage: &mut Usage,
+    sender: &Address,
+    recipient: &Address,
+    id: &MessageId,
+) -> Answer<bool> {
+    let recipient = recipient.to_text();
+    let size: Option<i64> = conn
+        .prepare_cached(
+            "DELETE FROM cached_mail WHERE recipient = ?1 AND message_id = ?2 AND sender = ?3
+             RETURNING size",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![recipient, id.as_str(), sender.to_text()], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .map_err(cache_error)?;
+    match size {
+        Some(size) => {
+            usage.released(&recipient, size.max(0) as u64);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 fn ack_receipt(
     conn: &Connection,
     sender: &Address,
@@ -1277,6 +1324,30 @@ impl MailCache for Db {
 
     fn expire(&self, now: Millis) -> Answer<Vec<Receipt>> {
         self.call_blocking(|reply| Op::Expire { now, reply })
+    }
+
+    fn withdraw(&self, sender: &Address, recipient: &Address, id: &MessageId) -> Answer<bool> {
+        let (sender, recipient, id) = (sender.clone(), recipient.clone(), id.clone());
+        self.call_blocking(|reply| Op::Withdraw {
+            sender,
+            recipient,
+            id,
+            reply,
+        })
+    }
+
+    fn withdraw_async(
+        self: Arc<Self>,
+        sender: Address,
+        recipient: Address,
+        id: MessageId,
+    ) -> CacheFuture<bool> {
+        self.call(|reply| Op::Withdraw {
+            sender,
+            recipient,
+            id,
+            reply,
+        })
     }
 
     fn deposit_async(self: Arc<Self>, mail: NewMail, quota_bytes: u64) -> CacheFuture<Deposit> {
@@ -1549,6 +1620,12 @@ mod tests {
     fn held_copies_are_listed_released_and_expired() {
         let dir = tempfile::tempdir().unwrap();
         conformance::held_copies_are_listed_released_and_expired(&Db::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn withdrawn_by_its_sender_only() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::withdrawn_by_its_sender_only(&Db::open(dir.path()).unwrap());
     }
 
     #[test]

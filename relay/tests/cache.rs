@@ -1228,6 +1228,81 @@ async fn a_sender_can_check_that_its_deposit_is_still_kept() {
     relay.stop().await;
 }
 
+/// `withdraw` calls a deposit back (Cancel sending): only its sender can, only while it
+/// waits; it is gone from the recipient's waiting list, no receipt is made, and a second
+/// call back, or one for mail already fetched and released, is `not_found`.
+#[tokio::test]
+async fn a_sender_can_withdraw_its_deposit_while_it_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob, carol) = (
+        identity("alice", 1),
+        identity("bob", 2),
+        identity("carol", 3),
+    );
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let mut c = Client::registered(relay.addr, &carol).await;
+    let (called_back, kept) = (mid(21), mid(22));
+    a.deposit_ok(&bob.address, &called_back, b"sent too soon")
+        .await;
+    a.deposit_ok(&bob.address, &kept, b"meant").await;
+    let withdraw = |id: &MessageId| ClientFrame::Withdraw {
+        to: bob.address.clone(),
+        message_id: id.clone(),
+    };
+    let not_found_about = |id: &MessageId| {
+        Some(ErrorAbout {
+            to: Some(bob.address.clone()),
+            message_id: Some(id.clone()),
+            attachment: None,
+        })
+    };
+    // Not Carol's to call back.
+    c.send(withdraw(&called_back)).await;
+    assert_eq!(
+        c.expect_error_about(ErrorCode::NotFound).await,
+        not_found_about(&called_back)
+    );
+    a.send(withdraw(&called_back)).await;
+    assert_eq!(
+        a.recv().await,
+        ServerFrame::Withdrawn {
+            to: bob.address.clone(),
+            message_id: called_back.clone(),
+        }
+    );
+    a.send(withdraw(&called_back)).await;
+    assert_eq!(
+        a.expect_error_about(ErrorCode::NotFound).await,
+        not_found_about(&called_back)
+    );
+    // Bob finds only the other mail; the one called back cannot be fetched.
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    let waiting = b.expect_waiting().await;
+    assert_eq!(
+        waiting.iter().map(|w| &w.message_id).collect::<Vec<_>>(),
+        vec![&kept]
+    );
+    b.send(ClientFrame::Fetch {
+        message_id: called_back.clone(),
+    })
+    .await;
+    b.expect_error(ErrorCode::NotFound).await;
+    // Fetched and released: too late to call back; the receipt says delivered.
+    b.release(&kept).await;
+    a.expect_receipt(&bob.address, &kept, ReceiptOutcome::Delivered)
+        .await;
+    a.send(withdraw(&kept)).await;
+    assert_eq!(
+        a.expect_error_about(ErrorCode::NotFound).await,
+        not_found_about(&kept)
+    );
+    a.expect_nothing_more(1).await;
+    assert_eq!(cached_count(dir.path()), 0);
+    relay.stop().await;
+}
+
 /// An inline attachment of a mail for the offline Bob: Alice announces it with its chunk
 /// list and deposits its chunks (each checked and acknowledged); only Bob can fetch it, and
 /// only once whole; it survives a restart; Bob releases it. Bad input is refused with

@@ -149,6 +149,14 @@ pub trait MailCache: Send + Sync + 'static {
     /// Deletes every envelope (and held-copy listing) whose expiry is at or before `now` and
     /// records an expired receipt for each sender (and holder); returns those receipts.
     fn expire(&self, now: Millis) -> Result<Vec<Receipt>, Error>;
+    /// Deletes `sender`'s envelope `message_id` for `recipient`, if it is still cached and
+    /// is `sender`'s (the sender called it back); no receipt is recorded. Whether it was.
+    fn withdraw(
+        &self,
+        sender: &Address,
+        recipient: &Address,
+        message_id: &MessageId,
+    ) -> Result<bool, Error>;
 
     /// [`MailCache::deposit`], awaited.
     fn deposit_async(self: Arc<Self>, mail: NewMail, quota_bytes: u64) -> CacheFuture<Deposit> {
@@ -208,6 +216,15 @@ pub trait MailCache: Send + Sync + 'static {
     /// [`MailCache::receipts`], awaited.
     fn receipts_async(self: Arc<Self>, sender: Address) -> CacheFuture<Vec<Receipt>> {
         blocking(self, move |c| c.receipts(&sender))
+    }
+    /// [`MailCache::withdraw`], awaited.
+    fn withdraw_async(
+        self: Arc<Self>,
+        sender: Address,
+        recipient: Address,
+        message_id: MessageId,
+    ) -> CacheFuture<bool> {
+        blocking(self, move |c| c.withdraw(&sender, &recipient, &message_id))
     }
     /// [`MailCache::ack_receipt`], awaited.
     fn ack_receipt_async(
@@ -436,6 +453,21 @@ impl MailCache for MemoryCache {
         Ok(cached || receipt)
     }
 
+    fn withdraw(
+        &self,
+        sender: &Address,
+        recipient: &Address,
+        message_id: &MessageId,
+    ) -> Result<bool, Error> {
+        let mut state = self.state();
+        let key = (recipient.clone(), message_id.clone());
+        if state.mail.get(&key).is_some_and(|m| &m.sender == sender) {
+            state.mail.remove(&key);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn hold(&self, hold: NewHold) -> Result<bool, Error> {
         let key = (hold.recipient.clone(), hold.message_id.clone());
         let holder = hold.holder.clone();
@@ -533,6 +565,40 @@ pub mod conformance {
             deposited_at: at,
             expires_at: at + 100,
         }
+    }
+
+    /// A deposit called back by its sender: gone from the waiting list, its bytes no longer
+    /// counted against the recipient's quota, no receipt; nobody else may call it back,
+    /// and one already released cannot be.
+    pub fn withdrawn_by_its_sender_only(c: &dyn MailCache) {
+        let (alice, bob, carol) = (a("alice@h"), a("bob@h"), a("carol@h"));
+        let first = mail("bob@h", 1, 6, 10);
+        let id = first.message_id.clone();
+        assert_eq!(c.deposit(first, 10).unwrap(), Deposit::Stored);
+        assert!(!c.withdraw(&carol, &bob, &id).unwrap(), "not carol's");
+        assert!(!c.withdraw(&alice, &carol, &id).unwrap(), "not for carol");
+        assert_eq!(c.waiting(&bob).unwrap().len(), 1);
+        assert_eq!(
+            c.deposit(mail("bob@h", 2, 6, 10), 10).unwrap(),
+            Deposit::QuotaExceeded
+        );
+        assert!(c.withdraw(&alice, &bob, &id).unwrap());
+        assert!(c.waiting(&bob).unwrap().is_empty());
+        assert_eq!(c.fetch(&bob, &id).unwrap(), None);
+        assert!(!c.has_deposit(&alice, &bob, &id).unwrap());
+        assert!(c.receipts(&alice).unwrap().is_empty(), "no receipt");
+        assert!(!c.withdraw(&alice, &bob, &id).unwrap(), "already gone");
+        // Its room is free again.
+        let second = mail("bob@h", 2, 6, 10);
+        let id2 = second.message_id.clone();
+        assert_eq!(c.deposit(second, 10).unwrap(), Deposit::Stored);
+        // Released by the recipient: too late to call back.
+        assert_eq!(
+            c.release(&bob, &id2, ReceiptOutcome::Delivered, 11)
+                .unwrap(),
+            vec![alice.clone()]
+        );
+        assert!(!c.withdraw(&alice, &bob, &id2).unwrap());
     }
 
     /// Deposit (idempotent, conflict, quota), waiting list, fetch and release only by the
@@ -767,6 +833,11 @@ mod tests {
     #[test]
     fn memory_cache_held_copies_are_listed_released_and_expired() {
         conformance::held_copies_are_listed_released_and_expired(&MemoryCache::new());
+    }
+
+    #[test]
+    fn memory_cache_withdrawn_by_its_sender_only() {
+        conformance::withdrawn_by_its_sender_only(&MemoryCache::new());
     }
 
     #[test]

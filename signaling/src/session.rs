@@ -456,6 +456,9 @@ impl Session {
                 size,
             } => Box::pin(self.hold(to, message_id, from, size)).await,
             ClientFrame::Check { to, message_id } => Box::pin(self.check(to, message_id)).await,
+            ClientFrame::Withdraw { to, message_id } => {
+                Box::pin(self.withdraw(to, message_id)).await
+            }
             ClientFrame::DepositFile {
                 to,
                 message_id,
@@ -980,6 +983,37 @@ impl Session {
             Ok(false) => ServerFrame::error(
                 ErrorCode::NotFound,
                 format!("this relay keeps no mail {message_id} from you for {to}"),
+            ),
+            Err(e) => internal(&e),
+        };
+        with_about(frame, about)
+    }
+
+    /// The sender calls back its deposit for `to` (`withdraw`).
+    async fn withdraw(&mut self, to: Address, message_id: MessageId) -> ServerFrame {
+        let Some(me) = self.address.clone() else {
+            return not_authenticated();
+        };
+        let about = ErrorAbout {
+            to: Some(to.clone()),
+            message_id: Some(message_id.clone()),
+            attachment: None,
+        };
+        let frame = match self
+            .cache()
+            .withdraw_async(me, to.clone(), message_id.clone())
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(session = self.id, %to, %message_id, "deposit withdrawn");
+                ServerFrame::Withdrawn { to, message_id }
+            }
+            Ok(false) => ServerFrame::error(
+                ErrorCode::NotFound,
+                format!(
+                    "this relay keeps no mail {message_id} from you for {to} \
+                     (fetched already, or never deposited)"
+                ),
             ),
             Err(e) => internal(&e),
         };

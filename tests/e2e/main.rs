@@ -539,7 +539,8 @@ async fn contacts_show_live_presence(w: &mut World) -> Result<()> {
 /// (h) Issue 3: Alice mails Bob (browser closed) and Carol (online). Carol gets it directly;
 /// Alice's status for Bob reads "cached at relay". Alice closes her browser; Bob returns and
 /// receives the mail from the relay cache without Alice online. When Alice returns, her Sent
-/// shows Bob delivered (the relay's receipt).
+/// shows Bob delivered (the relay's receipt). Before she leaves, Alice cancels a second mail
+/// for Bob in her Outbox: the relay gives its copy back, and Bob never gets it.
 async fn offline_recipient_via_relay_cache(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Sealed while you were out";
     const BODY: &str = "Bob, this waited in the relay cache, sealed for you alone.";
@@ -565,6 +566,26 @@ async fn offline_recipient_via_relay_cache(w: &mut World) -> Result<()> {
         .wait_recipient(&["outbox"], SUBJECT, &carol_addr, "delivered")
         .await?;
 
+    // A second mail for Bob, sent too soon: Alice cancels it in the Outbox. The relay gives
+    // its copy back, her line for Bob says so, the mail moves to Sent, and Bob never gets it.
+    const TOO_SOON: &str = "Sent too soon";
+    alice
+        .compose(&bob_addr, "", TOO_SOON, "Please ignore this one.")
+        .await?;
+    alice
+        .wait_recipient(&["outbox"], TOO_SOON, &bob_addr, "cached")
+        .await?;
+    alice.open_mail("outbox", TOO_SOON).await?;
+    alice.click("#cancel-sending").await?;
+    let status = alice
+        .wait_recipient(&["sent", "outbox"], TOO_SOON, &bob_addr, "cancelled")
+        .await?;
+    ensure!(
+        status == format!("{bob_addr}: not sent — you cancelled sending"),
+        "Alice's line for Bob reads {status:?}"
+    );
+    alice.wait_row("sent", TOO_SOON).await?;
+
     w.close("alice").await?;
     let bob = w.person("bob").await?;
     let pane = bob
@@ -572,6 +593,11 @@ async fn offline_recipient_via_relay_cache(w: &mut World) -> Result<()> {
         .await
         .context("Bob receiving from the relay cache while Alice is away")?;
     contains("Bob's reading pane's .body", &pane.body, BODY)?;
+    let rows = bob.rows().await?;
+    ensure!(
+        !rows.iter().any(|r| r.subject.as_deref() == Some(TOO_SOON)),
+        "Bob got the mail Alice called back: {rows:?}"
+    );
 
     let alice = w.person("alice").await?;
     alice

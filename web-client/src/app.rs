@@ -738,6 +738,19 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             </>
         }
     });
+    // A mail still on its way can be stopped.
+    let cancel_button = outgoing
+        .as_ref()
+        .filter(|o| o.is_pending() && !o.cancelled && !received)
+        .map(|_| {
+            let (rt, id) = (rt.clone(), id.clone());
+            let onclick = Callback::from(move |_: MouseEvent| rt.cancel_sending(id.clone()));
+            html! {
+                <button id="cancel-sending" type="button" {onclick}
+                    title="Recipients it has not reached do not get it; a copy waiting at the relay is called back">
+                    { "Cancel sending" }</button>
+            }
+        });
     let forward_button = {
         let (rt, state, mail) = (rt.clone(), state.clone(), mail.clone());
         let onclick = Callback::from(move |_: MouseEvent| forward(&rt, &state, &mail));
@@ -746,6 +759,7 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     let actions = html! {
         <div class="mail-actions">
             { for reply_buttons }
+            { for cancel_button }
             { forward_button }
             { delete_button }
         </div>

@@ -583,6 +583,10 @@ impl Runtime {
     pub fn delete_received(&self, id: MessageId) {
         self.input(Input::Command(Command::DeleteReceived(id)));
     }
+    /// Stops sending a mail still in the Outbox (see `Command::CancelSending`).
+    pub fn cancel_sending(&self, id: MessageId) {
+        self.input(Input::Command(Command::CancelSending(id)));
+    }
     /// Deletes a sent mail for good (refused while a recipient still waits for it).
     pub fn delete_sent(&self, id: MessageId) {
         self.input(Input::Command(Command::DeleteSent(id)));
@@ -1365,6 +1369,7 @@ impl Runtime {
             | ServerFrame::Cached { .. }
             | ServerFrame::Released { .. }
             | ServerFrame::Held { .. }
+            | ServerFrame::Withdrawn { .. }
             | ServerFrame::Receipt { .. } => {}
         }
     }

@@ -61,8 +61,16 @@ pub fn recipient_line(
         DeliveryState::Delivered { at } => {
             ("delivered", format!("{address}: delivered {}", hms(*at)))
         }
+        DeliveryState::Failed { reason, .. } if is_cancelled(reason) => {
+            ("cancelled", format!("{address}: not sent — {reason}"))
+        }
         DeliveryState::Failed { reason, .. } => ("failed", format!("{address}: failed — {reason}")),
     }
+}
+
+/// A recipient failed because the sender cancelled sending.
+fn is_cancelled(reason: &str) -> bool {
+    reason.starts_with(peermail_core::node::CANCELLED)
 }
 
 /// The short summary in an Outbox/Sent row.
@@ -73,11 +81,19 @@ pub fn summary(o: &OutgoingMail) -> String {
         .iter()
         .filter(|r| matches!(r.state, DeliveryState::Delivered { .. }))
         .count();
+    let cancelled = o
+        .recipients
+        .iter()
+        .filter(
+            |r| matches!(&r.state, DeliveryState::Failed { reason, .. } if is_cancelled(reason)),
+        )
+        .count();
     let failed = o
         .recipients
         .iter()
         .filter(|r| matches!(r.state, DeliveryState::Failed { .. }))
-        .count();
+        .count()
+        - cancelled;
     let sending = o.recipients.iter().any(|r| {
         matches!(
             r.state,
@@ -104,8 +120,17 @@ pub fn summary(o: &OutgoingMail) -> String {
         "delivered".into()
     } else if failed == n {
         "failed".into()
-    } else if !o.is_pending() {
+    } else if cancelled == n {
+        "cancelled".into()
+    } else if !o.is_pending() && cancelled == 0 {
         format!("delivered to {delivered}, failed {failed}")
+    } else if !o.is_pending() {
+        let failed = if failed > 0 {
+            format!(", failed {failed}")
+        } else {
+            String::new()
+        };
+        format!("delivered to {delivered}, cancelled {cancelled}{failed}")
     } else if sending {
         "sending".into()
     } else if waiting.is_empty() && held == 0 && cached > 0 {

@@ -56,6 +56,14 @@ fn recipient_lines() {
         "bob@localhost: failed — no such address: bob@localhost",
     );
     check_line(
+        DeliveryState::Failed {
+            at,
+            reason: peermail_core::node::CANCELLED.into(),
+        },
+        "cancelled",
+        "bob@localhost: not sent — you cancelled sending",
+    );
+    check_line(
         DeliveryState::Depositing { since: at },
         "depositing",
         "bob@localhost: handing to the relay cache",
@@ -117,6 +125,7 @@ fn outgoing(states: &[DeliveryState]) -> OutgoingMail {
         fetched: vec![],
         relay_has: vec![],
         declined: vec![],
+        cancelled: false,
     }
 }
 
@@ -126,6 +135,10 @@ fn row_summaries() {
     let failed = || Failed {
         at: 1,
         reason: "x".into(),
+    };
+    let cancelled = || Failed {
+        at: 1,
+        reason: peermail_core::node::CANCELLED.into(),
     };
     for (states, want) in [
         (vec![Waiting], "waiting for bob@h"),
@@ -145,6 +158,15 @@ fn row_summaries() {
         (
             vec![Delivered { at: 1 }, failed(), failed()],
             "delivered to 1, failed 2",
+        ),
+        (vec![cancelled(), cancelled()], "cancelled"),
+        (
+            vec![Delivered { at: 1 }, cancelled()],
+            "delivered to 1, cancelled 1",
+        ),
+        (
+            vec![Delivered { at: 1 }, cancelled(), failed()],
+            "delivered to 1, cancelled 1, failed 1",
         ),
     ] {
         assert_eq!(summary(&outgoing(&states)), want, "{states:?}");

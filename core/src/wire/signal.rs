@@ -167,6 +167,11 @@ pub enum ClientFrame {
     /// The whole files the relay keeps for this account (or, from a storage node's session,
     /// for its owner). Answered by [`ServerFrame::FilesKept`].
     ListFiles,
+    /// The sender calls back its deposit for `to`: the relay deletes the envelope if it
+    /// still keeps it (`to` has not fetched and released it). Answered by
+    /// [`ServerFrame::Withdrawn`], else a `not_found` error about `(to, message_id)`: it was
+    /// fetched already (its receipt follows), or was never this account's.
+    Withdraw { to: Address, message_id: MessageId },
 }
 
 /// How often a storage node sends [`ClientFrame::NodeHeartbeat`].
@@ -312,6 +317,12 @@ pub enum ServerFrame {
     /// for its owner).
     FilesKept {
         items: Vec<FileItem>,
+    },
+    /// The relay deleted this account's deposit for `to` ([`ClientFrame::Withdraw`]); `to`
+    /// will not get it from the relay, and no receipt follows.
+    Withdrawn {
+        to: Address,
+        message_id: MessageId,
     },
     /// The storage node of `address`: its signaling address (reach it with `Signal` frames)
     /// when `address` has one, whether it is available (signed in, heartbeats on time), and
@@ -492,6 +503,7 @@ const CLIENT_TYPES: &[&str] = &[
     "node_heartbeat",
     "locate_node",
     "list_files",
+    "withdraw",
 ];
 const SERVER_TYPES: &[&str] = &[
     "challenge",
@@ -519,6 +531,7 @@ const SERVER_TYPES: &[&str] = &[
     "node_unpaired",
     "node_location",
     "files_kept",
+    "withdrawn",
 ];
 
 /// The version and type of a frame, read without copying anything else.
@@ -1051,9 +1064,18 @@ mod tests {
                 to: bob.clone(),
                 message_id: id(),
             },
+            ClientFrame::Withdraw {
+                to: bob.clone(),
+                message_id: id(),
+            },
         ] {
             check_client(&f.encode(), Ok(f));
         }
+        let withdrawn = ServerFrame::Withdrawn {
+            to: bob.clone(),
+            message_id: id(),
+        };
+        assert_eq!(parse_server_frame(&withdrawn.encode()), Ok(withdrawn));
         let text = ServerFrame::Waiting {
             items: vec![WaitingMail {
                 message_id: id(),

@@ -1097,6 +1097,24 @@ impl World {
                 };
                 self.reply(from, frame);
             }
+            ClientFrame::Withdraw { to, message_id } => {
+                let key = (to.clone(), message_id.clone());
+                let frame = if self.cache.get(&key).is_some_and(|c| &c.from == from) {
+                    self.cache.remove(&key);
+                    ServerFrame::Withdrawn { to, message_id }
+                } else {
+                    ServerFrame::error_about(
+                        ErrorCode::NotFound,
+                        "no such deposit",
+                        ErrorAbout {
+                            to: Some(to),
+                            message_id: Some(message_id),
+                            attachment: None,
+                        },
+                    )
+                };
+                self.reply(from, frame);
+            }
             ClientFrame::AckReceipt { to, message_id } => {
                 if let Some(r) = self.receipts.get_mut(from) {
                     r.retain(|(t, id, _)| !(t == &to && id == &message_id));

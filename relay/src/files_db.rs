@@ -268,6 +268,26 @@ impl FileCache for Db {
         Ok(n > 0)
     }
 
+    fn withdraw_files(
+        &self,
+        sender: &Address,
+        recipient: &Address,
+        message_id: &MessageId,
+    ) -> Answer<usize> {
+        // Their chunks go with them (ON DELETE CASCADE).
+        self.directory_conn()
+            .prepare_cached(
+                "DELETE FROM kept_files WHERE recipient = ?1 AND message_id = ?2 AND sender = ?3",
+            )
+            .map_err(err)?
+            .execute(params![
+                recipient.to_string(),
+                message_id.as_str(),
+                sender.to_string()
+            ])
+            .map_err(err)
+    }
+
     fn expire_files(&self, now: Millis) -> Answer<usize> {
         self.directory_conn()
             .prepare_cached("DELETE FROM kept_files WHERE expires_at <= ?1")

@@ -1303,6 +1303,62 @@ async fn a_sender_can_withdraw_its_deposit_while_it_waits() {
     relay.stop().await;
 }
 
+/// A mail called back takes the files its sender left with it for that recipient.
+#[tokio::test]
+async fn a_withdrawn_mail_takes_its_files_with_it() {
+    use peermail_core::attach::CHUNK_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path()).await;
+    let (alice, bob) = (identity("alice", 1), identity("bob", 2));
+    Client::registered(relay.addr, &bob).await.close().await;
+    let mut a = Client::registered(relay.addr, &alice).await;
+    let to = bob.address.clone();
+    let id = mid(60);
+    let bytes: Vec<u8> = (0..CHUNK_BYTES + 7).map(|i| (i % 241) as u8).collect();
+    let (att, hashes, chunks) = common::sealed_file(&bytes, 6);
+    a.deposit_ok(&to, &id, b"sealed mail with the file's key")
+        .await;
+    a.send(ClientFrame::DepositFile {
+        to: to.clone(),
+        message_id: id.clone(),
+        attachment: att.id,
+        size: att.size,
+        hashes: B64.encode(hashes.concat()),
+    })
+    .await;
+    assert!(matches!(a.recv().await, ServerFrame::FileAccepted { .. }));
+    for (i, data) in chunks.iter().enumerate() {
+        a.send(ClientFrame::DepositChunk {
+            to: to.clone(),
+            attachment: att.id,
+            index: i as u32,
+            data: B64.encode(data),
+        })
+        .await;
+        assert!(matches!(a.recv().await, ServerFrame::ChunkDeposited { .. }));
+    }
+    let mut b = Client::authenticated(relay.addr, &bob).await;
+    assert_eq!(b.expect_waiting().await.len(), 1);
+    b.send(ClientFrame::FetchFile { attachment: att.id }).await;
+    assert!(matches!(b.recv().await, ServerFrame::FileInfo { .. }));
+
+    a.send(ClientFrame::Withdraw {
+        to: to.clone(),
+        message_id: id.clone(),
+    })
+    .await;
+    assert_eq!(
+        a.recv().await,
+        ServerFrame::Withdrawn {
+            to: to.clone(),
+            message_id: id.clone()
+        }
+    );
+    b.send(ClientFrame::FetchFile { attachment: att.id }).await;
+    b.expect_error_about(ErrorCode::NotFound).await;
+    relay.stop().await;
+}
+
 /// An inline attachment of a mail for the offline Bob: Alice announces it with its chunk
 /// list and deposits its chunks (each checked and acknowledged); only Bob can fetch it, and
 /// only once whole; it survives a restart; Bob releases it. Bad input is refused with

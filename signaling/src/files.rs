@@ -110,6 +110,14 @@ pub trait FileCache: Send + Sync + 'static {
     ) -> Result<Option<Chunks>, Error>;
     /// Deletes the file for `recipient`; whether there was one.
     fn release_file(&self, recipient: &Address, attachment: AttachmentId) -> Result<bool, Error>;
+    /// Deletes the files `sender` announced for `recipient` with mail `message_id` (the
+    /// sender called the mail back); how many there were.
+    fn withdraw_files(
+        &self,
+        sender: &Address,
+        recipient: &Address,
+        message_id: &MessageId,
+    ) -> Result<usize, Error>;
     /// The whole files kept for `recipient`, oldest first.
     fn kept_for(&self, recipient: &Address) -> Result<Vec<FileItem>, Error>;
     /// Deletes every file whose expiry is at or before `now`; how many.
@@ -152,6 +160,17 @@ pub trait FileCache: Send + Sync + 'static {
     /// [`FileCache::kept_for`], awaited.
     fn kept_for_async(self: Arc<Self>, recipient: Address) -> CacheFuture<Vec<FileItem>> {
         blocking(self, move |c| c.kept_for(&recipient))
+    }
+    /// [`FileCache::withdraw_files`], awaited.
+    fn withdraw_files_async(
+        self: Arc<Self>,
+        sender: Address,
+        recipient: Address,
+        message_id: MessageId,
+    ) -> CacheFuture<usize> {
+        blocking(self, move |c| {
+            c.withdraw_files(&sender, &recipient, &message_id)
+        })
     }
     /// [`FileCache::release_file`], awaited.
     fn release_file_async(
@@ -299,6 +318,20 @@ impl FileCache for MemoryFiles {
             .files()
             .remove(&(recipient.clone(), attachment))
             .is_some())
+    }
+
+    fn withdraw_files(
+        &self,
+        sender: &Address,
+        recipient: &Address,
+        message_id: &MessageId,
+    ) -> Result<usize, Error> {
+        let mut files = self.files();
+        let before = files.len();
+        files.retain(|(r, _), f| {
+            !(r == recipient && &f.file.sender == sender && &f.file.message_id == message_id)
+        });
+        Ok(before - files.len())
     }
 
     fn kept_for(&self, recipient: &Address) -> Result<Vec<FileItem>, Error> {
@@ -451,6 +484,13 @@ pub mod conformance {
         // Only the recipient's key reaches it.
         assert_eq!(c.file(&a("carol@h"), id).unwrap(), None);
         assert_eq!(c.chunks(&a("carol@h"), id, &[0]).unwrap(), None);
+        // Called back with its mail: only its sender's, for that recipient and mail.
+        let m = f.message_id.clone();
+        assert_eq!(c.withdraw_files(&a("carol@h"), &bob, &m).unwrap(), 0);
+        assert_eq!(c.withdraw_files(&alice, &a("dan@h"), &m).unwrap(), 0);
+        let other_mail = MessageId::new([77; 16], "h");
+        assert_eq!(c.withdraw_files(&alice, &bob, &other_mail).unwrap(), 0);
+        assert!(c.file(&bob, id).unwrap().is_some());
         // Released.
         assert!(c.release_file(&bob, id).unwrap());
         assert!(!c.release_file(&bob, id).unwrap());
@@ -461,6 +501,36 @@ pub mod conformance {
         assert_eq!(c.expire_files(109).unwrap(), 0);
         assert_eq!(c.expire_files(110).unwrap(), 1);
         assert_eq!(c.file(&a("carol@h"), h.attachment).unwrap(), None);
+        // Two files of one mail, called back with it; a file of another mail stays.
+        let (one, one_data) = file("erin@h", 5, 1, 200);
+        let two = NewFile {
+            attachment: AttachmentId([6; 16]),
+            ..one.clone()
+        };
+        let (other, other_data) = file("erin@h", 7, 1, 200);
+        for (nf, data) in [(&one, &one_data), (&two, &one_data), (&other, &other_data)] {
+            c.deposit_file(nf.clone(), u64::MAX).unwrap();
+            for (i, d) in data.iter().enumerate() {
+                c.deposit_chunk(&nf.recipient, &alice, nf.attachment, i as u32, d.clone())
+                    .unwrap();
+            }
+            assert!(c.file(&nf.recipient, nf.attachment).unwrap().is_some());
+        }
+        assert_eq!(
+            c.withdraw_files(&alice, &one.recipient, &one.message_id)
+                .unwrap(),
+            2
+        );
+        assert_eq!(c.file(&one.recipient, one.attachment).unwrap(), None);
+        assert_eq!(
+            c.chunks(&one.recipient, one.attachment, &[0]).unwrap(),
+            None
+        );
+        assert_eq!(c.file(&one.recipient, two.attachment).unwrap(), None);
+        assert!(c
+            .file(&other.recipient, other.attachment)
+            .unwrap()
+            .is_some());
     }
 }
 

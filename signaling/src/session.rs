@@ -989,7 +989,8 @@ impl Session {
         with_about(frame, about)
     }
 
-    /// The sender calls back its deposit for `to` (`withdraw`).
+    /// The sender calls back its deposit for `to` (`withdraw`), and the files it announced
+    /// with it for `to`.
     async fn withdraw(&mut self, to: Address, message_id: MessageId) -> ServerFrame {
         let Some(me) = self.address.clone() else {
             return not_authenticated();
@@ -1001,11 +1002,23 @@ impl Session {
         };
         let frame = match self
             .cache()
-            .withdraw_async(me, to.clone(), message_id.clone())
+            .withdraw_async(me.clone(), to.clone(), message_id.clone())
             .await
         {
             Ok(true) => {
-                tracing::debug!(session = self.id, %to, %message_id, "deposit withdrawn");
+                // Its files go with it (were this to fail, they expire in time).
+                let files = self
+                    .files()
+                    .withdraw_files_async(me, to.clone(), message_id.clone())
+                    .await;
+                match files {
+                    Ok(n) => {
+                        tracing::debug!(session = self.id, %to, %message_id, files = n, "deposit withdrawn")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %message_id, "the files of a withdrawn mail were not deleted")
+                    }
+                }
                 ServerFrame::Withdrawn { to, message_id }
             }
             Ok(false) => ServerFrame::error(

@@ -168,7 +168,8 @@ pub enum ClientFrame {
     /// for its owner). Answered by [`ServerFrame::FilesKept`].
     ListFiles,
     /// The sender calls back its deposit for `to`: the relay deletes the envelope if it
-    /// still keeps it (`to` has not fetched and released it). Answered by
+    /// still keeps it (`to` has not fetched and released it), and with it the files the
+    /// sender left for `to` with that mail. Answered by
     /// [`ServerFrame::Withdrawn`], else a `not_found` error about `(to, message_id)`: it was
     /// fetched already (its receipt follows), or was never this account's.
     Withdraw { to: Address, message_id: MessageId },

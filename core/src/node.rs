@@ -1061,6 +1061,8 @@ impl Node {
             self.refusals.remove(key);
             self.hold_attempts.remove(key);
         }
+        // Files being left at the relay for it stop (those left go with the mail).
+        self.uploads.retain(|_, u| &u.message_id != id);
         self.persist_outgoing(id);
         self.event(Event::OutgoingChanged(id.clone()));
         if self.authenticated {

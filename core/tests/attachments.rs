@@ -576,3 +576,32 @@ fn a_co_recipient_passes_a_file_on_when_the_sender_is_away() {
     );
     assert_eq!(w.chunks_served, before);
 }
+
+/// A mail called back (Cancel sending) takes the file the relay keeps for its recipient
+/// with it; the file is not left there again, and the recipient never gets either.
+#[test]
+fn a_cancelled_mail_takes_its_file_off_the_relay() {
+    use peermail_core::node::Command;
+    let mut w = world_with(&["alice", "bob"]);
+    w.cache_mode = CacheMode::Up;
+    let (alice, bob) = (addr("alice"), addr("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    w.offline(&bob);
+    let bytes = file(4 * CHUNK_BYTES + 5, 31);
+    let att = w.attach_file(&alice, "draft.pdf", &bytes, 31);
+    assert!(att.inline);
+    let id = w.send_with(&alice, &[&bob], "too soon", vec![att.clone()]);
+    assert!(w.files.contains_key(&(bob.clone(), att.id)));
+    w.command(&alice, Command::CancelSending(id.clone()));
+    assert!(w.files.is_empty(), "the relay's copy of the file is gone");
+    assert!(w.cache.is_empty());
+    // Alice's page comes back: nothing is left at the relay again.
+    w.offline(&alice);
+    w.online(&alice);
+    w.advance(600_000);
+    assert!(w.files.is_empty());
+    w.online(&bob);
+    assert!(!w.inbox_has(&bob, &id));
+    assert_eq!(w.download(&bob, att.id), None);
+}

@@ -42,7 +42,7 @@ pub enum UploadRequest {
 /// An attachment being copied to the relay for one offline recipient (this session).
 #[derive(Debug)]
 pub(super) struct Upload {
-    message_id: MessageId,
+    pub(super) message_id: MessageId,
     /// Chunks the relay still needs and that were not sent yet.
     queue: VecDeque<u32>,
     /// Sent, not yet confirmed.
@@ -1053,6 +1053,10 @@ impl Node {
         let Some(o) = self.outgoing.get(message_id) else {
             return;
         };
+        // A mail called back leaves no files at the relay.
+        if o.cancelled {
+            return;
+        }
         let todo: Vec<(AttachmentId, u64)> = o
             .mail
             .attachments

@@ -1101,6 +1101,9 @@ impl World {
                 let key = (to.clone(), message_id.clone());
                 let frame = if self.cache.get(&key).is_some_and(|c| &c.from == from) {
                     self.cache.remove(&key);
+                    self.files.retain(|(r, _), f| {
+                        !(r == &to && &f.from == from && f.message_id == message_id)
+                    });
                     ServerFrame::Withdrawn { to, message_id }
                 } else {
                     ServerFrame::error_about(

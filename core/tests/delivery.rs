@@ -1185,3 +1185,42 @@ fn a_direct_mail_acknowledged_after_the_cancel_shows_delivered() {
         DeliveryState::Delivered { .. }
     ));
 }
+
+/// Cancelled while its deposit goes unanswered (the relay's answer is lost): once overdue,
+/// the copy is called back instead of deposited again, and the recipient never gets it.
+#[test]
+fn a_mail_cancelled_while_its_deposit_is_unanswered_is_called_back_not_redeposited() {
+    use peermail_core::node::{Command, CANCELLED};
+    let (mut w, alice, bob, _carol) = bob_away(CacheMode::Up);
+    // A first mail: Alice's node has Bob's keys for this session.
+    w.send(&alice, &[&bob], &[], "first");
+    assert_eq!(w.deposits, 1);
+    // The relay loses what reaches it, the connection stays up.
+    w.relay_down = true;
+    let id = w.send(&alice, &[&bob], &[], "answer lost");
+    assert!(
+        matches!(
+            state_of(&w, &alice, &id, &bob),
+            DeliveryState::Depositing { .. }
+        ),
+        "{:?}",
+        state_of(&w, &alice, &id, &bob)
+    );
+    w.command(&alice, Command::CancelSending(id.clone()));
+    assert!(matches!(
+        state_of(&w, &alice, &id, &bob),
+        DeliveryState::Depositing { .. }
+    ));
+    w.relay_down = false;
+    w.advance(w.config.ack_timeout + 1);
+    w.settle();
+    assert!(
+        matches!(state_of(&w, &alice, &id, &bob), DeliveryState::Failed { ref reason, .. } if reason.starts_with(CANCELLED)),
+        "{:?}",
+        state_of(&w, &alice, &id, &bob)
+    );
+    assert_eq!(w.deposits, 1, "not deposited again");
+    w.online(&bob);
+    w.advance(600_000);
+    assert_eq!(w.received_count(&bob, &id), 0);
+}

@@ -620,6 +620,7 @@ fn forward(rt: &Rc<Runtime>, state: &UseReducerHandle<State>, mail: &peermail_co
                 .collect()
         })
         .unwrap_or_default();
+    state.dispatch(Action::Forwarding);
     let (rt, state, mail) = (rt.clone(), state.clone(), mail.clone());
     wasm_bindgen_futures::spawn_local(async move {
         let mut forwarded = Forwarded {
@@ -752,9 +753,12 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             }
         });
     let forward_button = {
+        // Reading large files back takes a moment.
+        let busy = state.forwarding;
+        let label = if busy { "Preparing…" } else { "Forward" };
         let (rt, state, mail) = (rt.clone(), state.clone(), mail.clone());
         let onclick = Callback::from(move |_: MouseEvent| forward(&rt, &state, &mail));
-        html! { <button class="forward" type="button" {onclick}>{ "Forward" }</button> }
+        html! { <button class="forward" type="button" {onclick} disabled={busy}>{ label }</button> }
     };
     let actions = html! {
         <div class="mail-actions">

@@ -82,6 +82,8 @@ pub struct State {
     pub confirm_delete: bool,
     /// What the mail list is narrowed to (`#search`; empty: every mail of the folder).
     pub search: String,
+    /// A forward's files are being read back out of the store (its Compose opens next).
+    pub forwarding: bool,
 }
 
 impl Default for State {
@@ -97,6 +99,7 @@ impl Default for State {
             group_error: None,
             confirm_delete: false,
             search: String::new(),
+            forwarding: false,
         }
     }
 }
@@ -121,6 +124,8 @@ pub enum Action {
     GroupFailed(Option<String>),
     /// Ask (or stop asking) whether to delete the mail in the reading pane.
     AskDelete(bool),
+    /// A forward is being prepared (its files read back).
+    Forwarding,
     /// The mail in the reading pane was deleted; `next` opens in its place.
     Deleted {
         next: Option<MessageId>,
@@ -155,6 +160,7 @@ impl Reducible for State {
                 s.compose_error = None;
             }
             Action::ComposeWith(p) => {
+                s.forwarding = false;
                 s.composing = true;
                 s.prefill = p;
                 s.compose_error = None;
@@ -171,6 +177,7 @@ impl Reducible for State {
                 s.selected = Some(id);
             }
             Action::AskDelete(ask) => s.confirm_delete = ask,
+            Action::Forwarding => s.forwarding = true,
             Action::Deleted { next } => {
                 s.selected = next;
                 s.confirm_delete = false;

@@ -602,10 +602,15 @@ fn reply_prefill(mail: &peermail_core::Mail, me: &Address, all: bool) -> Prefill
 fn forward(rt: &Rc<Runtime>, state: &UseReducerHandle<State>, mail: &peermail_core::Mail) {
     let holds: Vec<bool> = rt
         .with_node(|n| {
-            let received = n
-                .inbox()
+            // Mail this browser sent (to others, or to itself too) has all its files here.
+            let sent = n
+                .outgoing()
                 .iter()
-                .any(|r| r.mail.message_id == mail.message_id);
+                .any(|o| o.mail.message_id == mail.message_id);
+            let received = !sent
+                && n.inbox()
+                    .iter()
+                    .any(|r| r.mail.message_id == mail.message_id);
             mail.attachments
                 .iter()
                 .map(|a| {

@@ -39,6 +39,8 @@ async fn main() -> anyhow::Result<()> {
         return storage_node::run(node_config, shutdown_signal()).await;
     };
 
+    // Before the listening line (see `shutdown_signal`).
+    let shutdown = shutdown_signal();
     let relay = Relay::open(&config).with_context(|| {
         format!(
             "cannot open the relay state in {}",
@@ -55,34 +57,50 @@ async fn main() -> anyhow::Result<()> {
     println!("relay listening on http://{addr}");
     std::io::stdout().flush()?;
 
-    serve(listener, relay, shutdown_signal()).await?;
+    serve(listener, relay, shutdown).await?;
     Ok(())
 }
 
-/// Completes on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Completes on Ctrl-C or (on Unix) SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: axum polls it from a task of its own, and a
+/// SIGTERM arriving before that task ran (right after the listening line, as scripts and
+/// tests send it) would otherwise kill the process instead of stopping it cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for {name}");
+                None
+            }
+        };
+        (
+            install(SignalKind::interrupt(), "Ctrl-C"),
+            install(SignalKind::terminate(), "SIGTERM"),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

@@ -814,11 +814,7 @@ impl Session {
         let Some(from) = self.address.clone() else {
             return not_authenticated();
         };
-        let about = ErrorAbout {
-            to: Some(to.clone()),
-            message_id: Some(message_id.clone()),
-            attachment: None,
-        };
+        let about = deposit_about(&to, &message_id);
         let frame = self.deposit_inner(from, to, message_id, sealed).await;
         with_about(frame, about)
     }
@@ -969,11 +965,7 @@ impl Session {
         let Some(me) = self.address.clone() else {
             return not_authenticated();
         };
-        let about = ErrorAbout {
-            to: Some(to.clone()),
-            message_id: Some(message_id.clone()),
-            attachment: None,
-        };
+        let about = deposit_about(&to, &message_id);
         let frame = match self
             .cache()
             .has_deposit_async(me, to.clone(), message_id.clone())
@@ -995,11 +987,7 @@ impl Session {
         let Some(me) = self.address.clone() else {
             return not_authenticated();
         };
-        let about = ErrorAbout {
-            to: Some(to.clone()),
-            message_id: Some(message_id.clone()),
-            attachment: None,
-        };
+        let about = deposit_about(&to, &message_id);
         let frame = match self
             .cache()
             .withdraw_async(me.clone(), to.clone(), message_id.clone())
@@ -1045,11 +1033,7 @@ impl Session {
         let Some(holder) = self.address.clone() else {
             return not_authenticated();
         };
-        let about = ErrorAbout {
-            to: Some(to.clone()),
-            message_id: Some(message_id.clone()),
-            attachment: None,
-        };
+        let about = deposit_about(&to, &message_id);
         let frame = self.hold_inner(holder, to, message_id, from, size).await;
         with_about(frame, about)
     }
@@ -1367,6 +1351,16 @@ impl Session {
 /// Most chunks one `FetchChunks` may ask for: a receiving node's window (64 × 82 KB of
 /// frames).
 const MAX_CHUNKS_PER_FETCH: u64 = peermail_core::node::WINDOW as u64;
+
+/// What an error about `message_id` for `to` is about (a deposit, its check or call-back,
+/// a held copy's registration).
+fn deposit_about(to: &Address, message_id: &MessageId) -> ErrorAbout {
+    ErrorAbout {
+        to: Some(to.clone()),
+        message_id: Some(message_id.clone()),
+        attachment: None,
+    }
+}
 
 /// What an error about a file is about.
 fn file_about(to: Option<&Address>, attachment: AttachmentId) -> ErrorAbout {

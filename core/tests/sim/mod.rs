@@ -52,6 +52,19 @@ pub fn addr(name: &str) -> Address {
     Address::new(name, DOMAIN).unwrap()
 }
 
+/// The relay model's answer to a check or call-back of a deposit it does not keep.
+fn no_such_deposit(to: Address, message_id: MessageId) -> ServerFrame {
+    ServerFrame::error_about(
+        ErrorCode::NotFound,
+        "no such deposit",
+        ErrorAbout {
+            to: Some(to),
+            message_id: Some(message_id),
+            attachment: None,
+        },
+    )
+}
+
 /// One user: durable store plus, while online, a running node.
 pub struct User {
     pub identity: Identity,
@@ -1085,15 +1098,7 @@ impl World {
                 let frame = if kept {
                     ServerFrame::Deposited { to, message_id }
                 } else {
-                    ServerFrame::error_about(
-                        ErrorCode::NotFound,
-                        "no such deposit",
-                        ErrorAbout {
-                            to: Some(to),
-                            message_id: Some(message_id),
-                            attachment: None,
-                        },
-                    )
+                    no_such_deposit(to, message_id)
                 };
                 self.reply(from, frame);
             }
@@ -1106,15 +1111,7 @@ impl World {
                     });
                     ServerFrame::Withdrawn { to, message_id }
                 } else {
-                    ServerFrame::error_about(
-                        ErrorCode::NotFound,
-                        "no such deposit",
-                        ErrorAbout {
-                            to: Some(to),
-                            message_id: Some(message_id),
-                            attachment: None,
-                        },
-                    )
+                    no_such_deposit(to, message_id)
                 };
                 self.reply(from, frame);
             }

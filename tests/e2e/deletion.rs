@@ -153,6 +153,24 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     bob.wait_row("inbox", KEEP).await?;
     bob.wait_row("inbox", OTHER).await?;
 
+    // "Mark all read" clears every unread mail of the Inbox (KEEP was marked unread above).
+    ensure!(
+        bob.rows().await?.iter().any(|r| r.unread),
+        "nothing unread before Mark all read"
+    );
+    bob.click("#mark-all-read").await?;
+    bob.wait_until("every mail of the Inbox to read as read", || async move {
+        let rows = bob.rows().await?;
+        let count = bob.folder_count("inbox").await?;
+        Ok(if rows.iter().all(|r| !r.unread) && count.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("count {count:?}, rows {rows:?}"))
+        })
+    })
+    .await?;
+    bob.wait_gone("#mark-all-read").await?;
+
     // Alice's copy is hers to delete.
     alice.open_mail("sent", SUBJECT).await?;
     alice.click("#delete-mail").await?;

@@ -555,9 +555,28 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             state.dispatch(Action::Search(input.value()));
         })
     };
+    // Every unread mail of the Inbox at once.
+    let unread: Vec<MessageId> = node
+        .inbox()
+        .iter()
+        .filter(|r| !r.read)
+        .map(|r| r.mail.message_id.clone())
+        .collect();
+    let mark_all_read = (state.folder == Folder::Inbox && !unread.is_empty()).then(|| {
+        let rt = rt.clone();
+        let onclick = Callback::from(move |_: MouseEvent| {
+            for id in &unread {
+                rt.mark_read(id.clone());
+            }
+        });
+        html! { <button id="mark-all-read" class="link" type="button" {onclick}>{ "Mark all read" }</button> }
+    });
     html! {
         <section class="list-pane">
-            <h2 class="pane-title">{ state.folder.title() }</h2>
+            <div class="pane-head">
+                <h2 class="pane-title">{ state.folder.title() }</h2>
+                { for mark_all_read }
+            </div>
             <input id="search" type="search" placeholder="Search mail" aria-label="Search mail"
                 value={state.search.clone()} oninput={on_search} />
             <div id="message-list">{ for rows }</div>

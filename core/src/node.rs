@@ -219,6 +219,8 @@ pub enum Command {
     UnpairNode,
     /// Ask the relay about `address`'s storage node (answered by `Event::NodeLocated`).
     LocateNode(Address),
+    /// Mark every mail of the Inbox read (one change event for all).
+    MarkAllRead,
     /// Stop sending a mail still in the Outbox: recipients not reached yet fail with
     /// [`CANCELLED`]; a copy the relay keeps is called back (`Withdraw`; the recipient
     /// fails once the relay confirms); one being handed over is called back once the relay
@@ -227,8 +229,17 @@ pub enum Command {
     CancelSending(MessageId),
 }
 
-/// Why a recipient failed after [`Command::CancelSending`].
-pub const CANCELLED: &str = "you cancelled sending";
+pub use crate::store::CANCELLED;
+
+/// Whether a recipient's delivery state may go from `current` to `new`: not once final,
+/// except that of a cancelled mail, whoever turns out to have it after all (an
+/// acknowledgement or a delivered receipt after the cancel) shows as delivered.
+fn may_change(cancelled: bool, current: &DeliveryState, new: &DeliveryState) -> bool {
+    !current.is_final()
+        || (cancelled
+            && matches!(new, DeliveryState::Delivered { .. })
+            && matches!(current, DeliveryState::Failed { .. }))
+}
 
 /// The state of a deposit whose answer will not come (the connection dropped, the node
 /// restarted, the answer is overdue): deposited again later (`Waiting`); of a cancelled
@@ -872,6 +883,23 @@ impl Node {
             Command::DeleteSent(id) => self.delete_sent(id),
             Command::MarkRead(id) => self.set_read(&id, true),
             Command::MarkUnread(id) => self.set_read(&id, false),
+            Command::MarkAllRead => {
+                let unread: Vec<InboxRecord> = self
+                    .inbox
+                    .values_mut()
+                    .filter(|r| !r.read)
+                    .map(|r| {
+                        r.read = true;
+                        r.clone()
+                    })
+                    .collect();
+                if !unread.is_empty() {
+                    for r in unread {
+                        self.store(StoreWrite::PutInbox(r));
+                    }
+                    self.event(Event::InboxChanged);
+                }
+            }
             Command::CancelSending(id) => self.cancel_sending(&id),
             Command::AddContact(a) => {
                 if self.contacts.insert(a.clone()) {
@@ -1052,26 +1080,23 @@ impl Node {
                 _ => {}
             }
         }
-        let keys: Vec<(MessageId, Address)> = o
-            .recipients
-            .iter()
-            .map(|r| (id.clone(), r.address.clone()))
-            .collect();
-        for key in &keys {
-            self.refusals.remove(key);
-            self.hold_attempts.remove(key);
-        }
+        self.refusals.retain(|(m, _), _| m != id);
+        self.hold_attempts.retain(|(m, _), _| m != id);
         // Files being left at the relay for it stop (those left go with the mail).
         self.uploads.retain(|_, u| &u.message_id != id);
         self.persist_outgoing(id);
         self.event(Event::OutgoingChanged(id.clone()));
+        for to in withdraw {
+            self.call_back(to, id.clone());
+        }
+    }
+
+    /// Asks the relay to give back the copy of cancelled mail `message_id` it keeps for
+    /// `to` (`Withdraw`). Not connected, it is asked at the next sign-in, where every
+    /// `CachedAtRelay` copy of a cancelled mail is.
+    fn call_back(&mut self, to: Address, message_id: MessageId) {
         if self.authenticated {
-            for to in withdraw {
-                self.emit(Output::ToServer(ClientFrame::Withdraw {
-                    to,
-                    message_id: id.clone(),
-                }));
-            }
+            self.emit(Output::ToServer(ClientFrame::Withdraw { to, message_id }));
         }
     }
 
@@ -1262,8 +1287,8 @@ impl Node {
                         matches!(s, DeliveryState::Waiting | DeliveryState::Depositing { .. })
                     });
                 // Cancelled while it was being handed over: call it back.
-                if cached.is_some() && self.is_cancelled(&message_id) && self.authenticated {
-                    self.emit(Output::ToServer(ClientFrame::Withdraw { to, message_id }));
+                if cached.is_some() && self.is_cancelled(&message_id) {
+                    self.call_back(to, message_id);
                 }
             }
             ServerFrame::Withdrawn { to, message_id } => {
@@ -1342,11 +1367,7 @@ impl Node {
         let o = self.outgoing.get_mut(id)?;
         let cancelled = o.cancelled;
         let r = o.recipients.iter_mut().find(|r| &r.address == to)?;
-        // Of a cancelled mail, whoever turns out to have it shows as delivered.
-        let delivered_after_all = cancelled
-            && matches!(state, DeliveryState::Delivered { .. })
-            && matches!(r.state, DeliveryState::Failed { .. });
-        if (r.state.is_final() && !delivered_after_all) || !cond(&r.state) {
+        if !may_change(cancelled, &r.state, &state) || !cond(&r.state) {
             return None;
         }
         // A cancelled mail is not sent again to anyone.
@@ -2205,7 +2226,7 @@ impl Node {
                 }
             }
             for (to, message_id) in withdraw {
-                self.emit(Output::ToServer(ClientFrame::Withdraw { to, message_id }));
+                self.call_back(to, message_id);
             }
             overdue.dedup();
             for id in overdue {
@@ -2552,11 +2573,7 @@ impl Node {
         let Some(r) = o.recipients.iter_mut().find(|r| &r.address == peer) else {
             return;
         };
-        // Of a cancelled mail, whoever turns out to have it shows as delivered.
-        let delivered_after_all = cancelled
-            && matches!(state, DeliveryState::Delivered { .. })
-            && matches!(r.state, DeliveryState::Failed { .. });
-        if r.state.is_final() && !delivered_after_all {
+        if !may_change(cancelled, &r.state, &state) {
             return;
         }
         let delivered = matches!(state, DeliveryState::Delivered { .. });

@@ -47,7 +47,16 @@ pub enum DeliveryState {
     Failed { at: Millis, reason: String },
 }
 
+/// Why a recipient failed after `Command::CancelSending` (the start of the reason; the
+/// relay's answer may add to it).
+pub const CANCELLED: &str = "you cancelled sending";
+
 impl DeliveryState {
+    /// Failed because the sender cancelled sending.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, DeliveryState::Failed { reason, .. } if reason.starts_with(CANCELLED))
+    }
+
     /// Delivered or failed: nothing more will happen for this recipient.
     pub fn is_final(&self) -> bool {
         matches!(
@@ -158,6 +167,13 @@ pub enum DownloadState {
     Failed { at: Millis, reason: String },
     /// The person cancelled it; it can be started again.
     Cancelled,
+}
+
+impl DownloadState {
+    /// The whole file is held and verified.
+    pub fn is_complete(&self) -> bool {
+        matches!(self, DownloadState::Complete { .. })
+    }
 }
 
 /// One attachment of a received mail and how much of it this node holds. The encrypted

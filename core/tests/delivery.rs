@@ -1008,6 +1008,35 @@ fn a_received_mail_is_marked_read_and_unread_again() {
         .any(|r| r.mail.message_id == id && !r.read));
 }
 
+/// Mark all read: every mail of the Inbox is read, kept over a restart.
+#[test]
+fn mark_all_read_marks_every_received_mail() {
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let ids = [
+        w.send(&alice, &[&bob], &[], "one"),
+        w.send(&alice, &[&bob], &[], "two"),
+    ];
+    let unread = |w: &World| {
+        w.users[&bob]
+            .store
+            .snapshot()
+            .inbox
+            .into_iter()
+            .filter(|r| ids.contains(&r.mail.message_id) && !r.read)
+            .count()
+    };
+    assert_eq!(unread(&w), 2);
+    w.command(&bob, peermail_core::node::Command::MarkAllRead);
+    assert_eq!(unread(&w), 0);
+    w.offline(&bob);
+    w.online(&bob);
+    let node = w.users[&bob].node.as_ref().expect("online");
+    assert!(node.inbox().iter().all(|r| r.read));
+}
+
 /// A contact removed in a session is no longer watched (the relay stops sending its
 /// presence), unless mail still waits for that person; contacts kept stay watched.
 #[test]

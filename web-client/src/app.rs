@@ -556,19 +556,10 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         })
     };
     // Every unread mail of the Inbox at once.
-    let unread: Vec<MessageId> = node
-        .inbox()
-        .iter()
-        .filter(|r| !r.read)
-        .map(|r| r.mail.message_id.clone())
-        .collect();
-    let mark_all_read = (state.folder == Folder::Inbox && !unread.is_empty()).then(|| {
+    let any_unread = node.inbox().iter().any(|r| !r.read);
+    let mark_all_read = (state.folder == Folder::Inbox && any_unread).then(|| {
         let rt = rt.clone();
-        let onclick = Callback::from(move |_: MouseEvent| {
-            for id in &unread {
-                rt.mark_read(id.clone());
-            }
-        });
+        let onclick = Callback::from(move |_: MouseEvent| rt.mark_all_read());
         html! { <button id="mark-all-read" class="link" type="button" {onclick}>{ "Mark all read" }</button> }
     });
     html! {
@@ -632,15 +623,7 @@ fn forward(rt: &Rc<Runtime>, state: &UseReducerHandle<State>, mail: &peermail_co
                     .any(|r| r.mail.message_id == mail.message_id);
             mail.attachments
                 .iter()
-                .map(|a| {
-                    !received
-                        || n.download(&a.id).is_some_and(|d| {
-                            matches!(
-                                d.state,
-                                peermail_core::store::DownloadState::Complete { .. }
-                            )
-                        })
-                })
+                .map(|a| !received || n.has_whole_file(&a.id))
                 .collect()
         })
         .unwrap_or_default();
@@ -803,11 +786,7 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             let missing: Vec<&str> = mail
                 .attachments
                 .iter()
-                .filter(|a| {
-                    !node.download(&a.id).is_some_and(|d| {
-                        matches!(d.state, peermail_core::store::DownloadState::Complete { .. })
-                    })
-                })
+                .filter(|a| !node.has_whole_file(&a.id))
                 .map(|a| a.name.as_str())
                 .collect();
             let told = if !missing.is_empty() && mail.from != *node.address() {

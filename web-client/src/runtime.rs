@@ -576,6 +576,9 @@ impl Runtime {
     pub fn mark_read(&self, id: MessageId) {
         self.input(Input::Command(Command::MarkRead(id)));
     }
+    pub fn mark_all_read(&self) {
+        self.input(Input::Command(Command::MarkAllRead));
+    }
     pub fn mark_unread(&self, id: MessageId) {
         self.input(Input::Command(Command::MarkUnread(id)));
     }

@@ -61,16 +61,11 @@ pub fn recipient_line(
         DeliveryState::Delivered { at } => {
             ("delivered", format!("{address}: delivered {}", hms(*at)))
         }
-        DeliveryState::Failed { reason, .. } if is_cancelled(reason) => {
+        DeliveryState::Failed { reason, .. } if state.is_cancelled() => {
             ("cancelled", format!("{address}: not sent — {reason}"))
         }
         DeliveryState::Failed { reason, .. } => ("failed", format!("{address}: failed — {reason}")),
     }
-}
-
-/// A recipient failed because the sender cancelled sending.
-fn is_cancelled(reason: &str) -> bool {
-    reason.starts_with(peermail_core::node::CANCELLED)
 }
 
 /// The short summary in an Outbox/Sent row.
@@ -84,9 +79,7 @@ pub fn summary(o: &OutgoingMail) -> String {
     let cancelled = o
         .recipients
         .iter()
-        .filter(
-            |r| matches!(&r.state, DeliveryState::Failed { reason, .. } if is_cancelled(reason)),
-        )
+        .filter(|r| r.state.is_cancelled())
         .count();
     let failed = o
         .recipients

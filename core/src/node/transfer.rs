@@ -194,6 +194,13 @@ impl Node {
         self.downloads.get(id).map(|d| self.download_view(d))
     }
 
+    /// This node holds received attachment `id` whole (cheaper than [`Node::download`]).
+    pub fn has_whole_file(&self, id: &AttachmentId) -> bool {
+        self.downloads
+            .get(id)
+            .is_some_and(|d| d.record.state.is_complete())
+    }
+
     /// The attachment of a download (cheaper than [`Node::download`]'s whole view).
     pub fn download_attachment(&self, id: &AttachmentId) -> Option<&AttachmentRef> {
         self.downloads.get(id).map(|d| &d.record.attachment)

@@ -49,6 +49,8 @@ pub enum Error {
     },
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Vfs(String),
     #[error(
         "the database schema is version {found}, newer than this relay understands ({supported}); \
          run a newer relay"

@@ -1,0 +1,165 @@
+//! The VFS against SQLite itself: what a commit writes is in the WAL file when the commit
+//! returns (a copy of the files taken then, without closing anything, recovers every
+//! committed row and passes SQLite's integrity check), in one write, and transactions that
+//! spill pages before their commit and rewrite them come out whole too.
+
+use std::path::Path;
+
+use peermail_wal_vfs::{register, wal_writes_on_this_thread, NAME};
+use rusqlite::{params, Connection, OpenFlags};
+
+fn open(path: &Path) -> Connection {
+    register().expect("the VFS registers");
+    let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), NAME).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS mail (
+            id INTEGER PRIMARY KEY, recipient TEXT NOT NULL, sealed BLOB NOT NULL);
+         CREATE INDEX IF NOT EXISTS mail_recipient ON mail (recipient);",
+    )
+    .unwrap();
+    conn
+}
+
+/// The database as a process that died right now would leave it: its file and WAL copied
+/// (not the shared memory, so SQLite recovers from the WAL's frames and checksums alone),
+/// opened with SQLite's own VFS. Returns each row's id and the sum of its bytes.
+fn as_left(dir: &Path) -> Vec<(i64, u64)> {
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["db", "db-wal"] {
+        std::fs::copy(dir.join(file), copy.path().join(file)).unwrap();
+    }
+    let conn = Connection::open(copy.path().join("db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let mut rows = conn
+        .prepare("SELECT id, sealed FROM mail ORDER BY id")
+        .unwrap();
+    let rows = rows
+        .query_map([], |r| {
+            let sealed: Vec<u8> = r.get(1)?;
+            Ok((r.get(0)?, sealed.iter().map(|&b| u64::from(b)).sum()))
+        })
+        .unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+fn sealed(id: i64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as i64 * 7 + id) as u8).collect()
+}
+
+fn sum(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+#[test]
+fn each_commit_is_one_write_and_in_the_file_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = open(&dir.path().join("db"));
+    let mut expected = Vec::new();
+    for turn in 0..20i64 {
+        let before = wal_writes_on_this_thread();
+        let tx = conn.unchecked_transaction().unwrap();
+        for k in 0..12 {
+            let id = turn * 100 + k;
+            let bytes = sealed(id, 1024);
+            tx.execute(
+                "INSERT INTO mail (id, recipient, sealed) VALUES (?1, ?2, ?3)",
+                params![id, format!("r{}", k % 5), bytes],
+            )
+            .unwrap();
+            expected.push((id, sum(&bytes)));
+        }
+        // Some of the earlier rows go, as released mail does.
+        tx.execute("DELETE FROM mail WHERE id = ?1", [turn * 100 - 95])
+            .unwrap();
+        expected.retain(|(id, _)| *id != turn * 100 - 95);
+        tx.commit().unwrap();
+        assert_eq!(
+            wal_writes_on_this_thread() - before,
+            1,
+            "commit {turn} of several pages is one write"
+        );
+        assert_eq!(as_left(dir.path()), expected, "after commit {turn}");
+    }
+}
+
+#[test]
+fn a_transaction_that_spills_pages_and_changes_them_again_comes_out_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = open(&dir.path().join("db"));
+    // A page cache of a few pages: the transaction writes pages to the WAL before its
+    // commit, changes some of them again (SQLite rewrites those frames and then the
+    // checksums of every frame after them) and writes more than the VFS buffers at once.
+    conn.pragma_update(None, "cache_size", 4).unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    let mut expected = Vec::new();
+    for id in 0..3000i64 {
+        let bytes = sealed(id, 700);
+        tx.execute(
+            "INSERT INTO mail (id, recipient, sealed) VALUES (?1, ?2, ?3)",
+            params![id, format!("r{}", id % 13), bytes],
+        )
+        .unwrap();
+        expected.push((id, sum(&bytes)));
+    }
+    tx.execute("UPDATE mail SET sealed = zeroblob(10) WHERE id % 3 = 0", [])
+        .unwrap();
+    for (id, s) in &mut expected {
+        if *id % 3 == 0 {
+            *s = 0;
+        }
+    }
+    tx.execute("DELETE FROM mail WHERE id % 7 = 0", []).unwrap();
+    expected.retain(|(id, _)| id % 7 != 0);
+    tx.commit().unwrap();
+    assert_eq!(as_left(dir.path()), expected);
+    // The connection reads back what it wrote, and goes on writing.
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM mail", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n as usize, expected.len());
+    conn.execute("DELETE FROM mail WHERE id < 100", []).unwrap();
+    expected.retain(|(id, _)| *id >= 100);
+    assert_eq!(as_left(dir.path()), expected);
+}
+
+#[test]
+fn other_connections_see_each_commit_and_checkpoints_copy_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let writer = open(&path);
+    let reader = open(&path);
+    let plain = Connection::open(&path).unwrap();
+    for id in 0..50i64 {
+        writer
+            .execute(
+                "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
+                params![id, sealed(id, 2000)],
+            )
+            .unwrap();
+        for conn in [&reader, &plain] {
+            let n: i64 = conn
+                .query_row("SELECT count(*) FROM mail", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, id + 1);
+        }
+        if id % 10 == 9 {
+            let (busy, _, _): (i64, i64, i64) = reader
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            assert_eq!(busy, 0, "the checkpoint ran");
+        }
+    }
+    drop((writer, reader, plain));
+    let conn = Connection::open(&path).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM mail", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 50);
+}

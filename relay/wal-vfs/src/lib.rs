@@ -24,7 +24,17 @@
 //! A write to the place the file was last read from, right after that read, is not
 //! buffered: that is how SQLite rewrites the checksums of frames a transaction wrote twice
 //! (a read of the frame, then its header), and the last header it rewrites is a commit
-//! frame's, with no page after it.
+//! frame's, with no page after it. (A commit frame's header written so still has its page
+//! flushed at once: SQLite's recovery reads last where the next frame goes.)
+//!
+//! What a WAL file still buffers when its connection gives up the WAL's write lock was
+//! not committed (a transaction that spilled pages and rolled back): it is dropped there,
+//! as the frames are in SQLite, not written later over what the next writer commits at the
+//! same place. The database file's shared-memory lock call is where that is seen; a
+//! connection's WAL file is found from its database file by the name SQLite opened them
+//! with (`sqlite3_filename_database`). On a device without "powersafe overwrite" SQLite
+//! pads commits to a sector and splits their last frame around a sync: WAL files there
+//! are not buffered at all.
 //!
 //! Durability is therefore SQLite's own: what a commit wrote is in the file when the commit
 //! returns, whatever happens to the process after. A buffer that could not be written is
@@ -40,7 +50,8 @@ use rusqlite::ffi;
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// The VFS's name, for [`rusqlite::Connection::open_with_flags_and_vfs`].
 pub const NAME: &str = "peermail-wal";
@@ -71,52 +82,55 @@ fn count_wal_write() {
     WAL_WRITES.with(|n| n.set(n.get() + 1));
 }
 
-/// The `unix` VFS, which does the work.
-struct Unix(*mut ffi::sqlite3_vfs);
-// SAFETY: SQLite's VFS objects are never changed once registered, and their methods may
-// be called from any thread.
-unsafe impl Send for Unix {}
-// SAFETY: as for Send.
-unsafe impl Sync for Unix {}
+/// The `unix` VFS, which does the work: set before this VFS is registered.
+static UNIX: AtomicPtr<ffi::sqlite3_vfs> = AtomicPtr::new(ptr::null_mut());
 
-static UNIX: OnceLock<Result<Unix, String>> = OnceLock::new();
+/// How registering went (once per process).
+static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// For each connection's database file (by the address of the name SQLite opened it
+/// with, which the connection's WAL file name leads back to: `sqlite3_filename_database`),
+/// its WAL file's buffer.
+static WAL_OF: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+fn wal_of() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
+    WAL_OF.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Registers the VFS (once per process; not as the default). Errors if SQLite has no
 /// `unix` VFS.
 pub fn register() -> Result<(), String> {
-    UNIX.get_or_init(|| {
-        // SAFETY: sqlite3_vfs_find and sqlite3_vfs_register are thread-safe; the VFS object
-        // registered is leaked, so it outlives every connection.
-        unsafe {
-            let unix = ffi::sqlite3_vfs_find(c"unix".as_ptr());
-            if unix.is_null() {
-                return Err("SQLite has no unix VFS".into());
+    REGISTERED
+        .get_or_init(|| {
+            // SAFETY: sqlite3_vfs_find and sqlite3_vfs_register are thread-safe; the VFS object
+            // registered is leaked, so it outlives every connection.
+            unsafe {
+                let unix = ffi::sqlite3_vfs_find(c"unix".as_ptr());
+                if unix.is_null() {
+                    return Err("SQLite has no unix VFS".into());
+                }
+                // The unix VFS's other methods use nothing of their VFS object but its
+                // `mxPathname` and `pAppData`, which the copy keeps.
+                UNIX.store(unix, Ordering::Release);
+                let mut ours: ffi::sqlite3_vfs = *unix;
+                ours.pNext = ptr::null_mut();
+                ours.zName = NAME_C.as_ptr();
+                ours.szOsFile = REAL_OFFSET as c_int + (*unix).szOsFile;
+                ours.xOpen = Some(x_open);
+                let ours = Box::leak(Box::new(ours));
+                let rc = ffi::sqlite3_vfs_register(ours, 0);
+                if rc != ffi::SQLITE_OK {
+                    return Err(format!("registering the {NAME} VFS failed: code {rc}"));
+                }
+                Ok(())
             }
-            // The unix VFS's other methods use nothing of their VFS object but its
-            // `mxPathname` and `pAppData`, which the copy keeps.
-            let mut ours: ffi::sqlite3_vfs = *unix;
-            ours.pNext = ptr::null_mut();
-            ours.zName = NAME_C.as_ptr();
-            ours.szOsFile = REAL_OFFSET as c_int + (*unix).szOsFile;
-            ours.xOpen = Some(x_open);
-            let ours = Box::leak(Box::new(ours));
-            let rc = ffi::sqlite3_vfs_register(ours, 0);
-            if rc != ffi::SQLITE_OK {
-                return Err(format!("registering the {NAME} VFS failed: code {rc}"));
-            }
-            Ok(Unix(unix))
-        }
-    })
-    .as_ref()
-    .map(|_| ())
-    .map_err(Clone::clone)
+        })
+        .clone()
 }
 
 fn unix() -> Option<*mut ffi::sqlite3_vfs> {
-    match UNIX.get() {
-        Some(Ok(unix)) => Some(unix.0),
-        _ => None,
-    }
+    let unix = UNIX.load(Ordering::Acquire);
+    (!unix.is_null()).then_some(unix)
 }
 
 /// The file SQLite holds: ours, then (at [`REAL_OFFSET`]) the unix VFS's own.
@@ -131,6 +145,9 @@ struct File {
     real: *mut ffi::sqlite3_file,
     /// A WAL file's buffer (owned: from `Box::into_raw`); null for other files.
     wal: *mut Wal,
+    /// A database file's name as SQLite opened it (its connection's WAL is found by it);
+    /// null for other files.
+    db_name: *const c_char,
 }
 
 const REAL_OFFSET: usize = std::mem::size_of::<File>().next_multiple_of(16);
@@ -273,13 +290,31 @@ unsafe extern "C" fn x_open(
             }
             return rc;
         }
-        let wal = if flags & ffi::SQLITE_OPEN_WAL != 0 {
-            Box::into_raw(Box::<Wal>::default())
+        // A device without "powersafe overwrite" has SQLite pad each commit to a sector
+        // boundary and split the last frame around a sync, which the rules above do not
+        // cover: its WAL files are not buffered.
+        let characteristics = (*(*real).pMethods)
+            .xDeviceCharacteristics
+            .map_or(0, |dc| dc(real));
+        let buffered = flags & ffi::SQLITE_OPEN_WAL != 0
+            && !name.is_null()
+            && characteristics & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0;
+        let wal = if buffered {
+            let wal = Box::into_raw(Box::<Wal>::default());
+            let db_name = ffi::sqlite3_filename_database(name);
+            wal_of().push((db_name as usize, wal as usize));
+            wal
         } else {
             ptr::null_mut()
         };
+        let db_name = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+            name
+        } else {
+            ptr::null()
+        };
         ptr::addr_of_mut!((*file).real).write(real);
         ptr::addr_of_mut!((*file).wal).write(wal);
+        ptr::addr_of_mut!((*file).db_name).write(db_name);
         ptr::addr_of_mut!((*file).base.pMethods).write(&METHODS);
         rc
     }
@@ -292,6 +327,7 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
         let flushed = parts(f).settle();
         let file = &mut *(f as *mut File);
         if !file.wal.is_null() {
+            wal_of().retain(|&(_, wal)| wal != file.wal as usize);
             drop(Box::from_raw(file.wal));
             file.wal = ptr::null_mut();
         }
@@ -350,7 +386,14 @@ unsafe extern "C" fn x_write(
     if wal.read_at.take() == Some(offset) || amount <= 0 {
         // Nothing is buffered: the read wrote it out.
         count_wal_write();
-        return direct();
+        let rc = direct();
+        // A commit frame's header written so (SQLite's recovery last read where the next
+        // frame goes) still has its page flushed as soon as it comes.
+        // SAFETY: SQLite passes `amount` readable bytes at `data`.
+        if rc == ffi::SQLITE_OK && amount as usize == FRAME_HEADER && unsafe { commits(data) } {
+            wal.commit_page_at = Some(offset + FRAME_HEADER as i64);
+        }
+        return rc;
     }
     let follows = offset == wal.end() && wal.commit_page_at.is_none_or(|at| at == offset);
     if !wal.buffer.is_empty() && !follows {
@@ -364,6 +407,9 @@ unsafe extern "C" fn x_write(
     };
     if wal.buffer.is_empty() {
         wal.start = offset;
+        if wal.commit_page_at != Some(offset) {
+            wal.commit_page_at = None;
+        }
     }
     // SAFETY: SQLite passes `amount` (> 0) readable bytes at `data`.
     let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), amount as usize) };
@@ -374,10 +420,22 @@ unsafe extern "C" fn x_write(
     if bytes.len() == FRAME_HEADER && bytes[4..8] != [0; 4] {
         wal.commit_page_at = Some(offset + FRAME_HEADER as i64);
     }
-    if wal.buffer.len() >= MAX_BUFFERED {
+    // Not between a commit frame's header and its page: the page's write flushes both.
+    if wal.buffer.len() >= MAX_BUFFERED && wal.commit_page_at.is_none() {
         return parts.flush();
     }
     ffi::SQLITE_OK
+}
+
+/// Whether the 24-byte frame header at `header` is a commit frame's (its database size,
+/// bytes 4 to 8, is not zero).
+///
+/// # Safety
+/// `header` points to at least [`FRAME_HEADER`] readable bytes.
+unsafe fn commits(header: *const c_void) -> bool {
+    // SAFETY: by the caller's contract.
+    let header = unsafe { std::slice::from_raw_parts(header.cast::<u8>(), FRAME_HEADER) };
+    header[4..8] != [0; 4]
 }
 
 unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: i64) -> c_int {
@@ -467,6 +525,26 @@ unsafe extern "C" fn x_shm_lock(
 ) -> c_int {
     // SAFETY: see `File`.
     let parts = unsafe { parts(f) };
+    // SAFETY: see `File`.
+    let db_name = unsafe { (*(f as *mut File)).db_name };
+    if offset == 0
+        && flags == ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE
+        && !db_name.is_null()
+    {
+        // The connection gives up the WAL's write lock (index 0): whatever its WAL file
+        // still buffers was not committed (a commit is flushed within its last write), as
+        // when a transaction that spilled pages rolls back. Written later, it would land
+        // on the frames the next writer commits at the same place.
+        if let Some(&(_, wal)) = wal_of().iter().find(|&&(db, _)| db == db_name as usize) {
+            // SAFETY: the buffer is the WAL file's of this same connection, which SQLite
+            // is not using meanwhile (it is in this call); it lives until that file's
+            // close, which takes it out of WAL_OF first.
+            let wal = unsafe { &mut *(wal as *mut Wal) };
+            wal.buffer.clear();
+            wal.commit_page_at = None;
+            wal.read_at = None;
+        }
+    }
     match parts
         .methods
         .xShmLock

@@ -163,3 +163,108 @@ fn other_connections_see_each_commit_and_checkpoints_copy_it() {
         .unwrap();
     assert_eq!(n, 50);
 }
+
+#[test]
+fn a_transaction_rolled_back_after_spilling_leaves_nothing_for_the_next_writer_to_meet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (a, b) = (open(&path), open(&path));
+    let mut expected = Vec::new();
+    for id in 0..10i64 {
+        let bytes = sealed(id, 700);
+        a.execute(
+            "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
+            params![id, bytes],
+        )
+        .unwrap();
+        expected.push((id, sum(&bytes)));
+    }
+    // A's transaction spills frames (fewer than the VFS buffers) at the WAL's start and
+    // rolls back: those frames were never written. The WAL is emptied first, so that
+    // rolling back reads nothing from it (which would write them out before B commits).
+    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    a.pragma_update(None, "cache_size", 4).unwrap();
+    let tx = a.unchecked_transaction().unwrap();
+    tx.execute(
+        "INSERT INTO mail (id, recipient, sealed) VALUES (1000, 'r', ?1)",
+        [sealed(1000, 200 * 1024)],
+    )
+    .unwrap();
+    tx.rollback().unwrap();
+    // B commits at the same place in the WAL; then A reads it.
+    let bytes = sealed(5000, 700);
+    b.execute(
+        "INSERT INTO mail (id, recipient, sealed) VALUES (5000, 'r', ?1)",
+        [&bytes],
+    )
+    .unwrap();
+    expected.push((5000, sum(&bytes)));
+    let seen: Vec<(i64, Vec<u8>)> = a
+        .prepare("SELECT id, sealed FROM mail ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let seen: Vec<(i64, u64)> = seen.into_iter().map(|(id, s)| (id, sum(&s))).collect();
+    assert_eq!(seen, expected, "what A reads");
+    assert_eq!(as_left(dir.path()), expected, "what the files hold");
+}
+
+#[test]
+fn a_one_frame_commit_right_after_recovering_a_torn_wal_is_in_the_file() {
+    // A WAL whose last commit is followed by a frame that was never written whole (a crash
+    // mid-transaction): SQLite's recovery reads that frame last, and the next commit's one
+    // frame goes exactly there.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let plain = Connection::open(&path).unwrap();
+    plain.pragma_update(None, "journal_mode", "WAL").unwrap();
+    plain
+        .execute_batch("CREATE TABLE mail (id INTEGER PRIMARY KEY, recipient TEXT, sealed BLOB)")
+        .unwrap();
+    for id in 0..50i64 {
+        plain
+            .execute(
+                "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
+                params![id, sealed(id, 700)],
+            )
+            .unwrap();
+    }
+    plain
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    plain
+        .execute(
+            "UPDATE mail SET sealed = ?1 WHERE id = 49",
+            [sealed(1, 700)],
+        )
+        .unwrap();
+    let torn = tempfile::tempdir().unwrap();
+    for file in ["db", "db-wal"] {
+        std::fs::copy(dir.path().join(file), torn.path().join(file)).unwrap();
+    }
+    drop(plain);
+    let wal = torn.path().join("db-wal");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    bytes.extend(std::iter::repeat_n(0xab, 24 + 4096));
+    std::fs::write(&wal, bytes).unwrap();
+
+    register().unwrap();
+    let conn =
+        Connection::open_with_flags_and_vfs(torn.path().join("db"), OpenFlags::default(), NAME)
+            .unwrap();
+    // As the relay runs it: no sync at commit (which would write the buffer out).
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.execute("UPDATE mail SET sealed = ?1 WHERE id = 0", [sealed(2, 700)])
+        .unwrap();
+    let left = as_left(torn.path());
+    assert_eq!(left.len(), 50);
+    assert_eq!(
+        left[0],
+        (0, sum(&sealed(2, 700))),
+        "the commit after recovery"
+    );
+    assert_eq!(left[49], (49, sum(&sealed(1, 700))), "the commit before");
+}

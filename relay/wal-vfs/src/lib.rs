@@ -32,9 +32,11 @@
 //! as the frames are in SQLite, not written later over what the next writer commits at the
 //! same place. The database file's shared-memory lock call is where that is seen; a
 //! connection's WAL file is found from its database file by the name SQLite opened them
-//! with (`sqlite3_filename_database`). On a device without "powersafe overwrite" SQLite
-//! pads commits to a sector and splits their last frame around a sync: WAL files there
-//! are not buffered at all.
+//! with (`sqlite3_filename_database`); in exclusive locking mode, where that lock is not
+//! taken through shared memory, it is dropped when the database file's lock goes down. On
+//! a database without "powersafe overwrite" (asked of the database file, as SQLite does)
+//! SQLite pads commits to a sector and splits their last frame around a sync: WAL files
+//! there are not buffered at all.
 //!
 //! Durability is therefore SQLite's own: what a commit wrote is in the file when the commit
 //! returns, whatever happens to the process after. A buffer that could not be written is
@@ -95,6 +97,36 @@ static WAL_OF: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 
 fn wal_of() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
     WAL_OF.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Each open database file (by the address of its name, as in [`WAL_OF`]) and the unix
+/// VFS's file under it.
+static DB_FILES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+fn db_files() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
+    DB_FILES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops what the WAL of the connection whose database file is named `db_name` still
+/// buffers: called once the connection's write transaction is over, when that was not
+/// committed (a commit is flushed within its last write).
+///
+/// # Safety
+/// Called from a method of that database file, so SQLite is not using the connection's
+/// WAL file meanwhile.
+unsafe fn drop_uncommitted(db_name: *const c_char) {
+    if db_name.is_null() {
+        return;
+    }
+    if let Some(&(_, wal)) = wal_of().iter().find(|&&(db, _)| db == db_name as usize) {
+        // SAFETY: the buffer is the WAL file's of this same connection, which SQLite is
+        // not using meanwhile (by the caller's contract); it lives until that file's close,
+        // which takes it out of WAL_OF first.
+        let wal = unsafe { &mut *(wal as *mut Wal) };
+        wal.buffer.clear();
+        wal.commit_page_at = None;
+        wal.read_at = None;
+    }
 }
 
 /// Registers the VFS (once per process; not as the default). Errors if SQLite has no
@@ -290,24 +322,33 @@ unsafe extern "C" fn x_open(
             }
             return rc;
         }
-        // A device without "powersafe overwrite" has SQLite pad each commit to a sector
-        // boundary and split the last frame around a sync, which the rules above do not
-        // cover: its WAL files are not buffered.
-        let characteristics = (*(*real).pMethods)
-            .xDeviceCharacteristics
-            .map_or(0, |dc| dc(real));
-        let buffered = flags & ffi::SQLITE_OPEN_WAL != 0
-            && !name.is_null()
-            && characteristics & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0;
-        let wal = if buffered {
-            let wal = Box::into_raw(Box::<Wal>::default());
-            let db_name = ffi::sqlite3_filename_database(name);
-            wal_of().push((db_name as usize, wal as usize));
-            wal
+        // Where the database file (which SQLite asks when it opens the WAL) lacks
+        // "powersafe overwrite", SQLite pads each commit to a sector boundary and splits the
+        // last frame around a sync, which the rules above do not cover: no buffering there.
+        let wal = if flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null() {
+            let db_name = ffi::sqlite3_filename_database(name) as usize;
+            let db_real = db_files()
+                .iter()
+                .find(|&&(db, _)| db == db_name)
+                .map(|&(_, real)| real as *mut ffi::sqlite3_file);
+            let powersafe = db_real.is_some_and(|db| {
+                let characteristics = (*(*db).pMethods)
+                    .xDeviceCharacteristics
+                    .map_or(0, |dc| dc(db));
+                characteristics & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0
+            });
+            if powersafe {
+                let wal = Box::into_raw(Box::<Wal>::default());
+                wal_of().push((db_name, wal as usize));
+                wal
+            } else {
+                ptr::null_mut()
+            }
         } else {
             ptr::null_mut()
         };
-        let db_name = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+        let db_name = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null() {
+            db_files().push((name as usize, real as usize));
             name
         } else {
             ptr::null()
@@ -326,6 +367,9 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
         let flushed = parts(f).settle();
         let file = &mut *(f as *mut File);
+        if !file.db_name.is_null() {
+            db_files().retain(|&(_, real)| real != file.real as usize);
+        }
         if !file.wal.is_null() {
             wal_of().retain(|&(_, wal)| wal != file.wal as usize);
             drop(Box::from_raw(file.wal));
@@ -455,6 +499,11 @@ unsafe extern "C" fn x_lock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
 }
 
 unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    // A database file's lock goes down only once its write transaction is over: in
+    // exclusive locking mode, where the WAL's write lock is not taken through xShmLock,
+    // this is where an uncommitted buffer is dropped.
+    // SAFETY: see `File`; this is a method of the connection's database file.
+    unsafe { drop_uncommitted((*(f as *mut File)).db_name) };
     forward!(f, xUnlock(level), ffi::SQLITE_IOERR_UNLOCK)
 }
 
@@ -527,23 +576,12 @@ unsafe extern "C" fn x_shm_lock(
     let parts = unsafe { parts(f) };
     // SAFETY: see `File`.
     let db_name = unsafe { (*(f as *mut File)).db_name };
-    if offset == 0
-        && flags == ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE
-        && !db_name.is_null()
-    {
-        // The connection gives up the WAL's write lock (index 0): whatever its WAL file
-        // still buffers was not committed (a commit is flushed within its last write), as
-        // when a transaction that spilled pages rolls back. Written later, it would land
-        // on the frames the next writer commits at the same place.
-        if let Some(&(_, wal)) = wal_of().iter().find(|&&(db, _)| db == db_name as usize) {
-            // SAFETY: the buffer is the WAL file's of this same connection, which SQLite
-            // is not using meanwhile (it is in this call); it lives until that file's
-            // close, which takes it out of WAL_OF first.
-            let wal = unsafe { &mut *(wal as *mut Wal) };
-            wal.buffer.clear();
-            wal.commit_page_at = None;
-            wal.read_at = None;
-        }
+    if offset == 0 && flags == ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE {
+        // The connection gives up the WAL's write lock (index 0): what its WAL file still
+        // buffers was not committed, as when a transaction that spilled pages rolls back.
+        // Written later, it would land on the frames the next writer commits there.
+        // SAFETY: this is a method of the connection's database file.
+        unsafe { drop_uncommitted(db_name) };
     }
     match parts
         .methods

@@ -268,3 +268,40 @@ fn a_one_frame_commit_right_after_recovering_a_torn_wal_is_in_the_file() {
     );
     assert_eq!(left[49], (49, sum(&sealed(1, 700))), "the commit before");
 }
+
+#[test]
+fn commits_padded_to_a_sector_are_whole_for_other_connections() {
+    // A database without "powersafe overwrite" and synchronous=FULL: SQLite pads each
+    // commit to a sector boundary with copies of its last frame, splitting the last copy
+    // around a sync.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    register().unwrap();
+    let uri = format!("file:{}?psow=0", path.display());
+    let conn = Connection::open_with_flags_and_vfs(&uri, OpenFlags::default(), NAME).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch("CREATE TABLE mail (id INTEGER PRIMARY KEY, recipient TEXT, sealed BLOB)")
+        .unwrap();
+    let other = Connection::open(&path).unwrap();
+    let mut expected = Vec::new();
+    for id in 0..30i64 {
+        let bytes = sealed(id, 900 + id as usize * 37);
+        conn.execute(
+            "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
+            params![id, bytes],
+        )
+        .unwrap();
+        expected.push((id, sum(&bytes)));
+        let seen: Vec<(i64, Vec<u8>)> = other
+            .prepare("SELECT id, sealed FROM mail ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let seen: Vec<(i64, u64)> = seen.into_iter().map(|(id, s)| (id, sum(&s))).collect();
+        assert_eq!(seen, expected, "after commit {id}");
+    }
+    assert_eq!(as_left(dir.path()), expected);
+}

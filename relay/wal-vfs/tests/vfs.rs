@@ -305,3 +305,61 @@ fn commits_padded_to_a_sector_are_whole_for_other_connections() {
     }
     assert_eq!(as_left(dir.path()), expected);
 }
+
+#[test]
+fn a_rollback_in_exclusive_locking_mode_leaves_nothing_for_the_next_writer_to_meet() {
+    // In exclusive locking mode the WAL's write lock is not taken through shared memory:
+    // the buffer of a rolled-back transaction is dropped when the connection leaves that
+    // mode and its database lock goes down.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let a = open(&path);
+    let mut expected = Vec::new();
+    for id in 0..10i64 {
+        let bytes = sealed(id, 700);
+        a.execute(
+            "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
+            params![id, bytes],
+        )
+        .unwrap();
+        expected.push((id, sum(&bytes)));
+    }
+    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    a.query_row("PRAGMA locking_mode = EXCLUSIVE", [], |_| Ok(()))
+        .unwrap();
+    a.pragma_update(None, "cache_size", 4).unwrap();
+    let tx = a.unchecked_transaction().unwrap();
+    tx.execute(
+        "INSERT INTO mail (id, recipient, sealed) VALUES (1000, 'r', ?1)",
+        [sealed(1000, 200 * 1024)],
+    )
+    .unwrap();
+    tx.rollback().unwrap();
+    a.query_row("PRAGMA locking_mode = NORMAL", [], |_| Ok(()))
+        .unwrap();
+    // A read from the database file: A lets its exclusive lock go.
+    let n: i64 = a
+        .query_row("SELECT count(*) FROM mail", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 10);
+    // Opened only now: A in exclusive mode kept every other connection out.
+    let b = open(&path);
+    let bytes = sealed(5000, 700);
+    b.execute(
+        "INSERT INTO mail (id, recipient, sealed) VALUES (5000, 'r', ?1)",
+        [&bytes],
+    )
+    .unwrap();
+    expected.push((5000, sum(&bytes)));
+    let seen: Vec<(i64, Vec<u8>)> = a
+        .prepare("SELECT id, sealed FROM mail ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let seen: Vec<(i64, u64)> = seen.into_iter().map(|(id, s)| (id, sum(&s))).collect();
+    assert_eq!(seen, expected, "what A reads");
+    assert_eq!(as_left(dir.path()), expected, "what the files hold");
+}

@@ -164,11 +164,14 @@ fn other_connections_see_each_commit_and_checkpoints_copy_it() {
     assert_eq!(n, 50);
 }
 
-#[test]
-fn a_transaction_rolled_back_after_spilling_leaves_nothing_for_the_next_writer_to_meet() {
+/// A's transaction spills frames (fewer than the VFS buffers) at the WAL's start and rolls
+/// back: those frames were never written. (The WAL is emptied first, so that rolling back
+/// reads nothing from it, which would write them out before B commits.) Then B commits at
+/// the same place in the WAL, and A reads it: the files and A must hold B's commit.
+fn rolled_back_then_another_commits(exclusive: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let (a, b) = (open(&path), open(&path));
+    let a = open(&path);
     let mut expected = Vec::new();
     for id in 0..10i64 {
         let bytes = sealed(id, 700);
@@ -179,11 +182,12 @@ fn a_transaction_rolled_back_after_spilling_leaves_nothing_for_the_next_writer_t
         .unwrap();
         expected.push((id, sum(&bytes)));
     }
-    // A's transaction spills frames (fewer than the VFS buffers) at the WAL's start and
-    // rolls back: those frames were never written. The WAL is emptied first, so that
-    // rolling back reads nothing from it (which would write them out before B commits).
     a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
+    if exclusive {
+        a.query_row("PRAGMA locking_mode = EXCLUSIVE", [], |_| Ok(()))
+            .unwrap();
+    }
     a.pragma_update(None, "cache_size", 4).unwrap();
     let tx = a.unchecked_transaction().unwrap();
     tx.execute(
@@ -192,7 +196,18 @@ fn a_transaction_rolled_back_after_spilling_leaves_nothing_for_the_next_writer_t
     )
     .unwrap();
     tx.rollback().unwrap();
-    // B commits at the same place in the WAL; then A reads it.
+    if exclusive {
+        // Back to normal locking: at its next read (of the database file only) A lets its
+        // exclusive lock go.
+        a.query_row("PRAGMA locking_mode = NORMAL", [], |_| Ok(()))
+            .unwrap();
+        let n: i64 = a
+            .query_row("SELECT count(*) FROM mail", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 10);
+    }
+    // Opened only now: A in exclusive mode keeps every other connection out.
+    let b = open(&path);
     let bytes = sealed(5000, 700);
     b.execute(
         "INSERT INTO mail (id, recipient, sealed) VALUES (5000, 'r', ?1)",
@@ -210,6 +225,19 @@ fn a_transaction_rolled_back_after_spilling_leaves_nothing_for_the_next_writer_t
     let seen: Vec<(i64, u64)> = seen.into_iter().map(|(id, s)| (id, sum(&s))).collect();
     assert_eq!(seen, expected, "what A reads");
     assert_eq!(as_left(dir.path()), expected, "what the files hold");
+}
+
+#[test]
+fn a_transaction_rolled_back_after_spilling_leaves_nothing_for_the_next_writer_to_meet() {
+    rolled_back_then_another_commits(false);
+}
+
+#[test]
+fn a_rollback_in_exclusive_locking_mode_leaves_nothing_for_the_next_writer_to_meet() {
+    // In exclusive locking mode the WAL's write lock is not taken through shared memory:
+    // the buffer of a rolled-back transaction is dropped when the connection's database
+    // lock goes down.
+    rolled_back_then_another_commits(true);
 }
 
 #[test]
@@ -304,62 +332,4 @@ fn commits_padded_to_a_sector_are_whole_for_other_connections() {
         assert_eq!(seen, expected, "after commit {id}");
     }
     assert_eq!(as_left(dir.path()), expected);
-}
-
-#[test]
-fn a_rollback_in_exclusive_locking_mode_leaves_nothing_for_the_next_writer_to_meet() {
-    // In exclusive locking mode the WAL's write lock is not taken through shared memory:
-    // the buffer of a rolled-back transaction is dropped when the connection leaves that
-    // mode and its database lock goes down.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let a = open(&path);
-    let mut expected = Vec::new();
-    for id in 0..10i64 {
-        let bytes = sealed(id, 700);
-        a.execute(
-            "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
-            params![id, bytes],
-        )
-        .unwrap();
-        expected.push((id, sum(&bytes)));
-    }
-    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .unwrap();
-    a.query_row("PRAGMA locking_mode = EXCLUSIVE", [], |_| Ok(()))
-        .unwrap();
-    a.pragma_update(None, "cache_size", 4).unwrap();
-    let tx = a.unchecked_transaction().unwrap();
-    tx.execute(
-        "INSERT INTO mail (id, recipient, sealed) VALUES (1000, 'r', ?1)",
-        [sealed(1000, 200 * 1024)],
-    )
-    .unwrap();
-    tx.rollback().unwrap();
-    a.query_row("PRAGMA locking_mode = NORMAL", [], |_| Ok(()))
-        .unwrap();
-    // A read from the database file: A lets its exclusive lock go.
-    let n: i64 = a
-        .query_row("SELECT count(*) FROM mail", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 10);
-    // Opened only now: A in exclusive mode kept every other connection out.
-    let b = open(&path);
-    let bytes = sealed(5000, 700);
-    b.execute(
-        "INSERT INTO mail (id, recipient, sealed) VALUES (5000, 'r', ?1)",
-        [&bytes],
-    )
-    .unwrap();
-    expected.push((5000, sum(&bytes)));
-    let seen: Vec<(i64, Vec<u8>)> = a
-        .prepare("SELECT id, sealed FROM mail ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let seen: Vec<(i64, u64)> = seen.into_iter().map(|(id, s)| (id, sum(&s))).collect();
-    assert_eq!(seen, expected, "what A reads");
-    assert_eq!(as_left(dir.path()), expected, "what the files hold");
 }

@@ -35,13 +35,18 @@ fn as_left(dir: &Path) -> Vec<(i64, u64)> {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
+    rows(&conn)
+}
+
+/// Each row's id and the sum of its bytes, as `conn` reads them.
+fn rows(conn: &Connection) -> Vec<(i64, u64)> {
     let mut rows = conn
         .prepare("SELECT id, sealed FROM mail ORDER BY id")
         .unwrap();
     let rows = rows
         .query_map([], |r| {
             let sealed: Vec<u8> = r.get(1)?;
-            Ok((r.get(0)?, sealed.iter().map(|&b| u64::from(b)).sum()))
+            Ok((r.get(0)?, sum(&sealed)))
         })
         .unwrap();
     rows.collect::<Result<_, _>>().unwrap()
@@ -215,15 +220,7 @@ fn rolled_back_then_another_commits(exclusive: bool) {
     )
     .unwrap();
     expected.push((5000, sum(&bytes)));
-    let seen: Vec<(i64, Vec<u8>)> = a
-        .prepare("SELECT id, sealed FROM mail ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let seen: Vec<(i64, u64)> = seen.into_iter().map(|(id, s)| (id, sum(&s))).collect();
-    assert_eq!(seen, expected, "what A reads");
+    assert_eq!(rows(&a), expected, "what A reads");
     assert_eq!(as_left(dir.path()), expected, "what the files hold");
 }
 
@@ -321,15 +318,7 @@ fn commits_padded_to_a_sector_are_whole_for_other_connections() {
         )
         .unwrap();
         expected.push((id, sum(&bytes)));
-        let seen: Vec<(i64, Vec<u8>)> = other
-            .prepare("SELECT id, sealed FROM mail ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let seen: Vec<(i64, u64)> = seen.into_iter().map(|(id, s)| (id, sum(&s))).collect();
-        assert_eq!(seen, expected, "after commit {id}");
+        assert_eq!(rows(&other), expected, "after commit {id}");
     }
     assert_eq!(as_left(dir.path()), expected);
 }

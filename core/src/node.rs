@@ -612,6 +612,11 @@ impl Node {
     pub fn address(&self) -> &Address {
         &self.identity.address
     }
+    /// How many received mails are unread (without sorting the Inbox as [`Node::inbox`]).
+    pub fn unread_count(&self) -> usize {
+        self.inbox.values().filter(|r| !r.read).count()
+    }
+
     /// Received mails, newest first.
     pub fn inbox(&self) -> Vec<&InboxRecord> {
         let mut v: Vec<_> = self.inbox.values().collect();
@@ -1069,10 +1074,7 @@ impl Node {
                 // Not handed to anyone yet, or offered over a data channel (should the
                 // recipient's acknowledgement still come, it shows as delivered).
                 DeliveryState::Waiting | DeliveryState::Sending { .. } => {
-                    r.state = DeliveryState::Failed {
-                        at: now,
-                        reason: CANCELLED.into(),
-                    };
+                    r.state = DeliveryState::cancelled(now);
                 }
                 DeliveryState::CachedAtRelay { .. } => withdraw.push(r.address.clone()),
                 // Being deposited (called back once the relay has it), held by a
@@ -1292,10 +1294,7 @@ impl Node {
                 }
             }
             ServerFrame::Withdrawn { to, message_id } => {
-                let state = DeliveryState::Failed {
-                    at: self.now,
-                    reason: CANCELLED.into(),
-                };
+                let state = DeliveryState::cancelled(self.now);
                 self.set_state_if(&message_id, &to, state, |s| {
                     matches!(s, DeliveryState::CachedAtRelay { .. })
                 });
@@ -1372,10 +1371,7 @@ impl Node {
         }
         // A cancelled mail is not sent again to anyone.
         let state = match state {
-            DeliveryState::Waiting if cancelled => DeliveryState::Failed {
-                at: self.now,
-                reason: CANCELLED.into(),
-            },
+            DeliveryState::Waiting if cancelled => DeliveryState::cancelled(self.now),
             s => s,
         };
         r.state = state;

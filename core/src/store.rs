@@ -52,6 +52,14 @@ pub enum DeliveryState {
 pub const CANCELLED: &str = "you cancelled sending";
 
 impl DeliveryState {
+    /// Failed at `at` because the sender cancelled sending.
+    pub fn cancelled(at: Millis) -> Self {
+        DeliveryState::Failed {
+            at,
+            reason: CANCELLED.into(),
+        }
+    }
+
     /// Failed because the sender cancelled sending.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, DeliveryState::Failed { reason, .. } if reason.starts_with(CANCELLED))

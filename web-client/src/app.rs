@@ -189,7 +189,7 @@ fn notice(rt: &Rc<Runtime>) -> Html {
 }
 
 fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Html {
-    let unread = node.inbox().iter().filter(|r| !r.read).count();
+    let unread = node.unread_count();
     if let Some(doc) = web_sys::window().and_then(|w| w.document()) {
         let title = if unread == 0 {
             "Peermail".to_string()
@@ -556,7 +556,7 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         })
     };
     // Every unread mail of the Inbox at once.
-    let any_unread = node.inbox().iter().any(|r| !r.read);
+    let any_unread = node.unread_count() > 0;
     let mark_all_read = (state.folder == Folder::Inbox && any_unread).then(|| {
         let rt = rt.clone();
         let onclick = Callback::from(move |_: MouseEvent| rt.mark_all_read());

@@ -90,21 +90,22 @@ static UNIX: AtomicPtr<ffi::sqlite3_vfs> = AtomicPtr::new(ptr::null_mut());
 /// How registering went (once per process).
 static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
 
-/// For each connection's database file (by the address of the name SQLite opened it
-/// with, which the connection's WAL file name leads back to: `sqlite3_filename_database`),
-/// its WAL file's buffer.
-static WAL_OF: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
-
-fn wal_of() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
-    WAL_OF.lock().unwrap_or_else(|e| e.into_inner())
+/// A connection's files, as this VFS links them.
+struct Link {
+    /// The address of the name SQLite opened the database file with (which the WAL
+    /// file's name leads back to: `sqlite3_filename_database`).
+    db_name: usize,
+    /// The unix VFS's database file.
+    db_real: usize,
+    /// The WAL file's buffer; 0 while none is open (or it is not buffered).
+    wal: usize,
 }
 
-/// Each open database file (by the address of its name, as in [`WAL_OF`]) and the unix
-/// VFS's file under it.
-static DB_FILES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+/// One [`Link`] per open database file.
+static LINKS: Mutex<Vec<Link>> = Mutex::new(Vec::new());
 
-fn db_files() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
-    DB_FILES.lock().unwrap_or_else(|e| e.into_inner())
+fn links() -> std::sync::MutexGuard<'static, Vec<Link>> {
+    LINKS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Drops what the WAL of the connection whose database file is named `db_name` still
@@ -118,15 +119,20 @@ unsafe fn drop_uncommitted(db_name: *const c_char) {
     if db_name.is_null() {
         return;
     }
-    if let Some(&(_, wal)) = wal_of().iter().find(|&&(db, _)| db == db_name as usize) {
-        // SAFETY: the buffer is the WAL file's of this same connection, which SQLite is
-        // not using meanwhile (by the caller's contract); it lives until that file's close,
-        // which takes it out of WAL_OF first.
-        let wal = unsafe { &mut *(wal as *mut Wal) };
-        wal.buffer.clear();
-        wal.commit_page_at = None;
-        wal.read_at = None;
-    }
+    let links = links();
+    let Some(link) = links
+        .iter()
+        .find(|l| l.db_name == db_name as usize && l.wal != 0)
+    else {
+        return;
+    };
+    // SAFETY: the buffer is the WAL file's of this same connection, which SQLite is not
+    // using meanwhile (by the caller's contract); it lives until that file's close, which
+    // unlinks it first (under the same lock).
+    let wal = unsafe { &mut *(link.wal as *mut Wal) };
+    wal.buffer.clear();
+    wal.commit_page_at = None;
+    wal.read_at = None;
 }
 
 /// Registers the VFS (once per process; not as the default). Errors if SQLite has no
@@ -327,28 +333,32 @@ unsafe extern "C" fn x_open(
         // last frame around a sync, which the rules above do not cover: no buffering there.
         let wal = if flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null() {
             let db_name = ffi::sqlite3_filename_database(name) as usize;
-            let db_real = db_files()
-                .iter()
-                .find(|&&(db, _)| db == db_name)
-                .map(|&(_, real)| real as *mut ffi::sqlite3_file);
-            let powersafe = db_real.is_some_and(|db| {
+            let mut links = links();
+            let link = links.iter_mut().find(|l| l.db_name == db_name);
+            let powersafe = link.as_ref().is_some_and(|l| {
+                let db = l.db_real as *mut ffi::sqlite3_file;
                 let characteristics = (*(*db).pMethods)
                     .xDeviceCharacteristics
                     .map_or(0, |dc| dc(db));
                 characteristics & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0
             });
-            if powersafe {
-                let wal = Box::into_raw(Box::<Wal>::default());
-                wal_of().push((db_name, wal as usize));
-                wal
-            } else {
-                ptr::null_mut()
+            match link {
+                Some(link) if powersafe => {
+                    let wal = Box::into_raw(Box::<Wal>::default());
+                    link.wal = wal as usize;
+                    wal
+                }
+                _ => ptr::null_mut(),
             }
         } else {
             ptr::null_mut()
         };
         let db_name = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null() {
-            db_files().push((name as usize, real as usize));
+            links().push(Link {
+                db_name: name as usize,
+                db_real: real as usize,
+                wal: 0,
+            });
             name
         } else {
             ptr::null()
@@ -368,10 +378,12 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
         let flushed = parts(f).settle();
         let file = &mut *(f as *mut File);
         if !file.db_name.is_null() {
-            db_files().retain(|&(_, real)| real != file.real as usize);
+            links().retain(|l| l.db_real != file.real as usize);
         }
         if !file.wal.is_null() {
-            wal_of().retain(|&(_, wal)| wal != file.wal as usize);
+            for link in links().iter_mut().filter(|l| l.wal == file.wal as usize) {
+                link.wal = 0;
+            }
             drop(Box::from_raw(file.wal));
             file.wal = ptr::null_mut();
         }

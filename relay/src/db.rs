@@ -10,7 +10,11 @@
 //! operation that is waiting (at most [`MAX_BATCH`]) and opens **one** transaction: it
 //! first answers the reads (fetch, waiting list, receipts), which therefore see only
 //! committed state, then runs all the writes (deposit, release, hold, receipt
-//! acknowledgement, expiry), commits, and only then answers the writes (group commit). A
+//! acknowledgement, expiry), and then each write that arrived meanwhile, until none is
+//! waiting, a read comes (it opens the next turn, and what came after it stays behind it),
+//! or the turn holds [`MAX_BATCH`] writes; it commits, and only then answers the writes
+//! (group commit). Under load a write would otherwise wait for the turn under way and then
+//! for one of its own; this way it mostly joins the one under way. A
 //! write that fails leaves nothing of its own behind and the others go on: most change the
 //! database only in their last statement (undone by SQLite's statement rollback), and the
 //! rare ones of several statements (held-copy refusal, expiry) run inside a savepoint. A

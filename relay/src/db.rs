@@ -8,11 +8,12 @@
 //! writer*, which owns a second connection; sessions hand it operations over a channel and
 //! await the answer (no blocking-pool task per operation). Each turn the writer takes every
 //! operation that is waiting (at most [`MAX_BATCH`]) and opens **one** transaction: it
-//! first answers the reads (fetch, waiting list, receipts), which therefore see only
-//! committed state, then runs all the writes (deposit, release, hold, receipt
-//! acknowledgement, expiry), and then each write that arrived meanwhile, until none is
-//! waiting, a read comes (it opens the next turn, and what came after it stays behind it),
-//! or the turn holds [`MAX_BATCH`] writes; it commits, and only then answers the writes
+//! first answers the reads (fetch, waiting list, receipts, deposit check), which therefore
+//! see only committed state, then runs all the writes (deposit, release, hold, withdrawal,
+//! receipt acknowledgement, expiry), and then each write that arrived meanwhile, until none
+//! is waiting, a read comes (it opens the next turn, and what came after it stays behind
+//! it), the turn holds [`MAX_BATCH`] writes, or its transaction is lost (a turn of reads
+//! only takes no writes); it commits, and only then answers the writes
 //! (group commit). Under load a write would otherwise wait for the turn under way and then
 //! for one of its own; this way it mostly joins the one under way. A
 //! write that fails leaves nothing of its own behind and the others go on: most change the
@@ -99,7 +100,8 @@ pub const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// Most names [`Db`] remembers as existing accounts before it starts again.
 const KNOWN_ACCOUNTS: usize = 100_000;
 
-/// Most cache operations the writer takes in one turn (one write transaction).
+/// Most cache operations the writer takes off its queue at the start of a turn, and most
+/// writes one turn runs (those it takes at the start and those that join it while it runs).
 pub const MAX_BATCH: usize = 256;
 
 /// The database: a connection for the account directory, and the cache writer thread with
@@ -1714,49 +1716,65 @@ mod tests {
         assert_eq!(db.receipts(&a("alice@h")).unwrap().len(), 1);
     }
 
+    /// A cache writer of its own (no thread: the test calls its turns) on a new database.
+    fn lone_writer(dir: &Path) -> CacheWriter {
+        let mut conn = open_connection(&dir.join(DB_FILE)).unwrap();
+        migrations::migrate(&mut conn).unwrap();
+        CacheWriter {
+            conn,
+            wal_restart: Arc::default(),
+            usage: Usage::default(),
+        }
+    }
+
+    /// The deposit of `mail("bob@h", n, 10, 1)`, and where its answer comes.
+    fn deposit_op(n: u8) -> (Op, oneshot::Receiver<Answer<Deposit>>) {
+        let (reply, answer) = oneshot::channel();
+        let mail = mail("bob@h", n, 10, 1);
+        let op = Op::Deposit {
+            mail,
+            quota_bytes: 1000,
+            reply,
+        };
+        (op, answer)
+    }
+
+    /// bob@h's waiting list, and where it comes.
+    fn listing_op() -> (Op, oneshot::Receiver<Answer<Vec<WaitingMail>>>) {
+        let (reply, answer) = oneshot::channel();
+        let op = Op::Waiting {
+            recipient: a("bob@h"),
+            reply,
+        };
+        (op, answer)
+    }
+
+    /// The Message-IDs of a waiting list, sorted.
+    fn listed(answer: oneshot::Receiver<Answer<Vec<WaitingMail>>>) -> Vec<MessageId> {
+        let mut found: Vec<MessageId> = answer
+            .blocking_recv()
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|w| w.message_id)
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn id(n: u8) -> MessageId {
+        mail("bob@h", n, 10, 1).message_id
+    }
+
     /// Writes that arrive while a turn runs join its transaction, in arrival order; a read
     /// that arrives meanwhile waits for the commit and opens the next turn, ahead of what
     /// came after it; a read-only turn takes no writes.
     #[test]
     fn writes_arriving_during_a_turn_join_it_and_a_read_waits_for_the_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
-        migrations::migrate(&mut conn).unwrap();
-        let mut writer = CacheWriter {
-            conn,
-            wal_restart: Arc::default(),
-            usage: Usage::default(),
-        };
+        let mut writer = lone_writer(dir.path());
         let (ops, queue) = mpsc::channel();
-        let deposit = |n: u8| {
-            let (reply, answer) = oneshot::channel();
-            let op = Op::Deposit {
-                mail: mail("bob@h", n, 10, 1),
-                quota_bytes: 1000,
-                reply,
-            };
-            (op, answer)
-        };
-        let listing = || {
-            let (reply, answer) = oneshot::channel();
-            let op = Op::Waiting {
-                recipient: a("bob@h"),
-                reply,
-            };
-            (op, answer)
-        };
-        let listed = |answer: oneshot::Receiver<Answer<Vec<WaitingMail>>>| {
-            let mut found: Vec<MessageId> = answer
-                .blocking_recv()
-                .unwrap()
-                .unwrap()
-                .into_iter()
-                .map(|w| w.message_id)
-                .collect();
-            found.sort();
-            found
-        };
-        let id = |n: u8| mail("bob@h", n, 10, 1).message_id;
+        let (deposit, listing) = (deposit_op, listing_op);
 
         // A read-only turn (two reads: one transaction) leaves a write that arrives to the
         // next turn.
@@ -1804,6 +1822,68 @@ mod tests {
             third_answer.blocking_recv().unwrap().unwrap(),
             Deposit::Stored
         );
+    }
+
+    /// A write that joins a turn shares its transaction: when it breaks the transaction,
+    /// the turn's earlier write is undone and answered with the error too, and what arrives
+    /// after it waits for the next turn.
+    #[test]
+    fn a_write_that_joins_a_turn_shares_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = lone_writer(dir.path());
+        let (ops, queue) = mpsc::channel();
+        let (first, first_answer) = deposit_op(1);
+        assert!(writer.turn(&mut vec![first], &queue).is_none());
+        assert_eq!(first_answer.blocking_recv().unwrap(), Ok(Deposit::Stored));
+        // A release that fails once it has begun to change the database (its receipt is
+        // refused) loses the whole transaction.
+        writer
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER no_receipt BEFORE INSERT ON receipts
+                 BEGIN SELECT RAISE(ABORT, 'no receipts today'); END;",
+            )
+            .unwrap();
+        let (second, mut second_answer) = deposit_op(2);
+        let (reply, mut release_answer) = oneshot::channel();
+        let release = Op::Release {
+            recipient: a("bob@h"),
+            id: id(1),
+            outcome: ReceiptOutcome::Delivered,
+            now: 5,
+            reply,
+        };
+        let (third, mut third_answer) = deposit_op(3);
+        ops.send(release).unwrap();
+        ops.send(third).unwrap();
+        assert!(writer.turn(&mut vec![second], &queue).is_none());
+        let refused = release_answer
+            .try_recv()
+            .expect("the release joined the turn");
+        assert!(refused.is_err(), "{refused:?}");
+        let undone = second_answer.try_recv().expect("answered with the turn");
+        assert!(
+            undone.is_err(),
+            "the deposit before it was answered {undone:?}"
+        );
+        assert!(
+            third_answer.try_recv().is_err(),
+            "a write joined a lost turn"
+        );
+
+        // The next turn takes the third deposit; the second is gone and the first waits
+        // still, with no receipt.
+        let mut batch: Vec<Op> = queue.try_iter().collect();
+        assert!(writer.turn(&mut batch, &queue).is_none());
+        assert_eq!(third_answer.blocking_recv().unwrap(), Ok(Deposit::Stored));
+        let (read, read_answer) = listing_op();
+        assert!(writer.turn(&mut vec![read], &queue).is_none());
+        assert_eq!(listed(read_answer), vec![id(1), id(3)]);
+        let receipts: i64 = writer
+            .conn
+            .query_row("SELECT count(*) FROM receipts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(receipts, 0);
     }
 
     /// The checkpointer copies committed writes into the database file by itself, soon: a

@@ -1638,6 +1638,11 @@ mod tests {
     use super::*;
     use peermail_signaling::cache::conformance::{self, a, mail};
 
+    /// A trigger that makes every receipt's insert fail (a release fails once it has begun
+    /// to change the database).
+    const NO_RECEIPTS: &str = "CREATE TRIGGER no_receipt BEFORE INSERT ON receipts
+        BEGIN SELECT RAISE(ABORT, 'no receipts today'); END;";
+
     /// The shared cache behaviour, through the cache writer and SQLite.
     #[test]
     fn deposit_quota_release_receipts_and_expiry() {
@@ -1685,11 +1690,7 @@ mod tests {
         }
         let side = Connection::open(dir.path().join(DB_FILE)).unwrap();
         // The receipt, written after the envelope's deletion, fails.
-        side.execute_batch(
-            "CREATE TRIGGER no_receipt BEFORE INSERT ON receipts
-             BEGIN SELECT RAISE(ABORT, 'no receipts today'); END;",
-        )
-        .unwrap();
+        side.execute_batch(NO_RECEIPTS).unwrap();
         let release =
             |m: &NewMail| db.release(&a("bob@h"), &m.message_id, ReceiptOutcome::Delivered, 5);
         let e = release(&first).unwrap_err();
@@ -1774,12 +1775,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = lone_writer(dir.path());
         let (ops, queue) = mpsc::channel();
-        let (deposit, listing) = (deposit_op, listing_op);
 
         // A read-only turn (two reads: one transaction) leaves a write that arrives to the
         // next turn.
-        let ((read, read_answer), (other, other_answer)) = (listing(), listing());
-        let (first, mut first_answer) = deposit(1);
+        let ((read, read_answer), (other, other_answer)) = (listing_op(), listing_op());
+        let (first, mut first_answer) = deposit_op(1);
         ops.send(first).unwrap();
         assert!(writer.turn(&mut vec![read, other], &queue).is_none());
         assert!(listed(read_answer).is_empty());
@@ -1791,9 +1791,9 @@ mod tests {
         let first = queue.try_recv().expect("still waiting");
 
         // A writing turn takes the writes that arrive, up to the first read.
-        let (second, mut second_answer) = deposit(2);
-        let (read, mut read_answer) = listing();
-        let (third, mut third_answer) = deposit(3);
+        let (second, mut second_answer) = deposit_op(2);
+        let (read, mut read_answer) = listing_op();
+        let (third, mut third_answer) = deposit_op(3);
         for op in [second, read, third] {
             ops.send(op).unwrap();
         }
@@ -1837,13 +1837,7 @@ mod tests {
         assert_eq!(first_answer.blocking_recv().unwrap(), Ok(Deposit::Stored));
         // A release that fails once it has begun to change the database (its receipt is
         // refused) loses the whole transaction.
-        writer
-            .conn
-            .execute_batch(
-                "CREATE TRIGGER no_receipt BEFORE INSERT ON receipts
-                 BEGIN SELECT RAISE(ABORT, 'no receipts today'); END;",
-            )
-            .unwrap();
+        writer.conn.execute_batch(NO_RECEIPTS).unwrap();
         let (second, mut second_answer) = deposit_op(2);
         let (reply, mut release_answer) = oneshot::channel();
         let release = Op::Release {

@@ -439,14 +439,19 @@ unsafe extern "C" fn x_write(
     let Some(wal) = parts.wal.as_deref_mut() else {
         return direct();
     };
-    if wal.read_at.take() == Some(offset) || amount <= 0 {
+    let bytes: &[u8] = if amount > 0 {
+        // SAFETY: SQLite passes `amount` readable bytes at `data`.
+        unsafe { std::slice::from_raw_parts(data.cast::<u8>(), amount as usize) }
+    } else {
+        &[]
+    };
+    if wal.read_at.take() == Some(offset) || bytes.is_empty() {
         // Nothing is buffered: the read wrote it out.
         count_wal_write();
         let rc = direct();
         // A commit frame's header written so (SQLite's recovery last read where the next
         // frame goes) still has its page flushed as soon as it comes.
-        // SAFETY: SQLite passes `amount` readable bytes at `data`.
-        if rc == ffi::SQLITE_OK && amount as usize == FRAME_HEADER && unsafe { commits(data) } {
+        if rc == ffi::SQLITE_OK && is_commit_header(bytes) {
             wal.commit_page_at = Some(offset + FRAME_HEADER as i64);
         }
         return rc;
@@ -467,13 +472,11 @@ unsafe extern "C" fn x_write(
             wal.commit_page_at = None;
         }
     }
-    // SAFETY: SQLite passes `amount` (> 0) readable bytes at `data`.
-    let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), amount as usize) };
     wal.buffer.extend_from_slice(bytes);
     if wal.commit_page_at == Some(offset) {
         return parts.flush();
     }
-    if bytes.len() == FRAME_HEADER && bytes[4..8] != [0; 4] {
+    if is_commit_header(bytes) {
         wal.commit_page_at = Some(offset + FRAME_HEADER as i64);
     }
     // Not between a commit frame's header and its page: the page's write flushes both.
@@ -483,15 +486,10 @@ unsafe extern "C" fn x_write(
     ffi::SQLITE_OK
 }
 
-/// Whether the 24-byte frame header at `header` is a commit frame's (its database size,
-/// bytes 4 to 8, is not zero).
-///
-/// # Safety
-/// `header` points to at least [`FRAME_HEADER`] readable bytes.
-unsafe fn commits(header: *const c_void) -> bool {
-    // SAFETY: by the caller's contract.
-    let header = unsafe { std::slice::from_raw_parts(header.cast::<u8>(), FRAME_HEADER) };
-    header[4..8] != [0; 4]
+/// Whether a write of `bytes` is a commit frame's 24-byte header (its database size, bytes
+/// 4 to 8, is not zero).
+fn is_commit_header(bytes: &[u8]) -> bool {
+    bytes.len() == FRAME_HEADER && bytes[4..8] != [0; 4]
 }
 
 unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: i64) -> c_int {

@@ -60,6 +60,18 @@ fn sum(bytes: &[u8]) -> u64 {
     bytes.iter().map(|&b| u64::from(b)).sum()
 }
 
+/// Inserts row `id` for recipient `r` with `len` bytes of [`sealed`]; returns the row as
+/// [`rows`] reads it.
+fn insert(conn: &Connection, id: i64, len: usize) -> (i64, u64) {
+    let bytes = sealed(id, len);
+    conn.execute(
+        "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
+        params![id, bytes],
+    )
+    .unwrap();
+    (id, sum(&bytes))
+}
+
 #[test]
 fn each_commit_is_one_write_and_in_the_file_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,12 +152,7 @@ fn other_connections_see_each_commit_and_checkpoints_copy_it() {
     let reader = open(&path);
     let plain = Connection::open(&path).unwrap();
     for id in 0..50i64 {
-        writer
-            .execute(
-                "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
-                params![id, sealed(id, 2000)],
-            )
-            .unwrap();
+        insert(&writer, id, 2000);
         for conn in [&reader, &plain] {
             let n: i64 = conn
                 .query_row("SELECT count(*) FROM mail", [], |r| r.get(0))
@@ -179,13 +186,7 @@ fn rolled_back_then_another_commits(exclusive: bool) {
     let a = open(&path);
     let mut expected = Vec::new();
     for id in 0..10i64 {
-        let bytes = sealed(id, 700);
-        a.execute(
-            "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
-            params![id, bytes],
-        )
-        .unwrap();
-        expected.push((id, sum(&bytes)));
+        expected.push(insert(&a, id, 700));
     }
     a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
@@ -195,11 +196,7 @@ fn rolled_back_then_another_commits(exclusive: bool) {
     }
     a.pragma_update(None, "cache_size", 4).unwrap();
     let tx = a.unchecked_transaction().unwrap();
-    tx.execute(
-        "INSERT INTO mail (id, recipient, sealed) VALUES (1000, 'r', ?1)",
-        [sealed(1000, 200 * 1024)],
-    )
-    .unwrap();
+    insert(&tx, 1000, 200 * 1024);
     tx.rollback().unwrap();
     if exclusive {
         // Back to normal locking: at its next read (of the database file only) A lets its
@@ -213,13 +210,7 @@ fn rolled_back_then_another_commits(exclusive: bool) {
     }
     // Opened only now: A in exclusive mode keeps every other connection out.
     let b = open(&path);
-    let bytes = sealed(5000, 700);
-    b.execute(
-        "INSERT INTO mail (id, recipient, sealed) VALUES (5000, 'r', ?1)",
-        [&bytes],
-    )
-    .unwrap();
-    expected.push((5000, sum(&bytes)));
+    expected.push(insert(&b, 5000, 700));
     assert_eq!(rows(&a), expected, "what A reads");
     assert_eq!(as_left(dir.path()), expected, "what the files hold");
 }
@@ -250,12 +241,7 @@ fn a_one_frame_commit_right_after_recovering_a_torn_wal_is_in_the_file() {
         .execute_batch("CREATE TABLE mail (id INTEGER PRIMARY KEY, recipient TEXT, sealed BLOB)")
         .unwrap();
     for id in 0..50i64 {
-        plain
-            .execute(
-                "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
-                params![id, sealed(id, 700)],
-            )
-            .unwrap();
+        insert(&plain, id, 700);
     }
     plain
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -311,13 +297,7 @@ fn commits_padded_to_a_sector_are_whole_for_other_connections() {
     let other = Connection::open(&path).unwrap();
     let mut expected = Vec::new();
     for id in 0..30i64 {
-        let bytes = sealed(id, 900 + id as usize * 37);
-        conn.execute(
-            "INSERT INTO mail (id, recipient, sealed) VALUES (?1, 'r', ?2)",
-            params![id, bytes],
-        )
-        .unwrap();
-        expected.push((id, sum(&bytes)));
+        expected.push(insert(&conn, id, 900 + id as usize * 37));
         assert_eq!(rows(&other), expected, "after commit {id}");
     }
     assert_eq!(as_left(dir.path()), expected);

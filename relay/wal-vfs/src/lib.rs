@@ -25,7 +25,10 @@
 //! buffered: that is how SQLite rewrites the checksums of frames a transaction wrote twice
 //! (a read of the frame, then its header), and the last header it rewrites is a commit
 //! frame's, with no page after it. (A commit frame's header written so still has its page
-//! flushed at once: SQLite's recovery reads last where the next frame goes.)
+//! flushed at once: SQLite's recovery of a WAL whose last frame is torn reads last where the
+//! next frame goes, and in exclusive locking mode nothing else is done with the WAL file
+//! before the next commit writes that frame's header there. With shared memory, recovery
+//! gives up the WAL's write lock, which forgets the read, so the header is buffered.)
 //!
 //! What a WAL file still buffers when its connection gives up the WAL's write lock was
 //! not committed (a transaction that spilled pages and rolled back): it is dropped there,
@@ -449,8 +452,9 @@ unsafe extern "C" fn x_write(
         // Nothing is buffered: the read wrote it out.
         count_wal_write();
         let rc = direct();
-        // A commit frame's header written so (SQLite's recovery last read where the next
-        // frame goes) still has its page flushed as soon as it comes.
+        // A commit frame's header written so (after recovery in exclusive locking mode,
+        // which last read where the next frame goes) still has its page flushed as soon
+        // as it comes.
         if rc == ffi::SQLITE_OK && is_commit_header(bytes) {
             wal.commit_page_at = Some(offset + FRAME_HEADER as i64);
         }

@@ -228,11 +228,10 @@ fn a_rollback_in_exclusive_locking_mode_leaves_nothing_for_the_next_writer_to_me
     rolled_back_then_another_commits(true);
 }
 
-#[test]
-fn a_one_frame_commit_right_after_recovering_a_torn_wal_is_in_the_file() {
-    // A WAL whose last commit is followed by a frame that was never written whole (a crash
-    // mid-transaction): SQLite's recovery reads that frame last, and the next commit's one
-    // frame goes exactly there.
+/// A WAL whose last commit is followed by a frame that was never written whole (a crash
+/// mid-transaction): SQLite's recovery reads that frame last, and the next commit's one
+/// frame goes exactly there. The commit must be in the file when it returns.
+fn one_frame_commit_after_recovering_a_torn_wal(exclusive: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let plain = Connection::open(&path).unwrap();
@@ -266,6 +265,12 @@ fn a_one_frame_commit_right_after_recovering_a_torn_wal_is_in_the_file() {
     let conn =
         Connection::open_with_flags_and_vfs(torn.path().join("db"), OpenFlags::default(), NAME)
             .unwrap();
+    if exclusive {
+        // Before anything reads the database, so that the WAL index is in the process's
+        // memory.
+        conn.query_row("PRAGMA locking_mode = EXCLUSIVE", [], |_| Ok(()))
+            .unwrap();
+    }
     // As the relay runs it: no sync at commit (which would write the buffer out).
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
     conn.execute("UPDATE mail SET sealed = ?1 WHERE id = 0", [sealed(2, 700)])
@@ -278,6 +283,21 @@ fn a_one_frame_commit_right_after_recovering_a_torn_wal_is_in_the_file() {
         "the commit after recovery"
     );
     assert_eq!(left[49], (49, sum(&sealed(1, 700))), "the commit before");
+}
+
+#[test]
+fn a_one_frame_commit_right_after_recovering_a_torn_wal_is_in_the_file() {
+    // Recovery ends by giving up the WAL's write lock through shared memory, and the VFS
+    // then forgets the read: the commit frame's header is buffered like any other.
+    one_frame_commit_after_recovering_a_torn_wal(false);
+}
+
+#[test]
+fn in_exclusive_locking_mode_that_commit_is_in_the_file_too() {
+    // No shared memory: nothing comes between recovery's last read and the commit frame's
+    // header written at the same place, which therefore goes straight to the file, and
+    // its page must still be written out at once.
+    one_frame_commit_after_recovering_a_torn_wal(true);
 }
 
 #[test]

@@ -1880,6 +1880,78 @@ mod tests {
         assert_eq!(receipts, 0);
     }
 
+    /// A turn runs at most [`MAX_BATCH`] writes, those it starts with and those that join it
+    /// together: more than that waiting is two turns, so two commits (each one write to the
+    /// WAL).
+    #[test]
+    fn a_turn_runs_at_most_max_batch_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = lone_writer(dir.path());
+        let (ops, queue) = mpsc::channel();
+        let mut answers = Vec::new();
+        for k in 0..MAX_BATCH + 44 {
+            let (reply, answer) = oneshot::channel();
+            let to = format!("r{}@h", k % 3);
+            let mail = mail(&to, (k / 3) as u8, 10, 1);
+            let quota_bytes = 1 << 20;
+            ops.send(Op::Deposit {
+                mail,
+                quota_bytes,
+                reply,
+            })
+            .unwrap();
+            answers.push(answer);
+        }
+        drop(ops);
+        let before = wal_vfs::wal_writes_on_this_thread();
+        writer.run(&queue);
+        assert_eq!(wal_vfs::wal_writes_on_this_thread() - before, 2, "commits");
+        for answer in answers {
+            assert_eq!(answer.blocking_recv().unwrap(), Ok(Deposit::Stored));
+        }
+    }
+
+    /// Set once the writer of [`run_opens_the_next_turn_with_the_read_a_turn_stopped_at`]
+    /// waits for the database's write lock.
+    static WAITS_FOR_THE_LOCK: AtomicBool = AtomicBool::new(false);
+
+    fn note_the_wait(_tries: i32) -> bool {
+        WAITS_FOR_THE_LOCK.store(true, Ordering::Release);
+        std::thread::sleep(Duration::from_millis(1));
+        true
+    }
+
+    /// A read that a writing turn stopped at (it arrived while the turn ran) opens the
+    /// writer's next turn, ahead of the writes that came after it: it sees the turn's
+    /// commit and none of those.
+    #[test]
+    fn run_opens_the_next_turn_with_the_read_a_turn_stopped_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = lone_writer(dir.path());
+        writer.conn.busy_handler(Some(note_the_wait)).unwrap();
+        // Another connection holds the write lock, so the writer's turn waits at its start,
+        // having taken the one deposit queued.
+        let other = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        run(&other, "BEGIN IMMEDIATE").unwrap();
+        let (ops, queue) = mpsc::channel();
+        let (first, first_answer) = deposit_op(1);
+        ops.send(first).unwrap();
+        let writer = std::thread::spawn(move || writer.run(&queue));
+        while !WAITS_FOR_THE_LOCK.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (read, read_answer) = listing_op();
+        let (second, second_answer) = deposit_op(2);
+        ops.send(read).unwrap();
+        ops.send(second).unwrap();
+        drop(ops);
+        run(&other, "ROLLBACK").unwrap();
+        assert_eq!(first_answer.blocking_recv().unwrap(), Ok(Deposit::Stored));
+        assert_eq!(listed(read_answer), vec![id(1)]);
+        assert_eq!(second_answer.blocking_recv().unwrap(), Ok(Deposit::Stored));
+        writer.join().unwrap();
+    }
+
     /// The checkpointer copies committed writes into the database file by itself, soon: a
     /// copy of that file alone (without its WAL) holds them.
     #[test]

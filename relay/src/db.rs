@@ -1730,11 +1730,15 @@ mod tests {
 
     /// The deposit of `mail("bob@h", n, 10, 1)`, and where its answer comes.
     fn deposit_op(n: u8) -> (Op, oneshot::Receiver<Answer<Deposit>>) {
+        deposit_of(mail("bob@h", n, 10, 1), 1000)
+    }
+
+    /// The deposit of `mail` under `quota_bytes`, and where its answer comes.
+    fn deposit_of(mail: NewMail, quota_bytes: u64) -> (Op, oneshot::Receiver<Answer<Deposit>>) {
         let (reply, answer) = oneshot::channel();
-        let mail = mail("bob@h", n, 10, 1);
         let op = Op::Deposit {
             mail,
-            quota_bytes: 1000,
+            quota_bytes,
             reply,
         };
         (op, answer)
@@ -1890,16 +1894,9 @@ mod tests {
         let (ops, queue) = mpsc::channel();
         let mut answers = Vec::new();
         for k in 0..MAX_BATCH + 44 {
-            let (reply, answer) = oneshot::channel();
             let to = format!("r{}@h", k % 3);
-            let mail = mail(&to, (k / 3) as u8, 10, 1);
-            let quota_bytes = 1 << 20;
-            ops.send(Op::Deposit {
-                mail,
-                quota_bytes,
-                reply,
-            })
-            .unwrap();
+            let (op, answer) = deposit_of(mail(&to, (k / 3) as u8, 10, 1), 1 << 20);
+            ops.send(op).unwrap();
             answers.push(answer);
         }
         drop(ops);

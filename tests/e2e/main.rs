@@ -22,11 +22,13 @@ mod deletion;
 mod drafts;
 mod groups;
 mod native_peer;
+mod saving;
 mod storage_node;
 use deletion::people_delete_mail_for_good;
 use drafts::a_draft_survives_a_reload;
 use groups::groups_expand_to_their_members;
 use native_peer::native_peer_exchanges_mail_with_a_browser;
+use saving::a_large_file_is_saved_without_holding_it_in_the_page;
 use storage_node::{
     relay_hands_over_to_a_returning_storage_node, storage_node_pairs_keeps_and_serves_attachments,
 };
@@ -54,6 +56,7 @@ const SCENARIOS: &[&str] = &[
     "groups_expand_to_their_members",
     "people_delete_mail_for_good",
     "a_draft_survives_a_reload",
+    "a_large_file_is_saved_without_holding_it_in_the_page",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -148,6 +151,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(groups_expand_to_their_members);
     scenario!(people_delete_mail_for_good);
     scenario!(a_draft_survives_a_reload);
+    scenario!(a_large_file_is_saved_without_holding_it_in_the_page);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {
@@ -1273,7 +1277,7 @@ async fn leave_file_at_relay(
     Ok(())
 }
 
-fn same_file(what: &str, got: &[u8], want: &[u8]) -> Result<()> {
+pub(crate) fn same_file(what: &str, got: &[u8], want: &[u8]) -> Result<()> {
     let (g, h) = (
         peermail_core::attach::sha256(got),
         peermail_core::attach::sha256(want),

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -180,6 +180,11 @@ impl Browser {
             })
         })
         .await
+    }
+
+    /// Chromium's `--user-data-dir` of this person (see [`renderer_rss`]).
+    pub fn profile(&self) -> &Path {
+        &self.profile
     }
 
     /// Ends the browser (Chromium quits; its profile directory stays).
@@ -823,6 +828,84 @@ impl Browser {
         )
         .await
     }
+}
+
+/// Resident memory, in bytes, of the renderer processes (pages, workers) of the Chromium
+/// whose `--user-data-dir` is `profile` ([`Browser::profile`]), from `/proc`: the processes
+/// with `--type=renderer` that descend from it. A plain function, so that a thread can
+/// sample it while the scenario drives the page.
+pub fn renderer_rss(profile: &Path) -> Result<u64> {
+    struct Proc {
+        ppid: u32,
+        renderer: bool,
+        ours: bool,
+    }
+    let profile = format!("--user-data-dir={}", profile.display());
+    let mut procs = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(cmd), Ok(stat)) = (
+            std::fs::read(e.path().join("cmdline")),
+            std::fs::read_to_string(e.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // Chromium rewrites its command line into one space-separated string.
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let exe = cmd.split(' ').next().unwrap_or("");
+        if !exe.contains("chrom") || exe.contains("chromedriver") {
+            continue;
+        }
+        // After the command name in parentheses: the state, then the parent's pid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        let args: Vec<&str> = cmd.split(' ').collect();
+        procs.insert(
+            pid,
+            Proc {
+                ppid,
+                renderer: args.contains(&"--type=renderer"),
+                ours: !args.iter().any(|a| a.starts_with("--type="))
+                    && args.contains(&profile.as_str()),
+            },
+        );
+    }
+    ensure!(
+        procs.values().any(|p| p.ours),
+        "no Chromium with {profile} is running"
+    );
+    let mut total = 0;
+    for (&pid, p) in procs.iter().filter(|(_, p)| p.renderer) {
+        let mut at = p.ppid;
+        let mut ours = false;
+        for _ in 0..8 {
+            match procs.get(&at) {
+                Some(q) if q.ours => {
+                    ours = true;
+                    break;
+                }
+                Some(q) => at = q.ppid,
+                None => break,
+            }
+        }
+        if !ours {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue; // it ended meanwhile
+        };
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+        total += kib * 1024;
+    }
+    Ok(total)
 }
 
 /// Escapes `"` and `\` for a double-quoted CSS attribute value.

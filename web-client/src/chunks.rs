@@ -205,6 +205,18 @@ enum Part<'a> {
     Slice(&'a Blob, f64, f64),
 }
 
+/// A Blob holding a copy of `bytes`: they go to the Blob constructor as a view of wasm
+/// memory, or, if that Blob came out short (the memory grew in between), as a copy.
+pub(crate) fn blob_of_bytes(bytes: &[u8]) -> Result<Blob, String> {
+    let plan = [Part::New(bytes)];
+    let blob = blob_of(&plan, true)?;
+    if blob.size() == bytes.len() as f64 {
+        Ok(blob)
+    } else {
+        blob_of(&plan, false)
+    }
+}
+
 /// A Blob of `plan`'s parts; new bytes as views of wasm memory (`views`) or as copies.
 fn blob_of(plan: &[Part<'_>], views: bool) -> Result<Blob, String> {
     let memory = views.then(|| {

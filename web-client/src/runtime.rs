@@ -36,6 +36,9 @@ const SERVE_HIGH_WATER: u32 = 4 * 1024 * 1024 - 64 * 1024;
 const SERVE_LOW_WATER: u32 = 1024 * 1024;
 /// Shortest delay of the tick timer, so a deadline the node cannot clear yet never spins.
 const MIN_TICK_MS: u64 = 250;
+/// The bytes of a decrypted file the page hands the browser at a time when it makes the
+/// file's Blob to open or save it ([`Runtime::attachment_blob`]).
+const BLOB_PART: usize = 4 * 1024 * 1024;
 
 /// Which screen the page shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -555,21 +558,41 @@ impl Runtime {
     }
 
     /// The whole decrypted file of an attachment this node holds (sent or received and
-    /// complete), as a Blob of the file's type. Decrypts one chunk at a time; the parts are
-    /// handed to the browser as they are made.
+    /// complete), as a Blob of the file's type. Decrypts one chunk at a time and hands the
+    /// browser every [`BLOB_PART`] bytes as a Blob of their own (copied out of a buffer
+    /// this page reuses), so the page holds about one part of the file, whatever its
+    /// size; the file's Blob is made of those parts.
     pub async fn attachment_blob(&self, att: &AttachmentRef) -> Result<web_sys::Blob, String> {
         let parts = js_sys::Array::new();
+        let mut part: Vec<u8> = Vec::with_capacity(BLOB_PART.min(att.size as usize));
+        let mut failed = None;
         self.decrypt_stored(att, |plain| {
-            parts.push(&js_sys::Uint8Array::from(plain));
+            part.extend_from_slice(plain);
+            if part.len() >= BLOB_PART && failed.is_none() {
+                match crate::chunks::blob_of_bytes(&part) {
+                    Ok(blob) => {
+                        parts.push(&blob);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+                part.clear();
+            }
         })
         .await
         .map_err(|e| match e {
             FileCheckFailure::ChunkMissing(i) => format!("part {i} of the file is missing"),
             FileCheckFailure::Invalid(e) => e.to_string(),
         })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if !part.is_empty() {
+            let blob = crate::chunks::blob_of_bytes(&part)?;
+            parts.push(&blob);
+        }
         let opts = web_sys::BlobPropertyBag::new();
         opts.set_type(&att.mime);
-        web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &opts)
+        web_sys::Blob::new_with_blob_sequence_and_options(&parts, &opts)
             .map_err(|e| format!("{e:?}"))
     }
 

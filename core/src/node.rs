@@ -98,6 +98,10 @@ use crate::wire::signal::{
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// The most Message-IDs a reply's `References` names (see `Node::thread_references`):
+/// about 1.5 KiB of a mail's room, however long the thread.
+pub const MAX_REFERENCES: usize = 24;
+
 /// Why a request for the relay was not sent.
 const NOT_CONNECTED: &str = "not connected to the relay; try again once connected";
 
@@ -959,6 +963,29 @@ impl Node {
         }
     }
 
+    /// The `References` of a reply to `parent` (RFC 5322 §3.6.4): the parent's own
+    /// `References` (or, without them, its `In-Reply-To`) followed by the parent, so every
+    /// mail of a thread names the mails before it. Just the parent when this node no longer
+    /// has it. A long thread keeps its first mail and the latest [`MAX_REFERENCES`] − 1.
+    fn thread_references(&self, parent: &MessageId) -> Vec<MessageId> {
+        let found = self
+            .inbox
+            .get(parent)
+            .map(|r| &r.mail)
+            .or_else(|| self.outgoing.get(parent).map(|o| &o.mail));
+        let mut refs: Vec<MessageId> = match found {
+            Some(m) if !m.references.is_empty() => m.references.clone(),
+            Some(m) => m.in_reply_to.iter().cloned().collect(),
+            None => Vec::new(),
+        };
+        refs.retain(|r| r != parent);
+        refs.push(parent.clone());
+        if refs.len() > MAX_REFERENCES {
+            refs.drain(1..refs.len() - (MAX_REFERENCES - 1));
+        }
+        refs
+    }
+
     fn send(&mut self, draft: Draft, random: [u8; 16]) {
         if let Some((a, e)) = draft
             .attachments
@@ -978,8 +1005,12 @@ impl Node {
             subject: draft.subject,
             date: self.now,
             body: draft.body,
-            in_reply_to: draft.in_reply_to.clone(),
-            references: draft.in_reply_to.into_iter().collect(),
+            references: draft
+                .in_reply_to
+                .as_ref()
+                .map(|parent| self.thread_references(parent))
+                .unwrap_or_default(),
+            in_reply_to: draft.in_reply_to,
             priority: draft.priority,
             attachments: draft.attachments,
         };

@@ -1253,3 +1253,65 @@ fn a_mail_cancelled_while_its_deposit_is_unanswered_is_called_back_not_redeposit
     w.advance(600_000);
     assert_eq!(w.received_count(&bob, &id), 0);
 }
+
+/// A reply names the whole thread before it (RFC 5322 §3.6.4): `In-Reply-To` the mail
+/// answered, `References` that mail's `References` and the mail itself, on the sender's
+/// copy and on the one received. A reply to a mail the node no longer has names just that
+/// mail; a long thread keeps its first mail and the latest ones.
+#[test]
+fn a_reply_names_the_whole_thread_in_its_references() {
+    use peermail_core::node::MAX_REFERENCES;
+    use peermail_core::{Draft, MessageId};
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let reply = |w: &mut World, from: &peermail_core::Address, parent: &MessageId, n: usize| {
+        let to = if *from == alice { &bob } else { &alice };
+        w.send_draft(
+            from,
+            Draft {
+                to: vec![to.clone()],
+                subject: format!("Re: plans ({n})"),
+                in_reply_to: Some(parent.clone()),
+                ..Draft::default()
+            },
+        )
+    };
+    let first = w.send(&alice, &[&bob], &[], "plans");
+    assert!(w.outgoing(&alice, &first).mail.references.is_empty());
+    let second = reply(&mut w, &bob, &first, 2);
+    let third = reply(&mut w, &alice, &second, 3);
+    let sent = w.outgoing(&alice, &third).mail;
+    assert_eq!(sent.in_reply_to, Some(second.clone()));
+    assert_eq!(sent.references, vec![first.clone(), second.clone()]);
+    let received = w.received_mail(&bob, &third);
+    assert_eq!(received.references, sent.references);
+    assert_eq!(received.in_reply_to, sent.in_reply_to);
+
+    // A mail this node never had (or deleted): the reply names it alone.
+    let unknown = MessageId::new([77; 16], "elsewhere.example");
+    let lone = reply(&mut w, &alice, &unknown, 4);
+    assert_eq!(w.outgoing(&alice, &lone).mail.references, vec![unknown]);
+
+    // A thread of more mails than MAX_REFERENCES: the first, then the latest ones.
+    let mut thread = vec![first.clone(), second, third];
+    for n in 0..MAX_REFERENCES {
+        let from = if n % 2 == 0 { &bob } else { &alice };
+        let from = from.clone();
+        let next = reply(&mut w, &from, thread.last().unwrap(), 10 + n);
+        thread.push(next);
+    }
+    let last = thread.last().unwrap();
+    // Bob wrote the even-numbered replies of the loop, to Alice.
+    let to = if (MAX_REFERENCES - 1) % 2 == 0 {
+        &alice
+    } else {
+        &bob
+    };
+    let refs = w.received_mail(to, last).references;
+    let mut want = vec![first];
+    want.extend_from_slice(&thread[thread.len() - MAX_REFERENCES..thread.len() - 1]);
+    assert_eq!(refs.len(), MAX_REFERENCES);
+    assert_eq!(refs, want);
+}

@@ -24,7 +24,7 @@ use peermail_core::wire::signal::{
     ClientFrame, ErrorAbout, ErrorCode, MailLocation, PresenceStatus, ReceiptOutcome, ServerFrame,
     WaitingMail,
 };
-use peermail_core::{Address, Draft, MessageId, Millis};
+use peermail_core::{Address, Draft, Mail, MessageId, Millis};
 
 mod storage;
 use storage::Link;
@@ -1357,6 +1357,18 @@ impl World {
             .inbox
             .iter()
             .any(|r| &r.mail.message_id == id)
+    }
+
+    /// The mail `who` received as `id`.
+    pub fn received_mail(&self, who: &Address, id: &MessageId) -> Mail {
+        self.users[who]
+            .store
+            .snapshot()
+            .inbox
+            .into_iter()
+            .find(|r| &r.mail.message_id == id)
+            .map(|r| r.mail)
+            .expect("the mail is in the inbox")
     }
 
     pub fn received_count(&self, who: &Address, id: &MessageId) -> u32 {

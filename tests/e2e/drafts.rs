@@ -1,7 +1,8 @@
 //! A mail being written is kept as a draft: a reload brings it back in the Compose form;
-//! Cancel discards it and Send ends it.
+//! a form left for another folder keeps it in Drafts, from where it opens again; Cancel
+//! discards it and Send ends it.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use peermail_e2e::Browser;
 
@@ -14,6 +15,43 @@ async fn field(b: &Browser, css: &str) -> Result<String> {
         vec![serde_json::json!(css)],
     )
     .await
+}
+
+/// The Drafts folder's rows as shown now: (`data-draft-id`, subject), newest first.
+async fn drafts(b: &Browser) -> Result<Vec<(String, String)>> {
+    b.eval(
+        "return [...document.querySelectorAll('#message-list .draft-row')].map(r => \
+         [r.dataset.draftId, r.querySelector('.subject').textContent])",
+        vec![],
+    )
+    .await
+}
+
+/// Waits until the Drafts folder (open) lists these subjects, in this order, and its count
+/// reads `count`; returns the rows.
+async fn wait_drafts(b: &Browser, subjects: &[&str], count: &str) -> Result<Vec<(String, String)>> {
+    b.wait_until(&format!("Drafts to list {subjects:?}"), || async move {
+        let rows = drafts(b).await?;
+        let shown: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
+        let n = b.folder_count("drafts").await?;
+        Ok(if shown == subjects && n == count {
+            Ok(rows)
+        } else {
+            Err(format!("{shown:?}, count {n:?}"))
+        })
+    })
+    .await
+}
+
+/// Opens the draft of Drafts (open) whose subject is `subject` in the Compose form.
+async fn open_draft(b: &Browser, subject: &str) -> Result<()> {
+    let rows = drafts(b).await?;
+    let (id, _) = rows
+        .iter()
+        .find(|(_, s)| s == subject)
+        .with_context(|| format!("no draft {subject:?} in {rows:?}"))?;
+    b.click(&format!("#message-list .draft-row[data-draft-id=\"{id}\"]"))
+        .await
 }
 
 /// Waits until the Compose form, open, holds these To, Subject and body.
@@ -37,9 +75,10 @@ async fn wait_form(b: &Browser, to: &str, subject: &str, body: &str) -> Result<(
 }
 
 /// Alice starts a mail to Bob and reloads the page (as after a crash or a closed tab): the
-/// Compose form is open again with what she typed; closed and opened again with Compose, it
-/// still is. Cancel discards it: after a reload no form opens, and Compose starts empty.
-/// Sent, a draft is gone too.
+/// Compose form is open again with what she typed. Cancel discards it: after a reload no
+/// form opens, and Compose starts empty. She leaves a draft for her Inbox and starts
+/// another: Drafts lists both, newest first, and opens each with what was typed in it;
+/// Cancel discards one, Send takes the other out of Drafts. Sent, a draft is gone too.
 pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Half-written plans";
     const BODY: &str = "Dear Bob,\nabout the trip";
@@ -67,6 +106,46 @@ pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     alice.click("#compose-button").await?;
     wait_form(alice, "", "", "").await?;
     alice.click("#compose-cancel").await?;
+
+    // Several drafts. One to Bob is left for the Inbox: the form closes, the draft stays.
+    // Compose then starts another, empty; a reload opens the one being written.
+    alice.click("#compose-button").await?;
+    alice.type_into("#compose-to", &bob_addr).await?;
+    alice.type_into("#compose-subject", "Draft one").await?;
+    alice.type_into("#compose-body", "the first").await?;
+    alice.open_folder("inbox").await?;
+    alice.wait_gone("#compose-subject").await?;
+    alice.click("#compose-button").await?;
+    wait_form(alice, "", "", "").await?;
+    alice.type_into("#compose-to", &bob_addr).await?;
+    alice.type_into("#compose-subject", "Draft two").await?;
+    alice.type_into("#compose-body", "the second").await?;
+    alice.reload().await?;
+    alice.wait_online().await?;
+    wait_form(alice, &bob_addr, "Draft two", "the second").await?;
+    // Both are in Drafts, the newest first; each opens with what was typed in it.
+    alice.open_folder("drafts").await?;
+    alice.wait_gone("#compose-subject").await?;
+    wait_drafts(alice, &["Draft two", "Draft one"], "2").await?;
+    open_draft(alice, "Draft one").await?;
+    wait_form(alice, &bob_addr, "Draft one", "the first").await?;
+    // Cancel discards only the draft open.
+    alice.click("#compose-cancel").await?;
+    alice.wait_gone("#compose-subject").await?;
+    wait_drafts(alice, &["Draft two"], "1").await?;
+    // Sent from Drafts, it leaves them.
+    open_draft(alice, "Draft two").await?;
+    wait_form(alice, &bob_addr, "Draft two", "the second").await?;
+    alice.click("#compose-send").await?;
+    alice.wait_gone("#compose-subject").await?;
+    alice.open_folder("drafts").await?;
+    wait_drafts(alice, &[], "").await?;
+    alice.reload().await?;
+    alice.wait_online().await?;
+    ensure!(
+        alice.texts("#compose-subject").await?.is_empty(),
+        "a form opened after a reload with no draft open"
+    );
 
     // Sent: no draft is left.
     alice

@@ -15,8 +15,8 @@ use crate::compose_files::{seal_all, use_file_drop, ComposeFiles, FilesAction, P
 use crate::runtime::{ConnStatus, Phase, Runtime};
 use crate::state::{Action, Folder, Forwarded, Prefill, State};
 use crate::text::{
-    forward_body, forward_subject, join, mail_matches, not_forwarded, presence_str, recipient_line,
-    sent_attachment_status, subject_or_placeholder, summary,
+    draft_matches, forward_body, forward_subject, join, mail_matches, not_forwarded, presence_str,
+    recipient_line, sent_attachment_status, subject_or_placeholder, summary,
 };
 use crate::util::{full_date, log, page_hostname, short_date};
 
@@ -24,11 +24,12 @@ use crate::util::{full_date, log, page_hostname, short_date};
 #[function_component(App)]
 pub fn app() -> Html {
     let rt: Rc<Rc<Runtime>> = use_memo((), |_| Runtime::new());
-    // A draft kept over a reload opens again in the Compose form.
-    let state = use_reducer(|| match crate::draft::load() {
-        Some(prefill) => State {
+    // The draft whose form was open when the page went away opens again.
+    let state = use_reducer(|| match crate::draft::open() {
+        Some(kept) => State {
             composing: true,
-            prefill,
+            prefill: kept.prefill,
+            draft_id: kept.id,
             ..State::default()
         },
         None => State::default(),
@@ -126,7 +127,8 @@ fn main_view(rt: &Rc<Runtime>, state: &UseReducerHandle<State>) -> Html {
         let sidebar = sidebar(rt, node, state);
         let list = message_list(rt, node, state);
         let pane = if state.composing {
-            html! { <ComposeForm rt={RtHandle(rt.clone())} error={state.compose_error.clone()} prefill={state.prefill.clone()} dispatcher={DispatcherHandle(state.dispatcher())} /> }
+            // Keyed by the draft: another draft is another form.
+            html! { <ComposeForm key={state.draft_id.clone()} rt={RtHandle(rt.clone())} error={state.compose_error.clone()} prefill={state.prefill.clone()} draft_id={state.draft_id.clone()} dispatcher={DispatcherHandle(state.dispatcher())} /> }
         } else {
             reading_pane(rt, node, state)
         };
@@ -206,13 +208,11 @@ fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Ht
         (Folder::Inbox, count(unread)),
         (Folder::Outbox, count(pending)),
         (Folder::Sent, String::new()),
+        (Folder::Drafts, count(crate::draft::list().len())),
     ];
     let compose = {
         let state = state.clone();
-        Callback::from(move |_: MouseEvent| match crate::draft::load() {
-            Some(p) => state.dispatch(Action::ComposeWith(p)),
-            None => state.dispatch(Action::Compose),
-        })
+        Callback::from(move |_: MouseEvent| state.dispatch(Action::Compose))
     };
     html! {
         <aside class="sidebar">
@@ -459,7 +459,11 @@ fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
 
 /// Whether the outgoing mail `o` shows in `folder` (Outbox while pending, Sent after).
 fn in_folder(o: &OutgoingMail, folder: Folder) -> bool {
-    folder != Folder::Inbox && o.is_pending() == (folder == Folder::Outbox)
+    match folder {
+        Folder::Outbox => o.is_pending(),
+        Folder::Sent => !o.is_pending(),
+        Folder::Inbox | Folder::Drafts => false,
+    }
 }
 
 /// The Message-IDs `folder` lists, in the list's order.
@@ -472,7 +476,8 @@ fn folder_ids(node: &Node, folder: Folder, search: &str) -> Vec<MessageId> {
             .filter(|r| mail_matches(&r.mail, search))
             .map(|r| r.mail.message_id.clone())
             .collect(),
-        _ => node
+        Folder::Drafts => Vec::new(),
+        Folder::Outbox | Folder::Sent => node
             .outgoing()
             .iter()
             .filter(|o| in_folder(o, folder) && mail_matches(&o.mail, search))
@@ -512,6 +517,35 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                 }
             })
             .collect(),
+        Folder::Drafts => crate::draft::list()
+            .into_iter()
+            .filter(|d| {
+                let p = &d.prefill;
+                draft_matches(&p.to, &p.cc, &p.subject, &p.body, &state.search)
+            })
+            .map(|d| {
+                let to = [d.prefill.to.trim(), d.prefill.cc.trim()]
+                    .into_iter()
+                    .filter(|f| !f.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let first_line = d.prefill.body.trim().lines().next().unwrap_or_default().to_string();
+                let id = d.id.clone();
+                let onclick = {
+                    let (state, d) = (state.clone(), d.clone());
+                    Callback::from(move |_: MouseEvent| state.dispatch(Action::OpenDraft(d.clone())))
+                };
+                let open = (state.composing && state.draft_id == id).then_some("selected");
+                html! {
+                    <div class={classes!("message-row", "draft-row", open)} data-draft-id={id} {onclick}>
+                        <span class="to">{ if to.is_empty() { "(no recipient)".to_string() } else { to } }</span>
+                        <span class="subject">{ subject_or_placeholder(&d.prefill.subject) }</span>
+                        <span class="date">{ short_date(d.saved_at) }</span>
+                        <span class="snippet">{ first_line }</span>
+                    </div>
+                }
+            })
+            .collect(),
         folder => node
             .outgoing()
             .into_iter()
@@ -545,6 +579,7 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             Folder::Inbox => "No mail yet.".into(),
             Folder::Outbox => "Nothing waiting to go out.".into(),
             Folder::Sent => "Nothing sent yet.".into(),
+            Folder::Drafts => "No drafts.".into(),
         };
         html! { <div class="empty">{ text }</div> }
     });
@@ -893,14 +928,22 @@ pub struct ComposeProps {
     pub rt: RtHandle,
     pub error: Option<String>,
     pub prefill: Prefill,
+    /// The draft this form writes ([`crate::draft`]).
+    pub draft_id: String,
     pub dispatcher: DispatcherHandle,
 }
 
-/// Hands a finished draft to the node and closes the form, or shows why it was refused.
-fn send_draft(rt: &Rc<Runtime>, dispatch: &UseReducerDispatcher<State>, draft: Draft) -> bool {
+/// Hands a finished draft to the node and closes the form (its kept draft `draft_id`
+/// goes), or shows why it was refused.
+fn send_draft(
+    rt: &Rc<Runtime>,
+    dispatch: &UseReducerDispatcher<State>,
+    draft: Draft,
+    draft_id: &str,
+) -> bool {
     match rt.send(draft) {
         Ok(id) => {
-            crate::draft::clear();
+            crate::draft::remove(draft_id);
             let pending = rt
                 .with_node(|n| {
                     n.outgoing()
@@ -977,6 +1020,7 @@ fn compose_form(props: &ComposeProps) -> Html {
         let rt = props.rt.0.clone();
         let dispatch = props.dispatcher.0.clone();
         let prefill_id = props.prefill.in_reply_to.clone();
+        let draft_id = props.draft_id.clone();
         let (to_ref, cc_ref, subject_ref, body_ref) = (
             to_ref.clone(),
             cc_ref.clone(),
@@ -1028,13 +1072,18 @@ fn compose_form(props: &ComposeProps) -> Html {
             };
             let handles = files.handles();
             if handles.is_empty() {
-                send_draft(&rt, &dispatch, draft);
+                send_draft(&rt, &dispatch, draft, &draft_id);
                 return;
             }
             // Seal the files into the chunk store first, then send as without files.
             sealing.set(Some(0));
-            let (rt, dispatch, sealing, open) =
-                (rt.clone(), dispatch.clone(), sealing.clone(), open.clone());
+            let (rt, dispatch, sealing, open, draft_id) = (
+                rt.clone(),
+                dispatch.clone(),
+                sealing.clone(),
+                open.clone(),
+                draft_id.clone(),
+            );
             wasm_bindgen_futures::spawn_local(async move {
                 let progress = {
                     let (sealing, open) = (sealing.clone(), open.clone());
@@ -1051,7 +1100,7 @@ fn compose_form(props: &ComposeProps) -> Html {
                 match seal_all(&handles, rt.inline_limit(), progress).await {
                     Ok(sealed) if open.get() => {
                         draft.attachments = sealed.refs.clone();
-                        if send_draft(&rt, &dispatch, draft) {
+                        if send_draft(&rt, &dispatch, draft, &draft_id) {
                             sealed.into_refs();
                         } else {
                             sealing.set(None);
@@ -1070,15 +1119,30 @@ fn compose_form(props: &ComposeProps) -> Html {
             });
         })
     };
+    // Cancel discards the draft.
     let cancel = {
         let dispatch = props.dispatcher.0.clone();
+        let draft_id = props.draft_id.clone();
         Callback::from(move |_: MouseEvent| {
-            crate::draft::clear();
+            crate::draft::remove(&draft_id);
             dispatch.dispatch(Action::CancelCompose)
         })
     };
+    // While the form is open its draft is the one the page opens again after a reload; a
+    // form closed another way than Send or Cancel leaves its draft in the Drafts folder.
+    use_effect_with(props.draft_id.clone(), |id| {
+        crate::draft::set_open(Some(id));
+        let id = id.clone();
+        move || {
+            if crate::draft::open().is_some_and(|d| d.id == id) {
+                crate::draft::set_open(None);
+            }
+        }
+    });
     // Every change is kept as the draft (see `crate::draft`).
     let oninput = {
+        let draft_id = props.draft_id.clone();
+        let dispatch = props.dispatcher.0.clone();
         let refs = (
             to_ref.clone(),
             cc_ref.clone(),
@@ -1097,14 +1161,21 @@ fn compose_form(props: &ComposeProps) -> Html {
                 .cast::<HtmlTextAreaElement>()
                 .map(|t| t.value())
                 .unwrap_or_default();
-            crate::draft::save(&Prefill {
-                to: input(&refs.0),
-                cc: input(&refs.1),
-                subject: input(&refs.2),
-                body,
-                in_reply_to: in_reply_to.clone(),
-                ..Prefill::default()
-            });
+            let counted = crate::draft::save(
+                &draft_id,
+                &Prefill {
+                    to: input(&refs.0),
+                    cc: input(&refs.1),
+                    subject: input(&refs.2),
+                    body,
+                    in_reply_to: in_reply_to.clone(),
+                    ..Prefill::default()
+                },
+            );
+            // The Drafts folder's count changed.
+            if counted {
+                dispatch.dispatch(Action::Refresh);
+            }
         })
     };
     let p = &props.prefill;

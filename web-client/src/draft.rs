@@ -1,39 +1,132 @@
-//! The Compose form's draft, kept in the browser's `localStorage` as it is written, so
-//! that a reload or a closed tab does not lose it: the page opens with it in the Compose
-//! form, and Compose opens with it. It goes once the mail is sent or the person discards
-//! it (Cancel). One draft per browser (an origin holds one account); picked files are not
-//! kept (a page cannot reopen a file it was given).
+//! Drafts: mails being written, kept in the browser's `localStorage` as they are written,
+//! so that a reload, a closed tab or another mail started meanwhile loses none of them.
+//!
+//! Each Compose form writes its own draft (by id) on every input. The Drafts folder lists
+//! them, newest first, and opens one in the Compose form again. A draft goes once its mail
+//! is sent or the person discards it (Cancel); a form left any other way (another folder,
+//! a mail opened, a reload) keeps it. The draft of the form that was open when the page
+//! went away opens again with the page. Picked files are not kept (a page cannot reopen a
+//! file it was given).
+
+use serde::{Deserialize, Serialize};
 
 use crate::state::Prefill;
+use crate::util::{now, random_hex};
 
-const KEY: &str = "peermail-draft";
+/// The drafts, as JSON: `[Kept]`.
+const LIST_KEY: &str = "peermail-drafts";
+/// The id of the draft whose form is open (the page opens it again).
+const OPEN_KEY: &str = "peermail-draft-open";
+/// The one draft of builds before the Drafts folder (a `Prefill`); moved into the list.
+const OLD_KEY: &str = "peermail-draft";
+
+/// A kept draft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    pub id: String,
+    /// When it was last written (ms since the epoch).
+    pub saved_at: u64,
+    pub prefill: Prefill,
+}
 
 fn storage() -> Option<web_sys::Storage> {
     web_sys::window()?.local_storage().ok()?
 }
 
-/// Keeps `p` as the draft (a form with nothing typed keeps none).
-pub fn save(p: &Prefill) {
-    let Some(s) = storage() else { return };
-    let empty = [&p.to, &p.cc, &p.subject, &p.body]
+/// An id for a new draft.
+pub fn new_id() -> String {
+    random_hex(8)
+}
+
+/// Whether `p` holds nothing typed (such a form keeps no draft).
+fn is_empty(p: &Prefill) -> bool {
+    [&p.to, &p.cc, &p.subject, &p.body]
         .iter()
-        .all(|f| f.trim().is_empty());
-    if empty {
-        let _ = s.remove_item(KEY);
-    } else if let Ok(json) = serde_json::to_string(p) {
-        let _ = s.set_item(KEY, &json);
+        .all(|f| f.trim().is_empty())
+}
+
+/// Every draft, newest first.
+pub fn list() -> Vec<Kept> {
+    let Some(s) = storage() else {
+        return Vec::new();
+    };
+    let mut drafts: Vec<Kept> = s
+        .get_item(LIST_KEY)
+        .ok()
+        .flatten()
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default();
+    // The one draft an older build kept joins the list, as the draft of the open form
+    // (the older build opened it with the page).
+    if let Some(old) = s.get_item(OLD_KEY).ok().flatten() {
+        if let Ok(prefill) = serde_json::from_str::<Prefill>(&old) {
+            if !is_empty(&prefill) {
+                let id = new_id();
+                drafts.push(Kept {
+                    id: id.clone(),
+                    saved_at: now(),
+                    prefill,
+                });
+                write(&s, &drafts);
+                let _ = s.set_item(OPEN_KEY, &id);
+            }
+        }
+        let _ = s.remove_item(OLD_KEY);
+    }
+    drafts.sort_by(|a, b| b.saved_at.cmp(&a.saved_at).then(a.id.cmp(&b.id)));
+    drafts
+}
+
+fn write(s: &web_sys::Storage, drafts: &[Kept]) {
+    if drafts.is_empty() {
+        let _ = s.remove_item(LIST_KEY);
+    } else if let Ok(json) = serde_json::to_string(drafts) {
+        let _ = s.set_item(LIST_KEY, &json);
     }
 }
 
-/// The draft kept, if any.
-pub fn load() -> Option<Prefill> {
-    let json = storage()?.get_item(KEY).ok()??;
-    serde_json::from_str(&json).ok()
+/// Keeps `p` as draft `id` (a form with nothing typed keeps none). Whether that added a
+/// draft to the list or took one out of it (the Drafts folder's count changed).
+pub fn save(id: &str, p: &Prefill) -> bool {
+    let Some(s) = storage() else { return false };
+    let mut drafts = list();
+    let before = drafts.len();
+    drafts.retain(|d| d.id != id);
+    let was_kept = drafts.len() != before;
+    if !is_empty(p) {
+        drafts.push(Kept {
+            id: id.to_string(),
+            saved_at: now(),
+            prefill: p.clone(),
+        });
+    }
+    write(&s, &drafts);
+    was_kept == is_empty(p)
 }
 
-/// Drops the draft (sent or discarded).
-pub fn clear() {
-    if let Some(s) = storage() {
-        let _ = s.remove_item(KEY);
+/// Drops draft `id` (sent or discarded).
+pub fn remove(id: &str) {
+    let Some(s) = storage() else { return };
+    let mut drafts = list();
+    drafts.retain(|d| d.id != id);
+    write(&s, &drafts);
+    if s.get_item(OPEN_KEY).ok().flatten().as_deref() == Some(id) {
+        let _ = s.remove_item(OPEN_KEY);
     }
+}
+
+/// Marks draft `id` as the open form's (`None`: no form is open).
+pub fn set_open(id: Option<&str>) {
+    let Some(s) = storage() else { return };
+    let _ = match id {
+        Some(id) => s.set_item(OPEN_KEY, id),
+        None => s.remove_item(OPEN_KEY),
+    };
+}
+
+/// The draft of the form that was open when the page went away, if it holds anything.
+pub fn open() -> Option<Kept> {
+    let drafts = list();
+    let id = storage()?.get_item(OPEN_KEY).ok()??;
+    drafts.into_iter().find(|d| d.id == id)
 }

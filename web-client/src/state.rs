@@ -35,12 +35,14 @@ pub struct Forwarded {
 impl Eq for Forwarded {}
 use yew::Reducible;
 
-/// The three folders of the sidebar.
+/// The folders of the sidebar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Folder {
     Inbox,
     Outbox,
     Sent,
+    /// Mails being written ([`crate::draft`]), not mail of the node.
+    Drafts,
 }
 
 impl Folder {
@@ -50,6 +52,7 @@ impl Folder {
             Folder::Inbox => "inbox",
             Folder::Outbox => "outbox",
             Folder::Sent => "sent",
+            Folder::Drafts => "drafts",
         }
     }
     pub fn title(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Folder {
             Folder::Inbox => "Inbox",
             Folder::Outbox => "Outbox",
             Folder::Sent => "Sent",
+            Folder::Drafts => "Drafts",
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct State {
     pub composing: bool,
     /// What the open Compose form started with.
     pub prefill: Prefill,
+    /// The draft the open Compose form writes ([`crate::draft`]).
+    pub draft_id: String,
     /// Why the last Send was refused (`#compose-error`).
     pub compose_error: Option<String>,
     /// Why the last contact could not be added.
@@ -94,6 +100,7 @@ impl Default for State {
             selected: None,
             composing: false,
             prefill: Prefill::default(),
+            draft_id: String::new(),
             compose_error: None,
             contact_error: None,
             group_error: None,
@@ -110,9 +117,12 @@ pub enum Action {
     Refresh,
     OpenFolder(Folder),
     Select(MessageId),
+    /// Open an empty Compose form (a new draft).
     Compose,
-    /// Open the Compose form filled in (a reply).
+    /// Open the Compose form filled in (a reply or a forward: a new draft).
     ComposeWith(Prefill),
+    /// Open a kept draft in the Compose form.
+    OpenDraft(crate::draft::Kept),
     CancelCompose,
     ComposeFailed(String),
     /// A mail was sent: close the form and show it in `folder`.
@@ -157,12 +167,20 @@ impl Reducible for State {
             Action::Compose => {
                 s.composing = true;
                 s.prefill = Prefill::default();
+                s.draft_id = crate::draft::new_id();
                 s.compose_error = None;
             }
             Action::ComposeWith(p) => {
                 s.forwarding = false;
                 s.composing = true;
                 s.prefill = p;
+                s.draft_id = crate::draft::new_id();
+                s.compose_error = None;
+            }
+            Action::OpenDraft(kept) => {
+                s.composing = true;
+                s.prefill = kept.prefill;
+                s.draft_id = kept.id;
                 s.compose_error = None;
             }
             Action::CancelCompose => {

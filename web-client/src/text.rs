@@ -328,8 +328,7 @@ pub fn duration_words(ms: u64) -> String {
 /// appears in its subject, body, sender, recipients or attachment names. An empty query
 /// matches every mail.
 pub fn mail_matches(mail: &peermail_core::Mail, query: &str) -> bool {
-    let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
-    if words.is_empty() {
+    if query.trim().is_empty() {
         return true;
     }
     let mut text = format!("{}\n{}\n{}", mail.subject, mail.body, mail.from);
@@ -341,8 +340,21 @@ pub fn mail_matches(mail: &peermail_core::Mail, query: &str) -> bool {
         text.push('\n');
         text.push_str(&a.name);
     }
+    words_in(&text, query)
+}
+
+/// Whether a draft matches a search of the Drafts folder: every word of `query` (any
+/// case) appears in its To, Cc, subject or text.
+pub fn draft_matches(to: &str, cc: &str, subject: &str, body: &str, query: &str) -> bool {
+    words_in(&format!("{to}\n{cc}\n{subject}\n{body}"), query)
+}
+
+/// Whether every word of `query` appears in `text`, in any case (an empty query: yes).
+fn words_in(text: &str, query: &str) -> bool {
     let text = text.to_lowercase();
-    words.iter().all(|w| text.contains(w.as_str()))
+    query
+        .split_whitespace()
+        .all(|w| text.contains(w.to_lowercase().as_str()))
 }
 
 /// The subject of a forward: `Fwd: ` before the original's, unless it starts so already.

@@ -465,3 +465,72 @@ fn forwarding_mail() {
         Some("a.pdf, b.bin and c.png are not in this browser yet, so they are not attached.")
     );
 }
+
+/// Drafts (`draft.rs`, in this page's `localStorage`): an older build's one draft joins the
+/// list as the open form's; each form keeps its own draft, listed newest first; `save`
+/// says when the list grew or shrank; an emptied form keeps none; `remove` drops one.
+#[wasm_bindgen_test]
+fn drafts_are_kept_each_on_its_own_and_an_older_builds_draft_joins_them() {
+    use peermail_web_client::draft;
+    use peermail_web_client::state::Prefill;
+    let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
+    storage.clear().unwrap();
+    let prefill = |subject: &str| Prefill {
+        to: "bob@localhost".into(),
+        subject: subject.into(),
+        body: format!("text of {subject}"),
+        ..Prefill::default()
+    };
+    // Saved times are milliseconds: each save below comes a millisecond after the last.
+    let next_ms = || {
+        let t = js_sys::Date::now();
+        while js_sys::Date::now() == t {}
+    };
+    storage
+        .set_item(
+            "peermail-draft",
+            &serde_json::to_string(&prefill("Older")).unwrap(),
+        )
+        .unwrap();
+    let older = draft::open().expect("the older build's draft opens with the page");
+    assert_eq!(older.prefill, prefill("Older"));
+    assert_eq!(storage.get_item("peermail-draft").unwrap(), None);
+    assert_eq!(draft::list(), vec![older.clone()]);
+
+    next_ms();
+    assert!(draft::save("one", &prefill("One")), "a new draft is listed");
+    next_ms();
+    assert!(draft::save("two", &prefill("Two")));
+    next_ms();
+    assert!(!draft::save("one", &prefill("One, again")), "written again");
+    let subjects = || -> Vec<String> {
+        draft::list()
+            .into_iter()
+            .map(|d| d.prefill.subject)
+            .collect()
+    };
+    assert_eq!(subjects(), ["One, again", "Two", "Older"]);
+    // The open form's draft.
+    draft::set_open(Some("two"));
+    assert_eq!(draft::open().map(|d| d.prefill), Some(prefill("Two")));
+    // Emptied, a form keeps no draft; removed, a draft is gone, and no longer open.
+    assert!(
+        draft::save("one", &Prefill::default()),
+        "an emptied draft goes"
+    );
+    draft::remove("two");
+    assert_eq!(subjects(), ["Older"]);
+    assert_eq!(draft::open(), None);
+    draft::remove(&older.id);
+    assert_eq!(draft::list(), vec![]);
+    assert_eq!(storage.get_item("peermail-drafts").unwrap(), None);
+
+    // The Drafts folder's search: every word, any case, in To, Cc, subject or text.
+    use peermail_web_client::text::draft_matches;
+    let d = ("bob@localhost", "carol@localhost", "Plans", "for Friday");
+    let matches = |q: &str| draft_matches(d.0, d.1, d.2, d.3, q);
+    assert!(matches(""));
+    assert!(matches("friday PLANS"));
+    assert!(matches("carol"));
+    assert!(!matches("plans monday"));
+}

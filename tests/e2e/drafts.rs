@@ -129,6 +129,10 @@ pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     wait_drafts(alice, &["Draft two", "Draft one"], "2").await?;
     open_draft(alice, "Draft one").await?;
     wait_form(alice, &bob_addr, "Draft one", "the first").await?;
+    // Written on, and its row clicked again: the form keeps what was typed.
+    alice.type_into("#compose-body", ", and more").await?;
+    open_draft(alice, "Draft one").await?;
+    wait_form(alice, &bob_addr, "Draft one", "the first, and more").await?;
     // Cancel discards only the draft open.
     alice.click("#compose-cancel").await?;
     alice.wait_gone("#compose-subject").await?;

@@ -557,6 +557,33 @@ impl Browser {
         body: &str,
         files: &[&Path],
     ) -> Result<()> {
+        self.fill_compose(to, cc, subject, body, files).await?;
+        self.click("#compose-send").await?;
+        self.wait_until("the Compose form to close after Send", || async move {
+            let err = self.texts("#compose-error").await?;
+            if let Some(e) = err.iter().find(|e| !e.is_empty()) {
+                return Ok(Err(format!("#compose-error says {e:?}")));
+            }
+            Ok(if self.texts("#compose-to").await?.is_empty() {
+                Ok(())
+            } else {
+                Err("form still open".into())
+            })
+        })
+        .await
+        .with_context(|| format!("{} sending {subject:?}", self.name))
+    }
+
+    /// Opens a new Compose form and fills it in, attaching `files` with the file picker
+    /// (waiting until each is listed); does not send it.
+    pub async fn fill_compose(
+        &self,
+        to: &str,
+        cc: &str,
+        subject: &str,
+        body: &str,
+        files: &[&Path],
+    ) -> Result<()> {
         self.click("#compose-button").await?;
         self.wait_for("#compose-to").await?;
         self.type_into("#compose-to", to).await?;
@@ -585,20 +612,7 @@ impl Browser {
             })
             .await?;
         }
-        self.click("#compose-send").await?;
-        self.wait_until("the Compose form to close after Send", || async move {
-            let err = self.texts("#compose-error").await?;
-            if let Some(e) = err.iter().find(|e| !e.is_empty()) {
-                return Ok(Err(format!("#compose-error says {e:?}")));
-            }
-            Ok(if self.texts("#compose-to").await?.is_empty() {
-                Ok(())
-            } else {
-                Err("form still open".into())
-            })
-        })
-        .await
-        .with_context(|| format!("{} sending {subject:?}", self.name))
+        Ok(())
     }
 
     /// The attachments the reading pane lists.
@@ -878,7 +892,7 @@ pub fn renderer_rss(profile: &Path) -> Result<u64> {
         procs.values().any(|p| p.ours),
         "no Chromium with {profile} is running"
     );
-    let mut total = 0;
+    let (mut total, mut counted) = (0, 0);
     for (&pid, p) in procs.iter().filter(|(_, p)| p.renderer) {
         let mut at = p.ppid;
         let mut ours = false;
@@ -904,7 +918,12 @@ pub fn renderer_rss(profile: &Path) -> Result<u64> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
         total += kib * 1024;
+        counted += 1;
     }
+    ensure!(
+        counted > 0,
+        "no renderer of the Chromium with {profile} was found"
+    );
     Ok(total)
 }
 

@@ -25,14 +25,17 @@ use crate::util::{full_date, log, page_hostname, short_date};
 pub fn app() -> Html {
     let rt: Rc<Rc<Runtime>> = use_memo((), |_| Runtime::new());
     // The draft whose form was open when the page went away opens again.
-    let state = use_reducer(|| match crate::draft::open() {
-        Some(kept) => State {
-            composing: true,
-            prefill: kept.prefill,
-            draft_id: kept.id,
-            ..State::default()
-        },
-        None => State::default(),
+    let state = use_reducer(|| {
+        crate::draft::recover();
+        match crate::draft::open() {
+            Some(kept) => State {
+                composing: true,
+                prefill: kept.prefill,
+                draft_id: kept.id,
+                ..State::default()
+            },
+            None => State::default(),
+        }
     });
     {
         let rt = (*rt).clone();
@@ -208,7 +211,7 @@ fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Ht
         (Folder::Inbox, count(unread)),
         (Folder::Outbox, count(pending)),
         (Folder::Sent, String::new()),
-        (Folder::Drafts, count(crate::draft::list().len())),
+        (Folder::Drafts, count(crate::draft::shown().len())),
     ];
     let compose = {
         let state = state.clone();
@@ -517,7 +520,7 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                 }
             })
             .collect(),
-        Folder::Drafts => crate::draft::list()
+        Folder::Drafts => crate::draft::shown()
             .into_iter()
             .filter(|d| {
                 let p = &d.prefill;
@@ -531,9 +534,13 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                     .join(", ");
                 let first_line = d.prefill.body.trim().lines().next().unwrap_or_default().to_string();
                 let id = d.id.clone();
+                // The draft as kept now (this row may have been drawn before its last input).
                 let onclick = {
                     let (state, d) = (state.clone(), d.clone());
-                    Callback::from(move |_: MouseEvent| state.dispatch(Action::OpenDraft(d.clone())))
+                    Callback::from(move |_: MouseEvent| {
+                        let kept = crate::draft::get(&d.id).unwrap_or_else(|| d.clone());
+                        state.dispatch(Action::OpenDraft(kept))
+                    })
                 };
                 let open = (state.composing && state.draft_id == id).then_some("selected");
                 html! {
@@ -1010,8 +1017,11 @@ fn compose_form(props: &ComposeProps) -> Html {
     }
     // Percent of the attachments encrypted, while sealing them for a Send.
     let sealing = use_state(|| None::<u8>);
-    // Cleared when the form closes: a sealing in progress then stops and sends nothing.
+    // Cleared when the form closes: a sealing in progress then no longer shows in it (and
+    // its mail is sent all the same).
     let open = use_memo((), |_| Rc::new(Cell::new(true)));
+    // Set by Cancel: a sealing in progress stops and nothing is sent.
+    let cancelled = use_memo((), |_| Rc::new(Cell::new(false)));
     {
         let open = (*open).clone();
         use_effect_with((), move |_| move || open.set(false));
@@ -1030,6 +1040,7 @@ fn compose_form(props: &ComposeProps) -> Html {
         let files = files.clone();
         let sealing = sealing.clone();
         let open = (*open).clone();
+        let cancelled = (*cancelled).clone();
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
             if sealing.is_some() {
@@ -1075,18 +1086,36 @@ fn compose_form(props: &ComposeProps) -> Html {
                 send_draft(&rt, &dispatch, draft, &draft_id);
                 return;
             }
-            // Seal the files into the chunk store first, then send as without files.
+            // Seal the files into the chunk store first, then send as without files. That
+            // goes on if the person leaves the form meanwhile (only Cancel stops it), so the
+            // draft leaves Drafts now (it could be sent twice from there) and comes back if
+            // the mail cannot be sent, or if the page goes away first.
             sealing.set(Some(0));
-            let (rt, dispatch, sealing, open, draft_id) = (
+            crate::draft::save(
+                &draft_id,
+                &Prefill {
+                    to: value(&to_ref),
+                    cc: value(&cc_ref),
+                    subject: draft.subject.clone(),
+                    body: draft.body.clone(),
+                    in_reply_to: draft.in_reply_to.clone(),
+                    ..Prefill::default()
+                },
+            );
+            crate::draft::set_sending(&draft_id, true);
+            dispatch.dispatch(Action::Refresh);
+            let (rt, dispatch, sealing, open, cancelled, draft_id) = (
                 rt.clone(),
                 dispatch.clone(),
                 sealing.clone(),
                 open.clone(),
+                cancelled.clone(),
                 draft_id.clone(),
             );
             wasm_bindgen_futures::spawn_local(async move {
                 let progress = {
-                    let (sealing, open) = (sealing.clone(), open.clone());
+                    let (sealing, open, cancelled) =
+                        (sealing.clone(), open.clone(), cancelled.clone());
                     let mut shown = 0;
                     move |done: u64, total: u64| {
                         let pct = (done * 100).checked_div(total).unwrap_or(100) as u8;
@@ -1094,27 +1123,61 @@ fn compose_form(props: &ComposeProps) -> Html {
                             shown = pct;
                             sealing.set(Some(pct));
                         }
-                        open.get()
+                        !cancelled.get()
                     }
                 };
-                match seal_all(&handles, rt.inline_limit(), progress).await {
+                let subject = draft.subject.clone();
+                let failed = match seal_all(&handles, rt.inline_limit(), progress).await {
+                    // Cancelled meanwhile: nothing is sent.
+                    Ok(sealed) if cancelled.get() => {
+                        sealed.discard().await;
+                        return;
+                    }
                     Ok(sealed) if open.get() => {
                         draft.attachments = sealed.refs.clone();
                         if send_draft(&rt, &dispatch, draft, &draft_id) {
                             sealed.into_refs();
+                            return;
+                        }
+                        sealing.set(None);
+                        sealed.discard().await;
+                        None
+                    }
+                    // The form was left meanwhile: sent all the same.
+                    Ok(sealed) => {
+                        draft.attachments = sealed.refs.clone();
+                        match rt.send(draft) {
+                            Ok(_) => {
+                                crate::draft::remove(&draft_id);
+                                sealed.into_refs();
+                                return;
+                            }
+                            Err(e) => {
+                                sealed.discard().await;
+                                Some(e)
+                            }
+                        }
+                    }
+                    Err(_) if cancelled.get() => return,
+                    Err(e) if open.get() => {
+                        sealing.set(None);
+                        dispatch.dispatch(Action::ComposeFailed(e));
+                        None
+                    }
+                    Err(e) => Some(e),
+                };
+                // Not sent: the draft is back in Drafts (its text; files are not kept).
+                crate::draft::set_sending(&draft_id, false);
+                dispatch.dispatch(Action::Refresh);
+                if let Some(e) = failed {
+                    rt.tell(format!(
+                        "“{}” was not sent: {e}. It is in Drafts.",
+                        if subject.is_empty() {
+                            "(no subject)"
                         } else {
-                            sealing.set(None);
-                            sealed.discard().await;
+                            &subject
                         }
-                    }
-                    // The form was closed meanwhile: nothing is sent.
-                    Ok(sealed) => sealed.discard().await,
-                    Err(e) => {
-                        if open.get() {
-                            sealing.set(None);
-                            dispatch.dispatch(Action::ComposeFailed(e));
-                        }
-                    }
+                    ));
                 }
             });
         })
@@ -1123,7 +1186,9 @@ fn compose_form(props: &ComposeProps) -> Html {
     let cancel = {
         let dispatch = props.dispatcher.0.clone();
         let draft_id = props.draft_id.clone();
+        let cancelled = (*cancelled).clone();
         Callback::from(move |_: MouseEvent| {
+            cancelled.set(true);
             crate::draft::remove(&draft_id);
             dispatch.dispatch(Action::CancelCompose)
         })
@@ -1150,7 +1215,12 @@ fn compose_form(props: &ComposeProps) -> Html {
             body_ref.clone(),
         );
         let in_reply_to = props.prefill.in_reply_to.clone();
+        let sealing = sealing.clone();
         Callback::from(move |_: InputEvent| {
+            // Its mail is being sent: the draft stays as it was sent (see `onsubmit`).
+            if sealing.is_some() {
+                return;
+            }
             let input = |r: &NodeRef| {
                 r.cast::<HtmlInputElement>()
                     .map(|i| i.value())

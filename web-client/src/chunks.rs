@@ -180,16 +180,7 @@ impl Segment {
             }
         }
         let size = f64::from(*offsets.last().expect("offsets start with 0"));
-        // The new bytes go to the Blob constructor (which copies them) as views of this
-        // module's memory, not as copies on the JS heap. Nothing is allocated between
-        // making the views and the Blob; if the memory grew anyway, the views would be
-        // empty and the Blob short: that is checked, and the Blob made again from copies.
-        let blob = blob_of(&plan, true)?;
-        let blob = if blob.size() == size {
-            blob
-        } else {
-            blob_of(&plan, false)?
-        };
+        let blob = blob_of_checked(&plan, size)?;
         Ok(Segment {
             indices,
             offsets,
@@ -205,15 +196,22 @@ enum Part<'a> {
     Slice(&'a Blob, f64, f64),
 }
 
-/// A Blob holding a copy of `bytes`: they go to the Blob constructor as a view of wasm
-/// memory, or, if that Blob came out short (the memory grew in between), as a copy.
+/// A Blob holding a copy of `bytes` (see [`blob_of_checked`]).
 pub(crate) fn blob_of_bytes(bytes: &[u8]) -> Result<Blob, String> {
-    let plan = [Part::New(bytes)];
-    let blob = blob_of(&plan, true)?;
-    if blob.size() == bytes.len() as f64 {
+    blob_of_checked(&[Part::New(bytes)], bytes.len() as f64)
+}
+
+/// A Blob of `plan`'s parts, `size` bytes in all. The new bytes go to the Blob constructor
+/// (which copies them) as views of this module's memory, not as copies on the JS heap.
+/// Nothing is allocated between making the views and the Blob; if the memory grew anyway,
+/// the views would be empty and the Blob short: that is checked, and the Blob made again
+/// from copies.
+fn blob_of_checked(plan: &[Part<'_>], size: f64) -> Result<Blob, String> {
+    let blob = blob_of(plan, true)?;
+    if blob.size() == size {
         Ok(blob)
     } else {
-        blob_of(&plan, false)
+        blob_of(plan, false)
     }
 }
 
@@ -228,7 +226,7 @@ fn blob_of(plan: &[Part<'_>], views: bool) -> Result<Blob, String> {
     for (k, part) in plan.iter().enumerate() {
         let value: JsValue = match part {
             // Read only by the Blob constructor below, which copies it; nothing is
-            // allocated in between (see `Segment::merged`).
+            // allocated in between (see `blob_of_checked`).
             Part::New(data) => match &memory {
                 Some(buffer) => Uint8Array::new_with_byte_offset_and_length(
                     buffer,

@@ -19,6 +19,8 @@ const LIST_KEY: &str = "peermail-drafts";
 const OPEN_KEY: &str = "peermail-draft-open";
 /// The one draft of builds before the Drafts folder (a `Prefill`); moved into the list.
 const OLD_KEY: &str = "peermail-draft";
+/// Where a list this build cannot read is put aside (once) before a new one is written.
+const UNREADABLE_KEY: &str = "peermail-drafts-unreadable";
 
 /// A kept draft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +29,10 @@ pub struct Kept {
     /// When it was last written (ms since the epoch).
     pub saved_at: u64,
     pub prefill: Prefill,
+    /// Its mail is being sent (its files encrypted first): not listed in Drafts, and back
+    /// there if it cannot be sent, or when the page starts again ([`recover`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sending: bool,
 }
 
 fn storage() -> Option<web_sys::Storage> {
@@ -50,12 +56,18 @@ pub fn list() -> Vec<Kept> {
     let Some(s) = storage() else {
         return Vec::new();
     };
-    let mut drafts: Vec<Kept> = s
-        .get_item(LIST_KEY)
-        .ok()
-        .flatten()
-        .and_then(|json| serde_json::from_str(&json).ok())
-        .unwrap_or_default();
+    let mut drafts: Vec<Kept> = match s.get_item(LIST_KEY).ok().flatten() {
+        None => Vec::new(),
+        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+            // Kept, not overwritten by the next draft written (a build that can read it
+            // may come).
+            crate::util::log(&format!("the kept drafts could not be read: {e}"));
+            if s.get_item(UNREADABLE_KEY).ok().flatten().is_none() {
+                let _ = s.set_item(UNREADABLE_KEY, &json);
+            }
+            Vec::new()
+        }),
+    };
     // The one draft an older build kept joins the list, as the draft of the open form
     // (the older build opened it with the page).
     if let Some(old) = s.get_item(OLD_KEY).ok().flatten() {
@@ -66,6 +78,7 @@ pub fn list() -> Vec<Kept> {
                     id: id.clone(),
                     saved_at: now(),
                     prefill,
+                    sending: false,
                 });
                 write(&s, &drafts);
                 let _ = s.set_item(OPEN_KEY, &id);
@@ -85,6 +98,11 @@ fn write(s: &web_sys::Storage, drafts: &[Kept]) {
     }
 }
 
+/// Draft `id`, as kept now.
+pub fn get(id: &str) -> Option<Kept> {
+    list().into_iter().find(|d| d.id == id)
+}
+
 /// Keeps `p` as draft `id` (a form with nothing typed keeps none). Whether that added a
 /// draft to the list or took one out of it (the Drafts folder's count changed).
 pub fn save(id: &str, p: &Prefill) -> bool {
@@ -98,10 +116,37 @@ pub fn save(id: &str, p: &Prefill) -> bool {
             id: id.to_string(),
             saved_at: now(),
             prefill: p.clone(),
+            sending: false,
         });
     }
     write(&s, &drafts);
     was_kept == is_empty(p)
+}
+
+/// The drafts the Drafts folder shows: all but those being sent, newest first.
+pub fn shown() -> Vec<Kept> {
+    list().into_iter().filter(|d| !d.sending).collect()
+}
+
+/// Marks draft `id` as being sent, or (`false`) as not sent after all.
+pub fn set_sending(id: &str, sending: bool) {
+    let Some(s) = storage() else { return };
+    let mut drafts = list();
+    if let Some(d) = drafts.iter_mut().find(|d| d.id == id) {
+        d.sending = sending;
+        write(&s, &drafts);
+    }
+}
+
+/// Puts back into Drafts those whose sending the page did not finish (it went away while
+/// their files were encrypted). Called as the page starts.
+pub fn recover() {
+    let Some(s) = storage() else { return };
+    let mut drafts = list();
+    if drafts.iter().any(|d| d.sending) {
+        drafts.iter_mut().for_each(|d| d.sending = false);
+        write(&s, &drafts);
+    }
 }
 
 /// Drops draft `id` (sent or discarded).
@@ -126,6 +171,7 @@ pub fn set_open(id: Option<&str>) {
 
 /// The draft of the form that was open when the page went away, if it holds anything.
 pub fn open() -> Option<Kept> {
+    // Read first: it may move an older build's draft in and mark it open.
     let drafts = list();
     let id = storage()?.get_item(OPEN_KEY).ok()??;
     drafts.into_iter().find(|d| d.id == id)

@@ -403,6 +403,12 @@ impl Runtime {
         *self.notice.borrow_mut() = Some(text.into());
     }
 
+    /// Shows `text` in the notice bar (`#notice`) until dismissed.
+    pub fn tell(&self, text: impl Into<String>) {
+        self.set_notice(text);
+        self.changed();
+    }
+
     // ----- what the UI asks for -----
 
     /// Starts creating the account `name@<relay domain>`.
@@ -564,16 +570,20 @@ impl Runtime {
     /// size; the file's Blob is made of those parts.
     pub async fn attachment_blob(&self, att: &AttachmentRef) -> Result<web_sys::Blob, String> {
         let parts = js_sys::Array::new();
-        let mut part: Vec<u8> = Vec::with_capacity(BLOB_PART.min(att.size as usize));
+        // A part ends with the chunk that takes it to BLOB_PART or beyond.
+        let capacity = BLOB_PART + peermail_core::attach::CHUNK_BYTES;
+        let mut part: Vec<u8> = Vec::with_capacity(capacity.min(att.size as usize));
         let mut failed = None;
         self.decrypt_stored(att, |plain| {
             part.extend_from_slice(plain);
-            if part.len() >= BLOB_PART && failed.is_none() {
-                match crate::chunks::blob_of_bytes(&part) {
-                    Ok(blob) => {
-                        parts.push(&blob);
+            if part.len() >= BLOB_PART {
+                if failed.is_none() {
+                    match crate::chunks::blob_of_bytes(&part) {
+                        Ok(blob) => {
+                            parts.push(&blob);
+                        }
+                        Err(e) => failed = Some(e),
                     }
-                    Err(e) => failed = Some(e),
                 }
                 part.clear();
             }

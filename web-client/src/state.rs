@@ -177,6 +177,8 @@ impl Reducible for State {
                 s.draft_id = crate::draft::new_id();
                 s.compose_error = None;
             }
+            // The draft open already: its form holds more than any copy of it a row had.
+            Action::OpenDraft(kept) if s.composing && kept.id == s.draft_id => {}
             Action::OpenDraft(kept) => {
                 s.composing = true;
                 s.prefill = kept.prefill;

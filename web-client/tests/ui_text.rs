@@ -468,7 +468,8 @@ fn forwarding_mail() {
 
 /// Drafts (`draft.rs`, in this page's `localStorage`): an older build's one draft joins the
 /// list as the open form's; each form keeps its own draft, listed newest first; `save`
-/// says when the list grew or shrank; an emptied form keeps none; `remove` drops one.
+/// says when the list grew or shrank; one being sent is not shown; an emptied form keeps
+/// none; `remove` drops one.
 #[wasm_bindgen_test]
 fn drafts_are_kept_each_on_its_own_and_an_older_builds_draft_joins_them() {
     use peermail_web_client::draft;
@@ -510,6 +511,22 @@ fn drafts_are_kept_each_on_its_own_and_an_older_builds_draft_joins_them() {
             .collect()
     };
     assert_eq!(subjects(), ["One, again", "Two", "Older"]);
+    // A draft whose mail is being sent is not shown in Drafts; not sent after all, or
+    // found so as the page starts again, it is.
+    let shown = || -> Vec<String> {
+        draft::shown()
+            .into_iter()
+            .map(|d| d.prefill.subject)
+            .collect()
+    };
+    draft::set_sending("two", true);
+    assert_eq!(shown(), ["One, again", "Older"]);
+    assert_eq!(subjects(), ["One, again", "Two", "Older"]);
+    draft::set_sending("two", false);
+    assert_eq!(shown(), ["One, again", "Two", "Older"]);
+    draft::set_sending("two", true);
+    draft::recover();
+    assert_eq!(shown(), ["One, again", "Two", "Older"]);
     // The open form's draft.
     draft::set_open(Some("two"));
     assert_eq!(draft::open().map(|d| d.prefill), Some(prefill("Two")));

@@ -132,6 +132,8 @@ pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     // Written on, and its row clicked again: the form keeps what was typed.
     alice.type_into("#compose-body", ", and more").await?;
     open_draft(alice, "Draft one").await?;
+    // A reset would come with the click's rendering, well within this.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     wait_form(alice, &bob_addr, "Draft one", "the first, and more").await?;
     // Cancel discards only the draft open.
     alice.click("#compose-cancel").await?;

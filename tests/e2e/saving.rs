@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use peermail_e2e::browser::renderer_rss;
+use peermail_e2e::Browser;
 
 use super::{noise, same_file, test_file, World};
 
@@ -37,6 +38,19 @@ pub(crate) async fn a_large_file_is_saved_without_holding_it_in_the_page(
     result
 }
 
+/// Opens Drafts and checks that it lists no draft.
+async fn no_drafts(b: &Browser) -> Result<()> {
+    b.open_folder("drafts").await?;
+    b.wait_for_text(".list-pane .pane-title", "Drafts").await?;
+    let drafts = b.texts("#message-list .draft-row").await?;
+    let count = b.folder_count("drafts").await?;
+    ensure!(
+        drafts.is_empty() && count.is_empty(),
+        "Drafts lists {drafts:?} (count {count:?})"
+    );
+    Ok(())
+}
+
 async fn save_a_large_file(w: &World, erin: &str) -> Result<()> {
     const NAME: &str = "archive.bin";
     const SUBJECT: &str = "The whole archive";
@@ -49,25 +63,25 @@ async fn save_a_large_file(w: &World, erin: &str) -> Result<()> {
     alice
         .fill_compose(erin, "", SUBJECT, "All of it.", &[&path])
         .await?;
+    let outbox = alice.folder_count("outbox").await?;
     alice.click("#compose-send").await?;
     alice.wait_for("#compose-progress").await?;
     alice.open_folder("inbox").await?;
     alice.wait_gone("#compose-subject").await?;
-    alice.open_folder("drafts").await?;
-    let drafts = alice.texts("#message-list .draft-row").await?;
+    // Left while the file is encrypted (the mail is not in the Outbox yet), and not in
+    // Drafts meanwhile.
+    let now = alice.folder_count("outbox").await?;
     ensure!(
-        drafts.is_empty(),
-        "while its file is encrypted, the mail is listed in Drafts: {drafts:?}"
+        now == outbox,
+        "the Outbox counted {now:?} mails as the form was left ({outbox:?} before): the file \
+         was encrypted already, so the form was not left while it was"
     );
+    no_drafts(alice).await?;
     alice
         .wait_recipient(&["outbox"], SUBJECT, erin, "cached")
         .await?;
     std::fs::remove_file(&path)?;
-    alice.open_folder("drafts").await?;
-    ensure!(
-        alice.texts("#message-list .draft-row").await?.is_empty(),
-        "the mail sent is still in Drafts"
-    );
+    no_drafts(alice).await?;
     alice
         .wait_recipient(&["outbox"], SUBJECT, erin, "cached")
         .await?;

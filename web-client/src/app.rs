@@ -25,17 +25,14 @@ use crate::util::{full_date, log, page_hostname, short_date};
 pub fn app() -> Html {
     let rt: Rc<Rc<Runtime>> = use_memo((), |_| Runtime::new());
     // The draft whose form was open when the page went away opens again.
-    let state = use_reducer(|| {
-        crate::draft::recover();
-        match crate::draft::open() {
-            Some(kept) => State {
-                composing: true,
-                prefill: kept.prefill,
-                draft_id: kept.id,
-                ..State::default()
-            },
-            None => State::default(),
-        }
+    let state = use_reducer(|| match crate::draft::open() {
+        Some(kept) => State {
+            composing: true,
+            prefill: kept.prefill,
+            draft_id: kept.id,
+            ..State::default()
+        },
+        None => State::default(),
     });
     {
         let rt = (*rt).clone();
@@ -1114,14 +1111,24 @@ fn compose_form(props: &ComposeProps) -> Html {
             );
             wasm_bindgen_futures::spawn_local(async move {
                 let progress = {
-                    let (sealing, open, cancelled) =
-                        (sealing.clone(), open.clone(), cancelled.clone());
-                    let mut shown = 0;
+                    let (sealing, open, cancelled, draft_id) = (
+                        sealing.clone(),
+                        open.clone(),
+                        cancelled.clone(),
+                        draft_id.clone(),
+                    );
+                    let (mut shown, mut marked) = (0, crate::util::now());
                     move |done: u64, total: u64| {
                         let pct = (done * 100).checked_div(total).unwrap_or(100) as u8;
                         if pct != shown && open.get() {
                             shown = pct;
                             sealing.set(Some(pct));
+                        }
+                        // Still being sent: kept out of Drafts (see `draft::Kept::sending_at`).
+                        let now = crate::util::now();
+                        if now.saturating_sub(marked) >= 1_000 && !cancelled.get() {
+                            marked = now;
+                            crate::draft::set_sending(&draft_id, true);
                         }
                         !cancelled.get()
                     }
@@ -1171,12 +1178,8 @@ fn compose_form(props: &ComposeProps) -> Html {
                 dispatch.dispatch(Action::Refresh);
                 if let Some(e) = failed {
                     rt.tell(format!(
-                        "“{}” was not sent: {e}. It is in Drafts.",
-                        if subject.is_empty() {
-                            "(no subject)"
-                        } else {
-                            &subject
-                        }
+                        "“{}” was not sent: {e}. Its text is in Drafts; attach its files again.",
+                        subject_or_placeholder(&subject)
                     ));
                 }
             });
@@ -1217,7 +1220,8 @@ fn compose_form(props: &ComposeProps) -> Html {
         let in_reply_to = props.prefill.in_reply_to.clone();
         let sealing = sealing.clone();
         Callback::from(move |_: InputEvent| {
-            // Its mail is being sent: the draft stays as it was sent (see `onsubmit`).
+            // Its mail is being sent (the fields are read-only meanwhile): the draft stays
+            // as it was sent (see `onsubmit`).
             if sealing.is_some() {
                 return;
             }
@@ -1264,12 +1268,12 @@ fn compose_form(props: &ComposeProps) -> Html {
                 ondragover={drop.ondragover} ondragleave={drop.ondragleave} ondrop={drop.ondrop}>
                 <h1>{ title }</h1>
                 <label class="row"><span class="label">{ "To" }</span>
-                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host or a group name" autocomplete="off" /></label>
+                    <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host or a group name" autocomplete="off" readonly={busy} /></label>
                 <label class="row"><span class="label">{ "Cc" }</span>
-                    <input id="compose-cc" ref={cc_ref} type="text" autocomplete="off" /></label>
+                    <input id="compose-cc" ref={cc_ref} type="text" autocomplete="off" readonly={busy} /></label>
                 <label class="row"><span class="label">{ "Subject" }</span>
-                    <input id="compose-subject" ref={subject_ref} type="text" /></label>
-                <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…"></textarea>
+                    <input id="compose-subject" ref={subject_ref} type="text" readonly={busy} /></label>
+                <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…" readonly={busy}></textarea>
                 <ComposeFiles files={files.clone()} disabled={busy} />
                 { for note.map(|n| html! { <div id="compose-note" class="note">{ n }</div> }) }
                 <div id="compose-error" class="error">{ props.error.clone().unwrap_or_default() }</div>

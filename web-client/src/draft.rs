@@ -5,7 +5,9 @@
 //! them, newest first, and opens one in the Compose form again. A draft goes once its mail
 //! is sent or the person discards it (Cancel); a form left any other way (another folder,
 //! a mail opened, a reload) keeps it. The draft of the form that was open when the page
-//! went away opens again with the page. Picked files are not kept (a page cannot reopen a
+//! went away opens again with the page. While a page sends a draft's mail (encrypting its
+//! files first, which goes on if the form is left), the draft is hidden from Drafts, and
+//! from another page opening (`sending_at`). Picked files are not kept (a page cannot reopen a
 //! file it was given).
 
 use serde::{Deserialize, Serialize};
@@ -29,10 +31,23 @@ pub struct Kept {
     /// When it was last written (ms since the epoch).
     pub saved_at: u64,
     pub prefill: Prefill,
-    /// Its mail is being sent (its files encrypted first): not listed in Drafts, and back
-    /// there if it cannot be sent, or when the page starts again ([`recover`]).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub sending: bool,
+    /// Its mail is being sent (its files encrypted first): when the page sending it last
+    /// said so (ms since the epoch; it does every second). Not shown in Drafts meanwhile;
+    /// back there if it cannot be sent, or once the page has not said so for
+    /// [`SENDING_STALE_MS`] (it went away, or its encryption stalled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending_at: Option<u64>,
+}
+
+/// How long a draft's `sending_at` hides it from Drafts after the page last renewed it.
+pub const SENDING_STALE_MS: u64 = 5_000;
+
+impl Kept {
+    /// Whether a page is sending its mail at `now`.
+    pub fn is_sending(&self, now: u64) -> bool {
+        self.sending_at
+            .is_some_and(|t| now.saturating_sub(t) < SENDING_STALE_MS)
+    }
 }
 
 fn storage() -> Option<web_sys::Storage> {
@@ -78,7 +93,7 @@ pub fn list() -> Vec<Kept> {
                     id: id.clone(),
                     saved_at: now(),
                     prefill,
-                    sending: false,
+                    sending_at: None,
                 });
                 write(&s, &drafts);
                 let _ = s.set_item(OPEN_KEY, &id);
@@ -116,35 +131,26 @@ pub fn save(id: &str, p: &Prefill) -> bool {
             id: id.to_string(),
             saved_at: now(),
             prefill: p.clone(),
-            sending: false,
+            sending_at: None,
         });
     }
     write(&s, &drafts);
     was_kept == is_empty(p)
 }
 
-/// The drafts the Drafts folder shows: all but those being sent, newest first.
+/// The drafts the Drafts folder shows: all but those a page is sending, newest first.
 pub fn shown() -> Vec<Kept> {
-    list().into_iter().filter(|d| !d.sending).collect()
+    let t = now();
+    list().into_iter().filter(|d| !d.is_sending(t)).collect()
 }
 
-/// Marks draft `id` as being sent, or (`false`) as not sent after all.
+/// Marks draft `id` as being sent now (the page sending it renews this every second), or
+/// (`false`) as not sent after all.
 pub fn set_sending(id: &str, sending: bool) {
     let Some(s) = storage() else { return };
     let mut drafts = list();
     if let Some(d) = drafts.iter_mut().find(|d| d.id == id) {
-        d.sending = sending;
-        write(&s, &drafts);
-    }
-}
-
-/// Puts back into Drafts those whose sending the page did not finish (it went away while
-/// their files were encrypted). Called as the page starts.
-pub fn recover() {
-    let Some(s) = storage() else { return };
-    let mut drafts = list();
-    if drafts.iter().any(|d| d.sending) {
-        drafts.iter_mut().for_each(|d| d.sending = false);
+        d.sending_at = sending.then(now);
         write(&s, &drafts);
     }
 }
@@ -172,7 +178,7 @@ pub fn set_open(id: Option<&str>) {
 /// The draft of the form that was open when the page went away, if it holds anything.
 pub fn open() -> Option<Kept> {
     // Read first: it may move an older build's draft in and mark it open.
-    let drafts = list();
+    let drafts = shown();
     let id = storage()?.get_item(OPEN_KEY).ok()??;
     drafts.into_iter().find(|d| d.id == id)
 }

@@ -9,7 +9,7 @@
 //!   written against `docs/ui-contract.md`.
 //! - [`native`]: a native signaling client (no browser) with its own account keys, for
 //!   parties the web client would never be, such as an attacker depositing forged mail.
-//! - [`bench`]: what the browser transfer benchmarks share (test files, the raw
+//! - [`bench`](mod@bench): what the browser transfer benchmarks share (test files, the raw
 //!   data-channel baseline, one browser-to-browser transfer timed in the receiving page).
 //! - [`runner`]: runs scenarios in order, prints `test <name> ... ok|FAILED` and
 //!   `N passed, M failed`.

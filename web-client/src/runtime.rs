@@ -38,7 +38,7 @@ const SERVE_LOW_WATER: u32 = 1024 * 1024;
 const MIN_TICK_MS: u64 = 250;
 /// The bytes of a decrypted file the page hands the browser at a time when it makes the
 /// file's Blob to open or save it ([`Runtime::attachment_blob`]).
-const BLOB_PART: usize = 4 * 1024 * 1024;
+pub const BLOB_PART: usize = 4 * 1024 * 1024;
 
 /// Which screen the page shows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@
 //!
 //! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
 //! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
-//! Schema changes to the object stores themselves go in [`upgrade`], keyed by version.
+//! Schema changes to the object stores themselves go in `upgrade`, keyed by version.
 
 use indexed_db_futures::database::{Database, VersionChangeEvent};
 use indexed_db_futures::prelude::*;
@@ -35,7 +35,7 @@ use peermail_core::Address;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Current schema version (see [`upgrade`]).
+/// Current schema version (see `upgrade`).
 pub const SCHEMA_VERSION: u32 = 7;
 
 const IDENTITY: &str = "identity";

@@ -280,85 +280,20 @@ pub async fn open_raw_channel(alice: &Browser, bob: &Browser) -> Result<()> {
 /// thread: `<page>` is the last part of the browser's `--user-data-dir` (the profile, named
 /// after the person), `<thread>` the thread's name (`main` for a process's main thread).
 pub fn browser_cpu() -> std::collections::BTreeMap<String, f64> {
-    struct Proc {
-        ppid: u32,
-        kind: String,
-        profile: Option<String>,
-    }
+    use crate::browser::{chromium_processes, profile_of};
     let mut out = std::collections::BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    // Fields after the command name in parentheses: ppid is the 2nd, utime and stime the
-    // 12th and 13th.
-    let fields = |stat: &str| -> Option<Vec<String>> {
-        let (_, rest) = stat.rsplit_once(')')?;
-        Some(rest.split_whitespace().map(str::to_string).collect())
-    };
+    // utime and stime are the 12th and 13th fields after the command name.
     let ticks = |f: &[String]| -> f64 {
         let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         (t(11) + t(12)) / 100.0
     };
-    let mut procs: std::collections::BTreeMap<u32, Proc> = std::collections::BTreeMap::new();
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let path = e.path();
-        let (Ok(cmd), Ok(stat)) = (
-            std::fs::read(path.join("cmdline")),
-            std::fs::read_to_string(path.join("stat")),
-        ) else {
-            continue;
-        };
-        // Chromium rewrites its command line into one space-separated string.
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let mut args = cmd.split(' ');
-        let exe = args.next().unwrap_or("");
-        if !exe.contains("chrom") || exe.contains("chromedriver") {
-            continue;
-        }
-        let mut kind = "browser".to_string();
-        let mut profile = None;
-        for a in args {
-            if let Some(t) = a.strip_prefix("--type=") {
-                kind = t.to_string();
-            } else if let Some(t) = a.strip_prefix("--utility-sub-type=") {
-                kind = match t.rsplit('.').next().unwrap_or(t) {
-                    "NetworkService" => "network".to_string(),
-                    other => other.to_string(),
-                };
-            } else if let Some(d) = a.strip_prefix("--user-data-dir=") {
-                profile = std::path::Path::new(d)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned());
-            }
-        }
-        let Some(f) = fields(&stat) else { continue };
-        *out.entry(kind.clone()).or_insert(0.0) += ticks(&f);
-        let ppid = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-        procs.insert(
-            pid,
-            Proc {
-                ppid,
-                kind,
-                profile,
-            },
-        );
-    }
+    let procs = chromium_processes();
     for (&pid, p) in &procs {
+        *out.entry(p.kind.clone()).or_insert(0.0) += ticks(&p.stat);
         // The page: the profile of the browser process this one descends from.
-        let mut at = pid;
-        let mut page = None;
-        for _ in 0..8 {
-            let Some(q) = procs.get(&at) else { break };
-            if q.profile.is_some() {
-                page = q.profile.clone();
-                break;
-            }
-            at = q.ppid;
-        }
-        let page = page.unwrap_or_else(|| "?".into());
+        let page = profile_of(&procs, pid)
+            .and_then(|d| d.file_name())
+            .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
@@ -375,7 +310,10 @@ pub fn browser_cpu() -> std::collections::BTreeMap<String, f64> {
             } else {
                 name
             };
-            let Some(f) = fields(&stat) else { continue };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let f: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
             *out.entry(format!("thread:{page} {} {name}", p.kind))
                 .or_insert(0.0) += ticks(&f);
         }

@@ -844,19 +844,26 @@ impl Browser {
     }
 }
 
-/// Resident memory, in bytes, of the renderer processes (pages, workers) of the Chromium
-/// whose `--user-data-dir` is `profile` ([`Browser::profile`]), from `/proc`: the processes
-/// with `--type=renderer` that descend from it. A plain function, so that a thread can
-/// sample it while the scenario drives the page.
-pub fn renderer_rss(profile: &Path) -> Result<u64> {
-    struct Proc {
-        ppid: u32,
-        renderer: bool,
-        ours: bool,
-    }
-    let profile = format!("--user-data-dir={}", profile.display());
-    let mut procs = std::collections::HashMap::new();
-    for e in std::fs::read_dir("/proc")?.flatten() {
+/// A running Chromium process (not chromedriver), from `/proc`.
+pub struct ChromiumProcess {
+    pub ppid: u32,
+    /// `browser` for the main process, else its `--type=` (`renderer`, `gpu-process`, …),
+    /// for a utility process its `--utility-sub-type=`'s last part (`network` for the
+    /// network service).
+    pub kind: String,
+    /// The browser process's `--user-data-dir` (the person's profile); `None` for others.
+    pub user_data_dir: Option<PathBuf>,
+    /// The fields of `/proc/PID/stat` after the command name (the state first).
+    pub stat: Vec<String>,
+}
+
+/// The Chromium processes running now, by pid.
+pub fn chromium_processes() -> std::collections::BTreeMap<u32, ChromiumProcess> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
@@ -868,47 +875,70 @@ pub fn renderer_rss(profile: &Path) -> Result<u64> {
         };
         // Chromium rewrites its command line into one space-separated string.
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let exe = cmd.split(' ').next().unwrap_or("");
+        let mut args = cmd.split(' ');
+        let exe = args.next().unwrap_or("");
         if !exe.contains("chrom") || exe.contains("chromedriver") {
             continue;
         }
-        // After the command name in parentheses: the state, then the parent's pid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0);
-        let args: Vec<&str> = cmd.split(' ').collect();
-        procs.insert(
+        let mut kind = "browser".to_string();
+        let mut user_data_dir = None;
+        for a in args {
+            if let Some(t) = a.strip_prefix("--type=") {
+                kind = t.to_string();
+            } else if let Some(t) = a.strip_prefix("--utility-sub-type=") {
+                kind = match t.rsplit('.').next().unwrap_or(t) {
+                    "NetworkService" => "network".to_string(),
+                    other => other.to_string(),
+                };
+            } else if let Some(d) = a.strip_prefix("--user-data-dir=") {
+                user_data_dir = Some(PathBuf::from(d));
+            }
+        }
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let stat: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+        let ppid = stat.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        out.insert(
             pid,
-            Proc {
+            ChromiumProcess {
                 ppid,
-                renderer: args.contains(&"--type=renderer"),
-                ours: !args.iter().any(|a| a.starts_with("--type="))
-                    && args.contains(&profile.as_str()),
+                kind,
+                user_data_dir,
+                stat,
             },
         );
     }
-    ensure!(
-        procs.values().any(|p| p.ours),
-        "no Chromium with {profile} is running"
-    );
+    out
+}
+
+/// The profile (`--user-data-dir`) of the browser process `pid` descends from.
+pub fn profile_of(
+    procs: &std::collections::BTreeMap<u32, ChromiumProcess>,
+    pid: u32,
+) -> Option<&Path> {
+    let mut at = pid;
+    for _ in 0..8 {
+        let p = procs.get(&at)?;
+        if let Some(d) = &p.user_data_dir {
+            return Some(d);
+        }
+        at = p.ppid;
+    }
+    None
+}
+
+/// Resident memory, in bytes, of the renderer processes (pages, workers) of the Chromium
+/// whose `--user-data-dir` is `profile` ([`Browser::profile`]), from `/proc`: the processes
+/// with `--type=renderer` that descend from it. A plain function, so that a thread can
+/// sample it while the scenario drives the page.
+pub fn renderer_rss(profile: &Path) -> Result<u64> {
+    let procs = chromium_processes();
     let (mut total, mut counted) = (0, 0);
-    for (&pid, p) in procs.iter().filter(|(_, p)| p.renderer) {
-        let mut at = p.ppid;
-        let mut ours = false;
-        for _ in 0..8 {
-            match procs.get(&at) {
-                Some(q) if q.ours => {
-                    ours = true;
-                    break;
-                }
-                Some(q) => at = q.ppid,
-                None => break,
-            }
-        }
-        if !ours {
-            continue;
-        }
+    let ours = procs
+        .iter()
+        .filter(|(&pid, p)| p.kind == "renderer" && profile_of(&procs, pid) == Some(profile));
+    for (pid, _) in ours {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
             continue; // it ended meanwhile
         };
@@ -922,7 +952,8 @@ pub fn renderer_rss(profile: &Path) -> Result<u64> {
     }
     ensure!(
         counted > 0,
-        "no renderer of the Chromium with {profile} was found"
+        "no renderer of the Chromium with profile {} was found",
+        profile.display()
     );
     Ok(total)
 }

@@ -970,6 +970,38 @@ fn send_draft(
     }
 }
 
+/// The Compose form's text fields.
+#[derive(Clone)]
+struct FormFields {
+    to: NodeRef,
+    cc: NodeRef,
+    subject: NodeRef,
+    body: NodeRef,
+}
+
+impl FormFields {
+    /// What they hold now, as a draft's text (answering `in_reply_to`).
+    fn read(&self, in_reply_to: Option<MessageId>) -> Prefill {
+        let input = |r: &NodeRef| {
+            r.cast::<HtmlInputElement>()
+                .map(|i| i.value())
+                .unwrap_or_default()
+        };
+        Prefill {
+            to: input(&self.to),
+            cc: input(&self.cc),
+            subject: input(&self.subject),
+            body: self
+                .body
+                .cast::<HtmlTextAreaElement>()
+                .map(|t| t.value())
+                .unwrap_or_default(),
+            in_reply_to,
+            ..Prefill::default()
+        }
+    }
+}
+
 /// The Compose form.
 #[function_component(ComposeForm)]
 fn compose_form(props: &ComposeProps) -> Html {
@@ -977,6 +1009,12 @@ fn compose_form(props: &ComposeProps) -> Html {
     let cc_ref = use_node_ref();
     let subject_ref = use_node_ref();
     let body_ref = use_node_ref();
+    let fields = FormFields {
+        to: to_ref.clone(),
+        cc: cc_ref.clone(),
+        subject: subject_ref.clone(),
+        body: body_ref.clone(),
+    };
     let files = use_reducer(PickedFiles::default);
     let drop = use_file_drop(files.dispatcher());
     // A forward's files are attached as if picked.
@@ -1028,12 +1066,7 @@ fn compose_form(props: &ComposeProps) -> Html {
         let dispatch = props.dispatcher.0.clone();
         let prefill_id = props.prefill.in_reply_to.clone();
         let draft_id = props.draft_id.clone();
-        let (to_ref, cc_ref, subject_ref, body_ref) = (
-            to_ref.clone(),
-            cc_ref.clone(),
-            subject_ref.clone(),
-            body_ref.clone(),
-        );
+        let fields = fields.clone();
         let files = files.clone();
         let sealing = sealing.clone();
         let open = (*open).clone();
@@ -1043,34 +1076,25 @@ fn compose_form(props: &ComposeProps) -> Html {
             if sealing.is_some() {
                 return;
             }
-            let value = |r: &NodeRef| {
-                r.cast::<HtmlInputElement>()
-                    .map(|i| i.value())
-                    .unwrap_or_default()
-            };
+            let typed = fields.read(prefill_id.clone());
             // Group names expand to their members here: a draft holds addresses only.
             let parse = |field: &str, text: &str| {
                 rt.with_node(|n| expand_recipients(text, n.groups()))
                     .unwrap_or_else(|| Ok(Vec::new()))
                     .map_err(|e| format!("{field}: {e}"))
             };
-            let in_reply_to = prefill_id.clone();
             let draft = (|| {
-                let to = parse("To", &value(&to_ref))?;
-                let cc = parse("Cc", &value(&cc_ref))?;
+                let to = parse("To", &typed.to)?;
+                let cc = parse("Cc", &typed.cc)?;
                 if to.is_empty() && cc.is_empty() {
                     return Err("add at least one recipient".to_string());
                 }
-                let body = body_ref
-                    .cast::<HtmlTextAreaElement>()
-                    .map(|t| t.value())
-                    .unwrap_or_default();
                 Ok(Draft {
                     to,
                     cc,
-                    subject: value(&subject_ref),
-                    body,
-                    in_reply_to,
+                    subject: typed.subject.clone(),
+                    body: typed.body.clone(),
+                    in_reply_to: typed.in_reply_to.clone(),
                     ..Draft::default()
                 })
             })();
@@ -1088,17 +1112,7 @@ fn compose_form(props: &ComposeProps) -> Html {
             // draft leaves Drafts now (it could be sent twice from there) and comes back if
             // the mail cannot be sent, or if the page goes away first.
             sealing.set(Some(0));
-            crate::draft::save(
-                &draft_id,
-                &Prefill {
-                    to: value(&to_ref),
-                    cc: value(&cc_ref),
-                    subject: draft.subject.clone(),
-                    body: draft.body.clone(),
-                    in_reply_to: draft.in_reply_to.clone(),
-                    ..Prefill::default()
-                },
-            );
+            crate::draft::save(&draft_id, &typed);
             crate::draft::set_sending(&draft_id, true);
             dispatch.dispatch(Action::Refresh);
             let (rt, dispatch, sealing, open, cancelled, draft_id) = (
@@ -1199,24 +1213,15 @@ fn compose_form(props: &ComposeProps) -> Html {
     // While the form is open its draft is the one the page opens again after a reload; a
     // form closed another way than Send or Cancel leaves its draft in the Drafts folder.
     use_effect_with(props.draft_id.clone(), |id| {
-        crate::draft::set_open(Some(id));
+        crate::draft::set_open(id);
         let id = id.clone();
-        move || {
-            if crate::draft::open().is_some_and(|d| d.id == id) {
-                crate::draft::set_open(None);
-            }
-        }
+        move || crate::draft::closed(&id)
     });
     // Every change is kept as the draft (see `crate::draft`).
     let oninput = {
         let draft_id = props.draft_id.clone();
         let dispatch = props.dispatcher.0.clone();
-        let refs = (
-            to_ref.clone(),
-            cc_ref.clone(),
-            subject_ref.clone(),
-            body_ref.clone(),
-        );
+        let fields = fields.clone();
         let in_reply_to = props.prefill.in_reply_to.clone();
         let sealing = sealing.clone();
         Callback::from(move |_: InputEvent| {
@@ -1225,27 +1230,7 @@ fn compose_form(props: &ComposeProps) -> Html {
             if sealing.is_some() {
                 return;
             }
-            let input = |r: &NodeRef| {
-                r.cast::<HtmlInputElement>()
-                    .map(|i| i.value())
-                    .unwrap_or_default()
-            };
-            let body = refs
-                .3
-                .cast::<HtmlTextAreaElement>()
-                .map(|t| t.value())
-                .unwrap_or_default();
-            let counted = crate::draft::save(
-                &draft_id,
-                &Prefill {
-                    to: input(&refs.0),
-                    cc: input(&refs.1),
-                    subject: input(&refs.2),
-                    body,
-                    in_reply_to: in_reply_to.clone(),
-                    ..Prefill::default()
-                },
-            );
+            let counted = crate::draft::save(&draft_id, &fields.read(in_reply_to.clone()));
             // The Drafts folder's count changed.
             if counted {
                 dispatch.dispatch(Action::Refresh);

@@ -83,26 +83,31 @@ pub fn list() -> Vec<Kept> {
             Vec::new()
         }),
     };
-    // The one draft an older build kept joins the list, as the draft of the open form
-    // (the older build opened it with the page).
-    if let Some(old) = s.get_item(OLD_KEY).ok().flatten() {
-        if let Ok(prefill) = serde_json::from_str::<Prefill>(&old) {
-            if !is_empty(&prefill) {
-                let id = new_id();
-                drafts.push(Kept {
-                    id: id.clone(),
-                    saved_at: now(),
-                    prefill,
-                    sending_at: None,
-                });
-                write(&s, &drafts);
-                let _ = s.set_item(OPEN_KEY, &id);
-            }
-        }
-        let _ = s.remove_item(OLD_KEY);
-    }
     drafts.sort_by(|a, b| b.saved_at.cmp(&a.saved_at).then(a.id.cmp(&b.id)));
     drafts
+}
+
+/// Moves the one draft an older build kept into the list, as the draft of the open form
+/// (the older build opened it with the page). Once, as the page starts ([`open`]).
+fn migrate(s: &web_sys::Storage) {
+    let Some(old) = s.get_item(OLD_KEY).ok().flatten() else {
+        return;
+    };
+    if let Ok(prefill) = serde_json::from_str::<Prefill>(&old) {
+        if !is_empty(&prefill) {
+            let id = new_id();
+            let mut drafts = list();
+            drafts.push(Kept {
+                id: id.clone(),
+                saved_at: now(),
+                prefill,
+                sending_at: None,
+            });
+            write(s, &drafts);
+            let _ = s.set_item(OPEN_KEY, &id);
+        }
+    }
+    let _ = s.remove_item(OLD_KEY);
 }
 
 fn write(s: &web_sys::Storage, drafts: &[Kept]) {
@@ -161,24 +166,29 @@ pub fn remove(id: &str) {
     let mut drafts = list();
     drafts.retain(|d| d.id != id);
     write(&s, &drafts);
+    closed(id);
+}
+
+/// The form of draft `id` closed: it is no longer the one the page opens again.
+pub fn closed(id: &str) {
+    let Some(s) = storage() else { return };
     if s.get_item(OPEN_KEY).ok().flatten().as_deref() == Some(id) {
         let _ = s.remove_item(OPEN_KEY);
     }
 }
 
-/// Marks draft `id` as the open form's (`None`: no form is open).
-pub fn set_open(id: Option<&str>) {
-    let Some(s) = storage() else { return };
-    let _ = match id {
-        Some(id) => s.set_item(OPEN_KEY, id),
-        None => s.remove_item(OPEN_KEY),
-    };
+/// Marks draft `id` as the open form's (see [`closed`]).
+pub fn set_open(id: &str) {
+    if let Some(s) = storage() {
+        let _ = s.set_item(OPEN_KEY, id);
+    }
 }
 
-/// The draft of the form that was open when the page went away, if it holds anything.
+/// The draft of the form that was open when the page went away, if it holds anything
+/// (called as the page starts: an older build's draft is moved in first, see `migrate`).
 pub fn open() -> Option<Kept> {
-    // Read first: it may move an older build's draft in and mark it open.
-    let drafts = shown();
-    let id = storage()?.get_item(OPEN_KEY).ok()??;
-    drafts.into_iter().find(|d| d.id == id)
+    let s = storage()?;
+    migrate(&s);
+    let id = s.get_item(OPEN_KEY).ok()??;
+    shown().into_iter().find(|d| d.id == id)
 }

@@ -534,7 +534,7 @@ fn drafts_are_kept_each_on_its_own_and_an_older_builds_draft_joins_them() {
         .unwrap();
     assert_eq!(shown(), ["One, again", "Two", "Older"]);
     // The open form's draft.
-    draft::set_open(Some("two"));
+    draft::set_open("two");
     assert_eq!(draft::open().map(|d| d.prefill), Some(prefill("Two")));
     draft::set_sending("two", true);
     assert_eq!(

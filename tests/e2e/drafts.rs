@@ -1,12 +1,51 @@
 //! A mail being written is kept as a draft: a reload brings it back in the Compose form;
 //! a form left for another folder keeps it in Drafts, from where it opens again; Cancel
-//! discards it and Send ends it.
+//! discards it and Send ends it. Its files are kept with it.
 
 use anyhow::{ensure, Context, Result};
 
 use peermail_e2e::Browser;
 
-use super::World;
+use super::{noise, same_file, test_file, World};
+
+/// The names of the files the open Compose form lists.
+async fn form_files(b: &Browser) -> Result<Vec<String>> {
+    b.eval(
+        "return [...document.querySelectorAll('#compose-attachments .compose-attachment')]\
+         .map(li => li.dataset.name)",
+        vec![],
+    )
+    .await
+}
+
+/// Waits until the open Compose form lists these files, in this order.
+async fn wait_form_files(b: &Browser, names: &[&str]) -> Result<()> {
+    b.wait_until(
+        &format!("the Compose form to list {names:?}"),
+        || async move {
+            let listed = form_files(b).await?;
+            Ok(if listed == names {
+                Ok(())
+            } else {
+                Err(format!("{listed:?}"))
+            })
+        },
+    )
+    .await
+}
+
+/// Waits until the page's database keeps `n` files for drafts.
+async fn wait_kept_files(b: &Browser, n: u64) -> Result<()> {
+    b.wait_until(&format!("{n} draft files kept"), || async move {
+        let kept = b.idb_count("peermail", "draft_files").await?;
+        Ok(if kept == n {
+            Ok(())
+        } else {
+            Err(format!("{kept} kept"))
+        })
+    })
+    .await
+}
 
 /// The value of the form field matching `css`.
 async fn field(b: &Browser, css: &str) -> Result<String> {
@@ -77,8 +116,10 @@ async fn wait_form(b: &Browser, to: &str, subject: &str, body: &str) -> Result<(
 /// Alice starts a mail to Bob and reloads the page (as after a crash or a closed tab): the
 /// Compose form is open again with what she typed. Cancel discards it: after a reload no
 /// form opens, and Compose starts empty. She leaves a draft for her Inbox and starts
-/// another: Drafts lists both, newest first, and opens each with what was typed in it;
-/// Cancel discards one, Send takes the other out of Drafts. Sent, a draft is gone too.
+/// another, with a file: Drafts lists both, newest first, and opens each with what was
+/// typed in it, and the second with its file (the picked file is gone from disk by then:
+/// the draft keeps a copy); Cancel discards one, Send takes the other out of Drafts, and
+/// the mail sent carries the file's bytes. Sent, a draft is gone too, and its files.
 pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     const SUBJECT: &str = "Half-written plans";
     const BODY: &str = "Dear Bob,\nabout the trip";
@@ -120,15 +161,28 @@ pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     alice.type_into("#compose-to", &bob_addr).await?;
     alice.type_into("#compose-subject", "Draft two").await?;
     alice.type_into("#compose-body", "the second").await?;
+    // A file attached to it is kept with it, also once it is gone from the disk.
+    let plan = noise(300_000 + 7, 21);
+    let path = test_file(w, "plan.bin", &plan)?;
+    alice.attach(&path).await?;
+    wait_kept_files(alice, 1).await?;
+    std::fs::remove_file(&path)?;
     alice.reload().await?;
     alice.wait_online().await?;
     wait_form(alice, &bob_addr, "Draft two", "the second").await?;
+    wait_form_files(alice, &["plan.bin"]).await?;
     // Both are in Drafts, the newest first; each opens with what was typed in it.
     alice.open_folder("drafts").await?;
     alice.wait_gone("#compose-subject").await?;
     wait_drafts(alice, &["Draft two", "Draft one"], "2").await?;
+    let snippets = alice.texts("#message-list .draft-row .snippet").await?;
+    ensure!(
+        snippets.first().is_some_and(|s| s.starts_with("📎 1 file")),
+        "Drafts' rows read {snippets:?}: the first should say it has a file"
+    );
     open_draft(alice, "Draft one").await?;
     wait_form(alice, &bob_addr, "Draft one", "the first").await?;
+    wait_form_files(alice, &[]).await?;
     // Written on, and its row clicked again: the form keeps what was typed.
     alice.type_into("#compose-body", ", and more").await?;
     open_draft(alice, "Draft one").await?;
@@ -139,11 +193,20 @@ pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     alice.click("#compose-cancel").await?;
     alice.wait_gone("#compose-subject").await?;
     wait_drafts(alice, &["Draft two"], "1").await?;
-    // Sent from Drafts, it leaves them.
+    // Sent from Drafts, it leaves them, with its file, which the mail carries.
     open_draft(alice, "Draft two").await?;
     wait_form(alice, &bob_addr, "Draft two", "the second").await?;
+    wait_form_files(alice, &["plan.bin"]).await?;
     alice.click("#compose-send").await?;
     alice.wait_gone("#compose-subject").await?;
+    // The mail sent is shown: its file saved is the file picked.
+    alice.wait_attachment("plan.bin", &["sent"]).await?;
+    alice
+        .click("li.attachment[data-name=\"plan.bin\"] .save-attachment")
+        .await?;
+    let saved = alice.wait_saved("plan.bin").await?;
+    same_file("the file of the mail sent from Drafts", &saved, &plan)?;
+    wait_kept_files(alice, 0).await?;
     alice.open_folder("drafts").await?;
     wait_drafts(alice, &[], "").await?;
     alice.reload().await?;

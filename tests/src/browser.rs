@@ -592,27 +592,32 @@ impl Browser {
         }
         self.type_into("#compose-subject", subject).await?;
         self.type_into("#compose-body", body).await?;
-        for (i, f) in files.iter().enumerate() {
-            let input = self.client()?.find(Locator::Css("#compose-files")).await?;
-            input
-                .send_keys(&f.display().to_string())
-                .await
-                .with_context(|| format!("{} attaching {}", self.name, f.display()))?;
-            let want = i + 1;
-            self.wait_until(&format!("{want} files listed in Compose"), || async move {
-                let n = self
-                    .texts("#compose-attachments .compose-attachment")
-                    .await?
-                    .len();
-                Ok(if n == want {
-                    Ok(())
-                } else {
-                    Err(format!("{n} listed"))
-                })
-            })
-            .await?;
+        for f in files {
+            self.attach(f).await?;
         }
         Ok(())
+    }
+
+    /// Attaches `file` to the open Compose form with the file picker, and waits until the
+    /// form lists one file more.
+    pub async fn attach(&self, file: &Path) -> Result<()> {
+        const LISTED: &str = "#compose-attachments .compose-attachment";
+        let before = self.texts(LISTED).await?.len();
+        let input = self.client()?.find(Locator::Css("#compose-files")).await?;
+        input
+            .send_keys(&file.display().to_string())
+            .await
+            .with_context(|| format!("{} attaching {}", self.name, file.display()))?;
+        let want = before + 1;
+        self.wait_until(&format!("{want} files listed in Compose"), || async move {
+            let n = self.texts(LISTED).await?.len();
+            Ok(if n == want {
+                Ok(())
+            } else {
+                Err(format!("{n} listed"))
+            })
+        })
+        .await
     }
 
     /// The attachments the reading pane lists.

@@ -529,7 +529,16 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                     .filter(|f| !f.is_empty())
                     .collect::<Vec<_>>()
                     .join(", ");
-                let first_line = d.prefill.body.trim().lines().next().unwrap_or_default().to_string();
+                let first_line = d.prefill.body.trim().lines().next().unwrap_or_default();
+                // Its files first: "📎 2 files · " (names in the tooltip).
+                let (snippet, names) = match d.prefill.files.len() {
+                    0 => (first_line.to_string(), None),
+                    n => {
+                        let names: Vec<&str> = d.prefill.files.iter().map(|f| f.name.as_str()).collect();
+                        let files = if n == 1 { "1 file".to_string() } else { format!("{n} files") };
+                        (format!("📎 {files} · {first_line}"), Some(names.join(", ")))
+                    }
+                };
                 let id = d.id.clone();
                 // The draft as kept now (this row may have been drawn before its last input).
                 let onclick = {
@@ -545,7 +554,7 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                         <span class="to">{ if to.is_empty() { "(no recipient)".to_string() } else { to } }</span>
                         <span class="subject">{ subject_or_placeholder(&d.prefill.subject) }</span>
                         <span class="date">{ short_date(d.saved_at) }</span>
-                        <span class="snippet">{ first_line }</span>
+                        <span class="snippet" title={names}>{ snippet }</span>
                     </div>
                 }
             })
@@ -947,7 +956,7 @@ fn send_draft(
 ) -> bool {
     match rt.send(draft) {
         Ok(id) => {
-            crate::draft::remove(draft_id);
+            forget_draft(rt, draft_id);
             let pending = rt
                 .with_node(|n| {
                     n.outgoing()
@@ -970,6 +979,36 @@ fn send_draft(
     }
 }
 
+/// Drops draft `id` and the files kept with it (its mail was sent, or it was discarded).
+fn forget_draft(rt: &Rc<Runtime>, id: &str) {
+    crate::draft::remove(id);
+    if let Some(db) = rt.database() {
+        let id = id.to_string();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Err(e) = crate::draft::drop_files(&db, &id).await {
+                log(&format!(
+                    "the files of draft {id} could not be dropped: {e}"
+                ));
+            }
+        });
+    }
+}
+
+/// Keeps `files` as draft `id`'s files (see [`crate::draft::keep_files`]; calls take
+/// effect in the order they are made).
+fn keep_draft_files(rt: &Rc<Runtime>, id: &str, files: Vec<(u64, web_sys::File)>) {
+    let Some(db) = rt.database() else { return };
+    let (rt, id) = (rt.clone(), id.to_string());
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Err(e) = crate::draft::keep_files(&db, &id, &files).await {
+            rt.tell(format!(
+                "The files of a draft could not be kept with it ({e}); they stay attached \
+                 while its form is open."
+            ));
+        }
+    });
+}
+
 /// The Compose form's text fields.
 #[derive(Clone)]
 struct FormFields {
@@ -980,8 +1019,9 @@ struct FormFields {
 }
 
 impl FormFields {
-    /// What they hold now, as a draft's text (answering `in_reply_to`).
-    fn read(&self, in_reply_to: Option<MessageId>) -> Prefill {
+    /// What the form holds now, as a draft: these fields, `files`, and what the form
+    /// answers or forwards (from its prefill, `base`).
+    fn read(&self, base: &Prefill, files: &PickedFiles) -> Prefill {
         let input = |r: &NodeRef| {
             r.cast::<HtmlInputElement>()
                 .map(|i| i.value())
@@ -996,8 +1036,12 @@ impl FormFields {
                 .cast::<HtmlTextAreaElement>()
                 .map(|t| t.value())
                 .unwrap_or_default(),
-            in_reply_to,
-            ..Prefill::default()
+            in_reply_to: base.in_reply_to.clone(),
+            forwarded: Forwarded {
+                files: Vec::new(),
+                ..base.forwarded.clone()
+            },
+            files: files.kept(),
         }
     }
 }
@@ -1022,8 +1066,46 @@ fn compose_form(props: &ComposeProps) -> Html {
         let add = files.dispatcher();
         use_effect_with(props.prefill.forwarded.clone(), move |f| {
             if !f.files.is_empty() {
-                add.dispatch(FilesAction::Add(f.files.clone()));
+                add.dispatch(FilesAction::Forwarded(f.files.clone()));
             }
+        });
+    }
+    // A kept draft's files are read back (until then its files are not written, so that
+    // the empty list the form starts with does not replace them).
+    {
+        let (rt, add) = (props.rt.0.clone(), files.dispatcher());
+        let (id, listed) = (props.draft_id.clone(), props.prefill.files.clone());
+        use_effect_with((), move |_| {
+            if listed.is_empty() {
+                add.dispatch(FilesAction::Restore(Vec::new()));
+                return;
+            }
+            wasm_bindgen_futures::spawn_local(async move {
+                let kept = match rt.database() {
+                    Some(db) => crate::draft::kept_files(&db, &id).await,
+                    None => Err("storage is not open".to_string()),
+                };
+                match kept {
+                    Ok(kept) => {
+                        let lost: Vec<String> = listed
+                            .iter()
+                            .filter(|l| kept.iter().all(|(key, _)| *key != l.key))
+                            .map(|l| l.name.clone())
+                            .collect();
+                        add.dispatch(FilesAction::Restore(kept));
+                        if !lost.is_empty() {
+                            rt.tell(format!(
+                                "This draft's files {} were not kept; attach them again.",
+                                lost.join(", ")
+                            ));
+                        }
+                    }
+                    Err(e) => rt.tell(format!(
+                        "This draft's files could not be read ({e}); attach them again \
+                         before sending."
+                    )),
+                }
+            });
         });
     }
     // The fields start from the prefill once; after that they are the person's. (A `value`
@@ -1061,10 +1143,32 @@ fn compose_form(props: &ComposeProps) -> Html {
         let open = (*open).clone();
         use_effect_with((), move |_| move || open.set(false));
     }
+    // Every change of the files is kept with the draft, once the draft's own files are
+    // back. A form whose draft is not listed yet lists it when the person adds or removes
+    // a file (a forward's files alone do not).
+    {
+        let (rt, dispatch) = (props.rt.0.clone(), props.dispatcher.0.clone());
+        let (id, base, fields, files) = (
+            props.draft_id.clone(),
+            props.prefill.clone(),
+            fields.clone(),
+            files.clone(),
+        );
+        use_effect_with((files.restored, files.kept()), move |(restored, kept)| {
+            let listed = crate::draft::get(&id);
+            let changed = listed.as_ref().map(|d| &d.prefill.files) != Some(kept);
+            if *restored && changed && (listed.is_some() || files.touched) {
+                if crate::draft::save(&id, &fields.read(&base, &files)) {
+                    dispatch.dispatch(Action::Refresh);
+                }
+                keep_draft_files(&rt, &id, files.keyed());
+            }
+        });
+    }
     let onsubmit = {
         let rt = props.rt.0.clone();
         let dispatch = props.dispatcher.0.clone();
-        let prefill_id = props.prefill.in_reply_to.clone();
+        let base = props.prefill.clone();
         let draft_id = props.draft_id.clone();
         let fields = fields.clone();
         let files = files.clone();
@@ -1076,7 +1180,7 @@ fn compose_form(props: &ComposeProps) -> Html {
             if sealing.is_some() {
                 return;
             }
-            let typed = fields.read(prefill_id.clone());
+            let typed = fields.read(&base, &files);
             // Group names expand to their members here: a draft holds addresses only.
             let parse = |field: &str, text: &str| {
                 rt.with_node(|n| expand_recipients(text, n.groups()))
@@ -1169,7 +1273,7 @@ fn compose_form(props: &ComposeProps) -> Html {
                         draft.attachments = sealed.refs.clone();
                         match rt.send(draft) {
                             Ok(_) => {
-                                crate::draft::remove(&draft_id);
+                                forget_draft(&rt, &draft_id);
                                 sealed.into_refs();
                                 return;
                             }
@@ -1187,12 +1291,12 @@ fn compose_form(props: &ComposeProps) -> Html {
                     }
                     Err(e) => Some(e),
                 };
-                // Not sent: the draft is back in Drafts (its text; files are not kept).
+                // Not sent: the draft is back in Drafts, with its files.
                 crate::draft::set_sending(&draft_id, false);
                 dispatch.dispatch(Action::Refresh);
                 if let Some(e) = failed {
                     rt.tell(format!(
-                        "“{}” was not sent: {e}. Its text is in Drafts; attach its files again.",
+                        "“{}” was not sent: {e}. It is back in Drafts.",
                         subject_or_placeholder(&subject)
                     ));
                 }
@@ -1201,12 +1305,13 @@ fn compose_form(props: &ComposeProps) -> Html {
     };
     // Cancel discards the draft.
     let cancel = {
+        let rt = props.rt.0.clone();
         let dispatch = props.dispatcher.0.clone();
         let draft_id = props.draft_id.clone();
         let cancelled = (*cancelled).clone();
         Callback::from(move |_: MouseEvent| {
             cancelled.set(true);
-            crate::draft::remove(&draft_id);
+            forget_draft(&rt, &draft_id);
             dispatch.dispatch(Action::CancelCompose)
         })
     };
@@ -1219,10 +1324,12 @@ fn compose_form(props: &ComposeProps) -> Html {
     });
     // Every change is kept as the draft (see `crate::draft`).
     let oninput = {
+        let rt = props.rt.0.clone();
         let draft_id = props.draft_id.clone();
         let dispatch = props.dispatcher.0.clone();
         let fields = fields.clone();
-        let in_reply_to = props.prefill.in_reply_to.clone();
+        let base = props.prefill.clone();
+        let files = files.clone();
         let sealing = sealing.clone();
         Callback::from(move |_: InputEvent| {
             // Its mail is being sent (the fields are read-only meanwhile): the draft stays
@@ -1230,9 +1337,13 @@ fn compose_form(props: &ComposeProps) -> Html {
             if sealing.is_some() {
                 return;
             }
-            let counted = crate::draft::save(&draft_id, &fields.read(in_reply_to.clone()));
-            // The Drafts folder's count changed.
+            let counted = crate::draft::save(&draft_id, &fields.read(&base, &files));
+            // The Drafts folder's count changed: the draft was listed (or, emptied, taken
+            // out), and its files go with it (a forward's, which were not kept before).
             if counted {
+                if files.restored {
+                    keep_draft_files(&rt, &draft_id, files.keyed());
+                }
                 dispatch.dispatch(Action::Refresh);
             }
         })

@@ -18,7 +18,8 @@ use crate::store::IdbStore;
 use crate::text::human_size;
 use crate::util::fill_random;
 
-/// One file in the list; `key` tells apart two entries of the same file.
+/// One file in the list; `key` tells apart two entries of the same file, and names the
+/// file kept with the form's draft ([`crate::draft::keep_files`]).
 #[derive(Clone, PartialEq)]
 pub struct PickedFile {
     pub key: u64,
@@ -30,28 +31,58 @@ pub struct PickedFile {
 pub struct PickedFiles {
     next: u64,
     pub files: Vec<PickedFile>,
+    /// The draft's kept files were read back ([`FilesAction::Restore`]): from then on the
+    /// list is what the draft keeps.
+    pub restored: bool,
+    /// The person added or removed a file (a forward's files alone make no draft).
+    pub touched: bool,
 }
 
 pub enum FilesAction {
     Add(Vec<File>),
+    /// A new forward's files (added as the form opens, not by the person).
+    Forwarded(Vec<File>),
     Remove(u64),
+    /// The files kept with the form's draft, read back as it opens (they go before any
+    /// added meanwhile).
+    Restore(Vec<(u64, File)>),
 }
 
 impl Reducible for PickedFiles {
     type Action = FilesAction;
     fn reduce(self: Rc<Self>, action: FilesAction) -> Rc<Self> {
         let mut files = self.files.clone();
-        let mut next = self.next;
+        // Keys start from the time in µs, so that a file added after a reload does not take
+        // the key of one kept with the draft (keys stay unique in this browser).
+        let mut next = self.next.max(crate::util::now().saturating_mul(1000));
+        let mut restored = self.restored;
+        let touched =
+            self.touched || matches!(action, FilesAction::Add(_) | FilesAction::Remove(_));
         match action {
-            FilesAction::Add(new) => {
+            FilesAction::Add(new) | FilesAction::Forwarded(new) => {
                 for file in new {
                     files.push(PickedFile { key: next, file });
                     next += 1;
                 }
             }
             FilesAction::Remove(key) => files.retain(|f| f.key != key),
+            FilesAction::Restore(kept) => {
+                let kept: Vec<PickedFile> = kept
+                    .into_iter()
+                    .filter(|(key, _)| files.iter().all(|f| f.key != *key))
+                    .map(|(key, file)| PickedFile { key, file })
+                    .collect();
+                next = kept.iter().map(|f| f.key + 1).fold(next, u64::max);
+                files.splice(0..0, kept);
+                restored = true;
+            }
         }
-        Rc::new(PickedFiles { next, files })
+        Rc::new(PickedFiles {
+            next,
+            files,
+            restored,
+            touched,
+        })
     }
 }
 
@@ -59,6 +90,23 @@ impl PickedFiles {
     /// The File handles, in order.
     pub fn handles(&self) -> Vec<File> {
         self.files.iter().map(|f| f.file.clone()).collect()
+    }
+
+    /// The files with their keys, in order (as [`crate::draft::keep_files`] keeps them).
+    pub fn keyed(&self) -> Vec<(u64, File)> {
+        self.files.iter().map(|f| (f.key, f.file.clone())).collect()
+    }
+
+    /// The files as a draft lists them.
+    pub fn kept(&self) -> Vec<crate::draft::KeptFile> {
+        self.files
+            .iter()
+            .map(|f| crate::draft::KeptFile {
+                key: f.key,
+                name: f.file.name(),
+                size: f.file.size() as u64,
+            })
+            .collect()
     }
 }
 

@@ -7,12 +7,26 @@
 //! a mail opened, a reload) keeps it. The draft of the form that was open when the page
 //! went away opens again with the page. While a page sends a draft's mail (encrypting its
 //! files first, which goes on if the form is left), the draft is hidden from Drafts, and
-//! from another page opening (`sending_at`). Picked files are not kept (a page cannot reopen a
-//! file it was given).
+//! from another page opening (`sending_at`).
+//!
+//! A draft's files (picked, dropped, or a forward's) are kept with it: the `File`s in the
+//! account's database (object store `draft_files`, key `"<draft id>/<file key, 20
+//! digits>"`; the browser copies a picked file's bytes there), listed in the draft's
+//! [`Prefill::files`]. The form writes them as they change ([`keep_files`]) and reads them
+//! back when the draft opens again ([`kept_files`]); they go with the draft
+//! ([`drop_files`]), and files whose draft is gone are dropped as the page starts
+//! ([`drop_orphan_files`]).
 
+use indexed_db_futures::database::Database;
+use indexed_db_futures::prelude::*;
+use indexed_db_futures::transaction::TransactionMode;
+use indexed_db_futures::KeyRange;
 use serde::{Deserialize, Serialize};
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::File;
 
 use crate::state::Prefill;
+use crate::store::DRAFT_FILES;
 use crate::util::{now, random_hex};
 
 /// The drafts, as JSON: `[Kept]`.
@@ -59,11 +73,23 @@ pub fn new_id() -> String {
     random_hex(8)
 }
 
-/// Whether `p` holds nothing typed (such a form keeps no draft).
+/// A file attached to a draft, as the draft lists it (the `File` is kept apart, see the
+/// module's docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptFile {
+    /// Tells the form's files apart, and names the kept `File` (unique in the browser:
+    /// see `compose_files::PickedFiles`).
+    pub key: u64,
+    pub name: String,
+    pub size: u64,
+}
+
+/// Whether `p` holds nothing typed and no file (such a form keeps no draft).
 fn is_empty(p: &Prefill) -> bool {
-    [&p.to, &p.cc, &p.subject, &p.body]
-        .iter()
-        .all(|f| f.trim().is_empty())
+    p.files.is_empty()
+        && [&p.to, &p.cc, &p.subject, &p.body]
+            .iter()
+            .all(|f| f.trim().is_empty())
 }
 
 /// Every draft, newest first.
@@ -191,4 +217,150 @@ pub fn open() -> Option<Kept> {
     migrate(&s);
     let id = s.get_item(OPEN_KEY).ok()??;
     shown().into_iter().find(|d| d.id == id)
+}
+
+// The draft's files, in the account's database.
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn file_key(id: &str, key: u64) -> String {
+    format!("{id}/{key:020}")
+}
+
+/// The keys of draft `id`'s files (`'0'` follows `'/'`).
+fn files_range(id: &str) -> KeyRange<String> {
+    (format!("{id}/")..format!("{id}0")).into()
+}
+
+/// Makes `files` (key, `File`) draft `id`'s kept files: those kept and no longer attached
+/// are dropped, those not kept yet are stored (a kept file is not written again). One
+/// transaction, made before the first await: calls take effect in the order they are made.
+pub async fn keep_files(db: &Database, id: &str, files: &[(u64, File)]) -> Result<(), String> {
+    let tx = db
+        .transaction(DRAFT_FILES)
+        .with_mode(TransactionMode::Readwrite)
+        .build()
+        .map_err(err)?;
+    let os = tx.object_store(DRAFT_FILES).map_err(err)?;
+    let stored: Vec<String> = os
+        .get_all_keys::<String>()
+        .with_query::<String, _>(files_range(id))
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    let wanted: Vec<String> = files.iter().map(|(k, _)| file_key(id, *k)).collect();
+    for key in stored.iter().filter(|k| !wanted.contains(k)) {
+        os.delete::<String, _>(key.clone())
+            .primitive()
+            .map_err(err)?
+            .await
+            .map_err(err)?;
+    }
+    for ((_, file), key) in files.iter().zip(&wanted) {
+        if !stored.contains(key) {
+            os.put(JsValue::from(file.clone()))
+                .with_key(key.clone())
+                .primitive()
+                .map_err(err)?
+                .await
+                .map_err(err)?;
+        }
+    }
+    tx.commit().await.map_err(err)
+}
+
+/// Draft `id`'s kept files, in order, with their keys.
+pub async fn kept_files(db: &Database, id: &str) -> Result<Vec<(u64, File)>, String> {
+    let tx = db.transaction(DRAFT_FILES).build().map_err(err)?;
+    let os = tx.object_store(DRAFT_FILES).map_err(err)?;
+    let keys: Vec<String> = os
+        .get_all_keys::<String>()
+        .with_query::<String, _>(files_range(id))
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    let values: Vec<JsValue> = os
+        .get_all::<JsValue>()
+        .with_query::<String, _>(files_range(id))
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    keys.iter()
+        .zip(values)
+        .map(|(k, v)| {
+            let key = k
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("a draft file's key {k:?} is not {id}/<number>"))?;
+            let file = v
+                .dyn_into::<File>()
+                .map_err(|_| format!("the draft file {k:?} is not a File"))?;
+            Ok((key, file))
+        })
+        .collect()
+}
+
+/// Drops draft `id`'s kept files (its mail was sent, or it was discarded).
+pub async fn drop_files(db: &Database, id: &str) -> Result<(), String> {
+    let tx = db
+        .transaction(DRAFT_FILES)
+        .with_mode(TransactionMode::Readwrite)
+        .build()
+        .map_err(err)?;
+    let os = tx.object_store(DRAFT_FILES).map_err(err)?;
+    os.delete::<String, _>(files_range(id))
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)
+}
+
+/// Drops the kept files of drafts no longer in the list (discarded or sent in a page that
+/// went away before it dropped them). Returns how many. The list is read after the keys:
+/// a form lists its draft before it keeps its files, so a file seen has its draft listed.
+pub async fn drop_orphan_files(db: &Database) -> Result<usize, String> {
+    let tx = db
+        .transaction(DRAFT_FILES)
+        .with_mode(TransactionMode::Readwrite)
+        .build()
+        .map_err(err)?;
+    let os = tx.object_store(DRAFT_FILES).map_err(err)?;
+    let keys: Vec<String> = os
+        .get_all_keys::<String>()
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    // Read once the keys are: a file seen was kept after its draft was listed.
+    let live: Vec<String> = list().into_iter().map(|d| d.id).collect();
+    let mut dropped = 0;
+    for key in keys {
+        let id = key.split('/').next().unwrap_or_default();
+        if !live.iter().any(|l| l == id) {
+            os.delete::<String, _>(key.clone())
+                .primitive()
+                .map_err(err)?
+                .await
+                .map_err(err)?;
+            dropped += 1;
+        }
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(dropped)
 }

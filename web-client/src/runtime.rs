@@ -311,6 +311,15 @@ impl Runtime {
             }
         };
         *self.store.borrow_mut() = Some(store.clone());
+        // Files kept for drafts that are gone (sent or discarded by a page that went away
+        // before it dropped them).
+        match crate::draft::drop_orphan_files(store.database()).await {
+            Ok(0) => {}
+            Ok(n) => log(&format!("dropped {n} files of drafts that are gone")),
+            Err(e) => log(&format!(
+                "the files of gone drafts could not be dropped: {e}"
+            )),
+        }
         match store.load_identity().await {
             Ok(Some(identity)) => {
                 if let Err(e) = self.start_node(identity).await {
@@ -407,6 +416,11 @@ impl Runtime {
     pub fn tell(&self, text: impl Into<String>) {
         self.set_notice(text);
         self.changed();
+    }
+
+    /// The account's database, once open (the Compose form keeps its draft's files there).
+    pub fn database(&self) -> Option<indexed_db_futures::database::Database> {
+        self.store.borrow().as_ref().map(|s| s.database().clone())
     }
 
     // ----- what the UI asks for -----

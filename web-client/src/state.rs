@@ -15,20 +15,34 @@ pub struct Prefill {
     pub subject: String,
     pub body: String,
     pub in_reply_to: Option<MessageId>,
-    /// A forward's files. Not kept in a draft (a draft holds text only).
-    #[serde(skip)]
+    /// A forward's files (in a kept draft, which mail it forwards and which files were
+    /// missing; the files themselves are kept as the draft's files, see `files`).
+    #[serde(default, skip_serializing_if = "Forwarded::is_none")]
     pub forwarded: Forwarded,
+    /// The files attached to a kept draft, in order (their `File`s are kept in the
+    /// account's database, see [`crate::draft::keep_files`]). Empty in a new form's prefill.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::draft::KeptFile>,
 }
 
 /// The files a forward starts with: the forwarded mail's files that this browser holds
 /// whole, as `File`s the Compose form seals again like picked ones; and the names of
 /// those it does not hold (yet), which are not attached.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Forwarded {
     /// The forwarded mail; `None` when the form is no forward.
     pub of: Option<MessageId>,
+    /// Only in a new forward's prefill: once the form has them they are the form's files.
+    #[serde(skip)]
     pub files: Vec<web_sys::File>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
+}
+
+impl Forwarded {
+    fn is_none(&self) -> bool {
+        self.of.is_none() && self.missing.is_empty()
+    }
 }
 
 // `File`s compare by identity (`===`), which is an equivalence.

@@ -16,9 +16,11 @@
 //! | `chunk_lists` | attachment id (hex) | the chunk list of an attachment this node has whole (sent, or received and verified): the SHA-256 hashes concatenated, as a `Uint8Array` (since version 4) |
 //! | `groups` | the group's key (its name, lower-case) | an address-book [`Group`] as JSON (since version 5) |
 //! | `deleted` | Message-ID | a [`DeletedMail`]: a mail the person deleted, as JSON (since version 7) |
+//! | `draft_files` | `"<draft id>/<file key, 20 digits>"` | a file attached to a draft being written, as a `File` (since version 8; see [`crate::draft`]) |
 //!
-//! Values are JSON strings (the `serde` forms `core` already defines), so the browser never
-//! needs to understand them and a schema change is a change of `core` types, not of IndexedDB.
+//! The mailbox's values are JSON strings (the `serde` forms `core` already defines), so
+//! the browser never needs to understand them and a schema change is a change of `core`
+//! types, not of IndexedDB.
 //! Schema changes to the object stores themselves go in `upgrade`, keyed by version.
 
 use indexed_db_futures::database::{Database, VersionChangeEvent};
@@ -36,7 +38,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Current schema version (see `upgrade`).
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 const IDENTITY: &str = "identity";
 const INBOX: &str = "inbox";
@@ -47,6 +49,8 @@ const HELD: &str = "held";
 const DOWNLOADS: &str = "downloads";
 const GROUPS: &str = "groups";
 const DELETED: &str = "deleted";
+/// Files attached to drafts ([`crate::draft`]).
+pub const DRAFT_FILES: &str = "draft_files";
 /// Encrypted attachment chunks, one per record (schema 4 and 5; read, no longer written).
 pub const CHUNKS: &str = "chunks";
 /// Encrypted attachment chunks, 16 consecutive indices per record; see [`crate::chunks`].
@@ -101,6 +105,9 @@ fn upgrade(event: &VersionChangeEvent, db: &Database) -> indexed_db_futures::Res
     }
     if old < 7 {
         db.create_object_store(DELETED).build()?;
+    }
+    if old < 8 {
+        db.create_object_store(DRAFT_FILES).build()?;
     }
     Ok(())
 }

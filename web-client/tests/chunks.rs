@@ -33,6 +33,130 @@ async fn fresh_db() -> Database {
         .clone()
 }
 
+/// A draft's files in the account's database (`draft::keep_files` and the rest): kept in
+/// order, each written once, read back as `File`s with their names, types and bytes;
+/// those no longer attached dropped; a draft's files dropped with it, and files whose
+/// draft is no longer listed dropped as a page starts. Also `FilesAction::Restore`: the
+/// kept files go first, and files added after a reload never take a kept file's key.
+#[wasm_bindgen_test]
+async fn a_drafts_files_are_kept_read_back_and_dropped_with_it() {
+    use peermail_web_client::compose_files::{FilesAction, PickedFiles};
+    use peermail_web_client::draft;
+    use peermail_web_client::state::Prefill;
+    use std::rc::Rc;
+    use yew::Reducible;
+
+    let db = fresh_db().await;
+    let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
+    storage.clear().unwrap();
+    let a = file_of(&pattern(70_000), "a.bin", "application/octet-stream");
+    let b = file_of(b"hello", "b.txt", "text/plain");
+    let c = file_of(&[], "c.png", "image/png");
+    let read = |kept: Vec<(u64, web_sys::File)>| async move {
+        let mut out = Vec::new();
+        for (key, f) in kept {
+            let bytes = peermail_web_client::chunks::blob_bytes(&f).await.unwrap();
+            out.push((key, f.name(), f.type_(), bytes));
+        }
+        out
+    };
+    assert!(draft::kept_files(&db, "d1").await.unwrap().is_empty());
+    draft::keep_files(&db, "d1", &[(5, a.clone()), (9, b.clone())])
+        .await
+        .unwrap();
+    draft::keep_files(&db, "d2", &[(3, c.clone())])
+        .await
+        .unwrap();
+    let kept = read(draft::kept_files(&db, "d1").await.unwrap()).await;
+    assert_eq!(
+        kept,
+        vec![
+            (
+                5,
+                "a.bin".into(),
+                "application/octet-stream".into(),
+                pattern(70_000)
+            ),
+            (9, "b.txt".into(), "text/plain".into(), b"hello".to_vec()),
+        ]
+    );
+    // b removed, c added: a is not written again (a read-back `File` is kept as it was).
+    let kept_a = draft::kept_files(&db, "d1").await.unwrap()[0].1.clone();
+    draft::keep_files(&db, "d1", &[(5, kept_a), (11, c.clone())])
+        .await
+        .unwrap();
+    let kept = read(draft::kept_files(&db, "d1").await.unwrap()).await;
+    assert_eq!(
+        kept.iter().map(|k| (k.0, k.1.as_str())).collect::<Vec<_>>(),
+        [(5, "a.bin"), (11, "c.png")]
+    );
+    assert_eq!(kept[0].3, pattern(70_000));
+    assert_eq!(
+        draft::kept_files(&db, "d2").await.unwrap().len(),
+        1,
+        "d2 untouched"
+    );
+
+    // Only d1 is listed: d2's files go as a page starts; d1's stay.
+    let listed = Prefill {
+        subject: "one".into(),
+        ..Prefill::default()
+    };
+    draft::save("d1", &listed);
+    assert_eq!(draft::drop_orphan_files(&db).await.unwrap(), 1);
+    assert!(draft::kept_files(&db, "d2").await.unwrap().is_empty());
+    assert_eq!(draft::kept_files(&db, "d1").await.unwrap().len(), 2);
+    // A draft listed with nothing but files is kept.
+    let only_files = Prefill {
+        files: vec![draft::KeptFile {
+            key: 3,
+            name: "c.png".into(),
+            size: 0,
+        }],
+        ..Prefill::default()
+    };
+    assert!(
+        draft::save("d3", &only_files),
+        "a draft of files alone is listed"
+    );
+    draft::remove("d3");
+    // Sent or discarded: its files go with it.
+    draft::drop_files(&db, "d1").await.unwrap();
+    assert!(draft::kept_files(&db, "d1").await.unwrap().is_empty());
+    draft::remove("d1");
+
+    // The form's list: kept files first, in their order, then those added before they
+    // were back; a file added later takes a key no kept file has.
+    let files = Rc::new(PickedFiles::default());
+    assert!(!files.restored);
+    let files = files.reduce(FilesAction::Forwarded(vec![b.clone()]));
+    assert!(
+        !files.touched,
+        "a forward's files are not the person's doing"
+    );
+    let files = files.reduce(FilesAction::Restore(vec![(5, a.clone()), (7, c.clone())]));
+    assert!(files.restored);
+    let names = |f: &PickedFiles| f.files.iter().map(|p| p.file.name()).collect::<Vec<_>>();
+    assert_eq!(names(&files), ["a.bin", "c.png", "b.txt"]);
+    let files = files.reduce(FilesAction::Add(vec![b.clone()]));
+    assert!(files.touched);
+    let keys: Vec<u64> = files.files.iter().map(|p| p.key).collect();
+    assert_eq!(&keys[..2], [5, 7]);
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "keys {keys:?}");
+    assert_eq!(
+        files
+            .kept()
+            .iter()
+            .map(|k| (k.key, k.size))
+            .collect::<Vec<_>>()[..2],
+        [(5, 70_000), (7, 0)]
+    );
+    db.close();
+}
+
 /// A deterministic stand-in for the CSPRNG.
 fn counter_rng(seed: u8) -> impl FnMut(&mut [u8]) {
     let mut n = seed;

@@ -207,6 +207,44 @@ pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     let saved = alice.wait_saved("plan.bin").await?;
     same_file("the file of the mail sent from Drafts", &saved, &plan)?;
     wait_kept_files(alice, 0).await?;
+
+    // A forward of it starts with its file, and is no draft until she writes in it; then
+    // it is kept with the file, and opens again as a forward after a reload.
+    alice.click("button.forward").await?;
+    wait_form_files(alice, &["plan.bin"]).await?;
+    // A draft would be listed with the rendering that listed the file, well within this.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let count = alice.folder_count("drafts").await?;
+    ensure!(
+        count.is_empty(),
+        "an untouched forward made a draft (Drafts count {count:?})"
+    );
+    ensure!(
+        alice.idb_count("peermail", "draft_files").await? == 0,
+        "an untouched forward kept its files"
+    );
+    alice.type_into("#compose-to", &bob_addr).await?;
+    wait_kept_files(alice, 1).await?;
+    ensure!(
+        alice.folder_count("drafts").await? == "1",
+        "the forward is no draft"
+    );
+    alice.reload().await?;
+    alice.wait_online().await?;
+    wait_form(
+        alice,
+        &bob_addr,
+        "Fwd: Draft two",
+        &field(alice, "#compose-body").await?,
+    )
+    .await?;
+    wait_form_files(alice, &["plan.bin"]).await?;
+    let title = alice.texts(".compose-pane h1").await?;
+    ensure!(title == ["Forward"], "the forward reopened as {title:?}");
+    // Discarded: its file goes with it.
+    alice.click("#compose-cancel").await?;
+    alice.wait_gone("#compose-subject").await?;
+    wait_kept_files(alice, 0).await?;
     alice.open_folder("drafts").await?;
     wait_drafts(alice, &[], "").await?;
     alice.reload().await?;

@@ -8,7 +8,7 @@ use peermail_core::groups::{expand_recipients, Group};
 use peermail_core::store::{DeliveryState, InboxRecord, OutgoingMail};
 use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::{Address, Draft, MessageId, Node};
-use web_sys::{HtmlInputElement, HtmlTextAreaElement};
+use web_sys::{DragEvent, HtmlInputElement, HtmlTextAreaElement};
 use yew::prelude::*;
 
 use crate::compose_files::{seal_all, use_file_drop, ComposeFiles, FilesAction, PickedFiles};
@@ -1041,7 +1041,13 @@ impl FormFields {
                 files: Vec::new(),
                 ..base.forwarded.clone()
             },
-            files: files.kept(),
+            // Until the draft's own files are back, the list it has (what the form shows
+            // meanwhile is not what the draft keeps).
+            files: if files.restored {
+                files.kept()
+            } else {
+                base.files.clone()
+            },
         }
     }
 }
@@ -1072,9 +1078,11 @@ fn compose_form(props: &ComposeProps) -> Html {
     }
     // A kept draft's files are read back (until then its files are not written, so that
     // the empty list the form starts with does not replace them).
+    let files_unreadable = use_state(|| false);
     {
         let (rt, add) = (props.rt.0.clone(), files.dispatcher());
         let (id, listed) = (props.draft_id.clone(), props.prefill.files.clone());
+        let unreadable = files_unreadable.clone();
         use_effect_with((), move |_| {
             if listed.is_empty() {
                 add.dispatch(FilesAction::Restore(Vec::new()));
@@ -1086,7 +1094,10 @@ fn compose_form(props: &ComposeProps) -> Html {
                     None => Err("storage is not open".to_string()),
                 };
                 match kept {
-                    Ok(kept) => {
+                    Ok(mut kept) => {
+                        // Only those the draft lists (one removed just before the page
+                        // went away may still be stored; it goes with the next change).
+                        kept.retain(|(key, _)| listed.iter().any(|l| l.key == *key));
                         let lost: Vec<String> = listed
                             .iter()
                             .filter(|l| kept.iter().all(|(key, _)| *key != l.key))
@@ -1100,10 +1111,15 @@ fn compose_form(props: &ComposeProps) -> Html {
                             ));
                         }
                     }
-                    Err(e) => rt.tell(format!(
-                        "This draft's files could not be read ({e}); attach them again \
-                         before sending."
-                    )),
+                    // Not restored: the draft keeps listing its files (and they stay
+                    // stored); Send goes without them.
+                    Err(e) => {
+                        unreadable.set(true);
+                        rt.tell(format!(
+                            "This draft's files could not be read ({e}); a mail sent from \
+                             it goes without them."
+                        ));
+                    }
                 }
             });
         });
@@ -1154,7 +1170,12 @@ fn compose_form(props: &ComposeProps) -> Html {
             fields.clone(),
             files.clone(),
         );
+        let sending = sealing.is_some();
         use_effect_with((files.restored, files.kept()), move |(restored, kept)| {
+            // Its mail is being sent: the draft stays as it was sent (see `onsubmit`).
+            if sending {
+                return;
+            }
             let listed = crate::draft::get(&id);
             let changed = listed.as_ref().map(|d| &d.prefill.files) != Some(kept);
             if *restored && changed && (listed.is_some() || files.touched) {
@@ -1175,9 +1196,11 @@ fn compose_form(props: &ComposeProps) -> Html {
         let sealing = sealing.clone();
         let open = (*open).clone();
         let cancelled = (*cancelled).clone();
+        let files_pending = !files.restored && !*files_unreadable;
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
-            if sealing.is_some() {
+            // Not while the draft's files are being read back (Send is disabled then).
+            if sealing.is_some() || files_pending {
                 return;
             }
             let typed = fields.read(&base, &files);
@@ -1217,6 +1240,11 @@ fn compose_form(props: &ComposeProps) -> Html {
             // the mail cannot be sent, or if the page goes away first.
             sealing.set(Some(0));
             crate::draft::save(&draft_id, &typed);
+            // A forward sent untouched was no draft yet: its files are kept now, so that
+            // they are back with it if it cannot be sent.
+            if files.restored {
+                keep_draft_files(&rt, &draft_id, files.keyed());
+            }
             crate::draft::set_sending(&draft_id, true);
             dispatch.dispatch(Action::Refresh);
             let (rt, dispatch, sealing, open, cancelled, draft_id) = (
@@ -1358,10 +1386,19 @@ fn compose_form(props: &ComposeProps) -> Html {
     };
     let note = not_forwarded(&p.forwarded.missing);
     let busy = sealing.is_some();
+    // The draft's files are being read back: it is not sent without them.
+    let files_pending = !files.restored && !*files_unreadable;
+    // Nothing is added while the files are encrypted (the drop is still taken, so that the
+    // browser does not open the file instead).
+    let ondrop = if busy {
+        Callback::from(|e: DragEvent| e.prevent_default())
+    } else {
+        drop.ondrop
+    };
     html! {
         <section class="reading-pane compose-pane">
             <form class={classes!("compose", drop.dragging.then_some("dragging"))} {onsubmit} {oninput}
-                ondragover={drop.ondragover} ondragleave={drop.ondragleave} ondrop={drop.ondrop}>
+                ondragover={drop.ondragover} ondragleave={drop.ondragleave} {ondrop}>
                 <h1>{ title }</h1>
                 <label class="row"><span class="label">{ "To" }</span>
                     <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host or a group name" autocomplete="off" readonly={busy} /></label>
@@ -1374,7 +1411,7 @@ fn compose_form(props: &ComposeProps) -> Html {
                 { for note.map(|n| html! { <div id="compose-note" class="note">{ n }</div> }) }
                 <div id="compose-error" class="error">{ props.error.clone().unwrap_or_default() }</div>
                 <div class="actions">
-                    <button id="compose-send" class="primary" type="submit" disabled={busy}>
+                    <button id="compose-send" class="primary" type="submit" disabled={busy || files_pending}>
                         { if busy { "Encrypting attachments…" } else { "Send" } }
                     </button>
                     { for (*sealing).map(|pct| html! {

@@ -52,8 +52,9 @@ impl Reducible for PickedFiles {
     type Action = FilesAction;
     fn reduce(self: Rc<Self>, action: FilesAction) -> Rc<Self> {
         let mut files = self.files.clone();
-        // Keys start from the time in µs, so that a file added after a reload does not take
-        // the key of one kept with the draft (keys stay unique in this browser).
+        // Keys start from the time in ms × 1000, so that a file added after a reload does
+        // not take the key of one kept with the draft (keys stay unique in this browser),
+        // and a kept file's key says when it was added (see `draft::drop_orphan_files`).
         let mut next = self.next.max(crate::util::now().saturating_mul(1000));
         let mut restored = self.restored;
         let touched =

@@ -94,23 +94,30 @@ fn is_empty(p: &Prefill) -> bool {
 
 /// Every draft, newest first.
 pub fn list() -> Vec<Kept> {
-    let Some(s) = storage() else {
-        return Vec::new();
-    };
+    read_list().unwrap_or_default()
+}
+
+/// Every draft, newest first; `None` when there is no `localStorage` or the list cannot
+/// be read (it is then put aside, once, under `UNREADABLE_KEY`).
+fn read_list() -> Option<Vec<Kept>> {
+    let s = storage()?;
     let mut drafts: Vec<Kept> = match s.get_item(LIST_KEY).ok().flatten() {
         None => Vec::new(),
-        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
-            // Kept, not overwritten by the next draft written (a build that can read it
-            // may come).
-            crate::util::log(&format!("the kept drafts could not be read: {e}"));
-            if s.get_item(UNREADABLE_KEY).ok().flatten().is_none() {
-                let _ = s.set_item(UNREADABLE_KEY, &json);
+        Some(json) => match serde_json::from_str(&json) {
+            Ok(drafts) => drafts,
+            Err(e) => {
+                // Kept, not overwritten by the next draft written (a build that can read
+                // it may come).
+                crate::util::log(&format!("the kept drafts could not be read: {e}"));
+                if s.get_item(UNREADABLE_KEY).ok().flatten().is_none() {
+                    let _ = s.set_item(UNREADABLE_KEY, &json);
+                }
+                return None;
             }
-            Vec::new()
-        }),
+        },
     };
     drafts.sort_by(|a, b| b.saved_at.cmp(&a.saved_at).then(a.id.cmp(&b.id)));
-    drafts
+    Some(drafts)
 }
 
 /// Moves the one draft an older build kept into the list, as the draft of the open form
@@ -329,9 +336,15 @@ pub async fn drop_files(db: &Database, id: &str) -> Result<(), String> {
     tx.commit().await.map_err(err)
 }
 
+/// How old a kept file must be (by its key, see `compose_files::PickedFiles`) before
+/// [`drop_orphan_files`] may take it for an orphan: another tab's `localStorage` writes
+/// (its draft listed) may reach this one later than its files reach the database.
+pub const ORPHAN_AFTER_MS: u64 = 3_600_000;
+
 /// Drops the kept files of drafts no longer in the list (discarded or sent in a page that
-/// went away before it dropped them). Returns how many. The list is read after the keys:
-/// a form lists its draft before it keeps its files, so a file seen has its draft listed.
+/// went away before it dropped them), added at least [`ORPHAN_AFTER_MS`] ago. Returns how
+/// many. Drops none when the list cannot be read (its drafts are put aside, not gone), or
+/// when one was put aside before.
 pub async fn drop_orphan_files(db: &Database) -> Result<usize, String> {
     let tx = db
         .transaction(DRAFT_FILES)
@@ -347,12 +360,19 @@ pub async fn drop_orphan_files(db: &Database) -> Result<usize, String> {
         .map_err(err)?
         .collect::<Result<_, _>>()
         .map_err(err)?;
-    // Read once the keys are: a file seen was kept after its draft was listed.
-    let live: Vec<String> = list().into_iter().map(|d| d.id).collect();
+    let set_aside = storage()
+        .and_then(|s| s.get_item(UNREADABLE_KEY).ok().flatten())
+        .is_some();
+    let Some(drafts) = read_list().filter(|_| !set_aside) else {
+        return Ok(0);
+    };
+    let live: Vec<String> = drafts.into_iter().map(|d| d.id).collect();
+    let young = now().saturating_sub(ORPHAN_AFTER_MS).saturating_mul(1000);
     let mut dropped = 0;
     for key in keys {
-        let id = key.split('/').next().unwrap_or_default();
-        if !live.iter().any(|l| l == id) {
+        let (id, file) = key.split_once('/').unwrap_or((&key, ""));
+        let old = file.parse::<u64>().is_ok_and(|k| k < young);
+        if old && !live.iter().any(|l| l == id) {
             os.delete::<String, _>(key.clone())
                 .primitive()
                 .map_err(err)?

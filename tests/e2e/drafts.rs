@@ -183,8 +183,19 @@ pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
     open_draft(alice, "Draft one").await?;
     wait_form(alice, &bob_addr, "Draft one", "the first").await?;
     wait_form_files(alice, &[]).await?;
-    // Written on, and its row clicked again: the form keeps what was typed.
+    // Written on, its row beside the form says so as it is typed; clicked again, the form
+    // keeps what was typed.
     alice.type_into("#compose-body", ", and more").await?;
+    alice
+        .wait_until("Draft one's row to show what was typed", || async move {
+            let snippets = alice.texts("#message-list .draft-row .snippet").await?;
+            Ok(if snippets.iter().any(|s| s == "the first, and more") {
+                Ok(())
+            } else {
+                Err(format!("{snippets:?}"))
+            })
+        })
+        .await?;
     open_draft(alice, "Draft one").await?;
     // A reset would come with the click's rendering, well within this.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -128,7 +128,7 @@ fn main_view(rt: &Rc<Runtime>, state: &UseReducerHandle<State>) -> Html {
         let list = message_list(rt, node, state);
         let pane = if state.composing {
             // Keyed by the draft: another draft is another form.
-            html! { <ComposeForm key={state.draft_id.clone()} rt={RtHandle(rt.clone())} error={state.compose_error.clone()} prefill={state.prefill.clone()} draft_id={state.draft_id.clone()} dispatcher={DispatcherHandle(state.dispatcher())} /> }
+            html! { <ComposeForm key={state.draft_id.clone()} rt={RtHandle(rt.clone())} error={state.compose_error.clone()} prefill={state.prefill.clone()} draft_id={state.draft_id.clone()} drafts_shown={state.folder == Folder::Drafts} dispatcher={DispatcherHandle(state.dispatcher())} /> }
         } else {
             reading_pane(rt, node, state)
         };
@@ -943,6 +943,9 @@ pub struct ComposeProps {
     pub prefill: Prefill,
     /// The draft this form writes ([`crate::draft`]).
     pub draft_id: String,
+    /// The Drafts folder is the list shown beside the form: its row of this draft is
+    /// redrawn as the draft changes.
+    pub drafts_shown: bool,
     pub dispatcher: DispatcherHandle,
 }
 
@@ -1170,7 +1173,7 @@ fn compose_form(props: &ComposeProps) -> Html {
             fields.clone(),
             files.clone(),
         );
-        let sending = sealing.is_some();
+        let (sending, drafts_shown) = (sealing.is_some(), props.drafts_shown);
         use_effect_with((files.restored, files.kept()), move |(restored, kept)| {
             // Its mail is being sent: the draft stays as it was sent (see `onsubmit`).
             if sending {
@@ -1179,7 +1182,7 @@ fn compose_form(props: &ComposeProps) -> Html {
             let listed = crate::draft::get(&id);
             let changed = listed.as_ref().map(|d| &d.prefill.files) != Some(kept);
             if *restored && changed && (listed.is_some() || files.touched) {
-                if crate::draft::save(&id, &fields.read(&base, &files)) {
+                if crate::draft::save(&id, &fields.read(&base, &files)) || drafts_shown {
                     dispatch.dispatch(Action::Refresh);
                 }
                 keep_draft_files(&rt, &id, files.keyed());
@@ -1359,6 +1362,7 @@ fn compose_form(props: &ComposeProps) -> Html {
         let base = props.prefill.clone();
         let files = files.clone();
         let sealing = sealing.clone();
+        let drafts_shown = props.drafts_shown;
         Callback::from(move |_: InputEvent| {
             // Its mail is being sent (the fields are read-only meanwhile): the draft stays
             // as it was sent (see `onsubmit`).
@@ -1368,10 +1372,10 @@ fn compose_form(props: &ComposeProps) -> Html {
             let counted = crate::draft::save(&draft_id, &fields.read(&base, &files));
             // The Drafts folder's count changed: the draft was listed (or, emptied, taken
             // out), and its files go with it (a forward's, which were not kept before).
-            if counted {
-                if files.restored {
-                    keep_draft_files(&rt, &draft_id, files.keyed());
-                }
+            if counted && files.restored {
+                keep_draft_files(&rt, &draft_id, files.keyed());
+            }
+            if counted || drafts_shown {
                 dispatch.dispatch(Action::Refresh);
             }
         })

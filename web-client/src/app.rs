@@ -8,7 +8,7 @@ use peermail_core::groups::{expand_recipients, Group};
 use peermail_core::store::{DeliveryState, InboxRecord, OutgoingMail};
 use peermail_core::wire::signal::PresenceStatus;
 use peermail_core::{Address, Draft, MessageId, Node};
-use web_sys::{DragEvent, HtmlInputElement, HtmlTextAreaElement};
+use web_sys::{HtmlInputElement, HtmlTextAreaElement};
 use yew::prelude::*;
 
 use crate::compose_files::{seal_all, use_file_drop, ComposeFiles, FilesAction, PickedFiles};
@@ -999,11 +999,12 @@ fn forget_draft(rt: &Rc<Runtime>, id: &str) {
 
 /// Keeps `files` as draft `id`'s files (see [`crate::draft::keep_files`]; calls take
 /// effect in the order they are made).
-fn keep_draft_files(rt: &Rc<Runtime>, id: &str, files: Vec<(u64, web_sys::File)>) {
+fn keep_draft_files(rt: &Rc<Runtime>, id: &str, files: &PickedFiles) {
     let Some(db) = rt.database() else { return };
     let (rt, id) = (rt.clone(), id.to_string());
+    let (keyed, preserved) = (files.keyed(), files.preserved_keys());
     wasm_bindgen_futures::spawn_local(async move {
-        if let Err(e) = crate::draft::keep_files(&db, &id, &files).await {
+        if let Err(e) = crate::draft::keep_files(&db, &id, &keyed, &preserved).await {
             rt.tell(format!(
                 "The files of a draft could not be kept with it ({e}); they stay attached \
                  while its form is open."
@@ -1069,7 +1070,9 @@ fn compose_form(props: &ComposeProps) -> Html {
         body: body_ref.clone(),
     };
     let files = use_reducer(PickedFiles::default);
-    let drop = use_file_drop(files.dispatcher());
+    // Whether its files are being encrypted for a Send (set below, read by the drop target).
+    let sealing = use_state(|| None::<u8>);
+    let drop = use_file_drop(files.dispatcher(), sealing.is_some());
     // A forward's files are attached as if picked.
     {
         let add = files.dispatcher();
@@ -1081,11 +1084,9 @@ fn compose_form(props: &ComposeProps) -> Html {
     }
     // A kept draft's files are read back (until then its files are not written, so that
     // the empty list the form starts with does not replace them).
-    let files_unreadable = use_state(|| false);
     {
         let (rt, add) = (props.rt.0.clone(), files.dispatcher());
         let (id, listed) = (props.draft_id.clone(), props.prefill.files.clone());
-        let unreadable = files_unreadable.clone();
         use_effect_with((), move |_| {
             if listed.is_empty() {
                 add.dispatch(FilesAction::Restore(Vec::new()));
@@ -1114,10 +1115,10 @@ fn compose_form(props: &ComposeProps) -> Html {
                             ));
                         }
                     }
-                    // Not restored: the draft keeps listing its files (and they stay
-                    // stored); Send goes without them.
+                    // The draft keeps listing its files (and they stay stored); Send
+                    // goes without them.
                     Err(e) => {
-                        unreadable.set(true);
+                        add.dispatch(FilesAction::Unreadable(listed));
                         rt.tell(format!(
                             "This draft's files could not be read ({e}); a mail sent from \
                              it goes without them."
@@ -1151,8 +1152,8 @@ fn compose_form(props: &ComposeProps) -> Html {
             set(&refs.3, &p.body);
         });
     }
-    // Percent of the attachments encrypted, while sealing them for a Send.
-    let sealing = use_state(|| None::<u8>);
+    // `sealing` (above): percent of the attachments encrypted, while sealing them for a
+    // Send.
     // Cleared when the form closes: a sealing in progress then no longer shows in it (and
     // its mail is sent all the same).
     let open = use_memo((), |_| Rc::new(Cell::new(true)));
@@ -1185,7 +1186,7 @@ fn compose_form(props: &ComposeProps) -> Html {
                 if crate::draft::save(&id, &fields.read(&base, &files)) || drafts_shown {
                     dispatch.dispatch(Action::Refresh);
                 }
-                keep_draft_files(&rt, &id, files.keyed());
+                keep_draft_files(&rt, &id, &files);
             }
         });
     }
@@ -1199,7 +1200,7 @@ fn compose_form(props: &ComposeProps) -> Html {
         let sealing = sealing.clone();
         let open = (*open).clone();
         let cancelled = (*cancelled).clone();
-        let files_pending = !files.restored && !*files_unreadable;
+        let files_pending = !files.restored;
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
             // Not while the draft's files are being read back (Send is disabled then).
@@ -1246,7 +1247,7 @@ fn compose_form(props: &ComposeProps) -> Html {
             // A forward sent untouched was no draft yet: its files are kept now, so that
             // they are back with it if it cannot be sent.
             if files.restored {
-                keep_draft_files(&rt, &draft_id, files.keyed());
+                keep_draft_files(&rt, &draft_id, &files);
             }
             crate::draft::set_sending(&draft_id, true);
             dispatch.dispatch(Action::Refresh);
@@ -1373,7 +1374,7 @@ fn compose_form(props: &ComposeProps) -> Html {
             // The Drafts folder's count changed: the draft was listed (or, emptied, taken
             // out), and its files go with it (a forward's, which were not kept before).
             if counted && files.restored {
-                keep_draft_files(&rt, &draft_id, files.keyed());
+                keep_draft_files(&rt, &draft_id, &files);
             }
             if counted || drafts_shown {
                 dispatch.dispatch(Action::Refresh);
@@ -1391,18 +1392,12 @@ fn compose_form(props: &ComposeProps) -> Html {
     let note = not_forwarded(&p.forwarded.missing);
     let busy = sealing.is_some();
     // The draft's files are being read back: it is not sent without them.
-    let files_pending = !files.restored && !*files_unreadable;
-    // Nothing is added while the files are encrypted (the drop is still taken, so that the
-    // browser does not open the file instead).
-    let ondrop = if busy {
-        Callback::from(|e: DragEvent| e.prevent_default())
-    } else {
-        drop.ondrop
-    };
+    let files_pending = !files.restored;
+
     html! {
         <section class="reading-pane compose-pane">
             <form class={classes!("compose", drop.dragging.then_some("dragging"))} {onsubmit} {oninput}
-                ondragover={drop.ondragover} ondragleave={drop.ondragleave} {ondrop}>
+                ondragover={drop.ondragover} ondragleave={drop.ondragleave} ondrop={drop.ondrop}>
                 <h1>{ title }</h1>
                 <label class="row"><span class="label">{ "To" }</span>
                     <input id="compose-to" ref={to_ref} type="text" placeholder="bob@host, carol@host or a group name" autocomplete="off" readonly={busy} /></label>

@@ -36,6 +36,9 @@ pub struct PickedFiles {
     pub restored: bool,
     /// The person added or removed a file (a forward's files alone make no draft).
     pub touched: bool,
+    /// Files the draft lists whose kept copies could not be read back: still listed and
+    /// kept (a later page may read them), not shown nor sent.
+    pub preserved: Vec<crate::draft::KeptFile>,
 }
 
 pub enum FilesAction {
@@ -46,6 +49,8 @@ pub enum FilesAction {
     /// The files kept with the form's draft, read back as it opens (they go before any
     /// added meanwhile).
     Restore(Vec<(u64, File)>),
+    /// The draft's files could not be read back: these (its list) stay as they are.
+    Unreadable(Vec<crate::draft::KeptFile>),
 }
 
 impl Reducible for PickedFiles {
@@ -57,6 +62,7 @@ impl Reducible for PickedFiles {
         // and a kept file's key says when it was added (see `draft::drop_orphan_files`).
         let mut next = self.next.max(crate::util::now().saturating_mul(1000));
         let mut restored = self.restored;
+        let mut preserved = self.preserved.clone();
         let touched =
             self.touched || matches!(action, FilesAction::Add(_) | FilesAction::Remove(_));
         match action {
@@ -77,12 +83,18 @@ impl Reducible for PickedFiles {
                 files.splice(0..0, kept);
                 restored = true;
             }
+            FilesAction::Unreadable(listed) => {
+                next = listed.iter().map(|f| f.key + 1).fold(next, u64::max);
+                preserved = listed;
+                restored = true;
+            }
         }
         Rc::new(PickedFiles {
             next,
             files,
             restored,
             touched,
+            preserved,
         })
     }
 }
@@ -98,16 +110,19 @@ impl PickedFiles {
         self.files.iter().map(|f| (f.key, f.file.clone())).collect()
     }
 
-    /// The files as a draft lists them.
+    /// The files as a draft lists them (those that could not be read back first).
     pub fn kept(&self) -> Vec<crate::draft::KeptFile> {
-        self.files
-            .iter()
-            .map(|f| crate::draft::KeptFile {
-                key: f.key,
-                name: f.file.name(),
-                size: f.file.size() as u64,
-            })
-            .collect()
+        let files = self.files.iter().map(|f| crate::draft::KeptFile {
+            key: f.key,
+            name: f.file.name(),
+            size: f.file.size() as u64,
+        });
+        self.preserved.iter().cloned().chain(files).collect()
+    }
+
+    /// The keys of the kept files that could not be read back (kept as they are).
+    pub fn preserved_keys(&self) -> Vec<u64> {
+        self.preserved.iter().map(|f| f.key).collect()
     }
 }
 
@@ -127,9 +142,11 @@ pub struct DropTarget {
     pub dragging: bool,
 }
 
-/// Handlers that add files dropped onto the element they are set on.
+/// Handlers that add files dropped onto the element they are set on; while `busy` (the
+/// form's files are being encrypted) a drop adds nothing (and the browser still does not
+/// open the file).
 #[hook]
-pub fn use_file_drop(files: UseReducerDispatcher<PickedFiles>) -> DropTarget {
+pub fn use_file_drop(files: UseReducerDispatcher<PickedFiles>, busy: bool) -> DropTarget {
     let dragging = use_state(|| false);
     let ondragover = {
         let dragging = dragging.clone();
@@ -137,7 +154,7 @@ pub fn use_file_drop(files: UseReducerDispatcher<PickedFiles>) -> DropTarget {
             // Without this the browser opens the file instead of dropping it here.
             e.prevent_default();
             if let Some(dt) = e.data_transfer() {
-                dt.set_drop_effect("copy");
+                dt.set_drop_effect(if busy { "none" } else { "copy" });
             }
             if !*dragging {
                 dragging.set(true);
@@ -167,7 +184,7 @@ pub fn use_file_drop(files: UseReducerDispatcher<PickedFiles>) -> DropTarget {
             e.prevent_default();
             dragging.set(false);
             let dropped = files_of(e.data_transfer().and_then(|dt| dt.files()));
-            if !dropped.is_empty() {
+            if !dropped.is_empty() && !busy {
                 files.dispatch(FilesAction::Add(dropped));
             }
         })

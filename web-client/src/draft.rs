@@ -11,11 +11,11 @@
 //!
 //! A draft's files (picked, dropped, or a forward's) are kept with it: the `File`s in the
 //! account's database (object store `draft_files`, key `"<draft id>/<file key, 20
-//! digits>"`; the browser copies a picked file's bytes there), listed in the draft's
-//! [`Prefill::files`]. The form writes them as they change ([`keep_files`]) and reads them
-//! back when the draft opens again ([`kept_files`]); they go with the draft
-//! ([`drop_files`]), and files whose draft is gone are dropped as the page starts
-//! ([`drop_orphan_files`]).
+//! digits>"`, value `{ file, kept_at }`; the browser copies a picked file's bytes there),
+//! listed in the draft's [`Prefill::files`]. The form writes them as they change
+//! ([`keep_files`]) and reads them back when the draft opens again ([`kept_files`]; those
+//! it cannot read stay listed and kept); they go with the draft ([`drop_files`]), and
+//! files whose draft is gone are dropped as the page starts ([`drop_orphan_files`]).
 
 use indexed_db_futures::database::Database;
 use indexed_db_futures::prelude::*;
@@ -236,15 +236,49 @@ fn file_key(id: &str, key: u64) -> String {
     format!("{id}/{key:020}")
 }
 
+/// The file key in a record's key `"<draft id>/<file key>"`.
+fn key_of(record: &str) -> Option<(&str, u64)> {
+    let (id, key) = record.split_once('/')?;
+    Some((id, key.parse().ok()?))
+}
+
 /// The keys of draft `id`'s files (`'0'` follows `'/'`).
 fn files_range(id: &str) -> KeyRange<String> {
     (format!("{id}/")..format!("{id}0")).into()
 }
 
-/// Makes `files` (key, `File`) draft `id`'s kept files: those kept and no longer attached
-/// are dropped, those not kept yet are stored (a kept file is not written again). One
-/// transaction, made before the first await: calls take effect in the order they are made.
-pub async fn keep_files(db: &Database, id: &str, files: &[(u64, File)]) -> Result<(), String> {
+/// A record's value: `{ file: File, kept_at: <ms since the epoch> }`.
+fn record(file: &File) -> JsValue {
+    let o = js_sys::Object::new();
+    let _ = js_sys::Reflect::set(&o, &"file".into(), file);
+    let _ = js_sys::Reflect::set(&o, &"kept_at".into(), &JsValue::from_f64(now() as f64));
+    o.into()
+}
+
+fn record_file(v: &JsValue) -> Option<File> {
+    js_sys::Reflect::get(v, &"file".into())
+        .ok()?
+        .dyn_into()
+        .ok()
+}
+
+fn record_kept_at(v: &JsValue) -> Option<u64> {
+    js_sys::Reflect::get(v, &"kept_at".into())
+        .ok()?
+        .as_f64()
+        .map(|t| t as u64)
+}
+
+/// Makes `files` (key, `File`) draft `id`'s kept files: those kept and neither attached
+/// nor in `keep_also` are dropped, those not kept yet are stored (a kept file is not
+/// written again). One transaction, made before the first await: calls take effect in the
+/// order they are made.
+pub async fn keep_files(
+    db: &Database,
+    id: &str,
+    files: &[(u64, File)],
+    keep_also: &[u64],
+) -> Result<(), String> {
     let tx = db
         .transaction(DRAFT_FILES)
         .with_mode(TransactionMode::Readwrite)
@@ -261,7 +295,11 @@ pub async fn keep_files(db: &Database, id: &str, files: &[(u64, File)]) -> Resul
         .collect::<Result<_, _>>()
         .map_err(err)?;
     let wanted: Vec<String> = files.iter().map(|(k, _)| file_key(id, *k)).collect();
-    for key in stored.iter().filter(|k| !wanted.contains(k)) {
+    let also: Vec<String> = keep_also.iter().map(|k| file_key(id, *k)).collect();
+    for key in stored
+        .iter()
+        .filter(|k| !wanted.contains(k) && !also.contains(k))
+    {
         os.delete::<String, _>(key.clone())
             .primitive()
             .map_err(err)?
@@ -270,7 +308,7 @@ pub async fn keep_files(db: &Database, id: &str, files: &[(u64, File)]) -> Resul
     }
     for ((_, file), key) in files.iter().zip(&wanted) {
         if !stored.contains(key) {
-            os.put(JsValue::from(file.clone()))
+            os.put(record(file))
                 .with_key(key.clone())
                 .primitive()
                 .map_err(err)?
@@ -281,7 +319,8 @@ pub async fn keep_files(db: &Database, id: &str, files: &[(u64, File)]) -> Resul
     tx.commit().await.map_err(err)
 }
 
-/// Draft `id`'s kept files, in order, with their keys.
+/// Draft `id`'s kept files, in order, with their keys. A record that cannot be read is
+/// left out (and logged): the form then says which listed file did not come back.
 pub async fn kept_files(db: &Database, id: &str) -> Result<Vec<(u64, File)>, String> {
     let tx = db.transaction(DRAFT_FILES).build().map_err(err)?;
     let os = tx.object_store(DRAFT_FILES).map_err(err)?;
@@ -304,20 +343,17 @@ pub async fn kept_files(db: &Database, id: &str) -> Result<Vec<(u64, File)>, Str
         .collect::<Result<_, _>>()
         .map_err(err)?;
     tx.commit().await.map_err(err)?;
-    keys.iter()
+    Ok(keys
+        .iter()
         .zip(values)
-        .map(|(k, v)| {
-            let key = k
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| format!("a draft file's key {k:?} is not {id}/<number>"))?;
-            let file = v
-                .dyn_into::<File>()
-                .map_err(|_| format!("the draft file {k:?} is not a File"))?;
-            Ok((key, file))
+        .filter_map(|(k, v)| match (key_of(k), record_file(&v)) {
+            (Some((_, key)), Some(file)) => Some((key, file)),
+            _ => {
+                crate::util::log(&format!("the draft file {k:?} cannot be read"));
+                None
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Drops draft `id`'s kept files (its mail was sent, or it was discarded).
@@ -336,15 +372,30 @@ pub async fn drop_files(db: &Database, id: &str) -> Result<(), String> {
     tx.commit().await.map_err(err)
 }
 
-/// How old a kept file must be (by its key, see `compose_files::PickedFiles`) before
-/// [`drop_orphan_files`] may take it for an orphan: another tab's `localStorage` writes
-/// (its draft listed) may reach this one later than its files reach the database.
+/// How long ago a file must have been kept before [`drop_orphan_files`] may take it for an
+/// orphan: another tab's `localStorage` writes (its draft listed) may reach this one later
+/// than its files reach the database.
 pub const ORPHAN_AFTER_MS: u64 = 3_600_000;
 
-/// Drops the kept files of drafts no longer in the list (discarded or sent in a page that
-/// went away before it dropped them), added at least [`ORPHAN_AFTER_MS`] ago. Returns how
-/// many. Drops none when the list cannot be read (its drafts are put aside, not gone), or
-/// when one was put aside before.
+/// The ids of the drafts listed, and of those in a list put aside (`UNREADABLE_KEY`),
+/// which are not gone either; `None` when there is no `localStorage`, or a list put
+/// aside is no JSON at all.
+fn live_ids() -> Option<Vec<String>> {
+    let mut live: Vec<String> = read_list()?.into_iter().map(|d| d.id).collect();
+    if let Some(aside) = storage()?.get_item(UNREADABLE_KEY).ok().flatten() {
+        let aside: serde_json::Value = serde_json::from_str(&aside).ok()?;
+        let ids = aside.as_array().into_iter().flatten();
+        live.extend(
+            ids.filter_map(|d| d.get("id")?.as_str())
+                .map(str::to_string),
+        );
+    }
+    Some(live)
+}
+
+/// Drops the kept files of drafts no longer listed (discarded or sent in a page that went
+/// away before it dropped them), kept at least [`ORPHAN_AFTER_MS`] ago. Returns how many.
+/// Drops none when the list cannot be read (its drafts are put aside, not gone).
 pub async fn drop_orphan_files(db: &Database) -> Result<usize, String> {
     let tx = db
         .transaction(DRAFT_FILES)
@@ -360,18 +411,23 @@ pub async fn drop_orphan_files(db: &Database) -> Result<usize, String> {
         .map_err(err)?
         .collect::<Result<_, _>>()
         .map_err(err)?;
-    let set_aside = storage()
-        .and_then(|s| s.get_item(UNREADABLE_KEY).ok().flatten())
-        .is_some();
-    let Some(drafts) = read_list().filter(|_| !set_aside) else {
+    let values: Vec<JsValue> = os
+        .get_all::<JsValue>()
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    let Some(live) = live_ids() else {
         return Ok(0);
     };
-    let live: Vec<String> = drafts.into_iter().map(|d| d.id).collect();
-    let young = now().saturating_sub(ORPHAN_AFTER_MS).saturating_mul(1000);
+    let before = now().saturating_sub(ORPHAN_AFTER_MS);
     let mut dropped = 0;
-    for key in keys {
-        let (id, file) = key.split_once('/').unwrap_or((&key, ""));
-        let old = file.parse::<u64>().is_ok_and(|k| k < young);
+    for (key, value) in keys.iter().zip(&values) {
+        let id = key_of(key).map_or(key.as_str(), |(id, _)| id);
+        // A record without a time is no file this build kept: not an orphan of a draft.
+        let old = record_kept_at(value).is_some_and(|t| t < before);
         if old && !live.iter().any(|l| l == id) {
             os.delete::<String, _>(key.clone())
                 .primitive()

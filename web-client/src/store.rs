@@ -16,7 +16,7 @@
 //! | `chunk_lists` | attachment id (hex) | the chunk list of an attachment this node has whole (sent, or received and verified): the SHA-256 hashes concatenated, as a `Uint8Array` (since version 4) |
 //! | `groups` | the group's key (its name, lower-case) | an address-book [`Group`] as JSON (since version 5) |
 //! | `deleted` | Message-ID | a [`DeletedMail`]: a mail the person deleted, as JSON (since version 7) |
-//! | `draft_files` | `"<draft id>/<file key, 20 digits>"` | a file attached to a draft being written, as a `File` (since version 8; see [`crate::draft`]) |
+//! | `draft_files` | `"<draft id>/<file key, 20 digits>"` | a file attached to a draft being written: `{ file: File, kept_at: <ms since the epoch> }` (since version 8; see [`crate::draft`]) |
 //!
 //! The mailbox's values are JSON strings (the `serde` forms `core` already defines), so
 //! the browser never needs to understand them and a schema change is a change of `core`

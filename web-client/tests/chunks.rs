@@ -61,10 +61,10 @@ async fn a_drafts_files_are_kept_read_back_and_dropped_with_it() {
         out
     };
     assert!(draft::kept_files(&db, "d1").await.unwrap().is_empty());
-    draft::keep_files(&db, "d1", &[(5, a.clone()), (9, b.clone())])
+    draft::keep_files(&db, "d1", &[(5, a.clone()), (9, b.clone())], &[])
         .await
         .unwrap();
-    draft::keep_files(&db, "d2", &[(3, c.clone())])
+    draft::keep_files(&db, "d2", &[(3, c.clone())], &[])
         .await
         .unwrap();
     let kept = read(draft::kept_files(&db, "d1").await.unwrap()).await;
@@ -82,7 +82,7 @@ async fn a_drafts_files_are_kept_read_back_and_dropped_with_it() {
     );
     // b removed, c added; a, kept already, stays as it was.
     let kept_a = draft::kept_files(&db, "d1").await.unwrap()[0].1.clone();
-    draft::keep_files(&db, "d1", &[(5, kept_a), (11, c.clone())])
+    draft::keep_files(&db, "d1", &[(5, kept_a), (11, c.clone())], &[])
         .await
         .unwrap();
     let kept = read(draft::kept_files(&db, "d1").await.unwrap()).await;
@@ -96,11 +96,16 @@ async fn a_drafts_files_are_kept_read_back_and_dropped_with_it() {
         1,
         "d2 untouched"
     );
+    // A file kept but not attached stays when asked to (one the form could not read back).
+    draft::keep_files(&db, "d2", &[], &[3]).await.unwrap();
+    assert_eq!(draft::kept_files(&db, "d2").await.unwrap().len(), 1);
+    // d2's file was kept over an hour ago.
+    backdate(&db, "d2/00000000000000000003", &c).await;
 
-    // Only d1 is listed: d2's files go as a page starts; d1's stay, and so do d4's, added
+    // Only d1 is listed: d2's files go as a page starts; d1's stay, and so do d4's, kept
     // just now (another tab's draft may not be listed here yet).
     let just_now = js_sys::Date::now() as u64 * 1000;
-    draft::keep_files(&db, "d4", &[(just_now, b.clone())])
+    draft::keep_files(&db, "d4", &[(just_now, b.clone())], &[])
         .await
         .unwrap();
     let listed = Prefill {
@@ -113,7 +118,16 @@ async fn a_drafts_files_are_kept_read_back_and_dropped_with_it() {
     storage.set_item("peermail-drafts", "not json").unwrap();
     assert_eq!(draft::drop_orphan_files(&db).await.unwrap(), 0);
     assert_eq!(draft::kept_files(&db, "d2").await.unwrap().len(), 1);
+    // Nor the files of a draft in a list put aside.
     storage.set_item("peermail-drafts", &list).unwrap();
+    assert!(storage
+        .get_item("peermail-drafts-unreadable")
+        .unwrap()
+        .is_some_and(|aside| aside == "not json"));
+    storage
+        .set_item("peermail-drafts-unreadable", r#"[{"id":"d2","future":1}]"#)
+        .unwrap();
+    assert_eq!(draft::drop_orphan_files(&db).await.unwrap(), 0);
     storage.remove_item("peermail-drafts-unreadable").unwrap();
     assert_eq!(draft::drop_orphan_files(&db).await.unwrap(), 1);
     assert!(draft::kept_files(&db, "d2").await.unwrap().is_empty());
@@ -167,7 +181,47 @@ async fn a_drafts_files_are_kept_read_back_and_dropped_with_it() {
             .collect::<Vec<_>>()[..2],
         [(5, 70_000), (7, 0)]
     );
+    // Files that could not be read back stay listed (first), are not attached, and are
+    // kept as they are.
+    let unreadable = vec![draft::KeptFile {
+        key: 42,
+        name: "lost.bin".into(),
+        size: 9,
+    }];
+    let files = Rc::new(PickedFiles::default()).reduce(FilesAction::Unreadable(unreadable.clone()));
+    assert!(files.restored && files.files.is_empty());
+    let files = files.reduce(FilesAction::Add(vec![b.clone()]));
+    let kept = files.kept();
+    assert_eq!(kept[0], unreadable[0]);
+    assert_eq!(kept.len(), 2);
+    assert!(kept[1].key > 42);
+    assert_eq!(files.preserved_keys(), [42]);
     db.close();
+}
+
+/// Rewrites the draft file record `key` as kept two hours ago.
+async fn backdate(db: &Database, key: &str, file: &web_sys::File) {
+    use indexed_db_futures::prelude::*;
+    use indexed_db_futures::transaction::TransactionMode;
+    let o = js_sys::Object::new();
+    js_sys::Reflect::set(&o, &"file".into(), file).unwrap();
+    let then = js_sys::Date::now() - 2.0 * 3_600_000.0;
+    js_sys::Reflect::set(&o, &"kept_at".into(), &then.into()).unwrap();
+    let store = peermail_web_client::store::DRAFT_FILES;
+    let tx = db
+        .transaction(store)
+        .with_mode(TransactionMode::Readwrite)
+        .build()
+        .unwrap();
+    tx.object_store(store)
+        .unwrap()
+        .put(wasm_bindgen::JsValue::from(o))
+        .with_key(key.to_string())
+        .primitive()
+        .unwrap()
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
 }
 
 /// A deterministic stand-in for the CSPRNG.
@@ -540,7 +594,7 @@ mod compose {
     #[function_component(Harness)]
     fn harness() -> Html {
         let files = use_reducer(PickedFiles::default);
-        let drop = use_file_drop(files.dispatcher());
+        let drop = use_file_drop(files.dispatcher(), false);
         html! {
             <form id="drop-zone" ondragover={drop.ondragover} ondrop={drop.ondrop}>
                 <ComposeFiles files={files} />

@@ -18,8 +18,9 @@
 //! files whose draft is gone are dropped as the page starts ([`drop_orphan_files`]).
 
 use indexed_db_futures::database::Database;
+use indexed_db_futures::object_store::ObjectStore;
 use indexed_db_futures::prelude::*;
-use indexed_db_futures::transaction::TransactionMode;
+use indexed_db_futures::transaction::{Transaction, TransactionMode};
 use indexed_db_futures::KeyRange;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
@@ -269,6 +270,57 @@ fn record_kept_at(v: &JsValue) -> Option<u64> {
         .map(|t| t as u64)
 }
 
+/// Every record's keys (`'\u{ffff}'` follows any draft id).
+fn all_range() -> KeyRange<String> {
+    (String::new().."\u{ffff}".to_string()).into()
+}
+
+/// The keys of the records in `range`, in order.
+async fn keys_in(os: &ObjectStore<'_>, range: KeyRange<String>) -> Result<Vec<String>, String> {
+    os.get_all_keys::<String>()
+        .with_query::<String, _>(range)
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)
+}
+
+/// The values of the records in `range`, in the order of their keys.
+async fn values_in(os: &ObjectStore<'_>, range: KeyRange<String>) -> Result<Vec<JsValue>, String> {
+    os.get_all::<JsValue>()
+        .with_query::<String, _>(range)
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)
+}
+
+/// Deletes the records in `range` (one key, or a range of them).
+async fn delete_in(os: &ObjectStore<'_>, range: KeyRange<String>) -> Result<(), String> {
+    os.delete::<String, _>(range)
+        .primitive()
+        .map_err(err)?
+        .await
+        .map_err(err)
+}
+
+/// A transaction on the draft files, for reading or (`write`) also writing.
+fn transaction(db: &Database, write: bool) -> Result<Transaction<'_>, String> {
+    let mode = if write {
+        TransactionMode::Readwrite
+    } else {
+        TransactionMode::Readonly
+    };
+    db.transaction(DRAFT_FILES)
+        .with_mode(mode)
+        .build()
+        .map_err(err)
+}
+
 /// Makes `files` (key, `File`) draft `id`'s kept files: those kept and neither attached
 /// nor in `keep_also` are dropped, those not kept yet are stored (a kept file is not
 /// written again). One transaction, made before the first await: calls take effect in the
@@ -279,32 +331,16 @@ pub async fn keep_files(
     files: &[(u64, File)],
     keep_also: &[u64],
 ) -> Result<(), String> {
-    let tx = db
-        .transaction(DRAFT_FILES)
-        .with_mode(TransactionMode::Readwrite)
-        .build()
-        .map_err(err)?;
+    let tx = transaction(db, true)?;
     let os = tx.object_store(DRAFT_FILES).map_err(err)?;
-    let stored: Vec<String> = os
-        .get_all_keys::<String>()
-        .with_query::<String, _>(files_range(id))
-        .primitive()
-        .map_err(err)?
-        .await
-        .map_err(err)?
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
+    let stored = keys_in(&os, files_range(id)).await?;
     let wanted: Vec<String> = files.iter().map(|(k, _)| file_key(id, *k)).collect();
     let also: Vec<String> = keep_also.iter().map(|k| file_key(id, *k)).collect();
     for key in stored
         .iter()
         .filter(|k| !wanted.contains(k) && !also.contains(k))
     {
-        os.delete::<String, _>(key.clone())
-            .primitive()
-            .map_err(err)?
-            .await
-            .map_err(err)?;
+        delete_in(&os, key.clone().into()).await?;
     }
     for ((_, file), key) in files.iter().zip(&wanted) {
         if !stored.contains(key) {
@@ -322,26 +358,10 @@ pub async fn keep_files(
 /// Draft `id`'s kept files, in order, with their keys. A record that cannot be read is
 /// left out (and logged): the form then says which listed file did not come back.
 pub async fn kept_files(db: &Database, id: &str) -> Result<Vec<(u64, File)>, String> {
-    let tx = db.transaction(DRAFT_FILES).build().map_err(err)?;
+    let tx = transaction(db, false)?;
     let os = tx.object_store(DRAFT_FILES).map_err(err)?;
-    let keys: Vec<String> = os
-        .get_all_keys::<String>()
-        .with_query::<String, _>(files_range(id))
-        .primitive()
-        .map_err(err)?
-        .await
-        .map_err(err)?
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
-    let values: Vec<JsValue> = os
-        .get_all::<JsValue>()
-        .with_query::<String, _>(files_range(id))
-        .primitive()
-        .map_err(err)?
-        .await
-        .map_err(err)?
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
+    let keys = keys_in(&os, files_range(id)).await?;
+    let values = values_in(&os, files_range(id)).await?;
     tx.commit().await.map_err(err)?;
     Ok(keys
         .iter()
@@ -358,17 +378,9 @@ pub async fn kept_files(db: &Database, id: &str) -> Result<Vec<(u64, File)>, Str
 
 /// Drops draft `id`'s kept files (its mail was sent, or it was discarded).
 pub async fn drop_files(db: &Database, id: &str) -> Result<(), String> {
-    let tx = db
-        .transaction(DRAFT_FILES)
-        .with_mode(TransactionMode::Readwrite)
-        .build()
-        .map_err(err)?;
+    let tx = transaction(db, true)?;
     let os = tx.object_store(DRAFT_FILES).map_err(err)?;
-    os.delete::<String, _>(files_range(id))
-        .primitive()
-        .map_err(err)?
-        .await
-        .map_err(err)?;
+    delete_in(&os, files_range(id)).await?;
     tx.commit().await.map_err(err)
 }
 
@@ -397,28 +409,10 @@ fn live_ids() -> Option<Vec<String>> {
 /// away before it dropped them), kept at least [`ORPHAN_AFTER_MS`] ago. Returns how many.
 /// Drops none when the list cannot be read (its drafts are put aside, not gone).
 pub async fn drop_orphan_files(db: &Database) -> Result<usize, String> {
-    let tx = db
-        .transaction(DRAFT_FILES)
-        .with_mode(TransactionMode::Readwrite)
-        .build()
-        .map_err(err)?;
+    let tx = transaction(db, true)?;
     let os = tx.object_store(DRAFT_FILES).map_err(err)?;
-    let keys: Vec<String> = os
-        .get_all_keys::<String>()
-        .primitive()
-        .map_err(err)?
-        .await
-        .map_err(err)?
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
-    let values: Vec<JsValue> = os
-        .get_all::<JsValue>()
-        .primitive()
-        .map_err(err)?
-        .await
-        .map_err(err)?
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
+    let keys = keys_in(&os, all_range()).await?;
+    let values = values_in(&os, all_range()).await?;
     let Some(live) = live_ids() else {
         return Ok(0);
     };
@@ -429,11 +423,7 @@ pub async fn drop_orphan_files(db: &Database) -> Result<usize, String> {
         // A record without a time is no file this build kept: not an orphan of a draft.
         let old = record_kept_at(value).is_some_and(|t| t < before);
         if old && !live.iter().any(|l| l == id) {
-            os.delete::<String, _>(key.clone())
-                .primitive()
-                .map_err(err)?
-                .await
-                .map_err(err)?;
+            delete_in(&os, key.clone().into()).await?;
             dropped += 1;
         }
     }

@@ -1070,7 +1070,7 @@ fn compose_form(props: &ComposeProps) -> Html {
         body: body_ref.clone(),
     };
     let files = use_reducer(PickedFiles::default);
-    // Whether its files are being encrypted for a Send (set below, read by the drop target).
+    // Percent of the attachments encrypted, while sealing them for a Send.
     let sealing = use_state(|| None::<u8>);
     let drop = use_file_drop(files.dispatcher(), sealing.is_some());
     // A forward's files are attached as if picked.
@@ -1152,11 +1152,11 @@ fn compose_form(props: &ComposeProps) -> Html {
             set(&refs.3, &p.body);
         });
     }
-    // `sealing` (above): percent of the attachments encrypted, while sealing them for a
-    // Send.
     // Cleared when the form closes: a sealing in progress then no longer shows in it (and
     // its mail is sent all the same).
     let open = use_memo((), |_| Rc::new(Cell::new(true)));
+    // The draft's files are being read back: it is not sent without them.
+    let files_pending = !files.restored;
     // Set by Cancel: a sealing in progress stops and nothing is sent.
     let cancelled = use_memo((), |_| Rc::new(Cell::new(false)));
     {
@@ -1200,7 +1200,6 @@ fn compose_form(props: &ComposeProps) -> Html {
         let sealing = sealing.clone();
         let open = (*open).clone();
         let cancelled = (*cancelled).clone();
-        let files_pending = !files.restored;
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
             // Not while the draft's files are being read back (Send is disabled then).
@@ -1391,9 +1390,6 @@ fn compose_form(props: &ComposeProps) -> Html {
     };
     let note = not_forwarded(&p.forwarded.missing);
     let busy = sealing.is_some();
-    // The draft's files are being read back: it is not sent without them.
-    let files_pending = !files.restored;
-
     html! {
         <section class="reading-pane compose-pane">
             <form class={classes!("compose", drop.dragging.then_some("dragging"))} {onsubmit} {oninput}

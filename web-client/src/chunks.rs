@@ -55,7 +55,7 @@ pub fn segment_key(att: AttachmentId, index: u32) -> String {
     chunk_key(att, index - index % SEGMENT_CHUNKS)
 }
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
@@ -69,8 +69,7 @@ fn js_err(e: JsValue) -> String {
 /// Every key of `att`'s chunks: from `"<hex>/"` up to, not including, `"<hex>0"` (`'0'`
 /// follows `'/'`).
 pub(crate) fn chunk_range(att: AttachmentId) -> KeyRange<String> {
-    let hex = att.to_hex();
-    (format!("{hex}/")..format!("{hex}0")).into()
+    crate::store::prefix_range(&att.to_hex())
 }
 
 /// The bytes of a Blob (or File, or a slice of one).

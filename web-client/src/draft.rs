@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::File;
 
+use crate::chunks::err;
 use crate::state::Prefill;
-use crate::store::DRAFT_FILES;
+use crate::store::{prefix_range, DRAFT_FILES};
 use crate::util::{now, random_hex};
 
 /// The drafts, as JSON: `[Kept]`.
@@ -229,10 +230,6 @@ pub fn open() -> Option<Kept> {
 
 // The draft's files, in the account's database.
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
 fn file_key(id: &str, key: u64) -> String {
     format!("{id}/{key:020}")
 }
@@ -243,9 +240,9 @@ fn key_of(record: &str) -> Option<(&str, u64)> {
     Some((id, key.parse().ok()?))
 }
 
-/// The keys of draft `id`'s files (`'0'` follows `'/'`).
+/// The keys of draft `id`'s files.
 fn files_range(id: &str) -> KeyRange<String> {
-    (format!("{id}/")..format!("{id}0")).into()
+    prefix_range(id)
 }
 
 /// A record's value: `{ file: File, kept_at: <ms since the epoch> }`.

@@ -312,14 +312,17 @@ impl Runtime {
         };
         *self.store.borrow_mut() = Some(store.clone());
         // Files kept for drafts that are gone (sent or discarded by a page that went away
-        // before it dropped them).
-        match crate::draft::drop_orphan_files(store.database()).await {
-            Ok(0) => {}
-            Ok(n) => log(&format!("dropped {n} files of drafts that are gone")),
-            Err(e) => log(&format!(
-                "the files of gone drafts could not be dropped: {e}"
-            )),
-        }
+        // before it dropped them): beside the start, not before it.
+        let db = store.database().clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            match crate::draft::drop_orphan_files(&db).await {
+                Ok(0) => {}
+                Ok(n) => log(&format!("dropped {n} files of drafts that are gone")),
+                Err(e) => log(&format!(
+                    "the files of gone drafts could not be dropped: {e}"
+                )),
+            }
+        });
         match store.load_identity().await {
             Ok(Some(identity)) => {
                 if let Err(e) = self.start_node(identity).await {

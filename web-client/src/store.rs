@@ -66,6 +66,12 @@ pub struct IdbStore {
     db: Database,
 }
 
+/// The string keys that start with `prefix` followed by `/` (`'0'` follows `'/'`): the
+/// records of one attachment, or of one draft.
+pub(crate) fn prefix_range(prefix: &str) -> indexed_db_futures::KeyRange<String> {
+    (format!("{prefix}/")..format!("{prefix}0")).into()
+}
+
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }

@@ -201,27 +201,11 @@ async fn a_drafts_files_are_kept_read_back_and_dropped_with_it() {
 
 /// Rewrites the draft file record `key` as kept two hours ago.
 async fn backdate(db: &Database, key: &str, file: &web_sys::File) {
-    use indexed_db_futures::prelude::*;
-    use indexed_db_futures::transaction::TransactionMode;
     let o = js_sys::Object::new();
     js_sys::Reflect::set(&o, &"file".into(), file).unwrap();
     let then = js_sys::Date::now() - 2.0 * 3_600_000.0;
     js_sys::Reflect::set(&o, &"kept_at".into(), &then.into()).unwrap();
-    let store = peermail_web_client::store::DRAFT_FILES;
-    let tx = db
-        .transaction(store)
-        .with_mode(TransactionMode::Readwrite)
-        .build()
-        .unwrap();
-    tx.object_store(store)
-        .unwrap()
-        .put(wasm_bindgen::JsValue::from(o))
-        .with_key(key.to_string())
-        .primitive()
-        .unwrap()
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    common::put_record(db, peermail_web_client::store::DRAFT_FILES, key, o.into()).await;
 }
 
 /// A deterministic stand-in for the CSPRNG.

@@ -35,8 +35,15 @@ pub async fn old_database(name: &str, version: u32) -> Database {
 /// under `key` in `store`, and closes it.
 #[allow(dead_code)] // not every test file that shares this module uses it
 pub async fn old_database_with(name: &str, version: u32, store: &str, key: &str, json: String) {
-    use indexed_db_futures::transaction::TransactionMode;
     let db = old_database(name, version).await;
+    put_record(&db, store, key, json.into()).await;
+    db.close();
+}
+
+/// Writes `value` under `key` in `store` of `db`, in a transaction of its own.
+#[allow(dead_code)] // not every test file that shares this module uses it
+pub async fn put_record(db: &Database, store: &str, key: &str, value: wasm_bindgen::JsValue) {
+    use indexed_db_futures::transaction::TransactionMode;
     let tx = db
         .transaction(store)
         .with_mode(TransactionMode::Readwrite)
@@ -44,12 +51,11 @@ pub async fn old_database_with(name: &str, version: u32, store: &str, key: &str,
         .unwrap();
     tx.object_store(store)
         .unwrap()
-        .put(json)
+        .put(value)
         .with_key(key.to_string())
         .primitive()
         .unwrap()
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    db.close();
 }

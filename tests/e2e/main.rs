@@ -22,12 +22,14 @@ mod deletion;
 mod drafts;
 mod groups;
 mod native_peer;
+mod notify;
 mod saving;
 mod storage_node;
 use deletion::people_delete_mail_for_good;
 use drafts::a_draft_survives_a_reload;
 use groups::groups_expand_to_their_members;
 use native_peer::native_peer_exchanges_mail_with_a_browser;
+use notify::new_mail_is_announced_while_the_page_is_out_of_sight;
 use saving::a_large_file_is_saved_without_holding_it_in_the_page;
 use storage_node::{
     relay_hands_over_to_a_returning_storage_node, storage_node_pairs_keeps_and_serves_attachments,
@@ -57,6 +59,7 @@ const SCENARIOS: &[&str] = &[
     "people_delete_mail_for_good",
     "a_draft_survives_a_reload",
     "a_large_file_is_saved_without_holding_it_in_the_page",
+    "new_mail_is_announced_while_the_page_is_out_of_sight",
 ];
 
 /// The first mail (scenario a); scenario b looks for it after reloads.
@@ -152,6 +155,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(people_delete_mail_for_good);
     scenario!(a_draft_survives_a_reload);
     scenario!(a_large_file_is_saved_without_holding_it_in_the_page);
+    scenario!(new_mail_is_announced_while_the_page_is_out_of_sight);
 
     let relay_alive = w.h.relay.is_running();
     for b in w.browsers.values_mut() {

@@ -207,6 +207,60 @@ impl Browser {
         format!("{}@{}", self.name, self.domain)
     }
 
+    /// Opens `url` in a new tab of this browser and brings it to the front, which puts the
+    /// person's page out of sight (`document.visibilityState` "hidden"). Scripts run by
+    /// [`Browser::eval`] go to the new tab until [`Browser::close_other_tab`].
+    pub async fn open_other_tab(&self, url: &str) -> Result<()> {
+        let c = self.client()?;
+        let tab = c.new_window(true).await?;
+        c.switch_to_window(tab.handle).await?;
+        c.goto(url).await?;
+        Ok(())
+    }
+
+    /// Closes the tab [`Browser::open_other_tab`] opened: the person's page is in front again.
+    pub async fn close_other_tab(&self) -> Result<()> {
+        let c = self.client()?;
+        c.close_window().await?;
+        let tabs = c.windows().await?;
+        let first = tabs.into_iter().next().context("no tab left")?;
+        c.switch_to_window(first).await?;
+        Ok(())
+    }
+
+    /// Evaluates `expression` in the page's service worker (through the DevTools protocol:
+    /// attach to its target, `Runtime.evaluate`). Its result is not returned; what it does
+    /// is what the caller checks.
+    pub async fn eval_in_service_worker(&self, expression: &str) -> Result<()> {
+        let targets = self.cdp("Target.getTargets", json!({})).await?;
+        let worker = targets["targetInfos"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["type"] == "service_worker")
+            .with_context(|| format!("no service worker among {targets}"))?;
+        let attached = self
+            .cdp(
+                "Target.attachToTarget",
+                json!({ "targetId": worker["targetId"], "flatten": false }),
+            )
+            .await?;
+        let session = attached["sessionId"].clone();
+        let message = json!({
+            "id": 1,
+            "method": "Runtime.evaluate",
+            "params": { "expression": expression },
+        });
+        self.cdp(
+            "Target.sendMessageToTarget",
+            json!({ "message": message.to_string(), "sessionId": session }),
+        )
+        .await?;
+        self.cdp("Target.detachFromTarget", json!({ "sessionId": session }))
+            .await?;
+        Ok(())
+    }
+
     fn client(&self) -> Result<&Client> {
         self.client
             .as_ref()

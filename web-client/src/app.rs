@@ -38,7 +38,25 @@ pub fn app() -> Html {
         let rt = (*rt).clone();
         let dispatcher = state.dispatcher();
         use_effect_with((), move |_| {
-            rt.set_on_change(move || dispatcher.dispatch(Action::Refresh));
+            let changes = dispatcher.clone();
+            rt.set_on_change(move || changes.dispatch(Action::Refresh));
+            // A click on a new-mail notification opens that mail (or the Inbox).
+            let opener = rt.clone();
+            crate::notify::listen_for_opens(move |id| {
+                dispatcher.dispatch(Action::OpenFolder(Folder::Inbox));
+                let found = id.and_then(|id| {
+                    opener.with_node(|node| {
+                        node.inbox()
+                            .into_iter()
+                            .map(|r| r.mail.message_id.clone())
+                            .find(|m| m.as_str() == id)
+                    })?
+                });
+                if let Some(id) = found {
+                    opener.mark_read(id.clone());
+                    dispatcher.dispatch(Action::Select(id));
+                }
+            });
             wasm_bindgen_futures::spawn_local(rt.start());
             || ()
         });
@@ -163,8 +181,51 @@ fn header(rt: &Rc<Runtime>, node: &Node) -> Html {
                 <span id="connection-status" class="status" data-status={status.as_str()}>
                     <span class="dot"></span>{ label }
                 </span>
+                { notify_toggle(rt) }
             </div>
         </header>
+    }
+}
+
+/// `#notify-toggle`: turns desktop notifications of new mail on and off ([`crate::notify`]).
+fn notify_toggle(rt: &Rc<Runtime>) -> Html {
+    use crate::notify::{self, Status};
+    let status = notify::status();
+    let (text, title) = match status {
+        Status::Unsupported => return html! {},
+        Status::Off => (
+            "Notify me of new mail",
+            "Show a desktop notification when mail arrives while this page is out of sight",
+        ),
+        Status::On => (
+            "Notifications on",
+            "New mail is announced while this page is out of sight. Click to stop.",
+        ),
+        Status::Blocked => (
+            "Notifications blocked",
+            "This browser blocks notifications for this page: allow them in its site settings",
+        ),
+    };
+    let onclick = {
+        let rt = rt.clone();
+        Callback::from(move |_: MouseEvent| {
+            let rt = rt.clone();
+            match status {
+                Status::On => {
+                    notify::turn_off();
+                    rt.refresh();
+                }
+                _ => wasm_bindgen_futures::spawn_local(async move {
+                    notify::turn_on().await;
+                    rt.refresh();
+                }),
+            }
+        })
+    };
+    html! {
+        <button id="notify-toggle" type="button" class="link notify-toggle"
+            data-state={status.as_str()} {title} {onclick}
+            disabled={status == Status::Blocked}>{ text }</button>
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`store`]: [`IdbStore`](store::IdbStore), the `MailStore` contract on IndexedDB.
 //! - [`chunks`]: the attachment chunk store (Blobs in the same database) and sealing a file into it.
 //! - [`held`]: received chunks kept in memory until their segment is whole, then written once.
+//! - [`notify`]: desktop notifications of mail received while the page is out of sight.
 //! - [`signaling`]: the self-reconnecting WebSocket to the relay's `/ws`.
 //! - [`rtc`]: RTCPeerConnection / RTCDataChannel negotiation and traffic.
 //! - [`runtime`]: sign-up, the node pump (one ordered output queue, one executing task),
@@ -25,6 +26,7 @@ pub mod chunks;
 pub mod compose_files;
 pub mod draft;
 pub mod held;
+pub mod notify;
 pub mod rtc;
 pub mod runtime;
 pub mod signaling;

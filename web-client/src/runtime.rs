@@ -146,6 +146,12 @@ pub struct Runtime {
     rtc: RefCell<Option<Rc<Rtc>>>,
     /// Asks the UI to re-render.
     on_change: RefCell<Option<Rc<dyn Fn()>>>,
+    /// Mail received since the page went out of sight, for the desktop notification
+    /// ([`crate::notify`]); emptied when the page is seen again.
+    unseen: RefCell<Vec<crate::notify::Unseen>>,
+    /// Bumped each time the page comes back into sight: a notification shown across one is
+    /// taken down.
+    seen: Cell<u64>,
     /// Chunk requests of peers waiting to be served, in order.
     serving: RefCell<VecDeque<(Address, AttachmentId, ServeRequest, u64)>>,
     /// The serving task is running.
@@ -213,6 +219,8 @@ impl Runtime {
             signaling: RefCell::new(None),
             rtc: RefCell::new(None),
             on_change: RefCell::new(None),
+            unseen: RefCell::new(Vec::new()),
+            seen: Cell::new(0),
             serving: RefCell::new(VecDeque::new()),
             serve_running: Cell::new(false),
             stop_gen: RefCell::new(HashMap::new()),
@@ -271,8 +279,62 @@ impl Runtime {
         self.rtc.borrow().clone().expect("rtc set in new")
     }
 
+    /// Re-renders the page (after something the runtime does not track changed, such as
+    /// the notification setting).
+    pub fn refresh(&self) {
+        self.changed();
+    }
+
+    /// Announces a mail just received with the desktop notification, if the person wants
+    /// them and the page is out of sight ([`crate::notify`]). Mail one sends oneself is not
+    /// announced.
+    fn announce(&self, id: &MessageId) {
+        if crate::notify::status() != crate::notify::Status::On || !crate::notify::page_hidden() {
+            return;
+        }
+        let mail = self.with_node(|node| {
+            node.inbox()
+                .into_iter()
+                .find(|r| &r.mail.message_id == id && &r.mail.from != node.address())
+                .map(|r| crate::notify::Unseen {
+                    id: id.clone(),
+                    from: r.mail.from.to_string(),
+                    subject: r.mail.subject.clone(),
+                })
+        });
+        let Some(Some(mail)) = mail else {
+            return;
+        };
+        let unseen = {
+            let mut unseen = self.unseen.borrow_mut();
+            if unseen.iter().any(|u| &u.id == id) {
+                return;
+            }
+            unseen.push(mail);
+            unseen.clone()
+        };
+        let (me, seen) = (self.me.clone(), self.seen.get());
+        spawn_local(async move {
+            if let Err(e) = crate::notify::show(&unseen).await {
+                log(&format!("new mail not announced: {e}"));
+            }
+            // Seen again while it was being shown: take it down.
+            if me.upgrade().is_some_and(|rt| rt.seen.get() != seen) {
+                crate::notify::close_shown().await;
+            }
+        });
+    }
+
     /// Opens storage, loads the account if there is one, and connects to the relay.
     pub async fn start(self: Rc<Self>) {
+        let me = Rc::downgrade(&self);
+        crate::notify::on_seen(move || {
+            if let Some(rt) = me.upgrade() {
+                rt.seen.set(rt.seen.get().wrapping_add(1));
+                rt.unseen.borrow_mut().clear();
+                spawn_local(crate::notify::close_shown());
+            }
+        });
         let waiting = Rc::downgrade(&self);
         let opened = IdbStore::open_or_wait(DB_NAME, move || {
             if let Some(rt) = waiting.upgrade() {
@@ -1283,11 +1345,11 @@ impl Runtime {
                 self.set_notice(format!("The mail was not deleted: {reason}"))
             }
             Event::Deleted(id) => log(&format!("deleted {id}")),
+            Event::Received(id) => self.announce(&id),
             Event::NodeLocated { .. }
             | Event::SendRejected { .. }
             | Event::DownloadChanged(_)
             | Event::Presence { .. }
-            | Event::Received(_)
             | Event::InboxChanged
             | Event::OutgoingChanged(_)
             | Event::ContactsChanged

@@ -564,3 +564,52 @@ fn drafts_are_kept_each_on_its_own_and_an_older_builds_draft_joins_them() {
     assert!(matches("carol"));
     assert!(!matches("plans monday"));
 }
+
+#[wasm_bindgen_test]
+fn new_mail_notifications_sum_up_what_arrived_out_of_sight() {
+    use peermail_web_client::notify::{self, Status, Unseen, LISTED, SETTING_KEY};
+    let mail = |n: u8, from: &str, subject: &str| Unseen {
+        id: MessageId::new([n; 16], "localhost"),
+        from: from.to_string(),
+        subject: subject.to_string(),
+    };
+    assert_eq!(notify::summary(&[]), None);
+    let first = mail(1, "alice@localhost", "Tickets");
+    assert_eq!(
+        notify::summary(std::slice::from_ref(&first)),
+        Some((
+            "From alice@localhost".to_string(),
+            "Tickets".to_string(),
+            Some(first.id.clone())
+        ))
+    );
+    // A blank subject is named as such; several mails list the newest first and open the
+    // Inbox rather than one of them.
+    let blank = mail(2, "bob@localhost", "  ");
+    assert_eq!(
+        notify::summary(&[first.clone(), blank.clone()]),
+        Some((
+            "2 new mails".to_string(),
+            "bob@localhost: (no subject)\nalice@localhost: Tickets".to_string(),
+            None
+        ))
+    );
+    let many: Vec<Unseen> = (0..LISTED as u8 + 2)
+        .map(|n| mail(n, "carol@localhost", &format!("Note {n}")))
+        .collect();
+    let (title, body, open) = notify::summary(&many).unwrap();
+    assert_eq!(title, format!("{} new mails", LISTED + 2));
+    assert_eq!(body.lines().count(), LISTED + 1, "{body}");
+    assert_eq!(body.lines().next(), Some("carol@localhost: Note 4"));
+    assert_eq!(body.lines().last(), Some("and 2 more"));
+    assert_eq!(open, None);
+
+    // The setting alone does not turn notifications on: the browser must allow them too
+    // (the test browser was never asked).
+    let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
+    storage.set_item(SETTING_KEY, "on").unwrap();
+    assert_eq!(notify::status(), Status::Off);
+    notify::turn_off();
+    assert_eq!(storage.get_item(SETTING_KEY).unwrap(), None);
+    assert_eq!(notify::status(), Status::Off);
+}

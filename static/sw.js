@@ -34,31 +34,27 @@ self.addEventListener("fetch", (event) => {
   );
 });
 
-// A click on a new-mail notification (web-client/src/notify.rs): bring the page forward (or
-// open one) and ask it to open the mail, or the Inbox when the notification sums up several.
+// A click on a new-mail notification (web-client/src/notify.rs): tell the open pages which
+// mail to open (null: the Inbox; only Peermail's pages listen) and bring Peermail's page
+// forward, the most recently focused first; with none open, open one at /?open=<id>.
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();
   const id = (event.notification.data && event.notification.data.id) || null;
   const opened = (async () => {
     const all = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
     const pages = all.filter((p) => new URL(p.url).origin === self.location.origin);
-    if (pages.length === 0) {
-      await self.clients.openWindow("/");
+    const app = pages.find((p) => new URL(p.url).pathname === "/");
+    if (!app) {
+      await self.clients.openWindow(id ? "/?open=" + encodeURIComponent(id) : "/");
       return;
     }
-    // Every page of the origin is told (only Peermail's pages listen); the app's own page,
-    // most recently focused first, comes forward.
     for (const p of pages) p.postMessage({ type: "peermail-open", id });
-    const front = pages.find((p) => new URL(p.url).pathname === "/") || pages[0];
     try {
-      await front.focus();
+      await app.focus();
     } catch (_) {
-      // Focusing needs the click's user activation; the page still opens the mail.
+      // Not allowed (the click's permission to focus a window has lapsed): the page still
+      // opens the mail, and the person finds it there.
     }
   })();
-  try {
-    event.waitUntil(opened);
-  } catch (_) {
-    // Only a trusted event can extend its lifetime; the work above runs all the same.
-  }
+  event.waitUntil(opened);
 });

@@ -621,6 +621,11 @@ impl Node {
         self.inbox.values().filter(|r| !r.read).count()
     }
 
+    /// One received mail, by its Message-ID.
+    pub fn received(&self, id: &MessageId) -> Option<&InboxRecord> {
+        self.inbox.get(id)
+    }
+
     /// Received mails, newest first.
     pub fn inbox(&self) -> Vec<&InboxRecord> {
         let mut v: Vec<_> = self.inbox.values().collect();

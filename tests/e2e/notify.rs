@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -70,6 +70,18 @@ async fn gone_within(b: &Browser, within: Duration, what: &str) -> Result<()> {
     }
 }
 
+/// `s` as a URL query value (percent-encoding all but unreserved characters).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Waits until the page's database holds `n` received mails.
 async fn wait_inbox(b: &Browser, n: u64) -> Result<()> {
     b.wait_until(&format!("{n} mails in the inbox store"), || async move {
@@ -104,8 +116,9 @@ async fn wait_toggle(b: &Browser, state: &str) -> Result<()> {
 /// handler) opens that mail in Nora's Inbox, read, though her page showed Sent. Two more
 /// mails while out of sight: one notification "2 new mails" listing both, newest first.
 /// Nora's page in front again: the notification is gone. A mail while the page is in sight
-/// is not announced; nor one while out of sight once notifications are turned off. Refused
-/// in the browser's settings, the toggle reads "blocked".
+/// is not announced (nor counted); nor one while out of sight once notifications are turned
+/// off (nor counted once on again). A page opened at `/?open=<id>` (a click with no page
+/// open) opens that mail. Refused in the browser's settings, the toggle reads "blocked".
 pub(crate) async fn new_mail_is_announced_while_the_page_is_out_of_sight(
     w: &mut World,
 ) -> Result<()> {
@@ -113,7 +126,9 @@ pub(crate) async fn new_mail_is_announced_while_the_page_is_out_of_sight(
     const SECOND: &str = "The garden party";
     const THIRD: &str = "Bring a chair";
     const IN_SIGHT: &str = "Seen at once";
+    const AFTER_IN_SIGHT: &str = "Counted alone";
     const TURNED_OFF: &str = "Not announced";
+    const TURNED_ON_AGAIN: &str = "Announced again";
     w.person("alice").await?;
     w.person("nora").await?;
     let (alice_addr, nora_addr) = (w.addr("alice"), w.addr("nora"));
@@ -183,7 +198,7 @@ pub(crate) async fn new_mail_is_announced_while_the_page_is_out_of_sight(
     // Two mails while out of sight: one notification sums them up, newest first.
     nora.open_other_tab(&other_tab).await?;
     send(SECOND).await?;
-    wait_shown(nora, &[(&format!("From {alice_addr}"), SECOND)]).await?;
+    let second = wait_shown(nora, &[(&format!("From {alice_addr}"), SECOND)]).await?;
     send(THIRD).await?;
     let both = wait_shown(
         nora,
@@ -210,13 +225,19 @@ pub(crate) async fn new_mail_is_announced_while_the_page_is_out_of_sight(
         now.is_empty(),
         "a mail arriving in sight was announced: {now:?}"
     );
+    // Nor was it counted: the next mail out of sight is announced alone.
+    nora.open_other_tab(&other_tab).await?;
+    send(AFTER_IN_SIGHT).await?;
+    wait_shown(nora, &[(&format!("From {alice_addr}"), AFTER_IN_SIGHT)]).await?;
+    nora.close_other_tab().await?;
+    gone_within(nora, Duration::from_secs(3), "the page in sight again").await?;
 
     // Turned off: out of sight, a new mail is stored but not announced.
     nora.click("#notify-toggle").await?;
     wait_toggle(nora, "off").await?;
     nora.open_other_tab(&other_tab).await?;
     send(TURNED_OFF).await?;
-    wait_inbox(nora, 5).await?;
+    wait_inbox(nora, 6).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = shown(nora).await?;
     ensure!(
@@ -224,6 +245,47 @@ pub(crate) async fn new_mail_is_announced_while_the_page_is_out_of_sight(
         "a mail was announced with notifications off: {now:?}"
     );
     nora.close_other_tab().await?;
+    // On again: the next mail out of sight is announced, alone.
+    nora.click("#notify-toggle").await?;
+    wait_toggle(nora, "on").await?;
+    nora.open_other_tab(&other_tab).await?;
+    send(TURNED_ON_AGAIN).await?;
+    wait_shown(nora, &[(&format!("From {alice_addr}"), TURNED_ON_AGAIN)]).await?;
+    nora.close_other_tab().await?;
+    gone_within(nora, Duration::from_secs(3), "the page in sight again").await?;
+
+    // A click with no Peermail page open opens one at /?open=<id>: that mail opens, read,
+    // and the address loses the parameter (a reload does not open it again).
+    let id = second[0]
+        .id
+        .clone()
+        .context("the notification for one mail names it")?;
+    nora.goto(&format!("{}/?open={}", w.h.app_url(), url_encode(&id)))
+        .await?;
+    nora.wait_online().await?;
+    nora.wait_until("the mail named in the address opened", || async move {
+        let pane = nora.pane().await?;
+        Ok(match pane {
+            Some(p) if p.subject.as_deref() == Some(SECOND) => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    })
+    .await?;
+    let href: String = nora.eval("return location.href", vec![]).await?;
+    ensure!(
+        !href.contains("open="),
+        "the address still asks to open the mail: {href}"
+    );
+    let unread = nora
+        .eval::<bool>(
+            &format!(
+                "return [...document.querySelectorAll('.message-row.unread')]\
+                 .some(r => r.textContent.includes({SECOND:?}))"
+            ),
+            vec![],
+        )
+        .await?;
+    ensure!(!unread, "the mail opened from the address is still unread");
 
     // The browser's settings refuse notifications for the page: the toggle says so and
     // cannot be turned on.

@@ -19,6 +19,9 @@ use crate::Harness;
 
 /// Poll interval of every `wait_…` helper.
 const POLL: Duration = Duration::from_millis(250);
+/// How many times [`Browser::wait`] a transfer that keeps moving may take in all
+/// ([`Browser::wait_attachment`]).
+const STALL_WAITS: u32 = 6;
 
 /// Chromium flags that work headless as root (TOOLCHAIN.md), plus the two that let WebRTC
 /// gather candidates on the private veth address inside the test namespace.
@@ -228,17 +231,49 @@ impl Browser {
         Ok(())
     }
 
-    /// Evaluates `expression` in the page's service worker (through the DevTools protocol:
-    /// attach to its target, `Runtime.evaluate`). Its result is not returned; what it does
-    /// is what the caller checks.
+    /// Opens `url` in the current tab (a person typing an address, or following a link).
+    pub async fn goto(&self, url: &str) -> Result<()> {
+        self.client()?.goto(url).await?;
+        Ok(())
+    }
+
+    /// Evaluates `expression` (its value may be a promise) in the service worker of the page's
+    /// origin, through the DevTools protocol (attach to the worker's target,
+    /// `Runtime.evaluate`), and fails with its error if it throws or rejects. The worker is
+    /// woken first (a message starts an idle one); the outcome comes back through the
+    /// origin's Cache Storage (`peermail-e2e`), which any tab of the origin can read.
     pub async fn eval_in_service_worker(&self, expression: &str) -> Result<()> {
-        let targets = self.cdp("Target.getTargets", json!({})).await?;
-        let worker = targets["targetInfos"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|t| t["type"] == "service_worker")
-            .with_context(|| format!("no service worker among {targets}"))?;
+        const OUTCOME: &str = "const done = arguments[arguments.length - 1];
+            caches.open('peermail-e2e').then(c => c.match('/outcome'))
+              .then(r => r ? r.text() : null).then(done, e => done('error: ' + e));";
+        let woken: Option<String> = self
+            .eval_async(
+                "const done = arguments[arguments.length - 1];
+                 (async () => {
+                   await caches.delete('peermail-e2e');
+                   const r = await navigator.serviceWorker.getRegistration('/');
+                   if (!r || !r.active) return done('no active service worker');
+                   r.active.postMessage({ type: 'peermail-e2e-wake' });
+                   done(null);
+                 })().catch(e => done(String(e)));",
+                vec![],
+            )
+            .await?;
+        if let Some(why) = woken {
+            bail!("{}: cannot reach the service worker: {why}", self.name);
+        }
+        let worker = self
+            .wait_until("the service worker to run", || async move {
+                let targets = self.cdp("Target.getTargets", json!({})).await?;
+                let found = targets["targetInfos"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t["type"] == "service_worker")
+                    .cloned();
+                Ok(found.ok_or_else(|| format!("{targets}")))
+            })
+            .await?;
         let attached = self
             .cdp(
                 "Target.attachToTarget",
@@ -246,10 +281,15 @@ impl Browser {
             )
             .await?;
         let session = attached["sessionId"].clone();
+        let wrapped = format!(
+            "Promise.resolve().then(() => ({expression}))
+               .then(() => 'ok', e => 'error: ' + e)
+               .then(o => caches.open('peermail-e2e').then(c => c.put('/outcome', new Response(o))))"
+        );
         let message = json!({
             "id": 1,
             "method": "Runtime.evaluate",
-            "params": { "expression": expression },
+            "params": { "expression": wrapped },
         });
         self.cdp(
             "Target.sendMessageToTarget",
@@ -258,6 +298,24 @@ impl Browser {
         .await?;
         self.cdp("Target.detachFromTarget", json!({ "sessionId": session }))
             .await?;
+        let outcome = self
+            .wait_until("the service worker's script to finish", || async move {
+                let o: Option<String> = self.eval_async(OUTCOME, vec![]).await?;
+                Ok(o.ok_or_else(|| "not yet".to_string()))
+            })
+            .await?;
+        let _: Value = self
+            .eval_async(
+                "const done = arguments[arguments.length - 1];
+                 caches.delete('peermail-e2e').then(() => done(null), () => done(null));",
+                vec![],
+            )
+            .await?;
+        ensure!(
+            outcome == "ok",
+            "{}: in the service worker: {outcome}",
+            self.name
+        );
         Ok(())
     }
 
@@ -689,22 +747,46 @@ impl Browser {
         .await
     }
 
-    /// Waits until the reading pane lists attachment `name` in one of `states`.
+    /// Waits until the reading pane lists attachment `name` in one of `states`. A transfer
+    /// is a stall only when it stops moving: each time more of the file has arrived
+    /// (`data-done` grew) the wait starts over, up to [`STALL_WAITS`] times [`Browser::wait`]
+    /// in all. How fast files move is the benchmarks' concern; here a transfer slowed by
+    /// retransmissions on a busy machine still ends, and one that stops fails.
     pub async fn wait_attachment(&self, name: &str, states: &[&str]) -> Result<Attachment> {
-        self.wait_until(
-            &format!("attachment {name} to be {}", states.join(" or ")),
-            || async move {
-                let all = self.attachments().await?;
-                Ok(match all.iter().find(|a| a.name.as_deref() == Some(name)) {
+        let what = format!("attachment {name} to be {}", states.join(" or "));
+        let started = Instant::now();
+        let mut deadline = started + self.wait;
+        let mut most = None;
+        loop {
+            let last = match self.attachments().await {
+                Ok(all) => match all.iter().find(|a| a.name.as_deref() == Some(name)) {
                     Some(a) if a.state.as_deref().is_some_and(|s| states.contains(&s)) => {
-                        Ok(a.clone())
+                        return Ok(a.clone());
                     }
-                    Some(a) => Err(format!("{a:?}")),
-                    None => Err(format!("not listed: {all:?}")),
-                })
-            },
-        )
-        .await
+                    Some(a) => {
+                        if a.done > most {
+                            most = a.done;
+                            deadline = Instant::now() + self.wait;
+                        }
+                        format!("{a:?}")
+                    }
+                    None => format!("not listed: {all:?}"),
+                },
+                Err(e) => format!("error: {e:#}"),
+            };
+            let now = Instant::now();
+            if now >= deadline || now >= started + self.wait * STALL_WAITS {
+                bail!(
+                    "{}: timed out after {}s waiting for {what} (no progress for {}s, or \
+                     {}s in all); last seen: {last}",
+                    self.name,
+                    now.duration_since(started).as_secs(),
+                    self.wait.as_secs(),
+                    (self.wait * STALL_WAITS).as_secs()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Waits until the status line of some listed attachment contains `text` (the sender's

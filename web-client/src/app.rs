@@ -43,21 +43,23 @@ pub fn app() -> Html {
             // A click on a new-mail notification opens that mail (or the Inbox).
             let opener = rt.clone();
             crate::notify::listen_for_opens(move |id| {
-                dispatcher.dispatch(Action::OpenFolder(Folder::Inbox));
-                let found = id.and_then(|id| {
-                    opener.with_node(|node| {
-                        node.inbox()
-                            .into_iter()
-                            .map(|r| r.mail.message_id.clone())
-                            .find(|m| m.as_str() == id)
-                    })?
-                });
-                if let Some(id) = found {
-                    opener.mark_read(id.clone());
-                    dispatcher.dispatch(Action::Select(id));
-                }
+                open_from_notification(&opener, &dispatcher, id.as_deref())
             });
             wasm_bindgen_futures::spawn_local(rt.start());
+            || ()
+        });
+    }
+    {
+        // A page opened by a click on a notification opens its mail once the mailbox is in.
+        let running = matches!(rt.phase(), Phase::Running);
+        let rt = (*rt).clone();
+        let dispatcher = state.dispatcher();
+        use_effect_with(running, move |running| {
+            if *running {
+                if let Some(id) = crate::notify::take_open_request() {
+                    open_from_notification(&rt, &dispatcher, Some(&id));
+                }
+            }
             || ()
         });
     }
@@ -74,6 +76,28 @@ pub fn app() -> Html {
         },
         Phase::SignUp => html! { <SignUpView rt={RtHandle(rt.clone())} version={state.version} /> },
         Phase::Running => main_view(rt, &state),
+    }
+}
+
+/// Opens the mail a notification announced (marked read), or the Inbox for `None` or a
+/// mail no longer there.
+fn open_from_notification(
+    rt: &Rc<Runtime>,
+    dispatcher: &UseReducerDispatcher<State>,
+    id: Option<&str>,
+) {
+    dispatcher.dispatch(Action::OpenFolder(Folder::Inbox));
+    let found = id.and_then(|id| {
+        rt.with_node(|node| {
+            node.inbox()
+                .into_iter()
+                .map(|r| r.mail.message_id.clone())
+                .find(|m| m.as_str() == id)
+        })?
+    });
+    if let Some(id) = found {
+        rt.mark_read(id.clone());
+        dispatcher.dispatch(Action::Select(id));
     }
 }
 
@@ -195,7 +219,8 @@ fn notify_toggle(rt: &Rc<Runtime>) -> Html {
         Status::Unsupported => return html! {},
         Status::Off => (
             "Notify me of new mail",
-            "Show a desktop notification when mail arrives while this page is out of sight",
+            "Show a desktop notification, with the sender and subject, when mail arrives \
+             while this page is out of sight",
         ),
         Status::On => (
             "Notifications on",

@@ -8,12 +8,13 @@
 //! page is seen again the notification closes and the count starts over. Nothing is shown
 //! while the page is in sight: the Inbox and the title's unread count say it already.
 //!
-//! Notifications are shown through the service worker's registration, so a click reaches
-//! `static/sw.js` even if the page has gone to the background for long: it brings the page
-//! forward (or opens one) and posts `{type: "peermail-open", id}`, which
-//! [`listen_for_opens`] hands to the app to open that mail (or the Inbox). Only where no
-//! service worker is registered is the page's own `Notification` used (a click brings the
-//! page forward).
+//! Notifications are shown through the service worker's registration (where there is
+//! none, the toggle is not offered), so a click reaches `static/sw.js` even once the page
+//! is gone: it posts `{type: "peermail-open", id}` to the open pages and brings Peermail's
+//! forward, where [`listen_for_opens`] hands it to the app to open that mail (or the Inbox
+//! when the notification sums up several); with no page open it opens one at `/?open=<id>`
+//! ([`take_open_request`]). A notification names the sender and the subject: they are shown
+//! by the desktop (its notification centre may keep them), which the toggle's title says.
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -33,6 +34,11 @@ pub const TAG: &str = "peermail-new-mail";
 pub const OPEN_MESSAGE: &str = "peermail-open";
 /// How many mails a summary of several lists by sender and subject.
 pub const LISTED: usize = 3;
+/// How long mail arriving together is gathered before one alert announces it (a hidden
+/// page's timers fire at most once a second anyway).
+pub const GATHER_MS: u32 = 300;
+/// The query parameter of a page opened by a click on a notification: the mail to open.
+pub const OPEN_PARAM: &str = "open";
 
 /// Whether new mail is announced, as the top bar shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,12 +114,12 @@ fn workers() -> Option<ServiceWorkerContainer> {
     (!JsValue::from(sw.clone()).is_undefined()).then_some(sw)
 }
 
-/// Whether this page can show notifications at all.
+/// Whether this page can show notifications at all (through a service worker).
 fn supported() -> bool {
     web_sys::window().is_some_and(|w| {
         js_sys::Reflect::has(&w, &JsValue::from_str("Notification")).unwrap_or(false)
             && w.is_secure_context()
-    })
+    }) && workers().is_some()
 }
 
 /// Whether the person wants notifications and the browser allows them.
@@ -191,25 +197,13 @@ pub async fn show(unseen: &[Unseen]) -> Result<(), String> {
     options.set_renotify(true);
     options.set_icon("/icon.svg");
     options.set_data(&data);
-    match registration().await {
-        Some(reg) => {
-            let shown = reg
-                .show_notification_with_options(&title, &options)
-                .map_err(|e| format!("{e:?}"))?;
-            JsFuture::from(shown).await.map_err(|e| format!("{e:?}"))?;
-        }
-        None => {
-            let n =
-                Notification::new_with_options(&title, &options).map_err(|e| format!("{e:?}"))?;
-            let click = Closure::<dyn Fn()>::new(|| {
-                if let Some(w) = web_sys::window() {
-                    let _ = w.focus();
-                }
-            });
-            n.set_onclick(Some(click.as_ref().unchecked_ref()));
-            click.forget();
-        }
-    }
+    let reg = registration()
+        .await
+        .ok_or("no service worker is registered for this page")?;
+    let shown = reg
+        .show_notification_with_options(&title, &options)
+        .map_err(|e| format!("{e:?}"))?;
+    JsFuture::from(shown).await.map_err(|e| format!("{e:?}"))?;
     Ok(())
 }
 
@@ -231,6 +225,22 @@ pub async fn close_shown() {
             }
         }
     }
+}
+
+/// The mail a click on a notification asked this page to open, when it opened the page
+/// (`/?open=<id>`); the parameter is taken off the address, so a reload does not open it
+/// again.
+pub fn take_open_request() -> Option<String> {
+    let window = web_sys::window()?;
+    let href = window.location().href().ok()?;
+    let url = web_sys::Url::new(&href).ok()?;
+    let params = url.search_params();
+    let id = params.get(OPEN_PARAM)?;
+    params.delete(OPEN_PARAM);
+    if let Ok(history) = window.history() {
+        let _ = history.replace_state_with_url(&JsValue::NULL, "", Some(&url.href()));
+    }
+    Some(id)
 }
 
 /// Calls `open` with the mail's id (`None`: the Inbox) each time the person clicks a

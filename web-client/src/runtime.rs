@@ -149,6 +149,8 @@ pub struct Runtime {
     /// Mail received since the page went out of sight, for the desktop notification
     /// ([`crate::notify`]); emptied when the page is seen again.
     unseen: RefCell<Vec<crate::notify::Unseen>>,
+    /// The task showing the notification is running ([`Runtime::announce`]).
+    announcing: Cell<bool>,
     /// Bumped each time the page comes back into sight: a notification shown across one is
     /// taken down.
     seen: Cell<u64>,
@@ -220,6 +222,7 @@ impl Runtime {
             rtc: RefCell::new(None),
             on_change: RefCell::new(None),
             unseen: RefCell::new(Vec::new()),
+            announcing: Cell::new(false),
             seen: Cell::new(0),
             serving: RefCell::new(VecDeque::new()),
             serve_running: Cell::new(false),
@@ -287,16 +290,18 @@ impl Runtime {
 
     /// Announces a mail just received with the desktop notification, if the person wants
     /// them and the page is out of sight ([`crate::notify`]). Mail one sends oneself is not
-    /// announced.
+    /// announced. Mail arriving together (waiting mail fetched at sign-in) is gathered into
+    /// one alert: one task shows the summary, waits [`crate::notify::GATHER_MS`] first, and
+    /// shows it again while more arrived meanwhile.
     fn announce(&self, id: &MessageId) {
-        if crate::notify::status() != crate::notify::Status::On || !crate::notify::page_hidden() {
+        use crate::notify;
+        if notify::status() != notify::Status::On || !notify::page_hidden() {
             return;
         }
         let mail = self.with_node(|node| {
-            node.inbox()
-                .into_iter()
-                .find(|r| &r.mail.message_id == id && &r.mail.from != node.address())
-                .map(|r| crate::notify::Unseen {
+            node.received(id)
+                .filter(|r| &r.mail.from != node.address())
+                .map(|r| notify::Unseen {
                     id: id.clone(),
                     from: r.mail.from.to_string(),
                     subject: r.mail.subject.clone(),
@@ -305,28 +310,51 @@ impl Runtime {
         let Some(Some(mail)) = mail else {
             return;
         };
-        let unseen = {
+        {
             let mut unseen = self.unseen.borrow_mut();
             if unseen.iter().any(|u| &u.id == id) {
                 return;
             }
             unseen.push(mail);
-            unseen.clone()
-        };
-        let (me, seen) = (self.me.clone(), self.seen.get());
+        }
+        if self.announcing.replace(true) {
+            return;
+        }
+        let me = self.me.clone();
         spawn_local(async move {
-            if let Err(e) = crate::notify::show(&unseen).await {
-                log(&format!("new mail not announced: {e}"));
+            gloo_timers::future::TimeoutFuture::new(notify::GATHER_MS).await;
+            while let Some(rt) = me.upgrade() {
+                let (seen, shown) = (rt.seen.get(), rt.unseen.borrow().clone());
+                if shown.is_empty() {
+                    break;
+                }
+                drop(rt);
+                if let Err(e) = notify::show(&shown).await {
+                    log(&format!("new mail not announced: {e}"));
+                }
+                let Some(rt) = me.upgrade() else {
+                    return;
+                };
+                if rt.seen.get() != seen {
+                    // Seen while it was being shown: take it down (mail arriving since, in
+                    // a new spell out of sight, is shown on the next turn).
+                    notify::close_shown().await;
+                } else if *rt.unseen.borrow() == shown {
+                    break;
+                }
             }
-            // Seen again while it was being shown: take it down.
-            if me.upgrade().is_some_and(|rt| rt.seen.get() != seen) {
-                crate::notify::close_shown().await;
+            if let Some(rt) = me.upgrade() {
+                rt.announcing.set(false);
             }
         });
     }
 
     /// Opens storage, loads the account if there is one, and connects to the relay.
     pub async fn start(self: Rc<Self>) {
+        // One left up by an earlier page: this one is in sight.
+        if !crate::notify::page_hidden() {
+            spawn_local(crate::notify::close_shown());
+        }
         let me = Rc::downgrade(&self);
         crate::notify::on_seen(move || {
             if let Some(rt) = me.upgrade() {

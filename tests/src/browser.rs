@@ -299,10 +299,13 @@ impl Browser {
         self.cdp("Target.detachFromTarget", json!({ "sessionId": session }))
             .await?;
         let outcome = self
-            .wait_until("the service worker's script to finish", || async move {
-                let o: Option<String> = self.eval_async(OUTCOME, vec![]).await?;
-                Ok(o.ok_or_else(|| "not yet".to_string()))
-            })
+            .wait_until(
+                "the service worker's script to finish (one that does not parse never does)",
+                || async move {
+                    let o: Option<String> = self.eval_async(OUTCOME, vec![]).await?;
+                    Ok(o.ok_or_else(|| "not yet".to_string()))
+                },
+            )
             .await?;
         let _: Value = self
             .eval_async(

@@ -87,13 +87,9 @@ fn open_from_notification(
     id: Option<&str>,
 ) {
     dispatcher.dispatch(Action::OpenFolder(Folder::Inbox));
-    let found = id.and_then(|id| {
-        rt.with_node(|node| {
-            node.inbox()
-                .into_iter()
-                .map(|r| r.mail.message_id.clone())
-                .find(|m| m.as_str() == id)
-        })?
+    let found = id.and_then(MessageId::parse).filter(|id| {
+        rt.with_node(|node| node.received(id).is_some())
+            .unwrap_or(false)
     });
     if let Some(id) = found {
         rt.mark_read(id.clone());

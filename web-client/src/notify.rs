@@ -8,8 +8,9 @@
 //! page is seen again the notification closes and the count starts over. Nothing is shown
 //! while the page is in sight: the Inbox and the title's unread count say it already.
 //!
-//! Notifications are shown through the service worker's registration (where there is
-//! none, the toggle is not offered), so a click reaches `static/sw.js` even once the page
+//! Notifications are shown through the service worker's registration (where there are no
+//! service workers, the toggle is not offered; one not active within [`READY_WAIT_MS`] is
+//! logged, and the mail is not announced), so a click reaches `static/sw.js` even once the page
 //! is gone: it posts `{type: "peermail-open", id}` to the open pages and brings Peermail's
 //! forward, where [`listen_for_opens`] hands it to the app to open that mail (or the Inbox
 //! when the notification sums up several); with no page open it opens one at `/?open=<id>`
@@ -43,7 +44,8 @@ pub const OPEN_PARAM: &str = "open";
 /// Whether new mail is announced, as the top bar shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
-    /// This browser has no notifications (or this page is not a secure context).
+    /// This browser has no notifications or no service workers (or this page is not a
+    /// secure context).
     Unsupported,
     /// Not asked for, or turned off.
     Off,
@@ -114,6 +116,10 @@ fn workers() -> Option<ServiceWorkerContainer> {
     (!JsValue::from(sw.clone()).is_undefined()).then_some(sw)
 }
 
+/// How long [`show`] waits for the service worker to be active (on a first visit it may
+/// still be installing).
+const READY_WAIT_MS: i32 = 5_000;
+
 /// Whether this page can show notifications at all (through a service worker).
 fn supported() -> bool {
     web_sys::window().is_some_and(|w| {
@@ -183,6 +189,19 @@ async fn registration() -> Option<ServiceWorkerRegistration> {
     found.dyn_into::<ServiceWorkerRegistration>().ok()
 }
 
+/// The service worker's registration once its worker is active (`ready`), or `None` if it
+/// is not within [`READY_WAIT_MS`] (not registered, or failing to install).
+async fn active_registration() -> Option<ServiceWorkerRegistration> {
+    let ready = workers()?.ready().ok()?;
+    let window = web_sys::window()?;
+    let timeout = js_sys::Promise::new(&mut |resolve, _| {
+        let _ =
+            window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, READY_WAIT_MS);
+    });
+    let first = js_sys::Promise::race(&js_sys::Array::of2(&ready, &timeout));
+    JsFuture::from(first).await.ok()?.dyn_into().ok()
+}
+
 /// Shows the notification for `unseen`, replacing the one shown. Nothing for no mail.
 pub async fn show(unseen: &[Unseen]) -> Result<(), String> {
     let Some((title, body, open)) = summary(unseen) else {
@@ -197,9 +216,9 @@ pub async fn show(unseen: &[Unseen]) -> Result<(), String> {
     options.set_renotify(true);
     options.set_icon("/icon.svg");
     options.set_data(&data);
-    let reg = registration()
+    let reg = active_registration()
         .await
-        .ok_or("no service worker is registered for this page")?;
+        .ok_or("no service worker is active for this page")?;
     let shown = reg
         .show_notification_with_options(&title, &options)
         .map_err(|e| format!("{e:?}"))?;

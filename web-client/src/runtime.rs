@@ -291,8 +291,8 @@ impl Runtime {
     /// Announces a mail just received with the desktop notification, if the person wants
     /// them and the page is out of sight ([`crate::notify`]). Mail one sends oneself is not
     /// announced. Mail arriving together (waiting mail fetched at sign-in) is gathered into
-    /// one alert: one task shows the summary, waits [`crate::notify::GATHER_MS`] first, and
-    /// shows it again while more arrived meanwhile.
+    /// one alert: one task shows the summary after [`crate::notify::GATHER_MS`], and again,
+    /// after as long, while more arrived meanwhile.
     fn announce(&self, id: &MessageId) {
         use crate::notify;
         if notify::status() != notify::Status::On || !notify::page_hidden() {
@@ -322,11 +322,18 @@ impl Runtime {
         }
         let me = self.me.clone();
         spawn_local(async move {
-            gloo_timers::future::TimeoutFuture::new(notify::GATHER_MS).await;
-            while let Some(rt) = me.upgrade() {
+            loop {
+                gloo_timers::future::TimeoutFuture::new(notify::GATHER_MS).await;
+                let Some(rt) = me.upgrade() else {
+                    return;
+                };
                 let (seen, shown) = (rt.seen.get(), rt.unseen.borrow().clone());
-                if shown.is_empty() {
-                    break;
+                if shown.is_empty() || notify::status() != notify::Status::On {
+                    // Seen meanwhile, or turned off (in another tab, or the browser's
+                    // permission taken back): nothing to announce.
+                    rt.unseen.borrow_mut().clear();
+                    rt.announcing.set(false);
+                    return;
                 }
                 drop(rt);
                 if let Err(e) = notify::show(&shown).await {
@@ -340,11 +347,10 @@ impl Runtime {
                     // a new spell out of sight, is shown on the next turn).
                     notify::close_shown().await;
                 } else if *rt.unseen.borrow() == shown {
-                    break;
+                    rt.announcing.set(false);
+                    return;
                 }
-            }
-            if let Some(rt) = me.upgrade() {
-                rt.announcing.set(false);
+                // More arrived while it was shown: gather again, then show them all.
             }
         });
     }

@@ -752,7 +752,7 @@ impl Browser {
 
     /// Waits until the reading pane lists attachment `name` in one of `states`. A transfer
     /// is a stall only when it stops moving: each time more of the file has arrived
-    /// (`data-done` grew) the wait starts over, up to [`STALL_WAITS`] times [`Browser::wait`]
+    /// (`data-done` grew) the wait starts over, up to six times [`Browser::wait`]
     /// in all. How fast files move is the benchmarks' concern; here a transfer slowed by
     /// retransmissions on a busy machine still ends, and one that stops fails.
     pub async fn wait_attachment(&self, name: &str, states: &[&str]) -> Result<Attachment> {

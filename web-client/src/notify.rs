@@ -9,7 +9,7 @@
 //! while the page is in sight: the Inbox and the title's unread count say it already.
 //!
 //! Notifications are shown through the service worker's registration (where there are no
-//! service workers, the toggle is not offered; one not active within [`READY_WAIT_MS`] is
+//! service workers, the toggle is not offered; one not active within five seconds is
 //! logged, and the mail is not announced), so a click reaches `static/sw.js` even once the page
 //! is gone: it posts `{type: "peermail-open", id}` to the open pages and brings Peermail's
 //! forward, where [`listen_for_opens`] hands it to the app to open that mail (or the Inbox

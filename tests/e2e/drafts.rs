@@ -36,15 +36,7 @@ async fn wait_form_files(b: &Browser, names: &[&str]) -> Result<()> {
 
 /// Waits until the page's database keeps `n` files for drafts.
 async fn wait_kept_files(b: &Browser, n: u64) -> Result<()> {
-    b.wait_until(&format!("{n} draft files kept"), || async move {
-        let kept = b.idb_count("peermail", "draft_files").await?;
-        Ok(if kept == n {
-            Ok(())
-        } else {
-            Err(format!("{kept} kept"))
-        })
-    })
-    .await
+    b.wait_idb_count("peermail", "draft_files", n).await
 }
 
 /// The value of the form field matching `css`.

@@ -1103,17 +1103,10 @@ async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()
 
     // Carol's browser keeps the sealed copy; the relay has nothing readable of the mail.
     let c = w.get("carol")?;
-    let held = c
-        .wait_until("Carol's browser to keep one held copy", || async move {
-            let n = c.idb_count(DB, HELD_STORE).await?;
-            Ok(if n == 1 {
-                Ok(n)
-            } else {
-                Err(format!("{n} held copies in IndexedDB"))
-            })
-        })
-        .await?;
-    println!("    Carol's browser holds {held} sealed copy");
+    c.wait_idb_count(DB, HELD_STORE, 1)
+        .await
+        .context("Carol's browser to keep one held copy")?;
+    println!("    Carol's browser holds 1 sealed copy");
     relay_files_lack(w, &[SUBJECT, BODY])?;
 
     // Alice leaves; Dan comes back and fetches the copy from Carol's node.
@@ -1150,15 +1143,9 @@ async fn co_recipient_holds_when_relay_cache_refuses(w: &mut World) -> Result<()
 
     // Carol's node deletes its copy once Dan has it.
     let c = w.get("carol")?;
-    c.wait_until("Carol's browser to delete the held copy", || async move {
-        let n = c.idb_count(DB, HELD_STORE).await?;
-        Ok(if n == 0 {
-            Ok(())
-        } else {
-            Err(format!("{n} held copies in IndexedDB"))
-        })
-    })
-    .await?;
+    c.wait_idb_count(DB, HELD_STORE, 0)
+        .await
+        .context("Carol's browser to delete the held copy")?;
 
     // Alice comes back: the relay's receipt says Dan has it; the mail is in Sent.
     let a = w.person("alice").await?;

@@ -70,31 +70,6 @@ async fn gone_within(b: &Browser, within: Duration, what: &str) -> Result<()> {
     }
 }
 
-/// `s` as a URL query value (percent-encoding all but unreserved characters).
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Waits until the page's database holds `n` received mails.
-async fn wait_inbox(b: &Browser, n: u64) -> Result<()> {
-    b.wait_until(&format!("{n} mails in the inbox store"), || async move {
-        let stored = b.idb_count("peermail", "inbox").await?;
-        Ok(if stored == n {
-            Ok(())
-        } else {
-            Err(format!("{stored}"))
-        })
-    })
-    .await
-}
-
 async fn toggle_state(b: &Browser) -> Result<Option<String>> {
     b.attr("#notify-toggle", "data-state").await
 }
@@ -237,7 +212,7 @@ pub(crate) async fn new_mail_is_announced_while_the_page_is_out_of_sight(
     wait_toggle(nora, "off").await?;
     nora.open_other_tab(&other_tab).await?;
     send(TURNED_OFF).await?;
-    wait_inbox(nora, 6).await?;
+    nora.wait_idb_count("peermail", "inbox", 6).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = shown(nora).await?;
     ensure!(
@@ -260,8 +235,8 @@ pub(crate) async fn new_mail_is_announced_while_the_page_is_out_of_sight(
         .id
         .clone()
         .context("the notification for one mail names it")?;
-    nora.goto(&format!("{}/?open={}", w.h.app_url(), url_encode(&id)))
-        .await?;
+    let opening = url::Url::parse_with_params(&format!("{}/", w.h.app_url()), [("open", &id)])?;
+    nora.goto(opening.as_str()).await?;
     nora.wait_online().await?;
     nora.wait_until("the mail named in the address opened", || async move {
         let pane = nora.pane().await?;

@@ -435,22 +435,73 @@ impl Browser {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<std::result::Result<T, String>>>,
     {
-        let deadline = Instant::now() + self.wait;
+        self.poll(what, 1, || {
+            let probed = probe();
+            async move { Ok(probed.await?.map_err(|seen| (seen, None))) }
+        })
+        .await
+    }
+
+    /// Polls `probe` until it gives a value, as [`Browser::wait_until`] does; while what it
+    /// measures (its second `Err` field: bytes arrived, say) grows, the wait starts over, up
+    /// to `most_waits` times [`Browser::wait`] in all. A probe that never measures gets one
+    /// wait.
+    async fn poll<T, F, Fut>(&self, what: &str, most_waits: u32, mut probe: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<std::result::Result<T, (String, Option<u64>)>>>,
+    {
+        let started = Instant::now();
+        let mut deadline = started + self.wait;
+        let mut most = None;
         loop {
             let last = match probe().await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(seen)) => seen,
+                Ok(Err((seen, measured))) => {
+                    if measured > most {
+                        most = measured;
+                        deadline = Instant::now() + self.wait;
+                    }
+                    seen
+                }
                 Err(e) => format!("error: {e:#}"),
             };
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline.min(started + self.wait * most_waits) {
+                let moving = if most_waits > 1 {
+                    format!(
+                        " (no progress for {}s, or {}s in all)",
+                        self.wait.as_secs(),
+                        (self.wait * most_waits).as_secs()
+                    )
+                } else {
+                    String::new()
+                };
                 bail!(
-                    "{}: timed out after {}s waiting for {what}; last seen: {last}",
+                    "{}: timed out after {}s waiting for {what}{moving}; last seen: {last}",
                     self.name,
-                    self.wait.as_secs()
+                    now.duration_since(started).as_secs()
                 );
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Waits until the object store `store` of the page's IndexedDB database `db` holds `n`
+    /// records ([`Browser::idb_count`]).
+    pub async fn wait_idb_count(&self, db: &str, store: &str, n: u64) -> Result<()> {
+        self.wait_until(
+            &format!("{n} records in IndexedDB {db}/{store}"),
+            || async move {
+                let stored = self.idb_count(db, store).await?;
+                Ok(if stored == n {
+                    Ok(())
+                } else {
+                    Err(format!("{stored} records"))
+                })
+            },
+        )
+        .await
     }
 
     /// The number of records in the object store `store` of the page's IndexedDB database
@@ -757,39 +808,15 @@ impl Browser {
     /// retransmissions on a busy machine still ends, and one that stops fails.
     pub async fn wait_attachment(&self, name: &str, states: &[&str]) -> Result<Attachment> {
         let what = format!("attachment {name} to be {}", states.join(" or "));
-        let started = Instant::now();
-        let mut deadline = started + self.wait;
-        let mut most = None;
-        loop {
-            let last = match self.attachments().await {
-                Ok(all) => match all.iter().find(|a| a.name.as_deref() == Some(name)) {
-                    Some(a) if a.state.as_deref().is_some_and(|s| states.contains(&s)) => {
-                        return Ok(a.clone());
-                    }
-                    Some(a) => {
-                        if a.done > most {
-                            most = a.done;
-                            deadline = Instant::now() + self.wait;
-                        }
-                        format!("{a:?}")
-                    }
-                    None => format!("not listed: {all:?}"),
-                },
-                Err(e) => format!("error: {e:#}"),
-            };
-            let now = Instant::now();
-            if now >= deadline || now >= started + self.wait * STALL_WAITS {
-                bail!(
-                    "{}: timed out after {}s waiting for {what} (no progress for {}s, or \
-                     {}s in all); last seen: {last}",
-                    self.name,
-                    now.duration_since(started).as_secs(),
-                    self.wait.as_secs(),
-                    (self.wait * STALL_WAITS).as_secs()
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.poll(&what, STALL_WAITS, || async move {
+            let all = self.attachments().await?;
+            Ok(match all.iter().find(|a| a.name.as_deref() == Some(name)) {
+                Some(a) if a.state.as_deref().is_some_and(|s| states.contains(&s)) => Ok(a.clone()),
+                Some(a) => Err((format!("{a:?}"), a.done)),
+                None => Err((format!("not listed: {all:?}"), None)),
+            })
+        })
+        .await
     }
 
     /// Waits until the status line of some listed attachment contains `text` (the sender's

@@ -234,11 +234,11 @@ fn notify_toggle(rt: &Rc<Runtime>) -> Html {
             match status {
                 Status::On => {
                     notify::turn_off();
-                    rt.refresh();
+                    rt.changed();
                 }
                 _ => wasm_bindgen_futures::spawn_local(async move {
                     notify::turn_on().await;
-                    rt.refresh();
+                    rt.changed();
                 }),
             }
         })

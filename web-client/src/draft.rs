@@ -29,7 +29,7 @@ use web_sys::File;
 use crate::chunks::err;
 use crate::state::Prefill;
 use crate::store::{prefix_range, DRAFT_FILES};
-use crate::util::{now, random_hex};
+use crate::util::{local_storage, now, random_hex};
 
 /// The drafts, as JSON: `[Kept]`.
 const LIST_KEY: &str = "peermail-drafts";
@@ -66,10 +66,6 @@ impl Kept {
     }
 }
 
-fn storage() -> Option<web_sys::Storage> {
-    web_sys::window()?.local_storage().ok()?
-}
-
 /// An id for a new draft.
 pub fn new_id() -> String {
     random_hex(8)
@@ -102,7 +98,7 @@ pub fn list() -> Vec<Kept> {
 /// Every draft, newest first; `None` when there is no `localStorage` or the list cannot
 /// be read (it is then put aside, once, under `UNREADABLE_KEY`).
 fn read_list() -> Option<Vec<Kept>> {
-    let s = storage()?;
+    let s = local_storage()?;
     let mut drafts: Vec<Kept> = match s.get_item(LIST_KEY).ok().flatten() {
         None => Vec::new(),
         Some(json) => match serde_json::from_str(&json) {
@@ -161,7 +157,9 @@ pub fn get(id: &str) -> Option<Kept> {
 /// Keeps `p` as draft `id` (a form with nothing typed keeps none). Whether that added a
 /// draft to the list or took one out of it (the Drafts folder's count changed).
 pub fn save(id: &str, p: &Prefill) -> bool {
-    let Some(s) = storage() else { return false };
+    let Some(s) = local_storage() else {
+        return false;
+    };
     let mut drafts = list();
     let before = drafts.len();
     drafts.retain(|d| d.id != id);
@@ -187,7 +185,7 @@ pub fn shown() -> Vec<Kept> {
 /// Marks draft `id` as being sent now (the page sending it renews this every second), or
 /// (`false`) as not sent after all.
 pub fn set_sending(id: &str, sending: bool) {
-    let Some(s) = storage() else { return };
+    let Some(s) = local_storage() else { return };
     let mut drafts = list();
     if let Some(d) = drafts.iter_mut().find(|d| d.id == id) {
         d.sending_at = sending.then(now);
@@ -197,7 +195,7 @@ pub fn set_sending(id: &str, sending: bool) {
 
 /// Drops draft `id` (sent or discarded).
 pub fn remove(id: &str) {
-    let Some(s) = storage() else { return };
+    let Some(s) = local_storage() else { return };
     let mut drafts = list();
     drafts.retain(|d| d.id != id);
     write(&s, &drafts);
@@ -206,7 +204,7 @@ pub fn remove(id: &str) {
 
 /// The form of draft `id` closed: it is no longer the one the page opens again.
 pub fn closed(id: &str) {
-    let Some(s) = storage() else { return };
+    let Some(s) = local_storage() else { return };
     if s.get_item(OPEN_KEY).ok().flatten().as_deref() == Some(id) {
         let _ = s.remove_item(OPEN_KEY);
     }
@@ -214,7 +212,7 @@ pub fn closed(id: &str) {
 
 /// Marks draft `id` as the open form's (see [`closed`]).
 pub fn set_open(id: &str) {
-    if let Some(s) = storage() {
+    if let Some(s) = local_storage() {
         let _ = s.set_item(OPEN_KEY, id);
     }
 }
@@ -222,7 +220,7 @@ pub fn set_open(id: &str) {
 /// The draft of the form that was open when the page went away, if it holds anything
 /// (called as the page starts: an older build's draft is moved in first, see `migrate`).
 pub fn open() -> Option<Kept> {
-    let s = storage()?;
+    let s = local_storage()?;
     migrate(&s);
     let id = s.get_item(OPEN_KEY).ok()??;
     shown().into_iter().find(|d| d.id == id)
@@ -391,7 +389,7 @@ pub const ORPHAN_AFTER_MS: u64 = 3_600_000;
 /// aside is no JSON at all.
 fn live_ids() -> Option<Vec<String>> {
     let mut live: Vec<String> = read_list()?.into_iter().map(|d| d.id).collect();
-    if let Some(aside) = storage()?.get_item(UNREADABLE_KEY).ok().flatten() {
+    if let Some(aside) = local_storage()?.get_item(UNREADABLE_KEY).ok().flatten() {
         let aside: serde_json::Value = serde_json::from_str(&aside).ok()?;
         let ids = aside.as_array().into_iter().flatten();
         live.extend(

@@ -45,14 +45,9 @@ pub fn run() {
 /// network. Where service workers are unavailable (plain http on a non-local host) the app
 /// works the same, just not offline.
 fn register_service_worker() {
-    let Some(window) = web_sys::window() else {
+    let Some(sw) = util::service_workers() else {
         return;
     };
-    let sw = window.navigator().service_worker();
-    // `serviceWorker` is undefined outside secure contexts.
-    if wasm_bindgen::JsValue::from(sw.clone()).is_undefined() {
-        return;
-    }
     let promise = sw.register("/sw.js");
     wasm_bindgen_futures::spawn_local(async move {
         if let Err(e) = wasm_bindgen_futures::JsFuture::from(promise).await {

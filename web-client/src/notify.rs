@@ -22,10 +22,12 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
     MessageEvent, Notification, NotificationOptions, NotificationPermission,
-    ServiceWorkerContainer, ServiceWorkerRegistration, VisibilityState,
+    ServiceWorkerRegistration, VisibilityState,
 };
 
 use peermail_core::mail::MessageId;
+
+use crate::util::{local_storage, service_workers};
 
 /// The `localStorage` key holding `"on"` while the person wants notifications.
 pub const SETTING_KEY: &str = "peermail-notify";
@@ -106,16 +108,6 @@ pub fn summary(unseen: &[Unseen]) -> Option<(String, String, Option<MessageId>)>
     }
 }
 
-fn storage() -> Option<web_sys::Storage> {
-    web_sys::window()?.local_storage().ok().flatten()
-}
-
-/// The service worker container, where there is one (secure contexts only).
-fn workers() -> Option<ServiceWorkerContainer> {
-    let sw = web_sys::window()?.navigator().service_worker();
-    (!JsValue::from(sw.clone()).is_undefined()).then_some(sw)
-}
-
 /// How long [`show`] waits for the service worker to be active (on a first visit it may
 /// still be installing).
 const READY_WAIT_MS: i32 = 5_000;
@@ -125,7 +117,7 @@ fn supported() -> bool {
     web_sys::window().is_some_and(|w| {
         js_sys::Reflect::has(&w, &JsValue::from_str("Notification")).unwrap_or(false)
             && w.is_secure_context()
-    }) && workers().is_some()
+    }) && service_workers().is_some()
 }
 
 /// Whether the person wants notifications and the browser allows them.
@@ -133,7 +125,7 @@ pub fn status() -> Status {
     if !supported() {
         return Status::Unsupported;
     }
-    let on = storage()
+    let on = local_storage()
         .and_then(|s| s.get_item(SETTING_KEY).ok().flatten())
         .is_some_and(|v| v == "on");
     match Notification::permission() {
@@ -162,7 +154,7 @@ pub async fn turn_on() -> Status {
         },
     };
     if granted {
-        if let Some(s) = storage() {
+        if let Some(s) = local_storage() {
             let _ = s.set_item(SETTING_KEY, "on");
         }
     }
@@ -171,7 +163,7 @@ pub async fn turn_on() -> Status {
 
 /// Turns notifications off (the browser's permission stays as it is).
 pub fn turn_off() {
-    if let Some(s) = storage() {
+    if let Some(s) = local_storage() {
         let _ = s.remove_item(SETTING_KEY);
     }
 }
@@ -185,14 +177,16 @@ pub fn page_hidden() -> bool {
 
 /// The service worker's registration for this page, if one is registered.
 async fn registration() -> Option<ServiceWorkerRegistration> {
-    let found = JsFuture::from(workers()?.get_registration()).await.ok()?;
+    let found = JsFuture::from(service_workers()?.get_registration())
+        .await
+        .ok()?;
     found.dyn_into::<ServiceWorkerRegistration>().ok()
 }
 
 /// The service worker's registration once its worker is active (`ready`), or `None` if it
 /// is not within [`READY_WAIT_MS`] (not registered, or failing to install).
 async fn active_registration() -> Option<ServiceWorkerRegistration> {
-    let ready = workers()?.ready().ok()?;
+    let ready = service_workers()?.ready().ok()?;
     let window = web_sys::window()?;
     let timeout = js_sys::Promise::new(&mut |resolve, _| {
         let _ =
@@ -265,7 +259,7 @@ pub fn take_open_request() -> Option<String> {
 /// Calls `open` with the mail's id (`None`: the Inbox) each time the person clicks a
 /// notification (the service worker posts [`OPEN_MESSAGE`]). For the page's lifetime.
 pub fn listen_for_opens(open: impl Fn(Option<String>) + 'static) {
-    let Some(sw) = workers() else {
+    let Some(sw) = service_workers() else {
         return;
     };
     let on_message = Closure::<dyn Fn(MessageEvent)>::new(move |e: MessageEvent| {

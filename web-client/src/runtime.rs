@@ -260,7 +260,9 @@ impl Runtime {
         *self.on_change.borrow_mut() = Some(Rc::new(f));
     }
 
-    fn changed(&self) {
+    /// Re-renders the page (also after something the runtime does not track changed, such
+    /// as the notification setting).
+    pub fn changed(&self) {
         let f = self.on_change.borrow().clone();
         if let Some(f) = f {
             f();
@@ -282,12 +284,6 @@ impl Runtime {
         self.rtc.borrow().clone().expect("rtc set in new")
     }
 
-    /// Re-renders the page (after something the runtime does not track changed, such as
-    /// the notification setting).
-    pub fn refresh(&self) {
-        self.changed();
-    }
-
     /// Announces a mail just received with the desktop notification, if the person wants
     /// them and the page is out of sight ([`crate::notify`]). Mail one sends oneself is not
     /// announced. Mail arriving together (waiting mail fetched at sign-in) is gathered into
@@ -295,7 +291,7 @@ impl Runtime {
     /// after as long, while more arrived meanwhile.
     fn announce(&self, id: &MessageId) {
         use crate::notify;
-        if notify::status() != notify::Status::On || !notify::page_hidden() {
+        if !notify::page_hidden() || notify::status() != notify::Status::On {
             return;
         }
         let mail = self.with_node(|node| {

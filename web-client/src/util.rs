@@ -1,4 +1,5 @@
-//! Small browser helpers: the clock, the CSPRNG, the page's host, time formatting.
+//! Small browser helpers: the clock, the CSPRNG, the page's host, time formatting, the
+//! page's `localStorage` and service workers.
 
 use peermail_core::Millis;
 use wasm_bindgen::JsValue;
@@ -98,6 +99,18 @@ pub fn short_date(ms: Millis) -> String {
             d.get_full_year()
         )
     }
+}
+
+/// The page's `localStorage`, where the browser gives one.
+pub fn local_storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.local_storage().ok()?
+}
+
+/// The page's service worker container, where there is one (`navigator.serviceWorker` is
+/// undefined outside secure contexts).
+pub fn service_workers() -> Option<web_sys::ServiceWorkerContainer> {
+    let sw = web_sys::window()?.navigator().service_worker();
+    (!JsValue::from(sw.clone()).is_undefined()).then_some(sw)
 }
 
 /// Writes a line to the browser console (diagnostics only; people see notices instead).

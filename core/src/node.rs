@@ -192,6 +192,11 @@ pub enum Command {
     MarkRead(MessageId),
     /// Show a received mail as unread again.
     MarkUnread(MessageId),
+    /// Move a received mail out of the Inbox into the Archive (kept; read or unread as it
+    /// was). Not there, or archived already: nothing.
+    Archive(MessageId),
+    /// Move an archived mail back into the Inbox.
+    Unarchive(MessageId),
     /// Delete a received mail for good, with its files (answered by `Event::Deleted`).
     DeleteReceived(MessageId),
     /// Delete a sent mail for good (answered by `Event::Deleted`, or `Event::DeleteRefused`
@@ -223,7 +228,8 @@ pub enum Command {
     UnpairNode,
     /// Ask the relay about `address`'s storage node (answered by `Event::NodeLocated`).
     LocateNode(Address),
-    /// Mark every mail of the Inbox read (one change event for all).
+    /// Mark every mail of the Inbox read (one change event for all; archived mail keeps
+    /// its state).
     MarkAllRead,
     /// Stop sending a mail still in the Outbox: recipients not reached yet fail with
     /// [`CANCELLED`]; a copy the relay keeps is called back (`Withdraw`; the recipient
@@ -616,9 +622,13 @@ impl Node {
     pub fn address(&self) -> &Address {
         &self.identity.address
     }
-    /// How many received mails are unread (without sorting the Inbox as [`Node::inbox`]).
+    /// How many mails of the Inbox are unread (archived ones are not counted; without
+    /// sorting as [`Node::inbox`] does).
     pub fn unread_count(&self) -> usize {
-        self.inbox.values().filter(|r| !r.read).count()
+        self.inbox
+            .values()
+            .filter(|r| !r.read && !r.archived)
+            .count()
     }
 
     /// One received mail, by its Message-ID.
@@ -626,7 +636,8 @@ impl Node {
         self.inbox.get(id)
     }
 
-    /// Received mails, newest first.
+    /// Received mails, newest first: those of the Inbox and the archived ones (see
+    /// [`InboxRecord::archived`]).
     pub fn inbox(&self) -> Vec<&InboxRecord> {
         let mut v: Vec<_> = self.inbox.values().collect();
         v.sort_by(|a, b| {
@@ -875,11 +886,12 @@ impl Node {
         }
     }
 
-    /// Marks the received mail `id` read or unread (not there, or already so: nothing).
-    fn set_read(&mut self, id: &MessageId, read: bool) {
+    /// Sets the flag `flag` picks (read, archived) of the received mail `id` to `to`, and
+    /// keeps the change (not there, or so already: nothing).
+    fn set_flag(&mut self, id: &MessageId, flag: fn(&mut InboxRecord) -> &mut bool, to: bool) {
         if let Some(r) = self.inbox.get_mut(id) {
-            if r.read != read {
-                r.read = read;
+            if *flag(r) != to {
+                *flag(r) = to;
                 let r = r.clone();
                 self.store(StoreWrite::PutInbox(r));
                 self.event(Event::InboxChanged);
@@ -895,13 +907,15 @@ impl Node {
             Command::StopSending { attachment, to } => self.stop_sending(attachment, to),
             Command::DeleteReceived(id) => self.delete_received(id),
             Command::DeleteSent(id) => self.delete_sent(id),
-            Command::MarkRead(id) => self.set_read(&id, true),
-            Command::MarkUnread(id) => self.set_read(&id, false),
+            Command::MarkRead(id) => self.set_flag(&id, |r| &mut r.read, true),
+            Command::MarkUnread(id) => self.set_flag(&id, |r| &mut r.read, false),
+            Command::Archive(id) => self.set_flag(&id, |r| &mut r.archived, true),
+            Command::Unarchive(id) => self.set_flag(&id, |r| &mut r.archived, false),
             Command::MarkAllRead => {
                 let unread: Vec<InboxRecord> = self
                     .inbox
                     .values_mut()
-                    .filter(|r| !r.read)
+                    .filter(|r| !r.read && !r.archived)
                     .map(|r| {
                         r.read = true;
                         r.clone()
@@ -1058,6 +1072,7 @@ impl Node {
                 mail: o.mail.clone(),
                 received_at: self.now,
                 read: false,
+                archived: false,
             };
             self.inbox.insert(id.clone(), rec.clone());
             self.store(StoreWrite::PutInbox(rec));
@@ -1871,6 +1886,7 @@ impl Node {
             mail,
             received_at: self.now,
             read: false,
+            archived: false,
         };
         let op = self.store(StoreWrite::PutInbox(record.clone()));
         self.pending_inbox.insert(

@@ -23,6 +23,11 @@ pub struct InboxRecord {
     /// When this node stored it (receiver's clock).
     pub received_at: Millis,
     pub read: bool,
+    /// Moved out of the Inbox into the Archive by the person: kept, listed there, and not
+    /// counted among the Inbox's unread mail. Records written before there was an Archive
+    /// read as not archived.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 /// Where one recipient's copy of an outgoing mail stands.
@@ -541,17 +546,21 @@ pub mod conformance {
             mail: mail(1),
             received_at: 5,
             read: false,
+            archived: false,
         };
         let r2 = InboxRecord {
             mail: mail(2),
             received_at: 6,
             read: false,
+            archived: false,
         };
         store.apply(StoreWrite::PutInbox(r1.clone())).await.unwrap();
         store.apply(StoreWrite::PutInbox(r2.clone())).await.unwrap();
         store.apply(StoreWrite::PutInbox(r1.clone())).await.unwrap();
+        // Read, and moved to the Archive: both kept.
         let read = InboxRecord {
             read: true,
+            archived: true,
             ..r2.clone()
         };
         store
@@ -825,11 +834,13 @@ pub mod conformance {
                 mail: one.clone(),
                 received_at: 5,
                 read: false,
+                archived: false,
             }),
             StoreWrite::PutInbox(InboxRecord {
                 mail: two.clone(),
                 received_at: 6,
                 read: true,
+                archived: true,
             }),
             StoreWrite::PutOutgoing(Box::new(sent.clone())),
             StoreWrite::PutDownload(Box::new(download(&one, a))),
@@ -994,4 +1005,43 @@ mod tests {
         super::MemoryStore::new()
     }
     crate::store_conformance_tests!(tokio::test, fresh());
+
+    /// Inbox records stored before there was an Archive (stores keep them as JSON) have no
+    /// `archived` field: they read as in the Inbox.
+    #[test]
+    fn inbox_records_from_before_the_archive_read_as_not_archived() {
+        use super::InboxRecord;
+        use crate::mail::{Mail, MessageId, Priority};
+        let record = InboxRecord {
+            mail: Mail {
+                message_id: MessageId::new([7; 16], "h"),
+                from: "alice@h".parse().unwrap(),
+                to: vec!["bob@h".parse().unwrap()],
+                cc: vec![],
+                subject: "kept from before".into(),
+                date: 1,
+                body: String::new(),
+                in_reply_to: None,
+                references: vec![],
+                priority: Priority::Normal,
+                attachments: vec![],
+            },
+            received_at: 2,
+            read: true,
+            archived: true,
+        };
+        let mut old = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            old.as_object_mut().unwrap().remove("archived"),
+            Some(serde_json::Value::Bool(true))
+        );
+        let back: InboxRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            back,
+            InboxRecord {
+                archived: false,
+                ..record
+            }
+        );
+    }
 }

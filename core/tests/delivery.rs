@@ -1037,6 +1037,58 @@ fn mark_all_read_marks_every_received_mail() {
     assert!(node.inbox().iter().all(|r| r.read));
 }
 
+/// Archiving: a received mail moves out of the Inbox into the Archive and back, read or
+/// unread as it was; an archived unread mail is not counted among the Inbox's unread, and
+/// Mark all read leaves it as it is; where each mail is survives a restart.
+#[test]
+fn archived_mail_leaves_the_inbox_and_comes_back() {
+    use peermail_core::node::Command;
+    let mut w = World::new();
+    let (alice, bob) = (w.register("alice"), w.register("bob"));
+    w.online(&alice);
+    w.online(&bob);
+    let kept = w.send(&alice, &[&bob], &[], "archive me");
+    let other = w.send(&alice, &[&bob], &[], "leave me in the inbox");
+    let unread = |w: &World| w.users[&bob].node.as_ref().expect("online").unread_count();
+    assert_eq!(unread(&w), 2);
+    w.command(&bob, Command::Archive(kept.clone()));
+    // Kept, unread, archived; not counted.
+    let stored = |w: &World, id: &peermail_core::MessageId| {
+        w.users[&bob]
+            .store
+            .snapshot()
+            .inbox
+            .into_iter()
+            .find(|r| &r.mail.message_id == id)
+            .map(|r| (r.archived, r.read))
+    };
+    assert_eq!(stored(&w, &kept), Some((true, false)));
+    assert_eq!(stored(&w, &other), Some((false, false)));
+    assert_eq!(unread(&w), 1, "the archived unread mail is not counted");
+    // Mark all read is the Inbox's: the archived mail stays unread.
+    w.command(&bob, Command::MarkAllRead);
+    assert_eq!(stored(&w, &kept), Some((true, false)));
+    assert_eq!(stored(&w, &other), Some((false, true)));
+    assert_eq!(unread(&w), 0);
+    // Archiving again, or an id not received: no change.
+    w.command(&bob, Command::Archive(kept.clone()));
+    w.command(
+        &bob,
+        Command::Archive(peermail_core::MessageId::new([9; 16], "x")),
+    );
+    assert_eq!(stored(&w, &kept), Some((true, false)));
+    // Where each mail is survives a restart.
+    w.offline(&bob);
+    w.online(&bob);
+    assert_eq!(unread(&w), 0);
+    let n = w.users[&bob].node.as_ref().expect("online");
+    assert!(n.received(&kept).is_some_and(|r| r.archived && !r.read));
+    // Back in the Inbox, it counts again.
+    w.command(&bob, Command::Unarchive(kept.clone()));
+    assert_eq!(stored(&w, &kept), Some((false, false)));
+    assert_eq!(unread(&w), 1);
+}
+
 /// A contact removed in a session is no longer watched (the relay stops sending its
 /// presence), unless mail still waits for that person; contacts kept stay watched.
 #[test]

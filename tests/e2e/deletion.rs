@@ -3,31 +3,10 @@
 
 use anyhow::{ensure, Context, Result};
 
-use peermail_e2e::Browser;
-
-use super::{no_row_with, noise, test_file, World};
+use super::{no_row_with, noise, test_file, wait_no_row, World};
 
 /// The page's IndexedDB database.
 const DB: &str = "peermail";
-
-/// Waits until `folder` of `b` lists no mail with `subject` (the list is re-rendered after
-/// the deletion, not at once).
-async fn wait_no_row(b: &Browser, folder: &str, subject: &str) -> Result<()> {
-    b.open_folder(folder).await?;
-    b.wait_until(&format!("{subject:?} to leave {folder}"), || async move {
-        let rows = b.rows().await?;
-        Ok(
-            match rows
-                .iter()
-                .find(|r| r.subject.as_deref().is_some_and(|t| t.contains(subject)))
-            {
-                Some(r) => Err(format!("still listed: {r:?}")),
-                None => Ok(()),
-            },
-        )
-    })
-    .await
-}
 
 /// Alice mails Bob twice, the second time a file; once he has it, Bob deletes that mail.
 /// The page asks first (and Cancel keeps it); confirmed, the mail leaves his Inbox (the

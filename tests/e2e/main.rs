@@ -18,6 +18,7 @@ use peermail_e2e::native::{random_bytes, NativeClient};
 use peermail_e2e::runner::Runner;
 use peermail_e2e::{netns, procs, Browser, Config, Harness};
 
+mod archive;
 mod deletion;
 mod drafts;
 mod groups;
@@ -25,6 +26,7 @@ mod native_peer;
 mod notify;
 mod saving;
 mod storage_node;
+use archive::people_archive_mail;
 use deletion::people_delete_mail_for_good;
 use drafts::a_draft_survives_a_reload;
 use groups::groups_expand_to_their_members;
@@ -57,6 +59,7 @@ const SCENARIOS: &[&str] = &[
     "relay_hands_over_to_a_returning_storage_node",
     "groups_expand_to_their_members",
     "people_delete_mail_for_good",
+    "people_archive_mail",
     "a_draft_survives_a_reload",
     "a_large_file_is_saved_without_holding_it_in_the_page",
     "new_mail_is_announced_while_the_page_is_out_of_sight",
@@ -153,6 +156,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(relay_hands_over_to_a_returning_storage_node);
     scenario!(groups_expand_to_their_members);
     scenario!(people_delete_mail_for_good);
+    scenario!(people_archive_mail);
     scenario!(a_draft_survives_a_reload);
     scenario!(a_large_file_is_saved_without_holding_it_in_the_page);
     scenario!(new_mail_is_announced_while_the_page_is_out_of_sight);
@@ -883,6 +887,25 @@ async fn receipt_of(relay: &mut NativeClient, id: &MessageId) -> Result<ReceiptO
 }
 
 /// Fails if `folder` lists a row whose subject contains any of `subjects`.
+/// Waits until `folder` of `b` lists no mail with `subject` (the list is re-rendered after
+/// the mail left it, not at once).
+pub(crate) async fn wait_no_row(b: &Browser, folder: &str, subject: &str) -> Result<()> {
+    b.open_folder(folder).await?;
+    b.wait_until(&format!("{subject:?} to leave {folder}"), || async move {
+        let rows = b.rows().await?;
+        Ok(
+            match rows
+                .iter()
+                .find(|r| r.subject.as_deref().is_some_and(|t| t.contains(subject)))
+            {
+                Some(r) => Err(format!("still listed: {r:?}")),
+                None => Ok(()),
+            },
+        )
+    })
+    .await
+}
+
 pub(crate) async fn no_row_with(b: &Browser, folder: &str, subjects: &[&str]) -> Result<()> {
     b.open_folder(folder).await?;
     let rows = b.rows().await?;

@@ -865,7 +865,8 @@ impl Browser {
         .await
     }
 
-    /// Clicks a folder button: `inbox`, `outbox` or `sent`.
+    /// Clicks a folder button by its `data-folder` key: `inbox`, `outbox`, `sent`, `drafts`
+    /// or `archive`.
     pub async fn open_folder(&self, folder: &str) -> Result<()> {
         self.click(&format!("[data-folder={folder}]")).await
     }

@@ -86,15 +86,22 @@ fn open_from_notification(
     dispatcher: &UseReducerDispatcher<State>,
     id: Option<&str>,
 ) {
-    dispatcher.dispatch(Action::OpenFolder(Folder::Inbox));
-    let found = id.and_then(MessageId::parse).filter(|id| {
-        rt.with_node(|node| node.received(id).is_some())
-            .unwrap_or(false)
+    // The folder that holds the mail (it may have been archived since), else the Inbox.
+    let found = id.and_then(MessageId::parse).and_then(|id| {
+        let archived = rt.with_node(|node| node.received(&id).map(|r| r.archived))??;
+        Some((id, archived))
     });
-    if let Some(id) = found {
-        rt.mark_read(id.clone());
-        dispatcher.dispatch(Action::Select(id));
-    }
+    let Some((id, archived)) = found else {
+        dispatcher.dispatch(Action::OpenFolder(Folder::Inbox));
+        return;
+    };
+    dispatcher.dispatch(Action::OpenFolder(if archived {
+        Folder::Archive
+    } else {
+        Folder::Inbox
+    }));
+    rt.mark_read(id.clone());
+    dispatcher.dispatch(Action::Select(id));
 }
 
 /// Lets a runtime travel in props (compared by identity).
@@ -291,6 +298,7 @@ fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Ht
         (Folder::Outbox, count(pending)),
         (Folder::Sent, String::new()),
         (Folder::Drafts, count(crate::draft::shown().len())),
+        (Folder::Archive, String::new()),
     ];
     let compose = {
         let state = state.clone();
@@ -544,18 +552,25 @@ fn in_folder(o: &OutgoingMail, folder: Folder) -> bool {
     match folder {
         Folder::Outbox => o.is_pending(),
         Folder::Sent => !o.is_pending(),
-        Folder::Inbox | Folder::Drafts => false,
+        Folder::Inbox | Folder::Drafts | Folder::Archive => false,
     }
 }
 
-/// The Message-IDs `folder` lists, in the list's order.
-/// The mail the list shows: of `folder`, matching `search`, in the list's order.
+/// The received mail the Inbox (or, `archived`, Archive) lists matching `search`, newest
+/// first.
+fn received_in<'n>(node: &'n Node, archived: bool, search: &str) -> Vec<&'n InboxRecord> {
+    node.inbox()
+        .into_iter()
+        .filter(|r| r.archived == archived && mail_matches(&r.mail, search))
+        .collect()
+}
+
+/// The Message-IDs of the mail the list shows: of `folder`, matching `search`, in the
+/// list's order.
 fn folder_ids(node: &Node, folder: Folder, search: &str) -> Vec<MessageId> {
     match folder {
-        Folder::Inbox => node
-            .inbox()
+        Folder::Inbox | Folder::Archive => received_in(node, folder == Folder::Archive, search)
             .iter()
-            .filter(|r| mail_matches(&r.mail, search))
             .map(|r| r.mail.message_id.clone())
             .collect(),
         Folder::Drafts => Vec::new(),
@@ -582,10 +597,8 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     };
     let selected = |id: &MessageId| (state.selected.as_ref() == Some(id)).then_some("selected");
     let rows: Vec<Html> = match state.folder {
-        Folder::Inbox => node
-            .inbox()
+        Folder::Inbox | Folder::Archive => received_in(node, state.folder == Folder::Archive, &state.search)
             .into_iter()
-            .filter(|r| mail_matches(&r.mail, &state.search))
             .map(|r: &InboxRecord| {
                 let id = &r.mail.message_id;
                 html! {
@@ -675,6 +688,7 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             Folder::Outbox => "Nothing waiting to go out.".into(),
             Folder::Sent => "Nothing sent yet.".into(),
             Folder::Drafts => "No drafts.".into(),
+            Folder::Archive => "Nothing archived.".into(),
         };
         html! { <div class="empty">{ text }</div> }
     });
@@ -797,11 +811,9 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     let Some(id) = state.selected.as_ref() else {
         return html! { <section id="reading-pane" class="reading-pane"><div class="empty">{ "Select a mail to read it." }</div></section> };
     };
-    let inbox = node
-        .inbox()
-        .into_iter()
-        .find(|r| &r.mail.message_id == id)
-        .map(|r| r.mail.clone());
+    let received_record = node.received(id);
+    let archived = received_record.is_some_and(|r| r.archived);
+    let inbox = received_record.map(|r| r.mail.clone());
     let outgoing = node
         .outgoing()
         .into_iter()
@@ -839,7 +851,26 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         _ => html! {},
     };
     // Delete acts on the folder shown: a mail sent to oneself is in both.
-    let received = state.folder == Folder::Inbox && inbox.is_some();
+    let received = matches!(state.folder, Folder::Inbox | Folder::Archive) && inbox.is_some();
+    // As in other three-pane mail clients, when the mail leaves the list (deleted, archived
+    // or moved back to the Inbox) the next mail of the list (or the one before, at the end)
+    // opens in its place; a received one is read then (a no-op for one read already).
+    let next = (received || state.confirm_delete).then(|| {
+        let ids = folder_ids(node, state.folder, &state.search);
+        let at = ids.iter().position(|m| m == id)?;
+        ids.get(at + 1)
+            .or_else(|| at.checked_sub(1).and_then(|j| ids.get(j)))
+            .cloned()
+    });
+    let leave_list = {
+        let (rt, state, next) = (rt.clone(), state.clone(), next.flatten());
+        move || {
+            if let (Some(n), true) = (&next, received) {
+                rt.mark_read(n.clone());
+            }
+            state.dispatch(Action::LeftList { next: next.clone() });
+        }
+    };
     let delete_blocked = if received {
         None
     } else {
@@ -876,6 +907,23 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             </>
         }
     });
+    // Out of the Inbox into the Archive, or back: for the received mail of those lists.
+    let archive_button = received.then(|| {
+        let (rt, id, leave_list) = (rt.clone(), id.clone(), leave_list.clone());
+        let onclick = Callback::from(move |_: MouseEvent| {
+            if archived {
+                rt.unarchive(id.clone());
+            } else {
+                rt.archive(id.clone());
+            }
+            leave_list();
+        });
+        if archived {
+            html! { <button id="unarchive-mail" type="button" {onclick} title="Back into the Inbox">{ "Move to Inbox" }</button> }
+        } else {
+            html! { <button id="archive-mail" type="button" {onclick} title="Out of the Inbox; kept in Archive">{ "Archive" }</button> }
+        }
+    });
     // A mail still on its way can be stopped.
     let cancel_button = outgoing
         .as_ref()
@@ -900,6 +948,7 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     let actions = html! {
         <div class="mail-actions">
             { for reply_buttons }
+            { for archive_button }
             { for cancel_button }
             { forward_button }
             { delete_button }
@@ -956,27 +1005,15 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             };
             format!("Delete this mail from Sent for good?{warning}")
         };
-        // As in other three-pane mail clients, the next mail of the list (or the one before,
-        // at the end) opens in its place.
-        let next = {
-            let ids = folder_ids(node, state.folder, &state.search);
-            let at = ids.iter().position(|m| m == id);
-            at.and_then(|i| ids.get(i + 1).or_else(|| i.checked_sub(1).and_then(|j| ids.get(j))))
-                .cloned()
-        };
         let confirm_delete = {
-            let (rt, state, id) = (rt.clone(), state.clone(), id.clone());
+            let (rt, id, leave_list) = (rt.clone(), id.clone(), leave_list.clone());
             Callback::from(move |_: MouseEvent| {
                 if received {
                     rt.delete_received(id.clone());
                 } else {
                     rt.delete_sent(id.clone());
                 }
-                if let (Some(n), true) = (&next, received) {
-                    // Opened, so read (a no-op for a mail read already).
-                    rt.mark_read(n.clone());
-                }
-                state.dispatch(Action::Deleted { next: next.clone() });
+                leave_list();
             })
         };
         html! {

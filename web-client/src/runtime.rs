@@ -724,6 +724,14 @@ impl Runtime {
     pub fn mark_unread(&self, id: MessageId) {
         self.input(Input::Command(Command::MarkUnread(id)));
     }
+    /// Moves a received mail out of the Inbox into the Archive.
+    pub fn archive(&self, id: MessageId) {
+        self.input(Input::Command(Command::Archive(id)));
+    }
+    /// Moves an archived mail back into the Inbox.
+    pub fn unarchive(&self, id: MessageId) {
+        self.input(Input::Command(Command::Unarchive(id)));
+    }
     /// Deletes a received mail for good, with its files.
     pub fn delete_received(&self, id: MessageId) {
         self.input(Input::Command(Command::DeleteReceived(id)));

@@ -57,6 +57,8 @@ pub enum Folder {
     Sent,
     /// Mails being written ([`crate::draft`]), not mail of the node.
     Drafts,
+    /// Received mail moved out of the Inbox.
+    Archive,
 }
 
 impl Folder {
@@ -67,6 +69,7 @@ impl Folder {
             Folder::Outbox => "outbox",
             Folder::Sent => "sent",
             Folder::Drafts => "drafts",
+            Folder::Archive => "archive",
         }
     }
     pub fn title(self) -> &'static str {
@@ -75,6 +78,7 @@ impl Folder {
             Folder::Outbox => "Outbox",
             Folder::Sent => "Sent",
             Folder::Drafts => "Drafts",
+            Folder::Archive => "Archive",
         }
     }
 }
@@ -150,8 +154,9 @@ pub enum Action {
     AskDelete(bool),
     /// A forward is being prepared (its files read back).
     Forwarding,
-    /// The mail in the reading pane was deleted; `next` opens in its place.
-    Deleted {
+    /// The mail in the reading pane left the list shown (deleted, archived, or moved back
+    /// to the Inbox); `next` opens in its place.
+    LeftList {
         next: Option<MessageId>,
     },
     /// Close the mail in the reading pane (it was marked unread: back to the list).
@@ -212,7 +217,7 @@ impl Reducible for State {
             }
             Action::AskDelete(ask) => s.confirm_delete = ask,
             Action::Forwarding => s.forwarding = true,
-            Action::Deleted { next } => {
+            Action::LeftList { next } => {
                 s.selected = next;
                 s.confirm_delete = false;
             }

@@ -132,6 +132,7 @@ async fn a_version_6_database_is_upgraded_and_remembers_deleted_mail() {
         },
         received_at: 2,
         read: false,
+        archived: false,
     };
     common::old_database_with(
         &name,

@@ -636,6 +636,14 @@ impl Node {
         self.inbox.get(id)
     }
 
+    /// The received mails of the Inbox (`archived` false) or of Archive (true), newest
+    /// first.
+    pub fn received_in(&self, archived: bool) -> Vec<&InboxRecord> {
+        let mut v = self.inbox();
+        v.retain(|r| r.archived == archived);
+        v
+    }
+
     /// Received mails, newest first: those of the Inbox and the archived ones (see
     /// [`InboxRecord::archived`]).
     pub fn inbox(&self) -> Vec<&InboxRecord> {

@@ -25,7 +25,8 @@ pub struct InboxRecord {
     pub read: bool,
     /// Moved out of the Inbox into the Archive by the person: kept, listed there, and not
     /// counted among the Inbox's unread mail. Records written before there was an Archive
-    /// read as not archived.
+    /// read as not archived (and an older build that rewrites a record drops the field: the
+    /// mail is back in its Inbox, nothing else changes).
     #[serde(default)]
     pub archived: bool,
 }

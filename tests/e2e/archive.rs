@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 
 use peermail_e2e::Browser;
 
-use super::{no_row_with, wait_no_row, World};
+use super::{no_row_with, World};
 
 /// Waits until the Inbox's unread count reads `count` (empty for none) and the page's
 /// title says as much.
@@ -31,30 +31,11 @@ async fn wait_unread(b: &Browser, count: &str) -> Result<()> {
     .await
 }
 
-/// Waits until the row `subject` of the list shown is (or is not) `unread`.
-async fn wait_unread_row(b: &Browser, subject: &str, unread: bool) -> Result<()> {
-    b.wait_until(
-        &format!(
-            "{subject:?} to show as {}",
-            if unread { "unread" } else { "read" }
-        ),
-        || async move {
-            let rows = b.rows().await?;
-            Ok(
-                match rows.iter().find(|r| r.subject.as_deref() == Some(subject)) {
-                    Some(r) if r.unread == unread => Ok(()),
-                    other => Err(format!("{other:?}")),
-                },
-            )
-        },
-    )
-    .await
-}
-
 /// Alice mails Fay three times. Fay opens the middle mail and archives it: it leaves her
 /// Inbox, the next mail opens in its place (read), and Archive lists it, also after a
 /// reload. Marked unread there, it is not counted in the Inbox's unread count (nor the
-/// title's), and a reload keeps it in Archive, unread. A page opened at `/?open=<id>` (a
+/// title's), Mark all read in the Inbox leaves it unread, and a reload keeps it in
+/// Archive, unread. A page opened at `/?open=<id>` (a
 /// notification's click) opens it in Archive. "Move to Inbox" brings it back, and Archive
 /// reads "Nothing archived.", also after a reload.
 pub(crate) async fn people_archive_mail(w: &mut World) -> Result<()> {
@@ -64,13 +45,12 @@ pub(crate) async fn people_archive_mail(w: &mut World) -> Result<()> {
     w.person("alice").await?;
     w.person("fay").await?;
     let fay_addr = w.addr("fay");
+    let (alice, fay) = (w.get("alice")?, w.get("fay")?);
+    // One after the other, so that the Inbox lists them newest first in this order.
     for subject in [OLDEST, MIDDLE, NEWEST] {
-        w.get("alice")?
+        alice
             .compose(&fay_addr, "", subject, "For your files.")
             .await?;
-    }
-    let fay = w.get("fay")?;
-    for subject in [OLDEST, MIDDLE, NEWEST] {
         fay.wait_row("inbox", subject).await?;
     }
     wait_unread(fay, "3").await?;
@@ -80,8 +60,8 @@ pub(crate) async fn people_archive_mail(w: &mut World) -> Result<()> {
     wait_unread(fay, "2").await?;
     fay.click("#archive-mail").await?;
     fay.wait_for_text("#reading-pane .subject", OLDEST).await?;
-    wait_no_row(fay, "inbox", MIDDLE).await?;
-    wait_unread_row(fay, OLDEST, false).await?;
+    fay.wait_no_row("inbox", MIDDLE).await?;
+    fay.wait_row_unread(OLDEST, false).await?;
     wait_unread(fay, "1").await?;
     fay.wait_row("archive", MIDDLE).await?;
     no_row_with(fay, "archive", &[OLDEST, NEWEST]).await?;
@@ -89,24 +69,30 @@ pub(crate) async fn people_archive_mail(w: &mut World) -> Result<()> {
     fay.reload().await?;
     fay.wait_online().await?;
     fay.wait_row("archive", MIDDLE).await?;
-    wait_unread_row(fay, MIDDLE, false).await?;
-    wait_no_row(fay, "inbox", MIDDLE).await?;
+    fay.wait_row_unread(MIDDLE, false).await?;
+    fay.wait_no_row("inbox", MIDDLE).await?;
 
     // Marked unread in Archive: unread there, not counted as the Inbox's.
     fay.open_mail("archive", MIDDLE).await?;
     fay.wait_for("#unarchive-mail").await?;
     fay.click("#mark-unread").await?;
-    wait_unread_row(fay, MIDDLE, true).await?;
+    fay.wait_row_unread(MIDDLE, true).await?;
     wait_unread(fay, "1").await?;
+    // Mark all read is the Inbox's: the archived mail stays unread.
+    fay.open_folder("inbox").await?;
+    fay.click("#mark-all-read").await?;
+    wait_unread(fay, "").await?;
+    fay.wait_row("archive", MIDDLE).await?;
+    fay.wait_row_unread(MIDDLE, true).await?;
 
-    // A reload keeps each mail where it was put.
+    // A reload keeps each mail where it was put, and as it was.
     fay.reload().await?;
     fay.wait_online().await?;
     fay.wait_row("inbox", NEWEST).await?;
     no_row_with(fay, "inbox", &[MIDDLE]).await?;
-    wait_unread(fay, "1").await?;
+    wait_unread(fay, "").await?;
     fay.wait_row("archive", MIDDLE).await?;
-    wait_unread_row(fay, MIDDLE, true).await?;
+    fay.wait_row_unread(MIDDLE, true).await?;
 
     // A notification's click (a page opened at /?open=<id>) opens it where it is now.
     let id = fay
@@ -119,14 +105,14 @@ pub(crate) async fn people_archive_mail(w: &mut World) -> Result<()> {
     fay.wait_online().await?;
     fay.wait_for_text("#reading-pane .subject", MIDDLE).await?;
     fay.wait_for("[data-folder=archive].active").await?;
-    wait_unread_row(fay, MIDDLE, false).await?;
+    fay.wait_row_unread(MIDDLE, false).await?;
 
     // Moved back, it is the Inbox's again (read: it was opened), and Archive is empty.
     fay.click("#unarchive-mail").await?;
     fay.wait_for_text(".list-pane .empty", "Nothing archived.")
         .await?;
     fay.wait_row("inbox", MIDDLE).await?;
-    wait_unread_row(fay, MIDDLE, false).await?;
+    fay.wait_row_unread(MIDDLE, false).await?;
     fay.reload().await?;
     fay.wait_online().await?;
     fay.wait_row("inbox", MIDDLE).await?;

@@ -3,7 +3,7 @@
 
 use anyhow::{ensure, Context, Result};
 
-use super::{no_row_with, noise, test_file, wait_no_row, World};
+use super::{no_row_with, noise, test_file, World};
 
 /// The page's IndexedDB database.
 const DB: &str = "peermail";
@@ -52,20 +52,8 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     bob.click("#delete-yes").await?;
     // The next mail of the list opens in its place, read.
     bob.wait_for_text("#reading-pane .subject", KEEP).await?;
-    wait_no_row(bob, "inbox", SUBJECT).await?;
-    bob.wait_until(
-        "the mail opened in its place to show as read",
-        || async move {
-            let rows = bob.rows().await?;
-            Ok(
-                match rows.iter().find(|r| r.subject.as_deref() == Some(KEEP)) {
-                    Some(r) if !r.unread => Ok(()),
-                    other => Err(format!("{other:?}")),
-                },
-            )
-        },
-    )
-    .await?;
+    bob.wait_no_row("inbox", SUBJECT).await?;
+    bob.wait_row_unread(KEEP, false).await?;
     bob.wait_until("Bob's browser to drop the file", || async move {
         let d = bob.idb_count(DB, "downloads").await?;
         let s = bob.idb_count(DB, "segments").await?;
@@ -95,19 +83,9 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
             bob.reload().await?;
             bob.wait_online().await?;
         }
-        bob.wait_until(
-            &format!("{KEEP:?} to show as unread {when}"),
-            || async move {
-                let rows = bob.rows().await?;
-                Ok(
-                    match rows.iter().find(|r| r.subject.as_deref() == Some(KEEP)) {
-                        Some(r) if r.unread => Ok(()),
-                        other => Err(format!("{other:?}")),
-                    },
-                )
-            },
-        )
-        .await?;
+        bob.wait_row_unread(KEEP, true)
+            .await
+            .with_context(|| format!("{KEEP:?} marked unread, {when}"))?;
     }
 
     // The search above the list narrows it to matching mail (every word, any case).
@@ -160,7 +138,7 @@ pub(crate) async fn people_delete_mail_for_good(w: &mut World) -> Result<()> {
     );
     alice.click("#delete-yes").await?;
     alice.wait_for_text("#reading-pane .subject", KEEP).await?;
-    wait_no_row(alice, "sent", SUBJECT).await?;
+    alice.wait_no_row("sent", SUBJECT).await?;
     alice.reload().await?;
     alice.wait_online().await?;
     alice.wait_row("sent", KEEP).await?;
@@ -203,7 +181,7 @@ async fn deleted_before_fetching(w: &mut World) -> Result<()> {
     );
     let bob = w.get("bob")?;
     bob.click("#delete-yes").await?;
-    wait_no_row(bob, "inbox", SUBJECT).await?;
+    bob.wait_no_row("inbox", SUBJECT).await?;
 
     let alice = w.person("alice").await?;
     alice.open_mail("sent", SUBJECT).await?;

@@ -887,25 +887,6 @@ async fn receipt_of(relay: &mut NativeClient, id: &MessageId) -> Result<ReceiptO
 }
 
 /// Fails if `folder` lists a row whose subject contains any of `subjects`.
-/// Waits until `folder` of `b` lists no mail with `subject` (the list is re-rendered after
-/// the mail left it, not at once).
-pub(crate) async fn wait_no_row(b: &Browser, folder: &str, subject: &str) -> Result<()> {
-    b.open_folder(folder).await?;
-    b.wait_until(&format!("{subject:?} to leave {folder}"), || async move {
-        let rows = b.rows().await?;
-        Ok(
-            match rows
-                .iter()
-                .find(|r| r.subject.as_deref().is_some_and(|t| t.contains(subject)))
-            {
-                Some(r) => Err(format!("still listed: {r:?}")),
-                None => Ok(()),
-            },
-        )
-    })
-    .await
-}
-
 pub(crate) async fn no_row_with(b: &Browser, folder: &str, subjects: &[&str]) -> Result<()> {
     b.open_folder(folder).await?;
     let rows = b.rows().await?;

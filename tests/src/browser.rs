@@ -928,6 +928,41 @@ impl Browser {
         .await
     }
 
+    /// Opens `folder` and waits until it lists no mail whose subject contains `subject`
+    /// (the list is re-rendered after a mail left it, not at once).
+    pub async fn wait_no_row(&self, folder: &str, subject: &str) -> Result<()> {
+        self.open_folder(folder).await?;
+        self.wait_until(&format!("{subject:?} to leave {folder}"), || async move {
+            let rows = self.rows().await?;
+            Ok(
+                match rows
+                    .iter()
+                    .find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject)))
+                {
+                    Some(r) => Err(format!("still listed: {r:?}")),
+                    None => Ok(()),
+                },
+            )
+        })
+        .await
+    }
+
+    /// Waits until the row of the list shown whose subject is `subject` is `unread` (or,
+    /// `false`, read).
+    pub async fn wait_row_unread(&self, subject: &str, unread: bool) -> Result<()> {
+        let what = if unread { "unread" } else { "read" };
+        self.wait_until(&format!("{subject:?} to show as {what}"), || async move {
+            let rows = self.rows().await?;
+            Ok(
+                match rows.iter().find(|r| r.subject.as_deref() == Some(subject)) {
+                    Some(r) if r.unread == unread => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            )
+        })
+        .await
+    }
+
     /// Opens `folder`, waits for the mail `subject`, clicks it and waits for the reading
     /// pane to show it.
     pub async fn open_mail(&self, folder: &str, subject: &str) -> Result<Pane> {

@@ -559,10 +559,9 @@ fn in_folder(o: &OutgoingMail, folder: Folder) -> bool {
 /// The received mail the Inbox (or, `archived`, Archive) lists matching `search`, newest
 /// first.
 fn received_in<'n>(node: &'n Node, archived: bool, search: &str) -> Vec<&'n InboxRecord> {
-    node.inbox()
-        .into_iter()
-        .filter(|r| r.archived == archived && mail_matches(&r.mail, search))
-        .collect()
+    let mut v = node.received_in(archived);
+    v.retain(|r| mail_matches(&r.mail, search));
+    v
 }
 
 /// The Message-IDs of the mail the list shows: of `folder`, matching `search`, in the
@@ -852,23 +851,27 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     };
     // Delete acts on the folder shown: a mail sent to oneself is in both.
     let received = matches!(state.folder, Folder::Inbox | Folder::Archive) && inbox.is_some();
-    // As in other three-pane mail clients, when the mail leaves the list (deleted, archived
-    // or moved back to the Inbox) the next mail of the list (or the one before, at the end)
-    // opens in its place; a received one is read then (a no-op for one read already).
-    let next = (received || state.confirm_delete).then(|| {
-        let ids = folder_ids(node, state.folder, &state.search);
-        let at = ids.iter().position(|m| m == id)?;
-        ids.get(at + 1)
-            .or_else(|| at.checked_sub(1).and_then(|j| ids.get(j)))
-            .cloned()
-    });
+    // As in other three-pane mail clients, when the mail leaves the list (`leave_list`
+    // runs what takes it out: deleted, archived or moved back to the Inbox) the next mail
+    // of the list as it was at the click (or the one before, at the end) opens in its
+    // place; a received one is read then (a no-op for one read already).
     let leave_list = {
-        let (rt, state, next) = (rt.clone(), state.clone(), next.flatten());
-        move || {
+        let (rt, state, id) = (rt.clone(), state.clone(), id.clone());
+        move |take_out: &dyn Fn()| {
+            let next = rt
+                .with_node(|node| {
+                    let ids = folder_ids(node, state.folder, &state.search);
+                    let at = ids.iter().position(|m| *m == id)?;
+                    ids.get(at + 1)
+                        .or_else(|| at.checked_sub(1).and_then(|j| ids.get(j)))
+                        .cloned()
+                })
+                .flatten();
+            take_out();
             if let (Some(n), true) = (&next, received) {
                 rt.mark_read(n.clone());
             }
-            state.dispatch(Action::LeftList { next: next.clone() });
+            state.dispatch(Action::LeftList { next });
         }
     };
     let delete_blocked = if received {
@@ -911,12 +914,13 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     let archive_button = received.then(|| {
         let (rt, id, leave_list) = (rt.clone(), id.clone(), leave_list.clone());
         let onclick = Callback::from(move |_: MouseEvent| {
-            if archived {
-                rt.unarchive(id.clone());
-            } else {
-                rt.archive(id.clone());
-            }
-            leave_list();
+            leave_list(&|| {
+                if archived {
+                    rt.unarchive(id.clone());
+                } else {
+                    rt.archive(id.clone());
+                }
+            })
         });
         if archived {
             html! { <button id="unarchive-mail" type="button" {onclick} title="Back into the Inbox">{ "Move to Inbox" }</button> }
@@ -1008,12 +1012,13 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         let confirm_delete = {
             let (rt, id, leave_list) = (rt.clone(), id.clone(), leave_list.clone());
             Callback::from(move |_: MouseEvent| {
-                if received {
-                    rt.delete_received(id.clone());
-                } else {
-                    rt.delete_sent(id.clone());
-                }
-                leave_list();
+                leave_list(&|| {
+                    if received {
+                        rt.delete_received(id.clone());
+                    } else {
+                        rt.delete_sent(id.clone());
+                    }
+                })
             })
         };
         html! {

@@ -134,14 +134,10 @@ async fn a_version_6_database_is_upgraded_and_remembers_deleted_mail() {
         read: false,
         archived: false,
     };
-    common::old_database_with(
-        &name,
-        6,
-        "inbox",
-        id.as_str(),
-        serde_json::to_string(&record).unwrap(),
-    )
-    .await;
+    // As version 6 wrote it: without `archived`, which came later.
+    let mut old = serde_json::to_value(&record).unwrap();
+    old.as_object_mut().unwrap().remove("archived");
+    common::old_database_with(&name, 6, "inbox", id.as_str(), old.to_string()).await;
     let deleted = DeletedMail {
         message_id: id.clone(),
         received: true,

@@ -35,9 +35,9 @@ async fn wait_unread(b: &Browser, count: &str) -> Result<()> {
 /// Inbox, the next mail opens in its place (read), and Archive lists it, also after a
 /// reload. Marked unread there, it is not counted in the Inbox's unread count (nor the
 /// title's), Mark all read in the Inbox leaves it unread, and a reload keeps it in
-/// Archive, unread. A page opened at `/?open=<id>` (a
-/// notification's click) opens it in Archive. "Move to Inbox" brings it back, and Archive
-/// reads "Nothing archived.", also after a reload.
+/// Archive, unread. A page opened at `/?open=<id>` (a notification's click) opens it in
+/// Archive. "Move to Inbox" brings it back, and Archive reads "Nothing archived.", also
+/// after a reload.
 pub(crate) async fn people_archive_mail(w: &mut World) -> Result<()> {
     const OLDEST: &str = "Receipts from March";
     const MIDDLE: &str = "Holiday photos plan";

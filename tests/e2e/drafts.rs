@@ -39,15 +39,6 @@ async fn wait_kept_files(b: &Browser, n: u64) -> Result<()> {
     b.wait_idb_count("peermail", "draft_files", n).await
 }
 
-/// The value of the form field matching `css`.
-async fn field(b: &Browser, css: &str) -> Result<String> {
-    b.eval(
-        "return document.querySelector(arguments[0]).value",
-        vec![serde_json::json!(css)],
-    )
-    .await
-}
-
 /// The Drafts folder's rows as shown now: (`data-draft-id`, subject), newest first.
 async fn drafts(b: &Browser) -> Result<Vec<(String, String)>> {
     b.eval(
@@ -90,9 +81,9 @@ async fn wait_form(b: &Browser, to: &str, subject: &str, body: &str) -> Result<(
     b.wait_for("#compose-subject").await?;
     b.wait_until("the Compose form to hold the draft", || async move {
         let got = (
-            field(b, "#compose-to").await?,
-            field(b, "#compose-subject").await?,
-            field(b, "#compose-body").await?,
+            b.input_value("#compose-to").await?,
+            b.input_value("#compose-subject").await?,
+            b.input_value("#compose-body").await?,
         );
         Ok(
             if (got.0.as_str(), got.1.as_str(), got.2.as_str()) == (to, subject, body) {
@@ -238,7 +229,7 @@ pub(crate) async fn a_draft_survives_a_reload(w: &mut World) -> Result<()> {
         alice,
         &bob_addr,
         "Fwd: Draft two",
-        &field(alice, "#compose-body").await?,
+        &alice.input_value("#compose-body").await?,
     )
     .await?;
     wait_form_files(alice, &["plan.bin"]).await?;

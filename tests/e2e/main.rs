@@ -25,6 +25,7 @@ mod groups;
 mod native_peer;
 mod notify;
 mod saving;
+mod shortcuts;
 mod storage_node;
 use archive::people_archive_mail;
 use deletion::people_delete_mail_for_good;
@@ -33,6 +34,7 @@ use groups::groups_expand_to_their_members;
 use native_peer::native_peer_exchanges_mail_with_a_browser;
 use notify::new_mail_is_announced_while_the_page_is_out_of_sight;
 use saving::a_large_file_is_saved_without_holding_it_in_the_page;
+use shortcuts::people_use_keyboard_shortcuts;
 use storage_node::{
     relay_hands_over_to_a_returning_storage_node, storage_node_pairs_keeps_and_serves_attachments,
 };
@@ -60,6 +62,7 @@ const SCENARIOS: &[&str] = &[
     "groups_expand_to_their_members",
     "people_delete_mail_for_good",
     "people_archive_mail",
+    "people_use_keyboard_shortcuts",
     "a_draft_survives_a_reload",
     "a_large_file_is_saved_without_holding_it_in_the_page",
     "new_mail_is_announced_while_the_page_is_out_of_sight",
@@ -157,6 +160,7 @@ async fn run_all(runner: &mut Runner, config: Config) -> bool {
     scenario!(groups_expand_to_their_members);
     scenario!(people_delete_mail_for_good);
     scenario!(people_archive_mail);
+    scenario!(people_use_keyboard_shortcuts);
     scenario!(a_draft_survives_a_reload);
     scenario!(a_large_file_is_saved_without_holding_it_in_the_page);
     scenario!(new_mail_is_announced_while_the_page_is_out_of_sight);
@@ -531,6 +535,14 @@ async fn contacts_show_live_presence(w: &mut World) -> Result<()> {
     w.person("bob").await?;
     let bob_addr = w.addr("bob");
     let alice = w.get("alice")?;
+    // Not an address: refused, and what was typed stays, to be put right.
+    const TYPO: &str = "bob at localhost";
+    alice.type_into("#contact-add-input", TYPO).await?;
+    alice.click("#contact-add-button").await?;
+    alice.wait_for_text(".contacts .error", TYPO).await?;
+    let typed = alice.input_value("#contact-add-input").await?;
+    ensure!(typed == TYPO, "after the refusal the field holds {typed:?}");
+    alice.clear_input("#contact-add-input").await?;
     alice.add_contact(&bob_addr).await?;
     alice.wait_presence(&bob_addr, "online").await?;
 

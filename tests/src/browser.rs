@@ -645,6 +645,26 @@ impl Browser {
             .with_context(|| format!("{} clearing `{css}`", self.name))
     }
 
+    /// The value of the input (or textarea) matching `css`.
+    pub async fn input_value(&self, css: &str) -> Result<String> {
+        self.eval(
+            "return document.querySelector(arguments[0]).value",
+            vec![serde_json::json!(css)],
+        )
+        .await
+    }
+
+    /// Presses `keys` as a person would, into whatever has the keyboard focus (the page's
+    /// body when nothing does).
+    pub async fn press(&self, keys: &str) -> Result<()> {
+        let c = self.client()?;
+        c.active_element()
+            .await?
+            .send_keys(keys)
+            .await
+            .with_context(|| format!("{} pressing {keys:?}", self.name))
+    }
+
     /// Writes a screenshot (PNG) and the page's HTML into `dir` as `<prefix>-<name>.*`.
     pub async fn capture(&self, dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
         let c = self.client()?;

@@ -45,6 +45,7 @@ pub fn app() -> Html {
             crate::notify::listen_for_opens(move |id| {
                 open_from_notification(&opener, &dispatcher, id.as_deref())
             });
+            crate::shortcuts::install();
             wasm_bindgen_futures::spawn_local(rt.start());
             || ()
         });
@@ -102,6 +103,14 @@ fn open_from_notification(
     }));
     rt.mark_read(id.clone());
     dispatcher.dispatch(Action::Select(id));
+}
+
+/// An optional element as one child of its parent whether it is shown or not. Yew matches
+/// unkeyed children from the end, so an element that comes and goes as `{ for option }`
+/// (which adds zero or one children) makes it rebuild every sibling before it: a field
+/// there loses its focus and, with no `value` bound, what was typed in it.
+fn stable(element: Option<Html>) -> Html {
+    element.unwrap_or_default()
 }
 
 /// Lets a runtime travel in props (compared by identity).
@@ -306,7 +315,7 @@ fn sidebar(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> Ht
     };
     html! {
         <aside class="sidebar">
-            <button id="compose-button" class="primary compose-button" onclick={compose}>{ "✎ Compose" }</button>
+            <button id="compose-button" class="primary compose-button" onclick={compose} title="Compose (c)" aria-keyshortcuts="c">{ "✎ Compose" }</button>
             <nav class="folders">
                 { for folders.into_iter().map(|(f, n)| {
                     let onclick = { let state = state.clone(); Callback::from(move |_: MouseEvent| state.dispatch(Action::OpenFolder(f))) };
@@ -370,7 +379,7 @@ fn contacts(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) -> H
                 <input id="contact-add-input" ref={input_ref} type="text" placeholder="name@host" autocomplete="off" />
                 <button id="contact-add-button" type="button" {onclick}>{ "Add" }</button>
             </form>
-            { for state.contact_error.clone().map(|e| html! { <div class="error small">{ e }</div> }) }
+            { stable(state.contact_error.clone().map(|e| html! { <div class="error small">{ e }</div> })) }
             <ul class="contact-list">
                 { for node.contacts().map(|a| {
                     let status = presence_str(node.presence(a));
@@ -534,15 +543,15 @@ fn storage_node(rt: &Rc<Runtime>, node: &Node) -> Html {
                     { "No storage node. Run “relay node --relay-url <this relay>” on an always-on machine and enter the code it prints." }
                 </p>
             }) }
-            { for unpair_button }
-            { for confirm }
+            { stable(unpair_button) }
+            { stable(confirm) }
             <form class="contact-add" {onsubmit}>
                 <input id="pair-code" ref={input_ref} type="text" placeholder="pairing code" autocomplete="off" inputmode="numeric" />
                 <button id="pair-node" type="button" {onclick} disabled={pairing.busy}>{ "Pair" }</button>
             </form>
-            { for pairing.error.map(|e| html! { <div id="pair-error" class="error small">{ e }</div> }) }
-            { for pairing.paired.map(|n| html! { <div id="pair-done" class="small">{ format!("Paired: {n} is your storage node.") }</div> }) }
-            { for pairing.unpaired.map(|n| html! { <div id="unpair-done" class="small">{ format!("Unpaired: {n} is no longer your storage node.") }</div> }) }
+            { stable(pairing.error.map(|e| html! { <div id="pair-error" class="error small">{ e }</div> })) }
+            { stable(pairing.paired.map(|n| html! { <div id="pair-done" class="small">{ format!("Paired: {n} is your storage node.") }</div> })) }
+            { stable(pairing.unpaired.map(|n| html! { <div id="unpair-done" class="small">{ format!("Unpaired: {n} is no longer your storage node.") }</div> })) }
         </section>
     }
 }
@@ -711,10 +720,12 @@ fn message_list(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
                 <h2 class="pane-title">{ state.folder.title() }</h2>
                 { for mark_all_read }
             </div>
-            <input id="search" type="search" placeholder="Search mail" aria-label="Search mail"
+            <input id="search" type="search" placeholder="Search mail" aria-label="Search mail" aria-keyshortcuts="/"
                 value={state.search.clone()} oninput={on_search} />
             <div id="message-list">{ for rows }</div>
-            { for empty }
+            // One child whether shown or not (see `stable`): the search field above keeps
+            // its focus when the list empties.
+            { stable(empty) }
         </section>
     }
 }
@@ -886,7 +897,8 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     let delete_button = html! {
         <button id="delete-mail" class="delete" type="button" onclick={ask_delete(true)}
             disabled={delete_blocked.is_some() || state.confirm_delete}
-            title={delete_blocked.as_ref().map(|r| format!("Cannot be deleted yet: {r}"))}>{ "Delete" }</button>
+            title={delete_blocked.as_ref().map_or_else(|| "Delete (#)".to_string(), |r| format!("Cannot be deleted yet: {r}"))}
+            aria-keyshortcuts="#">{ "Delete" }</button>
     };
     let reply_buttons = inbox.is_some().then(|| {
         let reply = |all: bool| {
@@ -904,9 +916,9 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         };
         html! {
             <>
-                <button class="reply" onclick={reply(false)}>{ "↩ Reply" }</button>
-                <button class="reply-all" onclick={reply(true)}>{ "Reply all" }</button>
-                <button id="mark-unread" type="button" onclick={mark_unread}>{ "Mark unread" }</button>
+                <button class="reply" onclick={reply(false)} title="Reply (r)" aria-keyshortcuts="r">{ "↩ Reply" }</button>
+                <button class="reply-all" onclick={reply(true)} title="Reply all (a)" aria-keyshortcuts="a">{ "Reply all" }</button>
+                <button id="mark-unread" type="button" onclick={mark_unread} title="Mark unread (Shift+U)" aria-keyshortcuts="Shift+U">{ "Mark unread" }</button>
             </>
         }
     });
@@ -923,9 +935,9 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
             })
         });
         if archived {
-            html! { <button id="unarchive-mail" type="button" {onclick} title="Back into the Inbox">{ "Move to Inbox" }</button> }
+            html! { <button id="unarchive-mail" type="button" {onclick} title="Back into the Inbox (e)" aria-keyshortcuts="e">{ "Move to Inbox" }</button> }
         } else {
-            html! { <button id="archive-mail" type="button" {onclick} title="Out of the Inbox; kept in Archive">{ "Archive" }</button> }
+            html! { <button id="archive-mail" type="button" {onclick} title="Out of the Inbox; kept in Archive (e)" aria-keyshortcuts="e">{ "Archive" }</button> }
         }
     });
     // A mail still on its way can be stopped.
@@ -947,7 +959,7 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
         let label = if busy { "Preparing…" } else { "Forward" };
         let (rt, state, mail) = (rt.clone(), state.clone(), mail.clone());
         let onclick = Callback::from(move |_: MouseEvent| forward(&rt, &state, &mail));
-        html! { <button class="forward" type="button" {onclick} disabled={busy}>{ label }</button> }
+        html! { <button class="forward" type="button" {onclick} disabled={busy} title="Forward (f)" aria-keyshortcuts="f">{ label }</button> }
     };
     let actions = html! {
         <div class="mail-actions">
@@ -1527,15 +1539,15 @@ fn compose_form(props: &ComposeProps) -> Html {
                     <input id="compose-subject" ref={subject_ref} type="text" readonly={busy} /></label>
                 <textarea id="compose-body" ref={body_ref} rows="14" placeholder="Write your message…" readonly={busy}></textarea>
                 <ComposeFiles files={files.clone()} disabled={busy} />
-                { for note.map(|n| html! { <div id="compose-note" class="note">{ n }</div> }) }
+                { stable(note.map(|n| html! { <div id="compose-note" class="note">{ n }</div> })) }
                 <div id="compose-error" class="error">{ props.error.clone().unwrap_or_default() }</div>
                 <div class="actions">
                     <button id="compose-send" class="primary" type="submit" disabled={busy || files_pending}>
                         { if busy { "Encrypting attachments…" } else { "Send" } }
                     </button>
-                    { for (*sealing).map(|pct| html! {
+                    { stable((*sealing).map(|pct| html! {
                         <progress id="compose-progress" max="100" value={pct.to_string()}>{ format!("{pct}%") }</progress>
-                    }) }
+                    })) }
                     <button id="compose-cancel" type="button" onclick={cancel}>{ "Cancel" }</button>
                 </div>
             </form>

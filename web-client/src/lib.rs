@@ -29,6 +29,7 @@ pub mod held;
 pub mod notify;
 pub mod rtc;
 pub mod runtime;
+pub mod shortcuts;
 pub mod signaling;
 pub mod state;
 pub mod store;

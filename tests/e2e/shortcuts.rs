@@ -51,7 +51,8 @@ pub(crate) async fn people_use_keyboard_shortcuts(w: &mut World) -> Result<()> {
 
     // / puts the cursor in the search field; what is typed there is text.
     gus.press("/").await?;
-    // Matching no mail, the list empties as they are typed: the field keeps the cursor.
+    // Matching no mail, the list empties as they are typed: the field keeps the cursor, and
+    // `#` there is text, not a deletion.
     gus.press("je#").await?;
     gus.wait_until("the keys to be typed into the search", || async move {
         let typed = gus.input_value("#search").await?;
@@ -90,6 +91,12 @@ pub(crate) async fn people_use_keyboard_shortcuts(w: &mut World) -> Result<()> {
     ensure!(
         subject == format!("Re: {OLDER}"),
         "r opened Compose with the subject {subject:?}"
+    );
+    // While Compose is open, keys outside its fields do nothing: the reply stays.
+    gus.press("jkc").await?;
+    ensure!(
+        gus.input_value("#compose-subject").await? == format!("Re: {OLDER}"),
+        "keys pressed beside the reply replaced or closed it"
     );
     gus.click("#compose-cancel").await?;
     gus.wait_gone("#compose-subject").await?;

@@ -18,7 +18,7 @@ use crate::text::{
     draft_matches, forward_body, forward_subject, join, mail_matches, not_forwarded, presence_str,
     recipient_line, sent_attachment_status, subject_or_placeholder, summary,
 };
-use crate::util::{full_date, log, page_hostname, short_date};
+use crate::util::{full_date, log, page_hostname, short_date, stable};
 
 /// The whole page.
 #[function_component(App)]
@@ -103,14 +103,6 @@ fn open_from_notification(
     }));
     rt.mark_read(id.clone());
     dispatcher.dispatch(Action::Select(id));
-}
-
-/// An optional element as one child of its parent whether it is shown or not. Yew matches
-/// unkeyed children from the end, so an element that comes and goes as `{ for option }`
-/// (which adds zero or one children) makes it rebuild every sibling before it: a field
-/// there loses its focus and, with no `value` bound, what was typed in it.
-fn stable(element: Option<Html>) -> Html {
-    element.unwrap_or_default()
 }
 
 /// Lets a runtime travel in props (compared by identity).
@@ -1044,7 +1036,7 @@ fn reading_pane(rt: &Rc<Runtime>, node: &Node, state: &UseReducerHandle<State>) 
     html! {
         <section id="reading-pane" class="reading-pane">
             { actions }
-            { for confirm }
+            { stable(confirm) }
             <h1 class="subject">{ subject_or_placeholder(&mail.subject) }</h1>
             <div class="headers">
                 { field("From", "from", mail.from.to_string()) }

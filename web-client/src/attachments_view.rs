@@ -175,7 +175,7 @@ fn attachment_item(props: &ItemProps) -> Html {
             { for view.as_ref().and_then(attachment_source).map(|s| html! { <span class="attachment-source">{ s }</span> }) }
             { for progress }
             { buttons }
-            { for (*error).clone().map(|e| html! { <span class="attachment-error">{ e }</span> }) }
+            { crate::util::stable((*error).clone().map(|e| html! { <span class="attachment-error">{ e }</span> })) }
             { for (*preview).clone().map(|url| html! { <img class="attachment-preview" src={url} alt={att.name.clone()} /> }) }
             if !props.sending.is_empty() {
                 <ul class="sending">{ for sending }</ul>

@@ -4,9 +4,13 @@
 //! (Shift+U) mark unread.
 //!
 //! Each key clicks (or focuses) the control the page shows for it, so it does exactly what
-//! that control does, and nothing when the control is not there or is disabled. Keys typed
-//! into a field, or with Ctrl, Alt or Meta held, are left alone. The controls carry their
-//! key in `aria-keyshortcuts` (see [`KEYS`]).
+//! that control does, and nothing when the control is not there or is disabled. Left
+//! alone: keys typed into a field; every key while the Compose form is open (a stray key
+//! must not close a reply being written) or a deletion asks to be confirmed; keys with
+//! Ctrl, Alt or Meta held (but AltGr, and Alt for `#`, which some layouts need to type
+//! it); a held key's repeats, except `j`/`k`. Letters count with Caps Lock on: Shift+U is
+//! `U`, another shifted letter nothing. The controls carry their key in
+//! `aria-keyshortcuts` (see [`KEYS`]).
 
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
@@ -44,18 +48,48 @@ pub fn install() {
     }
 }
 
+/// The shortcut `e` is, if any (see the module documentation for what is left alone).
+fn shortcut(e: &KeyboardEvent) -> Option<String> {
+    let key = e.key();
+    let alt_graph = e.get_modifier_state("AltGraph");
+    if e.is_composing() || e.default_prevented() {
+        return None;
+    }
+    if (e.ctrl_key() || e.meta_key() || (e.alt_key() && key != "#")) && !alt_graph {
+        return None;
+    }
+    let key = match key.as_str() {
+        k if k.len() == 1 && k.as_bytes()[0].is_ascii_alphabetic() => {
+            let lower = k.to_ascii_lowercase();
+            match (e.shift_key(), lower.as_str()) {
+                (false, _) => lower,
+                (true, "u") => "U".to_string(),
+                (true, _) => return None,
+            }
+        }
+        _ => key,
+    };
+    if e.repeat() && key != "j" && key != "k" {
+        return None;
+    }
+    Some(key)
+}
+
 /// Acts on `e` if it is a shortcut; whether it did.
 fn handle(doc: &Document, e: &KeyboardEvent) -> bool {
-    if e.ctrl_key() || e.alt_key() || e.meta_key() || e.is_composing() || e.default_prevented() {
+    let Some(key) = shortcut(e) else {
         return false;
-    }
+    };
     if e.target()
         .and_then(|t| t.dyn_into::<Element>().ok())
         .is_some_and(|t| typing_into(&t))
     {
         return false;
     }
-    match e.key().as_str() {
+    if element(doc, ".compose-pane").is_some() || element(doc, "#delete-confirm").is_some() {
+        return false;
+    }
+    match key.as_str() {
         "/" => match element(doc, "#search") {
             Some(search) => search.focus().is_ok(),
             None => false,
@@ -95,7 +129,8 @@ fn click(doc: &Document, css: &str) -> bool {
     }
 }
 
-/// Opens the mail `by` rows after the one open in the list (the first one when none is).
+/// Opens the mail `by` rows after the one open in the list (the first one when none is),
+/// and scrolls it into view.
 fn step(doc: &Document, by: i32) -> bool {
     let Ok(rows) = doc.query_selector_all("#message-list .message-row") else {
         return false;
@@ -119,6 +154,9 @@ fn step(doc: &Document, by: i32) -> bool {
     {
         Some(row) => {
             row.click();
+            let view = web_sys::ScrollIntoViewOptions::new();
+            view.set_block(web_sys::ScrollLogicalPosition::Nearest);
+            row.scroll_into_view_with_scroll_into_view_options(&view);
             true
         }
         None => false,

@@ -3,6 +3,7 @@
 
 use peermail_core::Millis;
 use wasm_bindgen::JsValue;
+use yew::Html;
 
 /// Milliseconds since the Unix epoch, the time `core` is fed.
 pub fn now() -> Millis {
@@ -116,4 +117,12 @@ pub fn service_workers() -> Option<web_sys::ServiceWorkerContainer> {
 /// Writes a line to the browser console (diagnostics only; people see notices instead).
 pub fn log(msg: &str) {
     web_sys::console::log_1(&JsValue::from_str(msg));
+}
+
+/// An optional element as one child of its parent whether it is shown or not. Yew matches
+/// unkeyed children from the end, so an element that comes and goes as `{ for option }`
+/// (which adds zero or one children) makes it rebuild every sibling before it: a field
+/// there loses its focus and, with no `value` bound, what was typed in it.
+pub fn stable(element: Option<Html>) -> Html {
+    element.unwrap_or_default()
 }

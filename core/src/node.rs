@@ -251,6 +251,17 @@ fn may_change(cancelled: bool, current: &DeliveryState, new: &DeliveryState) -> 
             && matches!(current, DeliveryState::Failed { .. }))
 }
 
+/// Received mails, newest first (ties by Message-ID, so the order is the same every time).
+fn newest_first<'a>(records: impl Iterator<Item = &'a InboxRecord>) -> Vec<&'a InboxRecord> {
+    let mut v: Vec<_> = records.collect();
+    v.sort_by(|a, b| {
+        b.received_at
+            .cmp(&a.received_at)
+            .then(a.mail.message_id.cmp(&b.mail.message_id))
+    });
+    v
+}
+
 /// The state of a deposit whose answer will not come (the connection dropped, the node
 /// restarted, the answer is overdue): deposited again later (`Waiting`); of a cancelled
 /// mail, possibly kept by the relay, so called back (`Withdraw`) like a copy it keeps.
@@ -639,21 +650,13 @@ impl Node {
     /// The received mails of the Inbox (`archived` false) or of Archive (true), newest
     /// first.
     pub fn received_in(&self, archived: bool) -> Vec<&InboxRecord> {
-        let mut v = self.inbox();
-        v.retain(|r| r.archived == archived);
-        v
+        newest_first(self.inbox.values().filter(|r| r.archived == archived))
     }
 
     /// Received mails, newest first: those of the Inbox and the archived ones (see
     /// [`InboxRecord::archived`]).
     pub fn inbox(&self) -> Vec<&InboxRecord> {
-        let mut v: Vec<_> = self.inbox.values().collect();
-        v.sort_by(|a, b| {
-            b.received_at
-                .cmp(&a.received_at)
-                .then(a.mail.message_id.cmp(&b.mail.message_id))
-        });
-        v
+        newest_first(self.inbox.values())
     }
     /// Outgoing mails (Outbox and Sent), newest first.
     pub fn outgoing(&self) -> Vec<&OutgoingMail> {

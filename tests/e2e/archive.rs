@@ -42,17 +42,9 @@ pub(crate) async fn people_archive_mail(w: &mut World) -> Result<()> {
     const OLDEST: &str = "Receipts from March";
     const MIDDLE: &str = "Holiday photos plan";
     const NEWEST: &str = "Quarterly figures";
-    w.person("alice").await?;
-    w.person("fay").await?;
-    let fay_addr = w.addr("fay");
-    let (alice, fay) = (w.get("alice")?, w.get("fay")?);
-    // One after the other, so that the Inbox lists them newest first in this order.
-    for subject in [OLDEST, MIDDLE, NEWEST] {
-        alice
-            .compose(&fay_addr, "", subject, "For your files.")
-            .await?;
-        fay.wait_row("inbox", subject).await?;
-    }
+    w.mail_in_order("alice", "fay", &[OLDEST, MIDDLE, NEWEST], "For your files.")
+        .await?;
+    let fay = w.get("fay")?;
     wait_unread(fay, "3").await?;
 
     // Archived, the mail leaves the Inbox; the next one (older) opens in its place, read.

@@ -243,6 +243,26 @@ impl World {
             .await
     }
 
+    /// `from` mails `to` once per subject (the same `body`), each only once the one before
+    /// is listed in `to`'s Inbox: the Inbox then lists them newest first in this order.
+    async fn mail_in_order(
+        &mut self,
+        from: &str,
+        to: &str,
+        subjects: &[&str],
+        body: &str,
+    ) -> Result<()> {
+        self.person(from).await?;
+        self.person(to).await?;
+        let to_addr = self.addr(to);
+        let (sender, recipient) = (self.get(from)?, self.get(to)?);
+        for subject in subjects {
+            sender.compose(&to_addr, "", subject, body).await?;
+            recipient.wait_row("inbox", subject).await?;
+        }
+        Ok(())
+    }
+
     fn get(&self, name: &str) -> Result<&Browser> {
         self.browsers
             .get(name)
@@ -903,10 +923,7 @@ pub(crate) async fn no_row_with(b: &Browser, folder: &str, subjects: &[&str]) ->
     b.open_folder(folder).await?;
     let rows = b.rows().await?;
     for s in subjects {
-        if let Some(r) = rows
-            .iter()
-            .find(|r| r.subject.as_deref().is_some_and(|t| t.contains(s)))
-        {
+        if let Some(r) = peermail_e2e::browser::row_about(&rows, s) {
             bail!("{}'s {folder} shows {s:?}: {r:?}", b.name);
         }
     }

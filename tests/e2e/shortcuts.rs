@@ -22,16 +22,9 @@ async fn wait_open(b: &Browser, subject: &str) -> Result<()> {
 pub(crate) async fn people_use_keyboard_shortcuts(w: &mut World) -> Result<()> {
     const OLDER: &str = "Bike repair on Tuesday";
     const NEWER: &str = "Choir rehearsal moved";
-    w.person("alice").await?;
-    w.person("gus").await?;
-    let gus_addr = w.addr("gus");
-    let (alice, gus) = (w.get("alice")?, w.get("gus")?);
-    for subject in [OLDER, NEWER] {
-        alice
-            .compose(&gus_addr, "", subject, "Just so you know.")
-            .await?;
-        gus.wait_row("inbox", subject).await?;
-    }
+    w.mail_in_order("alice", "gus", &[OLDER, NEWER], "Just so you know.")
+        .await?;
+    let gus = w.get("gus")?;
 
     // j opens the first mail of the list, then the next; k goes back.
     gus.press("j").await?;

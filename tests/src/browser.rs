@@ -932,18 +932,13 @@ impl Browser {
         self.open_folder(folder).await?;
         self.wait_until(&format!("a row {subject:?} in {folder}"), || async move {
             let rows = self.rows().await?;
-            Ok(
-                match rows
-                    .iter()
-                    .find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject)))
-                {
-                    Some(r) => Ok(r.clone()),
-                    None => Err(format!(
-                        "rows {:?}",
-                        rows.iter().map(|r| &r.subject).collect::<Vec<_>>()
-                    )),
-                },
-            )
+            Ok(match row_about(&rows, subject) {
+                Some(r) => Ok(r.clone()),
+                None => Err(format!(
+                    "rows {:?}",
+                    rows.iter().map(|r| &r.subject).collect::<Vec<_>>()
+                )),
+            })
         })
         .await
     }
@@ -954,15 +949,10 @@ impl Browser {
         self.open_folder(folder).await?;
         self.wait_until(&format!("{subject:?} to leave {folder}"), || async move {
             let rows = self.rows().await?;
-            Ok(
-                match rows
-                    .iter()
-                    .find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject)))
-                {
-                    Some(r) => Err(format!("still listed: {r:?}")),
-                    None => Ok(()),
-                },
-            )
+            Ok(match row_about(&rows, subject) {
+                Some(r) => Err(format!("still listed: {r:?}")),
+                None => Ok(()),
+            })
         })
         .await
     }
@@ -1183,6 +1173,12 @@ pub fn renderer_rss(profile: &Path) -> Result<u64> {
         profile.display()
     );
     Ok(total)
+}
+
+/// The first of `rows` whose subject contains `subject`.
+pub fn row_about<'r>(rows: &'r [Row], subject: &str) -> Option<&'r Row> {
+    rows.iter()
+        .find(|r| r.subject.as_deref().is_some_and(|s| s.contains(subject)))
 }
 
 /// Escapes `"` and `\` for a double-quoted CSS attribute value.

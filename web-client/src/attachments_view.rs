@@ -176,7 +176,7 @@ fn attachment_item(props: &ItemProps) -> Html {
             { for progress }
             { buttons }
             { crate::util::stable((*error).clone().map(|e| html! { <span class="attachment-error">{ e }</span> })) }
-            { for (*preview).clone().map(|url| html! { <img class="attachment-preview" src={url} alt={att.name.clone()} /> }) }
+            { crate::util::stable((*preview).clone().map(|url| html! { <img class="attachment-preview" src={url} alt={att.name.clone()} /> })) }
             if !props.sending.is_empty() {
                 <ul class="sending">{ for sending }</ul>
             }

@@ -32,11 +32,10 @@ pub fn install() {
     let Some(doc) = web_sys::window().and_then(|w| w.document()) else {
         return;
     };
-    let on_key = Closure::<dyn FnMut(KeyboardEvent)>::new(|e: KeyboardEvent| {
-        if let Some(doc) = web_sys::window().and_then(|w| w.document()) {
-            if handle(&doc, &e) {
-                e.prevent_default();
-            }
+    let page = doc.clone();
+    let on_key = Closure::<dyn FnMut(KeyboardEvent)>::new(move |e: KeyboardEvent| {
+        if handle(&page, &e) {
+            e.prevent_default();
         }
     });
     if doc
